@@ -1,0 +1,42 @@
+"""hivemind: measure how alike different language models answer open-ended queries.
+
+Public API (imported lazily so `import hivemind` stays light):
+
+    from hivemind import StudySpec, run_study
+    run = run_study(StudySpec(name="demo", query_set="open-ended-v1",
+                              deployments=["smollm2-135m-instruct"], samples=4), "runs/demo")
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Condition": "hivemind.spec",
+    "Deployment": "hivemind.spec",
+    "Query": "hivemind.spec",
+    "QuerySet": "hivemind.spec",
+    "SamplingParams": "hivemind.spec",
+    "StudySpec": "hivemind.spec",
+    "load_zoo": "hivemind.zoo",
+    "load_query_set": "hivemind.queries",
+    "load_spec": "hivemind.study",
+    "run_study": "hivemind.study",
+    "sample_study": "hivemind.study",
+    "Store": "hivemind.store",
+    "Provider": "hivemind.providers.base",
+    "register": "hivemind.providers.base",
+    "analyze_store": "hivemind.pipeline",
+    "write_report": "hivemind.pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'hivemind' has no attribute {name!r}")

@@ -1,0 +1,157 @@
+"""The `hivemind` command line: a thin door onto the pipeline (no logic of its own).
+
+Only typer, rich and the light modules are imported at start-up; torch, litellm and llama_cpp
+load inside the commands that need them, so `hivemind --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="hivemind",
+    help="Measure how alike different language models answer open-ended queries.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+zoo_app = typer.Typer(help="Inspect and check the model zoo (providers.yaml).", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+console = Console(stderr=True)
+
+StoreOption = Annotated[Path, typer.Option("--store", "-s", help="Study store directory.")]
+ZooOption = Annotated[Optional[Path], typer.Option("--zoo", help="Zoo file (default: ./providers.yaml).")]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="Study spec (YAML or JSON).")],
+    store: StoreOption = Path("hivemind-store"),
+    analyze: Annotated[bool, typer.Option(help="Analyze and write the report after sampling.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Sample a study (resuming where it stopped), then analyze it and write the report."""
+    from hivemind.queries import QueryFileError
+    from hivemind.store import StoreError
+    from hivemind.study import StudyError, run_study
+
+    try:
+        result = run_study(spec, store, progress=progress)
+    except (StudyError, StoreError, QueryFileError) as exc:
+        _fail(str(exc))
+        return
+    summary = result.summary()
+    console.print(
+        f"[green]sampled[/] {summary['sampled_now']} now, {summary['already_sampled']} already in the store; "
+        f"{sum(summary['failed'].values())} errors; {summary['retries']} retries; "
+        f"${summary['cost_usd']:.4f}" + (" [yellow](stopped: budget reached)[/]" if summary["stopped_by_budget"] else "")
+    )
+    console.print(f"samples: {summary['samples_parquet']}")
+    if analyze:
+        _analyze_and_report(store, result.spec.name)
+
+
+def _analyze_and_report(store: Path, study: str | None) -> None:
+    try:
+        from hivemind.pipeline import analyze_store, write_report
+    except ImportError:  # analysis modules not installed in this build
+        console.print("[yellow]analysis is not available in this build[/]")
+        return
+    outputs = analyze_store(store, study)
+    console.print(f"analysis: {outputs.directory}")
+    report = write_report(store, study)
+    console.print(f"[bold green]report:[/] {report}")
+
+
+@app.command()
+def status(store: StoreOption = Path("hivemind-store")) -> None:
+    """Samples per deployment for every study in a store."""
+    from hivemind.store import Store
+
+    if not (store / "hivemind.sqlite").exists():
+        _fail(f"{store} is not a hivemind store")
+    with Store(store) as db:
+        table = Table("study", "deployment", "ok", "failed", "cost $")
+        for study in db.studies():
+            cost = db.total_cost(study)
+            for deployment, counts in sorted(db.progress(study).items()):
+                table.add_row(study, deployment, str(counts["ok"]), str(counts["failed"]), f"{cost:.4f}")
+        Console().print(table)
+
+
+@app.command()
+def export(
+    store: StoreOption = Path("hivemind-store"),
+    study: Annotated[Optional[str], typer.Option(help="Study name (default: every study).")] = None,
+) -> None:
+    """Write each study's samples to Parquet."""
+    from hivemind.store import Store, StoreError
+
+    with Store(store) as db:
+        for name in [study] if study else db.studies():
+            try:
+                db.study_spec(name)
+            except StoreError as exc:
+                _fail(str(exc))
+            print(db.export_parquet(name))
+
+
+@zoo_app.command("list")
+def zoo_list(zoo: ZooOption = None) -> None:
+    """Show every deployment of the zoo."""
+    from hivemind.zoo import ZooError, load_zoo
+
+    try:
+        loaded = load_zoo(zoo)
+    except ZooError as exc:
+        _fail(str(exc))
+        return
+    table = Table("name", "provider", "model", "family/stage", "concurrency", "key variable", "enabled")
+    for d in loaded.deployments:
+        lineage = "/".join(x for x in (d.family, d.stage) if x) or "-"
+        table.add_row(d.name, d.provider, d.model, lineage, str(d.max_concurrency),
+                      d.api_key_env or "-", "yes" if d.enabled else "no")
+    Console().print(table)
+
+
+@zoo_app.command("check")
+def zoo_check(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Deployments (default: enabled ones).")] = None,
+    zoo: ZooOption = None,
+) -> None:
+    """Send one short request to each deployment and report whether it answers."""
+    from hivemind.zoo import ZooError, load_zoo
+    from hivemind.zoo_check import check_deployments
+
+    try:
+        deployments = load_zoo(zoo).select(names or None)
+    except ZooError as exc:
+        _fail(str(exc))
+        return
+    results = check_deployments(deployments)
+    table = Table("deployment", "status", "latency s", "answer / error")
+    for result in results:
+        table.add_row(result.name, "[green]ok[/]" if result.ok else "[red]failed[/]",
+                      f"{result.latency_s:.2f}", result.detail[:80])
+    Console().print(table)
+    if not all(r.ok for r in results):
+        raise typer.Exit(code=1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,327 @@
+"""Exact nearest-neighbour search over unit vectors, and near-duplicate response pairs.
+
+The hivemind question "did two different models write (almost) the same answer?" becomes
+"which pairs of unit vectors from different deployments have cosine >= t?". FAISS's flat
+inner-product index answers it exactly (no approximate index: a missed pair would be a
+wrong result, not a slow one), on GPU when there is one.
+
+A FAISS GPU index has no range search, so on GPU it is emulated exactly: k-nearest search
+with k doubling for the queries whose k-th similarity is still >= t (the remaining
+neighbours can only be below t once the k-th is). GPU kNN is capped at `GPU_MAX_K`; the few
+queries that need more fall back to the exact CPU range search. The emulation can be forced
+on CPU, so tests compare it with FAISS's own CPU range search pair for pair.
+
+faiss is imported lazily (inside functions) so importing hivemind stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import polars as pl
+
+GPU_MAX_K = 2048
+"""Largest k a FAISS GPU k-selection accepts (CUDA builds)."""
+NORM_TOLERANCE = 1e-3
+"""How far a row's L2 norm may be from 1 before it is rejected as not normalised."""
+
+
+def gpu_available() -> bool:
+    """True when faiss is installed with GPU support and sees at least one GPU."""
+    try:
+        import faiss
+
+        return int(faiss.get_num_gpus()) > 0
+    except Exception:  # noqa: BLE001 - no faiss, a CPU-only build, or a broken driver
+        return False
+
+
+def _as_unit_matrix(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
+    """C-contiguous float32 2-D array of unit rows, or a ValueError naming the problem."""
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2-D array of vectors, got shape {array.shape}")
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(f"expected vectors of dimension {dim}, got {array.shape[1]}")
+    if array.shape[0]:
+        norms = np.linalg.norm(array, axis=1)
+        bad = np.flatnonzero(~(np.abs(norms - 1.0) <= NORM_TOLERANCE))
+        if bad.size:
+            raise ValueError(
+                f"vectors must be L2-normalised (cosine = inner product); row {bad[0]} "
+                f"has norm {norms[bad[0]]:.6f}"
+            )
+    return array
+
+
+@dataclass(frozen=True)
+class RangeHits:
+    """Flat range-search result: hit n is (rows[n], ids[n]) with similarity sims[n].
+
+    Sorted by query row, then by id, so results from any backend compare directly.
+    """
+
+    rows: np.ndarray
+    """Query row (position in the queries passed), int64."""
+    ids: np.ndarray
+    """Index id of the neighbour (insertion order), int64."""
+    sims: np.ndarray
+    """Inner product (cosine for unit vectors), float32."""
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def per_query(self, n_queries: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """The same hits as one (query_row, ids, sims) tuple per query."""
+        bounds = np.searchsorted(self.rows, np.arange(n_queries + 1))
+        return [
+            (q, self.ids[bounds[q] : bounds[q + 1]], self.sims[bounds[q] : bounds[q + 1]])
+            for q in range(n_queries)
+        ]
+
+    @staticmethod
+    def build(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray) -> RangeHits:
+        """Sorted, typed hits from unordered parts."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.lexsort((ids, rows))
+        return RangeHits(rows[order], ids[order], np.asarray(sims, dtype=np.float32)[order])
+
+
+class VectorIndex:
+    """Exact inner-product index (faiss.IndexFlatIP) over unit float32 vectors.
+
+    On GPU the vectors stay in a CPU index as well: it is the source the GPU copy is built
+    from, and the exact fallback for queries with more than `max_k` neighbours in range.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        use_gpu: bool | None = None,
+        *,
+        emulate_range: bool = False,
+        initial_k: int = 16,
+        max_k: int | None = None,
+        batch_size: int = 4096,
+    ) -> None:
+        import faiss
+
+        if dim < 1 or initial_k < 1 or batch_size < 1:
+            raise ValueError("dim, initial_k and batch_size must be >= 1")
+        if use_gpu and not gpu_available():
+            raise RuntimeError("use_gpu=True but faiss sees no GPU (is faiss-gpu installed?)")
+        self.dim = dim
+        self.on_gpu = gpu_available() if use_gpu is None else bool(use_gpu)
+        self.emulate_range = emulate_range or self.on_gpu
+        """Range search by doubling-k kNN (always on GPU; forced on CPU for tests)."""
+        self.initial_k = initial_k
+        self.max_k = max_k if max_k is not None else (GPU_MAX_K if self.on_gpu else None)
+        """Largest k the emulation uses before the exact CPU fallback (None: no cap)."""
+        self.batch_size = batch_size
+        self._cpu: Any = faiss.IndexFlatIP(dim)
+        self._gpu: Any = None
+
+    @property
+    def ntotal(self) -> int:
+        """Number of vectors added."""
+        return int(self._cpu.ntotal)
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Append unit vectors; their ids continue from `ntotal`."""
+        self._cpu.add(_as_unit_matrix(vectors, self.dim))
+        self._gpu = None  # rebuilt from the CPU index on the next search
+
+    def _search_index(self) -> Any:
+        """The index kNN runs on: a GPU copy (built on demand) or the CPU index."""
+        if not self.on_gpu:
+            return self._cpu
+        if self._gpu is None:
+            import faiss
+
+            self._gpu = faiss.index_cpu_to_all_gpus(self._cpu)
+        return self._gpu
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k most similar vectors per query: (sims float32, ids int64), best first.
+
+        k is clipped to `ntotal`, so every returned id is real.
+        """
+        q = _as_unit_matrix(queries, self.dim)
+        k = min(int(k), self.ntotal)
+        if k <= 0 or q.shape[0] == 0:
+            return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        if self.on_gpu and k > GPU_MAX_K:
+            sims, ids = self._cpu.search(q, k)
+        else:
+            sims, ids = self._search_index().search(q, k)
+        return sims, ids.astype(np.int64)
+
+    def range_search(self, queries: np.ndarray, threshold: float) -> RangeHits:
+        """Every (query, id) with similarity >= threshold (float32 comparison), exactly."""
+        q = _as_unit_matrix(queries, self.dim)
+        threshold32 = np.float32(threshold)
+        parts: list[RangeHits] = []
+        if self.ntotal and q.shape[0]:
+            for start in range(0, q.shape[0], self.batch_size):
+                block = q[start : start + self.batch_size]
+                hits = (
+                    self._range_by_knn(block, threshold32)
+                    if self.emulate_range
+                    else self._range_cpu(block, threshold32)
+                )
+                parts.append(RangeHits(hits.rows + start, hits.ids, hits.sims))
+        if not parts:
+            empty = np.zeros(0, np.int64)
+            return RangeHits(empty, empty.copy(), np.zeros(0, np.float32))
+        return RangeHits.build(
+            np.concatenate([p.rows for p in parts]),
+            np.concatenate([p.ids for p in parts]),
+            np.concatenate([p.sims for p in parts]),
+        )
+
+    def _range_cpu(self, q: np.ndarray, threshold: np.float32) -> RangeHits:
+        """FAISS CPU range search. FAISS keeps sim > radius, so radius is the float32 just
+        below the threshold: for float32 sims, sim > prev(t) <=> sim >= t."""
+        radius = float(np.nextafter(threshold, np.float32(-np.inf)))
+        lims, sims, ids = self._cpu.range_search(q, radius)
+        rows = np.repeat(np.arange(q.shape[0], dtype=np.int64), np.diff(lims))
+        return RangeHits.build(rows, ids, sims)
+
+    def _range_by_knn(self, q: np.ndarray, threshold: np.float32) -> RangeHits:
+        """Exact range search from kNN: double k for every query whose k-th sim is >= t.
+
+        Once the k-th similarity is below t, all neighbours in range are among the first k.
+        Queries still open at `max_k` go to the exact CPU range search.
+        """
+        ntotal = self.ntotal
+        cap = ntotal if self.max_k is None else min(self.max_k, ntotal)
+        k = min(self.initial_k, cap)
+        open_rows = np.arange(q.shape[0])
+        rows, ids, sims = [], [], []
+        while open_rows.size:
+            d, i = self._knn_rows(q, open_rows, k)
+            finished = np.full(open_rows.size, True) if k >= ntotal else d[:, -1] < threshold
+            hit_r, hit_c = np.nonzero((d >= threshold) & finished[:, None])
+            rows.append(open_rows[hit_r])
+            ids.append(i[hit_r, hit_c])
+            sims.append(d[hit_r, hit_c])
+            open_rows = open_rows[~finished]
+            if open_rows.size and k >= cap:  # capped below ntotal: exact CPU fallback
+                rest = self._range_cpu(q[open_rows], threshold)
+                rows.append(open_rows[rest.rows])
+                ids.append(rest.ids)
+                sims.append(rest.sims)
+                break
+            k = min(2 * k, cap)
+        return RangeHits.build(np.concatenate(rows), np.concatenate(ids), np.concatenate(sims))
+
+    def _knn_rows(self, q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """kNN for a subset of query rows, computed with the arithmetic of the full batch.
+
+        FAISS's CPU flat search takes a different code path (per-pair SIMD instead of BLAS)
+        for batches under `distance_compute_blas_threshold` rows, which can change the last
+        bit of a similarity. A shrunken subset is padded with finished rows back up to that
+        size, so emulated and native range search agree bit for bit.
+        """
+        subset = q[rows]
+        blas_rows = _blas_threshold()
+        if not self.on_gpu and q.shape[0] >= blas_rows > subset.shape[0]:
+            filler = np.setdiff1d(np.arange(q.shape[0]), rows)[: blas_rows - subset.shape[0]]
+            subset = np.concatenate([subset, q[filler]])
+        d, i = self._search_index().search(np.ascontiguousarray(subset), k)
+        return d[: rows.size], i[: rows.size].astype(np.int64)
+
+
+def _blas_threshold() -> int:
+    """FAISS's batch size from which CPU flat search uses BLAS (20 unless changed)."""
+    try:
+        import faiss
+
+        return int(faiss.cvar.distance_compute_blas_threshold)
+    except Exception:  # noqa: BLE001 - older/newer builds without the variable
+        return 20
+
+
+def _codes(labels: Sequence[Hashable], n: int, what: str) -> np.ndarray:
+    """Dense int codes for labels (equal labels, equal codes), checked against n rows."""
+    if len(labels) != n:
+        raise ValueError(f"{what} has {len(labels)} entries for {n} vectors")
+    seen: dict[Hashable, int] = {}
+    return np.fromiter((seen.setdefault(x, len(seen)) for x in labels), np.int64, count=n)
+
+
+def _dense_pairs(
+    vectors: np.ndarray, rows: np.ndarray, deps: np.ndarray, threshold: np.float32, block: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs i < j among `rows` (ascending) from different deployments with cosine >= t,
+    by blocked matrix products (memory stays block x len(rows))."""
+    sub = vectors[rows]
+    dep = deps[rows]
+    out_i, out_j, out_s = [], [], []
+    for start in range(0, rows.size - 1, block):
+        sims = sub[start : start + block] @ sub[start:].T
+        a, b = np.nonzero(sims >= threshold)
+        ga, gb = a + start, b + start
+        keep = (gb > ga) & (dep[ga] != dep[gb])
+        out_i.append(rows[ga[keep]])
+        out_j.append(rows[gb[keep]])
+        out_s.append(sims[a[keep], b[keep]])
+    if not out_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
+
+
+def near_duplicate_pairs(
+    vectors: np.ndarray,
+    deployments: Sequence[str],
+    groups: Sequence[Hashable] | None,
+    threshold: float,
+    use_gpu: bool | None = None,
+    *,
+    block: int = 2048,
+) -> pl.DataFrame:
+    """Pairs of responses from different deployments whose cosine is >= threshold.
+
+    Columns i, j (row indices, i < j, each pair once) and cosine, sorted by (i, j). With
+    `groups` (query ids) only pairs within one group count ("within a query"), found by a
+    matrix product per group; without, the whole corpus is searched with `VectorIndex`.
+    Low thresholds return O(n^2) rows: they are meant for near-duplicates (t around 0.9).
+    """
+    import polars as pl
+
+    matrix = _as_unit_matrix(vectors)
+    n = matrix.shape[0]
+    deps = _codes(deployments, n, "deployments")
+    threshold32 = np.float32(threshold)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    if groups is not None:
+        codes = _codes(groups, n, "groups")
+        order = np.argsort(codes, kind="stable")  # rows ascending within each group
+        bounds = np.searchsorted(codes[order], np.arange(int(codes.max(initial=-1)) + 2))
+        for g in range(bounds.size - 1):
+            rows = order[bounds[g] : bounds[g + 1]]
+            if rows.size > 1 and np.unique(deps[rows]).size > 1:
+                parts.append(_dense_pairs(matrix, rows, deps, threshold32, block))
+    elif n > 1 and np.unique(deps).size > 1:
+        index = VectorIndex(matrix.shape[1], use_gpu=use_gpu)
+        index.add(matrix)
+        hits = index.range_search(matrix, float(threshold32))
+        keep = (hits.rows < hits.ids) & (deps[hits.rows] != deps[np.maximum(hits.ids, 0)])
+        parts.append((hits.rows[keep], hits.ids[keep], hits.sims[keep]))
+    i = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    j = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    s = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
+    order = np.lexsort((j, i))
+    return pl.DataFrame(
+        {
+            "i": pl.Series("i", i[order], dtype=pl.Int64),
+            "j": pl.Series("j", j[order], dtype=pl.Int64),
+            "cosine": pl.Series("cosine", s[order].astype(np.float64), dtype=pl.Float64),
+        }
+    )

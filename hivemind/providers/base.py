@@ -1,0 +1,156 @@
+"""The provider contract and the registry that maps a zoo entry's `provider:` to a class.
+
+A provider turns one frozen `SampleRequest` into one `Completion`. It never retries on its
+own and never catches errors: the sampler owns retries, so every provider gets the same
+backoff, `Retry-After` handling and error rows. Providers only classify their errors.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from importlib.metadata import entry_points
+from typing import Callable, ClassVar
+
+from hivemind.spec import Completion, Deployment, SampleRequest
+
+ENTRY_POINT_GROUP = "hivemind.providers"
+
+
+class ProviderError(Exception):
+    """An error a provider raises with its retry classification already decided."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
+
+
+class MissingKeyError(RuntimeError):
+    """A deployment names an API-key variable that is not set. Raised before sampling starts."""
+
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds form; HTTP dates are rare for APIs)."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+        from datetime import datetime, timezone
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+class Provider(ABC):
+    """One instance per deployment, shared by all of its requests."""
+
+    name: ClassVar[str]
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+
+    def api_key(self) -> str | None:
+        """The key from the environment variable the deployment names (never from YAML)."""
+        var = self.deployment.api_key_env
+        if var is None:
+            return None
+        value = os.environ.get(var)
+        if not value:
+            raise MissingKeyError(
+                f"deployment {self.deployment.name!r} needs the environment variable {var}, "
+                "which is not set"
+            )
+        return value
+
+    def check_ready(self) -> None:
+        """Cheap checks run before any sampling (missing keys, missing files)."""
+        self.api_key()
+
+    def max_connections(self) -> int:
+        """How many requests may be in flight at once for this deployment."""
+        return self.deployment.max_concurrency
+
+    @abstractmethod
+    async def generate(self, request: SampleRequest) -> Completion:
+        """Produce exactly one completion for `request`."""
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether `exc` is transient (rate limit, 5xx, timeout, connection reset)."""
+        if isinstance(exc, ProviderError):
+            return exc.retryable
+        import asyncio
+
+        return isinstance(exc, (asyncio.TimeoutError, ConnectionError, TimeoutError))
+
+    def retry_after(self, exc: BaseException) -> float | None:
+        """Seconds the server asked us to wait, when it said."""
+        return exc.retry_after if isinstance(exc, ProviderError) else None
+
+    def redact(self, text: str) -> str:
+        """Remove this deployment's key from any text bound for a log, a row or an error."""
+        var = self.deployment.api_key_env
+        secret = os.environ.get(var) if var else None
+        return text.replace(secret, "***") if secret else text
+
+    async def aclose(self) -> None:
+        """Release connections or models."""
+
+
+ProviderFactory = Callable[[Deployment], Provider]
+_REGISTRY: dict[str, ProviderFactory] = {}
+
+
+def register(name: str) -> Callable[[type[Provider]], type[Provider]]:
+    """Class decorator: make a provider available under `provider: NAME` in the zoo."""
+
+    def decorate(cls: type[Provider]) -> type[Provider]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _load_builtin() -> None:
+    # Importing the modules runs their @register decorators; none imports a heavy library.
+    from hivemind.providers import litellm, llamacpp, mock, openai  # noqa: F401
+
+
+def available_providers() -> dict[str, ProviderFactory]:
+    """Built-in providers plus third-party ones from the `hivemind.providers` entry-point group."""
+    _load_builtin()
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name not in _REGISTRY:
+            _REGISTRY[entry.name] = entry.load()
+    return dict(_REGISTRY)
+
+
+def create_provider(deployment: Deployment) -> Provider:
+    """Instantiate the provider a deployment names, with a clear error for unknown kinds."""
+    providers = available_providers()
+    try:
+        factory = providers[deployment.provider]
+    except KeyError:
+        known = ", ".join(sorted(providers))
+        raise ValueError(
+            f"deployment {deployment.name!r}: unknown provider {deployment.provider!r} "
+            f"(known: {known})"
+        ) from None
+    return factory(deployment)

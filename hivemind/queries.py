@@ -1,0 +1,295 @@
+"""Load and validate query sets: shipped sets in `data/`, or a user's JSONL/JSON/CSV/Parquet file.
+
+Real-world files (INFINITY-CHAT exports, spreadsheets) name their columns differently, so common
+aliases are mapped onto `Query`; anything else is kept in `metadata` rather than dropped. Every
+problem is a `QueryFileError` naming the file, the line (or row) and the field, so a bad file
+fails before a study spends money on it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hivemind.spec import NAME_PATTERN, Query, QuerySet, sha256_hex
+
+SHIPPED_DIR: Path = Path(__file__).resolve().parent.parent / "data"
+"""Where the shipped query sets live (`<name>.jsonl`)."""
+
+SUFFIXES: tuple[str, ...] = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
+"""File extensions `load_query_set` accepts."""
+
+TEXT_KEYS: tuple[str, ...] = ("text", "prompt", "query", "question", "instruction")
+ID_KEYS: tuple[str, ...] = ("id", "prompt_id", "query_id", "qid")
+CATEGORY_KEYS: tuple[str, ...] = ("category", "categories", "task_type")
+ANSWER_KEYS: tuple[str, ...] = ("answer",)
+MESSAGE_KEYS: tuple[str, ...] = ("messages", "conversation")
+"""Chat-style records: the first user turn becomes the query text when no text key exists."""
+
+SHIPPED_DESCRIPTIONS: dict[str, str] = {
+    "open-ended-v1": "Open-ended prompts over 12 categories of creative and subjective asks.",
+    "verifiable-v1": "Short questions with one checkable answer (quality control vs narrowing).",
+}
+
+
+class QueryFileError(ValueError):
+    """A query file that cannot be used; the message names the file, the line/row and the field."""
+
+    def __init__(
+        self, path: Path, message: str, *, where: str | None = None, field: str | None = None
+    ) -> None:
+        self.path = path
+        self.where = where
+        self.field = field
+        parts = [path.name + (f" {where}" if where else "")]
+        if field is not None:
+            parts.append(f"field {field!r}")
+        parts.append(message)
+        super().__init__(": ".join(parts))
+
+
+def list_shipped() -> list[str]:
+    """Names of the shipped query sets (file stems in `data/`), sorted."""
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.jsonl"))
+
+
+def load_query_set(source: str | Path, name: str | None = None) -> QuerySet:
+    """Load a shipped set by name, or a JSONL/JSON/CSV/TSV/Parquet file by path.
+
+    `name` overrides the set's name (default: the file's stem, made a valid name).
+    """
+    path = _resolve(source)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        records = _read_jsonl(path)
+    elif suffix == ".json":
+        records = _read_json(path)
+    elif suffix in (".csv", ".tsv"):
+        records = _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
+    elif suffix == ".parquet":
+        records = _read_parquet(path)
+    else:
+        accepted = ", ".join(SUFFIXES)
+        raise QueryFileError(path, f"unknown file extension {suffix!r} (accepted: {accepted})")
+
+    queries: list[Query] = []
+    first_seen: dict[str, str] = {}
+    for where, record in records:
+        query, id_key = _to_query(path, where, record)
+        if query.id in first_seen:
+            other = first_seen[query.id]
+            raise QueryFileError(
+                path, f"duplicate id {query.id!r} (first on {other})", where=where, field=id_key
+            )
+        first_seen[query.id] = where
+        queries.append(query)
+    if not queries:
+        raise QueryFileError(path, "empty file: no queries")
+
+    set_name = name if name is not None else _name_from_stem(path.stem)
+    if re.match(NAME_PATTERN, set_name) is None:
+        raise QueryFileError(path, f"invalid set name {set_name!r}", field="name")
+    description = SHIPPED_DESCRIPTIONS.get(path.stem, "") if path.parent == SHIPPED_DIR else ""
+    return QuerySet(name=set_name, description=description or f"Loaded from {path.name}",
+                    queries=queries)
+
+
+def _resolve(source: str | Path) -> Path:
+    """A shipped set's name wins over a same-named file without extension; else a path."""
+    if isinstance(source, str) and source in list_shipped():
+        return SHIPPED_DIR / f"{source}.jsonl"
+    path = Path(source).expanduser()
+    if not path.exists():
+        shipped = ", ".join(list_shipped()) or "none"
+        raise QueryFileError(path, f"no such file, nor a shipped set (shipped: {shipped})")
+    if not path.is_file():
+        raise QueryFileError(path, "not a file")
+    return path
+
+
+def _name_from_stem(stem: str) -> str:
+    """Turn a file stem like `my queries (v2)` into a valid set name `my-queries-v2`."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.\-]+", "-", stem).strip("-_.")
+    return cleaned or "queries"
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 (a BOM is tolerated), or a clear error."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise QueryFileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+Records = Iterable[tuple[str, dict[str, Any]]]
+"""(position label such as 'line 7', raw record) pairs."""
+
+
+def _read_jsonl(path: Path) -> Records:
+    """One JSON object per line; blank lines are skipped, line numbers are 1-based."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"line {number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise QueryFileError(path, f"invalid JSON: {exc.msg} (column {exc.colno})",
+                                 where=where) from exc
+        if not isinstance(value, dict):
+            raise QueryFileError(path, f"expected a JSON object, got {type(value).__name__}",
+                                 where=where)
+        out.append((where, value))
+    return out
+
+
+def _read_json(path: Path) -> Records:
+    """A JSON list of objects, or an object with a `queries` list (a dumped QuerySet)."""
+    try:
+        value = json.loads(_read_text(path) or "null")
+    except json.JSONDecodeError as exc:
+        raise QueryFileError(path, f"invalid JSON: {exc.msg}", where=f"line {exc.lineno}") from exc
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        if "queries" not in value:
+            raise QueryFileError(path, "expected a list of queries or an object with 'queries'")
+        value = value["queries"]
+    if not isinstance(value, list):
+        raise QueryFileError(path, f"expected a list of queries, got {type(value).__name__}",
+                             field="queries")
+    out: list[tuple[str, dict[str, Any]]] = []
+    for index, item in enumerate(value, start=1):
+        if not isinstance(item, dict):
+            raise QueryFileError(path, f"expected an object, got {type(item).__name__}",
+                                 where=f"item {index}")
+        out.append((f"item {index}", item))
+    return out
+
+
+def _read_csv(path: Path, delimiter: str) -> Records:
+    """CSV/TSV with a header row; a record's line is where it starts (header = line 1)."""
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+    out: list[tuple[str, dict[str, Any]]] = []
+    start = 2
+    try:
+        for row in reader:
+            where = f"line {start}"
+            start = reader.line_num + 1
+            if None in row:
+                raise QueryFileError(path, "more values than header columns", where=where)
+            if not any((v or "").strip() for v in row.values()):
+                continue
+            out.append((where, {k: v for k, v in row.items() if v not in (None, "")}))
+    except csv.Error as exc:
+        raise QueryFileError(path, f"malformed CSV: {exc}", where=f"line {reader.line_num}") from exc
+    return out
+
+
+def _read_parquet(path: Path) -> Records:
+    """Parquet through polars (imported here: most runs never read Parquet); rows are 1-based."""
+    import polars as pl
+
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as exc:  # polars raises several unrelated types for a bad file
+        raise QueryFileError(path, f"unreadable Parquet: {exc}") from exc
+    return [(f"row {i}", row) for i, row in enumerate(frame.to_dicts(), start=1)]
+
+
+def _present(record: dict[str, Any], keys: tuple[str, ...]) -> Iterator[str]:
+    """Keys of `record` among `keys`, in priority order, that hold a non-empty value."""
+    for key in keys:
+        value = record.get(key)
+        if value is not None and not (isinstance(value, (str, list)) and len(value) == 0):
+            yield key
+
+
+def _first_user_turn(messages: Any) -> str | None:
+    """Text of the first user message of a chat-style record, if there is one."""
+    if not isinstance(messages, list):
+        return None
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") in ("user", "human"):
+            content = message.get("content", message.get("value"))
+            return content if isinstance(content, str) else None
+    return None
+
+
+def _to_query(path: Path, where: str, record: dict[str, Any]) -> tuple[Query, str]:
+    """Map a raw record onto `Query` (aliases, derived id, extras into metadata)."""
+    data: dict[str, Any] = {}
+    source_key: dict[str, str] = {}
+    used: set[str] = set()
+
+    text_key = next(_present(record, TEXT_KEYS), None)
+    if text_key is not None:
+        data["text"], source_key["text"] = record[text_key], text_key
+        used.add(text_key)
+    else:
+        for key in _present(record, MESSAGE_KEYS):
+            turn = _first_user_turn(record[key])
+            if turn is not None:
+                data["text"], source_key["text"] = turn, key
+                break
+        else:
+            looked = ", ".join(repr(k) for k in TEXT_KEYS[1:] + MESSAGE_KEYS)
+            raise QueryFileError(path, f"Field required (also looked for {looked})",
+                                 where=where, field="text")
+
+    id_key = next(_present(record, ID_KEYS), None)
+    if id_key is not None:
+        raw_id = record[id_key]
+        is_int = isinstance(raw_id, int) and not isinstance(raw_id, bool)
+        data["id"], source_key["id"] = str(raw_id) if is_int else raw_id, id_key
+        used.add(id_key)
+    else:  # stable across runs and files: the same text always gets the same id
+        data["id"] = "q-" + sha256_hex(str(data["text"]))[:12]
+
+    metadata: dict[str, Any] = {}
+    category_key = next(_present(record, CATEGORY_KEYS), None)
+    if category_key is not None:
+        category = record[category_key]
+        if isinstance(category, list):
+            metadata[category_key] = category
+            category = category[0]
+        data["category"], source_key["category"] = category, category_key
+        used.add(category_key)
+
+    answer_key = next(_present(record, ANSWER_KEYS), None)
+    if answer_key is not None:
+        answer = record[answer_key]
+        is_number = isinstance(answer, (int, float)) and not isinstance(answer, bool)
+        data["answer"], source_key["answer"] = str(answer) if is_number else answer, answer_key
+        used.add(answer_key)
+
+    base = record.get("metadata")
+    if isinstance(base, str):  # a metadata column written as JSON text (CSV, Parquet)
+        try:
+            base = json.loads(base)
+        except json.JSONDecodeError:
+            base = {"metadata": base}
+    if isinstance(base, dict):
+        used.add("metadata")
+        metadata = {**base, **metadata}
+    skip = used | data.keys()  # nulls (Parquet's missing cells) carry nothing worth keeping
+    metadata.update({k: v for k, v in record.items() if k not in skip and v is not None})
+    data["metadata"] = metadata
+
+    try:
+        return Query(**data), source_key.get("id", "id")
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "record"
+        raise QueryFileError(path, error["msg"], where=where,
+                             field=source_key.get(field, field)) from exc

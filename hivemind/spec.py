@@ -1,0 +1,290 @@
+"""Validated data models at every edge: deployments, sampling parameters, queries, studies.
+
+Everything a user writes (YAML, JSON, REST bodies) becomes one of these pydantic models
+before any work starts, so a typo fails fast with the field named, not mid-study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class Strict(BaseModel):
+    """Base for every edge model: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingParams(Strict):
+    """Decoding parameters. `None` means "leave it to the deployment's or provider's default"."""
+
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    """Softmax temperature."""
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    """Min-p sampling threshold (local models and servers that accept it)."""
+    top_k: int | None = Field(None, ge=0)
+    """Top-k cut-off (0 disables where supported)."""
+    max_tokens: int | None = Field(None, ge=1, le=131072)
+    """Upper bound on generated tokens."""
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    """OpenAI-style presence penalty."""
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    """OpenAI-style frequency penalty."""
+    stop: list[str] | None = None
+    """Stop sequences."""
+
+    def merged(self, *overrides: SamplingParams | None) -> SamplingParams:
+        """Later overrides win field by field; unset (`None`) fields never erase earlier ones."""
+        data = self.model_dump()
+        for override in overrides:
+            if override is None:
+                continue
+            data.update({k: v for k, v in override.model_dump().items() if v is not None})
+        return SamplingParams(**data)
+
+    def explicit(self) -> dict[str, Any]:
+        """Only the parameters that are set, ready to send to a provider."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+ProviderName = str
+
+
+class Deployment(Strict):
+    """One named model endpoint of the zoo (`providers.yaml`). Results are keyed by `name`."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    """Unique name used in results, plots and reports."""
+    provider: ProviderName
+    """Registered provider kind: `llamacpp`, `litellm`, `openai`, `mock`, or a plugin's name."""
+    model: str
+    """Model identifier as the provider expects it (litellm string, server model name, GGUF label)."""
+    api_base: str | None = None
+    """Base URL for OpenAI-compatible servers (vLLM, Ollama, llama.cpp server)."""
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Name of the environment variable holding the API key. Keys never live in YAML."""
+    max_concurrency: int = Field(4, ge=1, le=4096)
+    """Simultaneous requests allowed to this deployment."""
+    params: SamplingParams = Field(default_factory=SamplingParams)
+    """Default sampling parameters for this deployment (the study's and a condition's win)."""
+    family: str | None = None
+    """Model family for lineage studies (e.g. `llama-3`)."""
+    stage: str | None = None
+    """Post-training stage for lineage studies: base, sft, dpo, rl, ..."""
+    enabled: bool = True
+    """Disabled deployments stay in the zoo but are not sampled unless named explicitly."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Per-request timeout."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Provider-specific settings (GGUF source and checksum, chat format, mock script, ...)."""
+
+    @field_validator("options")
+    @classmethod
+    def _no_secrets_in_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if re.search(r"(api_?key|secret|token|password)", key, re.IGNORECASE):
+                raise ValueError(
+                    f"options.{key}: secrets must not be written in the zoo; "
+                    "set `api_key_env` to the name of an environment variable instead"
+                )
+        return value
+
+    def identity(self) -> dict[str, Any]:
+        """What about this deployment can change an output (goes into every cache key)."""
+        options = {k: v for k, v in self.options.items() if k not in {"n_threads", "verbose"}}
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "api_base": self.api_base,
+            "options": options,
+        }
+
+
+class Query(Strict):
+    """One open-ended (or verifiable) prompt of a query set."""
+
+    id: str = Field(min_length=1, max_length=200)
+    """Stable identifier, unique within its set."""
+    text: str = Field(min_length=1)
+    """The prompt as sent to every model."""
+    category: str = "uncategorized"
+    """Taxonomy label (creative writing, brainstorming, ...), used for per-category breakdowns."""
+    answer: str | None = None
+    """Reference answer for verifiable queries (checked by `hivemind.verify`)."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Anything else the source file carried."""
+
+
+class QuerySet(Strict):
+    """A named, ordered collection of queries with unique ids."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    """Name of the set (shipped sets: `open-ended-v1`, `verifiable-v1`)."""
+    description: str = ""
+    """What the set is for."""
+    queries: list[Query] = Field(min_length=1)
+    """The queries, in order."""
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> QuerySet:
+        seen: set[str] = set()
+        for position, query in enumerate(self.queries):
+            if query.id in seen:
+                raise ValueError(f"queries[{position}].id: duplicate id {query.id!r}")
+            seen.add(query.id)
+        return self
+
+    @property
+    def verifiable(self) -> bool:
+        """True when every query carries a reference answer."""
+        return all(q.answer is not None for q in self.queries)
+
+
+class Condition(Strict):
+    """A decoding-time intervention crossed with every deployment (temperature, min-p, prompt)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    """Label in results (e.g. `t1.5`, `ask-for-variety`)."""
+    params: SamplingParams = Field(default_factory=SamplingParams)
+    """Parameter overrides for this condition."""
+    system_prompt: str | None = None
+    """System prompt added to every request of this condition."""
+
+
+DEFAULT_CONDITION = Condition(name="default")
+
+
+class StudySpec(Strict):
+    """A whole study: which queries, which deployments, how many samples, under which conditions."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    """Study name; a store can hold several studies."""
+    query_set: str
+    """A shipped set's name (`open-ended-v1`) or a path to a JSONL/CSV/Parquet file."""
+    deployments: list[str] = Field(min_length=1)
+    """Deployment names from the zoo."""
+    zoo: str | None = None
+    """Path to the zoo file; default `providers.yaml` in the working directory, else the shipped one."""
+    samples: int = Field(8, ge=1, le=10000)
+    """Samples per (query, deployment, condition): equal K for every deployment."""
+    params: SamplingParams = Field(default_factory=SamplingParams)
+    """Study-wide sampling parameters (override each deployment's defaults)."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Decoding conditions to cross with deployments; empty means one `default` condition."""
+    max_queries: int | None = Field(None, ge=1)
+    """Use only the first N queries of the set (quick studies)."""
+    categories: list[str] | None = None
+    """Use only queries of these categories."""
+    seed: int = 0
+    """Base seed; each sample gets its own seed derived from it."""
+    budget_usd: float | None = Field(None, ge=0)
+    """Stop sampling cleanly once the recorded cost reaches this many dollars."""
+    max_attempts: int = Field(4, ge=1, le=20)
+    """Attempts per sample before it is recorded as an error row."""
+    embedder: str = "all-MiniLM-L6-v2"
+    """Sentence-transformers model (name or path) used by the analysis."""
+
+    @field_validator("deployments")
+    @classmethod
+    def _unique_deployments(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("deployments: each deployment may appear only once")
+        return value
+
+    @field_validator("conditions")
+    @classmethod
+    def _unique_conditions(cls, value: list[Condition]) -> list[Condition]:
+        names = [c.name for c in value]
+        if len(set(names)) != len(names):
+            raise ValueError("conditions: condition names must be unique")
+        return value
+
+    def effective_conditions(self) -> list[Condition]:
+        """The conditions to sample; a study without any has one `default` condition."""
+        return self.conditions or [DEFAULT_CONDITION]
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON (sorted keys, no whitespace) so equal content hashes equally."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def sha256_hex(text: str) -> str:
+    """Hex sha256 of UTF-8 text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Message(Strict):
+    """One chat message."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class SampleRequest(Strict):
+    """One frozen sample: (study, query, deployment, condition, params, sample_index, seed).
+
+    Its `cache_key` covers everything that can change the output, the sample index included,
+    so K samples of one query never collapse into one cached answer.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    study: str
+    query_id: str
+    deployment: str
+    condition: str
+    sample_index: int = Field(ge=0)
+    seed: int
+    messages: tuple[Message, ...]
+    params: SamplingParams
+    deployment_identity: dict[str, Any]
+
+    @property
+    def cache_key(self) -> str:
+        """sha256 of the canonical JSON of every output-relevant field."""
+        return sha256_hex(
+            canonical_json(
+                {
+                    "deployment": self.deployment_identity,
+                    "messages": [m.model_dump() for m in self.messages],
+                    "params": self.params.model_dump(),
+                    "sample_index": self.sample_index,
+                    "seed": self.seed,
+                }
+            )
+        )
+
+    @property
+    def row_key(self) -> tuple[str, str, str, str, int]:
+        """The store's unique key: exactly one row per (study, query, deployment, condition, index)."""
+        return (self.study, self.query_id, self.deployment, self.condition, self.sample_index)
+
+
+def sample_seed(base_seed: int, query_id: str, deployment: str, condition: str, index: int) -> int:
+    """A distinct, reproducible 31-bit seed per sample (a repeated seed gives identical samples)."""
+    digest = hashlib.sha256(
+        canonical_json([base_seed, query_id, deployment, condition, index]).encode()
+    ).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+class Completion(BaseModel):
+    """What a provider returns for one request."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    model: str | None = None
+    """The model name the provider reports (may differ from the requested one)."""

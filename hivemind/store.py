@@ -1,0 +1,248 @@
+"""The study store: a SQLite journal (WAL) that is the truth about what has been sampled.
+
+A finished sample is committed here before the sampler counts it, so `kill -9` at any moment
+loses at most the requests in flight. One row per (study, query, deployment, condition,
+sample_index) is enforced by the primary key; a successful row is never overwritten by a later
+error. Tables export to Parquet through polars for analysis.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hivemind.spec import Completion, Deployment, Query, SampleRequest, StudySpec, canonical_json
+
+if TYPE_CHECKING:
+    import polars as pl
+
+STORE_FILE = "hivemind.sqlite"
+
+# Ordered migrations: the store's `user_version` says how many have run. Append, never edit.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE studies (
+        name TEXT PRIMARY KEY,
+        spec_json TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE queries (
+        study TEXT NOT NULL, query_id TEXT NOT NULL, position INTEGER NOT NULL,
+        text TEXT NOT NULL, category TEXT NOT NULL, answer TEXT,
+        PRIMARY KEY (study, query_id)
+    );
+    CREATE TABLE deployments (
+        study TEXT NOT NULL, name TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
+        family TEXT, stage TEXT, identity_json TEXT NOT NULL,
+        PRIMARY KEY (study, name)
+    );
+    CREATE TABLE samples (
+        study TEXT NOT NULL, query_id TEXT NOT NULL, deployment TEXT NOT NULL,
+        condition TEXT NOT NULL, sample_index INTEGER NOT NULL,
+        seed INTEGER NOT NULL, cache_key TEXT NOT NULL, params_json TEXT NOT NULL,
+        text TEXT, error TEXT, finish_reason TEXT,
+        prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL,
+        latency_s REAL, attempts INTEGER NOT NULL, model TEXT, created_at REAL NOT NULL,
+        PRIMARY KEY (study, query_id, deployment, condition, sample_index)
+    );
+    CREATE INDEX samples_by_cache_key ON samples (cache_key);
+    """,
+]
+
+
+class StoreError(RuntimeError):
+    """The store cannot hold what was asked (e.g. the same study name with other parameters)."""
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        connection.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+
+class Store:
+    """One SQLite file in a store directory; safe to share between threads of one process."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / STORE_FILE
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
+        self._db.execute("PRAGMA busy_timeout=10000")
+        with self._lock:
+            _migrate(self._db)
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL)."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    # --- studies -------------------------------------------------------------------------
+    def register_study(self, spec: StudySpec, queries: list[Query], deployments: list[Deployment]) -> None:
+        """Record (or refresh) a study's spec, queries and deployments before sampling."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO studies VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "spec_json = excluded.spec_json, updated_at = excluded.updated_at",
+                (spec.name, spec.model_dump_json(), now, now),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO queries VALUES (?, ?, ?, ?, ?, ?)",
+                [(spec.name, q.id, i, q.text, q.category, q.answer) for i, q in enumerate(queries)],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO deployments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (spec.name, d.name, d.provider, d.model, d.family, d.stage,
+                     canonical_json(d.identity()))
+                    for d in deployments
+                ],
+            )
+
+    def studies(self) -> list[str]:
+        """Names of the studies in this store, oldest first."""
+        return [r["name"] for r in self._rows("SELECT name FROM studies ORDER BY created_at")]
+
+    def study_spec(self, study: str) -> StudySpec:
+        """The spec a study was last run with."""
+        rows = self._rows("SELECT spec_json FROM studies WHERE name = ?", (study,))
+        if not rows:
+            raise StoreError(f"no study named {study!r} in {self.path} (it has: {self.studies()})")
+        return StudySpec.model_validate_json(rows[0]["spec_json"])
+
+    # --- samples -------------------------------------------------------------------------
+    def sampled_keys(self, study: str) -> dict[tuple[str, str, str, int], tuple[str, bool]]:
+        """Each existing row's (query, deployment, condition, index) -> (cache_key, succeeded)."""
+        rows = self._rows(
+            "SELECT query_id, deployment, condition, sample_index, cache_key, error IS NULL AS ok "
+            "FROM samples WHERE study = ?",
+            (study,),
+        )
+        return {
+            (r["query_id"], r["deployment"], r["condition"], r["sample_index"]): (r["cache_key"], bool(r["ok"]))
+            for r in rows
+        }
+
+    def record(
+        self,
+        request: SampleRequest,
+        completion: Completion | None,
+        *,
+        error: str | None,
+        latency_s: float,
+        attempts: int,
+    ) -> None:
+        """Commit one finished sample (or its final error). A success is never replaced."""
+        values = (
+            *request.row_key, request.seed, request.cache_key,
+            canonical_json(request.params.model_dump()),
+            completion.text if completion else None,
+            None if completion else (error or "unknown error"),
+            completion.finish_reason if completion else None,
+            completion.prompt_tokens if completion else None,
+            completion.completion_tokens if completion else None,
+            completion.cost_usd if completion else None,
+            latency_s, attempts,
+            completion.model if completion else None,
+            time.time(),
+        )
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO samples VALUES (" + ",".join("?" * len(values)) + ") "
+                "ON CONFLICT DO UPDATE SET seed = excluded.seed, cache_key = excluded.cache_key, "
+                "params_json = excluded.params_json, text = excluded.text, error = excluded.error, "
+                "finish_reason = excluded.finish_reason, prompt_tokens = excluded.prompt_tokens, "
+                "completion_tokens = excluded.completion_tokens, cost_usd = excluded.cost_usd, "
+                "latency_s = excluded.latency_s, attempts = excluded.attempts, "
+                "model = excluded.model, created_at = excluded.created_at "
+                "WHERE samples.error IS NOT NULL",
+                values,
+            )
+
+    def total_cost(self, study: str) -> float:
+        """Dollars recorded so far for a study (unknown costs count as zero)."""
+        rows = self._rows("SELECT COALESCE(SUM(cost_usd), 0) AS c FROM samples WHERE study = ?", (study,))
+        return float(rows[0]["c"])
+
+    def progress(self, study: str) -> dict[str, dict[str, int]]:
+        """Per deployment: rows that succeeded and rows that ended in an error."""
+        rows = self._rows(
+            "SELECT deployment, SUM(error IS NULL) AS ok, SUM(error IS NOT NULL) AS failed "
+            "FROM samples WHERE study = ? GROUP BY deployment",
+            (study,),
+        )
+        return {r["deployment"]: {"ok": int(r["ok"]), "failed": int(r["failed"])} for r in rows}
+
+    # --- tables --------------------------------------------------------------------------
+    def samples_frame(self, study: str, *, include_errors: bool = True) -> pl.DataFrame:
+        """Every sample of a study joined with its query and deployment metadata."""
+        import polars as pl
+
+        where = "" if include_errors else " AND s.error IS NULL"
+        rows = self._rows(
+            "SELECT s.study, s.query_id, q.category, q.text AS query_text, q.answer, s.deployment, "
+            "d.provider, d.model AS deployment_model, d.family, d.stage, s.condition, "
+            "s.sample_index, s.seed, s.cache_key, s.params_json, s.text, s.error, "
+            "s.finish_reason, s.prompt_tokens, s.completion_tokens, s.cost_usd, s.latency_s, "
+            "s.attempts, s.model, s.created_at "
+            "FROM samples s JOIN queries q ON q.study = s.study AND q.query_id = s.query_id "
+            "JOIN deployments d ON d.study = s.study AND d.name = s.deployment "
+            "WHERE s.study = ?" + where + " ORDER BY q.position, s.deployment, s.condition, s.sample_index",
+            (study,),
+        )
+        schema = {
+            "study": pl.Utf8, "query_id": pl.Utf8, "category": pl.Utf8, "query_text": pl.Utf8,
+            "answer": pl.Utf8, "deployment": pl.Utf8, "provider": pl.Utf8,
+            "deployment_model": pl.Utf8, "family": pl.Utf8, "stage": pl.Utf8,
+            "condition": pl.Utf8, "sample_index": pl.Int64, "seed": pl.Int64,
+            "cache_key": pl.Utf8, "params_json": pl.Utf8, "text": pl.Utf8, "error": pl.Utf8,
+            "finish_reason": pl.Utf8, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
+            "cost_usd": pl.Float64, "latency_s": pl.Float64, "attempts": pl.Int64,
+            "model": pl.Utf8, "created_at": pl.Float64,
+        }
+        return pl.DataFrame([dict(r) for r in rows], schema=schema, orient="row")
+
+    def export_parquet(self, study: str, path: str | Path | None = None) -> Path:
+        """Write the study's samples to Parquet (default `STORE/<study>/samples.parquet`)."""
+        target = Path(path) if path else self.directory / study / "samples.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.samples_frame(study).write_parquet(target)
+        return target
+
+
+def load_params(params_json: str) -> dict[str, Any]:
+    """The sampling parameters a row was produced with."""
+    return json.loads(params_json)

@@ -1,0 +1,54 @@
+"""`hivemind zoo check`: does each deployment answer one short request right now?"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from hivemind.providers.base import create_provider
+from hivemind.spec import Deployment, Message, SampleRequest, SamplingParams
+
+PROBE = "Reply with one short sentence: what is a metaphor?"
+
+
+@dataclass
+class CheckResult:
+    """One deployment's answer to the probe, or why it gave none."""
+
+    name: str
+    ok: bool
+    latency_s: float
+    detail: str
+
+
+async def _check_one(deployment: Deployment) -> CheckResult:
+    started = time.perf_counter()
+    try:
+        provider = create_provider(deployment)
+        provider.check_ready()
+        request = SampleRequest(
+            study="zoo-check", query_id="probe", deployment=deployment.name, condition="default",
+            sample_index=0, seed=1, messages=(Message(role="user", content=PROBE),),
+            params=deployment.params.merged(SamplingParams(max_tokens=16)),
+            deployment_identity=deployment.identity(),
+        )
+        try:
+            completion = await asyncio.wait_for(provider.generate(request), deployment.timeout_s)
+        finally:
+            await provider.aclose()
+    except Exception as exc:  # report every failure as a row; the check never crashes
+        return CheckResult(deployment.name, False, time.perf_counter() - started,
+                           f"{type(exc).__name__}: {exc}")
+    text = completion.text.strip().replace("\n", " ")
+    return CheckResult(deployment.name, bool(text), time.perf_counter() - started,
+                       text or "(empty answer)")
+
+
+def check_deployments(deployments: list[Deployment]) -> list[CheckResult]:
+    """Probe every deployment concurrently."""
+
+    async def check_all() -> list[CheckResult]:
+        return list(await asyncio.gather(*(_check_one(d) for d in deployments)))
+
+    return asyncio.run(check_all())
