@@ -90,10 +90,8 @@ class Embedder:
         chunk_overlap: int = 32,
         progress: bool = True,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if chunk_overlap < 0:
-            raise ValueError("chunk_overlap must be >= 0")
+        if batch_size < 1 or chunk_overlap < 0:
+            raise ValueError("batch_size must be >= 1 and chunk_overlap >= 0")
         self.model_name = model
         self.model_path = resolve_model_path(model)
         self.batch_size = batch_size
@@ -105,7 +103,6 @@ class Embedder:
         self.texts_encoded = 0
         """How many texts `encode` has embedded so far (cache tests and benchmarks read it)."""
 
-    # -- loading ---------------------------------------------------------------------------
     @property
     def device(self) -> str:
         """The torch device: the one asked for, else CUDA when available, else CPU."""
@@ -165,10 +162,10 @@ class Embedder:
     @property
     def dim(self) -> int:
         """Embedding dimension."""
-        dim = self.model.get_sentence_embedding_dimension()
-        if dim is None:
-            dim = int(self.model.encode(["x"], convert_to_numpy=True).shape[1])
-        return int(dim)
+        model = self.model
+        getter = getattr(model, "get_embedding_dimension", None)
+        dim = (getter or model.get_sentence_embedding_dimension)()
+        return int(dim if dim is not None else model.encode(["x"]).shape[1])
 
     @property
     def max_tokens(self) -> int:
@@ -180,7 +177,6 @@ class Embedder:
         """The model's Hugging Face tokenizer."""
         return self.model.tokenizer
 
-    # -- chunking --------------------------------------------------------------------------
     @property
     def window(self) -> int:
         """Content word pieces per chunk: max_seq_length minus the special tokens."""
@@ -189,10 +185,7 @@ class Embedder:
     def _prepare(self, text: str) -> str:
         """What sentence-transformers' Transformer module does to a text before tokenizing."""
         text = text.strip()
-        first = self.model[0]
-        if getattr(first, "do_lower_case", False):
-            text = text.lower()
-        return text
+        return text.lower() if getattr(self.model[0], "do_lower_case", False) else text
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Word-piece ids of each text, without special tokens and without truncation."""
@@ -234,7 +227,6 @@ class Embedder:
         build = self.tokenizer.build_inputs_with_special_tokens
         return [build(c) for c in self.chunk_ids(self.token_ids([text])[0])]
 
-    # -- encoding --------------------------------------------------------------------------
     def encode_ids(self, inputs: Sequence[Sequence[int]], progress: bool = False) -> np.ndarray:
         """Embed ready model inputs (each <= max_seq_length ids), longest first, in batches."""
         import torch
@@ -248,19 +240,16 @@ class Embedder:
             raise ValueError(f"input of {max(too_long)} ids exceeds {self.max_tokens}")
         order = np.argsort([-len(x) for x in inputs], kind="stable")
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        bar = _progress_bar(len(inputs)) if progress else None
-        try:
-            task = bar.add_task("embedding", total=len(inputs)) if bar else None
-            with torch.inference_mode():
-                for batch in batches:
-                    features = self._features([inputs[i] for i in batch])
-                    vectors = self.model(features)["sentence_embedding"]
-                    out[batch] = vectors.float().cpu().numpy()
-                    if bar is not None and task is not None:
-                        bar.update(task, advance=len(batch))
-        finally:
-            if bar is not None:
-                bar.stop()
+        from rich.progress import Progress
+
+        bar = Progress(transient=True, disable=not progress)
+        with bar, torch.inference_mode():
+            task = bar.add_task("embedding", total=len(inputs))
+            for batch in batches:
+                features = self._features([inputs[i] for i in batch])
+                vectors = self.model(features)["sentence_embedding"]
+                out[batch] = vectors.float().cpu().numpy()
+                bar.update(task, advance=len(batch))
         return _normalise(out)
 
     def _features(self, batch: Sequence[Sequence[int]]) -> dict[str, Any]:
@@ -309,21 +298,6 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms > 0, norms, 1.0).astype(np.float32)
-
-
-def _progress_bar(total: int) -> Any:
-    """A started rich progress bar (transient, to stderr)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    )
-    bar.start()
-    return bar
 
 
 class EmbeddingCache:

@@ -11,6 +11,12 @@ neighbours can only be below t once the k-th is). GPU kNN is capped at `GPU_MAX_
 queries that need more fall back to the exact CPU range search. The emulation can be forced
 on CPU, so tests compare it with FAISS's own CPU range search pair for pair.
 
+Similarities are canonical: every backend (CPU range search, GPU or CPU kNN, numpy) only
+proposes candidates within `SLACK` below the threshold, and each candidate's cosine is then
+recomputed pair by pair in float64 and rounded to float32 (`exact_cosines`). BLAS and GPU
+kernels change the last bits of a dot product with the batch shape and thread count; the
+recomputation does not, so every path returns the same pairs with the same values.
+
 faiss is imported lazily (inside functions) so importing hivemind stays cheap.
 """
 
@@ -29,6 +35,39 @@ GPU_MAX_K = 2048
 """Largest k a FAISS GPU k-selection accepts (CUDA builds)."""
 NORM_TOLERANCE = 1e-3
 """How far a row's L2 norm may be from 1 before it is rejected as not normalised."""
+SLACK = 1e-3
+"""Candidates are gathered this far below the threshold, far above any float32 kernel's
+rounding error on unit vectors, then kept or dropped by their canonical cosine."""
+_REFINE_ROWS = 1 << 16
+
+
+def exact_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot products of a and b, accumulated in float64 and rounded to float32.
+
+    Products of float32 values are exact in float64, so the result does not depend on the
+    order of summation (batch shape, threads, device): this is the canonical similarity.
+    """
+    out = np.empty(a.shape[0], dtype=np.float32)
+    for start in range(0, a.shape[0], _REFINE_ROWS):
+        part = slice(start, start + _REFINE_ROWS)
+        out[part] = np.einsum("ij,ij->i", a[part].astype(np.float64), b[part].astype(np.float64))
+    return out
+
+
+def _refine(
+    left: np.ndarray,
+    right: np.ndarray,
+    rows: np.ndarray,
+    ids: np.ndarray,
+    threshold: np.float32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the candidate pairs (left[rows], right[ids]) whose canonical cosine is >= t."""
+    sims = np.empty(rows.shape[0], dtype=np.float32)
+    for start in range(0, rows.shape[0], _REFINE_ROWS):
+        part = slice(start, start + _REFINE_ROWS)
+        sims[part] = exact_cosines(left[rows[part]], right[ids[part]])
+    keep = sims >= threshold
+    return rows[keep], ids[keep], sims[keep]
 
 
 def gpu_available() -> bool:
@@ -97,7 +136,8 @@ class VectorIndex:
     """Exact inner-product index (faiss.IndexFlatIP) over unit float32 vectors.
 
     On GPU the vectors stay in a CPU index as well: it is the source the GPU copy is built
-    from, and the exact fallback for queries with more than `max_k` neighbours in range.
+    from, the exact fallback for queries with more than `max_k` neighbours in range, and
+    the vectors candidates are re-scored against.
     """
 
     def __init__(
@@ -132,6 +172,15 @@ class VectorIndex:
         """Number of vectors added."""
         return int(self._cpu.ntotal)
 
+    def vectors(self) -> np.ndarray:
+        """Zero-copy view of the stored vectors (invalid after the next `add`)."""
+        import faiss
+
+        if not self.ntotal:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        flat = faiss.rev_swig_ptr(self._cpu.get_xb(), self.ntotal * self.dim)
+        return np.asarray(flat).reshape(self.ntotal, self.dim)
+
     def add(self, vectors: np.ndarray) -> None:
         """Append unit vectors; their ids continue from `ntotal`."""
         self._cpu.add(_as_unit_matrix(vectors, self.dim))
@@ -163,19 +212,24 @@ class VectorIndex:
         return sims, ids.astype(np.int64)
 
     def range_search(self, queries: np.ndarray, threshold: float) -> RangeHits:
-        """Every (query, id) with similarity >= threshold (float32 comparison), exactly."""
+        """Every (query, id) whose canonical cosine (`exact_cosines`) is >= threshold.
+
+        The same pairs and values whatever the backend (CPU range search or kNN emulation).
+        """
         q = _as_unit_matrix(queries, self.dim)
         threshold32 = np.float32(threshold)
         parts: list[RangeHits] = []
         if self.ntotal and q.shape[0]:
             for start in range(0, q.shape[0], self.batch_size):
                 block = q[start : start + self.batch_size]
-                hits = (
-                    self._range_by_knn(block, threshold32)
+                loose = np.float32(threshold32 - SLACK)
+                rows, ids = (
+                    self._range_by_knn(block, loose)
                     if self.emulate_range
-                    else self._range_cpu(block, threshold32)
+                    else self._range_cpu(block, loose)
                 )
-                parts.append(RangeHits(hits.rows + start, hits.ids, hits.sims))
+                rows, ids, sims = _refine(block, self.vectors(), rows, ids, threshold32)
+                parts.append(RangeHits(rows + start, ids, sims))
         if not parts:
             empty = np.zeros(0, np.int64)
             return RangeHits(empty, empty.copy(), np.zeros(0, np.float32))
@@ -185,67 +239,39 @@ class VectorIndex:
             np.concatenate([p.sims for p in parts]),
         )
 
-    def _range_cpu(self, q: np.ndarray, threshold: np.float32) -> RangeHits:
-        """FAISS CPU range search. FAISS keeps sim > radius, so radius is the float32 just
-        below the threshold: for float32 sims, sim > prev(t) <=> sim >= t."""
+    def _range_cpu(self, q: np.ndarray, threshold: np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates (rows, ids) with sim >= t from FAISS's CPU range search (which keeps
+        sim > radius: radius is the float32 just below t)."""
         radius = float(np.nextafter(threshold, np.float32(-np.inf)))
-        lims, sims, ids = self._cpu.range_search(q, radius)
+        lims, _, ids = self._cpu.range_search(q, radius)
         rows = np.repeat(np.arange(q.shape[0], dtype=np.int64), np.diff(lims))
-        return RangeHits.build(rows, ids, sims)
+        return rows, ids.astype(np.int64)
 
-    def _range_by_knn(self, q: np.ndarray, threshold: np.float32) -> RangeHits:
-        """Exact range search from kNN: double k for every query whose k-th sim is >= t.
-
-        Once the k-th similarity is below t, all neighbours in range are among the first k.
-        Queries still open at `max_k` go to the exact CPU range search.
-        """
+    def _range_by_knn(self, q: np.ndarray, threshold: np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates (rows, ids) with sim >= t from kNN, doubling k for every query whose
+        k-th similarity is still >= t (once it is below t, all in range are in the first k).
+        Queries still open at `max_k` go to the CPU range search."""
         ntotal = self.ntotal
         cap = ntotal if self.max_k is None else min(self.max_k, ntotal)
         k = min(self.initial_k, cap)
         open_rows = np.arange(q.shape[0])
-        rows, ids, sims = [], [], []
+        rows: list[np.ndarray] = []
+        ids: list[np.ndarray] = []
+        index = self._search_index()
         while open_rows.size:
-            d, i = self._knn_rows(q, open_rows, k)
+            d, i = index.search(np.ascontiguousarray(q[open_rows]), k)
             finished = np.full(open_rows.size, True) if k >= ntotal else d[:, -1] < threshold
             hit_r, hit_c = np.nonzero((d >= threshold) & finished[:, None])
             rows.append(open_rows[hit_r])
-            ids.append(i[hit_r, hit_c])
-            sims.append(d[hit_r, hit_c])
+            ids.append(i[hit_r, hit_c].astype(np.int64))
             open_rows = open_rows[~finished]
             if open_rows.size and k >= cap:  # capped below ntotal: exact CPU fallback
-                rest = self._range_cpu(q[open_rows], threshold)
-                rows.append(open_rows[rest.rows])
-                ids.append(rest.ids)
-                sims.append(rest.sims)
+                rest_rows, rest_ids = self._range_cpu(q[open_rows], threshold)
+                rows.append(open_rows[rest_rows])
+                ids.append(rest_ids)
                 break
             k = min(2 * k, cap)
-        return RangeHits.build(np.concatenate(rows), np.concatenate(ids), np.concatenate(sims))
-
-    def _knn_rows(self, q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """kNN for a subset of query rows, computed with the arithmetic of the full batch.
-
-        FAISS's CPU flat search takes a different code path (per-pair SIMD instead of BLAS)
-        for batches under `distance_compute_blas_threshold` rows, which can change the last
-        bit of a similarity. A shrunken subset is padded with finished rows back up to that
-        size, so emulated and native range search agree bit for bit.
-        """
-        subset = q[rows]
-        blas_rows = _blas_threshold()
-        if not self.on_gpu and q.shape[0] >= blas_rows > subset.shape[0]:
-            filler = np.setdiff1d(np.arange(q.shape[0]), rows)[: blas_rows - subset.shape[0]]
-            subset = np.concatenate([subset, q[filler]])
-        d, i = self._search_index().search(np.ascontiguousarray(subset), k)
-        return d[: rows.size], i[: rows.size].astype(np.int64)
-
-
-def _blas_threshold() -> int:
-    """FAISS's batch size from which CPU flat search uses BLAS (20 unless changed)."""
-    try:
-        import faiss
-
-        return int(faiss.cvar.distance_compute_blas_threshold)
-    except Exception:  # noqa: BLE001 - older/newer builds without the variable
-        return 20
+        return np.concatenate(rows).astype(np.int64), np.concatenate(ids)
 
 
 def _codes(labels: Sequence[Hashable], n: int, what: str) -> np.ndarray:
@@ -259,19 +285,21 @@ def _codes(labels: Sequence[Hashable], n: int, what: str) -> np.ndarray:
 def _dense_pairs(
     vectors: np.ndarray, rows: np.ndarray, deps: np.ndarray, threshold: np.float32, block: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs i < j among `rows` (ascending) from different deployments with cosine >= t,
-    by blocked matrix products (memory stays block x len(rows))."""
+    """Pairs i < j among `rows` (ascending) from different deployments with cosine >= t:
+    candidates by blocked matrix products (memory stays block x len(rows)), then refined."""
     sub = vectors[rows]
     dep = deps[rows]
     out_i, out_j, out_s = [], [], []
+    loose = np.float32(threshold - SLACK)
     for start in range(0, rows.size - 1, block):
         sims = sub[start : start + block] @ sub[start:].T
-        a, b = np.nonzero(sims >= threshold)
+        a, b = np.nonzero(sims >= loose)
         ga, gb = a + start, b + start
         keep = (gb > ga) & (dep[ga] != dep[gb])
-        out_i.append(rows[ga[keep]])
-        out_j.append(rows[gb[keep]])
-        out_s.append(sims[a[keep], b[keep]])
+        ga, gb, exact = _refine(sub, sub, ga[keep], gb[keep], threshold)
+        out_i.append(rows[ga])
+        out_j.append(rows[gb])
+        out_s.append(exact)
     if not out_i:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
@@ -312,7 +340,7 @@ def near_duplicate_pairs(
         index = VectorIndex(matrix.shape[1], use_gpu=use_gpu)
         index.add(matrix)
         hits = index.range_search(matrix, float(threshold32))
-        keep = (hits.rows < hits.ids) & (deps[hits.rows] != deps[np.maximum(hits.ids, 0)])
+        keep = (hits.rows < hits.ids) & (deps[hits.rows] != deps[hits.ids])
         parts.append((hits.rows[keep], hits.ids[keep], hits.sims[keep]))
     i = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
     j = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)

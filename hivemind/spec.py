@@ -57,6 +57,11 @@ class SamplingParams(Strict):
 
 
 ProviderName = str
+# Options that change how a request runs but never what it returns: kept out of cache keys, so
+# tuning threads or a test script's failures does not invalidate finished samples.
+RUNTIME_OPTIONS = frozenset(
+    {"n_threads", "verbose", "latency_s", "fail_first", "fail_rate", "error_status", "retry_after"}
+)
 
 
 class Deployment(Strict):
@@ -100,7 +105,7 @@ class Deployment(Strict):
 
     def identity(self) -> dict[str, Any]:
         """What about this deployment can change an output (goes into every cache key)."""
-        options = {k: v for k, v in self.options.items() if k not in {"n_threads", "verbose"}}
+        options = {k: v for k, v in self.options.items() if k not in RUNTIME_OPTIONS}
         return {
             "provider": self.provider,
             "model": self.model,

@@ -60,8 +60,8 @@ def cosine_matrix(X: ArrayLike, Y: ArrayLike | None = None) -> np.ndarray:
     B = A if Y is None else normalize_rows(Y)
     if A.shape[1] != B.shape[1]:
         raise ValueError(f"dimension mismatch: {A.shape[1]} vs {B.shape[1]}")
-    S = A @ B.T
-    return np.clip(S, -1.0, 1.0)
+    S: np.ndarray = np.clip(A @ B.T, -1.0, 1.0)
+    return S
 
 
 def mean_pairwise_similarity(X: ArrayLike) -> float:

@@ -121,7 +121,7 @@ def permutation_test(
     prepared = [(np.asarray(v), np.asarray(lab)) for v, lab in groups]
 
     def avg(label_sets: Sequence[np.ndarray]) -> float:
-        vals = [float(statistic(v, lab)) for (v, _), lab in zip(prepared, label_sets)]
+        vals = [float(statistic(v, lab)) for (v, _), lab in zip(prepared, label_sets, strict=True)]
         return float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else float("nan")
 
     observed = avg([lab for _, lab in prepared])

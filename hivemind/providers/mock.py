@@ -48,10 +48,20 @@ class MockProvider(Provider):
         super().__init__(deployment)
         self._attempts: dict[str, int] = defaultdict(int)
         self.calls = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     async def generate(self, request: SampleRequest) -> Completion:
-        options = self.deployment.options
         self.calls += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._generate(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _generate(self, request: SampleRequest) -> Completion:
+        options = self.deployment.options
         latency = float(options.get("latency_s", 0.0))
         if latency:
             await asyncio.sleep(latency)

@@ -1,0 +1,1 @@
+"""Test and benchmark doubles that speak real wire protocols (no patched clients)."""

@@ -1,0 +1,99 @@
+"""A scripted OpenAI-compatible chat server on loopback, for tests and `bench/sampling.py`.
+
+It stands in for hosted APIs that cannot be reached here, speaking their real wire protocol
+over real HTTP: `POST /v1/chat/completions`, 429s with `Retry-After`, 5xx, auth failures.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Script:
+    """What the server does; tests change it between calls."""
+
+    fail_first: int = 0
+    """The first N requests (server-wide) fail with `fail_status`."""
+    fail_status: int = 429
+    retry_after: str | None = "0.05"
+    required_key: str | None = None
+    """When set, requests without `Authorization: Bearer <key>` get a 401 that echoes the header."""
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    """Every request body received, in order."""
+    record_bodies: bool = True
+    served: int = 0
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def create_app(script: Script) -> Any:
+    """The Starlette app that answers like an OpenAI chat endpoint."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        if script.record_bodies:
+            script.bodies.append(body)
+        script.served += 1
+        auth = request.headers.get("authorization", "")
+        if script.required_key is not None and auth != f"Bearer {script.required_key}":
+            return JSONResponse({"error": {"message": f"invalid key in header {auth!r}"}}, status_code=401)
+        if script.served <= script.fail_first:
+            headers = {"retry-after": script.retry_after} if script.retry_after else {}
+            return JSONResponse({"error": {"message": "slow down"}}, status_code=script.fail_status,
+                                headers=headers)
+        words = ["river", "thief", "tailor", "lighthouse", "gardener", "train", "letter", "candle"]
+        seed = int(body.get("seed") or 0)
+        text = f"Time is a {words[seed % len(words)]} ({seed})."
+        return JSONResponse({
+            "id": f"chatcmpl-{script.served}", "object": "chat.completion",
+            "created": int(time.time()), "model": body.get("model", "stub"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16},
+        })
+
+    async def models(_: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "stub", "object": "model"}]})
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+                             Route("/v1/models", models)])
+
+
+@contextmanager
+def serve(script: Script | None = None, port: int | None = None) -> Iterator[tuple[str, Script]]:
+    """Run the server in a background thread; yields (api_base, script) and stops on exit."""
+    import uvicorn
+
+    script = script or Script()
+    port = port or free_port()
+    config = uvicorn.Config(create_app(script), host="127.0.0.1", port=port, log_level="error",
+                            access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the stub OpenAI server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/v1", script
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
