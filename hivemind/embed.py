@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -191,20 +192,14 @@ class Embedder:
         """Word-piece ids of each text, without special tokens and without truncation."""
         if not texts:
             return []
-        import transformers
-
-        level = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()  # "longer than max length": we chunk
-        try:
-            encoded = self.tokenizer(
-                [self._prepare(t) for t in texts],
-                add_special_tokens=False,
-                truncation=False,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )
-        finally:
-            transformers.logging.set_verbosity(level)
+        encoded = self.tokenizer(
+            [self._prepare(t) for t in texts],
+            add_special_tokens=False,
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,  # no "longer than the maximum length" warning: we chunk
+        )
         return [list(ids) for ids in encoded["input_ids"]]
 
     def chunk_ids(self, ids: Sequence[int]) -> list[list[int]]:
@@ -321,17 +316,22 @@ class EmbeddingCache:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(self._SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A short-lived connection; one transaction, committed on success, then closed."""
         conn = sqlite3.connect(self.path, timeout=30.0)
-        conn.execute("PRAGMA synchronous=NORMAL")
-        return conn
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            with conn:
+                yield conn
+        finally:
+            conn.close()
 
     def get_many(self, embedder_id: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         """Cached vectors for those hashes that have one (missing hashes are absent)."""
         wanted = list(dict.fromkeys(hashes))
         found: dict[str, np.ndarray] = {}
-        conn = self._connect()
-        try:
+        with self._connect() as conn:
             for start in range(0, len(wanted), self._CHUNK):
                 part = wanted[start : start + self._CHUNK]
                 marks = ",".join("?" * len(part))
@@ -344,8 +344,6 @@ class EmbeddingCache:
                     vector = np.frombuffer(blob, dtype="<f4")
                     if vector.shape[0] == dim:  # a torn or foreign row counts as missing
                         found[text_hash] = vector.astype(np.float32)
-        finally:
-            conn.close()
         return found
 
     def put_many(
@@ -359,24 +357,15 @@ class EmbeddingCache:
         for text_hash, vector in pairs:
             flat = np.asarray(vector, dtype="<f4").reshape(-1)
             rows.append((embedder_id, text_hash, int(flat.shape[0]), flat.tobytes()))
-        conn = self._connect()
-        try:
-            with conn:
-                conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
-        finally:
-            conn.close()
+        with self._connect() as conn:
+            conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
         return len(rows)
 
     def count(self, embedder_id: str | None = None) -> int:
         """Rows stored (for one embedder, or in all)."""
-        conn = self._connect()
-        try:
-            if embedder_id is None:
-                return int(conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
-            query = "SELECT COUNT(*) FROM embeddings WHERE embedder_id = ?"
-            return int(conn.execute(query, (embedder_id,)).fetchone()[0])
-        finally:
-            conn.close()
+        where, args = ("WHERE embedder_id = ?", (embedder_id,)) if embedder_id else ("", ())
+        with self._connect() as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM embeddings {where}", args).fetchone()[0])
 
 
 def embed_texts(
