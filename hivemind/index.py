@@ -244,7 +244,7 @@ class VectorIndex:
         sim > radius: radius is the float32 just below t)."""
         radius = float(np.nextafter(threshold, np.float32(-np.inf)))
         lims, _, ids = self._cpu.range_search(q, radius)
-        rows = np.repeat(np.arange(q.shape[0], dtype=np.int64), np.diff(lims))
+        rows = np.repeat(np.arange(q.shape[0], dtype=np.int64), np.diff(lims).astype(np.int64))
         return rows, ids.astype(np.int64)
 
     def _range_by_knn(self, q: np.ndarray, threshold: np.float32) -> tuple[np.ndarray, np.ndarray]:

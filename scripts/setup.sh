@@ -4,8 +4,19 @@
 #
 #   HIVEMIND_VENV_CACHE=DIR  keep built venvs under DIR keyed by a hash of the dependency files
 #                           (CI sets it); without it the venv is built in place at ./.venv.
+#   --test                  also install what the test suite needs outside PyPI (Debian's
+#                           chromium, to render the HTML report headless), when run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (headless report rendering in the tests)..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: chromium not found; the report-rendering test will be skipped" >&2
+  fi
+fi
 
 PYTHON=${PYTHON:-python3}
 deps_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)

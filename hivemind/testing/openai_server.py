@@ -97,3 +97,20 @@ def serve(script: Script | None = None, port: int | None = None) -> Iterator[tup
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def main() -> None:
+    """`python -m hivemind.testing.openai_server --port N`: serve in the foreground."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    uvicorn.run(create_app(Script(record_bodies=False)), host="127.0.0.1", port=args.port,
+                log_level="error", access_log=False, lifespan="off")
+
+
+if __name__ == "__main__":
+    main()

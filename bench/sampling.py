@@ -1,0 +1,157 @@
+"""Sampler throughput and local-model speed, each beside its baseline in the same run.
+
+1. samples/s of hivemind's sampler (openai provider, retries armed, every sample committed to
+   SQLite) against a local OpenAI-compatible HTTP server, vs a bare httpx loop with the same
+   concurrency against the same server.
+2. tokens/s of each local GGUF model through hivemind's llamacpp provider vs llama-cpp-python
+   called directly with the same prompt and parameters.
+
+    .venv/bin/python bench/sampling.py            # full
+    .venv/bin/python bench/sampling.py --quick    # smaller counts
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from hivemind.providers.base import create_provider
+from hivemind.providers.llamacpp import load_llama, render_prompt, sampling_kwargs
+from hivemind.providers.gguf import resolve_gguf
+from hivemind.providers.openai import chat_body
+from hivemind.sampling import Sampler, plan_requests
+from hivemind.spec import Deployment, Query, SamplingParams, StudySpec
+from hivemind.store import Store
+from hivemind.testing.openai_server import free_port
+from hivemind.zoo import load_zoo
+
+
+def start_server() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "hivemind.testing.openai_server", "--port", str(port)])
+    base = f"http://127.0.0.1:{port}/v1"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{base}/models", timeout=1).status_code == 200:
+                return server, base
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    server.kill()
+    raise RuntimeError("stub server did not start")
+
+
+def study_requests(n: int, deployment: Deployment) -> tuple[StudySpec, list[Query], list]:
+    spec = StudySpec(name="bench", query_set="-", deployments=[deployment.name], samples=n // 10,
+                     params=SamplingParams(temperature=1.0, max_tokens=16))
+    queries = [Query(id=f"q{i}", text=f"Write a metaphor about thing {i}.") for i in range(10)]
+    return spec, queries, plan_requests(spec, queries, [deployment])
+
+
+async def hivemind_rate(base: str, concurrency: int, n: int) -> float:
+    deployment = Deployment(name="stub", provider="openai", model="stub", api_base=base,
+                            max_concurrency=concurrency)
+    spec, queries, requests = study_requests(n, deployment)
+    provider = create_provider(deployment)
+    with tempfile.TemporaryDirectory() as tmp, Store(tmp) as store:
+        store.register_study(spec, queries, [deployment])
+        started = time.perf_counter()
+        report = await Sampler(store, {"stub": provider}, progress=False).run(requests)
+        elapsed = time.perf_counter() - started
+    await provider.aclose()
+    assert sum(report.succeeded.values()) == len(requests), report
+    return len(requests) / elapsed
+
+
+async def bare_httpx_rate(base: str, concurrency: int, n: int) -> float:
+    deployment = Deployment(name="stub", provider="openai", model="stub", api_base=base)
+    _, _, requests = study_requests(n, deployment)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+        queue = list(requests)
+
+        async def worker() -> None:
+            while queue:
+                request = queue.pop()
+                response = await client.post("/chat/completions", json=chat_body("stub", request))
+                response.raise_for_status()
+                response.json()["choices"][0]["message"]["content"]
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return len(requests) / (time.perf_counter() - started)
+
+
+def bench_sampler(n: int) -> None:
+    server, base = start_server()
+    try:
+        asyncio.run(bare_httpx_rate(base, 8, 200))  # warm up the server
+        print(f"\n## sampler vs bare httpx ({n} samples per run, local OpenAI-compatible server)")
+        print(f"{'concurrency':>11} {'hivemind/s':>11} {'httpx/s':>9} {'ratio':>6}")
+        for concurrency in (1, 16, 64, 256):
+            ours = asyncio.run(hivemind_rate(base, concurrency, n))
+            bare = asyncio.run(bare_httpx_rate(base, concurrency, n))
+            print(f"{concurrency:>11} {ours:>11.0f} {bare:>9.0f} {ours / bare:>6.2f}")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+async def hivemind_tokens(deployment: Deployment, requests: list) -> tuple[int, float]:
+    provider = create_provider(deployment)
+    started, tokens = time.perf_counter(), 0
+    for request in requests:
+        tokens += (await provider.generate(request)).completion_tokens or 0
+    return tokens, time.perf_counter() - started
+
+
+def direct_tokens(deployment: Deployment, requests: list) -> tuple[int, float]:
+    options = deployment.options
+    path = resolve_gguf(options, deployment.name)
+    model, _ = load_llama(str(path), int(options.get("n_ctx", 2048)), options.get("chat_format"), None)
+    started, tokens = time.perf_counter(), 0
+    for request in requests:
+        kwargs = sampling_kwargs(request)
+        if options.get("mode", "chat") == "chat":
+            out = model.create_chat_completion(messages=[m.model_dump() for m in request.messages], **kwargs)
+        else:
+            out = model.create_completion(render_prompt(request, "{system}Question: {prompt}\nAnswer:"), **kwargs)
+        tokens += out["usage"]["completion_tokens"]
+    return tokens, time.perf_counter() - started
+
+
+def bench_local_models(samples: int) -> None:
+    print(f"\n## local models: tokens/s through hivemind vs llama-cpp-python directly ({samples} samples, 48 tokens max)")
+    print(f"{'deployment':<30} {'hivemind tok/s':>14} {'direct tok/s':>12} {'ratio':>6}")
+    for deployment in load_zoo().select(None):
+        deployment = deployment.model_copy(update={"params": SamplingParams(max_tokens=48, temperature=1.0)})
+        _, _, requests = study_requests(samples * 10, deployment)
+        requests = requests[:samples]
+        direct_tokens(deployment, requests[:1])  # load the weights once, outside the timing
+        ours = bare = 0.0
+        for _ in range(2):  # alternate and keep the best of each, so load from elsewhere cancels out
+            ours_tokens, ours_s = asyncio.run(hivemind_tokens(deployment, requests))
+            bare_tokens, bare_s = direct_tokens(deployment, requests)
+            ours, bare = max(ours, ours_tokens / ours_s), max(bare, bare_tokens / bare_s)
+        print(f"{deployment.name:<30} {ours:>14.1f} {bare:>12.1f} {ours / bare:>6.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller counts")
+    parser.add_argument("--skip-local", action="store_true", help="only the HTTP sampler benchmark")
+    args = parser.parse_args()
+    bench_sampler(500 if args.quick else 2000)
+    if not args.skip_local:
+        bench_local_models(3 if args.quick else 8)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()

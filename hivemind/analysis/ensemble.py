@@ -1,0 +1,232 @@
+"""Ensemble diversity: k responses from one deployment vs k responses from different ones.
+
+For every query, condition and k = 1..K (K the query's equal per-deployment count):
+
+* **single**: k responses drawn without replacement from one deployment, averaged over
+  deployments and draws;
+* **mixed**: k responses spread over min(k, D) different deployments: for k <= D one response
+  from each of k distinct deployments, for k > D each deployment gives floor(k/D) or
+  ceil(k/D) (the extra ones go to randomly chosen deployments), averaged over draws.
+
+Diversity of a draw: mean pairwise cosine distance (1 - mean cosine over pairs i < j; 0 at
+k = 1) and the Vendi score (q = 1, range [1, k]). Draws are nested in k (the k + 1 draw extends
+the k draw), so differences between k use common random numbers.
+
+Across queries: bootstrap 95% CIs of each arm's mean, of the paired difference (mixed -
+single), and a paired sign-flip permutation test per k (one-sided, mixed > single), Holm-adjusted
+over k within each condition and metric.
+
+**Hivemind gap** (headline): at k* = min(D, K) - one response from each of k* different
+deployments - the share of the extra diversity an ensemble promises that it really gives:
+
+    realized = D_mixed(k*) - D_single(k*)           (mean pairwise distance)
+    promised = D_ref - D_single(k*),  D_ref = 1 - random-pair baseline similarity
+    hivemind_gap = mean_q realized / mean_q promised (ratio of means over queries)
+
+The promise is that of truly independent answerers, whose responses would be as unrelated as
+responses to different queries (the random-pair baseline of the embedder in use). 0 means an
+ensemble is no more diverse than one model (a perfect hivemind); 1 means it gives everything
+independence would. The CI bootstraps queries (D_ref is held fixed).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hivemind.analysis.data import Group, unit_rows
+from hivemind.metrics.semantic import EIGEN_EPS
+from hivemind.metrics.stats import bootstrap_ci, holm, paired_bootstrap_diff
+
+if TYPE_CHECKING:
+    import polars as pl
+
+METRICS = ("mean_distance", "vendi")
+
+
+def draw_diversity(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean pairwise distance, Vendi) of a batch of k x k cosine Gram matrices (B, k, k)."""
+    B, k, _ = G.shape
+    if k == 1:
+        return np.zeros(B), np.ones(B)
+    trace = np.trace(G, axis1=1, axis2=2)
+    mean_sim = (G.sum(axis=(1, 2)) - trace) / (k * (k - 1))
+    w = np.clip(np.linalg.eigvalsh(G / k), EIGEN_EPS, None)
+    vendi = np.exp(-(w * np.log(w)).sum(axis=1))
+    return 1.0 - mean_sim, vendi
+
+
+def _gram_batch(S: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return S[idx[:, :, None], idx[:, None, :]]
+
+
+def ensemble_per_query(
+    groups: list[Group], vectors: np.ndarray, draws: int = 24, seed: int = 0
+) -> pl.DataFrame:
+    """Per (query, condition, k, arm): mean_distance and vendi averaged over draws.
+
+    Columns: query_id, category, condition, k, arm ('single'|'mixed'), mean_distance, vendi,
+    n_deployments_used. The mixed arm needs at least two deployments on the query.
+    """
+    import polars as pl
+
+    X = unit_rows(vectors)
+    rng = np.random.default_rng(seed)
+    records: list[tuple[Any, ...]] = []
+    for g in groups:
+        K, D = g.k, len(g.deployments)
+        if K < 1:
+            continue
+        rows = g.all_rows()
+        S = np.clip(X[rows] @ X[rows].T, -1.0, 1.0)
+        # single arm: a random order of each deployment's K samples, per draw; prefixes are draws
+        within = np.argsort(rng.random((draws, D, K)), axis=2)  # (R, D, K) local sample order
+        single_idx = within + (np.arange(D) * K)[None, :, None]  # global local indices
+        # mixed arm: round-robin over a random deployment order, random sample per deployment
+        dep_rank = np.argsort(np.argsort(rng.random((draws, D)), axis=1), axis=1)  # (R, D)
+        sample_rank = np.argsort(np.argsort(rng.random((draws, D, K)), axis=2), axis=2)  # (R, D, K)
+        key = sample_rank * D + dep_rank[:, :, None]  # (R, D, K)
+        mixed_order = np.argsort(key.reshape(draws, D * K), axis=1)  # local index = d*K + s
+        for k in range(1, K + 1):
+            idx = single_idx[:, :, :k].reshape(draws * D, k)
+            dist, vendi = draw_diversity(_gram_batch(S, idx))
+            records.append((g.query_id, g.category, g.condition, k, "single",
+                            float(dist.mean()), float(vendi.mean()), 1))
+            if D >= 2:
+                dist, vendi = draw_diversity(_gram_batch(S, mixed_order[:, :k]))
+                records.append((g.query_id, g.category, g.condition, k, "mixed",
+                                float(dist.mean()), float(vendi.mean()), min(k, D)))
+    schema = {"query_id": pl.Utf8, "category": pl.Utf8, "condition": pl.Utf8, "k": pl.Int64,
+              "arm": pl.Utf8, "mean_distance": pl.Float64, "vendi": pl.Float64,
+              "n_deployments_used": pl.Int64}
+    return pl.DataFrame(records, schema=schema, orient="row")
+
+
+def sign_flip_test(differences: np.ndarray, n_perm: int = 2000, seed: int = 0) -> float:
+    """One-sided paired permutation p-value that mean(d) > 0, flipping each query's sign.
+
+    p = (1 + #{perm >= observed}) / (1 + n_perm); nan without data.
+    """
+    d = np.asarray(differences, dtype=np.float64)
+    d = d[~np.isnan(d)]
+    if d.size == 0:
+        return float("nan")
+    observed = d.mean()
+    tol = 1e-12 * max(1.0, abs(observed))
+    rng = np.random.default_rng(seed)
+    hits, done = 0, 0
+    while done < n_perm:
+        batch = min(1024, n_perm - done)
+        signs = rng.integers(0, 2, size=(batch, d.size)) * 2 - 1
+        hits += int(np.sum(signs @ d / d.size >= observed - tol))
+        done += batch
+    return (1.0 + hits) / (1.0 + n_perm)
+
+
+def _paired(per_query: pl.DataFrame, condition: str, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    import polars as pl
+
+    part = per_query.filter((pl.col("condition") == condition) & (pl.col("k") == k))
+    wide = part.pivot(on="arm", index="query_id", values=metric)
+    single = wide["single"].to_numpy().astype(np.float64) if "single" in wide.columns else np.zeros(0)
+    mixed = wide["mixed"].to_numpy().astype(np.float64) if "mixed" in wide.columns else np.full(single.size, np.nan)
+    return single, mixed
+
+
+def ensemble_curves(
+    per_query: pl.DataFrame, n_boot: int = 2000, n_perm: int = 2000, seed: int = 0
+) -> pl.DataFrame:
+    """Per (condition, metric, k): both arms and their difference with 95% CIs and p-values.
+
+    Columns: condition, metric, k, n_queries, single, single_lo, single_hi, mixed, mixed_lo,
+    mixed_hi, diff, diff_lo, diff_hi, p_value, p_holm, n_deployments_used.
+    """
+    import polars as pl
+
+    records: list[dict[str, Any]] = []
+    for condition in per_query["condition"].unique(maintain_order=True).to_list():
+        for metric in METRICS:
+            rows = []
+            ks = sorted(per_query.filter(pl.col("condition") == condition)["k"].unique().to_list())
+            used = per_query.filter((pl.col("condition") == condition) & (pl.col("arm") == "mixed"))
+            for k in ks:
+                single, mixed = _paired(per_query, condition, k, metric)
+                s = bootstrap_ci(single, n_boot=n_boot, seed=seed)
+                m = bootstrap_ci(mixed, n_boot=n_boot, seed=seed)
+                diff = paired_bootstrap_diff(mixed, single, n_boot=n_boot, seed=seed)
+                p = sign_flip_test(mixed - single, n_perm=n_perm, seed=seed) if k > 1 else float("nan")
+                u = used.filter(pl.col("k") == k)["n_deployments_used"]
+                rows.append({
+                    "condition": condition, "metric": metric, "k": k,
+                    "n_queries": int(np.sum(~np.isnan(single))),
+                    "single": s[0], "single_lo": s[1], "single_hi": s[2],
+                    "mixed": m[0], "mixed_lo": m[1], "mixed_hi": m[2],
+                    "diff": diff[0], "diff_lo": diff[1], "diff_hi": diff[2],
+                    "p_value": p, "n_deployments_used": int(u.max()) if u.len() else 1,
+                })
+            adjusted = holm([r["p_value"] for r in rows])
+            for r, adj in zip(rows, adjusted):
+                r["p_holm"] = float(adj)
+            records.extend(rows)
+    columns = ["condition", "metric", "k", "n_queries", "single", "single_lo", "single_hi", "mixed",
+               "mixed_lo", "mixed_hi", "diff", "diff_lo", "diff_hi", "p_value", "p_holm",
+               "n_deployments_used"]
+    schema = {c: pl.Float64 for c in columns}
+    schema.update({"condition": pl.Utf8, "metric": pl.Utf8, "k": pl.Int64, "n_queries": pl.Int64,
+                   "n_deployments_used": pl.Int64})
+    return pl.DataFrame([{c: r[c] for c in columns} for r in records], schema=schema)
+
+
+def _ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """mean(num) / mean(den) with a percentile bootstrap over paired entries."""
+    keep = ~(np.isnan(num) | np.isnan(den))
+    num, den = num[keep], den[keep]
+    if num.size == 0 or den.mean() == 0:
+        return (float("nan"),) * 3
+    est = float(num.mean() / den.mean())
+    if num.size == 1:
+        return est, est, est
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, num.size, size=(n_boot, num.size))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boots = num[idx].mean(axis=1) / den[idx].mean(axis=1)
+    lo, hi = np.nanquantile(boots, [0.025, 0.975])
+    return est, float(lo), float(hi)
+
+
+def hivemind_gap(
+    per_query: pl.DataFrame,
+    groups: list[Group],
+    baseline: pl.DataFrame,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """Per condition: the share of the promised extra diversity an ensemble gives (module doc).
+
+    Columns: condition, k_star, n_queries, reference_distance, realized, promised,
+    hivemind_gap, ci_lo, ci_hi. Null where a condition has one deployment or no baseline.
+    """
+    import polars as pl
+
+    records = []
+    reference = {c: s for c, s in baseline.select("condition", "similarity").iter_rows()}
+    for condition in per_query["condition"].unique(maintain_order=True).to_list():
+        multi = [g for g in groups if g.condition == condition and len(g.deployments) >= 2]
+        sim = reference.get(condition)
+        if not multi or sim is None:
+            records.append((condition, None, 0, None if sim is None else 1.0 - sim, None, None, None, None, None))
+            continue
+        k_star = min(min(len(g.deployments), g.k) for g in multi)
+        single, mixed = _paired(per_query, condition, k_star, "mean_distance")
+        d_ref = 1.0 - float(sim)
+        realized = mixed - single
+        promised = d_ref - single
+        est, lo, hi = _ratio_ci(realized, promised, n_boot, seed)
+        ok = ~np.isnan(realized)
+        records.append((condition, k_star, int(ok.sum()), d_ref, float(np.nanmean(realized)),
+                        float(np.nanmean(promised[ok])), est, lo, hi))
+    schema = {"condition": pl.Utf8, "k_star": pl.Int64, "n_queries": pl.Int64, "reference_distance": pl.Float64,
+              "realized": pl.Float64, "promised": pl.Float64, "hivemind_gap": pl.Float64,
+              "ci_lo": pl.Float64, "ci_hi": pl.Float64}
+    return pl.DataFrame(records, schema=schema, orient="row")

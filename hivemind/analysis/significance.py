@@ -1,0 +1,126 @@
+"""The METRICS.md gap test: gap_q = mean intra - mean inter, bootstrap and permutation.
+
+Per condition: the mean of gap_q over queries with a **paired bootstrap over queries** (intra_q
+and inter_q resampled together) and a **permutation test that shuffles deployment labels among
+the responses of each query** (one-sided: gap > 0, i.e. a deployment's responses resemble each
+other more than other deployments' responses). Holm adjustment across conditions.
+
+The permutation statistic is `hivemind.metrics.semantic.intra_inter_gap` averaged over queries,
+exactly as `hivemind.metrics.stats.permutation_test` computes it; it is vectorised here (block
+sums of the cosine matrix under one-hot label matrices, many permutations per matmul), because
+the generic loop costs one Python call per query per permutation.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hivemind.analysis.data import Group, unit_rows
+from hivemind.metrics.stats import bootstrap_ci, holm, paired_bootstrap_diff
+
+if TYPE_CHECKING:
+    import polars as pl
+
+
+def _gap_from_blocks(B: np.ndarray, diag: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """gap for a batch of label assignments from block sums B (P, D, D) and diag sums (P, D)."""
+    D = counts.size
+    pair = counts[:, None] * counts[None, :]
+    intra_den = counts * (counts - 1)
+    valid = intra_den > 0
+    intra = (np.einsum("pdd->pd", B) - diag)[:, valid] / intra_den[valid]
+    iu = np.triu_indices(D, k=1)
+    inter = B[:, iu[0], iu[1]] / pair[iu]
+    return intra.mean(axis=1) - inter.mean(axis=1)
+
+
+def group_gap_permutations(
+    S: np.ndarray, labels: np.ndarray, n_perm: int, rng: np.random.Generator, chunk: int = 256
+) -> tuple[float, np.ndarray]:
+    """(observed gap, gaps under n_perm within-query label shuffles) for one query."""
+    codes = np.unique(labels, return_inverse=True)[1].reshape(-1)
+    D = int(codes.max()) + 1
+    counts = np.bincount(codes, minlength=D).astype(np.float64)
+    d = np.diag(S).copy()
+
+    def gaps(label_sets: np.ndarray) -> np.ndarray:
+        P = np.zeros((label_sets.shape[0], codes.size, D))
+        np.put_along_axis(P, label_sets[:, :, None], 1.0, axis=2)
+        Pt = P.transpose(0, 2, 1)
+        B = Pt @ S @ P
+        diag = Pt @ d
+        return _gap_from_blocks(B, diag, counts)
+
+    observed = float(gaps(codes[None, :])[0])
+    out = np.empty(n_perm)
+    for start in range(0, n_perm, chunk):
+        size = min(chunk, n_perm - start)
+        perms = np.argsort(rng.random((size, codes.size)), axis=1)
+        out[start : start + size] = gaps(codes[perms])
+    return observed, out
+
+
+def gap_permutation_test(
+    groups: list[Group], vectors: np.ndarray, n_perm: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """(observed mean gap, one-sided p) over the groups with >= 2 deployments and K >= 2."""
+    X = unit_rows(vectors)
+    rng = np.random.default_rng(seed)
+    total_obs, total_perm, n = 0.0, np.zeros(n_perm), 0
+    for g in groups:
+        if len(g.deployments) < 2 or g.k < 2:
+            continue
+        rows = g.all_rows()
+        S = np.clip(X[rows] @ X[rows].T, -1.0, 1.0)
+        observed, perms = group_gap_permutations(S, g.labels(), n_perm, rng)
+        total_obs += observed
+        total_perm += perms
+        n += 1
+    if n == 0:
+        return float("nan"), float("nan")
+    observed = total_obs / n
+    tol = 1e-12 * max(1.0, abs(observed))
+    hits = int(np.sum(total_perm / n >= observed - tol))
+    return observed, (1.0 + hits) / (1.0 + n_perm)
+
+
+def gap_tests(
+    query_sim: pl.DataFrame,
+    groups: list[Group],
+    vectors: np.ndarray,
+    n_boot: int = 2000,
+    n_perm: int = 1000,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """Per condition: intra, inter, gap (paired bootstrap CIs), permutation p, Holm p.
+
+    Columns: condition, n_queries, intra, intra_lo, intra_hi, inter, inter_lo, inter_hi, gap,
+    gap_lo, gap_hi, p_permutation, p_holm, n_perm. Gap and p are null with one deployment.
+    """
+    import polars as pl
+
+    records: list[dict[str, Any]] = []
+    for condition in query_sim["condition"].unique(maintain_order=True).to_list():
+        part = query_sim.filter(pl.col("condition") == condition)
+        intra = part["intra"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        inter = part["inter"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        ci_intra = bootstrap_ci(intra, n_boot=n_boot, seed=seed)
+        ci_inter = bootstrap_ci(inter, n_boot=n_boot, seed=seed)
+        gap = paired_bootstrap_diff(intra, inter, n_boot=n_boot, seed=seed)
+        _, p = gap_permutation_test([g for g in groups if g.condition == condition], vectors, n_perm, seed)
+        records.append({
+            "condition": condition, "n_queries": int(np.sum(~(np.isnan(intra) | np.isnan(inter)))),
+            "intra": ci_intra[0], "intra_lo": ci_intra[1], "intra_hi": ci_intra[2],
+            "inter": ci_inter[0], "inter_lo": ci_inter[1], "inter_hi": ci_inter[2],
+            "gap": gap[0], "gap_lo": gap[1], "gap_hi": gap[2], "p_permutation": p, "n_perm": n_perm,
+        })
+    adjusted = holm([r["p_permutation"] for r in records])
+    for r, adj in zip(records, adjusted):
+        r["p_holm"] = float(adj)
+    columns = ["condition", "n_queries", "intra", "intra_lo", "intra_hi", "inter", "inter_lo", "inter_hi",
+               "gap", "gap_lo", "gap_hi", "p_permutation", "p_holm", "n_perm"]
+    schema: dict[str, Any] = {c: pl.Float64 for c in columns}
+    schema.update({"condition": pl.Utf8, "n_queries": pl.Int64, "n_perm": pl.Int64})
+    return pl.DataFrame([{c: r[c] for c in columns} for r in records], schema=schema)

@@ -1,0 +1,335 @@
+"""Intra- vs inter-model similarity, as the INFINITY-CHAT study computes it (METRICS.md).
+
+Per query and condition: intra(m) = mean of the upper triangle (diagonal excluded) of the cosine
+matrix of m's K responses; inter(m, m') = mean cosine over all K x K cross pairs. From these:
+the per-query gap, the share of queries per similarity bin, the deployment x deployment
+matrix and its clustering, the random-pair baseline, nearest-neighbour model counts, the
+per-category breakdown and the verbatim (shared n-gram) overlap beside the cosine.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hivemind.analysis.data import Group, unit_rows
+from hivemind.metrics.lexical import ngrams, tokenize
+from hivemind.metrics.semantic import nearest_neighbour_model_counts
+from hivemind.metrics.stats import bootstrap_ci
+
+if TYPE_CHECKING:
+    import polars as pl
+
+N_BINS = 10
+HIGH_SIMILARITY = 0.8
+
+
+def _block_mean(S: np.ndarray, a: np.ndarray, b: np.ndarray | None) -> float:
+    if b is None:
+        k = a.size
+        if k < 2:
+            return float("nan")
+        block = S[np.ix_(a, a)]
+        return float((block.sum() - np.trace(block)) / (k * (k - 1)))
+    return float(S[np.ix_(a, b)].mean())
+
+
+def pair_similarity(groups: list[Group], vectors: np.ndarray) -> pl.DataFrame:
+    """One row per (query, condition, deployment pair): intra rows have a == b.
+
+    Inter pairs appear once, a before b in spec order. Columns: query_id, category, condition,
+    deployment_a, deployment_b, kind ('intra'|'inter'), similarity, k.
+    """
+    import polars as pl
+
+    X = unit_rows(vectors)
+    records: list[tuple[Any, ...]] = []
+    for g in groups:
+        rows = g.all_rows()
+        S = np.clip(X[rows] @ X[rows].T, -1.0, 1.0)
+        local, start = [], 0
+        for r in g.rows:
+            local.append(np.arange(start, start + r.size))
+            start += r.size
+        for i, a in enumerate(g.deployments):
+            records.append((g.query_id, g.category, g.condition, a, a, "intra",
+                            _block_mean(S, local[i], None), g.k))
+            for j in range(i + 1, len(g.deployments)):
+                records.append((g.query_id, g.category, g.condition, a, g.deployments[j], "inter",
+                                _block_mean(S, local[i], local[j]), g.k))
+    schema = {"query_id": pl.Utf8, "category": pl.Utf8, "condition": pl.Utf8,
+              "deployment_a": pl.Utf8, "deployment_b": pl.Utf8, "kind": pl.Utf8,
+              "similarity": pl.Float64, "k": pl.Int64}
+    return pl.DataFrame(records, schema=schema, orient="row")
+
+
+def query_similarity(pairs: pl.DataFrame) -> pl.DataFrame:
+    """Per (query, condition): mean intra over deployments, mean inter over pairs, gap_q.
+
+    gap_q = mean_m intra(m, q) - mean_{m != m'} inter(m, m', q); null without two deployments.
+    """
+    import polars as pl
+
+    keys = ["query_id", "category", "condition"]
+    out = pairs.group_by(keys, maintain_order=True).agg(
+        pl.col("deployment_a").n_unique().alias("n_deployments"),
+        pl.first("k"),
+        pl.col("similarity").filter(pl.col("kind") == "intra").mean().alias("intra"),
+        pl.col("similarity").filter(pl.col("kind") == "inter").mean().alias("inter"),
+    )
+    # with a single deployment, n_unique of deployment_a is 1 and there is no inter row
+    return out.with_columns((pl.col("intra") - pl.col("inter")).alias("gap"))
+
+
+def _symmetric(pairs: pl.DataFrame) -> pl.DataFrame:
+    """Inter rows in both orientations, intra rows once."""
+    import polars as pl
+
+    flipped = pairs.filter(pl.col("kind") == "inter").with_columns(
+        pl.col("deployment_b").alias("deployment_a"), pl.col("deployment_a").alias("deployment_b")
+    )
+    return pl.concat([pairs, flipped.select(pairs.columns)])
+
+
+def similarity_bins(pairs: pl.DataFrame, n_bins: int = N_BINS) -> pl.DataFrame:
+    """Share of queries per similarity bin (width 1/n_bins over [0, 1]) per deployment.
+
+    kind 'intra': the deployment's intra similarity on each query (the study's heatmap);
+    kind 'inter': its mean inter similarity with the other deployments on each query.
+    Values below 0 count in the first bin, 1.0 in the last. Columns: condition, deployment,
+    kind, bin, bin_lo, bin_hi, n_queries, share.
+    """
+    import polars as pl
+
+    sym = _symmetric(pairs)
+    per_query = sym.group_by(["condition", "deployment_a", "kind", "query_id"], maintain_order=True).agg(
+        pl.col("similarity").mean()
+    ).drop_nulls("similarity").filter(pl.col("similarity").is_not_nan())
+    per_query = per_query.with_columns(
+        (pl.col("similarity") * n_bins).floor().clip(0, n_bins - 1).cast(pl.Int64).alias("bin")
+    )
+    counts = per_query.group_by(["condition", "deployment_a", "kind", "bin"]).agg(pl.len().alias("count"))
+    totals = per_query.group_by(["condition", "deployment_a", "kind"], maintain_order=True).agg(
+        pl.len().alias("n_queries")
+    )
+    grid = totals.join(pl.DataFrame({"bin": list(range(n_bins))}, schema={"bin": pl.Int64}), how="cross")
+    out = grid.join(counts, on=["condition", "deployment_a", "kind", "bin"], how="left").with_columns(
+        pl.col("count").fill_null(0)
+    )
+    return out.select(
+        "condition",
+        pl.col("deployment_a").alias("deployment"),
+        "kind",
+        "bin",
+        (pl.col("bin") / n_bins).alias("bin_lo"),
+        ((pl.col("bin") + 1) / n_bins).alias("bin_hi"),
+        "n_queries",
+        (pl.col("count") / pl.col("n_queries")).alias("share"),
+    )
+
+
+def deployment_matrix(pairs: pl.DataFrame, n_boot: int = 2000, seed: int = 0) -> pl.DataFrame:
+    """Deployment x deployment mean similarity over queries (diagonal = intra), with 95% CIs.
+
+    Long format, both orientations: condition, deployment_a, deployment_b, similarity, ci_lo,
+    ci_hi, n_queries.
+    """
+    import polars as pl
+
+    records = []
+    sym = _symmetric(pairs)
+    for (condition, a, b), part in sym.group_by(["condition", "deployment_a", "deployment_b"], maintain_order=True):
+        values = part["similarity"].to_numpy().astype(np.float64)
+        est, lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+        records.append((condition, a, b, est, lo, hi, int(np.sum(~np.isnan(values)))))
+    schema = {"condition": pl.Utf8, "deployment_a": pl.Utf8, "deployment_b": pl.Utf8,
+              "similarity": pl.Float64, "ci_lo": pl.Float64, "ci_hi": pl.Float64, "n_queries": pl.Int64}
+    return pl.DataFrame(records, schema=schema, orient="row")
+
+
+def matrix_array(matrix: pl.DataFrame, condition: str, order: list[str]) -> np.ndarray:
+    """The square similarity matrix of one condition, rows and columns in `order`."""
+    index = {d: i for i, d in enumerate(order)}
+    M = np.full((len(order), len(order)), np.nan)
+    for a, b, s in matrix.filter(matrix["condition"] == condition).select(
+        "deployment_a", "deployment_b", "similarity"
+    ).iter_rows():
+        if a in index and b in index:
+            M[index[a], index[b]] = s
+    return M
+
+
+def cluster_deployments(M: np.ndarray, labels: list[str], method: str = "average") -> dict[str, Any]:
+    """Hierarchical clustering (scipy) of deployments on distance 1 - inter similarity.
+
+    Returns labels, the linkage matrix (list of rows), the dendrogram leaf order, and the
+    cophenetic distances; `linkage` is empty with fewer than two deployments.
+    """
+    if len(labels) < 2:
+        return {"labels": list(labels), "linkage": [], "order": list(labels), "method": method}
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    S = np.array(M, dtype=np.float64)
+    S = np.where(np.isnan(S), np.nanmean(S) if np.isfinite(S).any() else 0.0, S)
+    D = 1.0 - (S + S.T) / 2.0
+    np.fill_diagonal(D, 0.0)
+    D = np.clip(D, 0.0, None)
+    Z = linkage(squareform(D, checks=False), method=method)
+    order = [labels[i] for i in leaves_list(Z)]
+    return {"labels": list(labels), "linkage": Z.tolist(), "order": order, "method": method}
+
+
+def random_pair_baseline(
+    responses: pl.DataFrame, vectors: np.ndarray, n_pairs: int = 20000, seed: int = 0, n_boot: int = 2000
+) -> pl.DataFrame:
+    """Cosine of responses to *different* queries (same condition): the embedder's floor.
+
+    Thresholds such as 0.8 only mean something against this. One row per condition: mean,
+    ci_lo, ci_hi (bootstrap over pairs), p05, p50, p95, n_pairs. Null with a single query.
+    """
+    import polars as pl
+
+    X = unit_rows(vectors)
+    rng = np.random.default_rng(seed)
+    records = []
+    for condition in responses["condition"].unique(maintain_order=True).to_list():
+        part = responses.filter(pl.col("condition") == condition)
+        rows = part["row"].to_numpy()
+        queries = np.unique(part["query_id"].to_numpy(), return_inverse=True)[1].reshape(-1)
+        if np.unique(queries).size < 2:
+            records.append((condition, None, None, None, None, None, None, 0))
+            continue
+        i = rng.integers(0, rows.size, size=4 * n_pairs)
+        j = rng.integers(0, rows.size, size=4 * n_pairs)
+        keep = queries[i] != queries[j]
+        i, j = i[keep][:n_pairs], j[keep][:n_pairs]
+        sims = np.einsum("ij,ij->i", X[rows[i]], X[rows[j]])
+        est, lo, hi = bootstrap_ci(sims, n_boot=n_boot, seed=seed)
+        p05, p50, p95 = np.quantile(sims, [0.05, 0.5, 0.95])
+        records.append((condition, est, lo, hi, float(p05), float(p50), float(p95), int(sims.size)))
+    schema = {"condition": pl.Utf8, "similarity": pl.Float64, "ci_lo": pl.Float64, "ci_hi": pl.Float64,
+              "p05": pl.Float64, "p50": pl.Float64, "p95": pl.Float64, "n_pairs": pl.Int64}
+    return pl.DataFrame(records, schema=schema, orient="row")
+
+
+def nearest_neighbour_counts(groups: list[Group], vectors: np.ndarray, j_max: int = 50) -> pl.DataFrame:
+    """Mean number of distinct deployments among each response's j nearest (same query).
+
+    Averaged over queries per condition; only for groups with at least two deployments.
+    Columns: condition, j, distinct_deployments, n_queries, n_deployments.
+    """
+    import polars as pl
+
+    by_condition: dict[str, list[np.ndarray]] = {}
+    n_deps: dict[str, int] = {}
+    for g in groups:
+        if len(g.deployments) < 2:
+            continue
+        counts = nearest_neighbour_model_counts(vectors[g.all_rows()], g.labels(), j_max)
+        by_condition.setdefault(g.condition, []).append(counts)
+        n_deps[g.condition] = max(n_deps.get(g.condition, 0), len(g.deployments))
+    records = []
+    for condition, arrays in by_condition.items():
+        stacked = np.vstack(arrays)
+        for j in range(stacked.shape[1]):
+            column = stacked[:, j]
+            ok = ~np.isnan(column)
+            if ok.any():
+                records.append((condition, j + 1, float(column[ok].mean()), int(ok.sum()), n_deps[condition]))
+    schema = {"condition": pl.Utf8, "j": pl.Int64, "distinct_deployments": pl.Float64,
+              "n_queries": pl.Int64, "n_deployments": pl.Int64}
+    return pl.DataFrame(records, schema=schema, orient="row")
+
+
+def category_breakdown(query_sim: pl.DataFrame, n_boot: int = 2000, seed: int = 0) -> pl.DataFrame:
+    """Per (condition, category): queries, mean intra, inter and gap with 95% CIs."""
+    import polars as pl
+
+    records = []
+    for (condition, category), part in query_sim.group_by(["condition", "category"], maintain_order=True):
+        row: list[Any] = [condition, category, part.height]
+        for column in ("intra", "inter", "gap"):
+            values = part[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+            row.extend(bootstrap_ci(values, n_boot=n_boot, seed=seed))
+        records.append(tuple(row))
+    schema: dict[str, Any] = {"condition": pl.Utf8, "category": pl.Utf8, "n_queries": pl.Int64}
+    for column in ("intra", "inter", "gap"):
+        schema.update({column: pl.Float64, f"{column}_lo": pl.Float64, f"{column}_hi": pl.Float64})
+    return pl.DataFrame(records, schema=schema, orient="row").sort(["condition", "category"])
+
+
+def _ngram_matrix(texts: list[str], n: int) -> tuple[Any, np.ndarray]:
+    """Binary response x n-gram matrix (scipy CSR) and each response's n-gram count."""
+    from scipy.sparse import csr_matrix
+
+    vocab: dict[tuple[str, ...], int] = {}
+    indptr, indices = [0], []
+    for text in texts:
+        grams = {vocab.setdefault(g, len(vocab)) for g in ngrams(tokenize(text), n)}
+        indices.extend(sorted(grams))
+        indptr.append(len(indices))
+    data = np.ones(len(indices), dtype=np.float64)
+    M = csr_matrix((data, np.asarray(indices, dtype=np.int64), np.asarray(indptr)), shape=(len(texts), max(len(vocab), 1)))
+    return M, np.diff(np.asarray(indptr))
+
+
+def verbatim_overlap(groups: list[Group], n: int = 5) -> pl.DataFrame:
+    """Shared long n-grams between responses, beside the cosine pairs they mirror.
+
+    For each response pair: Jaccard of their n-gram sets (n = 5 by default), and whether they
+    share any n-gram at all. Averaged over the same pairs as `pair_similarity` (intra: i < j
+    within a deployment; inter: all cross pairs). Pairs where neither response has an n-gram
+    are left out. Columns: query_id, condition, deployment_a, deployment_b, kind,
+    ngram_jaccard, share_pairs_sharing.
+    """
+    import polars as pl
+
+    records = []
+    for g in groups:
+        texts = [t for block in g.texts for t in block]
+        if not texts:
+            continue
+        M, sizes = _ngram_matrix(texts, n)
+        inter = np.asarray((M @ M.T).todense())
+        union = sizes[:, None] + sizes[None, :] - inter
+        with np.errstate(invalid="ignore", divide="ignore"):
+            jac = np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)
+        shares = np.where(union > 0, (inter > 0).astype(np.float64), np.nan)
+        local, start = [], 0
+        for r in g.rows:
+            local.append(np.arange(start, start + r.size))
+            start += r.size
+        for i, a in enumerate(g.deployments):
+            for j in range(i, len(g.deployments)):
+                if i == j:
+                    iu = np.triu_indices(local[i].size, k=1)
+                    block_j = jac[np.ix_(local[i], local[i])][iu]
+                    block_s = shares[np.ix_(local[i], local[i])][iu]
+                else:
+                    block_j = jac[np.ix_(local[i], local[j])].ravel()
+                    block_s = shares[np.ix_(local[i], local[j])].ravel()
+                ok = ~np.isnan(block_j)
+                records.append((
+                    g.query_id, g.condition, a, g.deployments[j], "intra" if i == j else "inter",
+                    float(block_j[ok].mean()) if ok.any() else None,
+                    float(block_s[ok].mean()) if ok.any() else None,
+                ))
+    schema = {"query_id": pl.Utf8, "condition": pl.Utf8, "deployment_a": pl.Utf8, "deployment_b": pl.Utf8,
+              "kind": pl.Utf8, "ngram_jaccard": pl.Float64, "share_pairs_sharing": pl.Float64}
+    return pl.DataFrame(records, schema=schema, orient="row")
+
+
+def overlap_vs_semantic(pairs: pl.DataFrame, overlap: pl.DataFrame, n: int = 5) -> pl.DataFrame:
+    """Per (condition, deployment pair): mean cosine beside mean verbatim n-gram overlap."""
+    import polars as pl
+
+    keys = ["query_id", "condition", "deployment_a", "deployment_b", "kind"]
+    joined = pairs.join(overlap, on=keys, how="left")
+    return joined.group_by(["condition", "deployment_a", "deployment_b", "kind"], maintain_order=True).agg(
+        pl.col("similarity").mean().alias("semantic_similarity"),
+        pl.col("ngram_jaccard").mean().alias(f"jaccard_{n}gram"),
+        pl.col("share_pairs_sharing").mean().alias(f"share_pairs_sharing_{n}gram"),
+        pl.col("query_id").n_unique().alias("n_queries"),
+    )

@@ -1,0 +1,276 @@
+"""Request and response bodies of the REST service (pydantic v2, unknown fields refused).
+
+Request models reuse the pipeline's own edge models (`Query`, `SamplingParams`, `Condition`), so a
+body the service accepts is a study the CLI would accept too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from hivemind.spec import NAME_PATTERN, Condition, Query, SamplingParams, Strict
+
+JobState = Literal["queued", "sampling", "analyzing", "done", "failed", "cancelled", "external"]
+"""`external`: a study in the store that the service did not start (e.g. sampled by the CLI)."""
+TERMINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled", "external"})
+ACTIVE_STATES: tuple[str, ...] = ("queued", "sampling", "analyzing")
+
+
+class ErrorItem(Strict):
+    """One problem with a request."""
+
+    field: str
+    """Where: `body.deployments[1]`, `query.limit`, `header.Idempotency-Key`, `path.name`, ..."""
+    message: str
+    """What is wrong with it."""
+
+
+class ErrorResponse(Strict):
+    """Every 4xx/5xx body."""
+
+    detail: str
+    """One line naming the field and the problem."""
+    errors: list[ErrorItem] = Field(default_factory=list)
+    """Each problem found (several for a body with several bad fields)."""
+
+
+class Health(Strict):
+    """Liveness answer (no token needed)."""
+
+    status: Literal["ok"] = "ok"
+    """Always `ok` when the process answers."""
+    version: str
+    """hivemind version."""
+    workers_alive: bool
+    """Whether the background job runner is running."""
+
+
+# --- query sets -------------------------------------------------------------------------------
+class QuerySetUpload(Strict):
+    """A query set sent as a JSON body (files go as CSV/JSONL bodies or multipart instead)."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=100)
+    """Name to save the set under; studies refer to it by this name."""
+    description: str = Field("", max_length=2000)
+    """What the set is for."""
+    queries: list[Query] = Field(min_length=1)
+    """The queries, in order; ids must be unique."""
+
+
+class QuerySetInfo(Strict):
+    """A query set the service knows: shipped with hivemind or uploaded."""
+
+    name: str
+    """Name to use in a study's `query_set`."""
+    source: Literal["shipped", "uploaded"]
+    """Where it comes from."""
+    description: str
+    """What the set is for."""
+    n_queries: int
+    """Number of queries."""
+    categories: dict[str, int]
+    """Queries per category."""
+    sha256: str | None = None
+    """Digest of the saved JSONL (uploaded sets)."""
+    created_at: float | None = None
+    """Upload time, seconds since the epoch (uploaded sets)."""
+
+
+class QuerySetList(Strict):
+    """Every query set."""
+
+    query_sets: list[QuerySetInfo]
+    """Shipped sets first, then uploaded ones by name."""
+
+
+class QuerySetDetail(QuerySetInfo):
+    """A query set with its queries."""
+
+    queries: list[Query]
+    """The queries, in order."""
+
+
+# --- studies ----------------------------------------------------------------------------------
+class StudyCreate(Strict):
+    """A study to sample in the background: a query set crossed with deployments of the zoo."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=100)
+    """Study name, unique in the store."""
+    query_set: str = Field(min_length=1, max_length=100)
+    """Name of an uploaded or shipped query set (not a path)."""
+    deployments: list[str] = Field(min_length=1, max_length=256)
+    """Deployment names from the service's zoo, each at most once."""
+    samples: int = Field(8, ge=1, le=10000)
+    """Samples per (query, deployment, condition)."""
+    params: SamplingParams = Field(default_factory=SamplingParams)
+    """Study-wide sampling parameters."""
+    conditions: list[Condition] = Field(default_factory=list, max_length=64)
+    """Decoding conditions crossed with every deployment; empty means one `default` condition."""
+    max_queries: int | None = Field(None, ge=1)
+    """Use only the first N queries of the set."""
+    categories: list[str] | None = None
+    """Use only queries of these categories."""
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    """Base seed."""
+    budget_usd: float | None = Field(None, ge=0)
+    """Stop sampling once the recorded cost reaches this many dollars."""
+    max_attempts: int = Field(4, ge=1, le=20)
+    """Attempts per sample before it is recorded as an error row."""
+    embedder: str = Field("all-MiniLM-L6-v2", min_length=1, max_length=200)
+    """Sentence-transformers model used by the analysis."""
+    analyze: bool = True
+    """Analyze and write the HTML report after sampling."""
+
+
+class DeploymentProgress(Strict):
+    """Sample counts of one deployment (or of the whole study)."""
+
+    planned: int
+    """Samples the study asks for."""
+    ok: int
+    """Samples recorded with a text."""
+    failed: int
+    """Samples recorded with an error after their last attempt."""
+    pending: int
+    """Samples not recorded yet."""
+
+
+class StudyStatus(Strict):
+    """Where a study stands."""
+
+    name: str
+    """Study name."""
+    kind: Literal["study", "scan", "external"]
+    """`scan` for a scheduled scan's run."""
+    state: JobState
+    """queued -> sampling -> analyzing -> done; or failed, cancelled."""
+    cancel_requested: bool
+    """True from the cancel request until the worker has stopped."""
+    created_at: float | None = None
+    """Submission time (seconds since the epoch)."""
+    started_at: float | None = None
+    """When sampling (last) started."""
+    finished_at: float | None = None
+    """When the job ended."""
+    error: str | None = None
+    """Why the job failed (secrets redacted)."""
+    note: str | None = None
+    """Anything else worth knowing (budget stop, analysis unavailable, ...)."""
+    progress: dict[str, DeploymentProgress]
+    """Per deployment."""
+    total: DeploymentProgress
+    """Summed over deployments."""
+    request: dict[str, Any] | None = None
+    """The body the study was created with."""
+    links: dict[str, str]
+    """Where to find its results."""
+
+
+class StudyList(Strict):
+    """Every study of the store."""
+
+    studies: list[StudyStatus]
+    """Oldest first."""
+
+
+class StudyResults(Strict):
+    """A study's analysis summary."""
+
+    study: str
+    """Study name."""
+    state: JobState
+    """The job's state when read."""
+    summary: dict[str, Any]
+    """`analysis/summary.json` as the pipeline wrote it."""
+    sampling: dict[str, Any] | None = None
+    """`sampling.json`: what the last sampling run did."""
+
+
+class TableInfo(Strict):
+    """A Parquet table that can be downloaded."""
+
+    name: str
+    """Table name (`samples`, or an analysis table)."""
+    url: str
+    """Where to GET it."""
+    bytes: int | None = None
+    """File size, when the file exists already (`samples` is exported on request)."""
+
+
+class TableList(Strict):
+    """A study's downloadable tables."""
+
+    study: str
+    """Study name."""
+    tables: list[TableInfo]
+    """`samples` first, then the analysis tables by name."""
+
+
+class NearDuplicatePage(Strict):
+    """One page of near-duplicate response pairs from different models."""
+
+    study: str
+    """Study name."""
+    offset: int
+    """Index of the first pair of this page."""
+    limit: int
+    """Page size asked for."""
+    total: int
+    """Pairs in all."""
+    items: list[dict[str, Any]]
+    """The pairs (columns as the analysis wrote them)."""
+    next_offset: int | None = None
+    """Offset of the next page, or null on the last one."""
+
+
+# --- scans ------------------------------------------------------------------------------------
+class ScanInfo(Strict):
+    """A declared scan and when it runs."""
+
+    name: str
+    """Scan name."""
+    schedule: str
+    """Cron expression (UTC)."""
+    deployments: list[str]
+    """Deployments it samples."""
+    query_set: str
+    """Query set it uses."""
+    samples: int
+    """Samples per (query, deployment)."""
+    enabled: bool
+    """Whether the scheduler fires it."""
+    next_run: float | None = None
+    """Next scheduled time (seconds since the epoch, UTC)."""
+    last_run: dict[str, Any] | None = None
+    """The latest run (state, times, study)."""
+
+
+class ScanList(Strict):
+    """Every declared scan."""
+
+    scans: list[ScanInfo]
+    """In declaration order."""
+
+
+class ScanHistory(Strict):
+    """A scan's finished runs with per-deployment similarity and drift flags."""
+
+    scan: str
+    """Scan name."""
+    runs: list[dict[str, Any]]
+    """Oldest first: study, times, and per deployment intra/inter estimates with CIs and flags."""
+    flagged: list[str]
+    """Deployments flagged in the latest run."""
+
+
+class ScanRunStarted(Strict):
+    """A scan run queued by `POST /v1/scans/{name}/run`."""
+
+    scan: str
+    """Scan name."""
+    run_id: int
+    """Id in the scan history."""
+    study: str
+    """The study the run samples into (poll `/v1/studies/{study}`)."""

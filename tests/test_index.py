@@ -1,0 +1,225 @@
+"""Vector index, emulated range search and near-duplicate pairs, against brute-force numpy."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import polars as pl
+import pytest
+
+from hivemind.index import (
+    VectorIndex,
+    exact_cosines,
+    gpu_available,
+    near_duplicate_pairs,
+)
+
+pytest.importorskip("faiss")
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    rows = rows.astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def canonical(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Brute-force similarity matrix with the index's definition (float64, then float32)."""
+    return (a.astype(np.float64) @ b.astype(np.float64).T).astype(np.float32)
+
+
+def clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    """Random unit vectors with near-duplicate clusters and exact copies."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((max(n // 8, 1), dim))
+    rows = centers[rng.integers(0, centers.shape[0], n)] + rng.uniform(0.0, 0.6, (n, 1)) * (
+        rng.standard_normal((n, dim))
+    )
+    rows[n // 2 : n // 2 + 10] = rows[:10]  # exact duplicates
+    return unit(rows)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    corpus = clustered(700, 32, seed=1)
+    rng = np.random.default_rng(2)
+    queries = np.concatenate([corpus[rng.choice(700, 150, replace=False)], clustered(90, 32, 3)])
+    return corpus, queries
+
+
+def test_gpu_available_is_a_bool() -> None:
+    assert isinstance(gpu_available(), bool)
+
+
+def test_exact_cosines_is_order_independent() -> None:
+    rng = np.random.default_rng(0)
+    a, b = unit(rng.standard_normal((50, 384))), unit(rng.standard_normal((50, 384)))
+    expected = np.diag(canonical(a, b))
+    np.testing.assert_array_equal(exact_cosines(a, b), expected)
+    np.testing.assert_array_equal(exact_cosines(a[::-1].copy(), b[::-1].copy()), expected[::-1])
+
+
+def test_search_matches_numpy(data: tuple[np.ndarray, np.ndarray]) -> None:
+    corpus, queries = data
+    index = VectorIndex(32, use_gpu=False)
+    index.add(corpus[:300])
+    index.add(corpus[300:])
+    assert index.ntotal == 700
+    sims, ids = index.search(queries, 5)
+    brute = canonical(queries, corpus)
+    assert ids.shape == (240, 5) and ids.dtype == np.int64
+    np.testing.assert_allclose(sims, np.take_along_axis(brute, ids, axis=1), atol=1e-5)
+    np.testing.assert_allclose(sims[:, 0], brute.max(axis=1), atol=1e-5)
+    assert index.search(queries[:3], 10_000)[0].shape == (3, 700)  # k clipped to ntotal
+
+
+def edge_thresholds(brute: np.ndarray) -> list[float]:
+    """Plain values, values equal to actual similarities, and one float32 step above them."""
+    values = np.sort(brute.ravel())
+    picked = [values[-1], values[-25], values[-300], values[len(values) // 2], values[0]]
+    above = [np.nextafter(v, np.float32(2)) for v in picked]
+    plain = [-1.0, -0.5, 0.0, 0.5, 0.9, 0.99, 1.0, 1.5]
+    return plain + [float(v) for v in picked + above]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"initial_k": 1, "batch_size": 64},  # many doubling rounds, many query batches
+        {"initial_k": 4, "max_k": 8, "batch_size": 100},  # capped: exact CPU fallback
+        {"initial_k": 16, "batch_size": 4096},
+    ],
+)
+def test_emulated_range_search_equals_cpu_range_search(
+    data: tuple[np.ndarray, np.ndarray], options: dict[str, int]
+) -> None:
+    corpus, queries = data
+    native = VectorIndex(32, use_gpu=False)
+    emulated = VectorIndex(32, use_gpu=False, emulate_range=True, **options)
+    native.add(corpus)
+    emulated.add(corpus)
+    brute = canonical(queries, corpus)
+    for threshold in edge_thresholds(brute):
+        expected_rows, expected_ids = np.nonzero(brute >= np.float32(threshold))
+        a = native.range_search(queries, threshold)
+        b = emulated.range_search(queries, threshold)
+        np.testing.assert_array_equal(a.rows, b.rows)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.sims, b.sims)
+        np.testing.assert_array_equal(a.rows, expected_rows)  # both sorted by (row, id)
+        np.testing.assert_array_equal(a.ids, expected_ids)
+        np.testing.assert_array_equal(a.sims, brute[a.rows, a.ids])
+
+
+def test_range_search_does_not_depend_on_batch_shape() -> None:
+    # Large enough that FAISS's BLAS path rounds a query's sims differently depending on the
+    # batch it sits in; canonical re-scoring makes every configuration agree bit for bit.
+    corpus = clustered(3000, 384, seed=4)
+    queries = corpus[:500]
+    brute = canonical(queries, corpus)
+    configs = [
+        {"batch_size": 500},
+        {"batch_size": 7},
+        {"emulate_range": True, "initial_k": 2, "batch_size": 500},
+        {"emulate_range": True, "initial_k": 8, "batch_size": 33},
+    ]
+    threshold = float(np.sort(brute.ravel())[-5000])
+    results = []
+    for config in configs:
+        index = VectorIndex(384, use_gpu=False, **config)  # type: ignore[arg-type]
+        index.add(corpus)
+        results.append(index.range_search(queries, threshold))
+    rows, ids = np.nonzero(brute >= np.float32(threshold))
+    for hits in results:
+        np.testing.assert_array_equal(hits.rows, rows)
+        np.testing.assert_array_equal(hits.ids, ids)
+        np.testing.assert_array_equal(hits.sims, brute[rows, ids])
+
+
+def test_range_search_on_small_batches_and_empty_index(data: tuple[np.ndarray, np.ndarray]) -> None:
+    corpus, queries = data
+    index = VectorIndex(32, use_gpu=False, emulate_range=True, initial_k=2)
+    assert len(index.range_search(queries, 0.5)) == 0  # nothing added yet
+    index.add(corpus)
+    brute = canonical(queries[:3], corpus)
+    hits = index.range_search(queries[:3], 0.7)
+    per_query = hits.per_query(3)
+    for row, ids, sims in per_query:
+        np.testing.assert_array_equal(ids, np.flatnonzero(brute[row] >= np.float32(0.7)))
+        np.testing.assert_array_equal(sims, brute[row, ids])
+
+
+def test_rejects_vectors_that_are_not_unit() -> None:
+    index = VectorIndex(4, use_gpu=False)
+    with pytest.raises(ValueError, match="L2-normalised"):
+        index.add(np.ones((2, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="dimension"):
+        index.add(unit(np.ones((2, 5))))
+
+
+def brute_pairs(
+    vectors: np.ndarray, deployments: list[str], groups: list[str] | None, threshold: float
+) -> pl.DataFrame:
+    sims = canonical(vectors, vectors)
+    rows = [
+        (i, j, float(sims[i, j]))
+        for i, j in itertools.combinations(range(len(vectors)), 2)
+        if deployments[i] != deployments[j]
+        and (groups is None or groups[i] == groups[j])
+        and sims[i, j] >= np.float32(threshold)
+    ]
+    return pl.DataFrame(rows, schema={"i": pl.Int64, "j": pl.Int64, "cosine": pl.Float64}, orient="row")
+
+
+@pytest.fixture(scope="module")
+def responses() -> tuple[np.ndarray, list[str], list[str]]:
+    """8 queries x 4 deployments x 5 samples: some answers nearly identical across models,
+    and one answer copied verbatim into another query (a cross-query duplicate)."""
+    rng = np.random.default_rng(7)
+    vectors, deployments, groups = [], [], []
+    for query in range(8):
+        topic = rng.standard_normal(48)
+        for deployment in ("gpt", "llama", "qwen", "gemma"):
+            for _ in range(5):
+                vectors.append(topic + rng.uniform(0.05, 1.2) * rng.standard_normal(48))
+                deployments.append(deployment)
+                groups.append(f"q{query}")
+    matrix = unit(np.array(vectors))
+    matrix[45] = matrix[3]  # q2/llama repeats q0/gpt word for word
+    return matrix, deployments, groups
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.8, 0.95, 1.0])
+@pytest.mark.parametrize("scope", ["within", "corpus"])
+def test_near_duplicate_pairs_match_brute_force(
+    responses: tuple[np.ndarray, list[str], list[str]], threshold: float, scope: str
+) -> None:
+    vectors, deployments, groups = responses
+    use_groups = groups if scope == "within" else None
+    found = near_duplicate_pairs(vectors, deployments, use_groups, threshold, use_gpu=False)
+    assert found.columns == ["i", "j", "cosine"]
+    assert found.equals(brute_pairs(vectors, deployments, use_groups, threshold))
+    assert (found["i"] < found["j"]).all()
+    dep = np.array(deployments)
+    assert (dep[found["i"].to_numpy()] != dep[found["j"].to_numpy()]).all()
+
+
+def test_within_query_scope_is_narrower_than_corpus(
+    responses: tuple[np.ndarray, list[str], list[str]],
+) -> None:
+    vectors, deployments, groups = responses
+    within = near_duplicate_pairs(vectors, deployments, groups, 0.999)
+    corpus = near_duplicate_pairs(vectors, deployments, None, 0.999)
+    assert (3, 45) in set(corpus.select("i", "j").iter_rows())
+    assert (3, 45) not in set(within.select("i", "j").iter_rows())
+    assert set(within.select("i", "j").iter_rows()) <= set(corpus.select("i", "j").iter_rows())
+
+
+def test_same_deployment_pairs_are_never_reported() -> None:
+    vectors = unit(np.ones((4, 8)))  # all identical
+    found = near_duplicate_pairs(vectors, ["a", "a", "b", "b"], None, 0.9, use_gpu=False)
+    assert sorted(found.select("i", "j").iter_rows()) == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    one_model = near_duplicate_pairs(vectors, ["a"] * 4, ["q"] * 4, 0.9)
+    assert one_model.height == 0 and one_model.schema["cosine"] == pl.Float64
+    with pytest.raises(ValueError, match="entries"):
+        near_duplicate_pairs(vectors, ["a", "b"], None, 0.9)
