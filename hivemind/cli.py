@@ -61,15 +61,47 @@ def run(
 
 
 def _analyze_and_report(store: Path, study: str | None) -> None:
-    try:
-        from hivemind.pipeline import analyze_store, write_report
-    except ImportError:  # analysis modules not installed in this build
-        console.print("[yellow]analysis is not available in this build[/]")
-        return
+    from hivemind.pipeline import analyze_store, write_report
+
     outputs = analyze_store(store, study)
     console.print(f"analysis: {outputs.directory}")
     report = write_report(store, study)
     console.print(f"[bold green]report:[/] {report}")
+
+
+StudyOption = Annotated[Optional[str], typer.Option(help="Study name (default: the latest in the store).")]
+
+
+@app.command()
+def analyze(store: Annotated[Path, typer.Argument(help="Study store directory.")], study: StudyOption = None) -> None:
+    """Embed every response, index it, and write the analysis tables and JSON summary."""
+    from hivemind.pipeline import analyze_store
+    from hivemind.store import StoreError
+
+    if not (store / "hivemind.sqlite").exists():
+        _fail(f"{store} is not a hivemind store")
+    try:
+        outputs = analyze_store(store, study)
+    except StoreError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"analysis: {outputs.directory}")
+
+
+@app.command()
+def report(store: Annotated[Path, typer.Argument(help="Study store directory.")], study: StudyOption = None) -> None:
+    """Write the self-contained HTML report (analyzing first if needed)."""
+    from hivemind.pipeline import write_report
+    from hivemind.store import StoreError
+
+    if not (store / "hivemind.sqlite").exists():
+        _fail(f"{store} is not a hivemind store")
+    try:
+        path = write_report(store, study)
+    except StoreError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"[bold green]report:[/] {path}")
 
 
 @app.command()

@@ -13,7 +13,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from hivemind.providers.base import Provider, ProviderError
@@ -29,6 +29,8 @@ from hivemind.spec import (
 from hivemind.store import Store, StoreError
 
 MAX_RETRY_WAIT_S = 120.0
+Tick = Callable[[str, bool], None]
+"""Progress callback: (deployment, succeeded)."""
 
 
 def plan_requests(spec: StudySpec, queries: list[Query], deployments: list[Deployment]) -> list[SampleRequest]:
@@ -144,14 +146,15 @@ class Sampler:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one bad response must never crash the study
-                message = provider.redact(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ProviderError) else str(exc))
+                described = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
+                message = provider.redact(described)
                 if attempt == self.max_attempts or not provider.should_retry(exc):
                     return None, f"{message} (after {attempt} attempt{'s' * (attempt > 1)})", attempt
                 self.report.retries += 1
                 await asyncio.sleep(self.backoff(provider, exc, attempt))
         raise AssertionError("unreachable")
 
-    async def _worker(self, provider: Provider, queue: asyncio.Queue[SampleRequest], tick: callable) -> None:
+    async def _worker(self, provider: Provider, queue: asyncio.Queue[SampleRequest], tick: Tick) -> None:
         while True:
             try:
                 request = queue.get_nowait()
@@ -199,7 +202,7 @@ class _progress:
         self.totals = totals
         self.tasks: dict[str, int] = {}
 
-    def __enter__(self) -> callable:
+    def __enter__(self) -> Tick:
         if not self.enabled:
             return lambda deployment, ok: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
