@@ -154,7 +154,8 @@ def test_two_embedders_never_mix(embedder: Embedder, tmp_path: Path) -> None:
     shutil.copytree(source, other_dir, ignore=shutil.ignore_patterns("model.safetensors"))
     (other_dir / "model.safetensors").symlink_to(source / "model.safetensors")
     config = json.loads((other_dir / "sentence_bert_config.json").read_text())
-    (other_dir / "sentence_bert_config.json").write_text(json.dumps({**config, "max_seq_length": 128}))
+    config["max_seq_length"] = 128
+    (other_dir / "sentence_bert_config.json").write_text(json.dumps(config))
     other = Embedder(str(other_dir), device="cpu")
     assert other.embedder_id != embedder.embedder_id
 
@@ -166,7 +167,8 @@ def test_two_embedders_never_mix(embedder: Embedder, tmp_path: Path) -> None:
     before = other.texts_encoded
     theirs = embed_texts(texts, other, cache)
     assert other.texts_encoded - before == 2  # nothing borrowed from the first embedder
-    assert other.max_tokens == 128 and len(other.chunks(LONG_TEXT)) > len(embedder.chunks(LONG_TEXT))
+    assert other.max_tokens == 128
+    assert len(other.chunks(LONG_TEXT)) > len(embedder.chunks(LONG_TEXT))
     assert cosine(mine[1], theirs[1]) < 0.9999
     assert cache.count() == 4
     stored = cache.get_many(embedder.embedder_id, hashes)

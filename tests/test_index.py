@@ -168,7 +168,8 @@ def brute_pairs(
         and (groups is None or groups[i] == groups[j])
         and sims[i, j] >= np.float32(threshold)
     ]
-    return pl.DataFrame(rows, schema={"i": pl.Int64, "j": pl.Int64, "cosine": pl.Float64}, orient="row")
+    schema = {"i": pl.Int64, "j": pl.Int64, "cosine": pl.Float64}
+    return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 @pytest.fixture(scope="module")

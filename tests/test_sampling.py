@@ -136,3 +136,17 @@ def test_unknown_deployment_and_provider_are_clear_errors(tmp_path: Path, write_
         run_study(_spec(zoo, ["zz"]), tmp_path / "s", progress=False)
     with pytest.raises(StudyError, match="unknown provider 'nope'"):
         run_study(_spec(zoo, ["b"]), tmp_path / "s", progress=False)
+
+
+def test_a_registered_third_party_provider_runs_like_a_builtin(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
+    from hivemind.providers.base import Provider, register
+    from hivemind.spec import Completion, SampleRequest
+
+    @register("shout")
+    class Shout(Provider):
+        async def generate(self, request: SampleRequest) -> Completion:
+            return Completion(text=request.messages[-1].content.upper(), finish_reason="stop")
+
+    zoo = write_zoo({"name": "loud", "provider": "shout", "model": "x"})
+    run_study(_spec(zoo, ["loud"], samples=1, max_queries=2), tmp_path / "s", progress=False)
+    assert all(r["text"].isupper() for r in _rows(tmp_path / "s"))

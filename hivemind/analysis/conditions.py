@@ -1,0 +1,155 @@
+"""Decoding conditions and model lineages.
+
+**Conditions.** When a study crosses deployments with conditions (temperature, min-p, a system
+prompt asking for variety), the question is how much intra-model diversity a condition brings
+back, next to what switching models brings. Per (condition, deployment), against the baseline
+condition (`default` when present, else the spec's first):
+
+    recovered       = intra(baseline) - intra(condition)    paired over queries, 95% CI
+    inter_gap       = intra(baseline) - inter(baseline)     what switching models gives
+    recovered_share = recovered / inter_gap
+
+A row with deployment `(all)` does the same with the per-query means over deployments.
+
+**Lineages.** Deployments tagged with `family` and `stage` (base -> sft -> dpo -> rl) get their
+diversity along each lineage: intra similarity, embedding diversity, Vendi, distinct-2 and, for
+verifiable sets, accuracy, per stage.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hivemind.metrics.stats import bootstrap_ci, paired_bootstrap_diff
+
+if TYPE_CHECKING:
+    import polars as pl
+
+ALL = "(all)"
+STAGE_ORDER = ["base", "pretrained", "pt", "cpt", "sft", "instruct", "it", "chat", "dpo", "simpo", "kto",
+               "rlhf", "ppo", "grpo", "rl", "rlvr", "reasoning"]
+
+
+def baseline_condition(conditions: list[str]) -> str | None:
+    """`default` when present, else the first condition."""
+    if not conditions:
+        return None
+    return "default" if "default" in conditions else conditions[0]
+
+
+def _per_deployment_query(pairs: pl.DataFrame) -> pl.DataFrame:
+    """(condition, deployment, query_id) -> intra, inter (mean over partners)."""
+    import polars as pl
+
+    flipped = pairs.filter(pl.col("kind") == "inter").with_columns(
+        pl.col("deployment_b").alias("deployment_a"), pl.col("deployment_a").alias("deployment_b"))
+    sym = pl.concat([pairs, flipped.select(pairs.columns)])
+    return sym.group_by(["condition", "deployment_a", "query_id"], maintain_order=True).agg(
+        pl.col("similarity").filter(pl.col("kind") == "intra").mean().alias("intra"),
+        pl.col("similarity").filter(pl.col("kind") == "inter").mean().alias("inter"),
+    ).rename({"deployment_a": "deployment"})
+
+
+def _f(values: Any) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def conditions_view(
+    pairs: pl.DataFrame, query_sim: pl.DataFrame, conditions: list[str], n_boot: int = 2000, seed: int = 0
+) -> pl.DataFrame:
+    """Per (condition, deployment): intra, inter and the diversity recovered vs the baseline.
+
+    Columns: condition, deployment, is_baseline, n_queries, intra, intra_lo, intra_hi, inter,
+    recovered, recovered_lo, recovered_hi, inter_gap, recovered_share.
+    """
+    import polars as pl
+
+    base = baseline_condition(conditions)
+    per = _per_deployment_query(pairs)
+    overall = query_sim.select("condition", pl.lit(ALL).alias("deployment"), "query_id", "intra", "inter")
+    per = pl.concat([per, overall.select(per.columns)])
+    records = []
+    base_part = per.filter(pl.col("condition") == base)
+    for (condition, deployment), part in per.group_by(["condition", "deployment"], maintain_order=True):
+        ref = base_part.filter(pl.col("deployment") == deployment)
+        joined = part.join(ref, on="query_id", how="left", suffix="_base")
+        intra, intra_base = _f(joined["intra"].to_list()), _f(joined["intra_base"].to_list())
+        ci = bootstrap_ci(intra, n_boot=n_boot, seed=seed)
+        rec = paired_bootstrap_diff(intra_base, intra, n_boot=n_boot, seed=seed)
+        gap_base = np.nanmean(_f(ref["intra"].to_list()) - _f(ref["inter"].to_list())) if ref.height else np.nan
+        inter = _f(part["inter"].to_list())
+        records.append({
+            "condition": condition, "deployment": deployment, "is_baseline": condition == base,
+            "n_queries": int(np.sum(~np.isnan(intra))),
+            "intra": ci[0], "intra_lo": ci[1], "intra_hi": ci[2],
+            "inter": float(np.nanmean(inter)) if np.isfinite(inter).any() else None,
+            "recovered": rec[0], "recovered_lo": rec[1], "recovered_hi": rec[2],
+            "inter_gap": float(gap_base) if np.isfinite(gap_base) else None,
+            "recovered_share": float(rec[0] / gap_base) if np.isfinite(gap_base) and gap_base != 0 and np.isfinite(rec[0]) else None,
+        })
+    columns = ["condition", "deployment", "is_baseline", "n_queries", "intra", "intra_lo", "intra_hi", "inter",
+               "recovered", "recovered_lo", "recovered_hi", "inter_gap", "recovered_share"]
+    schema: dict[str, Any] = {c: pl.Float64 for c in columns}
+    schema.update({"condition": pl.Utf8, "deployment": pl.Utf8, "is_baseline": pl.Boolean, "n_queries": pl.Int64})
+    return pl.DataFrame([{c: r[c] for c in columns} for r in records], schema=schema)
+
+
+def stage_rank(stages: list[str]) -> dict[str, int]:
+    """Order of stages: known post-training stages in pipeline order, then first appearance."""
+    known = {s: i for i, s in enumerate(STAGE_ORDER)}
+    unique = list(dict.fromkeys(stages))
+    ordered = sorted(unique, key=lambda s: (known.get(s.lower(), len(known)), unique.index(s)))
+    return {s: i for i, s in enumerate(ordered)}
+
+
+def lineage_view(
+    diversity: pl.DataFrame,
+    pairs: pl.DataFrame,
+    meta: pl.DataFrame,
+    quality: pl.DataFrame | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """Per (family, stage, deployment, condition) for deployments tagged with family and stage.
+
+    `meta` has deployment, family, stage. Columns: family, stage, stage_order, deployment,
+    condition, n_queries, intra, intra_lo, intra_hi, embedding_diversity, vendi, distinct_2,
+    accuracy (null without reference answers).
+    """
+    import polars as pl
+
+    tagged = meta.filter(pl.col("family").is_not_null() & pl.col("stage").is_not_null()).unique(
+        "deployment", maintain_order=True)
+    columns = ["family", "stage", "stage_order", "deployment", "condition", "n_queries", "intra", "intra_lo",
+               "intra_hi", "embedding_diversity", "vendi", "distinct_2", "accuracy"]
+    schema: dict[str, Any] = {c: pl.Float64 for c in columns}
+    schema.update({"family": pl.Utf8, "stage": pl.Utf8, "stage_order": pl.Int64, "deployment": pl.Utf8,
+                   "condition": pl.Utf8, "n_queries": pl.Int64})
+    if tagged.height == 0:
+        return pl.DataFrame([], schema=schema)
+    ranks = stage_rank(tagged["stage"].to_list())
+    per = _per_deployment_query(pairs)
+    records = []
+    for family, stage, deployment in tagged.select("family", "stage", "deployment").iter_rows():
+        for condition in per.filter(pl.col("deployment") == deployment)["condition"].unique(maintain_order=True):
+            mine = per.filter((pl.col("deployment") == deployment) & (pl.col("condition") == condition))
+            intra = _f(mine["intra"].to_list())
+            ci = bootstrap_ci(intra, n_boot=n_boot, seed=seed)
+            div = diversity.filter((pl.col("deployment") == deployment) & (pl.col("condition") == condition))
+            acc = None
+            if quality is not None and quality.height:
+                q = quality.filter((pl.col("deployment") == deployment) & (pl.col("condition") == condition))
+                acc = q["accuracy"].mean() if q.height else None
+            records.append({
+                "family": family, "stage": stage, "stage_order": ranks[stage], "deployment": deployment,
+                "condition": condition, "n_queries": int(np.sum(~np.isnan(intra))),
+                "intra": ci[0], "intra_lo": ci[1], "intra_hi": ci[2],
+                "embedding_diversity": div["embedding_diversity"].mean() if div.height else None,
+                "vendi": div["vendi"].mean() if div.height else None,
+                "distinct_2": div["distinct_2"].mean() if div.height else None,
+                "accuracy": acc,
+            })
+    frame = pl.DataFrame([{c: r[c] for c in columns} for r in records], schema=schema)
+    return frame.sort(["family", "condition", "stage_order", "deployment"])

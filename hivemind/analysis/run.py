@@ -1,0 +1,230 @@
+"""Every analysis at once, from prepared responses and their vectors (no I/O, no models).
+
+`analyze_responses(responses, vectors)` returns the tables (polars) and a JSON-ready summary
+with the headline numbers; `hivemind.pipeline` adds the store, the embedder and the files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hivemind.analysis.conditions import baseline_condition, conditions_view, lineage_view
+from hivemind.analysis.data import build_groups, ordered, unit_rows
+from hivemind.analysis.ensemble import ensemble_curves, ensemble_per_query, hivemind_gap
+from hivemind.analysis.lexical import diversity_summary, diversity_table
+from hivemind.analysis.quality import correctness, quality_split, quality_table
+from hivemind.analysis.significance import gap_tests
+from hivemind.analysis.similarity import (
+    HIGH_SIMILARITY,
+    category_breakdown,
+    cluster_deployments,
+    deployment_matrix,
+    matrix_array,
+    nearest_neighbour_counts,
+    overlap_vs_semantic,
+    pair_similarity,
+    query_similarity,
+    random_pair_baseline,
+    similarity_bins,
+    verbatim_overlap,
+)
+
+if TYPE_CHECKING:
+    import polars as pl
+
+EQUAL_K_RULE = (
+    "Only successful, non-empty responses are analysed. For each query every (deployment, condition) "
+    "arm keeps the same number K of responses: the smallest count among arms with at least two "
+    "usable responses (arms with fewer are dropped from that query); the lowest sample indices are kept."
+)
+
+
+@dataclass
+class AnalysisResult:
+    """Tables by name and the summary (headline numbers, clustering, notes)."""
+
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def near_duplicates(
+    responses: pl.DataFrame, vectors: np.ndarray, threshold: float, max_rows: int = 2000,
+    use_gpu: bool | None = None,
+) -> tuple[pl.DataFrame, int]:
+    """Cross-deployment pairs within one query and condition with cosine >= threshold.
+
+    Found by `hivemind.index.near_duplicate_pairs`; returns the `max_rows` most similar with
+    both texts side by side, and the total count.
+    """
+    import polars as pl
+
+    from hivemind.index import near_duplicate_pairs
+
+    X = unit_rows(vectors)
+    keep = np.flatnonzero(np.linalg.norm(X, axis=1) > 0.5)  # zero vectors have no direction
+    groups = [f"{q}\x00{c}" for q, c in zip(responses["query_id"].to_list(), responses["condition"].to_list())]
+    found = near_duplicate_pairs(
+        np.ascontiguousarray(X[keep], dtype=np.float32),
+        [responses["deployment"][int(i)] for i in keep], [groups[int(i)] for i in keep], threshold,
+        use_gpu=use_gpu,
+    ).with_columns(pl.col("i").replace_strict(dict(enumerate(keep.tolist())), return_dtype=pl.Int64),
+                   pl.col("j").replace_strict(dict(enumerate(keep.tolist())), return_dtype=pl.Int64))
+    total = found.height
+    found = found.sort(["cosine", "i", "j"], descending=[True, False, False]).head(max_rows)
+    side = responses.select("row", "query_id", "category", "query_text", "condition", "deployment",
+                            "sample_index", "text")
+    a = side.rename({c: f"{c}_a" for c in ("deployment", "sample_index", "text")})
+    b = side.select("row", *[pl.col(c).alias(f"{c}_b") for c in ("deployment", "sample_index", "text")])
+    out = (
+        found.join(a, left_on="i", right_on="row", how="left")
+        .join(b, left_on="j", right_on="row", how="left")
+        .select("query_id", "category", "query_text", "condition", "deployment_a", "sample_index_a",
+                "deployment_b", "sample_index_b", "cosine", "text_a", "text_b", "i", "j")
+    )
+    return out, total
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def _first(frame: pl.DataFrame, **match: Any) -> dict[str, Any]:
+    import polars as pl
+
+    for column, value in match.items():
+        frame = frame.filter(pl.col(column) == value)
+    return frame.row(0, named=True) if frame.height else {}
+
+
+def analyze_responses(
+    responses: pl.DataFrame,
+    vectors: np.ndarray,
+    *,
+    deployments: list[str] | None = None,
+    conditions: list[str] | None = None,
+    threshold: float = 0.9,
+    n_boot: int = 2000,
+    n_perm: int = 1000,
+    draws: int = 24,
+    seed: int = 0,
+    lexical: bool = True,
+    max_near_duplicates: int = 2000,
+) -> AnalysisResult:
+    """Run every analysis on prepared responses (`prepare_responses`) and aligned vectors.
+
+    `threshold` is the cosine at which two responses count as near-duplicates and as one
+    equivalence class. Works with one deployment (no inter tables), one condition and
+    missing categories.
+    """
+    import polars as pl
+
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.shape[0] != responses.height:
+        raise ValueError(f"{responses.height} responses but {vectors.shape[0]} vectors")
+    deployments = ordered(responses["deployment"].to_list(), deployments or [])
+    conditions = ordered(responses["condition"].to_list(), conditions or [])
+    base = baseline_condition(conditions)
+    groups = build_groups(responses)
+    t: dict[str, pl.DataFrame] = {}
+    t["pairs"] = pair_similarity(groups, vectors)
+    t["query_similarity"] = query_similarity(t["pairs"])
+    t["bins"] = similarity_bins(t["pairs"])
+    t["matrix"] = deployment_matrix(t["pairs"], n_boot=n_boot, seed=seed)
+    t["random_baseline"] = random_pair_baseline(responses, vectors, seed=seed, n_boot=n_boot)
+    t["nn_counts"] = nearest_neighbour_counts(groups, vectors)
+    t["categories"] = category_breakdown(t["query_similarity"], n_boot=n_boot, seed=seed)
+    t["verbatim_overlap"] = verbatim_overlap(groups)
+    t["overlap_vs_semantic"] = overlap_vs_semantic(t["pairs"], t["verbatim_overlap"])
+    t["gap_tests"] = gap_tests(t["query_similarity"], groups, vectors, n_boot=n_boot, n_perm=n_perm, seed=seed)
+    t["ensemble_per_query"] = ensemble_per_query(groups, vectors, draws=draws, seed=seed)
+    t["ensemble"] = ensemble_curves(t["ensemble_per_query"], n_boot=n_boot, n_perm=n_perm, seed=seed)
+    t["hivemind_gap"] = hivemind_gap(t["ensemble_per_query"], groups, t["random_baseline"], n_boot=n_boot, seed=seed)
+    t["diversity"] = diversity_table(groups, vectors, class_threshold=threshold, lexical=lexical)
+    t["diversity_summary"] = diversity_summary(t["diversity"], n_boot=n_boot, seed=seed)
+    correct = correctness(groups)
+    t["quality"] = quality_table(groups, vectors, correct)
+    t["quality_split"] = quality_split(groups, vectors, correct, n_boot=n_boot, seed=seed)
+    t["conditions"] = conditions_view(t["pairs"], t["query_similarity"], conditions, n_boot=n_boot, seed=seed)
+    meta = responses.select("deployment", "family", "stage").unique("deployment", maintain_order=True)
+    t["lineage"] = lineage_view(t["diversity"], t["pairs"], meta, t["quality"], n_boot=n_boot, seed=seed)
+    t["near_duplicates"], n_dup = near_duplicates(responses, vectors, threshold, max_near_duplicates)
+
+    clustering: dict[str, Any] = {}
+    cluster_rows = []
+    for condition in conditions:
+        present = [d for d in deployments if d in set(
+            t["pairs"].filter(pl.col("condition") == condition)["deployment_a"].to_list())]
+        result = cluster_deployments(matrix_array(t["matrix"], condition, present), present)
+        clustering[condition] = result
+        cluster_rows += [(condition, d, i) for i, d in enumerate(result["order"])]
+    t["clusters"] = pl.DataFrame(cluster_rows, schema={"condition": pl.Utf8, "deployment": pl.Utf8,
+                                                       "leaf_order": pl.Int64}, orient="row")
+    summary = _summary(t, responses, deployments, conditions, base, n_dup, threshold, n_boot, n_perm)
+    summary["clustering"] = clustering
+    return AnalysisResult(t, summary)
+
+
+def _summary(
+    t: dict[str, pl.DataFrame], responses: pl.DataFrame, deployments: list[str], conditions: list[str],
+    base: str | None, n_dup: int, threshold: float, n_boot: int, n_perm: int,
+) -> dict[str, Any]:
+    """Headline numbers for the baseline condition, JSON-ready (NaN -> null)."""
+    import polars as pl
+
+    ks = responses.group_by("query_id").agg(pl.len().alias("n"), pl.col("deployment").n_unique().alias("d"),
+                                           pl.col("condition").n_unique().alias("c"))
+    ks = (ks["n"] // (ks["d"] * ks["c"])).to_numpy() if ks.height else np.zeros(0)
+    gap = _first(t["gap_tests"], condition=base)
+    rb = _first(t["random_baseline"], condition=base)
+    hg = _first(t["hivemind_gap"], condition=base)
+    intra = t["pairs"].filter((pl.col("condition") == base) & (pl.col("kind") == "intra"))
+    above = {
+        d: _num((part["similarity"] > HIGH_SIMILARITY).mean())
+        for (d,), part in intra.group_by(["deployment_a"], maintain_order=True)
+    }
+    k_star = hg.get("k_star")
+    ens = {}
+    if k_star is not None:
+        row = _first(t["ensemble"], condition=base, metric="mean_distance", k=k_star)
+        ens = {key: _num(row.get(key)) for key in ("single", "mixed", "diff", "diff_lo", "diff_hi", "p_value")}
+    nn = t["nn_counts"].filter(pl.col("condition") == base)
+    nn_last = nn.row(nn.height - 1, named=True) if nn.height else {}
+
+    def ci(row: dict[str, Any], key: str) -> dict[str, Any]:
+        return {"estimate": _num(row.get(key)), "lo": _num(row.get(f"{key}_lo")), "hi": _num(row.get(f"{key}_hi"))}
+
+    return {
+        "n_responses": responses.height,
+        "n_queries": responses["query_id"].n_unique(),
+        "deployments": deployments,
+        "conditions": conditions,
+        "baseline_condition": base,
+        "k_per_deployment": {"min": int(ks.min()) if ks.size else 0, "max": int(ks.max()) if ks.size else 0},
+        "equal_k_rule": EQUAL_K_RULE,
+        "near_duplicate_threshold": threshold,
+        "n_boot": n_boot,
+        "n_perm": n_perm,
+        "headline": {
+            "condition": base,
+            "intra_similarity": ci(gap, "intra"),
+            "inter_similarity": ci(gap, "inter"),
+            "gap": {**ci(gap, "gap"), "p_permutation": _num(gap.get("p_permutation"))},
+            "random_baseline": {"estimate": _num(rb.get("similarity")), "lo": _num(rb.get("ci_lo")),
+                                "hi": _num(rb.get("ci_hi")), "n_pairs": rb.get("n_pairs")},
+            "share_queries_intra_above_0.8": above,
+            "hivemind_gap": {"estimate": _num(hg.get("hivemind_gap")), "lo": _num(hg.get("ci_lo")),
+                             "hi": _num(hg.get("ci_hi")), "k_star": k_star, "realized": _num(hg.get("realized")),
+                             "promised": _num(hg.get("promised")), "n_queries": hg.get("n_queries")},
+            "ensemble_at_k_star": ens,
+            "nn_distinct_deployments": {"j": nn_last.get("j"), "estimate": _num(nn_last.get("distinct_deployments")),
+                                        "of": nn_last.get("n_deployments")},
+            "near_duplicate_pairs": n_dup,
+        },
+    }

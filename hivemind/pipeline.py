@@ -1,0 +1,190 @@
+"""Store -> embed -> analyze -> report: the one pipeline behind the API, the CLI and the service.
+
+`analyze_store` reads a study's samples from the store, embeds every analysed response through
+the `EmbeddingCache` at `STORE/embeddings.sqlite` (a re-analysis embeds nothing twice), runs
+every analysis (`hivemind.analysis`) and writes `STORE/<study>/analysis/<table>.parquet` and
+`summary.json`. `write_report` turns that directory into `STORE/<study>/report.html`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hivemind.store import Store, StoreError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from hivemind.embed import Embedder
+
+CACHE_FILE = "embeddings.sqlite"
+ANALYSIS_DIR = "analysis"
+REPORT_FILE = "report.html"
+KEY_PACKAGES = ("numpy", "polars", "scipy", "torch", "transformers", "sentence-transformers", "faiss-cpu",
+                "faiss-gpu-cu12", "matplotlib", "sacrebleu", "pydantic", "litellm", "llama-cpp-python")
+
+
+class AnalysisError(ValueError):
+    """A study cannot be analysed (e.g. it has no successful response yet)."""
+
+
+@dataclass
+class AnalysisOutputs:
+    """What `analyze_store` produced: where it is, the summary and the tables (polars).
+
+    Tables are also attributes: `outputs.pairs`, `outputs.ensemble`, `outputs.matrix`, ...
+    """
+
+    directory: Path
+    study: str
+    summary: dict[str, Any]
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    responses: pl.DataFrame | None = None
+    vectors: np.ndarray | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        tables = self.__dict__.get("tables") or {}
+        if name in tables:
+            return tables[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or table {name!r}")
+
+
+def versions() -> dict[str, str]:
+    """hivemind, Python and the installed key packages (not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import hivemind
+
+    out = {"hivemind": hivemind.__version__, "python": platform.python_version()}
+    for package in KEY_PACKAGES:
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def latest_study(store: Store) -> str:
+    """The most recently created study of a store."""
+    studies = store.studies()
+    if not studies:
+        raise StoreError(f"{store.path} holds no study")
+    return studies[-1]
+
+
+def _clean(value: Any) -> Any:
+    """JSON-ready copy: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    return value
+
+
+def _embedder(spec_name: str, embedder: Any, progress: bool) -> Embedder:
+    from hivemind.embed import Embedder
+
+    if embedder is None:
+        return Embedder(spec_name, progress=progress)
+    if isinstance(embedder, str):
+        return Embedder(embedder, progress=progress)
+    return embedder
+
+
+def analyze_store(
+    store_dir: str | Path,
+    study: str | None = None,
+    embedder: str | Embedder | None = None,
+    threshold: float = 0.9,
+    *,
+    n_boot: int = 2000,
+    n_perm: int = 1000,
+    draws: int = 24,
+    seed: int = 0,
+    lexical: bool = True,
+    progress: bool = False,
+    use_gpu: bool | None = None,
+) -> AnalysisOutputs:
+    """Embed and analyse a study; write its tables (Parquet) and `summary.json`.
+
+    `study=None` takes the latest study in the store. `embedder` is a sentence-transformers
+    name or path, or an `Embedder`; None uses the study spec's (default all-MiniLM-L6-v2).
+    `threshold` is the cosine for near-duplicate pairs and equivalence classes.
+    """
+    from hivemind.analysis import analyze_responses, prepare_responses
+    from hivemind.embed import EmbeddingCache, embed_texts
+
+    store_dir = Path(store_dir)
+    if not (store_dir / "hivemind.sqlite").exists():
+        raise StoreError(f"{store_dir} is not a hivemind store")
+    with Store(store_dir) as store:
+        study = study or latest_study(store)
+        spec = store.study_spec(study)
+        samples = store.samples_frame(study)
+    conditions = [c.name for c in spec.effective_conditions()]
+    responses, k_table = prepare_responses(samples, deployment_order=spec.deployments, condition_order=conditions)
+    if responses.height == 0:
+        raise AnalysisError(f"study {study!r} has no successful, non-empty responses to analyse "
+                            f"({samples.height} rows, {samples['error'].is_not_null().sum()} errors)")
+    model = _embedder(spec.embedder, embedder, progress)
+    cache = EmbeddingCache(store_dir / CACHE_FILE)
+    vectors = embed_texts(responses["text"].to_list(), model, cache)
+    result = analyze_responses(
+        responses, vectors, deployments=spec.deployments, conditions=conditions, threshold=threshold,
+        n_boot=n_boot, n_perm=n_perm, draws=draws, seed=seed, lexical=lexical,
+    )
+    tables = dict(result.tables)
+    tables["k_per_query"] = k_table
+    tables["responses"] = responses.select(
+        "row", "query_id", "category", "condition", "deployment", "family", "stage", "sample_index",
+        *[c for c in ("cache_key",) if c in responses.columns],
+    )
+    directory = store_dir / study / ANALYSIS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        frame.write_parquet(directory / f"{name}.parquet")
+    summary = {
+        "study": study,
+        "store": str(store_dir.resolve()),
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "spec": spec.model_dump(mode="json"),
+        "embedder": {"name": getattr(model, "model_name", str(model)), "id": model.embedder_id},
+        "versions": versions(),
+        "n_samples": samples.height,
+        "n_failed": int(samples["error"].is_not_null().sum()),
+        "n_excluded": samples.height - responses.height,
+        **result.summary,
+        "tables": sorted(tables),
+    }
+    summary = _clean(summary)
+    (directory / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    return AnalysisOutputs(directory, study, summary, tables, responses, vectors)
+
+
+def write_report(store_dir: str | Path, study: str | None = None) -> Path:
+    """Write `STORE/<study>/report.html` (analysing the study first if it was not yet)."""
+    from hivemind.report import load_analysis, render_report
+
+    store_dir = Path(store_dir)
+    with Store(store_dir) as store:
+        study = study or latest_study(store)
+        store.study_spec(study)  # a clear error for an unknown study
+    directory = store_dir / study / ANALYSIS_DIR
+    if not (directory / "summary.json").exists():
+        analyze_store(store_dir, study)
+    summary, tables = load_analysis(directory)
+    path = store_dir / study / REPORT_FILE
+    path.write_text(render_report(summary, tables), encoding="utf-8")
+    return path

@@ -1,0 +1,489 @@
+"""Scheduled model-zoo scans: cron-style specs, runs kept as studies, history and drift flags.
+
+A scan is declared in the zoo's `scans:` section, in a scans file, or through the service
+(`POST /v1/scans`). Each run samples a fresh study (`scan-<name>-<UTC time>`) through the same
+`sample_study` as every other door, embeds the answers, and keeps per deployment its intra-model
+similarity and its inter-model similarity to the other deployments of the scan, each with a
+bootstrap CI over queries. The history flags a deployment whose inter-model similarity in a run
+lies outside the CI of the run before it: something about that deployment changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from hivemind.spec import NAME_PATTERN, SamplingParams, Strict, StudySpec
+from hivemind.zoo import ZooError, default_zoo_path, format_validation_error, load_zoo
+
+if TYPE_CHECKING:
+    from hivemind.service.jobs import JobManager, ServiceDB
+    from hivemind.store import Store
+
+QUERY_SET_DIR = "query-sets"
+"""Uploaded query sets live in `STORE/query-sets/NAME.jsonl`."""
+
+
+class ScanError(ValueError):
+    """A scan declaration or run that cannot be used; the message names the field."""
+
+
+class ScanSpec(Strict):
+    """One scheduled scan: which deployments, which query set, how many samples, when."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=80)
+    """Scan name, unique among scans."""
+    schedule: str = Field(min_length=1, max_length=100)
+    """Cron expression in UTC: five fields (`0 3 * * *`) or a macro (`@daily`)."""
+    deployments: list[str] = Field(min_length=2, max_length=256)
+    """Deployments of the zoo to compare (at least two: inter-model similarity needs a pair)."""
+    query_set: str = Field(min_length=1, max_length=500)
+    """A shipped set, an uploaded set's name, or a file path (relative to the scans file)."""
+    samples: int = Field(4, ge=2, le=1000)
+    """Samples per (query, deployment); at least two, for intra-model similarity."""
+    max_queries: int | None = Field(None, ge=2)
+    """Use only the first N queries of the set."""
+    params: SamplingParams = Field(default_factory=SamplingParams)
+    """Sampling parameters for every deployment of the scan."""
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    """Base seed of each run."""
+    embedder: str = Field("all-MiniLM-L6-v2", min_length=1, max_length=200)
+    """Sentence-transformers model used to compare answers."""
+    enabled: bool = True
+    """Disabled scans can still be run by hand, but the scheduler skips them."""
+    description: str = Field("", max_length=2000)
+    """What the scan watches."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        value = " ".join(value.split())
+        if not (value.startswith("@") or len(value.split()) == 5) or not croniter.is_valid(value):
+            raise ValueError(f"not a valid cron expression {value!r} (five fields: minute hour "
+                             "day-of-month month day-of-week, e.g. '0 3 * * *', or '@daily')")
+        return value
+
+    @field_validator("deployments")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each deployment may appear only once")
+        return value
+
+
+class _ScanFile(Strict):
+    scans: list[ScanSpec] = Field(default_factory=list)
+    """The scans."""
+
+
+@dataclass
+class ScanBook:
+    """The scans declared for a zoo, with where relative paths are resolved from."""
+
+    scans: list[ScanSpec]
+    zoo_path: Path
+    base_dir: Path
+    sources: dict[str, str]
+
+    def get(self, name: str) -> ScanSpec:
+        for scan in self.scans:
+            if scan.name == name:
+                return scan
+        known = ", ".join(s.name for s in self.scans) or "none"
+        raise ScanError(f"unknown scan {name!r} (declared: {known})")
+
+
+def validate_scans(raw: Any, source: str, zoo_path: Path | None) -> list[ScanSpec]:
+    """Scans from raw YAML/JSON data, each problem naming `scans[i].field`."""
+    try:
+        scans = _ScanFile.model_validate({"scans": raw}).scans
+    except ValidationError as exc:
+        raise ScanError(format_validation_error(source, exc)) from None
+    seen: set[str] = set()
+    try:
+        zoo = load_zoo(zoo_path)
+    except ZooError as exc:
+        raise ScanError(str(exc)) from None
+    names = {d.name for d in zoo.deployments}
+    for i, scan in enumerate(scans):
+        if scan.name in seen:
+            raise ScanError(f"{source}: scans[{i}].name: duplicate scan name {scan.name!r}")
+        seen.add(scan.name)
+        for j, deployment in enumerate(scan.deployments):
+            if deployment not in names:
+                raise ScanError(f"{source}: scans[{i}].deployments[{j}]: unknown deployment "
+                                f"{deployment!r} (the zoo has: {', '.join(sorted(names)) or 'none'})")
+    return scans
+
+
+def load_scans(zoo_path: str | Path | None = None, scans_path: str | Path | None = None,
+               store_dir: str | Path | None = None) -> ScanBook:
+    """Scans of the zoo file (or of a separate scans file), plus those saved in a store."""
+    zoo_file = Path(zoo_path) if zoo_path is not None else default_zoo_path()
+    source = Path(scans_path) if scans_path is not None else zoo_file
+    if not source.exists():
+        raise ScanError(f"scans file {source} does not exist")
+    try:
+        raw = yaml.safe_load(source.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ScanError(f"{source}: not valid YAML: {exc}") from None
+    if scans_path is not None and isinstance(raw, dict) and set(raw) - {"scans"}:
+        raise ScanError(f"{source}: unknown top-level keys {sorted(set(raw) - {'scans'})} "
+                        "(a scans file holds a `scans:` list)")
+    items = raw if isinstance(raw, list) else raw.get("scans", []) if isinstance(raw, dict) else None
+    if items is None:
+        raise ScanError(f"{source}: expected a `scans:` list")
+    scans = validate_scans(items, str(source), zoo_file)
+    sources = {s.name: "file" for s in scans}
+    if store_dir is not None and (Path(store_dir) / "hivemind.sqlite").exists():
+        from hivemind.service.jobs import ServiceDB
+
+        with ServiceDB(store_dir) as db:
+            for row in db.rows("SELECT scan_json FROM service_scans ORDER BY created_at"):
+                scan = ScanSpec.model_validate_json(row["scan_json"])
+                if scan.name not in sources:
+                    scans.append(scan)
+                    sources[scan.name] = "service"
+    return ScanBook(scans, zoo_file, source.parent, sources)
+
+
+# --- scheduling ---------------------------------------------------------------------------
+def latest_fire(schedule: str, now: float) -> float:
+    """The latest time at or before `now` that the schedule fires."""
+    from croniter import croniter
+
+    return float(croniter(schedule, now + 1e-3).get_prev(float))
+
+
+def next_fire(schedule: str, after: float) -> float:
+    """The first time after `after` that the schedule fires."""
+    from croniter import croniter
+
+    return float(croniter(schedule, after).get_next(float))
+
+
+def due_scans(book: ScanBook, db: ServiceDB, *, now: float, since: float) -> list[tuple[ScanSpec, float]]:
+    """Enabled scans with a fire time since their last run (or since `since` if never run).
+
+    A service that was down over several fire times catches up once, with the latest.
+    """
+    due = []
+    for scan in book.scans:
+        if not scan.enabled:
+            continue
+        runs = db.scan_runs(scan.name)
+        if any(r["state"] == "running" for r in runs):
+            continue
+        base = since
+        if runs:
+            last = runs[-1]
+            base = last["scheduled_for"] or last["started_at"]
+        fire = latest_fire(scan.schedule, now)
+        if fire > base:
+            due.append((scan, fire))
+    return due
+
+
+def resolve_query_set(value: str, store_dir: Path, base_dir: Path) -> str:
+    """What `StudySpec.query_set` should say: a file path, or a shipped set's name."""
+    from hivemind.queries import list_shipped
+
+    for candidate in (base_dir / value, Path(value).expanduser(),
+                      store_dir / QUERY_SET_DIR / f"{value}.jsonl"):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    if value in list_shipped():
+        return value
+    raise ScanError(f"query_set: unknown query set {value!r} (not a file, an uploaded set in "
+                    f"{store_dir / QUERY_SET_DIR}, nor a shipped set)")
+
+
+def queue_scan_run(db: ServiceDB, scan: ScanSpec, book: ScanBook, store_dir: Path, *,
+                   scheduled_for: float | None = None, as_job: bool = True) -> tuple[int, str]:
+    """Record a new run (and, for the service, its job) atomically. Returns (run id, study)."""
+    from hivemind.service.jobs import planned_counts
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    base_name = f"scan-{scan.name}-{stamp}"
+    study, n = base_name, 1
+    while db.rows("SELECT 1 FROM scan_runs WHERE study = ? UNION SELECT 1 FROM studies "
+                  "WHERE name = ?", (study, study)):
+        n += 1
+        study = f"{base_name}-{n}"
+    spec = StudySpec(name=study, query_set=resolve_query_set(scan.query_set, store_dir, book.base_dir),
+                     deployments=scan.deployments, zoo=str(book.zoo_path.resolve()),
+                     samples=scan.samples, params=scan.params, max_queries=scan.max_queries,
+                     seed=scan.seed, embedder=scan.embedder)
+    try:
+        planned = planned_counts(spec)
+    except Exception as exc:  # unknown deployment, missing file, ...: named, before any write
+        raise ScanError(f"scan {scan.name!r}: {exc}") from None
+    row = {"scan": scan.name, "study": study, "scan_json": scan.model_dump_json(),
+           "spec_json": spec.model_dump_json(), "scheduled_for": scheduled_for,
+           "started_at": time.time()}
+    ids: list[int] = []
+    if as_job:
+        db.create_job({"study": study, "kind": "scan", "request_json": json.dumps({"scan": scan.name}),
+                       "spec_json": spec.model_dump_json(), "planned_json": json.dumps(planned),
+                       "analyze": 0}, extra=lambda conn: ids.append(db.insert_scan_run(conn, row)))
+    else:
+        with db.transaction() as conn:
+            ids.append(db.insert_scan_run(conn, row))
+    return ids[0], study
+
+
+def make_scheduler(load: Callable[[], ScanBook], *, since: float | None = None) -> Callable[[JobManager], None]:
+    """A tick for `JobManager`: queue every due scan as a job."""
+    started = time.time() if since is None else since
+
+    def tick(manager: JobManager) -> None:
+        book = load()
+        for scan, fire in due_scans(book, manager.db, now=time.time(), since=started):
+            _, study = queue_scan_run(manager.db, scan, book, manager.store_dir, scheduled_for=fire)
+            manager.submit(study)
+
+    return tick
+
+
+# --- running and analysis -----------------------------------------------------------------
+_EMBEDDERS: dict[str, Any] = {}
+_EMBEDDER_LOCK = threading.Lock()
+
+
+def _embedder(name: str) -> Any:
+    """One loaded embedder per model name per process (loading takes seconds)."""
+    from hivemind.embed import Embedder
+
+    with _EMBEDDER_LOCK:
+        if name not in _EMBEDDERS:
+            _EMBEDDERS[name] = Embedder(name, progress=False)
+        return _EMBEDDERS[name]
+
+
+def _bootstrap(values: list[float], seed: int = 0) -> tuple[float, float, float]:
+    try:
+        from hivemind.metrics.stats import bootstrap_ci
+    except ImportError:  # metrics not installed: a plain percentile bootstrap over queries
+        import numpy as np
+
+        x = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+        if x.size == 0:
+            return (math.nan,) * 3
+        boots = x[np.random.default_rng(seed).integers(0, x.size, (2000, x.size))].mean(axis=1)
+        return float(x.mean()), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+    return bootstrap_ci(values, seed=seed)
+
+
+def _ci(values: list[float]) -> dict[str, float | None]:
+    est, lo, hi = _bootstrap(values)
+    clean = [None if math.isnan(v) else round(v, 6) for v in (est, lo, hi)]
+    return {"estimate": clean[0], "lo": clean[1], "hi": clean[2]}
+
+
+def analyze_scan(store: Store, study: str, embedder_name: str) -> dict[str, Any]:
+    """Per deployment: intra- and inter-model similarity over queries, with bootstrap CIs."""
+    import numpy as np
+
+    from hivemind.embed import EmbeddingCache, embed_texts
+    from hivemind.metrics.semantic import mean_cross_similarity, mean_pairwise_similarity
+
+    frame = store.samples_frame(study, include_errors=False)
+    deployments = store.study_spec(study).deployments
+    embedder = _embedder(embedder_name)
+    vectors = embed_texts(frame["text"].to_list(), embedder,
+                          EmbeddingCache(store.directory / "embeddings.sqlite"))
+    groups: dict[str, dict[str, list[int]]] = {}
+    for row, (query, deployment) in enumerate(zip(frame["query_id"], frame["deployment"])):
+        groups.setdefault(query, {}).setdefault(deployment, []).append(row)
+    intra: dict[str, list[float]] = {d: [] for d in deployments}
+    inter: dict[str, list[float]] = {d: [] for d in deployments}
+    pairs: dict[tuple[str, str], list[float]] = {}
+    for by_model in groups.values():
+        cross: dict[tuple[str, str], float] = {}
+        for d in deployments:
+            if d in by_model:
+                intra[d].append(mean_pairwise_similarity(vectors[by_model[d]]))
+                for e in deployments:
+                    if e > d and e in by_model:
+                        cross[d, e] = cross[e, d] = mean_cross_similarity(
+                            vectors[by_model[d]], vectors[by_model[e]])
+                        pairs.setdefault((d, e), []).append(cross[d, e])
+        for d in deployments:
+            others = [s for (a, _), s in cross.items() if a == d]
+            if d in by_model and others:
+                inter[d].append(float(np.mean(others)))
+    def cell(d: str, e: str) -> float | None:
+        if d == e:
+            return _ci(intra[d])["estimate"]
+        found = [v for v in pairs.get((min(d, e), max(d, e)), []) if not math.isnan(v)]
+        return round(float(np.mean(found)), 6) if found else None
+
+    return {
+        "study": study, "embedder": embedder.embedder_id, "n_queries": len(groups),
+        "deployments": {d: {"intra": _ci(intra[d]), "inter": _ci(inter[d]),
+                            "n_samples": int((frame["deployment"] == d).sum())}
+                        for d in deployments},
+        "matrix": {d: {e: cell(d, e) for e in deployments} for d in deployments},
+    }
+
+
+async def execute_scan_run(store: Store, db: ServiceDB, run_id: int, *,
+                           redact: Callable[[str], str] = lambda s: s,
+                           analysis_lock: asyncio.Lock | None = None, progress: bool = False) -> dict:
+    """Sample (resuming) and analyze one scan run, then record its result in the history."""
+    from hivemind.study import sample_study
+
+    run = db.scan_run(run_id)
+    if run is None:
+        raise ScanError(f"no scan run {run_id}")
+    spec = StudySpec.model_validate_json(run["spec_json"])
+    scan = ScanSpec.model_validate_json(run["scan_json"])
+    try:
+        await sample_study(spec, store, progress=progress)
+        await asyncio.to_thread(store.export_parquet, spec.name)
+        async with analysis_lock or contextlib.nullcontext():
+            result = await asyncio.to_thread(analyze_scan, store, spec.name, scan.embedder)
+    except Exception as exc:
+        db.finish_scan_run(run_id, "failed", error=redact(str(exc) or type(exc).__name__))
+        raise
+    db.finish_scan_run(run_id, "done", result=result)
+    return result
+
+
+def run_scan(name: str, store_dir: str | Path, *, zoo_path: str | Path | None = None,
+             scans_path: str | Path | None = None, new: bool = False,
+             progress: bool = False) -> dict[str, Any]:
+    """Run one scan now (resuming its unfinished hand-started run unless `new`); its history row."""
+    from hivemind.service.jobs import ServiceDB
+    from hivemind.store import Store
+
+    book = load_scans(zoo_path, scans_path, store_dir)
+    scan = book.get(name)
+    store_path = Path(store_dir)
+    with ServiceDB(store_path) as db, Store(store_path) as store:
+        unfinished = [r for r in db.scan_runs(name)
+                      if r["state"] == "running" and db.job(r["study"]) is None]
+        if unfinished and not new:
+            run_id = unfinished[-1]["id"]
+        else:
+            run_id, _ = queue_scan_run(db, scan, book, store_path, as_job=False)
+        asyncio.run(execute_scan_run(store, db, run_id, progress=progress))
+        row = db.scan_run(run_id)
+    assert row is not None
+    return row
+
+
+# --- history and report -------------------------------------------------------------------
+def _moved(value: float | None, previous: dict[str, Any] | None) -> str | None:
+    if value is None or not previous or previous.get("lo") is None or previous.get("hi") is None:
+        return None
+    return "up" if value > previous["hi"] else "down" if value < previous["lo"] else None
+
+
+def scan_history(db: ServiceDB, scan: str) -> dict[str, Any]:
+    """Every run of a scan, oldest first, each deployment's inter-model move flagged.
+
+    A deployment is flagged in a run when its inter-model similarity estimate lies outside the
+    bootstrap CI of the previous finished run.
+    """
+    runs, previous = [], None
+    for row in db.scan_runs(scan):
+        result = json.loads(row["result_json"]) if row["result_json"] else None
+        entry: dict[str, Any] = {k: row[k] for k in ("id", "study", "state", "scheduled_for",
+                                                      "started_at", "finished_at", "error")}
+        entry["deployments"], entry["flagged"] = {}, []
+        if row["state"] == "done" and result:
+            entry["embedder"] = result.get("embedder")
+            entry["n_queries"] = result.get("n_queries")
+            for d, m in result["deployments"].items():
+                before = (previous or {}).get("deployments", {}).get(d)
+                moved = _moved(m["inter"]["estimate"], before["inter"] if before else None)
+                entry["deployments"][d] = {**m, "inter_moved": moved,
+                                           "previous_inter": before["inter"] if before else None}
+                if moved:
+                    entry["flagged"].append(d)
+            previous = result
+        runs.append(entry)
+    done = [r for r in runs if r["state"] == "done"]
+    return {"scan": scan, "runs": runs, "flagged": done[-1]["flagged"] if done else []}
+
+
+def _fmt(m: dict[str, Any] | None) -> str:
+    if not m or m.get("estimate") is None:
+        return "–"
+    lo, hi = m.get("lo"), m.get("hi")
+    return f"{m['estimate']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else f"{m['estimate']:.3f}"
+
+
+def _sparkline(points: list[dict[str, Any] | None], width: int = 220, height: int = 48) -> str:
+    values = [(i, p) for i, p in enumerate(points) if p and p.get("estimate") is not None]
+    if not values:
+        return ""
+    ys = [v for _, p in values for v in (p["lo"], p["hi"], p["estimate"]) if v is not None]
+    low, high = min(ys), max(ys)
+    span = (high - low) or 1.0
+
+    def x(i: int) -> float:
+        return 8 + i * (width - 16) / max(len(points) - 1, 1)
+
+    def y(v: float) -> float:
+        return height - 6 - (v - low) / span * (height - 12)
+
+    bars = "".join(f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{y(p["lo"]):.1f}" y2="{y(p["hi"]):.1f}" '
+                   'stroke="#999"/>' for i, p in values if p["lo"] is not None and p["hi"] is not None)
+    line = " ".join(f"{x(i):.1f},{y(p['estimate']):.1f}" for i, p in values)
+    return (f'<svg width="{width}" height="{height}">{bars}<polyline fill="none" stroke="#2a6" '
+            f'points="{line}"/></svg>')
+
+
+def write_scan_report(store_dir: str | Path, scan: str) -> Path:
+    """`STORE/scans/<scan>/report.html`: per deployment, similarity across runs, moves flagged."""
+    from hivemind.service.jobs import ServiceDB
+
+    with ServiceDB(store_dir) as db:
+        history = scan_history(db, scan)
+    runs = [r for r in history["runs"] if r["state"] == "done"]
+    deployments = list(dict.fromkeys(d for r in runs for d in r["deployments"]))
+    esc = html.escape
+    head = "".join(f"<th>{esc(r['study'])}<br><small>{datetime.fromtimestamp(r['started_at'], timezone.utc):%Y-%m-%d %H:%M} UTC</small></th>" for r in runs)
+    rows = []
+    for d in deployments:
+        cells = []
+        for r in runs:
+            m = r["deployments"].get(d)
+            moved = m and m.get("inter_moved")
+            mark = f' <b class="flag">▲ moved {moved}</b>' if moved else ""
+            cells.append(f'<td class="{"flagged" if moved else ""}">inter {esc(_fmt(m and m["inter"]))}'
+                         f'{mark}<br>intra {esc(_fmt(m and m["intra"]))}</td>')
+        trend = _sparkline([r["deployments"].get(d, {}).get("inter") for r in runs])
+        rows.append(f"<tr><th>{esc(d)}</th>{''.join(cells)}<td>{trend}</td></tr>")
+    flagged = ", ".join(history["flagged"]) or "none"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Scan {esc(scan)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px;
+vertical-align:top;font-size:13px}}table{{border-collapse:collapse}}.flagged{{background:#fde2e2}}
+.flag{{color:#b00}}</style></head><body><h1>Scan history: {esc(scan)}</h1>
+<p>{len(runs)} finished run(s). Per deployment: inter-model similarity (mean cosine to the other
+deployments' answers to the same query) and intra-model similarity (mean cosine among its own
+answers), each with a 95% bootstrap CI over queries. A deployment is flagged when its inter-model
+estimate falls outside the previous run's CI.</p>
+<p><b>Flagged in the latest run:</b> {esc(flagged)}</p>
+<table><tr><th>deployment</th>{head}<th>inter trend</th></tr>{''.join(rows)}</table></body></html>"""
+    target = Path(store_dir) / "scans" / scan / "report.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(page, encoding="utf-8")
+    return target
