@@ -179,6 +179,12 @@ def zoo_check(
         raise typer.Exit(code=1)
 
 
+from hivemind.cli_service import scan_app, serve  # noqa: E402 (service and scan doors)
+
+app.command()(serve)
+app.add_typer(scan_app, name="scan")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -69,8 +69,8 @@ def folder_fingerprint(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        if rel.startswith(".") or "/." in rel or rel.endswith((".md", ".py", ".pyc")):
-            continue  # READMEs, code and caches do not change a vector
+        if rel.startswith(".") or "/." in rel or "__pycache__" in rel or rel.endswith(".md"):
+            continue  # READMEs, git metadata and caches do not change a vector
         digest.update(f"{rel}\0{path.stat().st_size}\0{_file_digest(path)}\n".encode())
     return digest.hexdigest()[:12]
 

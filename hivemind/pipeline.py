@@ -32,8 +32,10 @@ KEY_PACKAGES = ("numpy", "polars", "scipy", "torch", "transformers", "sentence-t
                 "faiss-gpu-cu12", "matplotlib", "sacrebleu", "pydantic", "litellm", "llama-cpp-python")
 
 
-class AnalysisError(ValueError):
-    """A study cannot be analysed (e.g. it has no successful response yet)."""
+class AnalysisError(StoreError):
+    """A study cannot be analysed (e.g. it has no successful response yet).
+
+    A `StoreError`, so the CLI reports it as a clean error message."""
 
 
 @dataclass
@@ -45,10 +47,12 @@ class AnalysisOutputs:
 
     directory: Path
     study: str
-    summary: dict[str, Any]
-    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
-    responses: pl.DataFrame | None = None
-    vectors: np.ndarray | None = None
+    summary: dict[str, Any] = field(repr=False)
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
+    responses: pl.DataFrame | None = field(default=None, repr=False)
+    """The analysed responses (row i has vector i)."""
+    vectors: np.ndarray | None = field(default=None, repr=False)
+    """Their unit embeddings."""
 
     def __getattr__(self, name: str) -> Any:
         tables = self.__dict__.get("tables") or {}
@@ -63,7 +67,13 @@ def versions() -> dict[str, str]:
 
     import hivemind
 
-    out = {"hivemind": hivemind.__version__, "python": platform.python_version()}
+    own = getattr(hivemind, "__version__", None)
+    if own is None:  # e.g. an editable install seen as a namespace package
+        try:
+            own = version("hivemind-study")
+        except PackageNotFoundError:
+            own = "unknown"
+    out = {"hivemind": own, "python": platform.python_version()}
     for package in KEY_PACKAGES:
         try:
             out[package] = version(package)
@@ -91,6 +101,18 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None
     return value
+
+
+def _exclusions(samples: pl.DataFrame, analysed: int) -> dict[str, int]:
+    """How many samples were left out and why: errors, empty texts, equal-K subsampling."""
+    import polars as pl
+
+    failed = int(samples["error"].is_not_null().sum())
+    empty = int(samples.filter(
+        pl.col("error").is_null() & pl.col("text").fill_null("").str.strip_chars().eq("")
+    ).height)
+    return {"n_failed": failed, "n_empty": empty,
+            "n_dropped_for_equal_k": samples.height - failed - empty - analysed}
 
 
 def _embedder(spec_name: str, embedder: Any, progress: bool) -> Embedder:
@@ -163,8 +185,7 @@ def analyze_store(
         "embedder": {"name": getattr(model, "model_name", str(model)), "id": model.embedder_id},
         "versions": versions(),
         "n_samples": samples.height,
-        "n_failed": int(samples["error"].is_not_null().sum()),
-        "n_excluded": samples.height - responses.height,
+        **_exclusions(samples, responses.height),
         **result.summary,
         "tables": sorted(tables),
     }
@@ -174,15 +195,19 @@ def analyze_store(
 
 
 def write_report(store_dir: str | Path, study: str | None = None) -> Path:
-    """Write `STORE/<study>/report.html` (analysing the study first if it was not yet)."""
+    """Write `STORE/<study>/report.html`, analysing the study first when it has no analysis
+    or its analysis predates samples added since (default analysis settings)."""
     from hivemind.report import load_analysis, render_report
 
     store_dir = Path(store_dir)
     with Store(store_dir) as store:
         study = study or latest_study(store)
         store.study_spec(study)  # a clear error for an unknown study
+        n_samples = sum(c["ok"] + c["failed"] for c in store.progress(study).values())
     directory = store_dir / study / ANALYSIS_DIR
-    if not (directory / "summary.json").exists():
+    summary_path = directory / "summary.json"
+    stale = not summary_path.exists() or json.loads(summary_path.read_text()).get("n_samples") != n_samples
+    if stale:  # never analysed, or sampled further since
         analyze_store(store_dir, study)
     summary, tables = load_analysis(directory)
     path = store_dir / study / REPORT_FILE

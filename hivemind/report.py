@@ -108,8 +108,17 @@ def headline(summary: dict[str, Any]) -> str:
     cards.append(_card("random-pair baseline (different queries)", value, ci))
     hg = h.get("hivemind_gap") or {}
     value, ci = _ci(hg)
-    detail = f"{ci}; k* = {hg.get('k_star')}" if hg.get("k_star") else "needs two deployments"
+    detail = (f"{ci}; k* = {hg.get('k_star')}" if hg.get("estimate") is not None
+              else "not computable: needs two deployments, two queries and a positive promise")
     cards.append(_card("hivemind gap: share of promised ensemble diversity delivered", value, detail))
+    ens = h.get("ensemble_at_k_star") or {}
+    if ens.get("diff") is not None:
+        cards.append(_card(
+            f"extra diversity of {hg.get('k_star')} different deployments vs one",
+            f"{ens['diff']:+.3f}",
+            f"mean pairwise distance {_fmt(ens.get('single'))} -> {_fmt(ens.get('mixed'))}; "
+            f"95% CI [{_fmt(ens.get('diff_lo'))}, {_fmt(ens.get('diff_hi'))}]; p = {_fmt(ens.get('p_value'), 4)}",
+        ))
     above = h.get("share_queries_intra_above_0.8") or {}
     if above:
         mean = sum(v for v in above.values() if v is not None) / max(1, len(above))

@@ -78,7 +78,8 @@ def conditions_view(
         intra, intra_base = _f(joined["intra"].to_list()), _f(joined["intra_base"].to_list())
         ci = bootstrap_ci(intra, n_boot=n_boot, seed=seed)
         rec = paired_bootstrap_diff(intra_base, intra, n_boot=n_boot, seed=seed)
-        gap_base = np.nanmean(_f(ref["intra"].to_list()) - _f(ref["inter"].to_list())) if ref.height else np.nan
+        gaps = _f(ref["intra"].to_list()) - _f(ref["inter"].to_list())
+        gap_base = float(np.nanmean(gaps)) if np.isfinite(gaps).any() else np.nan
         inter = _f(part["inter"].to_list())
         records.append({
             "condition": condition, "deployment": deployment, "is_baseline": condition == base,

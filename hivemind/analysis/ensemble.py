@@ -26,7 +26,9 @@ deployments - the share of the extra diversity an ensemble promises that it real
 The promise is that of truly independent answerers, whose responses would be as unrelated as
 responses to different queries (the random-pair baseline of the embedder in use). 0 means an
 ensemble is no more diverse than one model (a perfect hivemind); 1 means it gives everything
-independence would. The CI bootstraps queries (D_ref is held fixed).
+independence would. The CI bootstraps queries (D_ref is held fixed). When responses to
+different queries are on average no farther apart than one deployment's responses to one query
+(promised <= 0, e.g. a degenerate embedder or scripted texts) the share is undefined (null).
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ def _ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> tuple
     """mean(num) / mean(den) with a percentile bootstrap over paired entries."""
     keep = ~(np.isnan(num) | np.isnan(den))
     num, den = num[keep], den[keep]
-    if num.size == 0 or den.mean() == 0:
+    if num.size == 0 or not den.mean() > 0:  # no promise: nothing to share out
         return (float("nan"),) * 3
     est = float(num.mean() / den.mean())
     if num.size == 1:

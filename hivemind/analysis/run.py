@@ -137,7 +137,7 @@ def analyze_responses(
     t["query_similarity"] = query_similarity(t["pairs"])
     t["bins"] = similarity_bins(t["pairs"])
     t["matrix"] = deployment_matrix(t["pairs"], n_boot=n_boot, seed=seed)
-    t["random_baseline"] = random_pair_baseline(responses, vectors, seed=seed, n_boot=n_boot)
+    t["random_baseline"] = random_pair_baseline(responses, vectors, seed=seed)
     t["nn_counts"] = nearest_neighbour_counts(groups, vectors)
     t["categories"] = category_breakdown(t["query_similarity"], n_boot=n_boot, seed=seed)
     t["verbatim_overlap"] = verbatim_overlap(groups)

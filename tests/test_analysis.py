@@ -1,0 +1,319 @@
+"""The analyses on synthetic vectors whose similarities are known exactly.
+
+Equicorrelated design: v_i = sqrt(rho) c + sqrt(1 - rho) e_i with orthonormal c, e_i, so every
+pair of distinct responses has cosine rho. Giving each deployment its own c (orthogonal to the
+others) makes inter-model cosine exactly 0; sharing one c makes inter == intra.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from hivemind.analysis import (
+    analyze_responses,
+    build_groups,
+    cluster_deployments,
+    deployment_matrix,
+    draw_diversity,
+    ensemble_curves,
+    ensemble_per_query,
+    gap_permutation_test,
+    hivemind_gap,
+    near_duplicates,
+    pair_similarity,
+    prepare_responses,
+    query_similarity,
+    random_pair_baseline,
+    sign_flip_test,
+    similarity_bins,
+    verbatim_overlap,
+)
+from hivemind.analysis.similarity import matrix_array
+from hivemind.metrics.semantic import embedding_diversity, intra_inter_gap, vendi_score
+
+FAST = {"n_boot": 200, "n_perm": 200}
+
+
+class Design:
+    """Builds a samples frame and vectors; each call to `add` appends one response."""
+
+    def __init__(self, dim: int = 512) -> None:
+        self.dim = dim
+        self.next_axis = 0
+        self.rows: list[dict[str, Any]] = []
+        self.vectors: list[np.ndarray] = []
+
+    def axis(self) -> np.ndarray:
+        v = np.zeros(self.dim)
+        v[self.next_axis] = 1.0
+        self.next_axis += 1
+        return v
+
+    def arm(self, query: str, deployment: str, k: int, rho: float, centre: np.ndarray | None = None,
+            condition: str = "default", category: str | None = "cat", texts: list[str] | None = None,
+            answer: str | None = None, **extra: Any) -> np.ndarray:
+        """k responses with pairwise cosine rho around `centre` (a fresh axis by default)."""
+        centre = self.axis() if centre is None else centre
+        for s in range(k):
+            self.vectors.append(np.sqrt(rho) * centre + np.sqrt(1 - rho) * self.axis())
+            self.rows.append({"query_id": query, "category": category, "query_text": f"text of {query}",
+                              "answer": answer, "deployment": deployment, "family": extra.get("family"),
+                              "stage": extra.get("stage"), "condition": condition, "sample_index": s,
+                              "text": texts[s] if texts else f"{deployment} says {query} number {s}",
+                              "error": None})
+        return centre
+
+    def prepared(self, **kwargs: Any) -> tuple[pl.DataFrame, np.ndarray]:
+        frame = pl.DataFrame(self.rows, schema_overrides={"answer": pl.Utf8, "family": pl.Utf8,
+                                                          "stage": pl.Utf8, "category": pl.Utf8})
+        responses, _ = prepare_responses(frame, **kwargs)
+        order = responses["row"].to_numpy()
+        assert np.array_equal(order, np.arange(len(order)))
+        return responses, np.asarray(self.vectors, dtype=np.float32)
+
+
+def two_deployments(shared: bool, rho: float = 0.6, queries: int = 6, k: int = 4) -> Design:
+    d = Design()
+    for q in range(queries):
+        centre = d.arm(f"q{q}", "a", k, rho)
+        d.arm(f"q{q}", "b", k, rho, centre=centre if shared else None)
+    return d
+
+
+def test_prepare_keeps_successful_nonempty_rows_at_equal_k() -> None:
+    rows = []
+    for dep, n in (("a", 5), ("b", 3), ("c", 1)):
+        for s in range(n):
+            rows.append({"query_id": "q", "deployment": dep, "condition": "default", "sample_index": s,
+                         "text": f"{dep}{s}", "error": None})
+    rows.append({"query_id": "q", "deployment": "b", "condition": "default", "sample_index": 3,
+                 "text": None, "error": "HTTP 500"})
+    rows.append({"query_id": "q", "deployment": "b", "condition": "default", "sample_index": 4,
+                 "text": "   ", "error": None})
+    responses, k = prepare_responses(pl.DataFrame(rows), deployment_order=["b", "a", "c"])
+    assert k.row(0, named=True) == {"query_id": "q", "k": 3, "arms_kept": 2, "arms_dropped": 1}
+    assert responses["deployment"].to_list() == ["b"] * 3 + ["a"] * 3  # spec order, c dropped (1 < 2)
+    assert responses["sample_index"].to_list() == [0, 1, 2, 0, 1, 2]  # lowest indices kept
+    assert responses["category"].to_list() == ["uncategorized"] * 6
+    assert responses["row"].to_list() == list(range(6))
+
+
+def test_identical_deployments_have_inter_equal_to_intra() -> None:
+    responses, X = two_deployments(shared=True).prepared()
+    pairs = pair_similarity(build_groups(responses), X)
+    assert pairs.filter(pl.col("kind") == "intra")["similarity"].to_numpy() == pytest.approx(0.6)
+    assert pairs.filter(pl.col("kind") == "inter")["similarity"].to_numpy() == pytest.approx(0.6)
+    assert query_similarity(pairs)["gap"].to_numpy() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_orthogonal_deployments_have_zero_inter_and_matrix_diagonal_intra() -> None:
+    responses, X = two_deployments(shared=False, rho=0.85).prepared()
+    groups = build_groups(responses)
+    pairs = pair_similarity(groups, X)
+    qs = query_similarity(pairs)
+    assert qs["intra"].to_numpy() == pytest.approx(0.85)
+    assert qs["inter"].to_numpy() == pytest.approx(0.0, abs=1e-6)
+    matrix = deployment_matrix(pairs, n_boot=100)
+    M = matrix_array(matrix, "default", ["a", "b"])
+    assert M == pytest.approx(np.array([[0.85, 0.0], [0.0, 0.85]]), abs=1e-6)
+    bins = similarity_bins(pairs)
+    intra_a = bins.filter((pl.col("deployment") == "a") & (pl.col("kind") == "intra")).sort("bin")
+    assert intra_a["share"].to_list() == [0.0] * 8 + [1.0, 0.0]  # 0.85 falls in [0.8, 0.9)
+    inter_a = bins.filter((pl.col("deployment") == "a") & (pl.col("kind") == "inter")).sort("bin")
+    assert inter_a["share"][0] == 1.0 and inter_a["n_queries"][0] == 6
+
+
+def test_gap_permutation_matches_metric_and_separates_designs() -> None:
+    responses, X = two_deployments(shared=False).prepared()
+    groups = build_groups(responses)
+    observed, p = gap_permutation_test(groups, X, n_perm=200)
+    expected = np.mean([intra_inter_gap(X[g.all_rows()], g.labels()) for g in groups])
+    assert observed == pytest.approx(expected) == pytest.approx(0.6)
+    assert p == pytest.approx(1 / 201)  # no shuffle beats the true labels
+    responses, X = two_deployments(shared=True).prepared()
+    observed, p = gap_permutation_test(build_groups(responses), X, n_perm=200)
+    assert observed == pytest.approx(0.0, abs=1e-6) and p == 1.0
+
+
+def test_clustering_joins_the_twins_first() -> None:
+    d = Design()
+    for q in range(3):
+        ca, cb = d.axis(), d.axis()
+        for name, centre in (("a1", ca), ("b1", cb), ("a2", ca), ("b2", cb)):
+            d.arm(f"q{q}", name, 3, 0.5, centre=centre)
+    responses, X = d.prepared()
+    matrix = deployment_matrix(pair_similarity(build_groups(responses), X), n_boot=50)
+    labels = ["a1", "b1", "a2", "b2"]
+    result = cluster_deployments(matrix_array(matrix, "default", labels), labels)
+    first, second = result["linkage"][0], result["linkage"][1]
+    assert {labels[int(first[0])], labels[int(first[1])]} in ({"a1", "a2"}, {"b1", "b2"})
+    assert {labels[int(second[0])], labels[int(second[1])]} in ({"a1", "a2"}, {"b1", "b2"})
+    assert first[2] == pytest.approx(0.5)  # distance 1 - inter(a1, a2) = 1 - rho
+
+
+def test_random_baseline_and_nearest_neighbours() -> None:
+    responses, X = two_deployments(shared=False, rho=0.7).prepared()
+    baseline = random_pair_baseline(responses, X, n_pairs=2000)
+    assert baseline["similarity"][0] == pytest.approx(0.0, abs=1e-6)
+    result = analyze_responses(responses, X, **FAST)
+    nn = result.tables["nn_counts"]
+    assert nn.filter(pl.col("j") == 1)["distinct_deployments"][0] == 1.0  # own deployment first
+    assert nn.filter(pl.col("j") == 3)["distinct_deployments"][0] == 1.0  # the 3 others of its own
+    assert nn.filter(pl.col("j") == 4)["distinct_deployments"][0] == 2.0  # then the other deployment
+
+
+def test_draw_diversity_matches_metric_functions() -> None:
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(5, 8))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    dist, vendi = draw_diversity((X @ X.T)[None])
+    assert dist[0] == pytest.approx(embedding_diversity(X))
+    assert vendi[0] == pytest.approx(vendi_score(X))
+
+
+def test_ensemble_curves_identical_vs_orthogonal_deployments() -> None:
+    responses, X = two_deployments(shared=True, rho=0.6).prepared()
+    groups = build_groups(responses)
+    per_query = ensemble_per_query(groups, X, draws=8)
+    same = per_query.pivot(on="arm", index=["query_id", "k"], values="mean_distance")
+    assert same["single"].to_numpy() == pytest.approx(same["mixed"].to_numpy())
+    assert same.filter(pl.col("k") >= 2)["single"].to_numpy() == pytest.approx(0.4)
+    baseline = random_pair_baseline(responses, X, n_pairs=2000)
+    gap = hivemind_gap(per_query, groups, baseline, n_boot=100)
+    assert gap["hivemind_gap"][0] == pytest.approx(0.0, abs=1e-6) and gap["k_star"][0] == 2
+
+    responses, X = two_deployments(shared=False, rho=0.6).prepared()
+    groups = build_groups(responses)
+    per_query = ensemble_per_query(groups, X, draws=8)
+    curves = ensemble_curves(per_query, **FAST)
+    at2 = curves.filter((pl.col("metric") == "mean_distance") & (pl.col("k") == 2)).row(0, named=True)
+    assert at2["single"] == pytest.approx(0.4) and at2["mixed"] == pytest.approx(1.0)
+    assert at2["diff"] == pytest.approx(0.6) and at2["p_value"] < 0.05
+    vendi2 = curves.filter((pl.col("metric") == "vendi") & (pl.col("k") == 2)).row(0, named=True)
+    assert vendi2["mixed"] == pytest.approx(2.0)  # two orthogonal responses: two distinct answers
+    assert vendi2["single"] == pytest.approx(vendi_score(X[[0, 1]]))
+    k1 = curves.filter(pl.col("k") == 1)
+    assert k1.filter(pl.col("metric") == "vendi")["single"][0] == 1.0
+    gap = hivemind_gap(per_query, groups, random_pair_baseline(responses, X, n_pairs=2000), n_boot=100)
+    # realized = 1 - 0.4, promised = D_ref (1 - 0) - 0.4: the ensemble gives all it promises
+    assert gap["hivemind_gap"][0] == pytest.approx(1.0)
+
+
+def test_sign_flip_test() -> None:
+    assert sign_flip_test(np.full(30, 0.3), n_perm=500) == pytest.approx(1 / 501)
+    assert sign_flip_test(np.array([1.0, -1.0] * 5), n_perm=500) > 0.3
+    assert np.isnan(sign_flip_test(np.array([np.nan])))
+
+
+def test_verbatim_overlap_sees_copied_text() -> None:
+    d = Design()
+    same = ["the cat sat on the warm mat today", "a dog ran along the long river bank now"]
+    d.arm("q", "a", 2, 0.5, texts=same)
+    d.arm("q", "b", 2, 0.5, texts=same)
+    d.arm("q", "c", 2, 0.5, texts=["entirely other words appear right here", "nothing in common with those lines"])
+    responses, _ = d.prepared()
+    overlap = verbatim_overlap(build_groups(responses))
+    row = overlap.filter((pl.col("deployment_a") == "a") & (pl.col("deployment_b") == "b")).row(0, named=True)
+    assert row["ngram_jaccard"] == pytest.approx(0.5)  # each text equals one of the two others
+    assert row["share_pairs_sharing"] == pytest.approx(0.5)
+    other = overlap.filter((pl.col("deployment_a") == "a") & (pl.col("deployment_b") == "c"))
+    assert other["ngram_jaccard"][0] == 0.0
+
+
+def test_near_duplicates_are_cross_deployment_within_query_with_texts() -> None:
+    responses, X = two_deployments(shared=True, rho=0.95, queries=2, k=2).prepared()
+    pairs, total = near_duplicates(responses, X, threshold=0.9)
+    assert total == pairs.height == 2 * 4  # per query: 2 x 2 cross pairs; same-deployment pairs excluded
+    assert (pairs["deployment_a"] != pairs["deployment_b"]).all()
+    assert pairs["cosine"].to_numpy() == pytest.approx(0.95)
+    assert pairs["text_a"].str.starts_with("a says").all() and pairs["text_b"].str.starts_with("b says").all()
+
+
+def test_one_deployment_one_condition_missing_categories() -> None:
+    d = Design()
+    for q in range(4):
+        d.arm(f"q{q}", "solo", 3, 0.5, category=None)
+    responses, X = d.prepared()
+    result = analyze_responses(responses, X, **FAST)
+    t = result.tables
+    assert t["pairs"]["kind"].unique().to_list() == ["intra"]
+    assert t["categories"]["category"].to_list() == ["uncategorized"]
+    assert t["gap_tests"]["gap"][0] is None or np.isnan(t["gap_tests"]["gap"][0])
+    assert t["hivemind_gap"]["hivemind_gap"][0] is None
+    assert t["near_duplicates"].height == 0 and t["nn_counts"].height == 0
+    assert result.summary["clustering"]["default"]["linkage"] == []
+    assert t["ensemble"].filter(pl.col("k") == 2)["single"][0] == pytest.approx(0.5)
+    assert result.summary["headline"]["intra_similarity"]["estimate"] == pytest.approx(0.5)
+
+
+def test_conditions_recover_diversity_next_to_the_inter_gap() -> None:
+    d = Design()
+    for q in range(5):
+        for condition, rho in (("default", 0.8), ("hot", 0.5)):
+            d.arm(f"q{q}", "a", 3, rho, condition=condition)
+            d.arm(f"q{q}", "b", 3, rho, condition=condition)
+    responses, X = d.prepared(condition_order=["default", "hot"])
+    table = analyze_responses(responses, X, **FAST).tables["conditions"]
+    hot = table.filter((pl.col("condition") == "hot") & (pl.col("deployment") == "a")).row(0, named=True)
+    assert hot["recovered"] == pytest.approx(0.3)
+    assert hot["inter_gap"] == pytest.approx(0.8)  # intra 0.8 - inter 0 at baseline
+    assert hot["recovered_share"] == pytest.approx(0.375)
+    base = table.filter(pl.col("is_baseline"))
+    assert base["recovered"].to_numpy() == pytest.approx(0.0)
+    assert set(table["deployment"]) == {"a", "b", "(all)"}
+
+
+def test_lineage_orders_stages_and_tracks_diversity() -> None:
+    d = Design()
+    for q in range(3):
+        d.arm(f"q{q}", "m-dpo", 3, 0.9, family="m", stage="dpo")
+        d.arm(f"q{q}", "m-base", 3, 0.3, family="m", stage="base")
+        d.arm(f"q{q}", "m-sft", 3, 0.6, family="m", stage="sft")
+        d.arm(f"q{q}", "other", 3, 0.5)
+    responses, X = d.prepared()
+    lineage = analyze_responses(responses, X, **FAST).tables["lineage"]
+    assert lineage["stage"].to_list() == ["base", "sft", "dpo"]
+    assert lineage["intra"].to_numpy() == pytest.approx([0.3, 0.6, 0.9])
+    assert lineage["embedding_diversity"].to_numpy() == pytest.approx([0.7, 0.4, 0.1])
+
+
+def test_quality_control_split_on_verifiable_queries() -> None:
+    d = Design()
+    for q in range(4):
+        # a: two correct identical-direction answers and two wrong ones elsewhere; b: all correct, alike
+        centre = d.axis()
+        d.arm(f"q{q}", "a", 2, 1.0, centre=centre, texts=["It is 42.", "42"], answer="42")
+        d.vectors += [d.axis(), d.axis()]
+        d.rows += [dict(d.rows[-1], sample_index=2, text="17"), dict(d.rows[-1], sample_index=3, text="nine")]
+        d.arm(f"q{q}", "b", 4, 1.0, centre=centre, texts=["42"] * 4, answer="42")
+    responses, X = d.prepared()
+    t = analyze_responses(responses, X, **FAST).tables
+    quality = t["quality"]
+    assert quality.filter(pl.col("deployment") == "a")["accuracy"].to_list() == [0.5] * 4
+    assert quality.filter(pl.col("deployment") == "b")["accuracy"].to_list() == [1.0] * 4
+    split = t["quality_split"].filter(pl.col("metric") == "embedding_diversity").row(0, named=True)
+    d_all_a = embedding_diversity(X[responses.filter(pl.col("deployment") == "a")["row"].to_numpy()[:4]])
+    assert split["share_computable"] == 1.0 and split["n_computable"] == 4
+    assert split["total"] == pytest.approx(d_all_a)
+    assert split["residual"] == pytest.approx(0.0, abs=1e-6)
+    assert split["quality_control"] == pytest.approx(d_all_a)
+    vendi = t["quality_split"].filter(pl.col("metric") == "vendi").row(0, named=True)
+    assert vendi["total"] == pytest.approx(vendi["residual"] + vendi["quality_control"])
+
+
+def test_summary_headline_is_json_ready() -> None:
+    import json
+
+    responses, X = two_deployments(shared=False).prepared()
+    result = analyze_responses(responses, X, **FAST)
+    text = json.dumps(result.summary, allow_nan=True)
+    assert "NaN" not in text
+    h = result.summary["headline"]
+    assert h["gap"]["estimate"] == pytest.approx(0.6) and h["gap"]["p_permutation"] < 0.05
+    assert h["hivemind_gap"]["estimate"] == pytest.approx(1.0)
+    assert h["share_queries_intra_above_0.8"] == {"a": 0.0, "b": 0.0}
+    assert result.tables["lexical" if "lexical" in result.tables else "diversity"].height == 12
