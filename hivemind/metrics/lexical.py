@@ -94,17 +94,19 @@ def ead(texts: Sequence[str], n_max: int = 5, vocab_size: int = 50257) -> float:
 def self_bleu(texts: Sequence[str]) -> float:
     """Self-BLEU in [0, 1]: mean over i of BLEU(y_i, refs = all other y_j).
 
-    Uses ``sacrebleu.sentence_bleu`` with its defaults (13a tokenizer, exp
-    smoothing, effective order) on the raw texts; sacrebleu's 0-100 score is
-    divided by 100. Higher = more homogeneous. ``nan`` for < 2 texts.
+    Same scores as ``sacrebleu.sentence_bleu`` with its defaults (13a tokenizer, exp
+    smoothing, effective order) on the raw texts, from one reused ``BLEU`` object (about
+    twice as fast as building one per sentence); sacrebleu's 0-100 score is divided by 100.
+    Higher = more homogeneous. ``nan`` for < 2 texts.
     """
-    import sacrebleu
+    from sacrebleu.metrics import BLEU
 
     n = len(texts)
     if n < 2:
         return float("nan")
+    bleu = BLEU(effective_order=True)
     scores = [
-        sacrebleu.sentence_bleu(texts[i], [texts[j] for j in range(n) if j != i]).score
+        bleu.sentence_score(texts[i], [texts[j] for j in range(n) if j != i]).score
         for i in range(n)
     ]
     return float(np.mean(scores)) / 100.0
