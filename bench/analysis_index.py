@@ -10,6 +10,8 @@
     10-80 words, none longer than the model's window, so both do the same work).
 
 Run: .venv/bin/python bench/analysis_index.py [--quick]
+(bench/analysis.py imports `bench_index` and `bench_embed` and prints them beside the
+analysis benchmark in one run.)
 A full run takes a few minutes on 2 CPU cores and needs about 5 GB of memory;
 --quick uses 200,000 corpus rows (same 2,000 queries) and 400 texts.
 """
@@ -72,8 +74,8 @@ def numpy_pairs(queries: np.ndarray, corpus: np.ndarray, threshold: float) -> se
     return pairs
 
 
-def bench_index(n_corpus: int, n_queries: int, threshold: float) -> None:
-    """(a) hivemind's exact range search vs numpy matmul + threshold."""
+def bench_index(n_corpus: int, n_queries: int, threshold: float) -> dict[str, float]:
+    """(a) hivemind's exact range search vs numpy matmul + threshold; prints and returns the figures."""
     corpus, queries = make_vectors(n_corpus, n_queries)
     device = "GPU" if gpu_available() else "CPU"
     print(f"(a) near-duplicates: {n_queries:,} queries x {n_corpus:,} corpus, d={DIM}, "
@@ -96,6 +98,8 @@ def bench_index(n_corpus: int, n_queries: int, threshold: float) -> None:
           f"({len(disputed)} differ by float32 rounding at the threshold)")
     print(f"    hivemind {ours:.2f} s, numpy baseline {baseline:.2f} s, "
           f"ratio {baseline / ours:.2f} (baseline time / hivemind time)")
+    return {"corpus": n_corpus, "queries": n_queries, "pairs": len(our_pairs), "hivemind_s": ours,
+            "baseline_s": baseline, "ratio": baseline / ours}
 
 
 def make_texts(n: int, seed: int = 0) -> list[str]:
@@ -108,8 +112,8 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
     return texts
 
 
-def bench_embed(n_texts: int, repeats: int) -> None:
-    """(b) embed_texts (no cache) vs SentenceTransformer.encode on the same texts."""
+def bench_embed(n_texts: int, repeats: int) -> dict[str, float]:
+    """(b) embed_texts (no cache) vs SentenceTransformer.encode on the same texts; prints and returns."""
     texts = make_texts(n_texts)
     embedder = Embedder(progress=False)
     model = embedder.model
@@ -132,6 +136,8 @@ def bench_embed(n_texts: int, repeats: int) -> None:
     print(f"    embed_texts {n_texts / ours:.0f} texts/s, SentenceTransformer.encode "
           f"{n_texts / theirs:.0f} texts/s, ratio {theirs / ours:.2f} "
           f"(embed_texts speed / encode speed); max |difference| {diff:.1e}")
+    return {"texts": n_texts, "hivemind_texts_per_s": n_texts / ours, "baseline_texts_per_s": n_texts / theirs,
+            "ratio": theirs / ours, "max_diff": diff}
 
 
 def main() -> None:

@@ -135,9 +135,13 @@ Records = Iterable[tuple[str, dict[str, Any]]]
 
 
 def _read_jsonl(path: Path) -> Records:
-    """One JSON object per line; blank lines are skipped, line numbers are 1-based."""
+    """One JSON object per line; blank lines are skipped, line numbers are 1-based.
+
+    Lines split on "\n" only: `str.splitlines` would also split on U+2028 and friends, which
+    are legal inside JSON strings.
+    """
     out: list[tuple[str, dict[str, Any]]] = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         where = f"line {number}"

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from hivemind.spec import NAME_PATTERN, SamplingParams, Strict, StudySpec
 from hivemind.zoo import ZooError, default_zoo_path, format_validation_error, load_zoo
 
 if TYPE_CHECKING:
-    from hivemind.service.jobs import JobManager, ServiceDB
+    from hivemind.service.jobs import ServiceDB
+    from hivemind.service.workers import JobManager
     from hivemind.store import Store
 
 QUERY_SET_DIR = "query-sets"
@@ -43,6 +44,8 @@ class ScanError(ValueError):
 
 class ScanSpec(Strict):
     """One scheduled scan: which deployments, which query set, how many samples, when."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     name: str = Field(pattern=NAME_PATTERN, max_length=80)
     """Scan name, unique among scans."""

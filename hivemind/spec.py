@@ -19,7 +19,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 class Strict(BaseModel):
     """Base for every edge model: unknown fields are an error, not silently dropped."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class SamplingParams(Strict):
@@ -242,7 +242,7 @@ class SampleRequest(Strict):
     so K samples of one query never collapse into one cached answer.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     study: str
     query_id: str

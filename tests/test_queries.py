@@ -328,3 +328,15 @@ def test_invalid_explicit_name(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "q.jsonl", SAMPLE)
     with pytest.raises(QueryFileError, match="field 'name'"):
         load_query_set(path, name="bad name!")
+
+
+def test_jsonl_with_unicode_line_separators_inside_strings_loads(tmp_path) -> None:
+    import json as _json
+
+    from hivemind.queries import load_query_set
+
+    path = tmp_path / "odd.jsonl"
+    text = "first\u2028second\u0085third"
+    path.write_text(_json.dumps({"id": "a", "text": text}, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    loaded = load_query_set(path)
+    assert loaded.queries[0].text == text

@@ -25,14 +25,25 @@ N_BINS = 10
 HIGH_SIMILARITY = 0.8
 
 
-def _block_mean(S: np.ndarray, a: np.ndarray, b: np.ndarray | None) -> float:
-    if b is None:
-        k = a.size
-        if k < 2:
-            return float("nan")
-        block = S[np.ix_(a, a)]
-        return float((block.sum() - np.trace(block)) / (k * (k - 1)))
-    return float(S[np.ix_(a, b)].mean())
+def _block_similarity(Y: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(intra (D,), inter (D, D)) of consecutive row blocks of unit rows Y, block sizes `sizes`.
+
+    The block sums of the cosine matrix S = Y Y^T under the row -> block indicator E are
+    E^T S E = (E^T Y)(E^T Y)^T: the Gram matrix of each block's summed vector, so no n x n
+    matrix is formed and all D (D + 1) / 2 block means come from two small matmuls. Intra
+    drops the diagonal (self-pairs) via each block's sum of squared norms. Means are clipped
+    to [-1, 1], as each cosine would be (rounding can push a dot of unit rows past 1).
+    intra is nan for a block of fewer than two rows, inter for an empty block.
+    """
+    E = np.repeat(np.eye(sizes.size), sizes, axis=0)  # (n, D) one-hot
+    M = E.T @ Y  # (D, dim) summed vectors
+    B = M @ M.T  # (D, D) block sums of S
+    self_sums = E.T @ np.einsum("ij,ij->i", Y, Y)  # (D,) block sums of diag(S)
+    sizes = sizes.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        intra = np.where(sizes >= 2, (np.diag(B) - self_sums) / (sizes * (sizes - 1)), np.nan)
+        inter = B / np.outer(sizes, sizes)
+    return np.clip(intra, -1.0, 1.0), np.clip(inter, -1.0, 1.0)
 
 
 def pair_similarity(groups: list[Group], vectors: np.ndarray) -> pl.DataFrame:
@@ -43,25 +54,30 @@ def pair_similarity(groups: list[Group], vectors: np.ndarray) -> pl.DataFrame:
     """
     import polars as pl
 
-    X = unit_rows(vectors)
-    records: list[tuple[Any, ...]] = []
+    vectors = np.asarray(vectors)
+    columns: dict[str, list[Any]] = {name: [] for name in (
+        "query_id", "category", "condition", "deployment_a", "deployment_b", "kind", "similarity", "k")}
     for g in groups:
-        rows = g.all_rows()
-        S = np.clip(X[rows] @ X[rows].T, -1.0, 1.0)
-        local, start = [], 0
-        for r in g.rows:
-            local.append(np.arange(start, start + r.size))
-            start += r.size
-        for i, a in enumerate(g.deployments):
-            records.append((g.query_id, g.category, g.condition, a, a, "intra",
-                            _block_mean(S, local[i], None), g.k))
-            for j in range(i + 1, len(g.deployments)):
-                records.append((g.query_id, g.category, g.condition, a, g.deployments[j], "inter",
-                                _block_mean(S, local[i], local[j]), g.k))
+        n_dep = len(g.deployments)
+        if n_dep == 0:
+            continue
+        # normalise only this group's rows: a float64 copy of all vectors costs more than the sums
+        intra, inter = _block_similarity(unit_rows(vectors[g.all_rows()]), np.array([r.size for r in g.rows]))
+        a, b = np.triu_indices(n_dep)  # (0,0), (0,1), ..., (1,1), ...: each intra, then its inters
+        names = np.array(g.deployments, dtype=object)
+        count = a.size
+        columns["query_id"].extend([g.query_id] * count)
+        columns["category"].extend([g.category] * count)
+        columns["condition"].extend([g.condition] * count)
+        columns["deployment_a"].extend(names[a].tolist())
+        columns["deployment_b"].extend(names[b].tolist())
+        columns["kind"].extend(np.where(a == b, "intra", "inter").tolist())
+        columns["similarity"].extend(np.where(a == b, intra[a], inter[a, b]).tolist())
+        columns["k"].extend([g.k] * count)
     schema = {"query_id": pl.Utf8, "category": pl.Utf8, "condition": pl.Utf8,
               "deployment_a": pl.Utf8, "deployment_b": pl.Utf8, "kind": pl.Utf8,
               "similarity": pl.Float64, "k": pl.Int64}
-    return pl.DataFrame(records, schema=schema, orient="row")
+    return pl.DataFrame(columns, schema=schema)
 
 
 def query_similarity(pairs: pl.DataFrame) -> pl.DataFrame:

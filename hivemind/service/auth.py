@@ -104,12 +104,16 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-LOGGER_NAMES = ("uvicorn", "uvicorn.error", "uvicorn.access", "hivemind", "fastapi")
+LOGGER_NAMES = ("uvicorn", "uvicorn.error", "uvicorn.access", "hivemind", "hivemind.service", "fastapi")
+"""Loggers whose own records are scrubbed (a logger's filters do not see its children's records)."""
 
 
 def install_log_redaction(redact: Redactor) -> RedactingFilter:
-    """Attach one redacting filter to the service's loggers and their handlers."""
+    """Attach one redacting filter to the service's loggers and their handlers, and the root's."""
     log_filter = RedactingFilter(redact)
+    for handler in logging.getLogger().handlers:
+        if log_filter not in handler.filters:
+            handler.addFilter(log_filter)
     for name in LOGGER_NAMES:
         logger = logging.getLogger(name)
         if log_filter not in logger.filters:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from hivemind.spec import NAME_PATTERN, Condition, Query, SamplingParams, Strict
 
@@ -18,7 +18,13 @@ TERMINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled", "ext
 ACTIVE_STATES: tuple[str, ...] = ("queued", "sampling", "analyzing")
 
 
-class ErrorItem(Strict):
+class Model(Strict):
+    """Base of the service's bodies: unknown fields refused, field docstrings become descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class ErrorItem(Model):
     """One problem with a request."""
 
     field: str
@@ -27,7 +33,7 @@ class ErrorItem(Strict):
     """What is wrong with it."""
 
 
-class ErrorResponse(Strict):
+class ErrorResponse(Model):
     """Every 4xx/5xx body."""
 
     detail: str
@@ -36,7 +42,7 @@ class ErrorResponse(Strict):
     """Each problem found (several for a body with several bad fields)."""
 
 
-class Health(Strict):
+class Health(Model):
     """Liveness answer (no token needed)."""
 
     status: Literal["ok"] = "ok"
@@ -48,7 +54,7 @@ class Health(Strict):
 
 
 # --- query sets -------------------------------------------------------------------------------
-class QuerySetUpload(Strict):
+class QuerySetUpload(Model):
     """A query set sent as a JSON body (files go as CSV/JSONL bodies or multipart instead)."""
 
     name: str = Field(pattern=NAME_PATTERN, max_length=100)
@@ -59,7 +65,7 @@ class QuerySetUpload(Strict):
     """The queries, in order; ids must be unique."""
 
 
-class QuerySetInfo(Strict):
+class QuerySetInfo(Model):
     """A query set the service knows: shipped with hivemind or uploaded."""
 
     name: str
@@ -78,7 +84,7 @@ class QuerySetInfo(Strict):
     """Upload time, seconds since the epoch (uploaded sets)."""
 
 
-class QuerySetList(Strict):
+class QuerySetList(Model):
     """Every query set."""
 
     query_sets: list[QuerySetInfo]
@@ -93,7 +99,7 @@ class QuerySetDetail(QuerySetInfo):
 
 
 # --- studies ----------------------------------------------------------------------------------
-class StudyCreate(Strict):
+class StudyCreate(Model):
     """A study to sample in the background: a query set crossed with deployments of the zoo."""
 
     name: str = Field(pattern=NAME_PATTERN, max_length=100)
@@ -124,7 +130,7 @@ class StudyCreate(Strict):
     """Analyze and write the HTML report after sampling."""
 
 
-class DeploymentProgress(Strict):
+class DeploymentProgress(Model):
     """Sample counts of one deployment (or of the whole study)."""
 
     planned: int
@@ -137,7 +143,7 @@ class DeploymentProgress(Strict):
     """Samples not recorded yet."""
 
 
-class StudyStatus(Strict):
+class StudyStatus(Model):
     """Where a study stands."""
 
     name: str
@@ -168,14 +174,14 @@ class StudyStatus(Strict):
     """Where to find its results."""
 
 
-class StudyList(Strict):
+class StudyList(Model):
     """Every study of the store."""
 
     studies: list[StudyStatus]
     """Oldest first."""
 
 
-class StudyResults(Strict):
+class StudyResults(Model):
     """A study's analysis summary."""
 
     study: str
@@ -188,7 +194,7 @@ class StudyResults(Strict):
     """`sampling.json`: what the last sampling run did."""
 
 
-class TableInfo(Strict):
+class TableInfo(Model):
     """A Parquet table that can be downloaded."""
 
     name: str
@@ -199,7 +205,7 @@ class TableInfo(Strict):
     """File size, when the file exists already (`samples` is exported on request)."""
 
 
-class TableList(Strict):
+class TableList(Model):
     """A study's downloadable tables."""
 
     study: str
@@ -208,7 +214,7 @@ class TableList(Strict):
     """`samples` first, then the analysis tables by name."""
 
 
-class NearDuplicatePage(Strict):
+class NearDuplicatePage(Model):
     """One page of near-duplicate response pairs from different models."""
 
     study: str
@@ -226,7 +232,7 @@ class NearDuplicatePage(Strict):
 
 
 # --- scans ------------------------------------------------------------------------------------
-class ScanInfo(Strict):
+class ScanInfo(Model):
     """A declared scan and when it runs."""
 
     name: str
@@ -247,14 +253,14 @@ class ScanInfo(Strict):
     """The latest run (state, times, study)."""
 
 
-class ScanList(Strict):
+class ScanList(Model):
     """Every declared scan."""
 
     scans: list[ScanInfo]
     """In declaration order."""
 
 
-class ScanHistory(Strict):
+class ScanHistory(Model):
     """A scan's finished runs with per-deployment similarity and drift flags."""
 
     scan: str
@@ -265,7 +271,7 @@ class ScanHistory(Strict):
     """Deployments flagged in the latest run."""
 
 
-class ScanRunStarted(Strict):
+class ScanRunStarted(Model):
     """A scan run queued by `POST /v1/scans/{name}/run`."""
 
     scan: str

@@ -1,0 +1,177 @@
+"""CLI doors for the service and the scans: `hivemind serve` and `hivemind scan ...`.
+
+Registered in `hivemind.cli` with `app.command()(serve)` and `app.add_typer(scan_app, name="scan")`.
+FastAPI, uvicorn and the embedder load inside the commands, so `hivemind --help` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+scan_app = typer.Typer(help="Scheduled model-zoo scans: list, run, history, report.",
+                       no_args_is_help=True)
+
+StoreOption = Annotated[Path, typer.Option("--store", "-s", help="Study store directory.")]
+ZooOption = Annotated[Optional[Path], typer.Option("--zoo", help="Zoo file (default: ./providers.yaml).")]
+ScansOption = Annotated[Optional[Path], typer.Option(
+    "--scans", help="Scans file (a `scans:` list); default: the zoo file's `scans:` section.")]
+
+
+def _fail(message: str) -> None:
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (non-loopback needs a token).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8321,
+    store: StoreOption = Path("hivemind-store"),
+    zoo: ZooOption = None,
+    scans: ScansOption = None,
+    token_env: Annotated[str, typer.Option(help="Environment variable holding the bearer token.")] = "HIVEMIND_TOKEN",
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Studies sampled at once.")] = 2,
+    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest query-set upload, MiB.")] = 10.0,
+    max_samples: Annotated[int, typer.Option(min=1, help="Most samples one study may plan.")] = 200_000,
+    scheduler: Annotated[bool, typer.Option(help="Run declared scans on their schedules.")] = True,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the REST API (docs at /docs) with background study workers and the scan scheduler."""
+    from hivemind.service.auth import BindError, check_bind, read_token
+
+    token = read_token(token_env)
+    try:
+        check_bind(host, token, token_env)
+    except BindError as exc:
+        _fail(str(exc))
+    import uvicorn
+
+    from hivemind.service.app import create_app
+    from hivemind.service.context import ServiceLimits
+    from hivemind.zoo import ZooError
+
+    limits = ServiceLimits(max_upload_bytes=int(max_upload_mb * 2**20), max_samples_per_study=max_samples)
+    try:
+        app = create_app(store, zoo, token_env, limits, scans_path=scans, workers=workers,
+                         scheduler=scheduler)
+    except ZooError as exc:
+        _fail(str(exc))
+        return
+    if token is None:
+        console.print(f"[yellow]no token in {token_env}: serving without authentication on {host}[/]")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def _book(zoo: Path | None, scans: Path | None, store: Path):  # type: ignore[no-untyped-def]
+    from hivemind.scan import ScanError, load_scans
+
+    try:
+        return load_scans(zoo, scans, store)
+    except ScanError as exc:
+        _fail(str(exc))
+
+
+@scan_app.command("list")
+def scan_list(store: StoreOption = Path("hivemind-store"), zoo: ZooOption = None, scans: ScansOption = None) -> None:
+    """Declared scans, their schedules, next run and last run."""
+    import time
+
+    from hivemind.scan import next_fire
+    from hivemind.service.jobs import ServiceDB
+
+    book = _book(zoo, scans, store)
+    table = Table("scan", "schedule (UTC)", "next run", "deployments", "query set", "samples", "last run")
+    with ServiceDB(store) as db:
+        for scan in book.scans:
+            runs = db.scan_runs(scan.name)
+            last = f"{runs[-1]['state']} {_when(runs[-1]['started_at'])}" if runs else "-"
+            nxt = _when(next_fire(scan.schedule, time.time())) if scan.enabled else "disabled"
+            table.add_row(scan.name, scan.schedule, nxt, ", ".join(scan.deployments), scan.query_set,
+                          str(scan.samples), last)
+    Console().print(table)
+
+
+def _print_history(history: dict, last_only: bool = False) -> None:
+    runs = [r for r in history["runs"] if r["state"] == "done"]
+    if last_only:
+        runs = runs[-1:]
+    table = Table("run", "deployment", "intra [95% CI]", "inter [95% CI]", "moved")
+    for run in runs:
+        for name, m in run["deployments"].items():
+            def fmt(x: dict) -> str:
+                return "-" if x["estimate"] is None else f"{x['estimate']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
+            moved = m.get("inter_moved")
+            table.add_row(run["study"], name, fmt(m["intra"]), fmt(m["inter"]),
+                          f"[bold red]{moved}[/]" if moved else "")
+    Console().print(table)
+    flagged = ", ".join(history["flagged"]) or "none"
+    console.print(f"flagged in the latest run: {flagged}")
+
+
+@scan_app.command("run")
+def scan_run(
+    name: Annotated[str, typer.Argument(help="Scan name.")],
+    store: StoreOption = Path("hivemind-store"),
+    zoo: ZooOption = None,
+    scans: ScansOption = None,
+    new: Annotated[bool, typer.Option(help="Start a new run even if an unfinished one exists.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run one scan now (resuming its unfinished run), then show where it stands in its history."""
+    from hivemind.queries import QueryFileError
+    from hivemind.scan import ScanError, run_scan, scan_history
+    from hivemind.service.jobs import ServiceDB
+    from hivemind.store import StoreError
+    from hivemind.study import StudyError
+
+    _book(zoo, scans, store)
+    try:
+        row = run_scan(name, store, zoo_path=zoo, scans_path=scans, new=new, progress=progress)
+    except (ScanError, StudyError, StoreError, QueryFileError) as exc:
+        _fail(str(exc))
+        return
+    console.print(f"[green]scan {name}[/]: run {row['id']} ({row['study']}) {row['state']}")
+    with ServiceDB(store) as db:
+        _print_history(scan_history(db, name), last_only=True)
+
+
+@scan_app.command("history")
+def scan_history_cmd(
+    name: Annotated[str, typer.Argument(help="Scan name.")],
+    store: StoreOption = Path("hivemind-store"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Per deployment, intra- and inter-model similarity across runs, moves flagged."""
+    from hivemind.scan import scan_history
+    from hivemind.service.jobs import ServiceDB
+
+    with ServiceDB(store) as db:
+        history = scan_history(db, name)
+    if not history["runs"]:
+        _fail(f"scan {name!r} has no runs in {store}")
+    if as_json:
+        print(json.dumps(history, indent=2))
+    else:
+        _print_history(history)
+
+
+@scan_app.command("report")
+def scan_report(name: Annotated[str, typer.Argument(help="Scan name.")],
+                store: StoreOption = Path("hivemind-store")) -> None:
+    """Write the scan history as HTML (`STORE/scans/NAME/report.html`)."""
+    from hivemind.scan import write_scan_report
+
+    print(write_scan_report(store, name))

@@ -1,0 +1,132 @@
+"""The REST door onto the pipeline: `create_app(store_dir, ...)` returns the FastAPI app.
+
+Handlers (`routes.py`) only validate, read and write rows; studies run on `JobManager` workers
+through `sample_study` and the pipeline's `analyze_store`/`write_report`, exactly as the CLI
+runs them. Every 4xx names the field at fault (`body.deployments[1]`, `query.limit`,
+`path.name`); a 500 says nothing but "internal server error" and logs a redacted line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from hivemind import __version__
+from hivemind.scan import load_scans, make_scheduler
+from hivemind.service import schemas as S
+from hivemind.service.auth import BearerAuthMiddleware, BodyLimitMiddleware, Redactor
+from hivemind.service.auth import install_log_redaction, read_token
+from hivemind.service.context import ApiError, Service, ServiceLimits, field_path
+from hivemind.service.workers import JobManager
+from hivemind.service.routes import router
+from hivemind.store import Store
+from hivemind.zoo import default_zoo_path, load_zoo
+
+__all__ = ["ApiError", "ServiceLimits", "create_app"]
+log = logging.getLogger("hivemind.service")
+
+
+def _error(status: int, items: list[tuple[str, str]], headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"detail": "; ".join(f"{f}: {m}" for f, m in items),
+            "errors": [{"field": f, "message": m} for f, m in items]}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
+               token_env: str = "HIVEMIND_TOKEN", limits: ServiceLimits | None = None, *,
+               scans_path: str | Path | None = None, workers: int = 2, run_jobs: bool = True,
+               scheduler: bool = True, scheduler_interval_s: float = 30.0) -> FastAPI:
+    """The service over `store_dir`.
+
+    The bearer token is read once from the variable `token_env`; without one every request is
+    served (bind such an app to loopback only: `hivemind serve` enforces it). Job workers start
+    with the app and resume whatever was queued or running when it last stopped; with
+    `scheduler`, due scans are queued every `scheduler_interval_s` seconds.
+    """
+    store_dir = Path(store_dir).resolve()
+    zoo_file = Path(zoo_path).resolve() if zoo_path is not None else default_zoo_path().resolve()
+    limits = limits or ServiceLimits()
+    token = read_token(token_env)
+    redact = Redactor([token])
+    for deployment in load_zoo(zoo_file).deployments:  # fail fast on a bad zoo, learn key names
+        if deployment.api_key_env:
+            redact.add(os.environ.get(deployment.api_key_env))
+    install_log_redaction(redact)
+    scans = Path(scans_path) if scans_path is not None else None
+    ticker = make_scheduler(lambda: load_scans(zoo_file, scans, store_dir)) if scheduler else None
+    manager = JobManager(store_dir, max_active=workers, redact=redact, scheduler=ticker,
+                         scheduler_interval_s=scheduler_interval_s)
+    service = Service(store_dir, zoo_file, scans, limits, manager, Store(store_dir), redact)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if run_jobs:
+            manager.start()
+        try:
+            yield
+        finally:
+            manager.stop()
+            service.store.close()
+
+    app = FastAPI(title="hivemind", version=__version__, lifespan=lifespan,
+                  description="Measure how alike language models answer open-ended queries. "
+                              "Every path but /healthz needs `Authorization: Bearer <token>`.")
+    app.state.service = service
+    app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes,
+                       overrides={"/v1/query-sets": limits.max_upload_bytes,
+                                  "/v1/query-sets/upload": limits.max_upload_bytes})
+    app.add_middleware(BearerAuthMiddleware, token=token)  # outermost: nothing runs unauthenticated
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        items = []
+        for e in exc.errors():
+            loc = list(e.get("loc", ()))
+            if e.get("type") == "json_invalid":
+                items.append(("body", f"invalid JSON: {e.get('ctx', {}).get('error', 'cannot parse')}"))
+                continue
+            if loc[:1] == ["header"] and len(loc) > 1:
+                loc[1] = "-".join(w.capitalize() for w in str(loc[1]).split("-"))
+            items.append((field_path(loc), redact(str(e.get("msg", "invalid")))))
+        return _error(422, items or [("body", "invalid request")])
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        field = getattr(exc, "field", None) or ("path" if exc.status_code in (404, 405) else "request")
+        message = getattr(exc, "message", None) or str(exc.detail)
+        return _error(exc.status_code, [(field, redact(message))], headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error: %s: %s", type(exc).__name__, redact(str(exc)))
+        return JSONResponse({"detail": "internal server error", "errors": []}, status_code=500)
+
+    @app.get("/healthz", response_model=S.Health, tags=["service"])
+    def healthz() -> dict[str, Any]:
+        """Liveness (no token needed)."""
+        return {"status": "ok", "version": __version__, "workers_alive": manager.alive}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"bearer": []}]
+            schema["paths"]["/healthz"]["get"]["security"] = []
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

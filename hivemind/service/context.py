@@ -1,0 +1,201 @@
+"""What the service's handlers share: limits, errors, and the reads and writes behind endpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fastapi import Request
+from starlette.exceptions import HTTPException
+
+from hivemind.queries import list_shipped, load_query_set
+from hivemind.scan import QUERY_SET_DIR, ScanBook, ScanError, ScanSpec, load_scans, next_fire
+from hivemind.service.jobs import ACTIVE, Conflict
+from hivemind.service.workers import JobManager
+from hivemind.spec import QuerySet, sha256_hex
+from hivemind.store import Store
+from hivemind.zoo import ZooError, load_zoo
+
+
+@dataclass
+class ServiceLimits:
+    """Bounds on what one request may ask of the service."""
+
+    max_upload_bytes: int = 10 * 2**20
+    """Query-set uploads (JSON or file)."""
+    max_body_bytes: int = 2**20
+    """Every other request body."""
+    max_queries_per_set: int = 20_000
+    """Queries in one uploaded set."""
+    max_samples_per_study: int = 200_000
+    """Planned samples of one study (queries x deployments x conditions x samples)."""
+    max_page_size: int = 1000
+    """Largest page of near-duplicate pairs."""
+
+
+class ApiError(HTTPException):
+    """A 4xx naming the field at fault."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(status, f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """`("body", "deployments", 1)` -> `body.deployments[1]`."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "body"
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
+
+
+def get_service(request: Request) -> Service:
+    """FastAPI dependency: the app's `Service`."""
+    return request.app.state.service
+
+
+@dataclass
+class Service:
+    """The store, the job runner and the configuration one app serves."""
+
+    store_dir: Path
+    zoo_file: Path
+    scans_path: Path | None
+    limits: ServiceLimits
+    manager: JobManager
+    store: Store
+    redact: Callable[[str], str]
+
+    @property
+    def db(self) -> Any:
+        return self.manager.db
+
+    @property
+    def query_set_dir(self) -> Path:
+        return self.store_dir / QUERY_SET_DIR
+
+    # --- query sets ----------------------------------------------------------------------
+    @staticmethod
+    def set_info(qs: QuerySet, source: str, row: dict[str, Any] | None = None) -> dict[str, Any]:
+        cats: dict[str, int] = {}
+        for q in qs.queries:
+            cats[q.category] = cats.get(q.category, 0) + 1
+        return {"name": qs.name, "source": source, "description": qs.description,
+                "n_queries": len(qs.queries), "categories": cats,
+                "sha256": row and row["sha256"], "created_at": row and row["created_at"]}
+
+    def load_set(self, name: str, field: str) -> tuple[QuerySet, str, dict[str, Any] | None]:
+        """An uploaded or shipped set by name; 404 (path) or 422 (body) naming `field` if unknown."""
+        row = self.db.query_set(name)
+        if row is not None:
+            return load_query_set(row["path"], name=name).model_copy(
+                update={"description": row["description"]}), "uploaded", row
+        if name in list_shipped():
+            return load_query_set(name), "shipped", None
+        known = ", ".join(list_shipped() + [r["name"] for r in self.db.query_sets()])
+        raise ApiError(404 if field.startswith("path") else 422, field,
+                       f"unknown query set {name!r} (known: {known})")
+
+    def save_set(self, qs: QuerySet, field: str) -> tuple[dict[str, Any], bool]:
+        """Write `STORE/query-sets/NAME.jsonl` and its row together; (info, created)."""
+        if qs.name in list_shipped():
+            raise ApiError(409, field, f"{qs.name!r} is a shipped query set; choose another name")
+        limit = self.limits.max_queries_per_set
+        if len(qs.queries) > limit:
+            raise ApiError(413, "body.queries", f"{len(qs.queries)} queries exceed the limit of {limit} per set")
+        # ASCII-escaped: a raw U+2028 or U+0085 in a text would split a line for str.splitlines()
+        content = "".join(json.dumps(q.model_dump(), ensure_ascii=True, sort_keys=True) + "\n"
+                          for q in qs.queries)
+        folder = self.query_set_dir
+        path = folder / f"{qs.name}.jsonl"
+        row = {"name": qs.name, "path": str(path), "description": qs.description,
+               "n_queries": len(qs.queries), "categories_json": "{}",
+               "sha256": sha256_hex(content), "created_at": time.time()}
+
+        def write() -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{qs.name}.{uuid.uuid4().hex}.tmp"
+            tmp.write_text(content, encoding="utf-8")
+            os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+
+        try:
+            created = self.db.add_query_set(row, write)
+        except Conflict as exc:
+            raise ApiError(409, field, exc.message) from None
+        return self.set_info(qs, "uploaded", self.db.query_set(qs.name)), created
+
+    # --- studies -------------------------------------------------------------------------
+    def check_deployments(self, deployments: list[str]) -> None:
+        """Every name is in the zoo, once, with its key variable set (names only, no values)."""
+        try:
+            zoo = load_zoo(self.zoo_file)
+        except ZooError as exc:
+            raise ApiError(503, "zoo", str(exc)) from None
+        names = {d.name: d for d in zoo.deployments}
+        for i, d in enumerate(deployments):
+            if d not in names:
+                raise ApiError(422, f"body.deployments[{i}]", f"unknown deployment {d!r} "
+                               f"(the zoo has: {', '.join(names)})")
+            if deployments.index(d) != i:
+                raise ApiError(422, f"body.deployments[{i}]", f"deployment {d!r} appears twice")
+            var = names[d].api_key_env
+            if var and not os.environ.get(var):
+                raise ApiError(422, f"body.deployments[{i}]", f"deployment {d!r} needs the "
+                               f"environment variable {var}, which is not set on the server")
+
+    def status_of(self, name: str) -> dict[str, Any]:
+        """A study's state and per-deployment counts (404 naming `path.name` if unknown)."""
+        job = self.db.job(name)
+        if job is not None:
+            planned: dict[str, int] = json.loads(job["planned_json"])
+            out = {k: job[k] for k in ("state", "created_at", "started_at", "finished_at", "error", "note")}
+            out |= {"kind": job["kind"], "request": json.loads(job["request_json"]),
+                    "cancel_requested": bool(job["cancel_requested"]) and job["state"] in ACTIVE}
+        else:
+            spec = self.db.store_spec(name)
+            if spec is None:
+                raise ApiError(404, "path.name", f"no study named {name!r}")
+            per = self.db.store_query_count(name) * len(spec.effective_conditions()) * spec.samples
+            planned = {d: per for d in spec.deployments}
+            out = {"state": "external", "kind": "external", "cancel_requested": False}
+        counts = self.store.progress(name)
+        progress = {}
+        for d in list(planned) + [d for d in counts if d not in planned]:
+            ok, failed = counts.get(d, {}).get("ok", 0), counts.get(d, {}).get("failed", 0)
+            progress[d] = {"planned": planned.get(d, 0), "ok": ok, "failed": failed,
+                           "pending": max(planned.get(d, 0) - ok - failed, 0)}
+        total = {k: sum(p[k] for p in progress.values()) for k in ("planned", "ok", "failed", "pending")}
+        base = f"/v1/studies/{name}"
+        links = {"self": base, "results": f"{base}/results", "tables": f"{base}/tables",
+                 "near_duplicates": f"{base}/near-duplicates", "report": f"{base}/report",
+                 "cancel": f"{base}/cancel"}
+        return {"name": name, **out, "progress": progress, "total": total, "links": links}
+
+    # --- scans ---------------------------------------------------------------------------
+    def scans_book(self) -> ScanBook:
+        try:
+            return load_scans(self.zoo_file, self.scans_path, self.store_dir)
+        except ScanError as exc:
+            raise ApiError(503, "scans", str(exc)) from None
+
+    def scan_info(self, scan: ScanSpec) -> dict[str, Any]:
+        runs = self.db.scan_runs(scan.name)
+        keys = ("id", "study", "state", "started_at", "finished_at")
+        return {"name": scan.name, "schedule": scan.schedule, "deployments": scan.deployments,
+                "query_set": scan.query_set, "samples": scan.samples, "enabled": scan.enabled,
+                "next_run": next_fire(scan.schedule, time.time()) if scan.enabled else None,
+                "last_run": {k: runs[-1][k] for k in keys} if runs else None}

@@ -1,0 +1,320 @@
+"""The `/v1` endpoints: query sets, studies, results and scans (thin: rows in, rows out)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import uuid
+from email.parser import BytesParser
+from email.policy import HTTP
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Path as PathParam, Query as QueryParam, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse
+from pydantic import ValidationError
+from starlette.background import BackgroundTask
+
+from hivemind.queries import QueryFileError, list_shipped, load_query_set
+from hivemind.scan import ScanError, ScanSpec, queue_scan_run, scan_history, write_scan_report
+from hivemind.service import schemas as S
+from hivemind.service.context import ApiError, Service, clean, field_path, get_service
+from hivemind.service.jobs import ACTIVE, Conflict, planned_counts
+from hivemind.spec import NAME_PATTERN, QuerySet, StudySpec, canonical_json, sha256_hex
+
+router = APIRouter()
+Svc = Annotated[Service, Depends(get_service)]
+Name = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=200)]
+ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": S.ErrorResponse} for c in (401, 404, 409, 413, 415, 422)}
+FILE_TYPES = {"text/csv": ".csv", "text/tab-separated-values": ".tsv", "application/x-ndjson": ".jsonl",
+              "application/jsonl": ".jsonl", "application/x-jsonlines": ".jsonl", "application/json": ".json"}
+
+
+@router.post("/v1/query-sets", response_model=S.QuerySetInfo, status_code=201, responses=ERRORS,
+          tags=["query sets"])
+def upload_json(svc: Svc, body: S.QuerySetUpload, response: Response) -> dict[str, Any]:
+    """Save a query set sent as JSON. A retried identical upload answers 200."""
+    seen: dict[str, int] = {}
+    for i, q in enumerate(body.queries):
+        if q.id in seen:
+            raise ApiError(422, f"body.queries[{i}].id", f"duplicate id {q.id!r} (first at queries[{seen[q.id]}])")
+        seen[q.id] = i
+    info, created = svc.save_set(QuerySet(**body.model_dump()), "body.name")
+    response.status_code = 201 if created else 200
+    return info
+
+
+upload_doc = {"requestBody": {"required": True, "content": {
+    "text/csv": {"schema": {"type": "string"}},
+    "application/x-ndjson": {"schema": {"type": "string"}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "name": {"type": "string"}}}}}}}
+
+
+@router.post("/v1/query-sets/upload", response_model=S.QuerySetInfo, status_code=201,
+          responses=ERRORS, openapi_extra=upload_doc, tags=["query sets"])
+async def upload_file(svc: Svc, request: Request, response: Response,
+                      name: Annotated[str | None, QueryParam(pattern=NAME_PATTERN, max_length=100)] = None,
+                      description: Annotated[str, QueryParam(max_length=2000)] = "") -> dict[str, Any]:
+    """Save a query set sent as a CSV/TSV/JSONL file: the raw body, or multipart field `file`."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    data = await request.body()
+    filename = None
+    if ctype == "multipart/form-data":
+        message = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n" + data)
+        parts = {p.get_param("name", header="content-disposition"): p
+                 for p in message.iter_parts()} if message.is_multipart() else {}
+        if "file" not in parts:
+            raise ApiError(422, "body.file", "multipart body has no part named 'file'")
+        filename = parts["file"].get_filename() or "upload"
+        data = parts["file"].get_payload(decode=True) or b""
+        if name is None and "name" in parts:
+            name = (parts["name"].get_payload(decode=True) or b"").decode("utf-8", "replace").strip()
+        suffix = Path(filename).suffix.lower()
+        ctype = next((c for c, s in FILE_TYPES.items() if s == suffix), "")
+    if ctype not in FILE_TYPES:
+        raise ApiError(415, "header.Content-Type", f"unsupported type {ctype or 'none'!r} "
+                       f"(send {', '.join(FILE_TYPES)} or multipart/form-data with a 'file')")
+    name = name or (Path(filename).stem if filename else None)
+    if not name:
+        raise ApiError(422, "query.name", "a name is required for a file upload")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"upload{FILE_TYPES[ctype]}"
+        path.write_bytes(data)
+        try:
+            qs = load_query_set(path, name=name)
+        except QueryFileError as exc:
+            raise ApiError(422, "query.name" if exc.field == "name" else
+                           f"body{'[' + exc.where + ']' if exc.where else ''}.{exc.field or 'file'}",
+                           str(exc)) from None
+    if description:
+        qs = qs.model_copy(update={"description": description})
+    info, created = svc.save_set(qs, "query.name")
+    response.status_code = 201 if created else 200
+    return info
+
+
+@router.get("/v1/query-sets", response_model=S.QuerySetList, responses=ERRORS, tags=["query sets"])
+def list_sets(svc: Svc) -> dict[str, Any]:
+    """Shipped and uploaded query sets."""
+    out = [svc.set_info(load_query_set(n), "shipped") for n in list_shipped()]
+    for row in svc.db.query_sets():
+        qs, source, row = svc.load_set(row["name"], "path.name")
+        out.append(svc.set_info(qs, source, row))
+    return {"query_sets": out}
+
+
+@router.get("/v1/query-sets/{name}", response_model=S.QuerySetDetail, responses=ERRORS, tags=["query sets"])
+def get_set(svc: Svc, name: Name) -> dict[str, Any]:
+    """One query set with its queries."""
+    qs, source, row = svc.load_set(name, "path.name")
+    return svc.set_info(qs, source, row) | {"queries": [q.model_dump() for q in qs.queries]}
+
+
+@router.post("/v1/studies", response_model=S.StudyStatus, status_code=202, responses=ERRORS, tags=["studies"])
+def create_study(svc: Svc, body: S.StudyCreate, response: Response, idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None) -> dict[str, Any]:
+    """Queue a study; it samples in the background. Send an `Idempotency-Key` to retry safely."""
+    request_sha = sha256_hex(canonical_json(body.model_dump(mode="json")))
+    svc.check_deployments(body.deployments)
+    qs_row = svc.db.query_set(body.query_set)
+    if qs_row is None and body.query_set not in list_shipped():
+        svc.load_set(body.query_set, "body.query_set")  # raises, listing the known sets
+    fields = body.model_dump(exclude={"analyze"})
+    try:
+        spec = StudySpec(**fields | {"query_set": qs_row["path"] if qs_row else body.query_set,
+                                     "zoo": str(svc.zoo_file)})
+        planned = planned_counts(spec)
+    except ValidationError as exc:
+        raise ApiError(422, "body." + field_path(exc.errors()[0]["loc"]), exc.errors()[0]["msg"]) from None
+    except QueryFileError as exc:
+        raise ApiError(422, "body.query_set", str(exc)) from None
+    except Exception as exc:  # StudyError: e.g. no query in the asked categories
+        field = "body.categories" if "categor" in str(exc) else "body"
+        raise ApiError(422, field, svc.redact(str(exc))) from None
+    total = sum(planned.values())
+    if total > svc.limits.max_samples_per_study:
+        raise ApiError(422, "body.samples", f"the study plans {total} samples; the limit is "
+                       f"{svc.limits.max_samples_per_study}")
+    row = {"study": body.name, "kind": "study", "request_json": body.model_dump_json(),
+           "spec_json": spec.model_dump_json(), "planned_json": json.dumps(planned),
+           "analyze": int(body.analyze)}
+    try:
+        study, created = svc.db.create_job(row, idempotency_key=idempotency_key, request_sha256=request_sha)
+    except Conflict as exc:
+        raise ApiError(422 if exc.field.startswith("header") else 409, exc.field, exc.message) from None
+    if created:
+        svc.manager.submit(study)
+    else:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return svc.status_of(study)
+
+
+@router.get("/v1/studies", response_model=S.StudyList, responses=ERRORS, tags=["studies"])
+def list_studies(svc: Svc) -> dict[str, Any]:
+    """Every study: those the service runs and those already in the store."""
+    names = [j["study"] for j in svc.db.jobs()]
+    names += [n for n in svc.db.store_studies() if n not in set(names)]
+    return {"studies": [svc.status_of(n) for n in names]}
+
+
+@router.get("/v1/studies/{name}", response_model=S.StudyStatus, responses=ERRORS, tags=["studies"])
+def get_study(svc: Svc, name: Name) -> dict[str, Any]:
+    """A study's state and sample counts per deployment."""
+    return svc.status_of(name)
+
+
+@router.post("/v1/studies/{name}/cancel", response_model=S.StudyStatus, status_code=202,
+          responses=ERRORS, tags=["studies"])
+def cancel_study(svc: Svc, name: Name) -> dict[str, Any]:
+    """Stop a study within seconds; what it sampled stays in the store."""
+    state = svc.status_of(name)["state"]
+    if state == "external":
+        raise ApiError(409, "path.name", f"study {name!r} was not started by the service")
+    if state not in ACTIVE:
+        raise ApiError(409, "path.name", f"study {name!r} is already {state}")
+    svc.manager.cancel(name)
+    return svc.status_of(name)
+
+
+@router.get("/v1/studies/{name}/results", response_model=S.StudyResults, responses=ERRORS, tags=["results"])
+def results(svc: Svc, name: Name) -> dict[str, Any]:
+    """The analysis summary (`analysis/summary.json`) and the sampling summary."""
+    folder, status = (svc.store_dir / name, svc.status_of(name))
+    summary = folder / "analysis" / "summary.json"
+    if not summary.is_file():
+        raise ApiError(409, "path.name", f"study {name!r} has no analysis yet (state: {status['state']})")
+    sampling = folder / "sampling.json"
+    return clean({"study": name, "state": status["state"], "summary": json.loads(summary.read_text()),
+                   "sampling": json.loads(sampling.read_text()) if sampling.is_file() else None})
+
+
+@router.get("/v1/studies/{name}/tables", response_model=S.TableList, responses=ERRORS, tags=["results"])
+def tables(svc: Svc, name: Name) -> dict[str, Any]:
+    """Parquet tables of a study: `samples`, then the analysis tables."""
+    folder, _ = (svc.store_dir / name, svc.status_of(name))
+    found = [{"name": "samples", "url": f"/v1/studies/{name}/tables/samples", "bytes": None}]
+    for p in sorted((folder / "analysis").glob("*.parquet")):
+        if p.stem != "samples":
+            found.append({"name": p.stem, "url": f"/v1/studies/{name}/tables/{p.stem}", "bytes": p.stat().st_size})
+    return {"study": name, "tables": found}
+
+
+@router.get("/v1/studies/{name}/tables/{table}", response_class=FileResponse, responses=ERRORS,
+         tags=["results"])
+def table(svc: Svc, name: Name, table: Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=200)]) -> FileResponse:
+    """Download one table as Parquet (`samples` is exported from the journal on request)."""
+    folder, _ = (svc.store_dir / name, svc.status_of(name))
+    stem = table.removesuffix(".parquet")
+    media = "application/vnd.apache.parquet"
+    if stem == "samples":
+        tmp_dir = svc.store_dir / ".tmp"
+        tmp_dir.mkdir(exist_ok=True)
+        target = svc.store.export_parquet(name, tmp_dir / f"{name}.{uuid.uuid4().hex}.parquet")
+        return FileResponse(target, media_type=media, filename=f"{name}-samples.parquet",
+                            background=BackgroundTask(target.unlink, missing_ok=True))
+    path = folder / "analysis" / f"{stem}.parquet"
+    if not path.is_file():
+        raise ApiError(404, "path.table", f"study {name!r} has no table {stem!r}")
+    return FileResponse(path, media_type=media, filename=f"{name}-{stem}.parquet")
+
+
+@router.get("/v1/studies/{name}/near-duplicates", response_model=S.NearDuplicatePage, responses=ERRORS,
+         tags=["results"])
+def near_duplicates(svc: Svc, name: Name, offset: Annotated[int, QueryParam(ge=0, le=2**31)] = 0,
+                    limit: Annotated[int, QueryParam(ge=1)] = 50) -> dict[str, Any]:
+    """Pairs of near-identical answers from different models, a page at a time."""
+    import polars as pl
+
+    if limit > svc.limits.max_page_size:
+        raise ApiError(422, "query.limit", f"at most {svc.limits.max_page_size} per page")
+    folder, status = (svc.store_dir / name, svc.status_of(name))
+    found = [p for p in [folder / "analysis" / "near_duplicates.parquet"] if p.is_file()]
+    if not found:
+        raise ApiError(409, "path.name", f"study {name!r} has no near-duplicate table yet "
+                                          f"(state: {status['state']})")
+    total = int(pl.scan_parquet(found[0]).select(pl.len()).collect().item())
+    items = pl.scan_parquet(found[0]).slice(offset, limit).collect().to_dicts()
+    nxt = offset + limit if offset + limit < total else None
+    return clean({"study": name, "offset": offset, "limit": limit, "total": total,
+                   "items": items, "next_offset": nxt})
+
+
+@router.get("/v1/studies/{name}/report", response_class=HTMLResponse, responses=ERRORS, tags=["results"])
+def report(svc: Svc, name: Name) -> FileResponse:
+    """The study's HTML report."""
+    folder, status = (svc.store_dir / name, svc.status_of(name))
+    if not (folder / "report.html").is_file():
+        raise ApiError(409, "path.name", f"study {name!r} has no report yet (state: {status['state']})")
+    return FileResponse(folder / "report.html", media_type="text/html")
+
+
+# --- scans ---------------------------------------------------------------------------
+@router.get("/v1/scans", response_model=S.ScanList, responses=ERRORS, tags=["scans"])
+def list_scans(svc: Svc) -> dict[str, Any]:
+    """Declared scans (zoo file, scans file, and those created here)."""
+    return {"scans": [svc.scan_info(s) for s in svc.scans_book().scans]}
+
+
+@router.post("/v1/scans", response_model=S.ScanInfo, status_code=201, responses=ERRORS, tags=["scans"])
+def create_scan(svc: Svc, body: Annotated[ScanSpec, Body()]) -> dict[str, Any]:
+    """Declare a scheduled scan (kept in the store)."""
+    if body.name in svc.scans_book().sources:
+        raise ApiError(409, "body.name", f"a scan named {body.name!r} already exists")
+    svc.check_deployments(body.deployments)
+    if svc.db.query_set(body.query_set) is None and body.query_set not in list_shipped():
+        svc.load_set(body.query_set, "body.query_set")  # raises, listing the known sets
+    with svc.db.transaction() as conn:
+        if conn.execute("SELECT 1 FROM service_scans WHERE name = ?", (body.name,)).fetchone():
+            raise ApiError(409, "body.name", f"a scan named {body.name!r} already exists")
+        conn.execute("INSERT INTO service_scans VALUES (?, ?, ?)", (body.name, body.model_dump_json(), time.time()))
+    return svc.scan_info(body)
+
+
+@router.delete("/v1/scans/{name}", status_code=204, responses=ERRORS, tags=["scans"])
+def delete_scan(svc: Svc, name: Name) -> Response:
+    """Remove a scan created through the service (its history stays)."""
+    source = svc.scans_book().sources.get(name)
+    if source is None:
+        raise ApiError(404, "path.name", f"no scan named {name!r}")
+    if source != "service":
+        raise ApiError(409, "path.name", f"scan {name!r} is declared in a file; edit the file")
+    with svc.db.transaction() as conn:
+        conn.execute("DELETE FROM service_scans WHERE name = ?", (name,))
+    return Response(status_code=204)
+
+
+@router.post("/v1/scans/{name}/run", response_model=S.ScanRunStarted, status_code=202, responses=ERRORS,
+          tags=["scans"])
+def run_scan_now(svc: Svc, name: Name) -> dict[str, Any]:
+    """Queue one run of a scan now."""
+    book = svc.scans_book()
+    if name not in book.sources:
+        raise ApiError(404, "path.name", f"no scan named {name!r}")
+    if any(r["state"] == "running" for r in svc.db.scan_runs(name)):
+        raise ApiError(409, "path.name", f"scan {name!r} has a run in progress")
+    try:
+        run_id, study = queue_scan_run(svc.db, book.get(name), book, svc.store_dir)
+    except ScanError as exc:
+        raise ApiError(409, "path.name", svc.redact(str(exc))) from None
+    svc.manager.submit(study)
+    return {"scan": name, "run_id": run_id, "study": study}
+
+
+@router.get("/v1/scans/{name}/history", response_model=S.ScanHistory, responses=ERRORS, tags=["scans"])
+def history(svc: Svc, name: Name) -> dict[str, Any]:
+    """Finished runs with per-deployment similarity, CIs and drift flags."""
+    if name not in svc.scans_book().sources and not svc.db.scan_runs(name):
+        raise ApiError(404, "path.name", f"no scan named {name!r}")
+    return clean(scan_history(svc.db, name))
+
+
+@router.get("/v1/scans/{name}/report", response_class=HTMLResponse, responses=ERRORS, tags=["scans"])
+def scan_report(svc: Svc, name: Name) -> FileResponse:
+    """The scan history as an HTML page."""
+    if not svc.db.scan_runs(name):
+        raise ApiError(404, "path.name", f"scan {name!r} has no runs")
+    return FileResponse(write_scan_report(svc.store_dir, name), media_type="text/html")

@@ -1,0 +1,218 @@
+"""Background workers: jobs run as asyncio tasks on one event loop in a worker thread.
+
+A restarted service resumes every unfinished job; `sample_study` samples only what the journal
+lacks, so no finished sample is lost or duplicated. Cancelling a job cancels its task: sampling
+stops at once (in-flight requests are dropped) and every committed sample stays. A lock file in
+the store keeps a second service from running the same jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hivemind.service.jobs import ACTIVE, TERMINAL, ServiceDB
+from hivemind.spec import StudySpec
+from hivemind.store import Store
+
+log = logging.getLogger("hivemind.service")
+
+
+def analyze_and_report(store_dir: Path, study: str) -> str | None:
+    """Run the pipeline's analysis and report; a note when this build has no analysis."""
+    if importlib.util.find_spec("hivemind.pipeline") is None:
+        return "analysis is not available in this build (hivemind.pipeline is missing)"
+    from hivemind.pipeline import analyze_store, write_report
+
+    analyze_store(store_dir, study)
+    write_report(store_dir, study)
+    return None
+
+
+class JobManager:
+    """Runs jobs on an asyncio loop in one worker thread; at most `max_active` at a time."""
+
+    def __init__(self, store_dir: str | Path, *, max_active: int = 2,
+                 redact: Callable[[str], str] = lambda s: s,
+                 scheduler: Callable[[JobManager], None] | None = None,
+                 scheduler_interval_s: float = 30.0) -> None:
+        self.store_dir = Path(store_dir)
+        self.db = ServiceDB(self.store_dir)
+        self.max_active = max_active
+        self.redact = redact
+        self.scheduler = scheduler
+        self.scheduler_interval_s = scheduler_interval_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._ready = threading.Event()
+        self._stopping = False
+        self._lock_file: Any = None
+        self._startup_error: Exception | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    def start(self) -> None:
+        """Take the store's service lock, start the worker thread, resume unfinished jobs."""
+        self._take_lock()
+        self._thread = threading.Thread(target=self._main, name="hivemind-jobs", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._startup_error is not None or not self._ready.is_set():
+            raise RuntimeError(f"the job worker did not start: {self._startup_error}")
+
+    def _take_lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no cross-process guard
+            return
+        handle = open(self.store_dir / "service.lock", "a+")  # noqa: SIM115 (held until stop)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise RuntimeError(f"another hivemind service is running on {self.store_dir}") from None
+        self._lock_file = handle
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        self._slots = asyncio.Semaphore(self.max_active)
+        self._analysis = asyncio.Lock()
+        try:
+            self._store = Store(self.store_dir)
+            for study in self.db.active_jobs():
+                self._spawn(study)
+        except Exception as exc:  # reported by start(), not lost in a dead thread
+            self._startup_error = exc
+            self._ready.set()
+            loop.close()
+            return
+        if self.scheduler is not None:
+            loop.create_task(self._schedule_forever())
+        loop.call_soon(self._ready.set)
+        try:
+            loop.run_forever()
+        finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._store.close()
+            loop.close()
+
+    def submit(self, study: str) -> None:
+        """Queue a job that is in the table (thread-safe)."""
+        if self._loop is not None and not self._stopping:
+            self._loop.call_soon_threadsafe(self._spawn, study)
+
+    def cancel(self, study: str) -> str | None:
+        """Ask a job to stop; it keeps what it sampled. Returns its state after the request."""
+        state = self.db.request_cancel(study)
+        if state in ACTIVE and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._cancel_task, study)
+        return state
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the worker, leaving unfinished jobs as they are so a restart resumes them."""
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._stopping = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+        self.db.close()
+
+    def _spawn(self, study: str) -> None:
+        running = self._tasks.get(study)
+        if running is not None and not running.done():
+            return
+        assert self._loop is not None
+        task = self._loop.create_task(self._run(study), name=f"job:{study}")
+        self._tasks[study] = task
+        task.add_done_callback(lambda t, s=study: self._tasks.pop(s, None) if self._tasks.get(s) is t else None)
+
+    def _cancel_task(self, study: str) -> None:
+        task = self._tasks.get(study)
+        if task is not None:
+            task.cancel()
+
+    async def _schedule_forever(self) -> None:
+        assert self.scheduler is not None
+        while True:
+            try:
+                await asyncio.to_thread(self.scheduler, self)
+            except Exception as exc:  # a bad scans file must not stop the studies
+                log.warning("scan scheduler: %s", self.redact(str(exc)))
+            await asyncio.sleep(self.scheduler_interval_s)
+
+    async def _run(self, study: str) -> None:
+        job: dict[str, Any] | None = None
+        try:
+            async with self._slots:
+                job = self.db.job(study)
+                if job is None or job["state"] in TERMINAL:
+                    return
+                if job["cancel_requested"]:
+                    self._end(job, "cancelled")
+                    return
+                self.db.update_job(study, state="sampling", started_at=time.time(),
+                                   runs=job["runs"] + 1, error=None)
+                note = await self._execute(job)
+                if (self.db.job(study) or {}).get("cancel_requested"):
+                    self._end(job, "cancelled", note=note)
+                else:
+                    self._end(job, "done", note=note)
+        except asyncio.CancelledError:
+            if job is not None and not self._stopping:
+                self._end(job, "cancelled", note="cancelled on request; finished samples are kept")
+            elif job is None and not self._stopping:
+                self.db.finish_job(study, "cancelled")
+        except Exception as exc:  # recorded on the job, never raised through the service
+            message = self.redact(str(exc) or type(exc).__name__)
+            log.warning("job %s failed: %s", study, message)
+            if job is not None:
+                self._end(job, "failed", error=message)
+
+    def _end(self, job: dict[str, Any], state: str, *, error: str | None = None,
+             note: str | None = None) -> None:
+        self.db.finish_job(job["study"], state, error=error, note=note)
+        if job["kind"] == "scan":
+            run = self.db.scan_run_for_study(job["study"])
+            if run is not None and run["state"] == "running" and state != "done":
+                self.db.finish_scan_run(run["id"], state, error=error)
+
+    async def _execute(self, job: dict[str, Any]) -> str | None:
+        if job["kind"] == "scan":
+            from hivemind.scan import execute_scan_run
+
+            run = self.db.scan_run_for_study(job["study"])
+            if run is None:
+                raise RuntimeError(f"scan job {job['study']!r} has no scan run")
+            await execute_scan_run(self._store, self.db, run["id"], redact=self.redact,
+                                   analysis_lock=self._analysis)
+            return None
+        from hivemind.study import StudyRun, sample_study
+
+        spec = StudySpec.model_validate_json(job["spec_json"])
+        report = await sample_study(spec, self._store, progress=False)
+        samples_path = await asyncio.to_thread(self._store.export_parquet, spec.name)
+        summary = StudyRun(spec, self.store_dir, report, samples_path).summary()
+        (self.store_dir / spec.name / "sampling.json").write_text(json.dumps(summary, indent=2))
+        note = "stopped: budget reached" if report.stopped_by_budget else None
+        if job["analyze"] and not (self.db.job(job["study"]) or {}).get("cancel_requested"):
+            self.db.update_job(job["study"], state="analyzing")
+            async with self._analysis:  # one heavy analysis at a time
+                note = await asyncio.to_thread(analyze_and_report, self.store_dir, spec.name) or note
+        return note

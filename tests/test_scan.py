@@ -1,0 +1,217 @@
+"""Scheduled scans: declarations (fields named in errors), cron due-times, runs kept as history,
+per-deployment similarity with bootstrap CIs, the drift flag, the CLI, and the service's scan door.
+
+Runs use the deterministic `mock` provider (a rerun reproduces every answer, so nothing moves until
+a deployment's behaviour is changed in the zoo) and the bundled MiniLM embedder, on small samples.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from hivemind.cli import app as cli
+from hivemind.scan import (
+    ScanError,
+    due_scans,
+    latest_fire,
+    load_scans,
+    make_scheduler,
+    next_fire,
+    run_scan,
+    scan_history,
+    write_scan_report,
+)
+from hivemind.service.jobs import ServiceDB
+
+DEPLOYMENTS = """
+deployments:
+  - {name: mock-a, provider: mock, model: mock, max_concurrency: 16, options: {diversity: 2}}
+  - {name: mock-b, provider: mock, model: mock, max_concurrency: 16, options: {MOCK_B}}
+  - {name: mock-c, provider: mock, model: mock, max_concurrency: 16, options: {diversity: 4}}
+"""
+SCANS = """
+scans:
+  - name: nightly
+    schedule: "0 3 * * *"
+    deployments: [mock-a, mock-b, mock-c]
+    query_set: open-ended-v1
+    max_queries: 8
+    samples: 3
+"""
+VARIED = "diversity: 6, style: varied"
+NARROW = "diversity: 1"  # mock-b's answers change: a "new model version" behind the same name
+
+
+def write_zoo(path: Path, mock_b: str = VARIED, scans: str = SCANS) -> Path:
+    path.write_text(DEPLOYMENTS.replace("MOCK_B", mock_b) + scans)
+    return path
+
+
+@pytest.mark.parametrize(("scan", "field"), [
+    ({"schedule": "61 * * * *"}, "scans[0].schedule"),
+    ({"schedule": "* * * *"}, "scans[0].schedule"),
+    ({"schedule": "0 0 * * * * *"}, "scans[0].schedule"),
+    ({"deployments": ["mock-a", "ghost"]}, "scans[0].deployments[1]"),
+    ({"deployments": ["mock-a"]}, "scans[0].deployments"),
+    ({"deployments": ["mock-a", "mock-a"]}, "scans[0].deployments"),
+    ({"samples": 1}, "scans[0].samples"),
+    ({"name": "bad name"}, "scans[0].name"),
+    ({"surprise": 1}, "scans[0].surprise"),
+])
+def test_bad_scan_declarations_name_the_field(tmp_path: Path, scan: dict, field: str) -> None:
+    base = {"name": "s", "schedule": "@daily", "deployments": ["mock-a", "mock-b"], "query_set": "open-ended-v1"}
+    zoo = write_zoo(tmp_path / "zoo.yaml", scans="scans: " + json.dumps([{**base, **scan}]))
+    with pytest.raises(ScanError) as caught:
+        load_scans(zoo)
+    assert field in str(caught.value)
+
+
+def test_duplicate_scan_names_and_a_separate_scans_file(tmp_path: Path) -> None:
+    zoo = write_zoo(tmp_path / "zoo.yaml", scans="")
+    scans = tmp_path / "scans.yaml"
+    one = {"name": "s", "schedule": "0 3 * * *", "deployments": ["mock-a", "mock-b"], "query_set": "queries.csv"}
+    scans.write_text(json.dumps({"scans": [one, one]}))
+    with pytest.raises(ScanError, match=r"scans\[1\]\.name"):
+        load_scans(zoo, scans)
+    scans.write_text(json.dumps({"scans": [one]}))
+    book = load_scans(zoo, scans)
+    assert book.get("s").schedule == "0 3 * * *" and book.base_dir == tmp_path
+    with pytest.raises(ScanError, match="unknown scan 'other'"):
+        book.get("other")
+
+
+def test_cron_due_times_fire_once_per_schedule_point(tmp_path: Path) -> None:
+    zoo = write_zoo(tmp_path / "zoo.yaml", scans=SCANS.replace("0 3 * * *", "*/5 * * * *"))
+    book = load_scans(zoo)
+    t0 = 1_700_000_100.0  # 22:15:00 UTC, a multiple of 5 minutes
+    assert latest_fire("*/5 * * * *", t0) == t0 and next_fire("*/5 * * * *", t0) == t0 + 300
+    with ServiceDB(tmp_path / "store") as db:
+        assert due_scans(book, db, now=t0 + 240, since=t0) == []
+        [(scan, fire)] = due_scans(book, db, now=t0 + 960, since=t0)  # three points passed: catch up once
+        assert scan.name == "nightly" and fire == t0 + 900
+        with db.transaction() as conn:
+            db.insert_scan_run(conn, {"scan": "nightly", "study": "s1", "scan_json": "{}", "spec_json": "{}",
+                                      "scheduled_for": fire, "started_at": t0 + 960})
+        assert due_scans(book, db, now=t0 + 1000, since=t0) == []  # running
+        db.finish_scan_run(1, "done")
+        assert due_scans(book, db, now=t0 + 1100, since=t0) == []
+        assert [f for _, f in due_scans(book, db, now=t0 + 1205, since=t0)] == [t0 + 1200]
+
+
+def test_scan_runs_keep_history_and_flag_a_deployment_that_moved(tmp_path: Path) -> None:
+    zoo, store = tmp_path / "zoo.yaml", tmp_path / "store"
+    write_zoo(zoo)
+    for _ in range(2):
+        assert run_scan("nightly", store, zoo_path=zoo)["state"] == "done"
+    write_zoo(zoo, mock_b=NARROW)
+    result = CliRunner().invoke(cli, ["scan", "run", "nightly", "--store", str(store), "--zoo", str(zoo),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "flagged in the latest run" in result.output
+
+    with ServiceDB(store) as db:
+        history = scan_history(db, "nightly")
+        studies = [r["study"] for r in db.scan_runs("nightly")]
+    runs = history["runs"]
+    assert [r["state"] for r in runs] == ["done"] * 3 and len(set(studies)) == 3
+    first, second, third = runs
+    for run in runs:
+        assert set(run["deployments"]) == {"mock-a", "mock-b", "mock-c"} and run["n_queries"] == 8
+        for m in run["deployments"].values():
+            for key in ("intra", "inter"):
+                assert m[key]["lo"] <= m[key]["estimate"] <= m[key]["hi"]
+            assert m["n_samples"] == 24
+    assert second["deployments"]["mock-b"]["inter"] == first["deployments"]["mock-b"]["inter"]
+    assert first["flagged"] == [] and second["flagged"] == []  # same answers: nothing moved
+    moved = third["deployments"]["mock-b"]
+    assert "mock-b" in history["flagged"] and moved["inter_moved"] in ("up", "down")
+    before = moved["previous_inter"]
+    assert not before["lo"] <= moved["inter"]["estimate"] <= before["hi"]
+
+    listed = CliRunner().invoke(cli, ["scan", "list", "--store", str(store), "--zoo", str(zoo)])
+    assert listed.exit_code == 0 and "nightly" in listed.output and "done" in listed.output
+    as_json = CliRunner().invoke(cli, ["scan", "history", "nightly", "--store", str(store), "--json"])
+    assert json.loads(as_json.stdout)["flagged"] == history["flagged"]
+    report = write_scan_report(store, "nightly")
+    page = report.read_text()
+    assert report == store / "scans" / "nightly" / "report.html"
+    assert "moved" in page and "mock-b" in page and page.count("<svg") == 3
+
+
+def test_a_killed_hand_run_resumes(tmp_path: Path) -> None:
+    zoo, store = write_zoo(tmp_path / "zoo.yaml"), tmp_path / "store"
+    from hivemind.scan import queue_scan_run
+
+    book = load_scans(zoo)
+    with ServiceDB(store) as db:  # a run that was recorded but never finished (process killed)
+        run_id, study = queue_scan_run(db, book.get("nightly"), book, store, as_job=False)
+    row = run_scan("nightly", store, zoo_path=zoo)
+    assert (row["id"], row["study"], row["state"]) == (run_id, study, "done")
+    assert run_scan("nightly", store, zoo_path=zoo, new=True)["id"] != run_id
+
+
+def test_the_service_declares_runs_and_schedules_scans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hivemind.service.app import create_app
+
+    monkeypatch.setenv("HIVEMIND_SCAN_TEST_TOKEN", "scan-test-token-1234")
+    zoo, store = write_zoo(tmp_path / "zoo.yaml"), tmp_path / "store"
+    app = create_app(store, zoo, "HIVEMIND_SCAN_TEST_TOKEN", scheduler=False)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive()
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                          headers={"Authorization": "Bearer scan-test-token-1234"}) as client:
+            created = client.post("/v1/scans", json={"name": "hourly", "schedule": "0 * * * *",
+                                                     "deployments": ["mock-a", "mock-c"],
+                                                     "query_set": "open-ended-v1", "max_queries": 3,
+                                                     "samples": 2})
+            assert created.status_code == 201, created.text
+            assert created.json()["next_run"] > time.time()
+            assert client.post("/v1/scans", json={"name": "hourly", "schedule": "@daily",
+                                                  "deployments": ["mock-a", "mock-c"],
+                                                  "query_set": "open-ended-v1"}).status_code == 409
+            assert {s["name"] for s in client.get("/v1/scans").json()["scans"]} == {"nightly", "hourly"}
+            started = client.post("/v1/scans/hourly/run")
+            assert started.status_code == 202, started.text
+            study = started.json()["study"]
+            deadline = time.time() + 60
+            while (status := client.get(f"/v1/studies/{study}").json())["state"] not in ("done", "failed"):
+                assert time.time() < deadline
+                time.sleep(0.1)
+            assert status["state"] == "done" and status["kind"] == "scan", status
+            history = client.get("/v1/scans/hourly/history").json()
+            assert history["runs"][0]["state"] == "done"
+            assert set(history["runs"][0]["deployments"]) == {"mock-a", "mock-c"}
+            report = client.get("/v1/scans/hourly/report")
+            assert report.status_code == 200 and "hourly" in report.text
+            assert client.delete("/v1/scans/nightly").status_code == 409
+            assert client.delete("/v1/scans/hourly").status_code == 204
+            assert client.get("/v1/scans/hourly/history").status_code == 200  # history stays
+
+        # the scheduler's tick queues a due scan as a job (fired here with an early `since`)
+        manager = app.state.service.manager
+        tick = make_scheduler(lambda: load_scans(zoo, None, store), since=time.time() - 2 * 86400)
+        tick(manager)
+        with ServiceDB(store) as db:
+            runs = db.scan_runs("nightly")
+            assert len(runs) == 1 and runs[0]["scheduled_for"] == latest_fire("0 3 * * *", time.time())
+            assert db.job(runs[0]["study"])["kind"] == "scan"
+        tick(manager)  # running (or done for this fire time): not queued twice
+        with ServiceDB(store) as db:
+            assert len(db.scan_runs("nightly")) == 1
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -1,0 +1,472 @@
+"""The REST service against real servers: uvicorn on 127.0.0.1 (a free port), httpx as the client.
+
+Covers auth (token on everything but /healthz, no public bind without one, no secret echoed),
+bad input (4xx naming the field, nothing half-written), idempotent study creation, progress,
+results, cancel, a SIGKILL-and-restart resume with exactly one row per sample, and a
+schemathesis run against the OpenAPI schema with no server errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+import pytest
+import uvicorn
+
+from hivemind.service.app import create_app
+from hivemind.service.auth import BindError, Redactor, RedactingFilter, check_bind
+from hivemind.service.context import ServiceLimits
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN_ENV = "HIVEMIND_TEST_TOKEN"
+TOKEN = "test-token-7f3a9c2e51"
+PROVIDER_KEY_ENV = "HIVEMIND_TEST_PROVIDER_KEY"
+PROVIDER_KEY = "sk-test-provider-secret-0042"
+ZOO = f"""
+deployments:
+  - {{name: mock-fast, provider: mock, model: mock, max_concurrency: 16, options: {{diversity: 2}}}}
+  - {{name: mock-b, provider: mock, model: mock, max_concurrency: 16, options: {{diversity: 6, style: varied}}}}
+  - {{name: mock-slow, provider: mock, model: mock, max_concurrency: 2, options: {{latency_s: 0.05}}}}
+  - {{name: keyed, provider: openai, model: x, api_base: "http://127.0.0.1:9/v1",
+      api_key_env: HIVEMIND_TEST_UNSET_KEY}}
+  - {{name: keyed-set, provider: openai, model: x, api_base: "http://127.0.0.1:9/v1",
+      api_key_env: {PROVIDER_KEY_ENV}}}
+"""
+QUERIES = [{"id": f"q{i}", "text": t, "category": c} for i, (t, c) in enumerate([
+    ("Write a metaphor about time.", "metaphor"), ("Name a bakery.", "naming"),
+    ("Describe the sea in one line.", "poetry")])]
+LIMITS = ServiceLimits(max_upload_bytes=64 * 1024, max_body_bytes=16 * 1024, max_samples_per_study=5000,
+                       max_page_size=100)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(store: Path, zoo: Path, **kwargs: Any) -> Iterator[str]:
+    """uvicorn in a thread on 127.0.0.1:<free port>; stops (and its workers) on exit."""
+    app = create_app(store, zoo, TOKEN_ENV, kwargs.pop("limits", LIMITS), **kwargs)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(TOKEN_ENV, TOKEN)
+        mp.setenv(PROVIDER_KEY_ENV, PROVIDER_KEY)
+        mp.delenv("HIVEMIND_TEST_UNSET_KEY", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("zoo") / "providers.yaml"
+    path.write_text(ZOO)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(env: None, zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    store = tmp_path_factory.mktemp("store")
+    with serving(store, zoo, scheduler=False) as url:
+        yield url, store
+
+
+@pytest.fixture
+def client(server: tuple[str, Path]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server[0], headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as c:
+        yield c
+
+
+def wait_for(client: httpx.Client, study: str, states: tuple[str, ...], timeout: float = 30) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        status = client.get(f"/v1/studies/{study}").json()
+        if status["state"] in states:
+            return status
+        assert time.time() < deadline, f"study {study} stuck in {status['state']}: {status}"
+        time.sleep(0.05)
+
+
+def upload(client: httpx.Client, name: str, queries: list[dict] = QUERIES) -> None:
+    response = client.post("/v1/query-sets", json={"name": name, "queries": queries})
+    assert response.status_code in (200, 201), response.text
+
+
+# --- auth ---------------------------------------------------------------------------------------
+def test_healthz_is_open_and_every_other_path_needs_the_token(server: tuple[str, Path]) -> None:
+    url, _ = server
+    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+    for path in ("/v1/studies", "/v1/query-sets", "/v1/studies/nope", "/docs", "/openapi.json", "/v1/nowhere"):
+        bare = httpx.get(url + path)
+        assert bare.status_code == 401, path
+        assert bare.headers["www-authenticate"] == "Bearer"
+        wrong = httpx.get(url + path, headers={"Authorization": "Bearer guessed-wrong-token-123"})
+        assert wrong.status_code == 401 and "guessed-wrong-token-123" not in wrong.text
+        assert TOKEN not in bare.text + wrong.text
+    ok = httpx.get(f"{url}/docs", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and "swagger" in ok.text.lower()
+
+
+def test_refuses_a_public_address_without_a_token() -> None:
+    check_bind("127.0.0.1", None, "X")
+    check_bind("::1", None, "X")
+    check_bind("0.0.0.0", "a-token", "X")
+    with pytest.raises(BindError, match="MY_TOKEN_VAR"):
+        check_bind("0.0.0.0", None, "MY_TOKEN_VAR")
+    from typer.testing import CliRunner
+
+    from hivemind.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--token-env", "HIVEMIND_TEST_NO_SUCH"])
+    assert result.exit_code == 2
+    assert "refusing" in result.output
+
+
+def test_secrets_are_redacted_from_text_and_logs(env: None) -> None:
+    import logging
+
+    redact = Redactor([TOKEN])
+    assert redact(f"Bearer {TOKEN} and {PROVIDER_KEY}") == "Bearer *** and ***"
+    logger = logging.getLogger("hivemind.test-redaction")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    logger.addFilter(RedactingFilter(redact))
+    try:
+        logger.warning("key was %s", PROVIDER_KEY)
+        try:
+            raise RuntimeError(f"auth failed with {TOKEN}")
+        except RuntimeError:
+            logger.exception("boom")
+    finally:
+        logger.removeHandler(handler)
+    assert PROVIDER_KEY not in stream.getvalue() and TOKEN not in stream.getvalue()
+    assert "***" in stream.getvalue()
+
+
+# --- query sets -----------------------------------------------------------------------------------
+def test_query_sets_upload_as_json_jsonl_csv_and_multipart(client: httpx.Client, server: tuple[str, Path]) -> None:
+    first = client.post("/v1/query-sets", json={"name": "up-json", "description": "d", "queries": QUERIES})
+    assert first.status_code == 201 and first.json()["n_queries"] == 3
+    assert client.post("/v1/query-sets", json={"name": "up-json", "description": "d", "queries": QUERIES}).status_code == 200
+    jsonl = "".join(json.dumps(q) + "\n" for q in QUERIES)
+    r = client.post("/v1/query-sets/upload?name=up-jsonl", content=jsonl, headers={"Content-Type": "application/x-ndjson"})
+    assert r.status_code == 201, r.text
+    csv_text = "id,prompt,category\nc1,Write a haiku,poetry\nc2,\"Name a cat, please\",naming\n"
+    r = client.post("/v1/query-sets/upload?name=up-csv", content=csv_text, headers={"Content-Type": "text/csv"})
+    assert r.status_code == 201 and r.json()["categories"] == {"poetry": 1, "naming": 1}
+    r = client.post("/v1/query-sets/upload", files={"file": ("my set.csv", csv_text, "text/csv")},
+                    data={"name": "up-multipart"})
+    assert r.status_code == 201, r.text
+    listed = {s["name"]: s for s in client.get("/v1/query-sets").json()["query_sets"]}
+    assert {"up-json", "up-jsonl", "up-csv", "up-multipart", "open-ended-v1"} <= set(listed)
+    assert listed["open-ended-v1"]["source"] == "shipped" and listed["up-csv"]["source"] == "uploaded"
+    detail = client.get("/v1/query-sets/up-csv").json()
+    assert [q["text"] for q in detail["queries"]] == ["Write a haiku", "Name a cat, please"]
+    saved = server[1] / "query-sets" / "up-jsonl.jsonl"
+    from hivemind.queries import load_query_set
+
+    assert [q.id for q in load_query_set(saved).queries] == ["q0", "q1", "q2"]
+
+
+def _state(store: Path) -> tuple[Any, ...]:
+    with sqlite3.connect(store / "hivemind.sqlite") as db:
+        counts = tuple(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                       for t in ("service_query_sets", "service_jobs", "service_idempotency", "service_scans", "studies"))
+    files = sorted(p.name for p in (store / "query-sets").glob("*")) if (store / "query-sets").exists() else []
+    return counts, files
+
+
+def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(client: httpx.Client, server: tuple[str, Path]) -> None:
+    upload(client, "bad-input-set")
+    good = {"name": "bad-input-study", "query_set": "bad-input-set", "deployments": ["mock-fast"], "samples": 1,
+            "analyze": False}
+    first = client.post("/v1/studies", json=good, headers={"Idempotency-Key": "bad-input-key"})
+    assert first.status_code == 202
+    wait_for(client, "bad-input-study", ("done",))
+    before = _state(server[1])
+    dup = [{"id": "x", "text": "a"}, {"id": "x", "text": "b"}]
+    big = "id,text\n" + "".join(f"q{i},{'word ' * 40}\n" for i in range(400))
+    cases: list[tuple[str, str, dict[str, Any], int, str]] = [
+        ("POST", "/v1/studies", {"content": b'{"name": ', "headers": {"Content-Type": "application/json"}}, 422, "body"),
+        ("POST", "/v1/studies", {"json": {**good, "name": "n1", "bogus": 1}}, 422, "body.bogus"),
+        ("POST", "/v1/studies", {"json": {**good, "name": "n2", "deployments": ["mock-fast", "nope"]}}, 422, "body.deployments[1]"),
+        ("POST", "/v1/studies", {"json": {**good, "name": "n3", "deployments": ["keyed"]}}, 422, "body.deployments[0]"),
+        ("POST", "/v1/studies", {"json": {**good, "name": "n4", "query_set": "no-such-set"}}, 422, "body.query_set"),
+        ("POST", "/v1/studies", {"json": {**good, "name": "bad name!"}}, 422, "body.name"),
+        ("POST", "/v1/studies", {"json": {**good, "name": "n5", "samples": 0}}, 422, "body.samples"),
+        ("POST", "/v1/studies", {"json": {**good, "name": "n6", "samples": 4000}}, 422, "body.samples"),
+        ("POST", "/v1/studies", {"json": {**good, "name": "n7", "categories": ["none-such"]}}, 422, "body.categories"),
+        ("POST", "/v1/studies", {"json": {**good, "name": "n8", "params": {"temperature": -1}}}, 422, "body.params.temperature"),
+        ("POST", "/v1/studies", {"json": good}, 409, "body.name"),
+        ("POST", "/v1/studies", {"json": {**good, "samples": 2}, "headers": {"Idempotency-Key": "bad-input-key"}}, 422,
+         "header.Idempotency-Key"),
+        ("POST", "/v1/studies", {"json": {**good, "name": "n9", "conditions": [{"name": "a"}, {"name": "a"}]}}, 422,
+         "body.conditions"),
+        ("POST", "/v1/studies", {"content": b"x" * (LIMITS.max_body_bytes + 1),
+                                 "headers": {"Content-Type": "application/json"}}, 413, "body"),
+        ("POST", "/v1/query-sets", {"json": {"name": "dups", "queries": dup}}, 422, "body.queries[1].id"),
+        ("POST", "/v1/query-sets", {"json": {"name": "empty", "queries": []}}, 422, "body.queries"),
+        ("POST", "/v1/query-sets", {"json": {"name": "open-ended-v1", "queries": QUERIES}}, 409, "body.name"),
+        ("POST", "/v1/query-sets", {"json": {"name": "bad-input-set", "queries": QUERIES[:1]}}, 409, "body.name"),
+        ("POST", "/v1/query-sets/upload?name=dupcsv", {"content": "id,text\na,x\na,y\n",
+                                                        "headers": {"Content-Type": "text/csv"}}, 422, "line 3"),
+        ("POST", "/v1/query-sets/upload?name=notext", {"content": "id,other\na,x\n",
+                                                        "headers": {"Content-Type": "text/csv"}}, 422, "text"),
+        ("POST", "/v1/query-sets/upload?name=badjson", {"content": '{"id": 1, "text": \n',
+                                                         "headers": {"Content-Type": "application/x-ndjson"}}, 422, "line 1"),
+        ("POST", "/v1/query-sets/upload?name=big", {"content": big, "headers": {"Content-Type": "text/csv"}}, 413, "body"),
+        ("POST", "/v1/query-sets/upload?name=bigstream", {"content": iter([big.encode()[:40000], big.encode()[40000:]]),
+                                                           "headers": {"Content-Type": "text/csv"}}, 413, "body"),
+        ("POST", "/v1/query-sets/upload?name=xml", {"content": "<q/>", "headers": {"Content-Type": "application/xml"}},
+         415, "header.Content-Type"),
+        ("POST", "/v1/query-sets/upload", {"content": "id,text\na,x\n", "headers": {"Content-Type": "text/csv"}}, 422,
+         "query.name"),
+        ("POST", "/v1/scans", {"json": {"name": "s1", "schedule": "61 * * * *", "deployments": ["mock-fast", "mock-b"],
+                                        "query_set": "bad-input-set"}}, 422, "body.schedule"),
+        ("POST", "/v1/scans", {"json": {"name": "s2", "schedule": "0 3 * * *", "deployments": ["mock-fast", "ghost"],
+                                        "query_set": "bad-input-set"}}, 422, "body.deployments[1]"),
+        ("POST", "/v1/scans", {"json": {"name": "s3", "schedule": "0 3 * * *", "deployments": ["mock-fast", "mock-b"],
+                                        "query_set": "ghost-set"}}, 422, "body.query_set"),
+        ("GET", "/v1/studies/no-such-study", {}, 404, "path.name"),
+        ("GET", "/v1/query-sets/no-such-set", {}, 404, "path.name"),
+        ("GET", "/v1/studies/bad-input-study/near-duplicates?limit=100000", {}, 422, "query.limit"),
+        ("GET", "/v1/studies/bad-input-study/tables/ghost", {}, 404, "path.table"),
+        ("POST", "/v1/studies/bad-input-study/cancel", {}, 409, "path.name"),
+    ]
+    for method, path, kwargs, status, field in cases:
+        response = client.request(method, path, **kwargs)
+        assert response.status_code == status, (path, kwargs.get("json"), response.text)
+        body = response.json()
+        assert any(field in e["field"] + " " + e["message"] for e in body["errors"]), (field, body)
+        assert body["detail"] and TOKEN not in response.text and PROVIDER_KEY not in response.text
+    assert "HIVEMIND_TEST_UNSET_KEY" in client.post("/v1/studies", json={**good, "name": "n3",
+                                                                          "deployments": ["keyed"]}).text
+    assert _state(server[1]) == before
+
+
+# --- studies --------------------------------------------------------------------------------------
+def test_study_lifecycle_idempotency_progress_and_results(client: httpx.Client, server: tuple[str, Path]) -> None:
+    upload(client, "life-set")
+    body = {"name": "life", "query_set": "life-set", "deployments": ["mock-fast", "mock-b"], "samples": 3,
+            "analyze": False}
+    first = client.post("/v1/studies", json=body, headers={"Idempotency-Key": "life-1"})
+    again = client.post("/v1/studies", json=body, headers={"Idempotency-Key": "life-1"})
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true" and again.json()["name"] == "life"
+    assert [s["name"] for s in client.get("/v1/studies").json()["studies"]].count("life") == 1
+    status = wait_for(client, "life", ("done",))
+    assert status["total"] == {"planned": 18, "ok": 18, "failed": 0, "pending": 0}
+    assert set(status["progress"]) == {"mock-fast", "mock-b"}
+    samples = client.get("/v1/studies/life/tables/samples")
+    assert samples.status_code == 200
+    frame = pl.read_parquet(io.BytesIO(samples.content))
+    assert frame.height == 18 and frame["text"].null_count() == 0
+    assert client.get("/v1/studies/life/results").status_code == 409
+    assert client.get("/v1/studies/life/report").status_code == 409
+
+    analysis = server[1] / "life" / "analysis"  # what the pipeline writes, made by hand here
+    analysis.mkdir(parents=True)
+    (analysis / "summary.json").write_text('{"intra": {"mock-fast": 0.9}, "gap": NaN}')
+    pl.DataFrame({"a": list(range(7)), "similarity": [0.95] * 7}).write_parquet(analysis / "near_duplicates.parquet")
+    pl.DataFrame({"x": [1.0]}).write_parquet(analysis / "matrix.parquet")
+    (server[1] / "life" / "report.html").write_text("<html><body>report</body></html>")
+    results = client.get("/v1/studies/life/results").json()
+    assert results["summary"] == {"intra": {"mock-fast": 0.9}, "gap": None}
+    assert results["sampling"]["sampled_now"] == 18
+    names = [t["name"] for t in client.get("/v1/studies/life/tables").json()["tables"]]
+    assert names == ["samples", "matrix", "near_duplicates"]
+    assert pl.read_parquet(io.BytesIO(client.get("/v1/studies/life/tables/matrix.parquet").content)).height == 1
+    pages, offset = [], 0
+    while offset is not None:
+        page = client.get(f"/v1/studies/life/near-duplicates?offset={offset}&limit=3").json()
+        assert page["total"] == 7
+        pages.append([item["a"] for item in page["items"]])
+        offset = page["next_offset"]
+    assert pages == [[0, 1, 2], [3, 4, 5], [6]]
+    report = client.get("/v1/studies/life/report")
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+
+
+def test_a_study_with_analysis_runs_the_pipeline_and_serves_its_results(client: httpx.Client) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("hivemind.pipeline") is None:
+        pytest.skip("hivemind.pipeline is not in this build")
+    body = {"name": "analyzed", "query_set": "open-ended-v1", "max_queries": 3,
+            "deployments": ["mock-fast", "mock-b"], "samples": 3}
+    assert client.post("/v1/studies", json=body).status_code == 202
+    status = wait_for(client, "analyzed", ("done", "failed"), timeout=90)
+    assert status["state"] == "done" and status["error"] is None, status
+    results = client.get("/v1/studies/analyzed/results").json()
+    assert results["summary"]["study"] == "analyzed" and results["summary"]["n_samples"] == 18
+    tables = {t["name"] for t in client.get("/v1/studies/analyzed/tables").json()["tables"]}
+    assert {"samples", "matrix", "near_duplicates"} <= tables
+    page = client.get("/v1/studies/analyzed/near-duplicates?limit=5").json()
+    assert page["total"] >= len(page["items"]) and page["offset"] == 0
+    report = client.get("/v1/studies/analyzed/report")
+    assert report.status_code == 200 and "analyzed" in report.text
+
+
+def test_cancel_stops_within_seconds_and_keeps_what_was_sampled(client: httpx.Client, server: tuple[str, Path]) -> None:
+    upload(client, "cancel-set")
+    body = {"name": "to-cancel", "query_set": "cancel-set", "deployments": ["mock-slow"], "samples": 100,
+            "analyze": False}
+    assert client.post("/v1/studies", json=body).status_code == 202
+    deadline = time.time() + 20
+    while client.get("/v1/studies/to-cancel").json()["total"]["ok"] < 4:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    asked = time.time()
+    assert client.post("/v1/studies/to-cancel/cancel").status_code == 202
+    status = wait_for(client, "to-cancel", ("cancelled",), timeout=5)
+    assert time.time() - asked < 5
+    kept = status["total"]["ok"]
+    time.sleep(0.5)
+    assert client.get("/v1/studies/to-cancel").json()["total"]["ok"] == kept
+    assert 4 <= kept < 300
+    assert client.post("/v1/studies/to-cancel/cancel").status_code == 409
+
+
+# --- restart --------------------------------------------------------------------------------------
+def _spawn(store: Path, zoo: Path, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, TOKEN_ENV: TOKEN, PROVIDER_KEY_ENV: PROVIDER_KEY, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "hivemind.cli", "serve", "--store", str(store), "--zoo", str(zoo), "--port", str(port),
+         "--token-env", TOKEN_ENV, "--no-scheduler", "--log-level", "info"],
+        cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 30
+    while True:
+        assert proc.poll() is None, "server exited"
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        assert time.time() < deadline, "server did not come up"
+        time.sleep(0.1)
+
+
+def test_sigkill_mid_study_then_restart_completes_with_one_row_per_sample(env: None, zoo: Path, tmp_path: Path) -> None:
+    store, log, port = tmp_path / "store", tmp_path / "server.log", free_port()
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    proc = _spawn(store, zoo, port, log)
+    try:
+        _wait_healthy(url, proc)
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            upload(client, "restart-set")
+            body = {"name": "survivor", "query_set": "restart-set", "deployments": ["mock-slow", "mock-fast"],
+                    "samples": 30, "analyze": False}
+            assert client.post("/v1/studies", json=body).status_code == 202
+            deadline = time.time() + 20
+            while client.get("/v1/studies/survivor").json()["progress"]["mock-slow"]["ok"] < 6:
+                assert time.time() < deadline
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        with sqlite3.connect(store / "hivemind.sqlite") as db:
+            before = db.execute("SELECT COUNT(*) FROM samples WHERE study = 'survivor'").fetchone()[0]
+        assert 6 <= before < 180, before
+        proc = _spawn(store, zoo, port, log)
+        _wait_healthy(url, proc)
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            status = wait_for(client, "survivor", ("done", "failed"), timeout=40)
+        assert status["state"] == "done", status
+        assert status["total"] == {"planned": 180, "ok": 180, "failed": 0, "pending": 0}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    with sqlite3.connect(store / "hivemind.sqlite") as db:
+        rows = db.execute("SELECT query_id, deployment, condition, sample_index, error FROM samples "
+                          "WHERE study = 'survivor'").fetchall()
+        runs = db.execute("SELECT runs FROM service_jobs WHERE study = 'survivor'").fetchone()[0]
+    keys = {(q, d, c, i) for q, d, c, i, _ in rows}
+    expected = {(q["id"], d, "default", i) for q in QUERIES for d in ("mock-slow", "mock-fast") for i in range(30)}
+    assert len(rows) == len(keys) == 180 and keys == expected
+    assert all(error is None for *_, error in rows)
+    assert runs == 2
+    text = log.read_text(errors="replace")
+    assert "Uvicorn running" in text or "Application startup complete" in text
+    assert TOKEN not in text and PROVIDER_KEY not in text
+
+
+# --- schema ---------------------------------------------------------------------------------------
+def test_openapi_request_models_refuse_unknown_fields(client: httpx.Client) -> None:
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    for model in ("StudyCreate", "QuerySetUpload", "ScanSpec", "SamplingParams"):
+        assert components[model]["additionalProperties"] is False, model
+    assert components["StudyCreate"]["properties"]["samples"]["description"]
+    assert schema["security"] == [{"bearer": []}] and schema["paths"]["/healthz"]["get"]["security"] == []
+    assert all(p == "/healthz" or p.startswith("/v1/") for p in schema["paths"])
+
+
+def test_schemathesis_finds_no_server_errors(env: None, zoo: Path, tmp_path: Path) -> None:
+    st = Path(sys.executable).parent / "st"
+    try:
+        import schemathesis  # noqa: F401
+    except ImportError:
+        pytest.skip("schemathesis is not installed (pip install schemathesis)")
+    if not st.exists():
+        pytest.skip(f"the schemathesis CLI is not at {st} (pip install schemathesis)")
+    store = tmp_path / "store"
+    # Known names, so the fuzzer reaches the handlers behind an existing study, not only 404s.
+    (tmp_path / "schemathesis.toml").write_text(
+        '[dictionaries.names]\nvalues = ["fuzz-study", "fuzz-set"]\n'
+        '[dictionaries.tables]\nvalues = ["samples", "near_duplicates"]\n'
+        '[parameters]\n"path.name" = { dictionary = "names", probability = 0.6 }\n'
+        '"path.table" = { dictionary = "tables", probability = 0.6 }\n')
+    with serving(store, zoo, scheduler=False) as url:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            upload(client, "fuzz-set")
+            client.post("/v1/studies", json={"name": "fuzz-study", "query_set": "fuzz-set",
+                                             "deployments": ["mock-fast"], "samples": 2, "analyze": False})
+            wait_for(client, "fuzz-study", ("done",))
+        (store / "fuzz-study" / "analysis").mkdir(parents=True)
+        (store / "fuzz-study" / "analysis" / "summary.json").write_text('{"x": 1}')
+        pl.DataFrame({"a": [1, 2, 3]}).write_parquet(store / "fuzz-study" / "analysis" / "near_duplicates.parquet")
+        (store / "fuzz-study" / "report.html").write_text("<html></html>")
+        result = subprocess.run(
+            [str(st), "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
+             "--checks", "not_a_server_error", "--max-examples", "12", "--phases", "examples,coverage,fuzzing",
+             "--generation-database", "none", "--seed", "7", "--no-color", "--request-timeout", "20",
+             "--workers", "1"],  # one worker: hypothesis's lambda introspection is not thread-safe on 3.11
+            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert TOKEN not in output.replace(f"Bearer {TOKEN}", "")
