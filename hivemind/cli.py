@@ -7,7 +7,7 @@ load inside the commands that need them, so `hivemind --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -70,38 +70,37 @@ def _analyze_and_report(store: Path, study: str | None) -> None:
 
 
 StudyOption = Annotated[Optional[str], typer.Option(help="Study name (default: the latest in the store).")]
+StoreArgument = Annotated[Path, typer.Argument(help="Study store directory.")]
+
+
+def _in_store(store: Path, step: Callable[[Path, str | None], object], study: str | None) -> object:
+    """Run one pipeline step on an existing store, turning store errors into clean exits."""
+    from hivemind.store import StoreError
+
+    if not (store / "hivemind.sqlite").exists():
+        _fail(f"{store} is not a hivemind store")
+    try:
+        return step(store, study)
+    except StoreError as exc:
+        _fail(str(exc))
+        raise AssertionError("unreachable") from None
 
 
 @app.command()
-def analyze(store: Annotated[Path, typer.Argument(help="Study store directory.")], study: StudyOption = None) -> None:
+def analyze(store: StoreArgument, study: StudyOption = None) -> None:
     """Embed every response, index it, and write the analysis tables and JSON summary."""
     from hivemind.pipeline import analyze_store
-    from hivemind.store import StoreError
 
-    if not (store / "hivemind.sqlite").exists():
-        _fail(f"{store} is not a hivemind store")
-    try:
-        outputs = analyze_store(store, study)
-    except StoreError as exc:
-        _fail(str(exc))
-        return
-    console.print(f"analysis: {outputs.directory}")
+    outputs = _in_store(store, analyze_store, study)
+    console.print(f"analysis: {outputs.directory}")  # type: ignore[attr-defined]
 
 
 @app.command()
-def report(store: Annotated[Path, typer.Argument(help="Study store directory.")], study: StudyOption = None) -> None:
+def report(store: StoreArgument, study: StudyOption = None) -> None:
     """Write the self-contained HTML report (analyzing first if needed)."""
     from hivemind.pipeline import write_report
-    from hivemind.store import StoreError
 
-    if not (store / "hivemind.sqlite").exists():
-        _fail(f"{store} is not a hivemind store")
-    try:
-        path = write_report(store, study)
-    except StoreError as exc:
-        _fail(str(exc))
-        return
-    console.print(f"[bold green]report:[/] {path}")
+    console.print(f"[bold green]report:[/] {_in_store(store, write_report, study)}")
 
 
 @app.command()

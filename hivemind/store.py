@@ -15,7 +15,8 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
+
 
 from hivemind.spec import Completion, Deployment, Query, SampleRequest, StudySpec, canonical_json
 
@@ -67,35 +68,35 @@ def _migrate(connection: sqlite3.Connection) -> None:
         connection.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
 
 
-class Store:
-    """One SQLite file in a store directory; safe to share between threads of one process."""
+class JournalFile:
+    """One WAL-mode SQLite connection shared by the threads of a process, with transactions.
 
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / STORE_FILE
+    The store and the service's job tables both live in `STORE/hivemind.sqlite` through this.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
         self._db.execute("PRAGMA busy_timeout=10000")
-        with self._lock:
-            _migrate(self._db)
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE): all of it is committed or none."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -109,11 +110,22 @@ class Store:
         with self._lock:
             return self._db.execute(sql, tuple(args)).fetchall()
 
+
+class Store(JournalFile):
+    """The study journal in a store directory; safe to share between threads of one process."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        super().__init__(self.directory / STORE_FILE)
+        with self._lock:
+            _migrate(self._db)
+
     # --- studies -------------------------------------------------------------------------
     def register_study(self, spec: StudySpec, queries: list[Query], deployments: list[Deployment]) -> None:
         """Record (or refresh) a study's spec, queries and deployments before sampling."""
         now = time.time()
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO studies VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "spec_json = excluded.spec_json, updated_at = excluded.updated_at",

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hivemind.spec import StudySpec
-from hivemind.store import STORE_FILE, Store
+from hivemind.store import STORE_FILE, JournalFile, Store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS service_query_sets (
@@ -61,47 +59,18 @@ class Conflict(ValueError):
         self.message = message
 
 
-class ServiceDB:
+class ServiceDB(JournalFile):
     """The service tables, through their own connection to `STORE/hivemind.sqlite`."""
 
     def __init__(self, store_dir: str | Path) -> None:
         self.directory = Path(store_dir)
         Store(self.directory).close()  # the store's own tables first (migrations)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.directory / STORE_FILE, check_same_thread=False,
-                                   isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
+        super().__init__(self.directory / STORE_FILE)
         with self._lock:
             self._db.executescript(SCHEMA)
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> ServiceDB:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE): all of it is committed or none."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
     def rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+        return [dict(r) for r in self._rows(sql, args)]
 
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> dict[str, Any] | None:
         found = self.rows(sql, args)
