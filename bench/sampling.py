@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from hivemind.providers.base import create_provider
-from hivemind.providers.llamacpp import load_llama, render_prompt, sampling_kwargs
+from hivemind.providers.llamacpp import DEFAULT_TEMPLATE, render_prompt, sampling_kwargs
 from hivemind.providers.gguf import resolve_gguf
 from hivemind.providers.openai import chat_body
 from hivemind.sampling import Sampler, plan_requests
@@ -111,34 +113,58 @@ async def hivemind_tokens(deployment: Deployment, requests: list) -> tuple[int, 
     return tokens, time.perf_counter() - started
 
 
+_DIRECT: dict[str, Any] = {}
+
+
 def direct_tokens(deployment: Deployment, requests: list) -> tuple[int, float]:
+    """llama-cpp-python as a user would call it: its own `Llama`, loaded and called on this thread,
+    with as many threads as hivemind gives it (its default is half the cores)."""
+    from llama_cpp import Llama
+
     options = deployment.options
-    path = resolve_gguf(options, deployment.name)
-    model, _ = load_llama(str(path), int(options.get("n_ctx", 2048)), options.get("chat_format"), None)
+    if deployment.name not in _DIRECT:
+        _DIRECT[deployment.name] = Llama(
+            model_path=str(resolve_gguf(options, deployment.name)), n_ctx=int(options.get("n_ctx", 2048)),
+            chat_format=options.get("chat_format"), n_threads=os.cpu_count(), verbose=False)
+    model = _DIRECT[deployment.name]
     started, tokens = time.perf_counter(), 0
     for request in requests:
         kwargs = sampling_kwargs(request)
         if options.get("mode", "chat") == "chat":
             out = model.create_chat_completion(messages=[m.model_dump() for m in request.messages], **kwargs)
         else:
-            out = model.create_completion(render_prompt(request, "{system}Question: {prompt}\nAnswer:"), **kwargs)
+            out = model.create_completion(render_prompt(request, DEFAULT_TEMPLATE), **kwargs)
         tokens += out["usage"]["completion_tokens"]
     return tokens, time.perf_counter() - started
 
 
+def local_worker(mode: str, name: str, samples: int) -> None:
+    """One measurement in a fresh process: only this model is loaded, so nothing else competes."""
+    deployment = load_zoo().get(name).model_copy(
+        update={"params": SamplingParams(max_tokens=48, temperature=1.0)})
+    _, _, requests = study_requests(samples * 10, deployment)
+    requests = requests[:samples]
+    if mode == "hivemind":
+        asyncio.run(hivemind_tokens(deployment, requests[:1]))  # load outside the timing
+        tokens, seconds = asyncio.run(hivemind_tokens(deployment, requests))
+    else:
+        direct_tokens(deployment, requests[:1])
+        tokens, seconds = direct_tokens(deployment, requests)
+    print(tokens / seconds)
+
+
 def bench_local_models(samples: int) -> None:
-    print(f"\n## local models: tokens/s through hivemind vs llama-cpp-python directly ({samples} samples, 48 tokens max)")
+    print(f"\n## local models: tokens/s through hivemind vs llama-cpp-python directly "
+          f"({samples} samples, 48 tokens max, best of 2 alternating runs, each in a fresh process)")
     print(f"{'deployment':<30} {'hivemind tok/s':>14} {'direct tok/s':>12} {'ratio':>6}")
     for deployment in load_zoo().select(None):
-        deployment = deployment.model_copy(update={"params": SamplingParams(max_tokens=48, temperature=1.0)})
-        _, _, requests = study_requests(samples * 10, deployment)
-        requests = requests[:samples]
-        direct_tokens(deployment, requests[:1])  # load the weights once, outside the timing
-        ours = bare = 0.0
-        for _ in range(2):  # alternate and keep the best of each, so load from elsewhere cancels out
-            ours_tokens, ours_s = asyncio.run(hivemind_tokens(deployment, requests))
-            bare_tokens, bare_s = direct_tokens(deployment, requests)
-            ours, bare = max(ours, ours_tokens / ours_s), max(bare, bare_tokens / bare_s)
+        best = {"hivemind": 0.0, "direct": 0.0}
+        for _ in range(2):
+            for mode in best:
+                out = subprocess.run([sys.executable, __file__, "--local-worker", mode, deployment.name,
+                                      str(samples)], capture_output=True, text=True, check=True)
+                best[mode] = max(best[mode], float(out.stdout.strip().splitlines()[-1]))
+        ours, bare = best["hivemind"], best["direct"]
         print(f"{deployment.name:<30} {ours:>14.1f} {bare:>12.1f} {ours / bare:>6.2f}")
 
 
@@ -146,8 +172,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--skip-local", action="store_true", help="only the HTTP sampler benchmark")
+    parser.add_argument("--skip-http", action="store_true", help="only the local-model benchmark")
+    parser.add_argument("--local-worker", nargs=3, metavar=("MODE", "NAME", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    bench_sampler(500 if args.quick else 2000)
+    if args.local_worker:
+        mode, name, samples = args.local_worker
+        local_worker(mode, name, int(samples))
+        return
+    if not args.skip_http:
+        bench_sampler(500 if args.quick else 2000)
     if not args.skip_local:
         bench_local_models(3 if args.quick else 8)
 
