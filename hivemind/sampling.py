@@ -140,9 +140,9 @@ class Sampler:
     async def _attempt(self, provider: Provider, request: SampleRequest) -> tuple[Completion | None, str | None, int]:
         for attempt in range(1, self.max_attempts + 1):
             try:
-                return await asyncio.wait_for(
-                    provider.generate(request), timeout=provider.deployment.timeout_s
-                ), None, attempt
+                async with asyncio.timeout(provider.deployment.timeout_s):  # no extra task, unlike wait_for
+                    completion = await provider.generate(request)
+                return completion, None, attempt
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one bad response must never crash the study

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -254,7 +255,7 @@ class SampleRequest(Strict):
     params: SamplingParams
     deployment_identity: dict[str, Any]
 
-    @property
+    @cached_property
     def cache_key(self) -> str:
         """sha256 of the canonical JSON of every output-relevant field."""
         return sha256_hex(
