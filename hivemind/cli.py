@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hivemind.cli_common import StoreOption, ZooOption, console, fail, require_store
+
 app = typer.Typer(
     name="hivemind",
     help="Measure how alike different language models answer open-ended queries.",
@@ -21,15 +23,6 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="Inspect and check the model zoo (providers.yaml).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
-console = Console(stderr=True)
-
-StoreOption = Annotated[Path, typer.Option("--store", "-s", help="Study store directory.")]
-ZooOption = Annotated[Optional[Path], typer.Option("--zoo", help="Zoo file (default: ./providers.yaml).")]
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -47,8 +40,7 @@ def run(
     try:
         result = run_study(spec, store, progress=progress)
     except (StudyError, StoreError, QueryFileError) as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     summary = result.summary()
     console.print(
         f"[green]sampled[/] {summary['sampled_now']} now, {summary['already_sampled']} already in the store; "
@@ -63,10 +55,9 @@ def run(
 def _analyze_and_report(store: Path, study: str | None) -> None:
     from hivemind.pipeline import analyze_store, write_report
 
-    outputs = analyze_store(store, study)
-    console.print(f"analysis: {outputs.directory}")
-    report = write_report(store, study)
-    console.print(f"[bold green]report:[/] {report}")
+    outputs = _in_store(store, analyze_store, study)
+    console.print(f"analysis: {outputs.directory}")  # type: ignore[attr-defined]
+    console.print(f"[bold green]report:[/] {_in_store(store, write_report, study)}")
 
 
 StudyOption = Annotated[Optional[str], typer.Option(help="Study name (default: the latest in the store).")]
@@ -77,13 +68,11 @@ def _in_store(store: Path, step: Callable[[Path, str | None], object], study: st
     """Run one pipeline step on an existing store, turning store errors into clean exits."""
     from hivemind.store import StoreError
 
-    if not (store / "hivemind.sqlite").exists():
-        _fail(f"{store} is not a hivemind store")
+    require_store(store)
     try:
         return step(store, study)
-    except StoreError as exc:
-        _fail(str(exc))
-        raise AssertionError("unreachable") from None
+    except StoreError as exc:  # includes the analysis' "no usable responses"
+        fail(str(exc))
 
 
 @app.command()
@@ -108,9 +97,7 @@ def status(store: StoreOption = Path("hivemind-store")) -> None:
     """Samples per deployment for every study in a store."""
     from hivemind.store import Store
 
-    if not (store / "hivemind.sqlite").exists():
-        _fail(f"{store} is not a hivemind store")
-    with Store(store) as db:
+    with Store(require_store(store)) as db:
         table = Table("study", "deployment", "ok", "failed", "cost $")
         for study in db.studies():
             cost = db.total_cost(study)
@@ -127,12 +114,12 @@ def export(
     """Write each study's samples to Parquet."""
     from hivemind.store import Store, StoreError
 
-    with Store(store) as db:
+    with Store(require_store(store)) as db:
         for name in [study] if study else db.studies():
             try:
                 db.study_spec(name)
             except StoreError as exc:
-                _fail(str(exc))
+                fail(str(exc))
             print(db.export_parquet(name))
 
 
@@ -144,8 +131,7 @@ def zoo_list(zoo: ZooOption = None) -> None:
     try:
         loaded = load_zoo(zoo)
     except ZooError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     table = Table("name", "provider", "model", "family/stage", "concurrency", "key variable", "enabled")
     for d in loaded.deployments:
         lineage = "/".join(x for x in (d.family, d.stage) if x) or "-"
@@ -166,8 +152,7 @@ def zoo_check(
     try:
         deployments = load_zoo(zoo).select(names or None)
     except ZooError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     results = check_deployments(deployments)
     table = Table("deployment", "status", "latency s", "answer / error")
     for result in results:

@@ -140,7 +140,8 @@ class Sampler:
     async def _attempt(self, provider: Provider, request: SampleRequest) -> tuple[Completion | None, str | None, int]:
         for attempt in range(1, self.max_attempts + 1):
             try:
-                async with asyncio.timeout(provider.deployment.timeout_s):  # no extra task, unlike wait_for
+                limit = provider.deployment.timeout_s if provider.cancellable else None
+                async with asyncio.timeout(limit):  # no extra task, unlike wait_for
                     completion = await provider.generate(request)
                 return completion, None, attempt
             except asyncio.CancelledError:
@@ -184,12 +185,13 @@ class Sampler:
             queues[request.deployment].put_nowait(request)
             self.report.planned += 1
         with _progress(self.show_progress, {n: q.qsize() for n, q in queues.items()}) as tick:
-            workers = [
-                self._worker(self.providers[name], queue, tick)
-                for name, queue in queues.items()
-                for _ in range(min(self.providers[name].max_connections(), max(queue.qsize(), 1)))
-            ]
-            await asyncio.gather(*workers)
+            try:  # a failing worker (e.g. the disk is full) stops the others: no orphan tasks
+                async with asyncio.TaskGroup() as group:
+                    for name, queue in queues.items():
+                        for _ in range(min(self.providers[name].max_connections(), max(queue.qsize(), 1))):
+                            group.create_task(self._worker(self.providers[name], queue, tick))
+            except ExceptionGroup as failures:
+                raise failures.exceptions[0] from None
         self.report.elapsed_s = time.perf_counter() - started
         return self.report
 

@@ -8,7 +8,6 @@ error. Tables export to Parquet through polars for analysis.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -123,9 +122,15 @@ class Store(JournalFile):
 
     # --- studies -------------------------------------------------------------------------
     def register_study(self, spec: StudySpec, queries: list[Query], deployments: list[Deployment]) -> None:
-        """Record (or refresh) a study's spec, queries and deployments before sampling."""
+        """Record (or refresh) a study's spec, queries and deployments before sampling.
+
+        Queries and deployments are replaced, not merged: a rerun that narrows the study leaves
+        older rows in the journal (nothing sampled is thrown away) but out of its tables.
+        """
         now = time.time()
         with self.transaction() as db:
+            db.execute("DELETE FROM queries WHERE study = ?", (spec.name,))
+            db.execute("DELETE FROM deployments WHERE study = ?", (spec.name,))
             db.execute(
                 "INSERT INTO studies VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "spec_json = excluded.spec_json, updated_at = excluded.updated_at",
@@ -220,10 +225,17 @@ class Store(JournalFile):
 
     # --- tables --------------------------------------------------------------------------
     def samples_frame(self, study: str, *, include_errors: bool = True) -> pl.DataFrame:
-        """Every sample of a study joined with its query and deployment metadata."""
+        """The samples of a study's current spec, joined with query and deployment metadata.
+
+        Rows outside the spec (a narrowed rerun: fewer samples, other conditions) stay in the
+        journal but are not returned, so analyses never mix two versions of a study.
+        """
         import polars as pl
 
-        where = "" if include_errors else " AND s.error IS NULL"
+        spec = self.study_spec(study)
+        conditions = [c.name for c in spec.effective_conditions()]
+        where = " AND s.sample_index < ? AND s.condition IN (" + ",".join("?" * len(conditions)) + ")"
+        where += "" if include_errors else " AND s.error IS NULL"
         rows = self._rows(
             "SELECT s.study, s.query_id, q.category, q.text AS query_text, q.answer, s.deployment, "
             "d.provider, d.model AS deployment_model, d.family, d.stage, s.condition, "
@@ -233,7 +245,7 @@ class Store(JournalFile):
             "FROM samples s JOIN queries q ON q.study = s.study AND q.query_id = s.query_id "
             "JOIN deployments d ON d.study = s.study AND d.name = s.deployment "
             "WHERE s.study = ?" + where + " ORDER BY q.position, s.deployment, s.condition, s.sample_index",
-            (study,),
+            (study, spec.samples, *conditions),
         )
         schema = {
             "study": pl.Utf8, "query_id": pl.Utf8, "category": pl.Utf8, "query_text": pl.Utf8,
@@ -254,7 +266,3 @@ class Store(JournalFile):
         self.samples_frame(study).write_parquet(target)
         return target
 
-
-def load_params(params_json: str) -> dict[str, Any]:
-    """The sampling parameters a row was produced with."""
-    return json.loads(params_json)

@@ -118,9 +118,9 @@ async def sample_study(spec: StudySpec, store: Store, *, progress: bool = True) 
     """Sample whatever of `spec` the store does not hold yet (the resumable core)."""
     queries, deployments = resolve_study(spec)
     providers = prepare_providers(deployments)
-    store.register_study(spec, queries, deployments)
     planned = plan_requests(spec, queries, deployments)
-    todo = missing_requests(store, planned)
+    todo = missing_requests(store, planned)  # refuses other parameters before anything is written
+    store.register_study(spec, queries, deployments)
     sampler = Sampler(store, providers, max_attempts=spec.max_attempts,
                       budget_usd=spec.budget_usd, progress=progress)
     try:

@@ -24,6 +24,7 @@ class CheckResult:
 
 async def _check_one(deployment: Deployment) -> CheckResult:
     started = time.perf_counter()
+    provider = None
     try:
         provider = create_provider(deployment)
         provider.check_ready()
@@ -38,8 +39,9 @@ async def _check_one(deployment: Deployment) -> CheckResult:
         finally:
             await provider.aclose()
     except Exception as exc:  # report every failure as a row; the check never crashes
+        detail = f"{type(exc).__name__}: {exc}"
         return CheckResult(deployment.name, False, time.perf_counter() - started,
-                           f"{type(exc).__name__}: {exc}")
+                           provider.redact(detail) if provider else detail)
     text = completion.text.strip().replace("\n", " ")
     return CheckResult(deployment.name, bool(text), time.perf_counter() - started,
                        text or "(empty answer)")

@@ -27,8 +27,8 @@ def _count(db_path: Path) -> int:
 
 
 def test_kill_9_then_rerun_gives_exactly_one_row_per_sample(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
-    zoo = write_zoo(mock_deployment("a", latency_s=0.02, max_concurrency=2),
-                    mock_deployment("b", latency_s=0.03, max_concurrency=3))
+    zoo = write_zoo(mock_deployment("a", latency_s=0.05, max_concurrency=2),
+                    mock_deployment("b", latency_s=0.06, max_concurrency=3))
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "k", "query_set": "open-ended-v1", "max_queries": 20,
                                     "deployments": ["a", "b"], "samples": 5, "zoo": str(zoo)}))

@@ -53,15 +53,14 @@ def test_transient_errors_are_retried_honouring_retry_after(tmp_path: Path, writ
     assert run.sampling.retries == 4
 
 
-def test_a_failing_deployment_records_errors_and_spares_the_others(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
+def test_a_failing_deployment_records_errors_and_spares_the_others(
+    tmp_path: Path, write_zoo: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     zoo = write_zoo(mock_deployment("down", fail_rate=1.0, error_status=500), mock_deployment("up"),
                     mock_deployment("bad-request", fail_rate=1.0, error_status=400))
     spec = _spec(zoo, ["down", "up", "bad-request"], samples=2, max_queries=3, max_attempts=3)
-    Sampler.backoff = lambda self, provider, exc, attempt: 0.0  # type: ignore[method-assign]
-    try:
-        run = run_study(spec, tmp_path / "s", progress=False)
-    finally:
-        del Sampler.backoff
+    monkeypatch.setattr(Sampler, "backoff", lambda self, provider, exc, attempt: 0.0)
+    run = run_study(spec, tmp_path / "s", progress=False)
     rows = _rows(tmp_path / "s")
     by = {name: [r for r in rows if r["deployment"] == name] for name in ("down", "up", "bad-request")}
     assert all(r["error"] and "500" in r["error"] and r["attempts"] == 3 for r in by["down"])
@@ -90,8 +89,22 @@ def test_changed_parameters_under_one_study_are_refused(tmp_path: Path, write_zo
     run_study(_spec(zoo, ["m"], params={"temperature": 1.0}), tmp_path / "s", progress=False)
     with pytest.raises(StoreError, match="other parameters"):
         run_study(_spec(zoo, ["m"], params={"temperature": 0.5}), tmp_path / "s", progress=False)
+    with Store(tmp_path / "s") as store:
+        assert store.study_spec("study").params.temperature == 1.0, "a refused rerun changed the spec"
     more = run_study(_spec(zoo, ["m"], params={"temperature": 1.0}, samples=6), tmp_path / "s", progress=False)
     assert more.sampling.sampled == 5 * 2, "raising K samples only the new indices"
+
+
+def test_a_narrowed_rerun_is_not_mixed_with_older_rows(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
+    zoo = write_zoo(mock_deployment("m1"), mock_deployment("m2"), mock_deployment("m3"))
+    run_study(_spec(zoo, ["m1", "m2"], samples=4), tmp_path / "s", progress=False)
+    run_study(_spec(zoo, ["m3"], samples=2, max_queries=3), tmp_path / "s", progress=False)
+    with Store(tmp_path / "s") as store:
+        frame = store.samples_frame("study")
+    assert set(frame["deployment"]) == {"m3"} and frame.height == 3 * 2
+    assert len(_rows(tmp_path / "s")) == 5 * 2 * 4 + 6, "older samples stay in the journal"
+    back = run_study(_spec(zoo, ["m1", "m2"], samples=4), tmp_path / "s", progress=False)
+    assert back.sampling.sampled == 0, "widening again reuses what was sampled"
 
 
 def test_budget_stops_sampling_cleanly(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:

@@ -62,6 +62,9 @@ class Provider(ABC):
     """One instance per deployment, shared by all of its requests."""
 
     name: ClassVar[str]
+    cancellable: ClassVar[bool] = True
+    """Whether abandoning a request stops its work. In-process models are not: a timed-out call
+    would keep the model busy and every retry would queue behind it, so they get no timeout."""
 
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment

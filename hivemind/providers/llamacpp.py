@@ -82,6 +82,8 @@ def render_prompt(request: SampleRequest, template: str) -> str:
 class LlamaCppProvider(Provider):
     """A GGUF model loaded in this process."""
 
+    cancellable = False  # generation is bounded by max_tokens, not by a timeout
+
     def __init__(self, deployment: Deployment) -> None:
         super().__init__(deployment)
         mode = deployment.options.get("mode", "chat")
