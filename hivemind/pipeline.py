@@ -4,6 +4,10 @@
 the `EmbeddingCache` at `STORE/embeddings.sqlite` (a re-analysis embeds nothing twice), runs
 every analysis (`hivemind.analysis`) and writes `STORE/<study>/analysis/<table>.parquet` and
 `summary.json`. `write_report` turns that directory into `STORE/<study>/report.html`.
+
+The REST service serves these files while they are being rewritten, so every one of them is
+written to a temporary name in its own directory and renamed into place (`atomic_write`): a
+reader sees the old file or the whole new one, never half of one.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import platform
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +68,45 @@ class AnalysisOutputs:
         raise AttributeError(f"{type(self).__name__} has no attribute or table {name!r}")
 
 
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Write `path` atomically: `write(tmp)` fills a temporary file in the same directory,
+    which `os.replace` then puts in place (a rename on one file system: readers see the old
+    file or the new one). On error the temporary file is removed and `path` is untouched.
+
+    The temporary name is hidden and ends in `.tmp`, so a `*.parquet` glob never picks it up.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # created by `write`: usual mode
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """`atomic_write` of a UTF-8 text."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def samples_fingerprint(samples: pl.DataFrame) -> dict[str, Any]:
+    """What an analysis was computed from: successful rows, all rows, latest write time.
+
+    A retried error is updated in place (the row count does not change, its `created_at`
+    does), so the count alone cannot tell a stale analysis from a current one.
+    """
+    import polars as pl
+
+    latest = samples["created_at"].max() if "created_at" in samples.columns and samples.height else None
+    return {
+        "n_ok": int(samples.filter(pl.col("error").is_null()).height),
+        "n_rows": samples.height,
+        "max_created_at": None if latest is None else float(latest),  # type: ignore[arg-type]
+    }
+
+
 def versions() -> dict[str, str]:
     """hivemind, Python and the installed key packages (not imported)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -104,13 +150,15 @@ def _clean(value: Any) -> Any:
 
 
 def _exclusions(samples: pl.DataFrame, analysed: int) -> dict[str, int]:
-    """How many samples were left out and why: errors, empty texts, equal-K subsampling."""
+    """How many samples were left out and why: errors, empty texts (nothing left once the
+    reasoning is removed counts as empty), equal-K subsampling."""
     import polars as pl
 
+    from hivemind.analysis.data import answer_texts
+
     failed = int(samples["error"].is_not_null().sum())
-    empty = int(samples.filter(
-        pl.col("error").is_null() & pl.col("text").fill_null("").str.strip_chars().eq("")
-    ).height)
+    answers = answer_texts(samples["text"].cast(pl.Utf8)).fill_null("").str.strip_chars()
+    empty = int((samples["error"].is_null() & answers.eq("")).sum())
     return {"n_failed": failed, "n_empty": empty,
             "n_dropped_for_equal_k": samples.height - failed - empty - analysed}
 
@@ -143,7 +191,9 @@ def analyze_store(
 
     `study=None` takes the latest study in the store. `embedder` is a sentence-transformers
     name or path, or an `Embedder`; None uses the study spec's (default all-MiniLM-L6-v2).
-    `threshold` is the cosine for near-duplicate pairs and equivalence classes.
+    `threshold` is the cosine for near-duplicate pairs and equivalence classes. `use_gpu`
+    runs the corpus-wide near-duplicate search (FAISS) on a GPU: None uses one when faiss
+    sees one, False never does, True requires it.
     """
     from hivemind.analysis import analyze_responses, prepare_responses
     from hivemind.embed import EmbeddingCache, embed_texts
@@ -165,7 +215,7 @@ def analyze_store(
     vectors = embed_texts(responses["text"].to_list(), model, cache)
     result = analyze_responses(
         responses, vectors, deployments=spec.deployments, conditions=conditions, threshold=threshold,
-        n_boot=n_boot, n_perm=n_perm, draws=draws, seed=seed, lexical=lexical,
+        n_boot=n_boot, n_perm=n_perm, draws=draws, seed=seed, lexical=lexical, use_gpu=use_gpu,
     )
     tables = dict(result.tables)
     tables["k_per_query"] = k_table
@@ -176,7 +226,7 @@ def analyze_store(
     directory = store_dir / study / ANALYSIS_DIR
     directory.mkdir(parents=True, exist_ok=True)
     for name, frame in tables.items():
-        frame.write_parquet(directory / f"{name}.parquet")
+        atomic_write(directory / f"{name}.parquet", frame.write_parquet)
     summary = {
         "study": study,
         "store": str(store_dir.resolve()),
@@ -185,31 +235,40 @@ def analyze_store(
         "embedder": {"name": getattr(model, "model_name", str(model)), "id": model.embedder_id},
         "versions": versions(),
         "n_samples": samples.height,
+        "samples_fingerprint": samples_fingerprint(samples),
         **_exclusions(samples, responses.height),
         **result.summary,
         "tables": sorted(tables),
     }
     summary = _clean(summary)
-    (directory / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    # written last: a summary never describes tables that are not in place yet
+    atomic_write_text(directory / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     return AnalysisOutputs(directory, study, summary, tables, responses, vectors)
 
 
 def write_report(store_dir: str | Path, study: str | None = None) -> Path:
     """Write `STORE/<study>/report.html`, analysing the study first when it has no analysis
-    or its analysis predates samples added since (default analysis settings)."""
+    or its analysis predates the samples (default analysis settings).
+
+    Up to date means the same `samples_fingerprint`: rows added, and errors retried in place
+    (same row count, new `created_at`), both make the analysis stale.
+    """
     from hivemind.report import load_analysis, render_report
 
     store_dir = Path(store_dir)
     with Store(store_dir) as store:
         study = study or latest_study(store)
         store.study_spec(study)  # a clear error for an unknown study
-        n_samples = sum(c["ok"] + c["failed"] for c in store.progress(study).values())
+        fingerprint = samples_fingerprint(store.samples_frame(study))
     directory = store_dir / study / ANALYSIS_DIR
     summary_path = directory / "summary.json"
-    stale = not summary_path.exists() or json.loads(summary_path.read_text()).get("n_samples") != n_samples
-    if stale:  # never analysed, or sampled further since
+    stale = True
+    if summary_path.exists():
+        try:
+            stale = json.loads(summary_path.read_text()).get("samples_fingerprint") != fingerprint
+        except (OSError, ValueError):
+            stale = True
+    if stale:  # never analysed, or sampled (or retried) since
         analyze_store(store_dir, study)
     summary, tables = load_analysis(directory)
-    path = store_dir / study / REPORT_FILE
-    path.write_text(render_report(summary, tables), encoding="utf-8")
-    return path
+    return atomic_write_text(store_dir / study / REPORT_FILE, render_report(summary, tables))

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 MAX_TABLE_ROWS = 200
 MAX_NEAR_DUPLICATES = 25
+MAX_CROSS_QUERY_DUPLICATES = 15
+SNIPPET_CHARS = 240
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1180px;
@@ -151,6 +153,36 @@ def near_duplicate_pairs(frame: pl.DataFrame | None, total: int, limit: int = MA
     return "".join(parts)
 
 
+def _snippet(text: str | None, limit: int = SNIPPET_CHARS) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def cross_query_duplicates(frame: pl.DataFrame | None, total: int, limit: int = MAX_CROSS_QUERY_DUPLICATES) -> str:
+    """Near-duplicate pairs from the corpus-wide search whose responses answer different
+    queries (the within-query pairs are shown above): a small table, texts shortened."""
+    import polars as pl
+
+    none = ('<p class="note">No pair of responses to different queries from different deployments '
+            "reached the threshold.</p>")
+    if frame is None or frame.height == 0 or "same_query" not in frame.columns:
+        return none
+    cross = frame.filter(~pl.col("same_query"))
+    if cross.height == 0:
+        return none
+    top = cross.head(limit)
+    shown = top.select(
+        "cosine",
+        pl.col("deployment_a").alias("deployment a"), pl.col("query_id_a").alias("query a"),
+        pl.Series("text a", [_snippet(t) for t in top["text_a"].to_list()], dtype=pl.Utf8),
+        pl.col("deployment_b").alias("deployment b"), pl.col("query_id_b").alias("query b"),
+        pl.Series("text b", [_snippet(t) for t in top["text_b"].to_list()], dtype=pl.Utf8),
+    )
+    note = (f'<p class="note">{total} pairs of responses to different queries in all (whole corpus, FAISS '
+            f"search); the {shown.height} most similar (full texts in near_duplicates_corpus.parquet):</p>")
+    return note + table(shown, max_rows=limit)
+
+
 def _wide_summary(frame: pl.DataFrame, condition: str | None) -> pl.DataFrame | None:
     if frame.height == 0:
         return None
@@ -231,8 +263,12 @@ def render_report(summary: dict[str, Any], tables: dict[str, pl.DataFrame]) -> s
     parts.append(_img(figures.nn_counts(get("nn_counts"), base), "distinct deployments among nearest neighbours"))
     sections.append("".join(parts))
 
+    head = summary.get("headline") or {}
     sections.append("<h2>Near-duplicate pairs across deployments</h2>"
-                    + near_duplicate_pairs(get("near_duplicates"), int((summary.get("headline") or {}).get("near_duplicate_pairs", 0))))
+                    + near_duplicate_pairs(get("near_duplicates"), int(head.get("near_duplicate_pairs") or 0))
+                    + "<h3>Across different queries</h3>"
+                    + cross_query_duplicates(get("near_duplicates_corpus"),
+                                             int(head.get("near_duplicate_pairs_cross_query") or 0)))
 
     sections.append("<h2>Per-category breakdown</h2>"
                     + _img(figures.categories(get("categories"), base), "per-category similarity")

@@ -317,3 +317,105 @@ def test_summary_headline_is_json_ready() -> None:
     assert h["hivemind_gap"]["estimate"] == pytest.approx(1.0)
     assert h["share_queries_intra_above_0.8"] == {"a": 0.0, "b": 0.0}
     assert result.tables["lexical" if "lexical" in result.tables else "diversity"].height == 12
+
+
+def test_prepare_scores_the_answer_not_the_reasoning() -> None:
+    from hivemind.pipeline import _exclusions
+
+    texts = ["<think>Let me weigh the options at length.</think>\n\nParis.", "<think>only thinking</think>",
+             "<think>never finished", "Plain answer.", "Berlin.", "  Madrid. "]
+    samples = pl.DataFrame({"query_id": ["q"] * 6, "deployment": ["a"] * 3 + ["b"] * 3,
+                            "condition": ["default"] * 6, "sample_index": [0, 1, 2, 0, 1, 2],
+                            "text": texts, "error": [None] * 6}, schema_overrides={"error": pl.Utf8})
+    responses, k = prepare_responses(samples)
+    # a: one answer left (two were all reasoning) -> arm dropped; b keeps its texts unchanged
+    assert responses["text"].to_list() == ["Plain answer.", "Berlin.", "  Madrid. "]
+    assert k["arms_dropped"][0] == 1
+    assert _exclusions(samples, responses.height) == {"n_failed": 0, "n_empty": 2, "n_dropped_for_equal_k": 1}
+    both = prepare_responses(samples.with_columns(pl.lit("a").alias("deployment")))[0]
+    assert both["text"].to_list()[:1] == ["Paris."]  # the answer only, whitespace trimmed
+    assert not any("think" in t for t in both["text"].to_list())
+
+
+def test_k_per_deployment_counts_k_not_rows_when_an_arm_is_dropped() -> None:
+    d = Design()
+    for q in range(2):
+        for condition in ("default", "hot"):
+            for dep in ("a", "b"):
+                # q1/hot/b has a single response: that arm is dropped, K stays 3 everywhere
+                d.arm(f"q{q}", dep, 1 if (q, condition, dep) == (1, "hot", "b") else 3, 0.5,
+                      condition=condition)
+    frame = pl.DataFrame(d.rows, schema_overrides={"answer": pl.Utf8, "family": pl.Utf8, "stage": pl.Utf8})
+    responses, _ = prepare_responses(frame, condition_order=["default", "hot"])
+    key = ["query_id", "condition", "deployment", "sample_index"]
+    position = {k: i for i, k in enumerate(frame.select(key).rows())}
+    X = np.asarray(d.vectors, dtype=np.float32)[[position[k] for k in responses.select(key).rows()]]
+    assert responses.filter(pl.col("query_id") == "q1").height == 9  # 9 // (2 x 2) would say K = 2
+    summary = analyze_responses(responses, X, **FAST).summary
+    assert summary["k_per_deployment"] == {"min": 3, "max": 3}
+
+
+def test_random_baseline_is_the_exact_cross_query_mean_with_a_query_bootstrap_ci() -> None:
+    rng = np.random.default_rng(5)
+    d = Design(dim=64)
+    shared = d.axis()
+    for q in range(6):  # queries lean on a shared direction by different amounts: cross-query
+        lean = rng.uniform(0.0, 0.9)  # similarity varies from one query pair to another
+        for s in range(8):
+            noise = rng.standard_normal(64)
+            d.vectors.append(lean * 3 * shared + noise / np.linalg.norm(noise))
+            d.rows.append({"query_id": f"q{q}", "category": "c", "query_text": "t", "answer": None,
+                           "deployment": "a", "family": None, "stage": None, "condition": "default",
+                           "sample_index": s, "text": f"{q} {s}", "error": None})
+    responses, X = d.prepared()
+    U = X.astype(np.float64) / np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
+    query = responses["query_id"].to_numpy()
+    S = U @ U.T
+    cross = query[:, None] != query[None, :]
+    row = random_pair_baseline(responses, X, n_pairs=5000, n_boot=2000).row(0, named=True)
+    assert row["similarity"] == pytest.approx(S[cross].mean(), abs=1e-9)  # exact, not a sample
+    assert row["n_pairs"] == cross.sum() // 2 and row["n_queries"] == 6
+    assert row["ci_lo"] < row["similarity"] < row["ci_hi"]
+    # pairs reuse responses and share query topics: the interval must reflect the spread of
+    # query-pair means, far wider than mean +- 1.96 SE over 5000 "independent" pairs
+    naive_half = 1.96 * S[cross].std() / np.sqrt(5000)
+    assert (row["ci_hi"] - row["ci_lo"]) / 2 > 5 * naive_half
+    # and it is a bootstrap over queries: the same with the queries' responses shuffled
+    shuffled = responses.sample(fraction=1.0, shuffle=True, seed=1)
+    again = random_pair_baseline(shuffled, X, n_pairs=5000, n_boot=2000).row(0, named=True)
+    assert again["similarity"] == pytest.approx(row["similarity"], abs=1e-9)
+
+
+def test_corpus_near_duplicates_find_copies_across_queries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hivemind.index
+
+    d = Design()
+    for q in range(3):
+        d.arm(f"q{q}", "a", 3, 0.3)
+        d.arm(f"q{q}", "b", 3, 0.3)
+    d.vectors[15] = d.vectors[0].copy()  # q2/b #0 repeats q0/a #0
+    d.rows[15] = dict(d.rows[15], text=d.rows[0]["text"])
+    d.vectors[4] = d.vectors[1].copy()  # within q0: b #1 repeats a #1
+    responses, X = d.prepared()
+    seen: list[Any] = []
+    real = hivemind.index.near_duplicate_pairs
+
+    def spy(*args: Any, **kwargs: Any) -> pl.DataFrame:
+        seen.append((args[2] is None, kwargs.get("use_gpu")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hivemind.index, "near_duplicate_pairs", spy)
+    result = analyze_responses(responses, X, threshold=0.95, use_gpu=False, **FAST)
+    assert sorted(seen) == [(False, False), (True, False)]  # within-query and corpus, use_gpu passed on
+    within, corpus = result.tables["near_duplicates"], result.tables["near_duplicates_corpus"]
+    assert within.select("i", "j").rows() == [(1, 4)]
+    assert corpus.select("i", "j", "same_query").rows() == [(0, 15, False), (1, 4, True)]  # cross-query first
+    top = corpus.row(0, named=True)
+    assert (top["query_id_a"], top["query_id_b"]) == ("q0", "q2")
+    assert (top["deployment_a"], top["deployment_b"]) == ("a", "b")
+    assert top["text_a"] == top["text_b"] == "a says q0 number 0" and top["cosine"] == pytest.approx(1.0)
+    h = result.summary["headline"]
+    counts = (h["near_duplicate_pairs"], h["near_duplicate_pairs_corpus"], h["near_duplicate_pairs_cross_query"])
+    assert counts == (1, 2, 1)
+    capped = analyze_responses(responses, X, threshold=0.95, max_near_duplicates=1, **FAST)
+    assert capped.tables["near_duplicates_corpus"].select("i", "j").rows() == [(0, 15)]

@@ -47,8 +47,24 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return corpus, queries
 
 
-def test_gpu_available_is_a_bool() -> None:
-    assert isinstance(gpu_available(), bool)
+def test_gpu_available_follows_faiss_and_decides_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    import faiss
+
+    expected = int(faiss.get_num_gpus()) > 0 if hasattr(faiss, "get_num_gpus") else False
+    assert gpu_available() is expected
+    assert VectorIndex(8).on_gpu is expected  # use_gpu=None: a GPU exactly when faiss sees one
+    assert VectorIndex(8, use_gpu=False).on_gpu is False
+    if not expected:
+        with pytest.raises(RuntimeError, match="no GPU"):
+            VectorIndex(8, use_gpu=True)
+
+    def broken() -> int:
+        raise RuntimeError("CUDA driver version is insufficient")
+
+    monkeypatch.setattr(faiss, "get_num_gpus", broken, raising=False)
+    assert gpu_available() is False  # a broken driver means CPU, not a crash
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
+    assert gpu_available() is True
 
 
 def test_exact_cosines_is_order_independent() -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Callable
@@ -20,7 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from hivemind.embed import Embedder, EmbeddingCache  # noqa: E402
-from hivemind.pipeline import CACHE_FILE, analyze_store, write_report  # noqa: E402
+from hivemind.pipeline import CACHE_FILE, analyze_store, atomic_write, atomic_write_text, write_report  # noqa: E402
+from hivemind.report import cross_query_duplicates  # noqa: E402
 from hivemind.spec import StudySpec  # noqa: E402
 from hivemind.study import run_study  # noqa: E402
 from tests.conftest import mock_deployment  # noqa: E402
@@ -31,7 +33,8 @@ FAST = {"n_boot": 300, "n_perm": 200}
 TABLES = {"pairs", "query_similarity", "bins", "matrix", "clusters", "random_baseline", "nn_counts",
           "categories", "verbatim_overlap", "overlap_vs_semantic", "gap_tests", "ensemble",
           "ensemble_per_query", "hivemind_gap", "diversity", "diversity_summary", "quality",
-          "quality_split", "conditions", "lineage", "near_duplicates", "k_per_query", "responses"}
+          "quality_split", "conditions", "lineage", "near_duplicates", "near_duplicates_corpus", "k_per_query",
+          "responses"}
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 IMG_SRC = re.compile(r'<img\b[^>]*\bsrc="([^"]*)"', re.IGNORECASE)
 
@@ -106,7 +109,8 @@ def test_report_is_self_contained(store: Path, embedder: Embedder) -> None:
     sizes = _decoded_images(text)
     assert len(sizes) >= 7 and all(w > 50 and h > 50 for w, h in sizes)
     for heading in ("Headline", "Deployment x deployment", "Ensemble diversity", "Near-duplicate pairs",
-                    "Per-category breakdown", "Lexical beside semantic", "Study spec", "Provenance"):
+                    "Across different queries", "Per-category breakdown", "Lexical beside semantic",
+                    "Study spec", "Provenance"):
         assert heading in text
     assert embedder.embedder_id in text and "creative-writing" in text and "&quot;mock-b&quot;" in text
 
@@ -114,15 +118,86 @@ def test_report_is_self_contained(store: Path, embedder: Embedder) -> None:
 def test_write_report_analyses_when_missing_or_stale(tmp_path: Path, embedder: Embedder) -> None:
     spec = StudySpec(name="late", query_set="open-ended-v1", deployments=["mock-a"], samples=2, max_queries=2)
     run_study(spec, tmp_path, progress=False)
+    db = sqlite3.connect(tmp_path / "hivemind.sqlite")
+    first = "(SELECT MIN(rowid) FROM samples WHERE study = 'late')"
+    with db:  # one sample ended in an error
+        db.execute(f"UPDATE samples SET error = 'HTTP 500', text = NULL WHERE rowid = {first}")
     path = write_report(tmp_path, "late")  # no analysis yet: analyses with the defaults
     summary_path = tmp_path / "late" / "analysis" / "summary.json"
-    assert path.exists() and json.loads(summary_path.read_text())["n_responses"] == 4
+    summary = json.loads(summary_path.read_text())
+    assert path.exists() and summary["n_failed"] == 1 and summary["n_responses"] == 2  # its arm has 1 < 2
     stamp = summary_path.stat().st_mtime_ns
     write_report(tmp_path, "late")
     assert summary_path.stat().st_mtime_ns == stamp  # up to date: not analysed again
+    with db:  # the error is retried in place: same row count, new text and created_at
+        db.execute(f"UPDATE samples SET error = NULL, text = 'A retried answer.', "
+                   f"created_at = created_at + 1 WHERE rowid = {first}")
+    db.close()
+    write_report(tmp_path, "late")
+    summary = json.loads(summary_path.read_text())
+    assert summary["n_failed"] == 0 and summary["n_responses"] == 4  # retried: re-analysed
     run_study(spec.model_copy(update={"samples": 3}), tmp_path, progress=False)
     write_report(tmp_path)
     assert json.loads(summary_path.read_text())["n_responses"] == 6  # sampled further: re-analysed
+    assert not list((tmp_path / "late").rglob("*.tmp"))
+
+
+def test_outputs_are_replaced_atomically(store: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hivemind.index
+
+    renames: list[tuple[Path, Path]] = []
+    real_replace = os.replace
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        renames.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    calls: list[bool | None] = []
+    real_pairs = hivemind.index.near_duplicate_pairs
+
+    def pairs(*args: object, **kwargs: object) -> pl.DataFrame:
+        calls.append(kwargs.get("use_gpu"))  # type: ignore[arg-type]
+        return real_pairs(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(hivemind.index, "near_duplicate_pairs", pairs)
+    out = analyze_store(store, embedder=embedder, use_gpu=False, **FAST)
+    assert calls == [False, False]  # within-query and corpus-wide searches, use_gpu passed on
+    report = write_report(store)
+    targets = {dst for _, dst in renames}
+    written = {out.directory / f"{name}.parquet" for name in out.tables} | {out.directory / "summary.json", report}
+    assert written <= targets
+    for src, dst in renames:  # a hidden temporary in the same directory, never a *.parquet
+        assert src.parent == dst.parent and src.name.startswith(".") and src.suffix == ".tmp"
+    assert renames[-2][1].name == "summary.json"  # after every table
+    assert not list(store.rglob("*.tmp"))
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+
+    def broken(tmp: Path) -> None:
+        tmp.write_text("half of the n")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_cross_query_duplicates_table() -> None:
+    frame = pl.DataFrame({
+        "same_query": [False, True], "cosine": [0.99, 0.98], "deployment_a": ["m1", "m1"],
+        "query_id_a": ["q1", "q3"], "text_a": ["x" * 1000, "same"], "deployment_b": ["m2", "m2"],
+        "query_id_b": ["q2", "q3"], "text_b": ["<b>copied</b>", "same"],
+    })
+    text = cross_query_duplicates(frame, 1)
+    assert "q1" in text and "q2" in text and "q3" not in text  # pairs within one query are not shown
+    assert "&lt;b&gt;copied&lt;/b&gt;" in text and "x" * 300 not in text  # escaped, shortened
+    assert "No pair" in cross_query_duplicates(frame.filter(pl.col("same_query")), 0)
 
 
 def test_report_renders_in_headless_chromium(store: Path, embedder: Embedder, tmp_path: Path) -> None:

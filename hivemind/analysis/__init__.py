@@ -24,7 +24,13 @@ from hivemind.analysis.ensemble import (
 )
 from hivemind.analysis.lexical import diversity_summary, diversity_table
 from hivemind.analysis.quality import correctness, quality_split, quality_table
-from hivemind.analysis.run import EQUAL_K_RULE, AnalysisResult, analyze_responses, near_duplicates
+from hivemind.analysis.run import (
+    EQUAL_K_RULE,
+    AnalysisResult,
+    analyze_responses,
+    corpus_near_duplicates,
+    near_duplicates,
+)
 from hivemind.analysis.significance import gap_permutation_test, gap_tests
 from hivemind.analysis.similarity import (
     category_breakdown,
@@ -49,6 +55,7 @@ __all__ = [
     "category_breakdown",
     "cluster_deployments",
     "conditions_view",
+    "corpus_near_duplicates",
     "correctness",
     "deployment_matrix",
     "diversity_summary",

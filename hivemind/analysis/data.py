@@ -2,7 +2,11 @@
 
 Rules (applied once, here, so every table agrees):
 
-* Only successful rows (`error` is null) with non-empty text (after stripping) are analysed.
+* Chain-of-thought is not the answer: `<think>...</think>` blocks (and an unclosed or
+  unopened block, `hivemind.verify.strip_reasoning`) are removed from `text` before anything
+  is scored, so embeddings, lexical metrics and near-duplicates see the answer only.
+* Only successful rows (`error` is null) with non-empty text (after removing reasoning and
+  surrounding whitespace) are analysed.
 * **Equal K.** For each query, every (deployment, condition) arm keeps the same number of
   responses: K_q = the smallest count among the arms that have at least two usable responses
   on that query. Arms with fewer than two are dropped from that query (an arm with one response
@@ -32,6 +36,33 @@ def _first_seen(values: list[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def answer_text(text: str | None) -> str | None:
+    """The scored part of a response: reasoning blocks removed (METRICS.md).
+
+    Texts without a think tag come back unchanged (their embeddings stay cached); texts with
+    one lose the reasoning and the whitespace around the answer. "" means nothing is left.
+    """
+    if text is None:
+        return None
+    from hivemind.verify import strip_reasoning
+
+    answer = strip_reasoning(text)
+    return text if answer == text else answer.strip()
+
+
+def answer_texts(texts: pl.Series) -> pl.Series:
+    """`answer_text` over a string column (only rows mentioning a think tag are touched)."""
+    import polars as pl
+
+    tagged = texts.str.contains("(?i)</?think>").fill_null(False)
+    if not tagged.any():
+        return texts
+    values = texts.to_list()
+    for i in tagged.arg_true().to_list():
+        values[i] = answer_text(values[i])
+    return pl.Series(texts.name, values, dtype=pl.Utf8)
+
+
 def prepare_responses(
     samples: pl.DataFrame,
     *,
@@ -41,9 +72,10 @@ def prepare_responses(
     """(responses, k_table): the usable, K-equalised responses, and K per query.
 
     `samples` needs query_id, deployment, condition, sample_index, text; error, category,
-    query_text, answer, family and stage are used when present. The returned frame is sorted by
-    query (first appearance), condition, deployment (spec order when given) and sample_index,
-    and carries a `row` column 0..n-1. `k_table` has one row per query: query_id, k,
+    query_text, answer, family and stage are used when present. `text` comes back with
+    reasoning removed (`answer_text`); a response that was all reasoning counts as empty.
+    The returned frame is sorted by query (first appearance), condition, deployment (spec
+    order when given) and sample_index, and carries a `row` column 0..n-1. `k_table` has one row per query: query_id, k,
     arms_kept, arms_dropped.
     """
     import polars as pl
@@ -53,6 +85,7 @@ def prepare_responses(
                         ("answer", pl.Utf8), ("family", pl.Utf8), ("stage", pl.Utf8)):
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(name))
+    frame = frame.with_columns(answer_texts(frame["text"].cast(pl.Utf8)).alias("text"))
     frame = frame.filter(
         pl.col("error").is_null()
         & pl.col("text").is_not_null()

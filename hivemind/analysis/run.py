@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemind.analysis.conditions import baseline_condition, conditions_view, lineage_view
-from hivemind.analysis.data import build_groups, ordered, unit_rows
+from hivemind.analysis.data import Group, build_groups, ordered, unit_rows
 from hivemind.analysis.ensemble import ensemble_curves, ensemble_per_query, hivemind_gap
 from hivemind.analysis.lexical import diversity_summary, diversity_table
 from hivemind.analysis.quality import correctness, quality_split, quality_table
@@ -51,6 +51,33 @@ class AnalysisResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def _embedded(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unit float32 rows of the vectors that have a direction, their row numbers)."""
+    X = unit_rows(vectors)
+    keep = np.flatnonzero(np.linalg.norm(X, axis=1) > 0.5)  # zero vectors have no direction
+    return np.ascontiguousarray(X[keep], dtype=np.float32), keep
+
+
+def _found_pairs(
+    responses: pl.DataFrame, vectors: np.ndarray, threshold: float, groups: list[str] | None,
+    use_gpu: bool | None,
+) -> pl.DataFrame:
+    """`hivemind.index.near_duplicate_pairs` on the responses, i and j as response rows."""
+    import polars as pl
+
+    from hivemind.index import near_duplicate_pairs
+
+    X, keep = _embedded(vectors)
+    deployments = responses["deployment"].to_list()
+    found = near_duplicate_pairs(
+        X, [deployments[int(i)] for i in keep], None if groups is None else [groups[int(i)] for i in keep],
+        threshold, use_gpu=use_gpu,
+    )
+    back = dict(enumerate(keep.tolist()))
+    return found.with_columns(pl.col("i").replace_strict(back, return_dtype=pl.Int64),
+                              pl.col("j").replace_strict(back, return_dtype=pl.Int64))
+
+
 def near_duplicates(
     responses: pl.DataFrame, vectors: np.ndarray, threshold: float, max_rows: int = 2000,
     use_gpu: bool | None = None,
@@ -62,17 +89,8 @@ def near_duplicates(
     """
     import polars as pl
 
-    from hivemind.index import near_duplicate_pairs
-
-    X = unit_rows(vectors)
-    keep = np.flatnonzero(np.linalg.norm(X, axis=1) > 0.5)  # zero vectors have no direction
     groups = [f"{q}\x00{c}" for q, c in zip(responses["query_id"].to_list(), responses["condition"].to_list())]
-    found = near_duplicate_pairs(
-        np.ascontiguousarray(X[keep], dtype=np.float32),
-        [responses["deployment"][int(i)] for i in keep], [groups[int(i)] for i in keep], threshold,
-        use_gpu=use_gpu,
-    ).with_columns(pl.col("i").replace_strict(dict(enumerate(keep.tolist())), return_dtype=pl.Int64),
-                   pl.col("j").replace_strict(dict(enumerate(keep.tolist())), return_dtype=pl.Int64))
+    found = _found_pairs(responses, vectors, threshold, groups, use_gpu)
     total = found.height
     found = found.sort(["cosine", "i", "j"], descending=[True, False, False]).head(max_rows)
     side = responses.select("row", "query_id", "category", "query_text", "condition", "deployment",
@@ -86,6 +104,44 @@ def near_duplicates(
                 "deployment_b", "sample_index_b", "cosine", "text_a", "text_b", "i", "j")
     )
     return out, total
+
+
+def corpus_near_duplicates(
+    responses: pl.DataFrame, vectors: np.ndarray, threshold: float, max_rows: int = 2000,
+    use_gpu: bool | None = None,
+) -> tuple[pl.DataFrame, int, int]:
+    """Cross-deployment pairs with cosine >= threshold anywhere in the corpus.
+
+    The whole corpus (every query and condition) is searched at once with the FAISS
+    `VectorIndex` (`near_duplicate_pairs` without groups; on GPU when `use_gpu` allows).
+    Pairs whose responses answer *different* queries - one model's answer recurring word
+    for word under another model on another prompt - are what the within-query table cannot
+    show, so they come first (`same_query` false), then pairs within one query; each part
+    sorted by cosine, most similar first, and the whole capped at `max_rows`. Returns
+    (table, total pairs, pairs across different queries). Columns: same_query, cosine, then
+    query_id, condition, deployment, sample_index and text of each side (_a, _b), the query
+    texts, and the response rows i, j.
+    """
+    import polars as pl
+
+    found = _found_pairs(responses, vectors, threshold, None, use_gpu)
+    side = responses.select("row", "query_id", "query_text", "condition", "deployment", "sample_index", "text")
+    names = [c for c in side.columns if c != "row"]
+    a = side.select("row", *[pl.col(c).alias(f"{c}_a") for c in names])
+    b = side.select("row", *[pl.col(c).alias(f"{c}_b") for c in names])
+    out = (
+        found.join(a, left_on="i", right_on="row", how="left")
+        .join(b, left_on="j", right_on="row", how="left")
+        .with_columns((pl.col("query_id_a") == pl.col("query_id_b")).alias("same_query"))
+    )
+    total = out.height
+    cross = int((~out["same_query"]).sum()) if total else 0
+    out = out.sort(["same_query", "cosine", "i", "j"], descending=[False, True, False, False]).head(max_rows)
+    return out.select(
+        "same_query", "cosine", "query_id_a", "condition_a", "deployment_a", "sample_index_a",
+        "query_id_b", "condition_b", "deployment_b", "sample_index_b", "text_a", "text_b",
+        "query_text_a", "query_text_b", "i", "j",
+    ), total, cross
 
 
 def _num(value: Any) -> float | None:
@@ -116,11 +172,13 @@ def analyze_responses(
     seed: int = 0,
     lexical: bool = True,
     max_near_duplicates: int = 2000,
+    use_gpu: bool | None = None,
 ) -> AnalysisResult:
     """Run every analysis on prepared responses (`prepare_responses`) and aligned vectors.
 
     `threshold` is the cosine at which two responses count as near-duplicates and as one
-    equivalence class. Works with one deployment (no inter tables), one condition and
+    equivalence class. `use_gpu` is for the FAISS corpus-wide near-duplicate search (None:
+    a GPU when faiss sees one). Works with one deployment (no inter tables), one condition and
     missing categories.
     """
     import polars as pl
@@ -137,7 +195,7 @@ def analyze_responses(
     t["query_similarity"] = query_similarity(t["pairs"])
     t["bins"] = similarity_bins(t["pairs"])
     t["matrix"] = deployment_matrix(t["pairs"], n_boot=n_boot, seed=seed)
-    t["random_baseline"] = random_pair_baseline(responses, vectors, seed=seed)
+    t["random_baseline"] = random_pair_baseline(responses, vectors, seed=seed, n_boot=n_boot)
     t["nn_counts"] = nearest_neighbour_counts(groups, vectors)
     t["categories"] = category_breakdown(t["query_similarity"], n_boot=n_boot, seed=seed)
     t["verbatim_overlap"] = verbatim_overlap(groups)
@@ -154,7 +212,9 @@ def analyze_responses(
     t["conditions"] = conditions_view(t["pairs"], t["query_similarity"], conditions, n_boot=n_boot, seed=seed)
     meta = responses.select("deployment", "family", "stage").unique("deployment", maintain_order=True)
     t["lineage"] = lineage_view(t["diversity"], t["pairs"], meta, t["quality"], n_boot=n_boot, seed=seed)
-    t["near_duplicates"], n_dup = near_duplicates(responses, vectors, threshold, max_near_duplicates)
+    t["near_duplicates"], n_dup = near_duplicates(responses, vectors, threshold, max_near_duplicates, use_gpu)
+    t["near_duplicates_corpus"], n_corpus, n_cross = corpus_near_duplicates(
+        responses, vectors, threshold, max_near_duplicates, use_gpu)
 
     clustering: dict[str, Any] = {}
     cluster_rows = []
@@ -166,21 +226,23 @@ def analyze_responses(
         cluster_rows += [(condition, d, i) for i, d in enumerate(result["order"])]
     t["clusters"] = pl.DataFrame(cluster_rows, schema={"condition": pl.Utf8, "deployment": pl.Utf8,
                                                        "leaf_order": pl.Int64}, orient="row")
-    summary = _summary(t, responses, deployments, conditions, base, n_dup, threshold, n_boot, n_perm)
+    summary = _summary(t, groups, responses, deployments, conditions, base, n_dup, threshold, n_boot, n_perm)
+    summary["headline"]["near_duplicate_pairs_corpus"] = n_corpus
+    summary["headline"]["near_duplicate_pairs_cross_query"] = n_cross
     summary["clustering"] = clustering
     return AnalysisResult(t, summary)
 
 
 def _summary(
-    t: dict[str, pl.DataFrame], responses: pl.DataFrame, deployments: list[str], conditions: list[str],
-    base: str | None, n_dup: int, threshold: float, n_boot: int, n_perm: int,
+    t: dict[str, pl.DataFrame], groups: list[Group], responses: pl.DataFrame, deployments: list[str],
+    conditions: list[str], base: str | None, n_dup: int, threshold: float, n_boot: int, n_perm: int,
 ) -> dict[str, Any]:
     """Headline numbers for the baseline condition, JSON-ready (NaN -> null)."""
     import polars as pl
 
-    ks = responses.group_by("query_id").agg(pl.len().alias("n"), pl.col("deployment").n_unique().alias("d"),
-                                           pl.col("condition").n_unique().alias("c"))
-    ks = (ks["n"] // (ks["d"] * ks["c"])).to_numpy() if ks.height else np.zeros(0)
+    # K of each query (and condition) as analysed: every kept arm has exactly K responses; a
+    # count / (deployments x conditions) would undercount wherever an arm was dropped
+    ks = np.array([g.k for g in groups if g.k > 0], dtype=np.int64)
     gap = _first(t["gap_tests"], condition=base)
     rb = _first(t["random_baseline"], condition=base)
     hg = _first(t["hivemind_gap"], condition=base)
@@ -217,7 +279,8 @@ def _summary(
             "inter_similarity": ci(gap, "inter"),
             "gap": {**ci(gap, "gap"), "p_permutation": _num(gap.get("p_permutation"))},
             "random_baseline": {"estimate": _num(rb.get("similarity")), "lo": _num(rb.get("ci_lo")),
-                                "hi": _num(rb.get("ci_hi")), "n_pairs": rb.get("n_pairs")},
+                                "hi": _num(rb.get("ci_hi")), "n_pairs": rb.get("n_pairs"),
+                                "n_queries": rb.get("n_queries")},
             "share_queries_intra_above_0.8": above,
             "hivemind_gap": {"estimate": _num(hg.get("hivemind_gap")), "lo": _num(hg.get("ci_lo")),
                              "hi": _num(hg.get("ci_hi")), "k_star": k_star, "realized": _num(hg.get("realized")),
