@@ -1,7 +1,8 @@
 """Load on the REST service: concurrent clients polling status and submitting studies while a
 study samples in the background. Loopback only; bounded in clients, submissions and seconds.
 
-Starts `hivemind serve` in a subprocess on 127.0.0.1 (a free port, a throwaway store and a mock
+Starts `hivemind serve` in a subprocess on 127.0.0.1 (a free port, retried if another process
+takes it before the server binds it; a throwaway store and a mock
 zoo, a random token), then measures, in the same run:
 
   baseline   status polls against an idle service (nothing sampling)
@@ -46,16 +47,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def wait_healthy(client: httpx.AsyncClient, proc: subprocess.Popen, timeout: float = 60) -> None:
+async def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> bool:
+    """True once the server answers; False if it exited during start-up (e.g. its port was taken)."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("the server exited during start-up")
-        with contextlib.suppress(httpx.HTTPError):
-            if (await client.get("/healthz")).status_code == 200:
-                return
-        await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(base_url=url, timeout=2) as probe:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                return False
+            with contextlib.suppress(httpx.HTTPError):
+                if (await probe.get("/healthz")).status_code == 200:
+                    return True
+            await asyncio.sleep(0.1)
     raise SystemExit("the server did not come up")
+
+
+async def start_server(workdir: Path, env: dict[str, str], log_path: Path,
+                       tries: int = 5) -> tuple[subprocess.Popen, int]:
+    """`hivemind serve` on a free port; picked again when it is taken before the server binds it."""
+    for _ in range(tries):
+        port = free_port()
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hivemind.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                 "--store", str(workdir / "store"), "--zoo", str(workdir / "zoo.yaml"),
+                 "--token-env", "HIVEMIND_BENCH_TOKEN", "--no-scheduler", "--log-level", "warning",
+                 "--workers", "4"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if await wait_healthy(f"http://127.0.0.1:{port}", proc):
+            return proc, port
+        if "address already in use" not in log_path.read_text(errors="replace").lower():
+            raise SystemExit(f"the server exited during start-up (log: {log_path})")
+    raise SystemExit(f"no free port after {tries} tries")
 
 
 async def wait_state(client: httpx.AsyncClient, study: str, states: tuple[str, ...], timeout: float = 60) -> dict:
@@ -121,21 +142,15 @@ def report(label: str, latencies: dict[str, list[float]], elapsed: float, errors
 
 async def main(args: argparse.Namespace) -> None:
     token = secrets.token_urlsafe(24)
-    port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="hivemind-bench-service-"))
     (workdir / "zoo.yaml").write_text(ZOO)
     env = {**os.environ, "HIVEMIND_BENCH_TOKEN": token, "PYTHONPATH": str(REPO)}
-    log = (workdir / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hivemind.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--store", str(workdir / "store"), "--zoo", str(workdir / "zoo.yaml"),
-         "--token-env", "HIVEMIND_BENCH_TOKEN", "--no-scheduler", "--log-level", "warning",
-         "--workers", "4"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc: subprocess.Popen | None = None
     limits = httpx.Limits(max_connections=args.clients + 4, max_keepalive_connections=args.clients + 4)
     try:
+        proc, port = await start_server(workdir, env, workdir / "server.log")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30,
                                      headers={"Authorization": f"Bearer {token}"}) as client:
-            await wait_healthy(client, proc)
             await client.post("/v1/studies", json={"name": "bench-idle", "query_set": "open-ended-v1",
                                                    "deployments": ["bench-fast"], "samples": 2,
                                                    "analyze": False})
@@ -166,12 +181,12 @@ async def main(args: argparse.Namespace) -> None:
                 print("warning: the background study finished during the loaded phase; raise --background-samples")
             await client.post("/v1/studies/bench-bg/cancel")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         if not args.keep:
             import shutil
 

@@ -6,6 +6,7 @@ FastAPI, uvicorn and the embedder load inside the commands, so `hivemind --help`
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -89,14 +90,15 @@ def scan_list(store: StoreOption = Path("hivemind-store"), zoo: ZooOption = None
     """Declared scans, their schedules, next run and last run."""
     import time
 
-    from hivemind.scan import next_fire
+    from hivemind.scan import has_store, next_fire
     from hivemind.service.jobs import ServiceDB
 
     book = _book(zoo, scans, store)
     table = Table("scan", "schedule (UTC)", "next run", "deployments", "query set", "samples", "last run")
-    with ServiceDB(store) as db:
+    # a reading command: a missing store lists the scans with no runs, and is not created
+    with ServiceDB(store) if has_store(store) else contextlib.nullcontext() as db:
         for scan in book.scans:
-            runs = db.scan_runs(scan.name)
+            runs = db.scan_runs(scan.name) if db is not None else []
             last = f"{runs[-1]['state']} {_when(runs[-1]['started_at'])}" if runs else "-"
             nxt = _when(next_fire(scan.schedule, time.time())) if scan.enabled else "disabled"
             table.add_row(scan.name, scan.schedule, nxt, ", ".join(scan.deployments), scan.query_set,
@@ -155,9 +157,11 @@ def scan_history_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Per deployment, intra- and inter-model similarity across runs, moves flagged."""
-    from hivemind.scan import scan_history
+    from hivemind.scan import has_store, scan_history
     from hivemind.service.jobs import ServiceDB
 
+    if not has_store(store):
+        _fail(f"no store at {store} (nothing has run there yet)")
     with ServiceDB(store) as db:
         history = scan_history(db, name)
     if not history["runs"]:
@@ -172,6 +176,9 @@ def scan_history_cmd(
 def scan_report(name: Annotated[str, typer.Argument(help="Scan name.")],
                 store: StoreOption = Path("hivemind-store")) -> None:
     """Write the scan history as HTML (`STORE/scans/NAME/report.html`)."""
-    from hivemind.scan import write_scan_report
+    from hivemind.scan import ScanError, write_scan_report
 
-    print(write_scan_report(store, name))
+    try:
+        print(write_scan_report(store, name))
+    except ScanError as exc:
+        _fail(str(exc))

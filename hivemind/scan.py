@@ -111,6 +111,13 @@ class ScanBook:
         raise ScanError(f"unknown scan {name!r} (declared: {known})")
 
 
+def has_store(store_dir: str | Path) -> bool:
+    """True when `store_dir` holds a store; reading commands check this, so they create nothing."""
+    from hivemind.store import STORE_FILE
+
+    return (Path(store_dir) / STORE_FILE).is_file()
+
+
 def validate_scans(raw: Any, source: str, zoo_path: Path | None) -> list[ScanSpec]:
     """Scans from raw YAML/JSON data, each problem naming `scans[i].field`."""
     try:
@@ -153,7 +160,7 @@ def load_scans(zoo_path: str | Path | None = None, scans_path: str | Path | None
         raise ScanError(f"{source}: expected a `scans:` list")
     scans = validate_scans(items, str(source), zoo_file)
     sources = {s.name: "file" for s in scans}
-    if store_dir is not None and (Path(store_dir) / "hivemind.sqlite").exists():
+    if store_dir is not None and has_store(store_dir):
         from hivemind.service.jobs import ServiceDB
 
         with ServiceDB(store_dir) as db:
@@ -278,68 +285,54 @@ def _embedder(name: str) -> Any:
         return _EMBEDDERS[name]
 
 
-def _bootstrap(values: list[float], seed: int = 0) -> tuple[float, float, float]:
-    try:
-        from hivemind.metrics.stats import bootstrap_ci
-    except ImportError:  # metrics not installed: a plain percentile bootstrap over queries
-        import numpy as np
+def _ci(values: Any) -> dict[str, float | None]:
+    from hivemind.metrics.stats import bootstrap_ci
 
-        x = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
-        if x.size == 0:
-            return (math.nan,) * 3
-        boots = x[np.random.default_rng(seed).integers(0, x.size, (2000, x.size))].mean(axis=1)
-        return float(x.mean()), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
-    return bootstrap_ci(values, seed=seed)
-
-
-def _ci(values: list[float]) -> dict[str, float | None]:
-    est, lo, hi = _bootstrap(values)
+    est, lo, hi = bootstrap_ci(values)
     clean = [None if math.isnan(v) else round(v, 6) for v in (est, lo, hi)]
     return {"estimate": clean[0], "lo": clean[1], "hi": clean[2]}
 
 
 def analyze_scan(store: Store, study: str, embedder_name: str) -> dict[str, Any]:
-    """Per deployment: intra- and inter-model similarity over queries, with bootstrap CIs."""
-    import numpy as np
+    """Per deployment: intra- and inter-model similarity over queries, with bootstrap CIs.
 
+    The responses and the similarities are the study analysis's own (`hivemind.analysis`):
+    failed and empty answers dropped, every deployment cut to the same K per query, so runs and
+    deployments are compared on equal footing.
+    """
+    import polars as pl
+
+    from hivemind.analysis import build_groups, pair_similarity, prepare_responses
     from hivemind.embed import EmbeddingCache, embed_texts
-    from hivemind.metrics.semantic import mean_cross_similarity, mean_pairwise_similarity
 
-    frame = store.samples_frame(study, include_errors=False)
     deployments = store.study_spec(study).deployments
+    responses, _ = prepare_responses(store.samples_frame(study, include_errors=False),
+                                     deployment_order=deployments)
     embedder = _embedder(embedder_name)
-    vectors = embed_texts(frame["text"].to_list(), embedder,
+    vectors = embed_texts(responses["text"].to_list(), embedder,
                           EmbeddingCache(store.directory / "embeddings.sqlite"))
-    groups: dict[str, dict[str, list[int]]] = {}
-    for row, (query, deployment) in enumerate(zip(frame["query_id"], frame["deployment"])):
-        groups.setdefault(query, {}).setdefault(deployment, []).append(row)
-    intra: dict[str, list[float]] = {d: [] for d in deployments}
-    inter: dict[str, list[float]] = {d: [] for d in deployments}
-    pairs: dict[tuple[str, str], list[float]] = {}
-    for by_model in groups.values():
-        cross: dict[tuple[str, str], float] = {}
-        for d in deployments:
-            if d in by_model:
-                intra[d].append(mean_pairwise_similarity(vectors[by_model[d]]))
-                for e in deployments:
-                    if e > d and e in by_model:
-                        cross[d, e] = cross[e, d] = mean_cross_similarity(
-                            vectors[by_model[d]], vectors[by_model[e]])
-                        pairs.setdefault((d, e), []).append(cross[d, e])
-        for d in deployments:
-            others = [s for (a, _), s in cross.items() if a == d]
-            if d in by_model and others:
-                inter[d].append(float(np.mean(others)))
+    pairs = pair_similarity(build_groups(responses), vectors)
+    unit = ["query_id", "condition"]  # one value per (query, condition) per deployment
+    intra = pairs.filter(pl.col("kind") == "intra")
+    inter = pairs.filter(pl.col("kind") == "inter")
+    both_ways = pl.concat([inter, inter.with_columns(deployment_a=pl.col("deployment_b"),
+                                                      deployment_b=pl.col("deployment_a"))])
+    inter_by = both_ways.group_by([*unit, "deployment_a"], maintain_order=True).agg(
+        pl.col("similarity").mean())  # per (query, condition): mean over the other deployments
+
+    def values(frame: pl.DataFrame, d: str) -> Any:
+        return frame.filter(pl.col("deployment_a") == d)["similarity"].to_numpy()
+
     def cell(d: str, e: str) -> float | None:
-        if d == e:
-            return _ci(intra[d])["estimate"]
-        found = [v for v in pairs.get((min(d, e), max(d, e)), []) if not math.isnan(v)]
-        return round(float(np.mean(found)), 6) if found else None
+        found = (intra.filter(pl.col("deployment_a") == d) if d == e else both_ways.filter(
+            (pl.col("deployment_a") == d) & (pl.col("deployment_b") == e)))["similarity"].drop_nans()
+        return round(float(found.mean()), 6) if found.len() else None
 
     return {
-        "study": study, "embedder": embedder.embedder_id, "n_queries": len(groups),
-        "deployments": {d: {"intra": _ci(intra[d]), "inter": _ci(inter[d]),
-                            "n_samples": int((frame["deployment"] == d).sum())}
+        "study": study, "embedder": embedder.embedder_id,
+        "n_queries": responses["query_id"].n_unique(),
+        "deployments": {d: {"intra": _ci(values(intra, d)), "inter": _ci(values(inter_by, d)),
+                            "n_samples": int((responses["deployment"] == d).sum())}
                         for d in deployments},
         "matrix": {d: {e: cell(d, e) for e in deployments} for d in deployments},
     }
@@ -349,6 +342,7 @@ async def execute_scan_run(store: Store, db: ServiceDB, run_id: int, *,
                            redact: Callable[[str], str] = lambda s: s,
                            analysis_lock: asyncio.Lock | None = None, progress: bool = False) -> dict:
     """Sample (resuming) and analyze one scan run, then record its result in the history."""
+    from hivemind.service.workers import run_to_completion
     from hivemind.study import sample_study
 
     run = db.scan_run(run_id)
@@ -358,9 +352,9 @@ async def execute_scan_run(store: Store, db: ServiceDB, run_id: int, *,
     scan = ScanSpec.model_validate_json(run["scan_json"])
     try:
         await sample_study(spec, store, progress=progress)
-        await asyncio.to_thread(store.export_parquet, spec.name)
-        async with analysis_lock or contextlib.nullcontext():
-            result = await asyncio.to_thread(analyze_scan, store, spec.name, scan.embedder)
+        await run_to_completion(store.export_parquet, spec.name)
+        async with analysis_lock or contextlib.nullcontext():  # a cancel waits for the analysis
+            result = await run_to_completion(analyze_scan, store, spec.name, scan.embedder)
     except Exception as exc:
         db.finish_scan_run(run_id, "failed", error=redact(str(exc) or type(exc).__name__))
         raise
@@ -458,8 +452,12 @@ def write_scan_report(store_dir: str | Path, scan: str) -> Path:
     """`STORE/scans/<scan>/report.html`: per deployment, similarity across runs, moves flagged."""
     from hivemind.service.jobs import ServiceDB
 
+    if not has_store(store_dir):
+        raise ScanError(f"no store at {store_dir} (nothing has run there yet)")
     with ServiceDB(store_dir) as db:
         history = scan_history(db, scan)
+    if not history["runs"]:
+        raise ScanError(f"scan {scan!r} has no runs in {store_dir}")
     runs = [r for r in history["runs"] if r["state"] == "done"]
     deployments = list(dict.fromkeys(d for r in runs for d in r["deployments"]))
     esc = html.escape

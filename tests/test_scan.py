@@ -158,6 +158,71 @@ def test_a_killed_hand_run_resumes(tmp_path: Path) -> None:
     assert run_scan("nightly", store, zoo_path=zoo, new=True)["id"] != run_id
 
 
+def test_reading_commands_do_not_create_a_missing_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    zoo, store = write_zoo(tmp_path / "zoo.yaml"), tmp_path / "no-store"
+    monkeypatch.chdir(tmp_path)  # the default store, ./hivemind-store, must not appear either
+    listed = CliRunner().invoke(cli, ["scan", "list", "--store", str(store), "--zoo", str(zoo)])
+    assert listed.exit_code == 0 and "nightly" in listed.output, listed.output
+    for command in (["scan", "history", "nightly"], ["scan", "report", "nightly"]):
+        result = CliRunner().invoke(cli, [*command, "--store", str(store)])
+        assert result.exit_code == 2 and "no store" in result.output, (command, result.output)
+    defaults = CliRunner().invoke(cli, ["scan", "history", "nightly"])
+    assert defaults.exit_code == 2
+    assert not store.exists() and not (tmp_path / "hivemind-store").exists()
+    with ServiceDB(store):  # an existing store without runs: named errors, nothing written
+        pass
+    result = CliRunner().invoke(cli, ["scan", "report", "nightly", "--store", str(store)])
+    assert result.exit_code == 2 and "no runs" in result.output and not (store / "scans").exists()
+
+
+def test_scan_analysis_drops_failed_and_empty_answers_and_uses_equal_k(tmp_path: Path) -> None:
+    import sqlite3
+
+    import numpy as np
+    import polars as pl
+
+    from hivemind.scan import analyze_scan
+    from hivemind.store import Store
+
+    # mock-b fails some requests for good: its arms come up short of K on some queries
+    zoo = write_zoo(tmp_path / "zoo.yaml", mock_b="fail_rate: 0.3, error_status: 400, diversity: 6")
+    store = tmp_path / "store"
+    row = run_scan("nightly", store, zoo_path=zoo)
+    with sqlite3.connect(store / "hivemind.sqlite") as db:
+        failed = db.execute("SELECT COUNT(*) FROM samples WHERE study = ? AND error IS NOT NULL",
+                            (row["study"],)).fetchone()[0]
+        blanked = db.execute("UPDATE samples SET text = '  ' WHERE rowid IN (SELECT rowid FROM samples "
+                             "WHERE study = ? AND deployment = 'mock-c' AND error IS NULL LIMIT 2)",
+                             (row["study"],)).rowcount
+    assert failed > 0 and blanked == 2
+    with Store(store) as journal:
+        result = analyze_scan(journal, row["study"], "all-MiniLM-L6-v2")
+        frame = journal.samples_frame(row["study"], include_errors=False)
+    for m in result["deployments"].values():
+        for key in ("intra", "inter"):
+            assert m[key]["lo"] <= m[key]["estimate"] <= m[key]["hi"]
+    from hivemind.analysis import build_groups, pair_similarity, prepare_responses, query_similarity
+    from hivemind.embed import EmbeddingCache, Embedder, embed_texts
+
+    responses, _ = prepare_responses(frame, deployment_order=["mock-a", "mock-b", "mock-c"])
+    vectors = embed_texts(responses["text"].to_list(), Embedder("all-MiniLM-L6-v2", progress=False),
+                          EmbeddingCache(store / "embeddings.sqlite"))
+    per_arm = responses.group_by("query_id", "deployment").len()
+    assert (per_arm.group_by("query_id").agg(k=pl.col("len").n_unique())["k"] == 1).all()  # equal K
+    counts = {d: m["n_samples"] for d, m in result["deployments"].items()}
+    assert counts == {d: (responses["deployment"] == d).sum() for d in counts}
+    assert counts["mock-a"] < (frame["deployment"] == "mock-a").sum()  # cut down to the others' K
+    assert responses["text"].str.strip_chars().str.len_chars().min() > 0  # no empty answer analysed
+    pairs = pair_similarity(build_groups(responses), vectors)
+    intra = pairs.filter(pairs["kind"] == "intra")
+    for d, m in result["deployments"].items():  # the study analysis's numbers, not a copy of them
+        expected = intra.filter(intra["deployment_a"] == d)["similarity"].mean()
+        assert m["intra"]["estimate"] == pytest.approx(expected, abs=1e-5)
+        assert result["matrix"][d][d] == pytest.approx(expected, abs=1e-5)
+    assert result["n_queries"] == query_similarity(pairs)["query_id"].n_unique()
+    assert np.isfinite([m["inter"]["estimate"] for m in result["deployments"].values()]).all()
+
+
 def test_the_service_declares_runs_and_schedules_scans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hivemind.service.app import create_app
 

@@ -70,6 +70,7 @@ def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        install_log_redaction(redact)  # again, in case logging was set up anew since (a no-op if not)
         if run_jobs:
             manager.start()
         try:

@@ -13,7 +13,10 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Iterable
+import threading
+import traceback
+import weakref
+from collections.abc import Callable, Iterable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -81,47 +84,101 @@ class Redactor:
         return text
 
 
-class RedactingFilter(logging.Filter):
-    """A logging filter that scrubs secrets from the rendered message of each record."""
+_PLAIN = (int, float, bool, type(None))
 
-    def __init__(self, redact: Redactor) -> None:
+
+def redact_record(record: logging.LogRecord, redact: Callable[[str], str]) -> None:
+    """Scrub secrets from a record in place: its message, arguments, traceback and stack.
+
+    Arguments are scrubbed one by one (formatters such as uvicorn's access log unpack them);
+    only when the rendered message still carries a secret is it replaced by the clean text.
+    A traceback quoting a secret is rendered, scrubbed and kept as text.
+    """
+    if isinstance(record.msg, str):
+        record.msg = redact(record.msg)
+    if isinstance(record.args, tuple):
+        record.args = tuple(_clean_arg(a, redact) for a in record.args)
+    elif isinstance(record.args, dict):
+        record.args = {k: _clean_arg(v, redact) for k, v in record.args.items()}
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed record: leave it to logging's own error path
+        message = None
+    if message is not None and redact(message) != message:
+        record.msg, record.args = redact(message), ()
+    if record.exc_info and record.exc_info[1] is not None:
+        text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        clean = redact(text)
+        if clean != text:  # never let a formatter render the raw exception
+            record.exc_info, record.exc_text = None, clean
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+
+
+def _clean_arg(value: object, redact: Callable[[str], str]) -> object:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, _PLAIN):
+        return value
+    try:
+        text = str(value)
+    except Exception:
+        return value
+    clean = redact(text)
+    return value if clean == text else clean
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that scrubs secrets from each record it sees (see `redact_record`)."""
+
+    def __init__(self, redact: Callable[[str], str]) -> None:
         super().__init__()
         self.redact = redact
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record: leave it to logging's own error path
-            return True
-        clean = self.redact(message)
-        if clean != message:
-            record.msg, record.args = clean, ()
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            if self.redact(str(exc)) != str(exc):  # never print a traceback quoting a secret
-                record.exc_info, record.exc_text = None, None
-                record.msg = f"{record.msg} ({type(exc).__name__}: {self.redact(str(exc))})"
+        redact_record(record, self.redact)
         return True
 
 
-LOGGER_NAMES = ("uvicorn", "uvicorn.error", "uvicorn.access", "hivemind", "hivemind.service", "fastapi")
-"""Loggers whose own records are scrubbed (a logger's filters do not see its children's records)."""
+_REDACTORS: tuple[weakref.ref[Redactor], ...] = ()
+"""The live apps' redactors; replaced whole (never mutated) so loggers on any thread read it safely."""
+_FACTORY_LOCK = threading.Lock()
 
 
-def install_log_redaction(redact: Redactor) -> RedactingFilter:
-    """Attach one redacting filter to the service's loggers and their handlers, and the root's."""
-    log_filter = RedactingFilter(redact)
-    for handler in logging.getLogger().handlers:
-        if log_filter not in handler.filters:
-            handler.addFilter(log_filter)
-    for name in LOGGER_NAMES:
-        logger = logging.getLogger(name)
-        if log_filter not in logger.filters:
-            logger.addFilter(log_filter)
-        for handler in logger.handlers:
-            if log_filter not in handler.filters:
-                handler.addFilter(log_filter)
-    return log_filter
+def _redact_all(text: str) -> str:
+    for ref in _REDACTORS:
+        redactor = ref()
+        if redactor is not None:
+            text = redactor(text)
+    return text
+
+
+def install_log_redaction(redact: Redactor) -> None:
+    """Scrub `redact`'s secrets from every log record the process creates from now on.
+
+    A log-record factory, installed once per process (again only if something replaced it),
+    cleans each record as it is made, so every logger and handler sees clean records: those of
+    libraries (litellm, httpx), `logging.lastResort`, and handlers added later (uvicorn's own
+    logging set-up). Each redactor stays active while its app is alive.
+    """
+    global _REDACTORS
+    with _FACTORY_LOCK:
+        live = [r for r in _REDACTORS if r() is not None and r() is not redact]
+        _REDACTORS = (*live, weakref.ref(redact))
+        current = logging.getLogRecordFactory()
+        if getattr(current, "hivemind_redacting", False):
+            return
+
+        def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+            record = current(*args, **kwargs)
+            if _REDACTORS:
+                redact_record(record, _redact_all)
+            return record
+
+        factory.hivemind_redacting = True  # type: ignore[attr-defined]
+        logging.setLogRecordFactory(factory)
 
 
 def _plain_response(status: int, body: bytes, extra: list[tuple[bytes, bytes]] = ()) -> list[dict]:

@@ -179,6 +179,20 @@ class ServiceDB(JournalFile):
         sets = ", ".join(f"{k} = :{k}" for k in fields)
         self._execute(f"UPDATE service_jobs SET {sets} WHERE study = :study", {**fields, "study": study})
 
+    def start_job(self, study: str, seen_state: str) -> bool:
+        """Mark a job sampling, only if it is still in `seen_state` with no cancel asked.
+
+        A compare-and-set: False when a cancel (or anything else) changed the row since it was
+        read, so the caller must not start it.
+        """
+        now = time.time()
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE service_jobs SET state = 'sampling', started_at = ?, runs = runs + 1, "
+                "error = NULL, updated_at = ? WHERE study = ? AND state = ? AND cancel_requested = 0",
+                (now, now, study, seen_state))
+            return cursor.rowcount == 1
+
     def finish_job(self, study: str, state: str, *, error: str | None = None,
                    note: str | None = None) -> None:
         self.update_job(study, state=state, error=error, note=note, finished_at=time.time())

@@ -2,38 +2,60 @@
 
 A restarted service resumes every unfinished job; `sample_study` samples only what the journal
 lacks, so no finished sample is lost or duplicated. Cancelling a job cancels its task: sampling
-stops at once (in-flight requests are dropped) and every committed sample stays. A lock file in
-the store keeps a second service from running the same jobs.
+stops at once (in-flight requests are dropped) and every committed sample stays. An analysis
+cannot be interrupted (it runs in a thread), so a cancel that lands during one takes effect when
+it finishes: the job stays `analyzing` until then and no second analysis starts beside it. A lock
+file in the store keeps a second service from running the same jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hivemind.service.jobs import ACTIVE, TERMINAL, ServiceDB
 from hivemind.spec import StudySpec
 from hivemind.store import Store
 
 log = logging.getLogger("hivemind.service")
+T = TypeVar("T")
 
 
 def analyze_and_report(store_dir: Path, study: str) -> str | None:
-    """Run the pipeline's analysis and report; a note when this build has no analysis."""
-    if importlib.util.find_spec("hivemind.pipeline") is None:
-        return "analysis is not available in this build (hivemind.pipeline is missing)"
+    """Run the pipeline's analysis and report (a note for the job, or None)."""
     from hivemind.pipeline import analyze_store, write_report
 
     analyze_store(store_dir, study)
     write_report(store_dir, study)
     return None
+
+
+async def run_to_completion(func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)` in a thread; a cancel waits for the thread to finish, then is raised.
+
+    Awaiting `asyncio.to_thread` alone stops waiting on cancel while the thread goes on writing, so
+    a lock held around it would be released with the work still running.
+    """
+    # an executor future, not a task: cancelling every task at shutdown does not detach it either
+    future = asyncio.get_running_loop().run_in_executor(None, func, *args)
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True  # keep waiting: the thread cannot be stopped
+        except Exception:
+            break  # the thread's own error, raised below (or dropped if cancelled)
+    if cancelled:
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("work finished after a cancel with an error: %s", future.exception())
+        raise asyncio.CancelledError
+    return future.result()
 
 
 class JobManager:
@@ -164,11 +186,10 @@ class JobManager:
                 job = self.db.job(study)
                 if job is None or job["state"] in TERMINAL:
                     return
-                if job["cancel_requested"]:
+                # compare-and-set: a cancel landing after the read above is never overwritten
+                if job["cancel_requested"] or not self.db.start_job(study, job["state"]):
                     self._end(job, "cancelled")
                     return
-                self.db.update_job(study, state="sampling", started_at=time.time(),
-                                   runs=job["runs"] + 1, error=None)
                 note = await self._execute(job)
                 if (self.db.job(study) or {}).get("cancel_requested"):
                     self._end(job, "cancelled", note=note)
@@ -213,6 +234,6 @@ class JobManager:
         note = "stopped: budget reached" if report.stopped_by_budget else None
         if job["analyze"] and not (self.db.job(job["study"]) or {}).get("cancel_requested"):
             self.db.update_job(job["study"], state="analyzing")
-            async with self._analysis:  # one heavy analysis at a time
-                note = await asyncio.to_thread(analyze_and_report, self.store_dir, spec.name) or note
+            async with self._analysis:  # one heavy analysis at a time, never two overlapping
+                note = await run_to_completion(analyze_and_report, self.store_dir, spec.name) or note
         return note
