@@ -16,21 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True)
+from hivemind.cli_common import StoreOption, ZooOption, console, fail
+
 scan_app = typer.Typer(help="Scheduled model-zoo scans: list, run, history, report.",
                        no_args_is_help=True)
 
-StoreOption = Annotated[Path, typer.Option("--store", "-s", help="Study store directory.")]
-ZooOption = Annotated[Optional[Path], typer.Option("--zoo", help="Zoo file (default: ./providers.yaml).")]
 ScansOption = Annotated[Optional[Path], typer.Option(
     "--scans", help="Scans file (a `scans:` list); default: the zoo file's `scans:` section.")]
-
-
-def _fail(message: str) -> None:
-    from rich.markup import escape
-
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 def _when(ts: float | None) -> str:
@@ -57,7 +49,7 @@ def serve(
     try:
         check_bind(host, token, token_env)
     except BindError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     import uvicorn
 
     from hivemind.service.app import create_app
@@ -69,7 +61,7 @@ def serve(
         app = create_app(store, zoo, token_env, limits, scans_path=scans, workers=workers,
                          scheduler=scheduler)
     except ZooError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     if token is None:
         console.print(f"[yellow]no token in {token_env}: serving without authentication on {host}[/]")
@@ -82,7 +74,7 @@ def _book(zoo: Path | None, scans: Path | None, store: Path):  # type: ignore[no
     try:
         return load_scans(zoo, scans, store)
     except ScanError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @scan_app.command("list")
@@ -143,7 +135,7 @@ def scan_run(
     try:
         row = run_scan(name, store, zoo_path=zoo, scans_path=scans, new=new, progress=progress)
     except (ScanError, StudyError, StoreError, QueryFileError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     console.print(f"[green]scan {name}[/]: run {row['id']} ({row['study']}) {row['state']}")
     with ServiceDB(store) as db:
@@ -161,11 +153,11 @@ def scan_history_cmd(
     from hivemind.service.jobs import ServiceDB
 
     if not has_store(store):
-        _fail(f"no store at {store} (nothing has run there yet)")
+        fail(f"no store at {store} (nothing has run there yet)")
     with ServiceDB(store) as db:
         history = scan_history(db, name)
     if not history["runs"]:
-        _fail(f"scan {name!r} has no runs in {store}")
+        fail(f"scan {name!r} has no runs in {store}")
     if as_json:
         print(json.dumps(history, indent=2))
     else:
@@ -181,4 +173,4 @@ def scan_report(name: Annotated[str, typer.Argument(help="Scan name.")],
     try:
         print(write_scan_report(store, name))
     except ScanError as exc:
-        _fail(str(exc))
+        fail(str(exc))
