@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import uuid
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hivemind.spec import json_safe
 from hivemind.store import Store, StoreError
 
 if TYPE_CHECKING:
@@ -136,19 +136,6 @@ def latest_study(store: Store) -> str:
     return studies[-1]
 
 
-def _clean(value: Any) -> Any:
-    """JSON-ready copy: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    return value
-
-
 def _exclusions(samples: pl.DataFrame, analysed: int) -> dict[str, int]:
     """How many samples were left out and why: errors, empty texts (nothing left once the
     reasoning is removed counts as empty), equal-K subsampling."""
@@ -240,7 +227,7 @@ def analyze_store(
         **result.summary,
         "tables": sorted(tables),
     }
-    summary = _clean(summary)
+    summary = json_safe(summary)
     # written last: a summary never describes tables that are not in place yet
     atomic_write_text(directory / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     return AnalysisOutputs(directory, study, summary, tables, responses, vectors)

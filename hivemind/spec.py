@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from functools import cached_property
 from typing import Any, Literal
@@ -222,6 +223,19 @@ class StudySpec(Strict):
 def canonical_json(value: Any) -> str:
     """Deterministic JSON (sorted keys, no whitespace) so equal content hashes equally."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON-ready copy: NaN/inf -> None, numpy scalars -> Python, keys -> str."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
+        value = value.item()  # numpy scalar
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def sha256_hex(text: str) -> str:

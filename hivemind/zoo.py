@@ -60,13 +60,15 @@ def default_zoo_path() -> Path:
     return local if local.exists() else REPO_ZOO
 
 
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """A pydantic error location as a path: `("deployments", 2, "model")` -> `deployments[2].model`."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
 def format_validation_error(source: str, error: ValidationError) -> str:
     """One line per problem, each naming the path of the field (`deployments[2].model`)."""
-    lines = []
-    for item in error.errors():
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item["loc"]).lstrip(".")
-        lines.append(f"{source}: {path or '(root)'}: {item['msg']}")
-    return "\n".join(lines)
+    return "\n".join(f"{source}: {field_path(item['loc']) or '(root)'}: {item['msg']}"
+                     for item in error.errors())
 
 
 def load_zoo(path: str | Path | None = None) -> Zoo:

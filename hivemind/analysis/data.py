@@ -175,13 +175,6 @@ def build_groups(responses: pl.DataFrame) -> list[Group]:
     return list(groups.values())
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """float64 copy with unit-L2 rows (zero rows stay zero)."""
-    arr = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    return arr / np.where(norms > 0, norms, 1.0)
-
-
 def ordered(values: list[str], order: list[str]) -> list[str]:
     """`values` deduplicated, in `order` first, then first appearance."""
     rank = {v: i for i, v in enumerate(order)}

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivemind.analysis.data import Group, unit_rows
-from hivemind.metrics.semantic import EIGEN_EPS
+from hivemind.analysis.data import Group
+from hivemind.metrics.semantic import EIGEN_EPS, normalize_rows
 from hivemind.metrics.stats import bootstrap_ci, holm, paired_bootstrap_diff
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def ensemble_per_query(
     """
     import polars as pl
 
-    X = unit_rows(vectors)
+    X = normalize_rows(vectors)
     rng = np.random.default_rng(seed)
     records: list[tuple[Any, ...]] = []
     for g in groups:

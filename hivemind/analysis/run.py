@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemind.analysis.conditions import baseline_condition, conditions_view, lineage_view
-from hivemind.analysis.data import Group, build_groups, ordered, unit_rows
+from hivemind.analysis.data import Group, build_groups, ordered
 from hivemind.analysis.ensemble import ensemble_curves, ensemble_per_query, hivemind_gap
 from hivemind.analysis.lexical import diversity_summary, diversity_table
 from hivemind.analysis.quality import correctness, quality_split, quality_table
@@ -32,6 +32,7 @@ from hivemind.analysis.similarity import (
     similarity_bins,
     verbatim_overlap,
 )
+from hivemind.metrics.semantic import normalize_rows
 
 if TYPE_CHECKING:
     import polars as pl
@@ -53,7 +54,7 @@ class AnalysisResult:
 
 def _embedded(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(unit float32 rows of the vectors that have a direction, their row numbers)."""
-    X = unit_rows(vectors)
+    X = normalize_rows(vectors)
     keep = np.flatnonzero(np.linalg.norm(X, axis=1) > 0.5)  # zero vectors have no direction
     return np.ascontiguousarray(X[keep], dtype=np.float32), keep
 

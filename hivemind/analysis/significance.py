@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivemind.analysis.data import Group, unit_rows
+from hivemind.analysis.data import Group
+from hivemind.metrics.semantic import normalize_rows
 from hivemind.metrics.stats import bootstrap_ci, holm, paired_bootstrap_diff
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def gap_permutation_test(
     groups: list[Group], vectors: np.ndarray, n_perm: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
     """(observed mean gap, one-sided p) over the groups with >= 2 deployments and K >= 2."""
-    X = unit_rows(vectors)
+    X = normalize_rows(vectors)
     rng = np.random.default_rng(seed)
     total_obs, total_perm, n = 0.0, np.zeros(n_perm), 0
     for g in groups:

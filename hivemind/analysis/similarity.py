@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivemind.analysis.data import Group, unit_rows
+from hivemind.analysis.data import Group
 from hivemind.metrics.lexical import ngrams, tokenize
-from hivemind.metrics.semantic import nearest_neighbour_model_counts
+from hivemind.metrics.semantic import nearest_neighbour_model_counts, normalize_rows
 from hivemind.metrics.stats import bootstrap_ci
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def pair_similarity(groups: list[Group], vectors: np.ndarray) -> pl.DataFrame:
         if n_dep == 0:
             continue
         # normalise only this group's rows: a float64 copy of all vectors costs more than the sums
-        intra, inter = _block_similarity(unit_rows(vectors[g.all_rows()]), np.array([r.size for r in g.rows]))
+        intra, inter = _block_similarity(normalize_rows(vectors[g.all_rows()]), np.array([r.size for r in g.rows]))
         a, b = np.triu_indices(n_dep)  # (0,0), (0,1), ..., (1,1), ...: each intra, then its inters
         names = np.array(g.deployments, dtype=object)
         count = a.size
@@ -220,7 +220,7 @@ def random_pair_baseline(
     """
     import polars as pl
 
-    X = unit_rows(vectors)
+    X = normalize_rows(vectors)
     rng = np.random.default_rng(seed)
     records = []
     for condition in responses["condition"].unique(maintain_order=True).to_list():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import uuid
@@ -18,9 +17,10 @@ from hivemind.queries import list_shipped, load_query_set
 from hivemind.scan import QUERY_SET_DIR, ScanBook, ScanError, ScanSpec, load_scans, next_fire
 from hivemind.service.jobs import ACTIVE, Conflict
 from hivemind.service.workers import JobManager
-from hivemind.spec import QuerySet, sha256_hex
+from hivemind.spec import QuerySet, json_safe, sha256_hex
 from hivemind.store import Store
 from hivemind.zoo import ZooError, load_zoo
+from hivemind.zoo import field_path as _field_path
 
 
 @dataclass
@@ -48,19 +48,12 @@ class ApiError(HTTPException):
 
 
 def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
-    """`("body", "deployments", 1)` -> `body.deployments[1]`."""
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "body"
+    """`("body", "deployments", 1)` -> `body.deployments[1]`; the body itself is `body`."""
+    return _field_path(loc) or "body"
 
 
-def clean(value: Any) -> Any:
-    """JSON-safe: non-finite floats become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    return value
+clean = json_safe
+"""JSON-safe responses: non-finite floats become null."""
 
 
 def get_service(request: Request) -> Service:
