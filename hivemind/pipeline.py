@@ -113,13 +113,7 @@ def versions() -> dict[str, str]:
 
     import hivemind
 
-    own = getattr(hivemind, "__version__", None)
-    if own is None:  # e.g. an editable install seen as a namespace package
-        try:
-            own = version("hivemind-study")
-        except PackageNotFoundError:
-            own = "unknown"
-    out = {"hivemind": own, "python": platform.python_version()}
+    out = {"hivemind": hivemind.__version__, "python": platform.python_version()}
     for package in KEY_PACKAGES:
         try:
             out[package] = version(package)
@@ -153,10 +147,8 @@ def _exclusions(samples: pl.DataFrame, analysed: int) -> dict[str, int]:
 def _embedder(spec_name: str, embedder: Any, progress: bool) -> Embedder:
     from hivemind.embed import Embedder
 
-    if embedder is None:
-        return Embedder(spec_name, progress=progress)
-    if isinstance(embedder, str):
-        return Embedder(embedder, progress=progress)
+    if embedder is None or isinstance(embedder, str):
+        return Embedder(embedder or spec_name, progress=progress)
     return embedder
 
 

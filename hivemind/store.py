@@ -160,6 +160,10 @@ class Store(JournalFile):
             raise StoreError(f"no study named {study!r} in {self.path} (it has: {self.studies()})")
         return StudySpec.model_validate_json(rows[0]["spec_json"])
 
+    def query_count(self, study: str) -> int:
+        """How many queries a study's current spec samples."""
+        return int(self._rows("SELECT COUNT(*) AS n FROM queries WHERE study = ?", (study,))[0]["n"])
+
     # --- samples -------------------------------------------------------------------------
     def sampled_keys(self, study: str) -> dict[tuple[str, str, str, int], tuple[str, bool]]:
         """Each existing row's (query, deployment, condition, index) -> (cache_key, succeeded)."""

@@ -18,7 +18,7 @@ from hivemind.scan import QUERY_SET_DIR, ScanBook, ScanError, ScanSpec, load_sca
 from hivemind.service.jobs import ACTIVE, Conflict
 from hivemind.service.workers import JobManager
 from hivemind.spec import QuerySet, json_safe, sha256_hex
-from hivemind.store import Store
+from hivemind.store import Store, StoreError
 from hivemind.zoo import ZooError, load_zoo
 from hivemind.zoo import field_path as _field_path
 
@@ -159,10 +159,11 @@ class Service:
             out |= {"kind": job["kind"], "request": json.loads(job["request_json"]),
                     "cancel_requested": bool(job["cancel_requested"]) and job["state"] in ACTIVE}
         else:
-            spec = self.db.store_spec(name)
-            if spec is None:
-                raise ApiError(404, "path.name", f"no study named {name!r}")
-            per = self.db.store_query_count(name) * len(spec.effective_conditions()) * spec.samples
+            try:
+                spec = self.store.study_spec(name)
+            except StoreError:
+                raise ApiError(404, "path.name", f"no study named {name!r}") from None
+            per = self.store.query_count(name) * len(spec.effective_conditions()) * spec.samples
             planned = {d: per for d in spec.deployments}
             out = {"state": "external", "kind": "external", "cancel_requested": False}
         counts = self.store.progress(name)

@@ -91,18 +91,6 @@ class ServiceDB(JournalFile):
                         "SELECT 1 FROM scan_runs WHERE study = ?")
         )
 
-    def store_studies(self) -> list[str]:
-        """Names of the studies in the store, oldest first."""
-        return [r["name"] for r in self.rows("SELECT name FROM studies ORDER BY created_at")]
-
-    def store_spec(self, study: str) -> StudySpec | None:
-        row = self._one("SELECT spec_json FROM studies WHERE name = ?", (study,))
-        return StudySpec.model_validate_json(row["spec_json"]) if row else None
-
-    def store_query_count(self, study: str) -> int:
-        row = self._one("SELECT COUNT(*) AS n FROM queries WHERE study = ?", (study,))
-        return int(row["n"]) if row else 0
-
     # --- query sets ----------------------------------------------------------------------
     def query_set(self, name: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM service_query_sets WHERE name = ?", (name,))

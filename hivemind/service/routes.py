@@ -157,7 +157,7 @@ def create_study(svc: Svc, body: S.StudyCreate, response: Response, idempotency_
 def list_studies(svc: Svc) -> dict[str, Any]:
     """Every study: those the service runs and those already in the store."""
     names = [j["study"] for j in svc.db.jobs()]
-    names += [n for n in svc.db.store_studies() if n not in set(names)]
+    names += [n for n in svc.store.studies() if n not in set(names)]
     return {"studies": [svc.status_of(n) for n in names]}
 
 
