@@ -1,9 +1,16 @@
-"""Bearer-token guard, loopback rule and redaction for the service.
+"""Who may talk to the service: bearer token, Host and Origin checks, loopback rule, redaction.
 
-The token comes from an environment variable named at start-up (default `HIVEMIND_TOKEN`); it
-guards every path but `/healthz`, `/docs` and the schema included. Secrets (the token and the
-values of key-like environment variables) are scrubbed from error texts and log records, so
-neither a response, a job's error nor a log line can carry them.
+Authentication is the default. The token comes from an environment variable named at start-up
+(default `HIVEMIND_TOKEN`); without one, the service makes one and keeps it in the store
+(`STORE/service.token`, readable by its owner only), so a restart keeps it. It guards every path
+but `/healthz`. Only an explicit `--no-auth` serves without a token, and only on loopback.
+
+A web page the user visits must not drive the service: a request whose `Host` is not the
+service's own name (DNS rebinding) is refused with 400, and one whose `Origin` is another site
+(a page's form or `fetch`, which needs no preflight for a plain POST) with 403.
+
+Secrets (the token and the values of key-like environment variables) are scrubbed from error
+texts and log records, so neither a response, a job's error nor a log line can carry them.
 """
 
 from __future__ import annotations
@@ -13,10 +20,14 @@ import ipaddress
 import logging
 import os
 import re
+import secrets
+import stat
 import threading
 import traceback
 import weakref
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,6 +38,11 @@ SECRET_ENV_PATTERN = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)"
 """Environment variables whose values are treated as secrets by the redactor."""
 MIN_SECRET_LENGTH = 6
 REDACTED = "***"
+TOKEN_FILE = "service.token"
+"""The generated token's file in the store (mode 0600)."""
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+"""Host names a loopback-bound service answers to."""
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 
 class BindError(ValueError):
@@ -49,14 +65,76 @@ def read_token(token_env: str) -> str | None:
     return value or None
 
 
-def check_bind(host: str, token: str | None, token_env: str) -> None:
-    """Refuse a non-loopback address unless a token is set (names the variable, never a value)."""
+def store_token(store_dir: str | Path) -> tuple[str, bool]:
+    """The store's own token, made on first use: (token, created now).
+
+    Created with mode 0600 in one step (no moment where another user could read it); a file
+    left readable by others is narrowed to 0600 before its token is used.
+    """
+    path = Path(store_dir) / TOKEN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            os.chmod(path, 0o600)
+        stored = path.read_text(encoding="utf-8").strip()
+        if len(stored) >= MIN_SECRET_LENGTH:
+            return stored, False
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)  # empty or damaged: make a new one
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    return token, True
+
+
+def resolve_token(store_dir: str | Path, token_env: str, auth: bool = True) -> tuple[str | None, str]:
+    """The token the service requires and where it comes from: `env`, `store`, `created` or `none`."""
+    if not auth:
+        return None, "none"
+    token = read_token(token_env)
+    if token is not None:
+        return token, "env"
+    token, created = store_token(store_dir)
+    return token, "created" if created else "store"
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse serving without a token anywhere but on loopback."""
     if token is None and not is_loopback(host):
         raise BindError(
-            f"refusing to listen on {host!r} without a token: set the environment variable "
-            f"{token_env} (every endpoint but /healthz will then need 'Authorization: Bearer ...'), "
-            "or listen on 127.0.0.1"
+            f"refusing to serve without authentication on {host!r}: --no-auth works on loopback "
+            "only (127.0.0.1, ::1, localhost); drop --no-auth to require a bearer token"
         )
+
+
+def allowed_host_names(host: str, extra: Iterable[str] = ()) -> frozenset[str] | None:
+    """Host names the service answers to (lower case, IPv6 without brackets); None allows any.
+
+    The bound address itself, the loopback names for a loopback or wildcard bind, and `extra`
+    (`--allowed-host`; `*` allows any, for a proxy that checks names itself). A wildcard bind
+    (`0.0.0.0`, `::`) also answers to any IP literal (`HostOriginMiddleware`): DNS rebinding
+    needs a name, and clients on the network reach such a service by its address.
+    """
+    names = {h.strip().lower().strip("[]") for h in extra if h.strip()}
+    if "*" in names:
+        return None
+    bound = host.strip().lower().strip("[]")
+    names.add(bound)
+    if is_loopback(bound) or bound in WILDCARD_HOSTS:
+        names.update(LOOPBACK_NAMES)
+    return frozenset(names - {""})
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """`name:port` / `[v6]:port` -> (name lower case, port); None when malformed."""
+    if any(c in value for c in "/\\@?# \t"):
+        return None
+    try:
+        parts = urlsplit("//" + value.strip())
+        return (parts.hostname or ""), parts.port
+    except ValueError:
+        return None
 
 
 class Redactor:
@@ -181,6 +259,12 @@ def install_log_redaction(redact: Redactor) -> None:
         logging.setLogRecordFactory(factory)
 
 
+def _error_body(field: str, message: str) -> bytes:
+    import json
+
+    return json.dumps({"detail": f"{field}: {message}", "errors": [{"field": field, "message": message}]}).encode()
+
+
 def _plain_response(status: int, body: bytes, extra: list[tuple[bytes, bytes]] = ()) -> list[dict]:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                *extra]
@@ -188,10 +272,71 @@ def _plain_response(status: int, body: bytes, extra: list[tuple[bytes, bytes]] =
             {"type": "http.response.body", "body": body}]
 
 
+class HostOriginMiddleware:
+    """Pure ASGI guard against web pages: a foreign `Host` is a 400, a foreign `Origin` a 403.
+
+    `hosts` are the names the service answers to (None: any). An `Origin` is the service's own
+    when its host and port are the request's `Host`; anything else (another site, `null`) is
+    refused, whatever the method, since a page's plain POST reaches the server without a preflight.
+    """
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None, *, any_ip: bool = False) -> None:
+        self.app = app
+        self.hosts = hosts
+        self.any_ip = any_ip
+
+    def _known(self, name: str) -> bool:
+        if self.hosts is None or name in self.hosts:
+            return True
+        if not self.any_ip:
+            return False
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan; the service has no websockets
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode(): value.decode("latin-1") for name, value in scope.get("headers", ())
+                   if name in (b"host", b"origin")}
+        host = _split_host(headers.get("host", ""))
+        if host is None or not host[0] or not self._known(host[0]):
+            await _refuse(send, 400, "header.Host", "this service does not answer to that host name "
+                          "(start it with --allowed-host NAME to add one)")
+            return
+        origin = headers.get("origin")
+        if origin is not None and not _same_origin(origin, host, scope.get("scheme", "http")):
+            await _refuse(send, 403, "header.Origin", "requests from another origin (a web page) are refused")
+            return
+        await self.app(scope, receive, send)
+
+
+def _same_origin(origin: str, host: tuple[str, int | None], scheme: str) -> bool:
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme != scheme or scheme not in ("http", "https") or not parts.hostname:
+        return False
+    default = {"http": 80, "https": 443}
+    origin_port = port if port is not None else default[parts.scheme]
+    host_port = host[1] if host[1] is not None else default.get(scheme, 80)
+    return parts.hostname == host[0] and origin_port == host_port
+
+
+async def _refuse(send: Send, status: int, field: str, message: str) -> None:
+    for event in _plain_response(status, _error_body(field, message), [(b"connection", b"close")]):
+        await send(event)
+
+
 class BearerAuthMiddleware:
     """Pure ASGI guard: every HTTP path but the public ones needs `Authorization: Bearer TOKEN`.
 
-    With no token configured (loopback-only development) every request passes.
+    With no token (`--no-auth`, loopback only) every request passes.
     """
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
