@@ -33,7 +33,8 @@ import pytest
 import uvicorn
 
 from hivemind.service.app import create_app
-from hivemind.service.auth import TOKEN_FILE, BindError, Redactor, RedactingFilter, check_bind
+from hivemind.service.auth import TOKEN_FILE, BindError, check_bind
+from hivemind.service.redaction import Redactor, RedactingFilter
 from hivemind.service.context import ServiceLimits
 from hivemind.spec import STORE_ENTRIES
 

@@ -25,7 +25,8 @@ from hivemind import __version__
 from hivemind.scan import load_scans, make_scheduler
 from hivemind.service import schemas as S
 from hivemind.service.auth import WILDCARD_HOSTS, BearerAuthMiddleware, BodyLimitMiddleware, HostOriginMiddleware
-from hivemind.service.auth import Redactor, allowed_host_names, check_bind, install_log_redaction, resolve_token
+from hivemind.service.auth import allowed_host_names, check_bind, resolve_token
+from hivemind.service.redaction import Redactor, install_log_redaction
 from hivemind.service.context import ApiError, Service, ServiceLimits, field_path
 from hivemind.service.workers import JobManager
 from hivemind.service.routes import router
