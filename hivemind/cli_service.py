@@ -61,10 +61,11 @@ def serve(
     """
     from hivemind.service.auth import BindError, TOKEN_FILE, check_bind
 
-    try:
-        check_bind(host, "" if auth else None)  # before anything is written to the store
-    except BindError as exc:
-        fail(str(exc))
+    if not auth:
+        try:
+            check_bind(host, None)  # before anything is written to the store
+        except BindError as exc:
+            fail(str(exc))
     import uvicorn
 
     from hivemind.service.app import create_app

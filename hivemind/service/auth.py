@@ -19,6 +19,7 @@ import ipaddress
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -60,24 +61,33 @@ def read_token(token_env: str) -> str | None:
 def store_token(store_dir: str | Path) -> tuple[str, bool]:
     """The store's own token, made on first use: (token, created now).
 
-    Created with mode 0600 in one step (no moment where another user could read it); a file
-    left readable by others is narrowed to 0600 before its token is used.
+    Written to a private temporary file (mode 0600 from the start) and linked into place, so no
+    reader ever sees a partial token and two services starting at once agree on one. A file left
+    readable by others is narrowed to 0600 before its token is used; an empty one is replaced.
     """
     path = Path(store_dir) / TOKEN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         if stat.S_IMODE(path.stat().st_mode) & 0o077:
             os.chmod(path, 0o600)
         stored = path.read_text(encoding="utf-8").strip()
         if len(stored) >= MIN_SECRET_LENGTH:
             return stored, False
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)  # empty or damaged: make a new one
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
-    return token, True
+    token = secrets.token_urlsafe(32)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{TOKEN_FILE}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(token + "\n")
+        if path.exists():  # empty or damaged
+            os.replace(tmp, path)
+            return token, True
+        try:
+            os.link(tmp, path)  # fails if another process made it meanwhile: then use theirs
+        except FileExistsError:
+            return path.read_text(encoding="utf-8").strip(), False
+        return token, True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def resolve_token(store_dir: str | Path, token_env: str, auth: bool = True) -> tuple[str | None, str]:

@@ -26,7 +26,9 @@ from hivemind.spec import NAME_PATTERN, QuerySet, StudySpec, canonical_json, sha
 router = APIRouter()
 Svc = Annotated[Service, Depends(get_service)]
 Name = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=200)]
-ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": S.ErrorResponse} for c in (401, 404, 409, 413, 415, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": S.ErrorResponse}
+                                           for c in (400, 401, 403, 404, 409, 413, 415, 422)}
+"""400: a Host the service does not answer to; 403: a foreign Origin (both before any handler)."""
 FILE_TYPES = {"text/csv": ".csv", "text/tab-separated-values": ".tsv", "application/x-ndjson": ".jsonl",
               "application/jsonl": ".jsonl", "application/x-jsonlines": ".jsonl", "application/json": ".json"}
 
