@@ -68,12 +68,11 @@ def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
     embedder_names = tuple(dict.fromkeys(e.strip() for e in (embedders or [DEFAULT_MODEL]) if e.strip()))
     if not embedder_names:
         raise ValueError("embedders: at least one embedder name is needed")
-    token, token_source = resolve_token(store_dir, token_env, auth)
-    check_bind(host, token)
-    redact = Redactor([token])
-    for deployment in load_zoo(zoo_file).deployments:  # fail fast on a bad zoo, learn key names
-        if deployment.api_key_env:
-            redact.add(os.environ.get(deployment.api_key_env))
+    if not auth:
+        check_bind(host, None)
+    key_names = [d.api_key_env for d in load_zoo(zoo_file).deployments if d.api_key_env]  # fail fast
+    token, token_source = resolve_token(store_dir, token_env, auth)  # the first write to the store
+    redact = Redactor([token, *(os.environ.get(name) for name in key_names)])
     install_log_redaction(redact)
     scans = Path(scans_path) if scans_path is not None else None
     ticker = make_scheduler(lambda: load_scans(zoo_file, scans, store_dir)) if scheduler else None

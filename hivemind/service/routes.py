@@ -236,11 +236,11 @@ def near_duplicates(svc: Svc, name: Name, offset: Annotated[int, QueryParam(ge=0
     if limit > svc.limits.max_page_size:
         raise ApiError(422, "query.limit", f"at most {svc.limits.max_page_size} per page")
     folder, status = (svc.store_dir / name, svc.status_of(name))
-    table = folder / "analysis" / "near_duplicates.parquet"
-    if not table.is_file():
+    path = folder / "analysis" / "near_duplicates.parquet"
+    if not path.is_file():
         raise ApiError(409, "path.name", f"study {name!r} has no near-duplicate table yet "
                                           f"(state: {status['state']})")
-    pairs = pl.scan_parquet(table)  # lazy: the count comes from the metadata, a page is read alone
+    pairs = pl.scan_parquet(path)  # lazy: the count comes from the metadata, a page is read alone
     total = int(pairs.select(pl.len()).collect().item())
     items = pairs.slice(offset, limit).collect().to_dicts()
     found = _summary_count(folder / "analysis" / "summary.json", "near_duplicate_pairs")
