@@ -30,26 +30,42 @@ def _when(ts: float | None) -> str:
 
 
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on (non-loopback needs a token).")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8321,
     store: StoreOption = Path("hivemind-store"),
     zoo: ZooOption = None,
     scans: ScansOption = None,
-    token_env: Annotated[str, typer.Option(help="Environment variable holding the bearer token.")] = "HIVEMIND_TOKEN",
+    token_env: Annotated[str, typer.Option(
+        help="Environment variable holding the bearer token; unset: the store's own token "
+             "(STORE/service.token, made on first start, printed at start).")] = "HIVEMIND_TOKEN",
+    auth: Annotated[bool, typer.Option(
+        "--auth/--no-auth", help="Require the bearer token. --no-auth works on loopback only.")] = True,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-host", help="Another Host name clients use (repeatable; '*' allows any, e.g. behind "
+                               "a proxy that checks it). The bound address and, on loopback, "
+                               "127.0.0.1/localhost/::1 are always allowed.")] = None,
+    embedder: Annotated[Optional[list[str]], typer.Option(
+        "--embedder", help="An embedder studies may use: sentence-transformers name or local folder "
+                           "(repeatable; the first is the default). Default: the shipped "
+                           "all-MiniLM-L6-v2.")] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Studies sampled at once.")] = 2,
     max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest query-set upload, MiB.")] = 10.0,
     max_samples: Annotated[int, typer.Option(min=1, help="Most samples one study may plan.")] = 200_000,
     scheduler: Annotated[bool, typer.Option(help="Run declared scans on their schedules.")] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
-    """Serve the REST API (docs at /docs) with background study workers and the scan scheduler."""
-    from hivemind.service.auth import BindError, check_bind, read_token
+    """Serve the REST API (docs at /docs) with background study workers and the scan scheduler.
 
-    token = read_token(token_env)
-    try:
-        check_bind(host, token, token_env)
-    except BindError as exc:
-        fail(str(exc))
+    Every request but /healthz needs 'Authorization: Bearer TOKEN'. Without a token in
+    --token-env the store's own token is used (made on first start, mode 0600) and printed.
+    """
+    from hivemind.service.auth import BindError, TOKEN_FILE, check_bind
+
+    if not auth:
+        try:
+            check_bind(host, None)  # before anything is written to the store
+        except BindError as exc:
+            fail(str(exc))
     import uvicorn
 
     from hivemind.service.app import create_app
@@ -59,12 +75,21 @@ def serve(
     limits = ServiceLimits(max_upload_bytes=int(max_upload_mb * 2**20), max_samples_per_study=max_samples)
     try:
         app = create_app(store, zoo, token_env, limits, scans_path=scans, workers=workers,
-                         scheduler=scheduler)
-    except ZooError as exc:
+                         scheduler=scheduler, auth=auth, host=host, allowed_hosts=allowed_host or (),
+                         embedders=embedder)
+    except (ZooError, BindError, ValueError) as exc:
         fail(str(exc))
         return
-    if token is None:
-        console.print(f"[yellow]no token in {token_env}: serving without authentication on {host}[/]")
+    source = app.state.token_source
+    if source == "none":
+        console.print(f"[yellow]--no-auth: serving without authentication on {host}[/]")
+    elif source == "env":
+        console.print(f"bearer token from the environment variable {token_env}")
+    else:  # printed once per start, as Jupyter does; never logged
+        made = "made now, " if source == "created" else ""
+        console.print(f"bearer token: {app.state.token}\n    ({made}kept in {store / TOKEN_FILE}, readable by "
+                      "you only; send it as 'Authorization: Bearer <token>')",
+                      highlight=False, markup=False, soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from hivemind.spec import NAME_PATTERN, SamplingParams, Strict, StudySpec
+from hivemind.spec import SamplingParams, StoreName, Strict, StudySpec
 from hivemind.zoo import ZooError, default_zoo_path, format_validation_error, load_zoo
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class ScanSpec(Strict):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    name: str = Field(pattern=NAME_PATTERN, max_length=80)
+    name: StoreName = Field(max_length=80)
     """Scan name, unique among scans."""
     schedule: str = Field(min_length=1, max_length=100)
     """Cron expression in UTC: five fields (`0 3 * * *`) or a macro (`@daily`)."""

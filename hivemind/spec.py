@@ -11,11 +11,46 @@ import json
 import math
 import re
 from functools import cached_property
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+STORE_ENTRIES = frozenset({
+    "hivemind.sqlite",  # the journal (store.STORE_FILE), with its -wal/-shm/-journal files
+    "embeddings.sqlite",  # the embedding cache (pipeline.CACHE_FILE)
+    "query-sets",  # uploaded query sets (scan.QUERY_SET_DIR)
+    "scans",  # scan reports (scan.write_scan_report)
+    "service.lock",  # the service's single-runner lock (service.workers)
+    "service.token",  # the service's generated bearer token (service.auth)
+})
+"""Names of a store's own files and folders at its top level, where each study has its folder."""
+
+
+def store_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a study, query set or scan (it would be a store's own file), or None.
+
+    Compared case-insensitively (macOS and Windows folders are), and SQLite's side files
+    (`hivemind.sqlite-wal`, ...) count as the database's.
+    """
+    folded = name.casefold()
+    for entry in sorted(STORE_ENTRIES):
+        if folded == entry or (entry.endswith(".sqlite") and folded.startswith(entry)):
+            return (f"{name!r} would collide with the store's own {entry!r} "
+                    f"(reserved: {', '.join(sorted(STORE_ENTRIES))}); choose another name")
+    return None
+
+
+def check_store_name(name: str) -> str:
+    """`name`, or a ValueError when it would collide with a store's own files (a pydantic validator)."""
+    problem = store_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+StoreName = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(check_store_name)]
+"""A study, query-set or scan name: a plain file name that is not one of `STORE_ENTRIES`."""
 
 
 class Strict(BaseModel):
@@ -173,8 +208,8 @@ DEFAULT_CONDITION = Condition(name="default")
 class StudySpec(Strict):
     """A whole study: which queries, which deployments, how many samples, under which conditions."""
 
-    name: str = Field(pattern=NAME_PATTERN)
-    """Study name; a store can hold several studies."""
+    name: StoreName
+    """Study name; a store can hold several studies (each in its folder `STORE/<name>/`)."""
     query_set: str
     """A shipped set's name (`open-ended-v1`) or a path to a JSONL/CSV/Parquet file."""
     deployments: list[str] = Field(min_length=1)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 
-from hivemind.spec import Completion, Deployment, Query, SampleRequest, StudySpec, canonical_json
+from hivemind.spec import Completion, Deployment, Query, SampleRequest, StudySpec, canonical_json, store_name_problem
 
 if TYPE_CHECKING:
     import polars as pl
@@ -126,7 +126,12 @@ class Store(JournalFile):
 
         Queries and deployments are replaced, not merged: a rerun that narrows the study leaves
         older rows in the journal (nothing sampled is thrown away) but out of its tables.
+        A name that would be one of the store's own files (a spec built without validation)
+        is refused before anything is written.
         """
+        problem = store_name_problem(spec.name)
+        if problem:
+            raise StoreError(f"study name {problem}")
         now = time.time()
         with self.transaction() as db:
             db.execute("DELETE FROM queries WHERE study = ?", (spec.name,))

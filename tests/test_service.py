@@ -1,6 +1,9 @@
 """The REST service against real servers: uvicorn on 127.0.0.1 (a port of its choosing), httpx as the client.
 
-Covers auth (token on everything but /healthz, no public bind without one, no secret echoed),
+Covers auth (token on everything but /healthz, a token made and kept by `hivemind serve` when none is
+configured, `--no-auth` on loopback only, no secret echoed), web pages kept out (foreign Host and
+Origin refused), embedders only from the server's list, names reserved for the store's own files,
+no absolute server path in a response, near-duplicate paging through every pair,
 bad input (4xx naming the field, nothing half-written), idempotent study creation, progress,
 results, cancel (also mid-analysis, and racing a job's start), log redaction, a SIGKILL-and-restart
 resume with exactly one row per sample, and a schemathesis run against the OpenAPI schema with no
@@ -30,8 +33,10 @@ import pytest
 import uvicorn
 
 from hivemind.service.app import create_app
-from hivemind.service.auth import BindError, Redactor, RedactingFilter, check_bind
+from hivemind.service.auth import TOKEN_FILE, BindError, check_bind
+from hivemind.service.redaction import Redactor, RedactingFilter
 from hivemind.service.context import ServiceLimits
+from hivemind.spec import STORE_ENTRIES
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN_ENV = "HIVEMIND_TEST_TOKEN"
@@ -48,7 +53,10 @@ deployments:
       api_key_env: HIVEMIND_TEST_UNSET_KEY}}
   - {{name: keyed-set, provider: openai, model: x, api_base: "http://127.0.0.1:9/v1",
       api_key_env: {PROVIDER_KEY_ENV}}}
+  - {{name: mock-same-a, provider: mock, model: mock, max_concurrency: 16, options: {{diversity: 1}}}}
+  - {{name: mock-same-b, provider: mock, model: mock, max_concurrency: 16, options: {{diversity: 1}}}}
 """
+OTHER_EMBEDDER = "an-embedder-the-operator-listed"
 QUERIES = [{"id": f"q{i}", "text": t, "category": c} for i, (t, c) in enumerate([
     ("Write a metaphor about time.", "metaphor"), ("Name a bakery.", "naming"),
     ("Describe the sea in one line.", "poetry")])]
@@ -95,7 +103,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(env: None, zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     store = tmp_path_factory.mktemp("store")
-    with serving(store, zoo, scheduler=False) as url:
+    with serving(store, zoo, scheduler=False, embedders=["all-MiniLM-L6-v2", OTHER_EMBEDDER]) as url:
         yield url, store
 
 
@@ -135,19 +143,81 @@ def test_healthz_is_open_and_every_other_path_needs_the_token(server: tuple[str,
     assert ok.status_code == 200 and "swagger" in ok.text.lower()
 
 
-def test_refuses_a_public_address_without_a_token() -> None:
-    check_bind("127.0.0.1", None, "X")
-    check_bind("::1", None, "X")
-    check_bind("0.0.0.0", "a-token", "X")
-    with pytest.raises(BindError, match="MY_TOKEN_VAR"):
-        check_bind("0.0.0.0", None, "MY_TOKEN_VAR")
+def test_no_auth_is_refused_off_loopback_and_writes_nothing(env: None, zoo: Path, tmp_path: Path) -> None:
+    check_bind("127.0.0.1", None)
+    check_bind("::1", None)
+    check_bind("localhost", None)
+    check_bind("0.0.0.0", "a-token")
+    for host in ("0.0.0.0", "::", "192.168.1.20", "example.org"):
+        with pytest.raises(BindError, match="loopback"):
+            check_bind(host, None)
+    with pytest.raises(BindError, match="loopback"):
+        create_app(tmp_path / "api-store", zoo, TOKEN_ENV, auth=False, host="0.0.0.0", run_jobs=False)
     from typer.testing import CliRunner
 
     from hivemind.cli import app
 
-    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--token-env", "HIVEMIND_TEST_NO_SUCH"])
-    assert result.exit_code == 2
-    assert "refusing" in result.output
+    store = tmp_path / "cli-store"
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--no-auth", "--store", str(store),
+                                      "--zoo", str(zoo)])
+    assert result.exit_code == 2 and "loopback" in result.output, result.output
+    assert not store.exists() and not (tmp_path / "api-store").exists()
+
+
+def test_no_auth_on_loopback_serves_without_a_token(env: None, zoo: Path, tmp_path: Path) -> None:
+    with serving(tmp_path / "store", zoo, auth=False, scheduler=False, run_jobs=False) as url:
+        assert httpx.get(f"{url}/v1/studies").status_code == 200
+        assert httpx.get(f"{url}/v1/studies", headers={"Host": "evil.example"}).status_code == 400
+    assert not (tmp_path / "store" / TOKEN_FILE).exists()
+
+
+def test_a_foreign_host_is_refused_and_allowed_hosts_are_served(server: tuple[str, Path], zoo: Path,
+                                                                 tmp_path: Path) -> None:
+    """DNS rebinding: a page's own name resolving to 127.0.0.1 reaches the server with its Host."""
+    url, _ = server
+    port = url.rsplit(":", 1)[1]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", f"localhost.:{port}", "",
+                 f"127.0.0.1@evil.example:{port}"):
+        for path in ("/healthz", "/v1/studies"):
+            refused = httpx.get(url + path, headers={**auth, "Host": host})
+            assert refused.status_code == 400, (host, path, refused.text)
+            assert refused.json()["errors"][0]["field"] == "header.Host" and TOKEN not in refused.text
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}", f"LOCALHOST:{port}"):
+        assert httpx.get(f"{url}/v1/studies", headers={**auth, "Host": host}).status_code == 200, host
+    with serving(tmp_path / "store", zoo, scheduler=False, run_jobs=False,
+                 allowed_hosts=["hivemind.lan"]) as other:
+        assert httpx.get(f"{other}/v1/studies", headers={**auth, "Host": "hivemind.lan:8321"}).status_code == 200
+        assert httpx.get(f"{other}/v1/studies", headers={**auth, "Host": "other.lan"}).status_code == 400
+
+
+def test_a_foreign_origin_is_refused_even_for_preflightless_posts(client: httpx.Client,
+                                                                   server: tuple[str, Path]) -> None:
+    """A page's form or `fetch` with a simple content type reaches the server with no preflight:
+    the Origin it carries must stop it, token or not, before anything is written."""
+    url, store = server
+    port = url.rsplit(":", 1)[1]
+    before = _state(store)
+    csv_text = "id,text\na,Write a haiku\n"
+    for origin in ("http://evil.example", f"http://evil.example:{port}", "null", f"http://localhost:{port}",
+                   f"https://127.0.0.1:{port}", "http://127.0.0.1", "file://"):
+        for method, path, kwargs in [
+                ("POST", "/v1/query-sets/upload?name=from-a-page", {"content": csv_text,
+                                                                    "headers": {"Content-Type": "text/plain"}}),
+                ("POST", "/v1/query-sets/upload?name=from-a-page", {"content": csv_text,
+                                                                    "headers": {"Content-Type": "text/csv"}}),
+                ("POST", "/v1/scans/any-scan/run", {}),
+                ("POST", "/v1/studies", {"json": {"name": "from-a-page", "query_set": "open-ended-v1",
+                                                  "deployments": ["mock-fast"]}}),
+                ("GET", "/v1/studies", {})]:
+            headers = {**kwargs.pop("headers", {}), "Origin": origin}
+            refused = client.request(method, path, headers=headers, **kwargs)
+            assert refused.status_code == 403, (origin, path, refused.text)
+            assert refused.json()["errors"][0]["field"] == "header.Origin"
+    assert _state(store) == before
+    same = client.post("/v1/query-sets/upload?name=same-origin", content=csv_text,
+                       headers={"Content-Type": "text/csv", "Origin": url})
+    assert same.status_code == 201, same.text
 
 
 def test_secrets_are_redacted_from_text_and_logs(env: None) -> None:
@@ -236,7 +306,7 @@ def _state(store: Path) -> tuple[Any, ...]:
         counts = tuple(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
                        for t in ("service_query_sets", "service_jobs", "service_idempotency", "service_scans", "studies"))
     files = sorted(p.name for p in (store / "query-sets").glob("*")) if (store / "query-sets").exists() else []
-    return counts, files
+    return counts, files, sorted(p.name for p in store.iterdir())
 
 
 def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(client: httpx.Client, server: tuple[str, Path]) -> None:
@@ -265,12 +335,22 @@ def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(client: httpx.Cl
          "header.Idempotency-Key"),
         ("POST", "/v1/studies", {"json": {**good, "name": "n9", "conditions": [{"name": "a"}, {"name": "a"}]}}, 422,
          "body.conditions"),
+        *[("POST", "/v1/studies", {"json": {**good, "name": reserved}}, 422, "body.name") for reserved in
+          (*STORE_ENTRIES, "Scans", "HIVEMIND.sqlite", "hivemind.sqlite-wal", "embeddings.sqlite-shm")],
+        *[("POST", "/v1/studies", {"json": {**good, "name": "n10", "embedder": embedder}}, 422, "body.embedder")
+          for embedder in ("/", "/etc", "~", "..", "sentence-transformers/paraphrase-MiniLM-L3-v2",
+                           "sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2 ")],
         ("POST", "/v1/studies", {"content": b"x" * (LIMITS.max_body_bytes + 1),
                                  "headers": {"Content-Type": "application/json"}}, 413, "body"),
         ("POST", "/v1/query-sets", {"json": {"name": "dups", "queries": dup}}, 422, "body.queries[1].id"),
         ("POST", "/v1/query-sets", {"json": {"name": "empty", "queries": []}}, 422, "body.queries"),
         ("POST", "/v1/query-sets", {"json": {"name": "open-ended-v1", "queries": QUERIES}}, 409, "body.name"),
         ("POST", "/v1/query-sets", {"json": {"name": "bad-input-set", "queries": QUERIES[:1]}}, 409, "body.name"),
+        ("POST", "/v1/query-sets", {"json": {"name": "query-sets", "queries": QUERIES}}, 422, "body.name"),
+        ("POST", "/v1/query-sets/upload?name=hivemind.sqlite", {"content": "id,text\na,x\n",
+                                                                 "headers": {"Content-Type": "text/csv"}}, 422, "query.name"),
+        ("POST", "/v1/query-sets/upload", {"files": {"file": ("scans.csv", "id,text\na,x\n", "text/csv")}}, 422,
+         "query.name"),
         ("POST", "/v1/query-sets/upload?name=dupcsv", {"content": "id,text\na,x\na,y\n",
                                                         "headers": {"Content-Type": "text/csv"}}, 422, "line 3"),
         ("POST", "/v1/query-sets/upload?name=notext", {"content": "id,other\na,x\n",
@@ -290,6 +370,10 @@ def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(client: httpx.Cl
                                         "query_set": "bad-input-set"}}, 422, "body.deployments[1]"),
         ("POST", "/v1/scans", {"json": {"name": "s3", "schedule": "0 3 * * *", "deployments": ["mock-fast", "mock-b"],
                                         "query_set": "ghost-set"}}, 422, "body.query_set"),
+        ("POST", "/v1/scans", {"json": {"name": "scans", "schedule": "0 3 * * *", "deployments": ["mock-fast", "mock-b"],
+                                        "query_set": "bad-input-set"}}, 422, "body.name"),
+        ("POST", "/v1/scans", {"json": {"name": "s4", "schedule": "0 3 * * *", "deployments": ["mock-fast", "mock-b"],
+                                        "query_set": "bad-input-set", "embedder": "/"}}, 422, "body.embedder"),
         ("GET", "/v1/studies/no-such-study", {}, 404, "path.name"),
         ("GET", "/v1/query-sets/no-such-set", {}, 404, "path.name"),
         ("GET", "/v1/studies/bad-input-study/near-duplicates?limit=100000", {}, 422, "query.limit"),
@@ -329,12 +413,13 @@ def test_study_lifecycle_idempotency_progress_and_results(client: httpx.Client, 
 
     analysis = server[1] / "life" / "analysis"  # what the pipeline writes, made by hand here
     analysis.mkdir(parents=True)
-    (analysis / "summary.json").write_text('{"intra": {"mock-fast": 0.9}, "gap": NaN}')
+    (analysis / "summary.json").write_text('{"intra": {"mock-fast": 0.9}, "gap": NaN, '
+                                           '"headline": {"near_duplicate_pairs": 9}}')
     pl.DataFrame({"a": list(range(7)), "similarity": [0.95] * 7}).write_parquet(analysis / "near_duplicates.parquet")
     pl.DataFrame({"x": [1.0]}).write_parquet(analysis / "matrix.parquet")
     (server[1] / "life" / "report.html").write_text("<html><body>report</body></html>")
     results = client.get("/v1/studies/life/results").json()
-    assert results["summary"] == {"intra": {"mock-fast": 0.9}, "gap": None}
+    assert results["summary"] == {"intra": {"mock-fast": 0.9}, "gap": None, "headline": {"near_duplicate_pairs": 9}}
     assert results["sampling"]["sampled_now"] == 18
     names = [t["name"] for t in client.get("/v1/studies/life/tables").json()["tables"]]
     assert names == ["samples", "matrix", "near_duplicates"]
@@ -342,7 +427,8 @@ def test_study_lifecycle_idempotency_progress_and_results(client: httpx.Client, 
     pages, offset = [], 0
     while offset is not None:
         page = client.get(f"/v1/studies/life/near-duplicates?offset={offset}&limit=3").json()
-        assert page["total"] == 7
+        # an older analysis kept 7 of the 9 pairs it found: said, not hidden
+        assert page["total"] == 7 and page["found"] == 9 and page["truncated"] is True
         pages.append([item["a"] for item in page["items"]])
         offset = page["next_offset"]
     assert pages == [[0, 1, 2], [3, 4, 5], [6]]
@@ -366,6 +452,83 @@ def test_a_study_with_analysis_runs_the_pipeline_and_serves_its_results(client: 
     assert report.status_code == 200 and "analyzed" in report.text
 
 
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_responses_carry_no_absolute_server_path(client: httpx.Client, server: tuple[str, Path], zoo: Path) -> None:
+    """The summary and sampling files name the store, the zoo and the uploaded set's file; over
+    the API they are store-relative or bare file names."""
+    store = server[1]
+    upload(client, "paths-set")
+    body = {"name": "paths", "query_set": "paths-set", "deployments": ["mock-fast", "mock-b"], "samples": 2}
+    assert client.post("/v1/studies", json=body).status_code == 202
+    assert wait_for(client, "paths", ("done", "failed"), timeout=90)["state"] == "done"
+    on_disk = json.loads((store / "paths" / "analysis" / "summary.json").read_text())
+    assert on_disk["store"] == str(store.resolve())  # what the API must not pass on
+    assert str(store.resolve()) in on_disk["spec"]["query_set"] and on_disk["spec"]["zoo"] == str(zoo.resolve())
+    answers = [client.get(path) for path in ("/v1/studies/paths/results", "/v1/studies/paths", "/v1/studies",
+                                             "/v1/query-sets", "/v1/query-sets/paths-set", "/v1/scans",
+                                             "/v1/studies/paths/tables")]
+    answers.append(client.post("/v1/studies", json={**body, "query_set": "ghost-set"}))
+    for answer in answers:
+        assert answer.status_code in (200, 422), answer.text
+        assert str(store) not in answer.text and str(zoo.parent) not in answer.text, answer.text[:2000]
+        absolute = [t for t in _strings(answer.json()) if t.startswith("/") and not t.startswith("/v1/")]
+        assert absolute == [], absolute
+    summary = answers[0].json()["summary"]
+    assert summary["store"] == "." and summary["spec"]["query_set"] == "query-sets/paths-set.jsonl"
+    assert summary["spec"]["zoo"] == zoo.name
+    assert answers[0].json()["sampling"]["samples_parquet"] == "paths/samples.parquet"
+
+
+def test_embedders_come_from_the_servers_list(client: httpx.Client, server: tuple[str, Path]) -> None:
+    upload(client, "embedder-set")
+    body = {"query_set": "embedder-set", "deployments": ["mock-fast"], "samples": 1, "analyze": False}
+    assert client.post("/v1/studies", json={**body, "name": "emb-default"}).status_code == 202
+    assert client.post("/v1/studies", json={**body, "name": "emb-other", "embedder": OTHER_EMBEDDER}).status_code == 202
+    with sqlite3.connect(server[1] / "hivemind.sqlite") as db:
+        specs = dict(db.execute("SELECT study, spec_json FROM service_jobs WHERE study LIKE 'emb-%'").fetchall())
+    assert json.loads(specs["emb-default"])["embedder"] == "all-MiniLM-L6-v2"  # the list's first
+    assert json.loads(specs["emb-other"])["embedder"] == OTHER_EMBEDDER
+    refused = client.post("/v1/studies", json={**body, "name": "emb-path", "embedder": "/"})
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "body.embedder"
+    assert OTHER_EMBEDDER in refused.json()["errors"][0]["message"]  # says what is offered
+
+
+def test_near_duplicates_page_through_every_pair_with_the_true_total(env: None, zoo: Path, tmp_path: Path) -> None:
+    """Two deployments that answer every sample alike: 2 queries x 40 x 40 = 3,200 cross pairs,
+    more than the 2,000 the table used to keep."""
+    limits = ServiceLimits(max_samples_per_study=5000, max_page_size=1000)
+    with serving(tmp_path / "store", zoo, limits=limits, scheduler=False) as url, \
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
+        upload(client, "dup-set", QUERIES[:2])
+        body = {"name": "dups", "query_set": "dup-set", "deployments": ["mock-same-a", "mock-same-b"],
+                "samples": 40, "params": {"max_tokens": 1}}
+        assert client.post("/v1/studies", json=body).status_code == 202
+        status = wait_for(client, "dups", ("done", "failed"), timeout=300)
+        assert status["state"] == "done", status
+        found = client.get("/v1/studies/dups/results").json()["summary"]["headline"]["near_duplicate_pairs"]
+        assert found == 2 * 40 * 40
+        pairs, offset, pages = [], 0, 0
+        while offset is not None:
+            page = client.get(f"/v1/studies/dups/near-duplicates?offset={offset}&limit=1000").json()
+            assert page["total"] == page["found"] == found and page["truncated"] is False
+            pairs += [(p["query_id"], p["condition"], p["i"], p["j"]) for p in page["items"]]
+            offset, pages = page["next_offset"], pages + 1
+        assert pages == 4 and len(pairs) == len(set(pairs)) == found
+        assert all(p["deployment_a"] != p["deployment_b"] for p in page["items"])
+        past = client.get(f"/v1/studies/dups/near-duplicates?offset={found}&limit=10").json()
+        assert past["items"] == [] and past["next_offset"] is None and past["total"] == found
+
+
 def test_cancel_stops_within_seconds_and_keeps_what_was_sampled(client: httpx.Client, server: tuple[str, Path]) -> None:
     upload(client, "cancel-set")
     body = {"name": "to-cancel", "query_set": "cancel-set", "deployments": ["mock-slow"], "samples": 100,
@@ -384,6 +547,68 @@ def test_cancel_stops_within_seconds_and_keeps_what_was_sampled(client: httpx.Cl
     assert client.get("/v1/studies/to-cancel").json()["total"]["ok"] == kept
     assert 4 <= kept < 300
     assert client.post("/v1/studies/to-cancel/cancel").status_code == 409
+
+
+def test_reserved_names_are_refused_in_python_and_the_cli_before_anything_is_written(
+        env: None, zoo: Path, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+    from typer.testing import CliRunner
+
+    from hivemind.cli import app
+    from hivemind.scan import ScanSpec
+    from hivemind.spec import StudySpec
+    from hivemind.store import StoreError
+    from hivemind.study import run_study
+
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
+    fields = {"query_set": str(queries), "deployments": ["mock-fast"], "zoo": str(zoo), "samples": 1}
+    for name in (*STORE_ENTRIES, "SCANS", "hivemind.sqlite-journal"):
+        with pytest.raises(ValidationError, match="collide with the store"):
+            StudySpec(name=name, **fields)
+        with pytest.raises(ValidationError, match="collide with the store"):
+            ScanSpec(name=name, schedule="@daily", deployments=["mock-fast", "mock-b"], query_set="open-ended-v1")
+    store = tmp_path / "py-store"
+    unchecked = StudySpec(name="fine", **fields).model_copy(update={"name": "scans"})  # skips validation
+    with pytest.raises(StoreError, match="collide with the store"):
+        run_study(unchecked, store, progress=False)
+    assert sorted(p.name for p in store.iterdir() if not p.name.startswith("hivemind.sqlite")) == []
+    with sqlite3.connect(store / "hivemind.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM studies").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 0
+
+    cli_store = tmp_path / "cli-store"
+    spec = tmp_path / "study.yaml"
+    spec.write_text(json.dumps({"name": "embeddings.sqlite", **fields}))
+    result = CliRunner().invoke(app, ["run", str(spec), "--store", str(cli_store), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "name" in result.output and "embeddings.sqlite" in result.output
+    assert not cli_store.exists()
+
+
+def test_the_store_holds_only_study_folders_and_reserved_names(client: httpx.Client, server: tuple[str, Path]) -> None:
+    """Everything the service, the analysis and a scan wrote at the store's top level is either a
+    study's folder or a name studies cannot take (so the reserved list is complete)."""
+    store = server[1]
+    upload(client, "layout-set")
+    body = {"name": "layout", "query_set": "layout-set", "deployments": ["mock-fast", "mock-b"], "samples": 2}
+    assert client.post("/v1/studies", json=body).status_code == 202
+    scan = {"name": "layout-scan", "schedule": "@yearly", "deployments": ["mock-fast", "mock-b"],
+            "query_set": "layout-set", "samples": 2}
+    assert client.post("/v1/scans", json=scan).status_code == 201
+    run = client.post("/v1/scans/layout-scan/run").json()
+    for study in ("layout", run["study"]):
+        assert wait_for(client, study, ("done", "failed"), timeout=120)["state"] == "done"
+    assert client.get("/v1/scans/layout-scan/report").status_code == 200
+    assert client.get("/v1/studies/layout/tables/samples").status_code == 200  # a download's temporary file
+    studies = {s["name"] for s in client.get("/v1/studies").json()["studies"]}
+    assert (store / "embeddings.sqlite").exists() and (store / "query-sets").is_dir() and (store / "scans").is_dir()
+    from hivemind.spec import store_name_problem
+
+    for entry in store.iterdir():
+        if entry.name in studies or entry.name.startswith("."):  # hidden names are not valid study names
+            continue
+        assert store_name_problem(entry.name), f"{entry.name} could also be a study's name"
 
 
 # --- job workers --------------------------------------------------------------------------------
@@ -502,9 +727,14 @@ def test_start_job_is_a_compare_and_set(tmp_path: Path) -> None:
 
 
 # --- restart --------------------------------------------------------------------------------------
-def _spawn(store: Path, zoo: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """`hivemind serve` on a port it binds itself (port 0); its URL, read from its start-up line."""
-    env = {**os.environ, TOKEN_ENV: TOKEN, PROVIDER_KEY_ENV: PROVIDER_KEY, "PYTHONPATH": str(REPO)}
+def _spawn(store: Path, zoo: Path, log: Path, token: str | None = TOKEN) -> tuple[subprocess.Popen, str]:
+    """`hivemind serve` on a port it binds itself (port 0); its URL, read from its start-up line.
+
+    `token=None` starts it with no token in the environment (it uses the store's own)."""
+    env = {**os.environ, PROVIDER_KEY_ENV: PROVIDER_KEY, "PYTHONPATH": str(REPO)}
+    env.pop(TOKEN_ENV, None)
+    if token is not None:
+        env[TOKEN_ENV] = token
     proc = subprocess.Popen(
         [sys.executable, "-m", "hivemind.cli", "serve", "--store", str(store), "--zoo", str(zoo), "--port", "0",
          "--token-env", TOKEN_ENV, "--no-scheduler", "--log-level", "info"],
@@ -556,11 +786,7 @@ def test_sigkill_mid_study_then_restart_completes_with_one_row_per_sample(env: N
         assert status["state"] == "done", status
         assert status["total"] == {"planned": planned, "ok": planned, "failed": 0, "pending": 0}
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
     with sqlite3.connect(store / "hivemind.sqlite") as db:
         rows = db.execute("SELECT query_id, deployment, condition, sample_index, error FROM samples "
                           "WHERE study = 'survivor'").fetchall()
@@ -574,6 +800,42 @@ def test_sigkill_mid_study_then_restart_completes_with_one_row_per_sample(env: N
         text = log.read_text(errors="replace")
         assert "Uvicorn running" in text or "Application startup complete" in text
         assert TOKEN not in text and PROVIDER_KEY not in text
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_serve_without_a_token_makes_one_keeps_it_private_prints_it_and_reuses_it(
+        env: None, zoo: Path, tmp_path: Path) -> None:
+    store, logs = tmp_path / "store", [tmp_path / "serve-1.log", tmp_path / "serve-2.log"]
+    printed = []
+    for log in logs:
+        proc, url = _spawn(store, zoo, log, token=None)
+        try:
+            found = re.findall(r"bearer token: (\S+)", log.read_text(errors="replace"))
+            assert len(found) == 1, log.read_text(errors="replace")  # printed once
+            token = found[0]
+            printed.append(token)
+            assert httpx.get(f"{url}/v1/studies").status_code == 401
+            assert httpx.get(f"{url}/v1/studies", headers={"Authorization": "Bearer not-the-token"}).status_code == 401
+            ok = httpx.get(f"{url}/v1/studies", headers={"Authorization": f"Bearer {token}"})
+            assert ok.status_code == 200 and ok.json() == {"studies": []}
+        finally:
+            _stop(proc)
+        assert (store / TOKEN_FILE).stat().st_mode & 0o777 == 0o600
+        (store / TOKEN_FILE).chmod(0o644)  # loosened by hand: the next start narrows it again
+    path = store / TOKEN_FILE
+    assert path.read_text().strip() == printed[0] == printed[1]  # the restart reused it
+    assert len(printed[0]) >= 32
+    assert "made now" in logs[0].read_text() and "made now" not in logs[1].read_text()
+    for log in logs:  # uvicorn's own lines (access log included) never carry it
+        lines = [line for line in log.read_text(errors="replace").splitlines() if printed[0] in line]
+        assert len(lines) == 1, lines
 
 
 # --- schema ---------------------------------------------------------------------------------------

@@ -80,20 +80,23 @@ def _found_pairs(
 
 
 def near_duplicates(
-    responses: pl.DataFrame, vectors: np.ndarray, threshold: float, max_rows: int = 2000,
+    responses: pl.DataFrame, vectors: np.ndarray, threshold: float, max_rows: int | None = None,
     use_gpu: bool | None = None,
 ) -> tuple[pl.DataFrame, int]:
     """Cross-deployment pairs within one query and condition with cosine >= threshold.
 
-    Found by `hivemind.index.near_duplicate_pairs`; returns the `max_rows` most similar with
-    both texts side by side, and the total count.
+    Found by `hivemind.index.near_duplicate_pairs`; returns every pair (or the `max_rows` most
+    similar), most similar first, with both texts side by side, and the total count. The REST
+    service pages through this table, so by default nothing is cut.
     """
     import polars as pl
 
     groups = [f"{q}\x00{c}" for q, c in zip(responses["query_id"].to_list(), responses["condition"].to_list())]
     found = _found_pairs(responses, vectors, threshold, groups, use_gpu)
     total = found.height
-    found = found.sort(["cosine", "i", "j"], descending=[True, False, False]).head(max_rows)
+    found = found.sort(["cosine", "i", "j"], descending=[True, False, False])
+    if max_rows is not None:
+        found = found.head(max_rows)
     side = responses.select("row", "query_id", "category", "query_text", "condition", "deployment",
                             "sample_index", "text")
     a = side.rename({c: f"{c}_a" for c in ("deployment", "sample_index", "text")})
@@ -179,8 +182,9 @@ def analyze_responses(
 
     `threshold` is the cosine at which two responses count as near-duplicates and as one
     equivalence class. `use_gpu` is for the FAISS corpus-wide near-duplicate search (None:
-    a GPU when faiss sees one). Works with one deployment (no inter tables), one condition and
-    missing categories.
+    a GPU when faiss sees one). `max_near_duplicates` caps the corpus-wide table
+    (`near_duplicates_corpus`); the within-query `near_duplicates` keeps every pair. Works with one
+    deployment (no inter tables), one condition and missing categories.
     """
     import polars as pl
 
@@ -213,7 +217,7 @@ def analyze_responses(
     t["conditions"] = conditions_view(t["pairs"], t["query_similarity"], conditions, n_boot=n_boot, seed=seed)
     meta = responses.select("deployment", "family", "stage").unique("deployment", maintain_order=True)
     t["lineage"] = lineage_view(t["diversity"], t["pairs"], meta, t["quality"], n_boot=n_boot, seed=seed)
-    t["near_duplicates"], n_dup = near_duplicates(responses, vectors, threshold, max_near_duplicates, use_gpu)
+    t["near_duplicates"], n_dup = near_duplicates(responses, vectors, threshold, None, use_gpu)  # every pair
     t["near_duplicates_corpus"], n_corpus, n_cross = corpus_near_duplicates(
         responses, vectors, threshold, max_near_duplicates, use_gpu)
 

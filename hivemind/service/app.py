@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,9 @@ from starlette.exceptions import HTTPException
 from hivemind import __version__
 from hivemind.scan import load_scans, make_scheduler
 from hivemind.service import schemas as S
-from hivemind.service.auth import BearerAuthMiddleware, BodyLimitMiddleware, Redactor
-from hivemind.service.auth import install_log_redaction, read_token
+from hivemind.service.auth import WILDCARD_HOSTS, BearerAuthMiddleware, BodyLimitMiddleware, HostOriginMiddleware
+from hivemind.service.auth import allowed_host_names, check_bind, resolve_token
+from hivemind.service.redaction import Redactor, install_log_redaction
 from hivemind.service.context import ApiError, Service, ServiceLimits, field_path
 from hivemind.service.workers import JobManager
 from hivemind.service.routes import router
@@ -45,28 +46,39 @@ def _error(status: int, items: list[tuple[str, str]], headers: dict[str, str] | 
 def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
                token_env: str = "HIVEMIND_TOKEN", limits: ServiceLimits | None = None, *,
                scans_path: str | Path | None = None, workers: int = 2, run_jobs: bool = True,
-               scheduler: bool = True, scheduler_interval_s: float = 30.0) -> FastAPI:
-    """The service over `store_dir`.
+               scheduler: bool = True, scheduler_interval_s: float = 30.0, auth: bool = True,
+               host: str = "127.0.0.1", allowed_hosts: Iterable[str] = (),
+               embedders: Sequence[str] | None = None) -> FastAPI:
+    """The service over `store_dir`, to be served on `host`.
 
-    The bearer token is read once from the variable `token_env`; without one every request is
-    served (bind such an app to loopback only: `hivemind serve` enforces it). Job workers start
-    with the app and resume whatever was queued or running when it last stopped; with
-    `scheduler`, due scans are queued every `scheduler_interval_s` seconds.
+    The bearer token is read once from the variable `token_env`; without one the store's own
+    token is used, made on first start (`STORE/service.token`, mode 0600; `app.state.token` and
+    `app.state.token_source` say which). `auth=False` serves without a token and is refused
+    (`BindError`) unless `host` is loopback. Requests must name `host` (or a loopback name, or
+    one of `allowed_hosts`) in their Host header, and carry no foreign Origin. Studies may use
+    only the `embedders` listed (default: the shipped MiniLM), the first being the default.
+    Job workers start with the app and resume whatever was queued or running when it last
+    stopped; with `scheduler`, due scans are queued every `scheduler_interval_s` seconds.
     """
+    from hivemind.embed import DEFAULT_MODEL
+
     store_dir = Path(store_dir).resolve()
     zoo_file = Path(zoo_path).resolve() if zoo_path is not None else default_zoo_path().resolve()
     limits = limits or ServiceLimits()
-    token = read_token(token_env)
-    redact = Redactor([token])
-    for deployment in load_zoo(zoo_file).deployments:  # fail fast on a bad zoo, learn key names
-        if deployment.api_key_env:
-            redact.add(os.environ.get(deployment.api_key_env))
+    embedder_names = tuple(dict.fromkeys(e.strip() for e in (embedders or [DEFAULT_MODEL]) if e.strip()))
+    if not embedder_names:
+        raise ValueError("embedders: at least one embedder name is needed")
+    if not auth:
+        check_bind(host, None)
+    key_names = [d.api_key_env for d in load_zoo(zoo_file).deployments if d.api_key_env]  # fail fast
+    token, token_source = resolve_token(store_dir, token_env, auth)  # the first write to the store
+    redact = Redactor([token, *(os.environ.get(name) for name in key_names)])
     install_log_redaction(redact)
     scans = Path(scans_path) if scans_path is not None else None
     ticker = make_scheduler(lambda: load_scans(zoo_file, scans, store_dir)) if scheduler else None
     manager = JobManager(store_dir, max_active=workers, redact=redact, scheduler=ticker,
                          scheduler_interval_s=scheduler_interval_s)
-    service = Service(store_dir, zoo_file, scans, limits, manager, Store(store_dir), redact)
+    service = Service(store_dir, zoo_file, scans, limits, manager, Store(store_dir), redact, embedder_names)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -83,11 +95,14 @@ def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
                   description="Measure how alike language models answer open-ended queries. "
                               "Every path but /healthz needs `Authorization: Bearer <token>`.")
     app.state.service = service
+    app.state.token, app.state.token_source = token, token_source
     app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes,
                        overrides={"/v1/query-sets": limits.max_upload_bytes,
                                   "/v1/query-sets/upload": limits.max_upload_bytes})
-    app.add_middleware(BearerAuthMiddleware, token=token)  # outermost: nothing runs unauthenticated
+    app.add_middleware(BearerAuthMiddleware, token=token)  # nothing runs unauthenticated
+    app.add_middleware(HostOriginMiddleware, hosts=allowed_host_names(host, allowed_hosts),  # outermost
+                       any_ip=host.strip().strip("[]") in WILDCARD_HOSTS)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -99,14 +114,15 @@ def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
                 continue
             if loc[:1] == ["header"] and len(loc) > 1:
                 loc[1] = "-".join(w.capitalize() for w in str(loc[1]).split("-"))
-            items.append((field_path(loc), redact(str(e.get("msg", "invalid")))))
+            items.append((field_path(loc), service.public(redact(str(e.get("msg", "invalid"))))))
         return _error(422, items or [("body", "invalid request")])
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         field = getattr(exc, "field", None) or ("path" if exc.status_code in (404, 405) else "request")
         message = getattr(exc, "message", None) or str(exc.detail)
-        return _error(exc.status_code, [(field, redact(message))], headers=getattr(exc, "headers", None))
+        return _error(exc.status_code, [(field, service.public(redact(message)))],
+                      headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:

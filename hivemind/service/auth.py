@@ -1,32 +1,41 @@
-"""Bearer-token guard, loopback rule and redaction for the service.
+"""Who may talk to the service: bearer token, Host and Origin checks, loopback rule, body limits.
 
-The token comes from an environment variable named at start-up (default `HIVEMIND_TOKEN`); it
-guards every path but `/healthz`, `/docs` and the schema included. Secrets (the token and the
-values of key-like environment variables) are scrubbed from error texts and log records, so
-neither a response, a job's error nor a log line can carry them.
+Authentication is the default. The token comes from an environment variable named at start-up
+(default `HIVEMIND_TOKEN`); without one, the service makes one and keeps it in the store
+(`STORE/service.token`, readable by its owner only), so a restart keeps it. It guards every path
+but `/healthz`. Only an explicit `--no-auth` serves without a token, and only on loopback.
+
+A web page the user visits must not drive the service: a request whose `Host` is not the
+service's own name (DNS rebinding) is refused with 400, and one whose `Origin` is another site
+(a page's form or `fetch`, which needs no preflight for a plain POST) with 403.
+
+Secrets are kept out of responses and logs by `hivemind.service.redaction`.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-import logging
 import os
-import re
-import threading
-import traceback
-import weakref
-from collections.abc import Callable, Iterable
+import secrets
+import stat
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hivemind.service.redaction import MIN_SECRET_LENGTH
+
 PUBLIC_PATHS = frozenset({"/healthz"})
 """Paths served without a token."""
-SECRET_ENV_PATTERN = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
-"""Environment variables whose values are treated as secrets by the redactor."""
-MIN_SECRET_LENGTH = 6
-REDACTED = "***"
+TOKEN_FILE = "service.token"
+"""The generated token's file in the store (mode 0600)."""
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+"""Host names a loopback-bound service answers to."""
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 
 class BindError(ValueError):
@@ -49,136 +58,91 @@ def read_token(token_env: str) -> str | None:
     return value or None
 
 
-def check_bind(host: str, token: str | None, token_env: str) -> None:
-    """Refuse a non-loopback address unless a token is set (names the variable, never a value)."""
+def store_token(store_dir: str | Path) -> tuple[str, bool]:
+    """The store's own token, made on first use: (token, created now).
+
+    Written to a private temporary file (mode 0600 from the start) and linked into place, so no
+    reader ever sees a partial token and two services starting at once agree on one. A file left
+    readable by others is narrowed to 0600 before its token is used; an empty one is replaced.
+    """
+    path = Path(store_dir) / TOKEN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            os.chmod(path, 0o600)
+        stored = path.read_text(encoding="utf-8").strip()
+        if len(stored) >= MIN_SECRET_LENGTH:
+            return stored, False
+    token = secrets.token_urlsafe(32)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{TOKEN_FILE}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(token + "\n")
+        if path.exists():  # empty or damaged
+            os.replace(tmp, path)
+            return token, True
+        try:
+            os.link(tmp, path)  # fails if another process made it meanwhile: then use theirs
+        except FileExistsError:
+            return path.read_text(encoding="utf-8").strip(), False
+        return token, True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def resolve_token(store_dir: str | Path, token_env: str, auth: bool = True) -> tuple[str | None, str]:
+    """The token the service requires and where it comes from: `env`, `store`, `created` or `none`."""
+    if not auth:
+        return None, "none"
+    token = read_token(token_env)
+    if token is not None:
+        return token, "env"
+    token, created = store_token(store_dir)
+    return token, "created" if created else "store"
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse serving without a token anywhere but on loopback."""
     if token is None and not is_loopback(host):
         raise BindError(
-            f"refusing to listen on {host!r} without a token: set the environment variable "
-            f"{token_env} (every endpoint but /healthz will then need 'Authorization: Bearer ...'), "
-            "or listen on 127.0.0.1"
+            f"refusing to serve without authentication on {host!r}: --no-auth works on loopback "
+            "only (127.0.0.1, ::1, localhost); drop --no-auth to require a bearer token"
         )
 
 
-class Redactor:
-    """Replaces known secret values in text with `***`."""
+def allowed_host_names(host: str, extra: Iterable[str] = ()) -> frozenset[str] | None:
+    """Host names the service answers to (lower case, IPv6 without brackets); None allows any.
 
-    def __init__(self, secrets: Iterable[str | None] = (), *, scan_environment: bool = True) -> None:
-        found = {s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH}
-        if scan_environment:
-            found |= {
-                value for name, value in os.environ.items()
-                if SECRET_ENV_PATTERN.search(name) and len(value) >= MIN_SECRET_LENGTH
-            }
-        # Longest first, so a secret containing another is replaced whole.
-        self._secrets = sorted(found, key=len, reverse=True)
-
-    def add(self, secret: str | None) -> None:
-        """Also scrub `secret` from now on."""
-        if secret and len(secret) >= MIN_SECRET_LENGTH and secret not in self._secrets:
-            self._secrets = sorted([*self._secrets, secret], key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
-
-
-_PLAIN = (int, float, bool, type(None))
-
-
-def redact_record(record: logging.LogRecord, redact: Callable[[str], str]) -> None:
-    """Scrub secrets from a record in place: its message, arguments, traceback and stack.
-
-    Arguments are scrubbed one by one (formatters such as uvicorn's access log unpack them);
-    only when the rendered message still carries a secret is it replaced by the clean text.
-    A traceback quoting a secret is rendered, scrubbed and kept as text.
+    The bound address itself, the loopback names for a loopback or wildcard bind, and `extra`
+    (`--allowed-host`; `*` allows any, for a proxy that checks names itself). A wildcard bind
+    (`0.0.0.0`, `::`) also answers to any IP literal (`HostOriginMiddleware`): DNS rebinding
+    needs a name, and clients on the network reach such a service by its address.
     """
-    if isinstance(record.msg, str):
-        record.msg = redact(record.msg)
-    if isinstance(record.args, tuple):
-        record.args = tuple(_clean_arg(a, redact) for a in record.args)
-    elif isinstance(record.args, dict):
-        record.args = {k: _clean_arg(v, redact) for k, v in record.args.items()}
+    names = {h.strip().lower().strip("[]") for h in extra if h.strip()}
+    if "*" in names:
+        return None
+    bound = host.strip().lower().strip("[]")
+    names.add(bound)
+    if is_loopback(bound) or bound in WILDCARD_HOSTS:
+        names.update(LOOPBACK_NAMES)
+    return frozenset(names - {""})
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """`name:port` / `[v6]:port` -> (name lower case, port); None when malformed."""
+    if any(c in value for c in "/\\@?# \t"):
+        return None
     try:
-        message = record.getMessage()
-    except Exception:  # a malformed record: leave it to logging's own error path
-        message = None
-    if message is not None and redact(message) != message:
-        record.msg, record.args = redact(message), ()
-    if record.exc_info and record.exc_info[1] is not None:
-        text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-        clean = redact(text)
-        if clean != text:  # never let a formatter render the raw exception
-            record.exc_info, record.exc_text = None, clean
-    if record.exc_text:
-        record.exc_text = redact(record.exc_text)
-    if record.stack_info:
-        record.stack_info = redact(record.stack_info)
+        parts = urlsplit("//" + value.strip())
+        return (parts.hostname or ""), parts.port
+    except ValueError:
+        return None
 
 
-def _clean_arg(value: object, redact: Callable[[str], str]) -> object:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, _PLAIN):
-        return value
-    try:
-        text = str(value)
-    except Exception:
-        return value
-    clean = redact(text)
-    return value if clean == text else clean
+def _error_body(field: str, message: str) -> bytes:
+    import json
 
-
-class RedactingFilter(logging.Filter):
-    """A logging filter that scrubs secrets from each record it sees (see `redact_record`)."""
-
-    def __init__(self, redact: Callable[[str], str]) -> None:
-        super().__init__()
-        self.redact = redact
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        redact_record(record, self.redact)
-        return True
-
-
-_REDACTORS: tuple[weakref.ref[Redactor], ...] = ()
-"""The live apps' redactors; replaced whole (never mutated) so loggers on any thread read it safely."""
-_FACTORY_LOCK = threading.Lock()
-
-
-def _redact_all(text: str) -> str:
-    for ref in _REDACTORS:
-        redactor = ref()
-        if redactor is not None:
-            text = redactor(text)
-    return text
-
-
-def install_log_redaction(redact: Redactor) -> None:
-    """Scrub `redact`'s secrets from every log record the process creates from now on.
-
-    A log-record factory, installed once per process (again only if something replaced it),
-    cleans each record as it is made, so every logger and handler sees clean records: those of
-    libraries (litellm, httpx), `logging.lastResort`, and handlers added later (uvicorn's own
-    logging set-up). Each redactor stays active while its app is alive.
-    """
-    global _REDACTORS
-    with _FACTORY_LOCK:
-        live = [r for r in _REDACTORS if r() is not None and r() is not redact]
-        _REDACTORS = (*live, weakref.ref(redact))
-        current = logging.getLogRecordFactory()
-        if getattr(current, "hivemind_redacting", False):
-            return
-
-        def factory(*args: object, **kwargs: object) -> logging.LogRecord:
-            record = current(*args, **kwargs)
-            if _REDACTORS:
-                redact_record(record, _redact_all)
-            return record
-
-        factory.hivemind_redacting = True  # type: ignore[attr-defined]
-        logging.setLogRecordFactory(factory)
+    return json.dumps({"detail": f"{field}: {message}", "errors": [{"field": field, "message": message}]}).encode()
 
 
 def _plain_response(status: int, body: bytes, extra: list[tuple[bytes, bytes]] = ()) -> list[dict]:
@@ -188,10 +152,71 @@ def _plain_response(status: int, body: bytes, extra: list[tuple[bytes, bytes]] =
             {"type": "http.response.body", "body": body}]
 
 
+class HostOriginMiddleware:
+    """Pure ASGI guard against web pages: a foreign `Host` is a 400, a foreign `Origin` a 403.
+
+    `hosts` are the names the service answers to (None: any). An `Origin` is the service's own
+    when its host and port are the request's `Host`; anything else (another site, `null`) is
+    refused, whatever the method, since a page's plain POST reaches the server without a preflight.
+    """
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None, *, any_ip: bool = False) -> None:
+        self.app = app
+        self.hosts = hosts
+        self.any_ip = any_ip
+
+    def _known(self, name: str) -> bool:
+        if self.hosts is None or name in self.hosts:
+            return True
+        if not self.any_ip:
+            return False
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan; the service has no websockets
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode(): value.decode("latin-1") for name, value in scope.get("headers", ())
+                   if name in (b"host", b"origin")}
+        host = _split_host(headers.get("host", ""))
+        if host is None or not host[0] or not self._known(host[0]):
+            await _refuse(send, 400, "header.Host", "this service does not answer to that host name "
+                          "(start it with --allowed-host NAME to add one)")
+            return
+        origin = headers.get("origin")
+        if origin is not None and not _same_origin(origin, host, scope.get("scheme", "http")):
+            await _refuse(send, 403, "header.Origin", "requests from another origin (a web page) are refused")
+            return
+        await self.app(scope, receive, send)
+
+
+def _same_origin(origin: str, host: tuple[str, int | None], scheme: str) -> bool:
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme != scheme or scheme not in ("http", "https") or not parts.hostname:
+        return False
+    default = {"http": 80, "https": 443}
+    origin_port = port if port is not None else default[parts.scheme]
+    host_port = host[1] if host[1] is not None else default.get(scheme, 80)
+    return parts.hostname == host[0] and origin_port == host_port
+
+
+async def _refuse(send: Send, status: int, field: str, message: str) -> None:
+    for event in _plain_response(status, _error_body(field, message), [(b"connection", b"close")]):
+        await send(event)
+
+
 class BearerAuthMiddleware:
     """Pure ASGI guard: every HTTP path but the public ones needs `Authorization: Bearer TOKEN`.
 
-    With no token configured (loopback-only development) every request passes.
+    With no token (`--no-auth`, loopback only) every request passes.
     """
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from hivemind.queries import list_shipped, load_query_set
 from hivemind.scan import QUERY_SET_DIR, ScanBook, ScanError, ScanSpec, load_scans, next_fire
 from hivemind.service.jobs import ACTIVE, Conflict
 from hivemind.service.workers import JobManager
-from hivemind.spec import QuerySet, json_safe, sha256_hex
+from hivemind.spec import QuerySet, json_safe, sha256_hex, store_name_problem
 from hivemind.store import Store, StoreError
 from hivemind.zoo import ZooError, load_zoo
 from hivemind.zoo import field_path as _field_path
@@ -55,6 +56,10 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
 clean = json_safe
 """JSON-safe responses: non-finite floats become null."""
 
+_PATH_IN_TEXT = re.compile(r"(?<![\w.:/~-])(?:/[\w.@+~-]+)+/([\w.@+~-]+)")
+"""An absolute POSIX path of two or more parts inside free text (not a URL's path: those follow
+a host, which this look-behind excludes)."""
+
 
 def get_service(request: Request) -> Service:
     """FastAPI dependency: the app's `Service`."""
@@ -72,6 +77,8 @@ class Service:
     manager: JobManager
     store: Store
     redact: Callable[[str], str]
+    embedders: tuple[str, ...]
+    """The embedders studies may use; the first is the default."""
 
     @property
     def db(self) -> Any:
@@ -80,6 +87,40 @@ class Service:
     @property
     def query_set_dir(self) -> Path:
         return self.store_dir / QUERY_SET_DIR
+
+    def public(self, value: Any) -> Any:
+        """`value` (JSON: text, lists, mappings) with no absolute server path, for a response.
+
+        Paths in the store become store-relative (`query-sets/x.jsonl`, the store itself `.`), the
+        zoo and scans files their file names, and any other absolute path its last part.
+        """
+        if isinstance(value, dict):
+            return {k: self.public(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.public(v) for v in value]
+        if not isinstance(value, str) or "/" not in value and "\\" not in value:
+            return value
+        known = [(str(self.store_dir) + os.sep, ""), (str(self.store_dir), "."),
+                 (str(self.zoo_file), self.zoo_file.name)]
+        if self.scans_path is not None:
+            scans = Path(self.scans_path).resolve()
+            known.append((str(scans), scans.name))
+        for prefix, replacement in known:
+            value = value.replace(prefix, replacement)
+        return _PATH_IN_TEXT.sub(r"\1", value)
+
+    def embedder(self, asked: str | None, field: str) -> str:
+        """`asked` when the server offers it (None: the default); else a 422 naming `field`.
+
+        Only the operator's list: a client-given path or hub id would make the server read
+        (and hash) files of its choosing, or download a model.
+        """
+        if asked is None:
+            return self.embedders[0]
+        if asked not in self.embedders:
+            raise ApiError(422, field, f"not an embedder this server offers (it offers: "
+                           f"{', '.join(self.embedders)}; the operator adds more with --embedder)")
+        return asked
 
     # --- query sets ----------------------------------------------------------------------
     @staticmethod
@@ -105,6 +146,9 @@ class Service:
 
     def save_set(self, qs: QuerySet, field: str) -> tuple[dict[str, Any], bool]:
         """Write `STORE/query-sets/NAME.jsonl` and its row together; (info, created)."""
+        problem = store_name_problem(qs.name)
+        if problem:
+            raise ApiError(422, field, problem)
         if qs.name in list_shipped():
             raise ApiError(409, field, f"{qs.name!r} is a shipped query set; choose another name")
         limit = self.limits.max_queries_per_set
@@ -155,8 +199,9 @@ class Service:
         job = self.db.job(name)
         if job is not None:
             planned: dict[str, int] = json.loads(job["planned_json"])
-            out = {k: job[k] for k in ("state", "created_at", "started_at", "finished_at", "error", "note")}
-            out |= {"kind": job["kind"], "request": json.loads(job["request_json"]),
+            out = {k: job[k] for k in ("state", "created_at", "started_at", "finished_at")}
+            out |= self.public({k: job[k] for k in ("error", "note")})
+            out |= {"kind": job["kind"], "request": self.public(json.loads(job["request_json"])),
                     "cancel_requested": bool(job["cancel_requested"]) and job["state"] in ACTIVE}
         else:
             try:
@@ -190,6 +235,6 @@ class Service:
         runs = self.db.scan_runs(scan.name)
         keys = ("id", "study", "state", "started_at", "finished_at")
         return {"name": scan.name, "schedule": scan.schedule, "deployments": scan.deployments,
-                "query_set": scan.query_set, "samples": scan.samples, "enabled": scan.enabled,
+                "query_set": self.public(scan.query_set), "samples": scan.samples, "enabled": scan.enabled,
                 "next_run": next_fire(scan.schedule, time.time()) if scan.enabled else None,
                 "last_run": {k: runs[-1][k] for k in keys} if runs else None}

@@ -26,7 +26,9 @@ from hivemind.spec import NAME_PATTERN, QuerySet, StudySpec, canonical_json, sha
 router = APIRouter()
 Svc = Annotated[Service, Depends(get_service)]
 Name = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=200)]
-ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": S.ErrorResponse} for c in (401, 404, 409, 413, 415, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": S.ErrorResponse}
+                                           for c in (400, 401, 403, 404, 409, 413, 415, 422)}
+"""400: a Host the service does not answer to; 403: a foreign Origin (both before any handler)."""
 FILE_TYPES = {"text/csv": ".csv", "text/tab-separated-values": ".tsv", "application/x-ndjson": ".jsonl",
               "application/jsonl": ".jsonl", "application/x-jsonlines": ".jsonl", "application/json": ".json"}
 
@@ -122,10 +124,11 @@ def create_study(svc: Svc, body: S.StudyCreate, response: Response, idempotency_
     qs_row = svc.db.query_set(body.query_set)
     if qs_row is None and body.query_set not in list_shipped():
         svc.load_set(body.query_set, "body.query_set")  # raises, listing the known sets
+    embedder = svc.embedder(body.embedder, "body.embedder")
     fields = body.model_dump(exclude={"analyze"})
     try:
         spec = StudySpec(**fields | {"query_set": qs_row["path"] if qs_row else body.query_set,
-                                     "zoo": str(svc.zoo_file)})
+                                     "zoo": str(svc.zoo_file), "embedder": embedder})
         planned = planned_counts(spec)
     except ValidationError as exc:
         raise ApiError(422, "body." + field_path(exc.errors()[0]["loc"]), exc.errors()[0]["msg"]) from None
@@ -188,8 +191,8 @@ def results(svc: Svc, name: Name) -> dict[str, Any]:
     if not summary.is_file():
         raise ApiError(409, "path.name", f"study {name!r} has no analysis yet (state: {status['state']})")
     sampling = folder / "sampling.json"
-    return clean({"study": name, "state": status["state"], "summary": json.loads(summary.read_text()),
-                   "sampling": json.loads(sampling.read_text()) if sampling.is_file() else None})
+    return clean(svc.public({"study": name, "state": status["state"], "summary": json.loads(summary.read_text()),
+                             "sampling": json.loads(sampling.read_text()) if sampling.is_file() else None}))
 
 
 @router.get("/v1/studies/{name}/tables", response_model=S.TableList, responses=ERRORS, tags=["results"])
@@ -226,21 +229,33 @@ def table(svc: Svc, name: Name, table: Annotated[str, PathParam(pattern=NAME_PAT
          tags=["results"])
 def near_duplicates(svc: Svc, name: Name, offset: Annotated[int, QueryParam(ge=0, le=2**31)] = 0,
                     limit: Annotated[int, QueryParam(ge=1)] = 50) -> dict[str, Any]:
-    """Pairs of near-identical answers from different models, a page at a time."""
+    """Pairs of near-identical answers from different models, a page at a time (every pair
+    the analysis found, most similar first)."""
     import polars as pl
 
     if limit > svc.limits.max_page_size:
         raise ApiError(422, "query.limit", f"at most {svc.limits.max_page_size} per page")
     folder, status = (svc.store_dir / name, svc.status_of(name))
-    found = [p for p in [folder / "analysis" / "near_duplicates.parquet"] if p.is_file()]
-    if not found:
+    path = folder / "analysis" / "near_duplicates.parquet"
+    if not path.is_file():
         raise ApiError(409, "path.name", f"study {name!r} has no near-duplicate table yet "
                                           f"(state: {status['state']})")
-    total = int(pl.scan_parquet(found[0]).select(pl.len()).collect().item())
-    items = pl.scan_parquet(found[0]).slice(offset, limit).collect().to_dicts()
+    pairs = pl.scan_parquet(path)  # lazy: the count comes from the metadata, a page is read alone
+    total = int(pairs.select(pl.len()).collect().item())
+    items = pairs.slice(offset, limit).collect().to_dicts()
+    found = _summary_count(folder / "analysis" / "summary.json", "near_duplicate_pairs")
     nxt = offset + limit if offset + limit < total else None
-    return clean({"study": name, "offset": offset, "limit": limit, "total": total,
-                   "items": items, "next_offset": nxt})
+    return clean({"study": name, "offset": offset, "limit": limit, "total": total, "found": found,
+                  "truncated": found is not None and found > total, "items": items, "next_offset": nxt})
+
+
+def _summary_count(path: Path, key: str) -> int | None:
+    """`headline.<key>` of an analysis summary, or None when it has none."""
+    try:
+        value = json.loads(path.read_text())["headline"][key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @router.get("/v1/studies/{name}/report", response_class=HTMLResponse, responses=ERRORS, tags=["results"])
@@ -265,6 +280,7 @@ def create_scan(svc: Svc, body: Annotated[ScanSpec, Body()]) -> dict[str, Any]:
     if body.name in svc.scans_book().sources:
         raise ApiError(409, "body.name", f"a scan named {body.name!r} already exists")
     svc.check_deployments(body.deployments)
+    svc.embedder(body.embedder, "body.embedder")
     if svc.db.query_set(body.query_set) is None and body.query_set not in list_shipped():
         svc.load_set(body.query_set, "body.query_set")  # raises, listing the known sets
     with svc.db.transaction() as conn:
@@ -309,7 +325,7 @@ def history(svc: Svc, name: Name) -> dict[str, Any]:
     """Finished runs with per-deployment similarity, CIs and drift flags."""
     if name not in svc.scans_book().sources and not svc.db.scan_runs(name):
         raise ApiError(404, "path.name", f"no scan named {name!r}")
-    return clean(scan_history(svc.db, name))
+    return clean(svc.public(scan_history(svc.db, name)))
 
 
 @router.get("/v1/scans/{name}/report", response_class=HTMLResponse, responses=ERRORS, tags=["scans"])

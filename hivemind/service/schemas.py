@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from hivemind.spec import NAME_PATTERN, Condition, Query, SamplingParams, Strict
+from hivemind.spec import Condition, Query, SamplingParams, StoreName, Strict
 
 JobState = Literal["queued", "sampling", "analyzing", "done", "failed", "cancelled", "external"]
 """`external`: a study in the store that the service did not start (e.g. sampled by the CLI)."""
@@ -57,8 +57,8 @@ class Health(Model):
 class QuerySetUpload(Model):
     """A query set sent as a JSON body (files go as CSV/JSONL bodies or multipart instead)."""
 
-    name: str = Field(pattern=NAME_PATTERN, max_length=100)
-    """Name to save the set under; studies refer to it by this name."""
+    name: StoreName = Field(max_length=100)
+    """Name to save the set under; studies refer to it by this name (not one of the store's own files)."""
     description: str = Field("", max_length=2000)
     """What the set is for."""
     queries: list[Query] = Field(min_length=1)
@@ -102,8 +102,8 @@ class QuerySetDetail(QuerySetInfo):
 class StudyCreate(Model):
     """A study to sample in the background: a query set crossed with deployments of the zoo."""
 
-    name: str = Field(pattern=NAME_PATTERN, max_length=100)
-    """Study name, unique in the store."""
+    name: StoreName = Field(max_length=100)
+    """Study name, unique in the store (not one of the store's own files: `hivemind.sqlite`, `scans`, ...)."""
     query_set: str = Field(min_length=1, max_length=100)
     """Name of an uploaded or shipped query set (not a path)."""
     deployments: list[str] = Field(min_length=1, max_length=256)
@@ -124,8 +124,8 @@ class StudyCreate(Model):
     """Stop sampling once the recorded cost reaches this many dollars."""
     max_attempts: int = Field(4, ge=1, le=20)
     """Attempts per sample before it is recorded as an error row."""
-    embedder: str = Field("all-MiniLM-L6-v2", min_length=1, max_length=200)
-    """Sentence-transformers model used by the analysis."""
+    embedder: str | None = Field(None, min_length=1, max_length=200)
+    """One of the embedders the server offers (`hivemind serve --embedder`); null: its first."""
     analyze: bool = True
     """Analyze and write the HTML report after sampling."""
 
@@ -224,7 +224,12 @@ class NearDuplicatePage(Model):
     limit: int
     """Page size asked for."""
     total: int
-    """Pairs in all."""
+    """Pairs in the table, all of which can be paged through."""
+    found: int | None = None
+    """Pairs the analysis found (its summary's count); null when the summary does not say."""
+    truncated: bool = False
+    """True when the table holds fewer pairs than were found (an analysis made by an older
+    hivemind kept only the most similar): `total` pairs can be paged, `found` exist."""
     items: list[dict[str, Any]]
     """The pairs (columns as the analysis wrote them)."""
     next_offset: int | None = None
