@@ -20,7 +20,7 @@ from hivemind.providers.base import (
     parse_retry_after,
     register,
 )
-from hivemind.spec import Completion, SampleRequest, canonical_json
+from hivemind.spec import Completion, Deployment, SampleRequest, canonical_json
 
 # Sampling parameters outside OpenAI's schema go to the provider as they are, so whether they
 # work depends on the provider behind litellm: these honour them; every other provider (OpenAI
@@ -54,8 +54,8 @@ class LiteLLMProvider(Provider):
     litellm's `hosted_vllm/` prefix or `provider: openai`, which sends every parameter.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, deployment: Deployment) -> None:
+        super().__init__(deployment)
         self._route: tuple[str, str, frozenset[str]] | None = None
         self._refused: dict[str, frozenset[str]] = {}
 
