@@ -116,10 +116,12 @@ def check_params(spec: StudySpec, planned: list[SampleRequest], providers: dict[
                     f"model {provider.deployment.model!r}")
         dropped[cell] = tuple(sorted(refused))
     if problems:
+        declare = "" if spec.conditions else (
+            "; a study without conditions can declare `conditions: [{name: default, allow_dropped_params: [...]}]`")
         raise StudyError(
             "the study cannot start:\n  " + "\n  ".join(dict.fromkeys(problems))
             + "\nremove the parameter, or name it in the condition's `allow_dropped_params` to sample "
-            "without it (the dropped parameters are then recorded with each row and in the report)")
+            f"without it (then recorded with each row and in the report){declare}")
     return [r.model_copy(update={"dropped_params": dropped[(r.deployment, r.condition)]})
             if dropped[(r.deployment, r.condition)] else r for r in planned]
 

@@ -178,3 +178,19 @@ def test_a_store_from_before_the_column_opens_with_its_rows_intact(tmp_path: Pat
         pass
     rows = _rows(tmp_path / "old")
     assert [(r["text"], r["dropped_params"]) for r in rows] == [("kept", None)]
+
+
+def test_a_study_without_conditions_is_told_how_to_allow_a_drop(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
+    with serve() as (api_base, script):
+        zoo = write_zoo(_remote(api_base))
+        spec = StudySpec(name="s", query_set="open-ended-v1", deployments=["remote"], samples=2,
+                         max_queries=2, zoo=str(zoo), params={"min_p": 0.05})
+        with pytest.raises(StudyError, match=r"condition 'default': parameter min_p=0.05(.|\n)*"
+                                             r"conditions: \[\{name: default, allow_dropped_params"):
+            run_study(spec, tmp_path / "store", progress=False)
+    assert script.served == 0
+    spec = spec.model_copy(update={"conditions": [Condition(name="default", allow_dropped_params=["min_p"])]})
+    with serve() as (api_base, script):
+        zoo = write_zoo(_remote(api_base))
+        run_study(spec.model_copy(update={"zoo": str(zoo)}), tmp_path / "store", progress=False)
+    assert [json.loads(r["dropped_params"]) for r in _rows(tmp_path / "store")] == [["min_p"]] * 4
