@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemind.spec import json_safe
-from hivemind.store import Store, StoreError
+from hivemind.store import Store, StoreError, dropped_params
 
 if TYPE_CHECKING:
     import polars as pl
@@ -215,6 +215,7 @@ def analyze_store(
         "versions": versions(),
         "n_samples": samples.height,
         "samples_fingerprint": samples_fingerprint(samples),
+        "dropped_params": dropped_params(samples),
         **_exclusions(samples, responses.height),
         **result.summary,
         "tables": sorted(tables),

@@ -302,7 +302,12 @@ def render_report(summary: dict[str, Any], tables: dict[str, pl.DataFrame]) -> s
                     f'<p class="note">{html.escape(str(summary.get("equal_k_rule", "")))} Bootstrap resamples: '
                     f'{summary.get("n_boot")}; permutations: {summary.get("n_perm")}.</p>')
     provenance = {k: summary.get(k) for k in ("embedder", "versions", "store", "study", "created_at")}
-    sections.append("<h2>Provenance</h2><h3>Embedder and versions</h3><pre>"
+    not_sent = "; ".join(f"{d['deployment']} / {d['condition']}: {', '.join(d['params'])} ({d['rows']} rows)"
+                         for d in summary.get("dropped_params") or [])
+    sections.append("<h2>Provenance</h2>"
+                    + (f'<p class="note">Parameters not sent (the provider does not honour them; the condition '
+                       f"allowed dropping them): {html.escape(not_sent)}.</p>" if not_sent else "")
+                    + "<h3>Embedder and versions</h3><pre>"
                     + html.escape(json.dumps(provenance, indent=2, default=str)) + "</pre>"
                     + "<h3>Study spec</h3><pre>" + html.escape(json.dumps(summary.get("spec"), indent=2, default=str))
                     + "</pre>")

@@ -200,6 +200,26 @@ class Condition(Strict):
     """Parameter overrides for this condition."""
     system_prompt: str | None = None
     """System prompt added to every request of this condition."""
+    allow_dropped_params: bool | list[str] = False
+    """Parameters a deployment may leave out of its requests when its provider does not honour
+    them (`true`: any). Without this a study stops before sampling; with it, each row records
+    what was not sent and the report shows it."""
+
+    @field_validator("allow_dropped_params")
+    @classmethod
+    def _known_params(cls, value: bool | list[str]) -> bool | list[str]:
+        if isinstance(value, list):
+            unknown = sorted(set(value) - set(SamplingParams.model_fields))
+            if unknown:
+                known = ", ".join(SamplingParams.model_fields)
+                raise ValueError(f"allow_dropped_params: unknown parameter(s) {unknown} (known: {known})")
+        return value
+
+    def allows_dropping(self, param: str) -> bool:
+        """Whether this condition accepts samples taken without `param`."""
+        return self.allow_dropped_params is True or (
+            isinstance(self.allow_dropped_params, list) and param in self.allow_dropped_params
+        )
 
 
 DEFAULT_CONDITION = Condition(name="default")
@@ -303,6 +323,10 @@ class SampleRequest(Strict):
     messages: tuple[Message, ...]
     params: SamplingParams
     deployment_identity: dict[str, Any]
+    dropped_params: tuple[str, ...] = ()
+    """Parameters of `params` not sent because the provider does not honour them and the
+    condition allows that; recorded with the row. Not in the cache key: it follows from the
+    deployment and the parameters, which are."""
 
     @cached_property
     def cache_key(self) -> str:

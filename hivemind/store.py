@@ -8,6 +8,7 @@ error. Tables export to Parquet through polars for analysis.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -54,6 +55,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX samples_by_cache_key ON samples (cache_key);
     """,
+    # Parameters left out of a row's request (JSON list) because the provider does not honour
+    # them and the condition allowed it; NULL when everything was sent.
+    "ALTER TABLE samples ADD COLUMN dropped_params TEXT;",
 ]
 
 
@@ -204,6 +208,7 @@ class Store(JournalFile):
             latency_s, attempts,
             completion.model if completion else None,
             time.time(),
+            canonical_json(list(request.dropped_params)) if request.dropped_params else None,
         )
         with self._lock:
             self._db.execute(
@@ -213,7 +218,8 @@ class Store(JournalFile):
                 "finish_reason = excluded.finish_reason, prompt_tokens = excluded.prompt_tokens, "
                 "completion_tokens = excluded.completion_tokens, cost_usd = excluded.cost_usd, "
                 "latency_s = excluded.latency_s, attempts = excluded.attempts, "
-                "model = excluded.model, created_at = excluded.created_at "
+                "model = excluded.model, created_at = excluded.created_at, "
+                "dropped_params = excluded.dropped_params "
                 "WHERE samples.error IS NOT NULL",
                 values,
             )
@@ -250,7 +256,7 @@ class Store(JournalFile):
             "d.provider, d.model AS deployment_model, d.family, d.stage, s.condition, "
             "s.sample_index, s.seed, s.cache_key, s.params_json, s.text, s.error, "
             "s.finish_reason, s.prompt_tokens, s.completion_tokens, s.cost_usd, s.latency_s, "
-            "s.attempts, s.model, s.created_at "
+            "s.attempts, s.model, s.created_at, s.dropped_params "
             "FROM samples s JOIN queries q ON q.study = s.study AND q.query_id = s.query_id "
             "JOIN deployments d ON d.study = s.study AND d.name = s.deployment "
             "WHERE s.study = ?" + where + " ORDER BY q.position, s.deployment, s.condition, s.sample_index",
@@ -264,7 +270,7 @@ class Store(JournalFile):
             "cache_key": pl.Utf8, "params_json": pl.Utf8, "text": pl.Utf8, "error": pl.Utf8,
             "finish_reason": pl.Utf8, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
             "cost_usd": pl.Float64, "latency_s": pl.Float64, "attempts": pl.Int64,
-            "model": pl.Utf8, "created_at": pl.Float64,
+            "model": pl.Utf8, "created_at": pl.Float64, "dropped_params": pl.Utf8,
         }
         return pl.DataFrame([dict(r) for r in rows], schema=schema, orient="row")
 
@@ -275,3 +281,11 @@ class Store(JournalFile):
         self.samples_frame(study).write_parquet(target)
         return target
 
+
+def dropped_params(samples: pl.DataFrame) -> list[dict[str, Any]]:
+    """Per (deployment, condition) of a `samples_frame`: the parameters its rows were sampled
+    without and how many rows that is; empty when every parameter was sent."""
+    frame = samples.drop_nulls("dropped_params")
+    counts = frame.group_by("deployment", "condition", "dropped_params", maintain_order=True).len()
+    return [{"deployment": r["deployment"], "condition": r["condition"],
+             "params": json.loads(r["dropped_params"]), "rows": r["len"]} for r in counts.iter_rows(named=True)]

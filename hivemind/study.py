@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from hivemind.providers.base import Provider, create_provider
 from hivemind.queries import load_query_set
 from hivemind.sampling import Sampler, SamplingReport, missing_requests, plan_requests
-from hivemind.spec import Deployment, Query, StudySpec
+from hivemind.spec import Deployment, Query, SampleRequest, StudySpec
 from hivemind.store import Store
 from hivemind.zoo import ZooError, format_validation_error, load_zoo, missing_keys
 
@@ -86,6 +86,46 @@ def prepare_providers(deployments: list[Deployment]) -> dict[str, Provider]:
     return providers
 
 
+def check_params(spec: StudySpec, planned: list[SampleRequest], providers: dict[str, Provider]) -> list[SampleRequest]:
+    """Check every (deployment, condition) against what its provider honours, before any request.
+
+    A parameter the provider would ignore or reject stops the study, naming deployment, condition
+    and parameter, unless the condition allows dropping it: then its requests carry it in
+    `dropped_params`, so it is left out of them and recorded with each row.
+    """
+    conditions = {c.name: c for c in spec.effective_conditions()}
+    dropped: dict[tuple[str, str], tuple[str, ...]] = {}
+    problems: list[str] = []
+    for request in planned:
+        cell = (request.deployment, request.condition)
+        if cell in dropped:
+            continue
+        dropped[cell] = ()
+        provider = providers[request.deployment]
+        params = request.params.explicit()
+        try:
+            refused = provider.unsupported_params(params)
+        except Exception as exc:  # e.g. a model litellm cannot route: collect, then stop
+            problems.append(str(exc))
+            continue
+        for name in sorted(refused):
+            if not conditions[request.condition].allows_dropping(name):
+                problems.append(
+                    f"deployment {request.deployment!r}, condition {request.condition!r}: parameter "
+                    f"{name}={params[name]!r} would be ignored or rejected by {provider.deployment.provider} "
+                    f"model {provider.deployment.model!r}")
+        dropped[cell] = tuple(sorted(refused))
+    if problems:
+        declare = "" if spec.conditions else (
+            "; a study without conditions can declare `conditions: [{name: default, allow_dropped_params: [...]}]`")
+        raise StudyError(
+            "the study cannot start:\n  " + "\n  ".join(dict.fromkeys(problems))
+            + "\nremove the parameter, or name it in the condition's `allow_dropped_params` to sample "
+            f"without it (then recorded with each row and in the report){declare}")
+    return [r.model_copy(update={"dropped_params": dropped[(r.deployment, r.condition)]})
+            if dropped[(r.deployment, r.condition)] else r for r in planned]
+
+
 @dataclass
 class StudyRun:
     """What `run_study` returns: where things are and what sampling did."""
@@ -118,7 +158,7 @@ async def sample_study(spec: StudySpec, store: Store, *, progress: bool = True) 
     """Sample whatever of `spec` the store does not hold yet (the resumable core)."""
     queries, deployments = resolve_study(spec)
     providers = prepare_providers(deployments)
-    planned = plan_requests(spec, queries, deployments)
+    planned = check_params(spec, plan_requests(spec, queries, deployments), providers)
     todo = missing_requests(store, planned)  # refuses other parameters before anything is written
     store.register_study(spec, queries, deployments)
     sampler = Sampler(store, providers, max_attempts=spec.max_attempts,

@@ -1,10 +1,13 @@
-"""Shared fixtures: offline mode, a zoo of scripted mock deployments, small study specs."""
+"""Shared fixtures: offline mode, a zoo of scripted mock deployments, small study specs,
+and `require`, the one way a test says it needs a real part that may be missing."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any, Callable, NoReturn
 
 import pytest
 import yaml
@@ -13,6 +16,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
+REQUIRE_ALL_VARIABLE = "HIVEMIND_REQUIRE_ALL"
+
+
+def missing(what: str) -> NoReturn:
+    """A real part this test needs is missing: skip, or fail under HIVEMIND_REQUIRE_ALL=1 (CI),
+    so a green run can never hide tests that did not run. Works at module level too."""
+    if os.environ.get(REQUIRE_ALL_VARIABLE) == "1":
+        pytest.fail(f"{what} (required: {REQUIRE_ALL_VARIABLE}=1)", pytrace=False)
+    pytest.skip(what, allow_module_level=True)
+
+
+def require(module: str, what: str | None = None) -> ModuleType:
+    """Import `module` for a test, or call `missing` naming it (`what` says how to install it)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        reason = str(exc)
+    missing(f"{what or module} is missing ({reason})")  # outside `except`: no chained traceback
+
+
+def require_that(present: object, what: str) -> None:
+    """Go on when `present` is truthy, else call `missing(what)` (for programs and files)."""
+    if not present:
+        missing(what)
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from hivemind.study import run_study
 from hivemind.spec import StudySpec
 from hivemind.testing.openai_server import Script, serve
 
-PROVIDERS = [("openai", "stub"), ("litellm", "openai/stub")]
+# litellm's `openai/` route would refuse min_p (OpenAI's API has none); `hosted_vllm/` takes it.
+PROVIDERS = [("openai", "stub"), ("litellm", "hosted_vllm/stub")]
 
 
 def _deployment(provider: str, model: str, api_base: str, **extra: object) -> dict[str, object]:

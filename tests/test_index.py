@@ -15,7 +15,9 @@ from hivemind.index import (
     near_duplicate_pairs,
 )
 
-pytest.importorskip("faiss")
+from tests.conftest import require  # noqa: E402
+
+require("faiss", "faiss (pip install faiss-cpu)")
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

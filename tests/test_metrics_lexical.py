@@ -53,7 +53,9 @@ def _load_diversity(name: str) -> types.ModuleType:
     """
     spec = importlib.util.find_spec("diversity")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("diversity package not installed")
+        from tests.conftest import missing
+
+        missing("the diversity package is missing (pip install diversity)")
     root = pathlib.Path(list(spec.submodule_search_locations)[0])
     mspec = importlib.util.spec_from_file_location(f"_diversity_{name}", root / f"{name}.py")
     assert mspec is not None and mspec.loader is not None

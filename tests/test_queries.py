@@ -18,6 +18,7 @@ from hivemind.queries import (
     load_query_set,
 )
 from hivemind.spec import Query, QuerySet, sha256_hex
+from tests.conftest import require
 
 SAMPLE: list[dict[str, Any]] = [
     {"id": "a-1", "text": "Write a metaphor about time.", "category": "analogy-metaphor"},
@@ -140,7 +141,7 @@ def test_tsv_round_trip(tmp_path: Path) -> None:
 
 
 def test_parquet_round_trip(tmp_path: Path) -> None:
-    pl = pytest.importorskip("polars")
+    pl = require("polars")
     path = tmp_path / "q.parquet"
     rows = [dict(r, answer=r.get("answer"), extra=i) for i, r in enumerate(SAMPLE)]
     pl.DataFrame(rows).write_parquet(path)
@@ -168,7 +169,7 @@ def test_infinity_chat_layout_jsonl(tmp_path: Path) -> None:
 
 
 def test_infinity_chat_layout_parquet(tmp_path: Path) -> None:
-    pl = pytest.importorskip("polars")
+    pl = require("polars")
     path = tmp_path / "train-00000-of-00001.parquet"
     pl.DataFrame(INFINITY_ROWS).write_parquet(path)
     _check_infinity(load_query_set(path))
@@ -266,7 +267,7 @@ def test_csv_too_many_values(tmp_path: Path) -> None:
 
 
 def test_parquet_bad_row_names_row_and_field(tmp_path: Path) -> None:
-    pl = pytest.importorskip("polars")
+    pl = require("polars")
     path = tmp_path / "q.parquet"
     pl.DataFrame({"id": ["a", "b"], "text": ["fine", None]}).write_parquet(path)
     message = _error(path)
@@ -274,7 +275,7 @@ def test_parquet_bad_row_names_row_and_field(tmp_path: Path) -> None:
 
 
 def test_corrupt_parquet(tmp_path: Path) -> None:
-    pytest.importorskip("polars")
+    require("polars")
     path = tmp_path / "q.parquet"
     path.write_bytes(b"not parquet at all")
     assert "q.parquet: unreadable Parquet" in _error(path)

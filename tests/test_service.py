@@ -852,12 +852,10 @@ def test_openapi_request_models_refuse_unknown_fields(client: httpx.Client) -> N
 def test_schemathesis_finds_no_server_errors(env: None, zoo: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     st = Path(sys.executable).parent / "st"
-    try:
-        import schemathesis  # noqa: F401
-    except ImportError:
-        pytest.skip("schemathesis is not installed (pip install schemathesis)")
-    if not st.exists():
-        pytest.skip(f"the schemathesis CLI is not at {st} (pip install schemathesis)")
+    from tests.conftest import require, require_that
+
+    require("schemathesis", "schemathesis (pip install schemathesis)")
+    require_that(st.exists(), f"the schemathesis CLI is missing at {st} (pip install schemathesis)")
     store = tmp_path / "store"
     hypothesis_dir = tmp_path / "hypothesis"  # hypothesis's files stay out of the repository
     monkeypatch.setenv("HYPOTHESIS_STORAGE_DIRECTORY", str(hypothesis_dir))

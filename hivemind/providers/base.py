@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 from hivemind.spec import Completion, Deployment, SampleRequest
 
@@ -85,6 +85,14 @@ class Provider(ABC):
     def check_ready(self) -> None:
         """Cheap checks run before any sampling (missing keys, missing files)."""
         self.api_key()
+
+    def unsupported_params(self, params: dict[str, Any]) -> set[str]:
+        """The names among `params` (the set sampling parameters) this deployment would ignore or
+        reject. The study stops before sampling on any its condition does not allow dropping.
+
+        None by default: OpenAI-compatible servers, llama.cpp and the mock take every parameter.
+        """
+        return set()
 
     def max_connections(self) -> int:
         """How many requests may be in flight at once for this deployment."""

@@ -1,11 +1,16 @@
 """Hosted models (OpenAI, Anthropic, Gemini, OpenRouter, Together, ...) through litellm.
 
 litellm is imported on first use only: it costs seconds at import and `hivemind --help` must
-stay fast. litellm's own retries are switched off so the sampler's single retry policy applies.
+stay fast; it is imported with its bundled cost map, so importing it reaches for no network.
+litellm's own retries are off so the sampler's single retry policy applies, and it never drops
+a parameter on its own: `unsupported_params` tells the study beforehand what a model would not
+honour, the study stops on it unless the condition allows dropping it, and only then is it left
+out of the request (and recorded with the row).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from hivemind.providers.base import (
@@ -15,13 +20,25 @@ from hivemind.providers.base import (
     parse_retry_after,
     register,
 )
-from hivemind.spec import Completion, SampleRequest
+from hivemind.spec import Completion, Deployment, SampleRequest, canonical_json
 
-# OpenAI-schema parameters litellm maps per provider; the rest go in `extra_body`.
-_STANDARD = {"temperature", "top_p", "max_tokens", "stop", "presence_penalty", "frequency_penalty"}
+# Sampling parameters outside OpenAI's schema go to the provider as they are, so whether they
+# work depends on the provider behind litellm: these honour them; every other provider (OpenAI
+# first) is taken to reject them, unless litellm lists them among the model's parameters.
+PROVIDER_SPECIFIC: dict[str, frozenset[str]] = {
+    "anthropic": frozenset({"top_k"}),
+    "gemini": frozenset({"top_k"}),
+    "vertex_ai": frozenset({"top_k"}),
+    "hosted_vllm": frozenset({"min_p", "top_k"}),
+    "openrouter": frozenset({"min_p", "top_k"}),
+    "together_ai": frozenset({"min_p", "top_k"}),
+}
 
 
 def _import_litellm() -> Any:
+    # Without this, every import tries three times to fetch litellm's remote cost map (and warns
+    # when offline). Setting the variable yourself, e.g. to False, still wins.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
     litellm.suppress_debug_info = True
@@ -31,26 +48,72 @@ def _import_litellm() -> Any:
 
 @register("litellm")
 class LiteLLMProvider(Provider):
-    """`model` is a litellm model string such as `openai/gpt-4o-mini` or `anthropic/claude-...`."""
+    """`model` is a litellm model string such as `openai/gpt-4o-mini` or `anthropic/claude-...`.
+
+    For an OpenAI-compatible server that takes `min_p`/`top_k` (vLLM, llama.cpp server), use
+    litellm's `hosted_vllm/` prefix or `provider: openai`, which sends every parameter.
+    """
+
+    def __init__(self, deployment: Deployment) -> None:
+        super().__init__(deployment)
+        self._route: tuple[str, str, frozenset[str]] | None = None
+        self._refused: dict[str, frozenset[str]] = {}
+
+    def _routing(self) -> tuple[str, str, frozenset[str]]:
+        """(model, litellm provider, parameters that model honours), worked out once."""
+        if self._route is None:
+            litellm = _import_litellm()
+            try:
+                model, provider, _, _ = litellm.get_llm_provider(
+                    model=self.deployment.model, api_base=self.deployment.api_base)
+            except Exception as exc:  # litellm.BadRequestError: no provider prefix it knows
+                raise ValueError(f"deployment {self.deployment.name!r}: litellm cannot route model "
+                                 f"{self.deployment.model!r} ({str(exc).splitlines()[0]})") from None
+            listed = litellm.get_supported_openai_params(model=model, custom_llm_provider=provider) or []
+            self._route = (model, provider, frozenset(listed) | PROVIDER_SPECIFIC.get(provider, frozenset()))
+        return self._route
+
+    def unsupported_params(self, params: dict[str, Any]) -> set[str]:
+        """What litellm says this model does not take: by name, and by value for the ones it
+        checks itself (e.g. reasoning models that take only temperature 1). Nothing is sent."""
+        key = canonical_json(params)
+        if key not in self._refused:
+            litellm = _import_litellm()
+            from litellm.utils import get_optional_params
+
+            model, provider, supported = self._routing()
+            refused = {name for name in params if name not in supported}
+            for name in params.keys() - refused:  # one at a time, so each refusal has its name
+                try:
+                    get_optional_params(model=model, custom_llm_provider=provider, drop_params=False,
+                                        **{name: params[name]})
+                except litellm.UnsupportedParamsError:
+                    refused.add(name)
+            self._refused[key] = frozenset(refused)
+        return set(self._refused[key])
 
     async def generate(self, request: SampleRequest) -> Completion:
         litellm = _import_litellm()
         params = request.params.explicit()
-        kwargs: dict[str, Any] = {k: v for k, v in params.items() if k in _STANDARD}
-        extra = {k: v for k, v in params.items() if k not in _STANDARD}
-        if extra:
-            kwargs["extra_body"] = extra
+        refused = self.unsupported_params(params) - set(request.dropped_params)
+        if refused:  # only a caller that skipped the study's check gets here
+            raise ProviderError(
+                f"{self.deployment.model} does not honour {', '.join(sorted(refused))}; "
+                "not sent (allow dropping it in the condition to sample without it)",
+                retryable=False,
+            )
+        kwargs = {k: v for k, v in params.items() if k not in request.dropped_params}
+        if "seed" in self._routing()[2]:  # providers without seeds vary between samples anyway
+            kwargs["seed"] = request.seed
         try:
             response = await litellm.acompletion(
                 model=self.deployment.model,
                 messages=[m.model_dump() for m in request.messages],
                 api_base=self.deployment.api_base,
                 api_key=self.api_key() or ("none" if self.deployment.api_base else None),
-                seed=request.seed,
-                n=1,
                 timeout=self.deployment.timeout_s,
                 num_retries=0,
-                drop_params=True,
+                drop_params=False,
                 **kwargs,
             )
         except Exception as exc:  # litellm maps every provider's errors onto its own classes
