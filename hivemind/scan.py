@@ -2,10 +2,12 @@
 
 A scan is declared in the zoo's `scans:` section, in a scans file, or through the service
 (`POST /v1/scans`). Each run samples a fresh study (`scan-<name>-<UTC time>`) through the same
-`sample_study` as every other door, embeds the answers, and keeps per deployment its intra-model
-similarity and its inter-model similarity to the other deployments of the scan, each with a
-bootstrap CI over queries. The history flags a deployment whose inter-model similarity in a run
-lies outside the CI of the run before it: something about that deployment changed.
+`sample_study` as every other door, embeds the answers, and keeps the deployment x deployment
+similarity matrix per query (intra-model on the diagonal), with per-deployment summaries and
+bootstrap CIs. The history compares each run with the one before it cell by cell (`hivemind.drift`:
+paired test over the shared queries, Holm-corrected over all cells): a deployment is flagged when
+its own diagonal cell changed, a pair when its cell changed. Runs with another embedder, query set
+or K are not compared, and the history says why.
 """
 
 from __future__ import annotations
@@ -305,9 +307,15 @@ def analyze_scan(store: Store, study: str, embedder_name: str) -> dict[str, Any]
     from hivemind.analysis import build_groups, pair_similarity, prepare_responses
     from hivemind.embed import EmbeddingCache, embed_texts
 
-    deployments = store.study_spec(study).deployments
-    responses, _ = prepare_responses(store.samples_frame(study, include_errors=False),
-                                     deployment_order=deployments)
+    from hivemind.spec import canonical_json, sha256_hex
+
+    spec = store.study_spec(study)
+    deployments = spec.deployments
+    samples = store.samples_frame(study)
+    asked = samples.unique("query_id", keep="first", maintain_order=True)
+    query_set_sha256 = sha256_hex(canonical_json(list(zip(asked["query_id"].to_list(),
+                                                          asked["query_text"].to_list(), strict=True))))
+    responses, _ = prepare_responses(samples, deployment_order=deployments)
     embedder = _embedder(embedder_name)
     vectors = embed_texts(responses["text"].to_list(), embedder,
                           EmbeddingCache(store.directory / "embeddings.sqlite"))
@@ -329,13 +337,30 @@ def analyze_scan(store: Store, study: str, embedder_name: str) -> dict[str, Any]
         return round(float(found.mean()), 6) if found.len() else None
 
     return {
-        "study": study, "embedder": embedder.embedder_id,
+        "study": study, "embedder": embedder.embedder_id, "k": spec.samples,
+        "query_set_sha256": query_set_sha256,
         "n_queries": responses["query_id"].n_unique(),
         "deployments": {d: {"intra": _ci(values(intra, d)), "inter": _ci(values(inter_by, d)),
                             "n_samples": int((responses["deployment"] == d).sum())}
                         for d in deployments},
         "matrix": {d: {e: cell(d, e) for e in deployments} for d in deployments},
+        "per_query": _per_query_cells(pairs),
     }
+
+
+def _per_query_cells(pairs: Any) -> dict[str, Any]:
+    """Each matrix cell's value per query (None where undefined), and each query's K.
+
+    What the run-to-run paired test needs. A scan has one condition, so a query is the unit.
+    """
+    queries = pairs.unique("query_id", maintain_order=True)
+    cells: dict[tuple[str, str], dict[str, float | None]] = {}
+    for q, a, b, value in pairs.select("query_id", "deployment_a", "deployment_b", "similarity").iter_rows():
+        cells.setdefault((a, b), {})[q] = None if value is None or math.isnan(value) else value
+    ids = queries["query_id"].to_list()
+    return {"query_ids": ids, "k": queries["k"].to_list(),
+            "cells": [{"a": a, "b": b, "values": [by_query.get(q) for q in ids]}
+                      for (a, b), by_query in cells.items()]}
 
 
 async def execute_scan_run(store: Store, db: ServiceDB, run_id: int, *,
@@ -386,38 +411,66 @@ def run_scan(name: str, store_dir: str | Path, *, zoo_path: str | Path | None = 
 
 
 # --- history and report -------------------------------------------------------------------
-def _moved(value: float | None, previous: dict[str, Any] | None) -> str | None:
-    if value is None or not previous or previous.get("lo") is None or previous.get("hi") is None:
-        return None
-    return "up" if value > previous["hi"] else "down" if value < previous["lo"] else None
-
-
 def scan_history(db: ServiceDB, scan: str) -> dict[str, Any]:
-    """Every run of a scan, oldest first, each deployment's inter-model move flagged.
+    """Every run of a scan, oldest first, each finished run compared with the one before it.
 
-    A deployment is flagged in a run when its inter-model similarity estimate lies outside the
-    bootstrap CI of the previous finished run.
+    Per run: `compared_with`, `not_comparable` (why not, e.g. another embedder), `cells` (the
+    paired test of every matrix cell, `hivemind.drift.compare_runs`), `flagged` (deployments
+    whose own intra-model cell changed) and `flagged_pairs`; the top level repeats the latest
+    finished run's flags.
     """
+    from hivemind.drift import compare_runs
+
     runs, previous = [], None
     for row in db.scan_runs(scan):
         result = json.loads(row["result_json"]) if row["result_json"] else None
         entry: dict[str, Any] = {k: row[k] for k in ("id", "study", "state", "scheduled_for",
                                                       "started_at", "finished_at", "error")}
-        entry["deployments"], entry["flagged"] = {}, []
+        entry.update(deployments={}, compared_with=None, not_comparable=None, cells=[], flagged=[],
+                     flagged_pairs=[])
         if row["state"] == "done" and result:
-            entry["embedder"] = result.get("embedder")
-            entry["n_queries"] = result.get("n_queries")
-            for d, m in result["deployments"].items():
-                before = (previous or {}).get("deployments", {}).get(d)
-                moved = _moved(m["inter"]["estimate"], before["inter"] if before else None)
-                entry["deployments"][d] = {**m, "inter_moved": moved,
-                                           "previous_inter": before["inter"] if before else None}
-                if moved:
-                    entry["flagged"].append(d)
+            entry.update({k: result.get(k) for k in ("embedder", "n_queries", "k", "matrix")})
+            if previous is not None:
+                entry.update(compare_runs(previous, result))
+            changed = {c["a"]: c["direction"] for c in entry["cells"] if c["a"] == c["b"]}
+            entry["deployments"] = {d: {**m, "changed": changed.get(d)} for d, m in result["deployments"].items()}
             previous = result
         runs.append(entry)
     done = [r for r in runs if r["state"] == "done"]
-    return {"scan": scan, "runs": runs, "flagged": done[-1]["flagged"] if done else []}
+    latest = done[-1] if done else {}
+    return {"scan": scan, "runs": runs, "flagged": latest.get("flagged", []),
+            "flagged_pairs": latest.get("flagged_pairs", []), "not_comparable": latest.get("not_comparable")}
+
+
+def _cell_label(a: str, b: str) -> str:
+    return a if a == b else f"{a} ~ {b}"
+
+
+def _run_cells(run: dict[str, Any]) -> list[tuple[str, str]]:
+    """A run's matrix cells: the diagonal first, then each pair once, in deployment order."""
+    names = list(run.get("matrix") or {})
+    return [(d, d) for d in names] + [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+
+
+def history_rows(history: dict[str, Any], last_only: bool = False) -> tuple[list[list[str]], list[str]]:
+    """(table rows, notes) for showing a history as text: run, cell, similarity, change, p, flag.
+
+    The notes say which runs were not compared with the run before them, and why.
+    """
+    runs = [r for r in history["runs"] if r["state"] == "done"]
+    rows, notes = [], []
+    for run in runs[-1:] if last_only else runs:
+        if run["not_comparable"]:
+            notes.append(f"{run['study']}: not compared with {run['compared_with']}: {run['not_comparable']}")
+        tested = {(c["a"], c["b"]): c for c in run["cells"]}
+        for a, b in _run_cells(run):
+            value = run["matrix"][a][b]
+            c = tested.get((a, b))
+            change = "" if c is None or c["change"] is None else f"{c['change']:+.3f} (n={c['n_queries']})"
+            p = "" if c is None or c["p_holm"] is None else f"{c['p_holm']:.3g}"
+            flag = f"changed {c['direction']}" if c and c["flagged"] else ""
+            rows.append([run["study"], _cell_label(a, b), "-" if value is None else f"{value:.3f}", change, p, flag])
+    return rows, notes
 
 
 def _fmt(m: dict[str, Any] | None) -> str:
@@ -449,7 +502,8 @@ def _sparkline(points: list[dict[str, Any] | None], width: int = 220, height: in
 
 
 def write_scan_report(store_dir: str | Path, scan: str) -> Path:
-    """`STORE/scans/<scan>/report.html`: per deployment, similarity across runs, moves flagged."""
+    """`STORE/scans/<scan>/report.html`: every matrix cell across runs, changes flagged."""
+    from hivemind.drift import ALPHA
     from hivemind.service.jobs import ServiceDB
 
     if not has_store(store_dir):
@@ -459,31 +513,51 @@ def write_scan_report(store_dir: str | Path, scan: str) -> Path:
     if not history["runs"]:
         raise ScanError(f"scan {scan!r} has no runs in {store_dir}")
     runs = [r for r in history["runs"] if r["state"] == "done"]
-    deployments = list(dict.fromkeys(d for r in runs for d in r["deployments"]))
+    cells = list(dict.fromkeys(cell for r in runs for cell in _run_cells(r)))
     esc = html.escape
-    head = "".join(f"<th>{esc(r['study'])}<br><small>{datetime.fromtimestamp(r['started_at'], timezone.utc):%Y-%m-%d %H:%M} UTC</small></th>" for r in runs)
+
+    def header(r: dict[str, Any]) -> str:
+        when = f"{datetime.fromtimestamp(r['started_at'], timezone.utc):%Y-%m-%d %H:%M} UTC"
+        versus = (f'<br><span class="flag">not compared: {esc(r["not_comparable"])}</span>' if r["not_comparable"]
+                  else f"<br>vs {esc(r['compared_with'])}" if r["compared_with"] else "")
+        return f"<th>{esc(r['study'])}<br><small>{when}{versus}</small></th>"
+
+    def td(r: dict[str, Any], a: str, b: str) -> str:
+        value = (r.get("matrix") or {}).get(a, {}).get(b)
+        text = "–" if value is None else f"{value:.3f}"
+        if a == b and a in r["deployments"]:
+            text = f"intra {_fmt(r['deployments'][a]['intra'])}<br>inter {_fmt(r['deployments'][a]['inter'])}"
+        c = next((c for c in r["cells"] if (c["a"], c["b"]) == (a, b)), None)
+        if c is None or c["change"] is None:
+            return f"<td>{text}</td>"
+        mark = f'<b class="flag">▲ changed {c["direction"]}</b><br>' if c["flagged"] else ""
+        return (f'<td class="{"flagged" if c["flagged"] else ""}">{mark}{text}<br><small>Δ {c["change"]:+.3f} '
+                f'over {c["n_queries"]} queries, p (Holm) {c["p_holm"]:.3g}</small></td>')
+
     rows = []
-    for d in deployments:
-        cells = []
-        for r in runs:
-            m = r["deployments"].get(d)
-            moved = m and m.get("inter_moved")
-            mark = f' <b class="flag">▲ moved {moved}</b>' if moved else ""
-            cells.append(f'<td class="{"flagged" if moved else ""}">inter {esc(_fmt(m and m["inter"]))}'
-                         f'{mark}<br>intra {esc(_fmt(m and m["intra"]))}</td>')
-        trend = _sparkline([r["deployments"].get(d, {}).get("inter") for r in runs])
-        rows.append(f"<tr><th>{esc(d)}</th>{''.join(cells)}<td>{trend}</td></tr>")
+    for a, b in cells:
+        points = [(r["deployments"].get(a, {}).get("intra") if a == b else
+                   {"estimate": (r.get("matrix") or {}).get(a, {}).get(b), "lo": None, "hi": None}) for r in runs]
+        rows.append(f"<tr><th>{esc(_cell_label(a, b))}</th>{''.join(td(r, a, b) for r in runs)}"
+                    f"<td>{_sparkline(points)}</td></tr>")
     flagged = ", ".join(history["flagged"]) or "none"
+    pairs = ", ".join(_cell_label(a, b) for a, b in history["flagged_pairs"]) or "none"
+    refused = (f"<p><b>Latest run not compared:</b> {esc(history['not_comparable'])}</p>"
+               if history["not_comparable"] else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Scan {esc(scan)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px;
 vertical-align:top;font-size:13px}}table{{border-collapse:collapse}}.flagged{{background:#fde2e2}}
 .flag{{color:#b00}}</style></head><body><h1>Scan history: {esc(scan)}</h1>
-<p>{len(runs)} finished run(s). Per deployment: inter-model similarity (mean cosine to the other
-deployments' answers to the same query) and intra-model similarity (mean cosine among its own
-answers), each with a 95% bootstrap CI over queries. A deployment is flagged when its inter-model
-estimate falls outside the previous run's CI.</p>
-<p><b>Flagged in the latest run:</b> {esc(flagged)}</p>
-<table><tr><th>deployment</th>{head}<th>inter trend</th></tr>{''.join(rows)}</table></body></html>"""
+<p>{len(runs)} finished run(s). One row per cell of the deployment x deployment similarity matrix:
+a deployment's intra-model similarity (mean cosine among its own answers to a query; its inter-model
+similarity to all the others beside it) and each pair's inter-model similarity (mean cosine between
+their answers to the same query), with 95% bootstrap CIs over queries. Each run is compared with
+the run before it: per cell, a paired sign-flip test of the per-query change over the queries both
+runs share at equal K, Holm-corrected over all cells at {ALPHA:g}. A deployment is flagged when its
+own (diagonal) cell changed, a pair when its cell changed. Runs whose embedder, query set or K
+differ are not compared.</p>
+<p><b>Flagged in the latest run:</b> deployments: {esc(flagged)}; pairs: {esc(pairs)}</p>{refused}
+<table><tr><th>cell</th>{''.join(header(r) for r in runs)}<th>trend</th></tr>{''.join(rows)}</table></body></html>"""
     target = Path(store_dir) / "scans" / scan / "report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page, encoding="utf-8")
