@@ -99,7 +99,7 @@ def scan_list(store: StoreOption = Path("hivemind-store"), zoo: ZooOption = None
 
 
 def _print_history(history: dict, last_only: bool = False) -> None:
-    from hivemind.scan import history_rows
+    from hivemind.drift import history_rows
 
     rows, notes = history_rows(history, last_only)
     table = Table("run", "cell", "similarity", "change vs previous run", "p (Holm)", "flag")

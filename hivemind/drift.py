@@ -1,4 +1,4 @@
-"""Drift between two scan runs: may they be compared, and which matrix cells changed.
+"""Drift between scan runs: may two runs be compared, which matrix cells changed, the history.
 
 METRICS.md, "Drift between scan runs": a change is attributed to the cells of the deployment x
 deployment similarity matrix (a deployment's intra-model similarity on the diagonal, each pair's
@@ -14,11 +14,14 @@ same K; otherwise the comparison is refused and the reason kept.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import math
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from hivemind.metrics.stats import holm
+    from hivemind.service.jobs import ServiceDB
 
 ALPHA = 0.05
 """Family-wise error rate of one run-to-run comparison (all cells together)."""
@@ -54,6 +57,8 @@ def sign_flip_pvalues(diffs: np.ndarray, *, n_perm: int = 9999, seed: int = 0) -
     it counts as a zero difference, which no flip changes, so each column is tested over its own
     queries. A column without any query gives nan; one without any difference gives 1.
     """
+    import numpy as np
+
     d = np.asarray(diffs, dtype=np.float64)
     present = ~np.isnan(d)
     d = np.where(present, d, 0.0)
@@ -93,6 +98,10 @@ def compare_runs(before: dict[str, Any], after: dict[str, Any], *, alpha: float 
     or None), `cells` (per cell: a, b, n_queries, before, after, change, p, p_holm, flagged,
     direction), `flagged` (deployments whose diagonal cell changed) and `flagged_pairs`.
     """
+    import numpy as np
+
+    from hivemind.metrics.stats import holm
+
     out: dict[str, Any] = {"compared_with": before.get("study"), "not_comparable": refusal(before, after),
                            "alpha": alpha, "cells": [], "flagged": [], "flagged_pairs": []}
     if out["not_comparable"]:
@@ -130,8 +139,68 @@ def compare_runs(before: dict[str, Any], after: dict[str, Any], *, alpha: float 
 
 
 def _float(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
+    return None if math.isnan(value) else float(value)
 
 
 def _round(value: float) -> float | None:
-    return None if np.isnan(value) else round(float(value), 6)
+    return None if math.isnan(value) else round(float(value), 6)
+
+
+def scan_history(db: ServiceDB, scan: str) -> dict[str, Any]:
+    """Every run of a scan, oldest first, each finished run compared with the one before it.
+
+    Per run: `compared_with`, `not_comparable` (why not, e.g. another embedder), `cells` (the
+    paired test of every matrix cell, `hivemind.drift.compare_runs`), `flagged` (deployments
+    whose own intra-model cell changed) and `flagged_pairs`; the top level repeats the latest
+    finished run's flags.
+    """
+    runs, previous = [], None
+    for row in db.scan_runs(scan):
+        result = json.loads(row["result_json"]) if row["result_json"] else None
+        entry: dict[str, Any] = {k: row[k] for k in ("id", "study", "state", "scheduled_for",
+                                                      "started_at", "finished_at", "error")}
+        entry.update(deployments={}, compared_with=None, not_comparable=None, cells=[], flagged=[],
+                     flagged_pairs=[])
+        if row["state"] == "done" and result:
+            entry.update({k: result.get(k) for k in ("embedder", "n_queries", "k", "matrix")})
+            if previous is not None:
+                entry.update(compare_runs(previous, result))
+            changed = {c["a"]: c["direction"] for c in entry["cells"] if c["a"] == c["b"]}
+            entry["deployments"] = {d: {**m, "changed": changed.get(d)} for d, m in result["deployments"].items()}
+            previous = result
+        runs.append(entry)
+    done = [r for r in runs if r["state"] == "done"]
+    latest = done[-1] if done else {}
+    return {"scan": scan, "runs": runs, "flagged": latest.get("flagged", []),
+            "flagged_pairs": latest.get("flagged_pairs", []), "not_comparable": latest.get("not_comparable")}
+
+
+def cell_label(a: str, b: str) -> str:
+    return a if a == b else f"{a} ~ {b}"
+
+
+def run_cells(run: dict[str, Any]) -> list[tuple[str, str]]:
+    """A run's matrix cells: the diagonal first, then each pair once, in deployment order."""
+    names = list(run.get("matrix") or {})
+    return [(d, d) for d in names] + [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+
+
+def history_rows(history: dict[str, Any], last_only: bool = False) -> tuple[list[list[str]], list[str]]:
+    """(table rows, notes) for showing a history as text: run, cell, similarity, change, p, flag.
+
+    The notes say which runs were not compared with the run before them, and why.
+    """
+    runs = [r for r in history["runs"] if r["state"] == "done"]
+    rows, notes = [], []
+    for run in runs[-1:] if last_only else runs:
+        if run["not_comparable"]:
+            notes.append(f"{run['study']}: not compared with {run['compared_with']}: {run['not_comparable']}")
+        tested = {(c["a"], c["b"]): c for c in run["cells"]}
+        for a, b in run_cells(run):
+            value = run["matrix"][a][b]
+            c = tested.get((a, b))
+            change = "" if c is None or c["change"] is None else f"{c['change']:+.3f} (n={c['n_queries']})"
+            p = "" if c is None or c["p_holm"] is None else f"{c['p_holm']:.3g}"
+            flag = f"changed {c['direction']}" if c and c["flagged"] else ""
+            rows.append([run["study"], cell_label(a, b), "-" if value is None else f"{value:.3f}", change, p, flag])
+    return rows, notes

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from hivemind.drift import ALPHA, cell_label, run_cells, scan_history
 from hivemind.spec import NAME_PATTERN, SamplingParams, Strict, StudySpec
 from hivemind.zoo import ZooError, default_zoo_path, format_validation_error, load_zoo
 
@@ -308,7 +309,6 @@ def analyze_scan(store: Store, study: str, embedder_name: str) -> dict[str, Any]
 
     from hivemind.analysis import build_groups, pair_similarity, prepare_responses
     from hivemind.embed import EmbeddingCache, embed_texts
-
     from hivemind.spec import canonical_json, sha256_hex
 
     spec = store.study_spec(study)
@@ -413,68 +413,6 @@ def run_scan(name: str, store_dir: str | Path, *, zoo_path: str | Path | None = 
 
 
 # --- history and report -------------------------------------------------------------------
-def scan_history(db: ServiceDB, scan: str) -> dict[str, Any]:
-    """Every run of a scan, oldest first, each finished run compared with the one before it.
-
-    Per run: `compared_with`, `not_comparable` (why not, e.g. another embedder), `cells` (the
-    paired test of every matrix cell, `hivemind.drift.compare_runs`), `flagged` (deployments
-    whose own intra-model cell changed) and `flagged_pairs`; the top level repeats the latest
-    finished run's flags.
-    """
-    from hivemind.drift import compare_runs
-
-    runs, previous = [], None
-    for row in db.scan_runs(scan):
-        result = json.loads(row["result_json"]) if row["result_json"] else None
-        entry: dict[str, Any] = {k: row[k] for k in ("id", "study", "state", "scheduled_for",
-                                                      "started_at", "finished_at", "error")}
-        entry.update(deployments={}, compared_with=None, not_comparable=None, cells=[], flagged=[],
-                     flagged_pairs=[])
-        if row["state"] == "done" and result:
-            entry.update({k: result.get(k) for k in ("embedder", "n_queries", "k", "matrix")})
-            if previous is not None:
-                entry.update(compare_runs(previous, result))
-            changed = {c["a"]: c["direction"] for c in entry["cells"] if c["a"] == c["b"]}
-            entry["deployments"] = {d: {**m, "changed": changed.get(d)} for d, m in result["deployments"].items()}
-            previous = result
-        runs.append(entry)
-    done = [r for r in runs if r["state"] == "done"]
-    latest = done[-1] if done else {}
-    return {"scan": scan, "runs": runs, "flagged": latest.get("flagged", []),
-            "flagged_pairs": latest.get("flagged_pairs", []), "not_comparable": latest.get("not_comparable")}
-
-
-def _cell_label(a: str, b: str) -> str:
-    return a if a == b else f"{a} ~ {b}"
-
-
-def _run_cells(run: dict[str, Any]) -> list[tuple[str, str]]:
-    """A run's matrix cells: the diagonal first, then each pair once, in deployment order."""
-    names = list(run.get("matrix") or {})
-    return [(d, d) for d in names] + [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-
-
-def history_rows(history: dict[str, Any], last_only: bool = False) -> tuple[list[list[str]], list[str]]:
-    """(table rows, notes) for showing a history as text: run, cell, similarity, change, p, flag.
-
-    The notes say which runs were not compared with the run before them, and why.
-    """
-    runs = [r for r in history["runs"] if r["state"] == "done"]
-    rows, notes = [], []
-    for run in runs[-1:] if last_only else runs:
-        if run["not_comparable"]:
-            notes.append(f"{run['study']}: not compared with {run['compared_with']}: {run['not_comparable']}")
-        tested = {(c["a"], c["b"]): c for c in run["cells"]}
-        for a, b in _run_cells(run):
-            value = run["matrix"][a][b]
-            c = tested.get((a, b))
-            change = "" if c is None or c["change"] is None else f"{c['change']:+.3f} (n={c['n_queries']})"
-            p = "" if c is None or c["p_holm"] is None else f"{c['p_holm']:.3g}"
-            flag = f"changed {c['direction']}" if c and c["flagged"] else ""
-            rows.append([run["study"], _cell_label(a, b), "-" if value is None else f"{value:.3f}", change, p, flag])
-    return rows, notes
-
-
 def _fmt(m: dict[str, Any] | None) -> str:
     if not m or m.get("estimate") is None:
         return "–"
@@ -505,7 +443,6 @@ def _sparkline(points: list[dict[str, Any] | None], width: int = 220, height: in
 
 def write_scan_report(store_dir: str | Path, scan: str) -> Path:
     """`STORE/scans/<scan>/report.html`: every matrix cell across runs, changes flagged."""
-    from hivemind.drift import ALPHA
     from hivemind.service.jobs import ServiceDB
 
     if not has_store(store_dir):
@@ -515,7 +452,7 @@ def write_scan_report(store_dir: str | Path, scan: str) -> Path:
     if not history["runs"]:
         raise ScanError(f"scan {scan!r} has no runs in {store_dir}")
     runs = [r for r in history["runs"] if r["state"] == "done"]
-    cells = list(dict.fromkeys(cell for r in runs for cell in _run_cells(r)))
+    cells = list(dict.fromkeys(cell for r in runs for cell in run_cells(r)))
     esc = html.escape
 
     def header(r: dict[str, Any]) -> str:
@@ -540,10 +477,10 @@ def write_scan_report(store_dir: str | Path, scan: str) -> Path:
     for a, b in cells:
         points = [(r["deployments"].get(a, {}).get("intra") if a == b else
                    {"estimate": (r.get("matrix") or {}).get(a, {}).get(b), "lo": None, "hi": None}) for r in runs]
-        rows.append(f"<tr><th>{esc(_cell_label(a, b))}</th>{''.join(td(r, a, b) for r in runs)}"
+        rows.append(f"<tr><th>{esc(cell_label(a, b))}</th>{''.join(td(r, a, b) for r in runs)}"
                     f"<td>{_sparkline(points)}</td></tr>")
     flagged = ", ".join(history["flagged"]) or "none"
-    pairs = ", ".join(_cell_label(a, b) for a, b in history["flagged_pairs"]) or "none"
+    pairs = ", ".join(cell_label(a, b) for a, b in history["flagged_pairs"]) or "none"
     refused = (f"<p><b>Latest run not compared:</b> {esc(history['not_comparable'])}</p>"
                if history["not_comparable"] else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Scan {esc(scan)}</title>
