@@ -118,7 +118,8 @@ def compare_runs(before: dict[str, Any], after: dict[str, Any], *, alpha: float 
     A = np.array([[new[key].get(q, nan) for key in keys] for q in shared])
     B = np.array([[old[key].get(q, nan) for key in keys] for q in shared])
     diffs = A - B
-    p = sign_flip_pvalues(diffs, seed=seed)
+    # drawn sign patterns give p >= 1 / (n_perm + 1): keep that well under Holm's first threshold
+    p = sign_flip_pvalues(diffs, n_perm=max(9999, math.ceil(20 * len(keys) / alpha)), seed=seed)
     adjusted = holm(p)
     for j, (a, b) in enumerate(keys):
         ok = ~np.isnan(diffs[:, j])
@@ -146,6 +147,17 @@ def _round(value: float) -> float | None:
     return None if math.isnan(value) else round(float(value), 6)
 
 
+def compare_with_previous(db: ServiceDB, run_id: int, result: dict[str, Any]) -> dict[str, Any] | None:
+    """A finishing run compared with the latest finished run of its scan (None for the first).
+
+    Kept in the run's result, so a history does not redo the tests of every run it lists.
+    """
+    run = db.scan_run(run_id)
+    done = [r for r in db.scan_runs(run["scan"]) if r["state"] == "done" and r["result_json"]
+            and r["id"] < run_id] if run else []
+    return compare_runs(json.loads(done[-1]["result_json"]), result) if done else None
+
+
 def scan_history(db: ServiceDB, scan: str) -> dict[str, Any]:
     """Every run of a scan, oldest first, each finished run compared with the one before it.
 
@@ -163,8 +175,10 @@ def scan_history(db: ServiceDB, scan: str) -> dict[str, Any]:
                      flagged_pairs=[])
         if row["state"] == "done" and result:
             entry.update({k: result.get(k) for k in ("embedder", "n_queries", "k", "matrix")})
-            if previous is not None:
-                entry.update(compare_runs(previous, result))
+            stored = result.get("drift")
+            if previous is not None:  # the comparison kept at the run's end, when it is with this run
+                same = stored is not None and stored.get("compared_with") == previous.get("study")
+                entry.update(stored if same else compare_runs(previous, result))
             changed = {c["a"]: c["direction"] for c in entry["cells"] if c["a"] == c["b"]}
             entry["deployments"] = {d: {**m, "changed": changed.get(d)} for d, m in result["deployments"].items()}
             previous = result

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from hivemind.drift import ALPHA, cell_label, run_cells, scan_history
+from hivemind.drift import ALPHA, cell_label, compare_with_previous, run_cells, scan_history
 from hivemind.spec import NAME_PATTERN, SamplingParams, Strict, StudySpec
 from hivemind.zoo import ZooError, default_zoo_path, format_validation_error, load_zoo
 
@@ -382,6 +382,7 @@ async def execute_scan_run(store: Store, db: ServiceDB, run_id: int, *,
         await run_to_completion(store.export_parquet, spec.name)
         async with analysis_lock or contextlib.nullcontext():  # a cancel waits for the analysis
             result = await run_to_completion(analyze_scan, store, spec.name, scan.embedder)
+            result["drift"] = await run_to_completion(compare_with_previous, db, run_id, result)
     except Exception as exc:
         db.finish_scan_run(run_id, "failed", error=redact(str(exc) or type(exc).__name__))
         raise
