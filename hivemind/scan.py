@@ -470,8 +470,10 @@ def write_scan_report(store_dir: str | Path, scan: str) -> Path:
         c = next((c for c in r["cells"] if (c["a"], c["b"]) == (a, b)), None)
         if c is None or c["change"] is None:
             return f"<td>{text}</td>"
-        mark = f'<b class="flag">▲ changed {c["direction"]}</b><br>' if c["flagged"] else ""
-        return (f'<td class="{"flagged" if c["flagged"] else ""}">{mark}{text}<br><small>Δ {c["change"]:+.3f} '
+        arrow = "▲" if c["direction"] == "up" else "▼"
+        mark = f'<b class="flag">{arrow} changed {c["direction"]}</b><br>' if c["flagged"] else ""
+        delta = "Δ intra" if a == b else "Δ"
+        return (f'<td class="{"flagged" if c["flagged"] else ""}">{mark}{text}<br><small>{delta} {c["change"]:+.3f} '
                 f'over {c["n_queries"]} queries, p (Holm) {c["p_holm"]:.3g}</small></td>')
 
     rows = []
