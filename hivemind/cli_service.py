@@ -124,20 +124,18 @@ def scan_list(store: StoreOption = Path("hivemind-store"), zoo: ZooOption = None
 
 
 def _print_history(history: dict, last_only: bool = False) -> None:
-    runs = [r for r in history["runs"] if r["state"] == "done"]
-    if last_only:
-        runs = runs[-1:]
-    table = Table("run", "deployment", "intra [95% CI]", "inter [95% CI]", "moved")
-    for run in runs:
-        for name, m in run["deployments"].items():
-            def fmt(x: dict) -> str:
-                return "-" if x["estimate"] is None else f"{x['estimate']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
-            moved = m.get("inter_moved")
-            table.add_row(run["study"], name, fmt(m["intra"]), fmt(m["inter"]),
-                          f"[bold red]{moved}[/]" if moved else "")
+    from hivemind.drift import history_rows
+
+    rows, notes = history_rows(history, last_only)
+    table = Table("run", "cell", "similarity", "change vs previous run", "p (Holm)", "flag")
+    for row in rows:
+        table.add_row(*row[:-1], f"[bold red]{row[-1]}[/]" if row[-1] else "")
     Console().print(table)
+    for note in notes:
+        console.print(f"[yellow]{note}[/]")
     flagged = ", ".join(history["flagged"]) or "none"
-    console.print(f"flagged in the latest run: {flagged}")
+    pairs = ", ".join(" ~ ".join(pair) for pair in history["flagged_pairs"]) or "none"
+    console.print(f"flagged in the latest run: deployments: {flagged}; pairs: {pairs}")
 
 
 @scan_app.command("run")
@@ -173,7 +171,7 @@ def scan_history_cmd(
     store: StoreOption = Path("hivemind-store"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Per deployment, intra- and inter-model similarity across runs, moves flagged."""
+    """Every similarity-matrix cell across runs, each run tested against the one before it."""
     from hivemind.scan import has_store, scan_history
     from hivemind.service.jobs import ServiceDB
 

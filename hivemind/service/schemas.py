@@ -273,7 +273,11 @@ class ScanHistory(Model):
     runs: list[dict[str, Any]]
     """Oldest first: study, times, and per deployment intra/inter estimates with CIs and flags."""
     flagged: list[str]
-    """Deployments flagged in the latest run."""
+    """Deployments whose own (intra-model) cell changed in the latest run."""
+    flagged_pairs: list[list[str]] = Field(default_factory=list)
+    """Deployment pairs whose inter-model cell changed in the latest run."""
+    not_comparable: str | None = None
+    """Why the latest run was not compared with the one before (another embedder, query set or K)."""
 
 
 class ScanRunStarted(Model):
