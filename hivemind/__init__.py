@@ -31,6 +31,8 @@ _EXPORTS = {
     "register": "hivemind.providers.base",
     "analyze_store": "hivemind.pipeline",
     "write_report": "hivemind.pipeline",
+    "import_responses": "hivemind.importing",
+    "analyze": "hivemind.frames",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -165,6 +165,9 @@ class Condition(Strict):
     """Parameter overrides for this condition."""
     system_prompt: str | None = None
     """System prompt added to every request of this condition."""
+    paraphrase: int | None = Field(None, ge=1)
+    """Send each query's N-th rewording (1-based; NoveltyBench `prompt_paraphrases`) instead of
+    its text: "the same request, reworded". Every query of the study needs N paraphrases."""
 
 
 DEFAULT_CONDITION = Condition(name="default")

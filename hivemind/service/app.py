@@ -29,6 +29,7 @@ from hivemind.service.auth import install_log_redaction, read_token
 from hivemind.service.context import ApiError, Service, ServiceLimits, field_path
 from hivemind.service.workers import JobManager
 from hivemind.service.routes import router
+from hivemind.service.routes_import import router as import_router
 from hivemind.store import Store
 from hivemind.zoo import default_zoo_path, load_zoo
 
@@ -84,9 +85,11 @@ def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
                               "Every path but /healthz needs `Authorization: Bearer <token>`.")
     app.state.service = service
     app.include_router(router)
+    app.include_router(import_router)  # POST /v1/studies/import (hivemind.importing)
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes,
                        overrides={"/v1/query-sets": limits.max_upload_bytes,
-                                  "/v1/query-sets/upload": limits.max_upload_bytes})
+                                  "/v1/query-sets/upload": limits.max_upload_bytes,
+                                  "/v1/studies/import": limits.max_upload_bytes})
     app.add_middleware(BearerAuthMiddleware, token=token)  # outermost: nothing runs unauthenticated
 
     @app.exception_handler(RequestValidationError)
