@@ -328,3 +328,22 @@ def test_adjusted_rand_index() -> None:
     for _ in range(20):
         a, b = rng.integers(0, 4, 15).tolist(), rng.integers(0, 3, 15).tolist()
         assert adjusted_rand_index(a, b) == pytest.approx(sklearn.adjusted_rand_score(a, b))
+
+
+def test_init_writes_starter_files_and_never_overwrites(tmp_path: Path) -> None:
+    def init(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hivemind.cli", "init", *args], cwd=tmp_path,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                              timeout=60)
+
+    assert init().returncode == 0
+    from hivemind.study import load_spec, resolve_study
+
+    spec = load_spec(tmp_path / "study.yaml")
+    queries, deployments = resolve_study(spec.model_copy(update={"zoo": str(tmp_path / "providers.yaml")}))
+    assert [d.name for d in deployments] == spec.deployments and len(queries) == spec.max_queries
+    (tmp_path / "study.yaml").write_text("mine")
+    refused = init()
+    assert refused.returncode == 2 and "already exist" in refused.stderr
+    assert (tmp_path / "study.yaml").read_text() == "mine"
+    assert init("--force").returncode == 0 and (tmp_path / "study.yaml").read_text() != "mine"
