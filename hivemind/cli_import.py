@@ -71,6 +71,9 @@ def import_file(
                   + (", with equivalence classes" if result.has_classes else ""))
     console.print(f"queries matched: {result.match_rate:.1%} (by id {result.matched_by_id}, by text "
                   f"{result.matched_by_text}; new {result.new_queries})")
+    if result.k_file > result.k_study:
+        console.print(f"equal K: the study analyses {result.k_study} responses per query and deployment; "
+                      f"the file has up to {result.k_file} (sample indices from {result.k_study} on wait in the store)")
     if result.unmatched:
         console.print(f"[yellow]{len(result.unmatched)} rows matched no query and were left out:[/]")
         for row in result.unmatched[:20]:

@@ -69,6 +69,10 @@ class ImportResult:
     match_rate: float
     unmatched: list[dict[str, Any]] = field(default_factory=list)
     has_classes: bool = False
+    k_file: int = 0
+    """Most responses the file holds for one (query, deployment)."""
+    k_study: int = 0
+    """Responses per (query, deployment, condition) the study analyses (its `samples`): equal K."""
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -153,7 +157,8 @@ def _match(path: Path, rows: list[Row], target: _Target, on_unmatched: Unmatched
         shown = "; ".join(f"{u['where']} ({u['query_id'] or u['query']!r})" for u in unmatched[:5])
         raise ImportFileError(path, f"{len(unmatched)} of {len(rows)} rows match no query of the study "
                               f"by id or text: {shown}" + (" ..." if len(unmatched) > 5 else "")
-                              + " (skip them or add them as new queries: on_unmatched='skip'|'add')",
+                              + " (leave them out or add them as new queries: --unmatched skip|add, "
+                              "on_unmatched='skip'|'add')",
                               field="query")
     return matched, new, how, unmatched
 
@@ -261,13 +266,15 @@ def _write(store: Store, path: Path, source: str, digest: str, rows: list[Row], 
                 db.execute(f"DELETE FROM {table} WHERE study = ? AND deployment = ? AND condition = ?",
                            (study, name, condition))
         k = max(Counter((q, r.deployment) for r, q, _ in indexed).values())
+        needed = max(i for _, _, i in indexed) + 1
         if spec is None:
-            spec = StudySpec(name=study, query_set=str(query_set or path), deployments=names,
-                             samples=max(k, max(i for _, _, i in indexed) + 1),
+            spec = StudySpec(name=study, query_set=str(query_set or path), deployments=names, samples=needed,
                              conditions=[] if condition == "default" else [Condition(name=condition)])
-        else:
-            spec = spec.model_copy(update={"deployments": spec.deployments + [
-                n for n in names if n not in spec.deployments]})
+        else:  # a sampled study keeps its K (equal footing); an all-imported one grows to the file's
+            sampled = any(p != PROVIDER for p in providers.values())
+            spec = spec.model_copy(update={
+                "deployments": spec.deployments + [n for n in names if n not in spec.deployments],
+                "samples": spec.samples if sampled else max(spec.samples, needed)})
         db.execute("INSERT INTO studies (name, spec_json, created_at, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                    "spec_json = excluded.spec_json, updated_at = excluded.updated_at",
                    (study, spec.model_dump_json(), now, now))
@@ -304,6 +311,7 @@ def _write(store: Store, path: Path, source: str, digest: str, rows: list[Row], 
         matched_by_id=how["id"], matched_by_text=how["text"], new_queries=len(new),
         match_rate=round((how["id"] + how["text"]) / len(rows), 4) if target.known else 1.0,
         unmatched=unmatched, has_classes=any(r.class_label is not None for r, _, _ in indexed),
+        k_file=k, k_study=spec.samples,
     )
     log = store.directory / study / "imports"
     log.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,8 @@ MODEL_KEYS: tuple[str, ...] = ("model", "deployment", "model_name", "generator",
 TEXT_KEYS: tuple[str, ...] = ("text", "response", "completion", "output", "generation", "answer_text")
 LIST_KEYS: tuple[str, ...] = ("generations", "responses", "completions", "outputs")
 INDEX_KEYS: tuple[str, ...] = ("sample_index", "sample", "generation_index", "index")
+MAX_SAMPLES = 10000
+"""Sample indices stay below a study's largest `samples`."""
 CLASS_KEYS: tuple[str, ...] = ("partition", "class", "equivalence_class", "class_label")
 
 
@@ -103,10 +105,10 @@ def _string(path: Path, where: str, key: str, value: Any, *, numbers: bool = Tru
 def _index(path: Path, where: str, key: str, value: Any) -> int:
     try:
         number = int(value)
-        if number != float(value) or number < 0:
+        if number != float(value) or not 0 <= number < MAX_SAMPLES:
             raise ValueError
     except (TypeError, ValueError):
-        raise ImportFileError(path, f"expected a whole number >= 0, got {value!r}",
+        raise ImportFileError(path, f"expected a whole number from 0 to {MAX_SAMPLES - 1}, got {value!r}",
                               where=where, field=key) from None
     return number
 

@@ -347,3 +347,19 @@ def test_init_writes_starter_files_and_never_overwrites(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "already exist" in refused.stderr
     assert (tmp_path / "study.yaml").read_text() == "mine"
     assert init("--force").returncode == 0 and (tmp_path / "study.yaml").read_text() != "mine"
+
+
+def test_reimport_needs_replace_and_then_swaps_the_deployment_rows(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"query": "A?", "model": "m", "text": "old"}\n')
+    import_responses(path, "re", tmp_path / "store")
+    path.write_text('{"query": "A?", "model": "m", "text": "new one"}\n{"query": "A?", "model": "m", "text": "two"}\n')
+    with pytest.raises(StoreError, match="replace"):
+        import_responses(path, "re", tmp_path / "store")
+    result = import_responses(path, "re", tmp_path / "store", replace=True)
+    assert result.imported == 2 and (result.k_file, result.k_study) == (2, 2)  # all imported: K grows
+    with Store(tmp_path / "store") as store:
+        rows = store._rows("SELECT text FROM samples WHERE study = 're' ORDER BY sample_index")
+        sources = store._rows("SELECT source_sha256 FROM imported_samples WHERE study = 're'")
+    assert [r["text"] for r in rows] == ["new one", "two"]
+    assert {r["source_sha256"] for r in sources} == {file_sha256(path)}
