@@ -5,6 +5,9 @@ Public API (imported lazily so `import hivemind` stays light):
     from hivemind import StudySpec, run_study
     run = run_study(StudySpec(name="demo", query_set="open-ended-v1",
                               deployments=["smollm2-135m-instruct"], samples=4), "runs/demo")
+
+Responses you already have: `import_responses("gens.jsonl", "nb", "runs")` turns a file into a
+study; `analyze(frame)` embeds and analyses a DataFrame (query, deployment, text columns).
 """
 
 from __future__ import annotations
