@@ -5,6 +5,9 @@ Public API (imported lazily so `import hivemind` stays light):
     from hivemind import StudySpec, run_study
     run = run_study(StudySpec(name="demo", query_set="open-ended-v1",
                               deployments=["smollm2-135m-instruct"], samples=4), "runs/demo")
+
+Responses you already have: `import_responses("gens.jsonl", "nb", "runs")` turns a file into a
+study; `analyze(frame)` embeds and analyses a DataFrame (query, deployment, text columns).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ _EXPORTS = {
     "register": "hivemind.providers.base",
     "analyze_store": "hivemind.pipeline",
     "write_report": "hivemind.pipeline",
+    "import_responses": "hivemind.importing",
+    "analyze": "hivemind.frames",
 }
 
 __all__ = sorted(_EXPORTS)

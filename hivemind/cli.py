@@ -168,6 +168,11 @@ from hivemind.cli_service import scan_app, serve  # noqa: E402 (service and scan
 app.command()(serve)
 app.add_typer(scan_app, name="scan")
 
+from hivemind.cli_import import import_file, init  # noqa: E402 (bring your own responses; starter files)
+
+app.command("import")(import_file)
+app.command()(init)
+
 
 def main() -> None:
     """Console-script entry point."""

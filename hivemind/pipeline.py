@@ -176,6 +176,7 @@ def analyze_store(
     """
     from hivemind.analysis import analyze_responses, prepare_responses
     from hivemind.embed import EmbeddingCache, embed_texts
+    from hivemind.external_classes import add_external_classes
 
     store_dir = Path(store_dir)
     if not (store_dir / "hivemind.sqlite").exists():
@@ -202,6 +203,8 @@ def analyze_store(
         "row", "query_id", "category", "condition", "deployment", "family", "stage", "sample_index",
         *[c for c in ("cache_key",) if c in responses.columns],
     )
+    extra: dict[str, Any] = {}  # classes an imported file carried (NoveltyBench partition)
+    add_external_classes(store_dir, study, responses, vectors, threshold, tables, extra)
     directory = store_dir / study / ANALYSIS_DIR
     directory.mkdir(parents=True, exist_ok=True)
     for name, frame in tables.items():
@@ -218,6 +221,7 @@ def analyze_store(
         "dropped_params": dropped_params(samples),
         **_exclusions(samples, responses.height),
         **result.summary,
+        **extra,
         "tables": sorted(tables),
     }
     summary = json_safe(summary)

@@ -1,4 +1,4 @@
-"""Load and validate query sets: shipped sets in `data/`, or a user's JSONL/JSON/CSV/Parquet file.
+"""Load and validate query sets: shipped sets (package data), or a user's JSONL/JSON/CSV/Parquet file.
 
 Real-world files (INFINITY-CHAT exports, spreadsheets) name their columns differently, so common
 aliases are mapped onto `Query`; anything else is kept in `metadata` rather than dropped. Every
@@ -13,6 +13,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Iterator
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from pydantic import ValidationError
 
 from hivemind.spec import NAME_PATTERN, Query, QuerySet, sha256_hex
 
-SHIPPED_DIR: Path = Path(__file__).resolve().parent.parent / "data"
-"""Where the shipped query sets live (`<name>.jsonl`)."""
+SHIPPED_DIR: Path = Path(str(files("hivemind") / "data"))
+"""Where the shipped query sets live (`<name>.jsonl`): package data, so a wheel install has them."""
 
 SUFFIXES: tuple[str, ...] = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
 """File extensions `load_query_set` accepts."""
@@ -36,7 +37,11 @@ MESSAGE_KEYS: tuple[str, ...] = ("messages", "conversation")
 SHIPPED_DESCRIPTIONS: dict[str, str] = {
     "open-ended-v1": "Open-ended prompts over 12 categories of creative and subjective asks.",
     "verifiable-v1": "Short questions with one checkable answer (quality control vs narrowing).",
+    "noveltybench-curated": "NoveltyBench's 100 curated prompts with 10 paraphrases each "
+                            "(Zhang et al. 2025, MIT licence: NOVELTYBENCH-LICENSE).",
 }
+PARAPHRASE_KEYS: tuple[str, ...] = ("prompt_paraphrases", "paraphrases")
+"""Metadata keys holding a query's rewordings (NoveltyBench's `prompt_paraphrases`)."""
 
 
 class QueryFileError(ValueError):
@@ -68,19 +73,7 @@ def load_query_set(source: str | Path, name: str | None = None) -> QuerySet:
     `name` overrides the set's name (default: the file's stem, made a valid name).
     """
     path = _resolve(source)
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        records = _read_jsonl(path)
-    elif suffix == ".json":
-        records = _read_json(path)
-    elif suffix in (".csv", ".tsv"):
-        records = _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
-    elif suffix == ".parquet":
-        records = _read_parquet(path)
-    else:
-        accepted = ", ".join(SUFFIXES)
-        raise QueryFileError(path, f"unknown file extension {suffix!r} (accepted: {accepted})")
-
+    records = read_records(path)
     queries: list[Query] = []
     first_seen: dict[str, str] = {}
     for where, record in records:
@@ -101,6 +94,49 @@ def load_query_set(source: str | Path, name: str | None = None) -> QuerySet:
     description = SHIPPED_DESCRIPTIONS.get(path.stem, "") if path.parent == SHIPPED_DIR else ""
     return QuerySet(name=set_name, description=description or f"Loaded from {path.name}",
                     queries=queries)
+
+
+def read_records(path: Path) -> Records:
+    """The raw records of a JSONL/JSON/CSV/TSV/Parquet file with their positions ('line 7')."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return _read_jsonl(path)
+    if suffix == ".json":
+        return _read_json(path)
+    if suffix in (".csv", ".tsv"):
+        return _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    accepted = ", ".join(SUFFIXES)
+    raise QueryFileError(path, f"unknown file extension {suffix!r} (accepted: {accepted})")
+
+
+def paraphrases(query: Query) -> list[str]:
+    """A query's rewordings (NoveltyBench `prompt_paraphrases`), in file order; [] if none."""
+    for key in PARAPHRASE_KEYS:
+        value = query.metadata.get(key)
+        if isinstance(value, str):  # a CSV/Parquet cell written as JSON text
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                continue
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    return []
+
+
+def prompt_text(query: Query, paraphrase: int | None) -> str:
+    """The text sent for `query`: itself, or its `paraphrase`-th rewording (1-based).
+
+    A missing rewording is an error (`resolve_study` checks every query before sampling).
+    """
+    if not paraphrase:
+        return query.text
+    options = paraphrases(query)
+    if paraphrase > len(options):
+        raise ValueError(f"query {query.id!r} has {len(options)} paraphrases, "
+                         f"condition asks for paraphrase {paraphrase}")
+    return options[paraphrase - 1]
 
 
 def _resolve(source: str | Path) -> Path:

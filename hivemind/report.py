@@ -196,6 +196,8 @@ def render_report(summary: dict[str, Any], tables: dict[str, pl.DataFrame]) -> s
     """The whole report as one HTML string."""
     import polars as pl
 
+    from hivemind.external_classes import external_classes_section
+
     empty = pl.DataFrame()
 
     def get(name: str) -> pl.DataFrame:
@@ -298,6 +300,7 @@ def render_report(summary: dict[str, Any], tables: dict[str, pl.DataFrame]) -> s
     if lineage.height:
         sections.append("<h2>Lineages</h2>" + _img(figures.lineage_plot(lineage), "lineage diversity") + table(lineage))
 
+    sections.append(external_classes_section(summary, tables.get("external_classes")))
     sections.append("<h2>Method notes</h2>"
                     f'<p class="note">{html.escape(str(summary.get("equal_k_rule", "")))} Bootstrap resamples: '
                     f'{summary.get("n_boot")}; permutations: {summary.get("n_perm")}.</p>')

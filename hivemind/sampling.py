@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from hivemind.queries import prompt_text
 from hivemind.providers.base import Provider, ProviderError
 from hivemind.spec import (
     Completion,
@@ -40,7 +41,7 @@ def plan_requests(spec: StudySpec, queries: list[Query], deployments: list[Deplo
         for query in queries:
             for deployment in deployments:
                 for condition in spec.effective_conditions():
-                    messages = [Message(role="user", content=query.text)]
+                    messages = [Message(role="user", content=prompt_text(query, condition.paraphrase))]
                     if condition.system_prompt:
                         messages.insert(0, Message(role="system", content=condition.system_prompt))
                     requests.append(

@@ -200,6 +200,9 @@ class Condition(Strict):
     """Parameter overrides for this condition."""
     system_prompt: str | None = None
     """System prompt added to every request of this condition."""
+    paraphrase: int | None = Field(None, ge=1)
+    """Send each query's N-th rewording (1-based; NoveltyBench `prompt_paraphrases`) instead of
+    its text: "the same request, reworded". Every query of the study needs N paraphrases."""
     allow_dropped_params: bool | list[str] = False
     """Parameters a deployment may leave out of its requests when its provider does not honour
     them (`true`: any). Without this a study stops before sampling; with it, each row records

@@ -139,7 +139,8 @@ class Store(JournalFile):
         now = time.time()
         with self.transaction() as db:
             db.execute("DELETE FROM queries WHERE study = ?", (spec.name,))
-            db.execute("DELETE FROM deployments WHERE study = ?", (spec.name,))
+            # responses imported from a file (`hivemind.importing`) stay beside the sampled ones
+            db.execute("DELETE FROM deployments WHERE study = ? AND provider != 'imported'", (spec.name,))
             db.execute(
                 "INSERT INTO studies VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "spec_json = excluded.spec_json, updated_at = excluded.updated_at",

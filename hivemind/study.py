@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from hivemind.providers.base import Provider, create_provider
-from hivemind.queries import load_query_set
+from hivemind.queries import load_query_set, paraphrases
 from hivemind.sampling import Sampler, SamplingReport, missing_requests, plan_requests
 from hivemind.spec import Deployment, Query, SampleRequest, StudySpec
 from hivemind.store import Store
@@ -66,6 +66,13 @@ def resolve_study(spec: StudySpec) -> tuple[list[Query], list[Deployment]]:
             raise StudyError(f"no query of {query_set.name!r} is in categories {spec.categories}")
     if spec.max_queries is not None:
         queries = queries[: spec.max_queries]
+    for condition in spec.conditions:  # a missing rewording fails here, before any sampling
+        if condition.paraphrase:
+            short = [q.id for q in queries if len(paraphrases(q)) < condition.paraphrase]
+            if short:
+                raise StudyError(f"conditions[{condition.name}].paraphrase: {len(short)} queries of "
+                                 f"{query_set.name!r} have fewer than {condition.paraphrase} "
+                                 f"paraphrases (first: {short[0]!r})")
     return queries, deployments
 
 

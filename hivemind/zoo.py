@@ -7,6 +7,7 @@ error raised before any sampling starts, naming the variable (never printing a v
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from hivemind.spec import Deployment, Strict
 
-REPO_ZOO = Path(__file__).resolve().parent.parent / "providers.yaml"
+REPO_ZOO = Path(str(files("hivemind") / "data" / "providers.yaml"))
+"""The shipped zoo (package data; in a checkout, a link to the repository's providers.yaml)."""
 
 
 class ZooError(ValueError):
@@ -55,7 +57,7 @@ class Zoo(Strict):
 
 
 def default_zoo_path() -> Path:
-    """`providers.yaml` in the working directory, else the repository's own."""
+    """`providers.yaml` in the working directory, else the shipped one."""
     local = Path("providers.yaml")
     return local if local.exists() else REPO_ZOO
 

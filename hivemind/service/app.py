@@ -30,6 +30,7 @@ from hivemind.service.redaction import Redactor, install_log_redaction
 from hivemind.service.context import ApiError, Service, ServiceLimits, field_path
 from hivemind.service.workers import JobManager
 from hivemind.service.routes import router
+from hivemind.service.routes_import import router as import_router
 from hivemind.store import Store
 from hivemind.zoo import default_zoo_path, load_zoo
 
@@ -97,9 +98,11 @@ def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
     app.state.service = service
     app.state.token, app.state.token_source = token, token_source
     app.include_router(router)
+    app.include_router(import_router)  # POST /v1/studies/import (hivemind.importing)
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes,
                        overrides={"/v1/query-sets": limits.max_upload_bytes,
-                                  "/v1/query-sets/upload": limits.max_upload_bytes})
+                                  "/v1/query-sets/upload": limits.max_upload_bytes,
+                                  "/v1/studies/import": limits.max_upload_bytes})
     app.add_middleware(BearerAuthMiddleware, token=token)  # nothing runs unauthenticated
     app.add_middleware(HostOriginMiddleware, hosts=allowed_host_names(host, allowed_hosts),  # outermost
                        any_ip=host.strip().strip("[]") in WILDCARD_HOSTS)

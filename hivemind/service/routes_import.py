@@ -1,0 +1,108 @@
+"""`POST /v1/studies/import`: a file of responses someone already has becomes a study.
+
+The file travels in the JSON body (text for JSONL/CSV/TSV/JSON, base64 for Parquet) and goes
+through `hivemind.importing.import_responses`, as `hivemind import` does; a bad file answers 422
+naming the file, line and field, and leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from hivemind.importing import Columns, ImportFileError, import_responses
+from hivemind.queries import SUFFIXES, QueryFileError
+from hivemind.service.context import ApiError, Service, clean, get_service
+from hivemind.service.jobs import ACTIVE
+from hivemind.spec import NAME_PATTERN
+from hivemind.store import StoreError
+
+router = APIRouter()
+ERRORS: dict[int | str, dict[str, Any]] = {c: {"description": "error naming the field"} for c in (401, 409, 413, 422)}
+
+
+class ImportColumns(BaseModel):
+    """Source column names, when they differ from the usual ones."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: str | None = None
+    id: str | None = None
+    model: str | None = None
+    text: str | None = None
+    sample_index: str | None = None
+    category: str | None = None
+    answer: str | None = None
+    classes: str | None = None
+
+
+class ImportRequest(BaseModel):
+    """A response file and where it goes."""
+
+    model_config = ConfigDict(extra="forbid")
+    study: str = Field(pattern=NAME_PATTERN, max_length=200)
+    """Study to create, or to add the imported deployments to (matched on its queries)."""
+    filename: str = Field(min_length=1, max_length=255)
+    """The file's name: its extension says the format (.jsonl, .csv, .tsv, .json, .parquet)."""
+    content: str | None = None
+    """The file as text (JSONL, CSV, TSV, JSON)."""
+    content_base64: str | None = None
+    """The file as base64 (Parquet, or any of the others)."""
+    columns: ImportColumns = Field(default_factory=ImportColumns)
+    deployment: str | None = Field(None, pattern=NAME_PATTERN, max_length=200)
+    """One deployment name for a file without a model column."""
+    query_set: str | None = Field(None, pattern=NAME_PATTERN, max_length=200)
+    """For a new study: a shipped query set to match rows against."""
+    condition: str | None = Field(None, pattern=NAME_PATTERN, max_length=200)
+    on_unmatched: Literal["error", "skip", "add"] = "error"
+    replace: bool = False
+    analyze: bool = False
+    """Analyse the study and write its report before answering (can take a while)."""
+
+
+@router.post("/v1/studies/import", status_code=201, responses=ERRORS, tags=["studies"])
+async def import_study(svc: Annotated[Service, Depends(get_service)], body: ImportRequest) -> dict[str, Any]:
+    """Import a response file into a study; the answer says what matched and what did not."""
+    name = Path(body.filename).name
+    if Path(name).suffix.lower() not in SUFFIXES:
+        raise ApiError(422, "body.filename", f"unknown file extension (accepted: {', '.join(SUFFIXES)})")
+    if (body.content is None) == (body.content_base64 is None):
+        raise ApiError(422, "body.content", "send exactly one of content and content_base64")
+    try:
+        data = body.content.encode("utf-8") if body.content is not None else \
+            base64.b64decode(body.content_base64 or "", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(422, "body.content_base64", f"not base64: {exc}") from None
+    job = svc.db.job(body.study)
+    if job is not None and job["state"] in ACTIVE:
+        raise ApiError(409, "body.study", f"study {body.study!r} is {job['state']}; import when it is done")
+
+    def work() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="hivemind-import-") as folder:
+            path = Path(folder) / name
+            path.write_bytes(data)
+            result = import_responses(
+                path, body.study, svc.store, columns=Columns(**body.columns.model_dump()),
+                deployment=body.deployment, query_set=body.query_set, condition=body.condition,
+                on_unmatched=body.on_unmatched, replace=body.replace, source_name=name)
+        out = result.summary()
+        if body.analyze:
+            from hivemind.pipeline import write_report
+
+            write_report(svc.store_dir, body.study)
+        return out
+
+    try:
+        summary = await run_in_threadpool(work)
+    except (ImportFileError, QueryFileError) as exc:
+        raise ApiError(422, "body.content", str(exc)) from None
+    except StoreError as exc:
+        raise ApiError(409, "body.study", str(exc)) from None
+    summary["store"] = None  # the server's paths are not the client's business
+    return clean({**summary, "status": svc.status_of(body.study)})
