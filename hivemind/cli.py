@@ -56,8 +56,15 @@ def _analyze_and_report(store: Path, study: str | None) -> None:
     from hivemind.pipeline import analyze_store, write_report
 
     outputs = _in_store(store, analyze_store, study)
-    console.print(f"analysis: {outputs.directory}")  # type: ignore[attr-defined]
+    _print_analysis(outputs)
     console.print(f"[bold green]report:[/] {_in_store(store, write_report, study)}")
+
+
+def _print_analysis(outputs: object) -> None:
+    """Where the analysis went, after its warnings (e.g. many truncated responses)."""
+    for warning in outputs.summary.get("warnings", []):  # type: ignore[attr-defined]
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(f"analysis: {outputs.directory}")  # type: ignore[attr-defined]
 
 
 StudyOption = Annotated[Optional[str], typer.Option(help="Study name (default: the latest in the store).")]
@@ -93,10 +100,7 @@ def analyze(
     from hivemind.pipeline import analyze_store
 
     step = partial(analyze_store, complete_only=complete_only, answer_checker=answer_checker)
-    outputs = _in_store(store, step, study)
-    for warning in outputs.summary.get("warnings", []):  # type: ignore[attr-defined]
-        console.print(f"[yellow]warning:[/] {warning}")
-    console.print(f"analysis: {outputs.directory}")  # type: ignore[attr-defined]
+    _print_analysis(_in_store(store, step, study))
 
 
 @app.command()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import logging
 import os
 import platform
 import uuid
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     import polars as pl
 
     from hivemind.embed import Embedder
-
-log = logging.getLogger(__name__)
 
 CACHE_FILE = "embeddings.sqlite"
 ANALYSIS_DIR = "analysis"
@@ -213,8 +210,6 @@ def analyze_store(
                             f"{samples['error'].is_not_null().sum()} errors)")
     truncation = truncation_table(samples, spec.deployments)
     truncation_entry, warnings = truncation_summary(truncation, complete_only)
-    for warning in warnings:
-        log.warning("study %s: %s", study, warning)
     model = _embedder(spec.embedder, embedder, progress)
     cache = EmbeddingCache(store_dir / CACHE_FILE)
     vectors = embed_texts(responses["text"].to_list(), model, cache)
