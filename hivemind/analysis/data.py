@@ -191,7 +191,8 @@ def ordered(values: list[str], order: list[str]) -> list[str]:
 
 FOOTING_RULE = (
     "Equal footing: a figure that compares deployments (Vendi, equivalence classes, semantic entropy, "
-    "lexical metrics, the deployment matrix, similarity bins, lineages) is computed only over the queries "
+    "lexical metrics, the deployment matrix, similarity bins, nearest-neighbour counts, lineages) is "
+    "computed only over the queries "
     "where every deployment of the condition is present with the same K; the headline intra, inter and "
     "gap use the same queries (those with at least two deployments), so gap = intra - inter exactly; an "
     "ensemble curve uses one query set on which every plotted k is possible for both arms."
