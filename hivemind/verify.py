@@ -105,6 +105,7 @@ _MARKER = re.compile(
     r"|\\boxed\s*\{", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 _CLAUSE_END = re.compile(r"[;!?]|\.(?=\s|$)|\n")
+_NOT = re.compile(r"n't\b|n’t\b", re.IGNORECASE)
 _NEGATIONS = frozenset({"not", "no", "never", "neither", "nor"})
 _REJECTIONS = frozenset({"wrong", "incorrect", "false", "mistaken", "not"})
 _COPULAS = frozenset({"is", "was", "are", "were", "be"})
@@ -139,10 +140,8 @@ def final_answer(response: str) -> str:
 
 
 def _clauses(text: str) -> list[str]:
+    """Clauses of a final answer (split at ; ! ? and sentence ends), "n't" spelt "not"."""
     return [c for c in _CLAUSE_END.split(_NOT.sub(" not ", text)) if c.strip()]
-
-
-_NOT = re.compile(r"n't\b|n’t\b", re.IGNORECASE)
 
 
 def _alternatives(answer: str) -> list[tuple[list[str], bool]]:

@@ -536,7 +536,8 @@ def test_truncated_responses_are_counted_and_can_be_left_out() -> None:
     from hivemind.analysis.data import truncation_summary, truncation_table
 
     rows = []
-    for dep, reasons in (("a", ["length", "stop", "stop", "stop", "stop"]), ("b", ["length", "length", "stop", None, "stop"])):
+    for dep, reasons in (("a", ["length", "stop", "stop", "stop", "stop"]),
+                         ("b", ["length", "length", "stop", None, "stop"])):
         for s, reason in enumerate(reasons):
             rows.append({"query_id": "q", "deployment": dep, "condition": "default", "sample_index": s,
                          "text": f"{dep} {s}", "error": None, "finish_reason": reason})

@@ -158,6 +158,7 @@ def test_get_checker_by_name_or_callable() -> None:
     assert user.name == "tests.test_verify:always_wrong" and not user("Paris", "Paris")
     assert get_checker(always_wrong).name.endswith(":always_wrong")
     for bad, message in (("fuzzy", "unknown answer checker"), ("numeric:x", "not a number"),
-                         ("no_such_module_xyz:f", "cannot be loaded"), ("tests.test_verify:ISSUE_CASES", "not callable")):
+                         ("no_such_module_xyz:f", "cannot be loaded"),
+                         ("tests.test_verify:ISSUE_CASES", "not callable")):
         with pytest.raises(ValueError, match=message):
             get_checker(bad)

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     from hivemind.verify import AnswerChecker
 
 
-def correctness(groups: list[Group], checker: str | AnswerChecker | None = None) -> dict[tuple[str, str, str], np.ndarray]:
+def correctness(
+    groups: list[Group], checker: str | AnswerChecker | None = None
+) -> dict[tuple[str, str, str], np.ndarray]:
     """(query, condition, deployment) -> boolean array over its K responses.
 
     `checker` is a `hivemind.verify.get_checker` name or callable (default "final": the
