@@ -241,7 +241,7 @@ def analyze_store(
         **_exclusions(samples, responses.height, complete_only),
         **result.summary,
         "truncation": truncation_entry,
-        "warnings": warnings,
+        "warnings": warnings + result.summary.get("warnings", []),
         "tables": sorted(tables),
     }
     summary = json_safe(summary)

@@ -317,7 +317,7 @@ def test_summary_headline_is_json_ready() -> None:
     responses, X = two_deployments(shared=False).prepared()
     result = analyze_responses(responses, X, **FAST)
     text = json.dumps(result.summary, allow_nan=True)
-    assert "NaN" not in text
+    assert "NaN" not in text and result.summary["warnings"] == []
     h = result.summary["headline"]
     assert h["gap"]["estimate"] == pytest.approx(0.6) and h["gap"]["p_permutation"] < 0.05
     assert h["hivemind_gap"]["estimate"] == pytest.approx(1.0)
@@ -458,6 +458,9 @@ def test_deployment_figures_compare_deployments_on_the_same_queries_at_the_same_
     assert matrix["n_queries"].to_list() == [1] * matrix.height
     footing = result.summary["footing"]["default"]
     assert footing["queries_analysed"] == 2 and footing["queries_every_deployment"] == 1
+    assert result.summary["warnings"] == [
+        "condition default: per-deployment figures stand on the 1 of 2 queries that every deployment "
+        "answered with the same K; the others lack a deployment."]
     assert "same K" in result.summary["footing_rule"]
 
 

@@ -244,6 +244,7 @@ def analyze_responses(
                                                        "leaf_order": pl.Int64}, orient="row")
     summary = _summary(t, footing, responses, deployments, conditions, base, n_dup, threshold, n_boot, n_perm)
     summary["footing"] = _footing_summary(t, footing, conditions)
+    summary["warnings"] = _footing_warnings(summary["footing"])
     summary["answer_checker"] = checker_name(checker)
     summary["headline"]["near_duplicate_pairs_corpus"] = n_corpus
     summary["headline"]["near_duplicate_pairs_cross_query"] = n_cross
@@ -330,4 +331,15 @@ def _footing_summary(t: dict[str, pl.DataFrame], footing: pl.DataFrame, conditio
             "queries_ensemble_curve": len(curve),
             "ensemble_k_max": k_max,
         }
+    return out
+
+
+def _footing_warnings(footing: dict[str, Any]) -> list[str]:
+    """A warning per condition whose deployment comparisons had to leave queries out."""
+    out = []
+    for condition, f in footing.items():
+        kept, total = f["queries_every_deployment"], f["queries_analysed"]
+        if kept < total:
+            out.append(f"condition {condition}: per-deployment figures stand on the {kept} of {total} queries "
+                       "that every deployment answered with the same K; the others lack a deployment.")
     return out
