@@ -12,7 +12,8 @@ Diversity of a draw: mean pairwise cosine distance (1 - mean cosine over pairs i
 k = 1) and the Vendi score (q = 1, range [1, k]). Draws are nested in k (the k + 1 draw extends
 the k draw), so differences between k use common random numbers.
 
-Across queries: bootstrap 95% CIs of each arm's mean, of the paired difference (mixed -
+Across queries - one query set for the whole curve (`curve_queries`), so no point of it
+averages over a population the others lack: bootstrap 95% CIs of each arm's mean, of the paired difference (mixed -
 single), and a paired sign-flip permutation test per k (one-sided, mixed > single), Holm-adjusted
 over k within each condition and metric.
 
