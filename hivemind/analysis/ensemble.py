@@ -13,9 +13,9 @@ k = 1) and the Vendi score (q = 1, range [1, k]). Draws are nested in k (the k +
 the k draw), so differences between k use common random numbers.
 
 Across queries - one query set for the whole curve (`curve_queries`), so no point of it
-averages over a population the others lack: bootstrap 95% CIs of each arm's mean, of the paired difference (mixed -
-single), and a paired sign-flip permutation test per k (one-sided, mixed > single), Holm-adjusted
-over k within each condition and metric.
+averages over a population the others lack: bootstrap 95% CIs of each arm's mean, of the
+paired difference (mixed - single), and a paired sign-flip permutation test per k (one-sided,
+mixed > single), Holm-adjusted over k within each condition and metric.
 
 **Hivemind gap** (headline): at k* = min(D, K) - one response from each of k* different
 deployments - the share of the extra diversity an ensemble promises that it really gives:
