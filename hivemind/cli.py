@@ -56,8 +56,15 @@ def _analyze_and_report(store: Path, study: str | None) -> None:
     from hivemind.pipeline import analyze_store, write_report
 
     outputs = _in_store(store, analyze_store, study)
-    console.print(f"analysis: {outputs.directory}")  # type: ignore[attr-defined]
+    _print_analysis(outputs)
     console.print(f"[bold green]report:[/] {_in_store(store, write_report, study)}")
+
+
+def _print_analysis(outputs: object) -> None:
+    """Where the analysis went, after its warnings (e.g. many truncated responses)."""
+    for warning in outputs.summary.get("warnings", []):  # type: ignore[attr-defined]
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(f"analysis: {outputs.directory}")  # type: ignore[attr-defined]
 
 
 StudyOption = Annotated[Optional[str], typer.Option(help="Study name (default: the latest in the store).")]
@@ -76,12 +83,24 @@ def _in_store(store: Path, step: Callable[[Path, str | None], object], study: st
 
 
 @app.command()
-def analyze(store: StoreArgument, study: StudyOption = None) -> None:
+def analyze(
+    store: StoreArgument,
+    study: StudyOption = None,
+    complete_only: Annotated[Optional[bool], typer.Option(
+        "--complete-only/--all-responses",
+        help="Leave out responses cut off at max_tokens (finish reason 'length'), or keep them "
+             "(default: the spec's analysis.complete_only).")] = None,
+    answer_checker: Annotated[Optional[str], typer.Option(
+        help="How verifiable answers are judged: final, exact, numeric[:TOLERANCE], regex or "
+             "module:function (default: the spec's analysis.answer_checker).")] = None,
+) -> None:
     """Embed every response, index it, and write the analysis tables and JSON summary."""
+    from functools import partial
+
     from hivemind.pipeline import analyze_store
 
-    outputs = _in_store(store, analyze_store, study)
-    console.print(f"analysis: {outputs.directory}")  # type: ignore[attr-defined]
+    step = partial(analyze_store, complete_only=complete_only, answer_checker=answer_checker)
+    _print_analysis(_in_store(store, step, study))
 
 
 @app.command()

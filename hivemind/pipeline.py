@@ -130,18 +130,23 @@ def latest_study(store: Store) -> str:
     return studies[-1]
 
 
-def _exclusions(samples: pl.DataFrame, analysed: int) -> dict[str, int]:
+def _exclusions(samples: pl.DataFrame, analysed: int, complete_only: bool = False) -> dict[str, int]:
     """How many samples were left out and why: errors, empty texts (nothing left once the
-    reasoning is removed counts as empty), equal-K subsampling."""
+    reasoning is removed counts as empty), truncation (with `complete_only`), equal-K
+    subsampling."""
     import polars as pl
 
-    from hivemind.analysis.data import answer_texts
+    from hivemind.analysis.data import answer_texts, truncated_rows
 
     failed = int(samples["error"].is_not_null().sum())
     answers = answer_texts(samples["text"].cast(pl.Utf8)).fill_null("").str.strip_chars()
+    usable = samples["error"].is_null() & answers.ne("")
     empty = int((samples["error"].is_null() & answers.eq("")).sum())
-    return {"n_failed": failed, "n_empty": empty,
-            "n_dropped_for_equal_k": samples.height - failed - empty - analysed}
+    truncated = 0
+    if complete_only and "finish_reason" in samples.columns:
+        truncated = int((usable & samples.select(truncated_rows()).to_series()).sum())
+    return {"n_failed": failed, "n_empty": empty, "n_excluded_truncated": truncated,
+            "n_dropped_for_equal_k": samples.height - failed - empty - truncated - analysed}
 
 
 def _embedder(spec_name: str, embedder: Any, progress: bool) -> Embedder:
@@ -165,6 +170,8 @@ def analyze_store(
     lexical: bool = True,
     progress: bool = False,
     use_gpu: bool | None = None,
+    complete_only: bool | None = None,
+    answer_checker: str | Callable[[str, str], bool] | None = None,
 ) -> AnalysisOutputs:
     """Embed and analyse a study; write its tables (Parquet) and `summary.json`.
 
@@ -172,11 +179,16 @@ def analyze_store(
     name or path, or an `Embedder`; None uses the study spec's (default all-MiniLM-L6-v2).
     `threshold` is the cosine for near-duplicate pairs and equivalence classes. `use_gpu`
     runs the corpus-wide near-duplicate search (FAISS) on a GPU: None uses one when faiss
-    sees one, False never does, True requires it.
+    sees one, False never does, True requires it. `complete_only` leaves out responses cut off
+    at max_tokens and `answer_checker` judges verifiable answers (`hivemind.verify.get_checker`);
+    None takes the spec's `analysis` options. The summary reports the truncated share per
+    deployment (warning above 10%) and which responses and checker were used.
     """
     from hivemind.analysis import analyze_responses, prepare_responses
+    from hivemind.analysis.data import truncation_summary, truncation_table
     from hivemind.embed import EmbeddingCache, embed_texts
     from hivemind.external_classes import add_external_classes
+    from hivemind.verify import get_checker
 
     store_dir = Path(store_dir)
     if not (store_dir / "hivemind.sqlite").exists():
@@ -186,22 +198,33 @@ def analyze_store(
         spec = store.study_spec(study)
         samples = store.samples_frame(study)
     conditions = [c.name for c in spec.effective_conditions()]
-    responses, k_table = prepare_responses(samples, deployment_order=spec.deployments, condition_order=conditions)
+    complete_only = spec.analysis.complete_only if complete_only is None else complete_only
+    try:
+        checker = get_checker(spec.analysis.answer_checker if answer_checker is None else answer_checker)
+    except ValueError as exc:
+        raise AnalysisError(str(exc)) from None
+    responses, k_table = prepare_responses(samples, deployment_order=spec.deployments, condition_order=conditions,
+                                           complete_only=complete_only)
     if responses.height == 0:
-        raise AnalysisError(f"study {study!r} has no successful, non-empty responses to analyse "
-                            f"({samples.height} rows, {samples['error'].is_not_null().sum()} errors)")
+        raise AnalysisError(f"study {study!r} has no successful, non-empty{' complete' if complete_only else ''} "
+                            f"responses to analyse ({samples.height} rows, "
+                            f"{samples['error'].is_not_null().sum()} errors)")
+    truncation = truncation_table(samples, spec.deployments)
+    truncation_entry, warnings = truncation_summary(truncation, complete_only)
     model = _embedder(spec.embedder, embedder, progress)
     cache = EmbeddingCache(store_dir / CACHE_FILE)
     vectors = embed_texts(responses["text"].to_list(), model, cache)
     result = analyze_responses(
         responses, vectors, deployments=spec.deployments, conditions=conditions, threshold=threshold,
         n_boot=n_boot, n_perm=n_perm, draws=draws, seed=seed, lexical=lexical, use_gpu=use_gpu,
+        checker=checker,
     )
     tables = dict(result.tables)
     tables["k_per_query"] = k_table
+    tables["truncation"] = truncation
     tables["responses"] = responses.select(
         "row", "query_id", "category", "condition", "deployment", "family", "stage", "sample_index",
-        *[c for c in ("cache_key",) if c in responses.columns],
+        *[c for c in ("cache_key", "finish_reason") if c in responses.columns],
     )
     extra: dict[str, Any] = {}  # classes an imported file carried (NoveltyBench partition)
     add_external_classes(store_dir, study, responses, vectors, threshold, tables, extra)
@@ -219,9 +242,11 @@ def analyze_store(
         "n_samples": samples.height,
         "samples_fingerprint": samples_fingerprint(samples),
         "dropped_params": dropped_params(samples),
-        **_exclusions(samples, responses.height),
+        **_exclusions(samples, responses.height, complete_only),
         **result.summary,
         **extra,
+        "truncation": truncation_entry,
+        "warnings": warnings + result.summary.get("warnings", []),
         "tables": sorted(tables),
     }
     summary = json_safe(summary)

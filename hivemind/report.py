@@ -38,6 +38,7 @@ th{background:#f0f0f0}td.t{text-align:left}img{max-width:100%;height:auto;displa
 padding:8px;margin:10px 0}.pair .q{grid-column:1/3;color:#555;font-size:.85em}
 .pair pre,pre{white-space:pre-wrap;word-wrap:break-word;background:#f6f6f6;padding:8px;margin:0;font-size:.85em}
 .note{color:#555;font-size:.9em}details{margin:8px 0}
+.warn{border:1px solid #e0a800;background:#fff8e1;border-radius:6px;padding:8px 14px;margin:12px 0}
 """
 
 
@@ -135,6 +136,38 @@ def headline(summary: dict[str, Any]) -> str:
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
+def warnings_block(summary: dict[str, Any]) -> str:
+    """The summary's warnings (e.g. truncated responses), shown above the headline numbers."""
+    warnings = summary.get("warnings") or []
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{html.escape(str(w))}</li>" for w in warnings)
+    return f'<div class="warn"><b>Warning</b><ul>{items}</ul></div>'
+
+
+def footing_note(summary: dict[str, Any], condition: str | None) -> str:
+    """The sentence under the headline that says which queries the numbers compare."""
+    f = (summary.get("footing") or {}).get(condition) or {}
+    counts = ""
+    if f:
+        counts = (f" Here: intra, inter and gap over {f.get('queries_headline')} of {f.get('queries_analysed')} "
+                  f"queries; per-deployment figures over the {f.get('queries_every_deployment')} queries every "
+                  f"deployment answered.")
+    truncation = (summary.get("truncation") or {}).get("analysed")
+    tail = f" Responses analysed: {truncation}." if truncation else ""
+    return f'<p class="note">{html.escape(str(summary.get("footing_rule", "")) + counts + tail)}</p>'
+
+
+def truncation_section(summary: dict[str, Any], frame: pl.DataFrame | None) -> str:
+    """Per deployment: how many responses were cut off at max_tokens."""
+    info = summary.get("truncation") or {}
+    note = (f'<p class="note">Responses with finish reason <code>length</code> stopped at max_tokens, not at an '
+            f"end of their own; their openings look alike and raise similarity. Shares above "
+            f"{100 * float(info.get('warning_share', 0.1)):.0f}% are warned about. This analysis used "
+            f"{html.escape(str(info.get('analysed', 'all responses')))}.</p>")
+    return note + table(frame, ["deployment", "n_responses", "n_truncated", "share_truncated", "warning"])
+
+
 def near_duplicate_pairs(frame: pl.DataFrame | None, total: int, limit: int = MAX_NEAR_DUPLICATES) -> str:
     """The most similar cross-deployment pairs, both texts side by side."""
     if frame is None or frame.height == 0:
@@ -217,7 +250,8 @@ def render_report(summary: dict[str, Any], tables: dict[str, pl.DataFrame]) -> s
         f'embedder <code>{html.escape(str((summary.get("embedder") or {}).get("id", "")))}</code>; '
         f'generated {html.escape(str(summary.get("created_at", "")))}.</p>'
     )
-    sections.append(f"<h2>Headline (condition {html.escape(str(base))})</h2>" + headline(summary))
+    sections.append(f"<h2>Headline (condition {html.escape(str(base))})</h2>" + warnings_block(summary)
+                    + headline(summary) + footing_note(summary, base))
     sections.append(
         '<p class="note">Intra-model similarity: mean cosine over pairs of one deployment\'s responses to a query '
         "(self-pairs excluded); inter-model: mean cosine over all cross pairs of two deployments. The gap is "
@@ -256,8 +290,14 @@ def render_report(summary: dict[str, Any], tables: dict[str, pl.DataFrame]) -> s
              '<p class="note">k responses drawn from one deployment vs from k different deployments (for k above '
              "the number of deployments, spread evenly over all), with 95% bootstrap CIs over queries; p: paired "
              "sign-flip permutation test (mixed > single), Holm-adjusted over k.</p>"]
+    footing = summary.get("footing") or {}
     for condition in conditions:
         parts.append(f"<h3>Condition {html.escape(str(condition))}</h3>")
+        f = footing.get(condition) or {}
+        if f.get("queries_ensemble_curve") is not None:
+            parts.append(f'<p class="note">Every point of this curve stands on the same '
+                         f'{f["queries_ensemble_curve"]} of {f.get("queries_analysed")} queries: those where '
+                         f'k = {f.get("ensemble_k_max")} is possible for both arms.</p>')
         parts.append(_img(figures.ensemble_curves(get("ensemble"), condition), "ensemble diversity curves"))
     parts.append(table(get("hivemind_gap")))
     parts.append("<details><summary>Curve values</summary>" + table(get("ensemble")) + "</details>")
@@ -289,7 +329,10 @@ def render_report(summary: dict[str, Any], tables: dict[str, pl.DataFrame]) -> s
         sections.append("<h2>Quality control vs residual narrowing</h2>"
                         '<p class="note">Diversity loss from deployment a to b on verifiable queries, split into the '
                         "part explained by removing wrong answers and the residual narrowing among correct ones "
-                        "(METRICS.md).</p>" + _img(figures.quality_plot(quality), "quality-control decomposition")
+                        "(METRICS.md). Answers judged by the "
+                        f"<code>{html.escape(str(summary.get('answer_checker', 'final')))}</code> checker "
+                        "(hivemind.verify): the final answer is extracted first.</p>"
+                        + _img(figures.quality_plot(quality), "quality-control decomposition")
                         + table(quality))
     if len(conditions) > 1:
         sections.append("<h2>Decoding conditions</h2>"
@@ -301,8 +344,10 @@ def render_report(summary: dict[str, Any], tables: dict[str, pl.DataFrame]) -> s
         sections.append("<h2>Lineages</h2>" + _img(figures.lineage_plot(lineage), "lineage diversity") + table(lineage))
 
     sections.append(external_classes_section(summary, tables.get("external_classes")))
+    sections.append("<h2>Truncated responses</h2>" + truncation_section(summary, get("truncation")))
     sections.append("<h2>Method notes</h2>"
-                    f'<p class="note">{html.escape(str(summary.get("equal_k_rule", "")))} Bootstrap resamples: '
+                    f'<p class="note">{html.escape(str(summary.get("equal_k_rule", "")))} '
+                    f'{html.escape(str(summary.get("footing_rule", "")))} Bootstrap resamples: '
                     f'{summary.get("n_boot")}; permutations: {summary.get("n_perm")}.</p>')
     provenance = {k: summary.get(k) for k in ("embedder", "versions", "store", "study", "created_at")}
     not_sent = "; ".join(f"{d['deployment']} / {d['condition']}: {', '.join(d['params'])} ({d['rows']} rows)"

@@ -228,6 +228,16 @@ class Condition(Strict):
 DEFAULT_CONDITION = Condition(name="default")
 
 
+class AnalysisOptions(Strict):
+    """How a study's responses are analysed (`hivemind analyze` flags override these)."""
+
+    complete_only: bool = False
+    """Analyse complete responses only: leave out those cut off at max_tokens (finish reason `length`)."""
+    answer_checker: str = Field("final", min_length=1)
+    """How answers to verifiable queries are judged: final, exact, numeric[:tolerance], regex, or
+    module:function (see `hivemind.verify`)."""
+
+
 class StudySpec(Strict):
     """A whole study: which queries, which deployments, how many samples, under which conditions."""
 
@@ -257,6 +267,8 @@ class StudySpec(Strict):
     """Attempts per sample before it is recorded as an error row."""
     embedder: str = "all-MiniLM-L6-v2"
     """Sentence-transformers model (name or path) used by the analysis."""
+    analysis: AnalysisOptions = Field(default_factory=AnalysisOptions)
+    """Analysis options: complete responses only, answer checker."""
 
     @field_validator("deployments")
     @classmethod

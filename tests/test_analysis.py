@@ -71,9 +71,10 @@ class Design:
         frame = pl.DataFrame(self.rows, schema_overrides={"answer": pl.Utf8, "family": pl.Utf8,
                                                           "stage": pl.Utf8, "category": pl.Utf8})
         responses, _ = prepare_responses(frame, **kwargs)
-        order = responses["row"].to_numpy()
-        assert np.array_equal(order, np.arange(len(order)))
-        return responses, np.asarray(self.vectors, dtype=np.float32)
+        key = ["query_id", "condition", "deployment", "sample_index"]
+        position = {k: i for i, k in enumerate(frame.select(key).rows())}  # dropped arms have no vector
+        keep = [position[k] for k in responses.select(key).rows()]
+        return responses, np.asarray(self.vectors, dtype=np.float32)[keep]
 
 
 def two_deployments(shared: bool, rho: float = 0.6, queries: int = 6, k: int = 4) -> Design:
@@ -303,6 +304,11 @@ def test_quality_control_split_on_verifiable_queries() -> None:
     assert split["quality_control"] == pytest.approx(d_all_a)
     vendi = t["quality_split"].filter(pl.col("metric") == "vendi").row(0, named=True)
     assert vendi["total"] == pytest.approx(vendi["residual"] + vendi["quality_control"])
+    # the checker is pluggable and named in the summary: "It is 42." is not exactly "42"
+    exact = analyze_responses(responses, X, checker="exact", **FAST)
+    assert exact.summary["answer_checker"] == "exact"
+    assert exact.tables["quality"].filter(pl.col("deployment") == "a")["accuracy"].to_list() == [0.25] * 4
+    assert analyze_responses(responses, X, **FAST).summary["answer_checker"] == "final"
 
 
 def test_summary_headline_is_json_ready() -> None:
@@ -311,7 +317,7 @@ def test_summary_headline_is_json_ready() -> None:
     responses, X = two_deployments(shared=False).prepared()
     result = analyze_responses(responses, X, **FAST)
     text = json.dumps(result.summary, allow_nan=True)
-    assert "NaN" not in text
+    assert "NaN" not in text and result.summary["warnings"] == []
     h = result.summary["headline"]
     assert h["gap"]["estimate"] == pytest.approx(0.6) and h["gap"]["p_permutation"] < 0.05
     assert h["hivemind_gap"]["estimate"] == pytest.approx(1.0)
@@ -331,7 +337,8 @@ def test_prepare_scores_the_answer_not_the_reasoning() -> None:
     # a: one answer left (two were all reasoning) -> arm dropped; b keeps its texts unchanged
     assert responses["text"].to_list() == ["Plain answer.", "Berlin.", "  Madrid. "]
     assert k["arms_dropped"][0] == 1
-    assert _exclusions(samples, responses.height) == {"n_failed": 0, "n_empty": 2, "n_dropped_for_equal_k": 1}
+    assert _exclusions(samples, responses.height) == {"n_failed": 0, "n_empty": 2, "n_excluded_truncated": 0,
+                                                      "n_dropped_for_equal_k": 1}
     both = prepare_responses(samples.with_columns(pl.lit("a").alias("deployment")))[0]
     assert both["text"].to_list()[:1] == ["Paris."]  # the answer only, whitespace trimmed
     assert not any("think" in t for t in both["text"].to_list())
@@ -419,3 +426,138 @@ def test_corpus_near_duplicates_find_copies_across_queries(monkeypatch: pytest.M
     assert counts == (1, 2, 1)
     capped = analyze_responses(responses, X, threshold=0.95, max_near_duplicates=1, **FAST)
     assert capped.tables["near_duplicates_corpus"].select("i", "j").rows() == [(0, 15)]
+
+
+# --- equal footing (METRICS.md "Equal footing") ------------------------------------------
+
+
+def test_deployment_figures_compare_deployments_on_the_same_queries_at_the_same_k() -> None:
+    """Issue counterexample: q1 has A and B with 2 responses each, q2 has A with 8 and B with 1;
+    every response is orthogonal to every other, so A and B are equally diverse."""
+    d = Design()
+    d.arm("q1", "A", 2, 0.0)
+    d.arm("q1", "B", 2, 0.0)
+    d.arm("q2", "A", 8, 0.0)
+    d.arm("q2", "B", 1, 0.0)
+    responses, X = d.prepared()
+    result = analyze_responses(responses, X, **FAST)
+    summary = result.tables["diversity_summary"]
+
+    def value(deployment: str, metric: str) -> float:
+        row = summary.filter((pl.col("deployment") == deployment) & (pl.col("metric") == metric))
+        assert row.height == 1
+        return float(row["mean"][0])
+
+    for metric in ("vendi", "n_classes", "semantic_entropy", "embedding_diversity", "distinct_1", "mean_length"):
+        assert value("A", metric) == pytest.approx(value("B", metric)), metric
+    assert value("A", "vendi") == pytest.approx(2.0) and value("A", "n_classes") == 2.0
+    assert summary.filter(pl.col("metric") == "vendi")["n_queries"].to_list() == [1, 1]
+    # the per-query table keeps every query; only the comparison is restricted
+    assert result.tables["diversity"].filter(pl.col("deployment") == "A").height == 2
+    matrix = result.tables["matrix"]
+    assert matrix["n_queries"].to_list() == [1] * matrix.height
+    footing = result.summary["footing"]["default"]
+    assert footing["queries_analysed"] == 2 and footing["queries_every_deployment"] == 1
+    assert result.summary["warnings"] == [
+        "condition default: per-deployment figures stand on the 1 of 2 queries that every deployment "
+        "answered with the same K; the others lack a deployment."]
+    assert "same K" in result.summary["footing_rule"]
+
+
+def test_footing_queries_needs_every_arm_and_one_k() -> None:
+    from hivemind.analysis.data import common_footing, footing_queries
+
+    table = pl.DataFrame({
+        "condition": ["c"] * 7 + ["hot"] * 2,
+        "query_id": ["q1", "q1", "q2", "q3", "q3", "q4", "q4", "q1", "q1"],
+        "deployment": ["A", "B", "A", "A", "B", "A", "B", "A", "B"],
+        "k": [2, 2, 8, 4, 4, 4, 2, 3, 3],
+    })
+    keys = footing_queries(table)
+    assert keys.rows() == [("c", "q1"), ("c", "q3"), ("hot", "q1")]  # q2 lacks B; q4 has two K
+    assert common_footing(table).height == 6
+    solo = table.filter(pl.col("deployment") == "A")
+    assert footing_queries(solo).height == 5  # one deployment: every query is common to all
+
+
+def test_headline_intra_inter_and_gap_use_the_same_paired_queries() -> None:
+    """Issue counterexample: q1 with A and B (within 0.5, across 0), q2 with A only (within 0.9)."""
+    d = Design()
+    d.arm("q1", "A", 3, 0.5)
+    d.arm("q1", "B", 3, 0.5)
+    d.arm("q2", "A", 3, 0.9)
+    responses, X = d.prepared()
+    result = analyze_responses(responses, X, **FAST)
+    h = result.summary["headline"]
+    intra, inter, gap = (h[key]["estimate"] for key in ("intra_similarity", "inter_similarity", "gap"))
+    assert intra == pytest.approx(0.5) and inter == pytest.approx(0.0, abs=1e-6) and gap == pytest.approx(0.5)
+    assert gap == pytest.approx(intra - inter, abs=1e-12)
+    assert h["n_queries"] == 1 and result.tables["gap_tests"]["n_queries"][0] == 1
+    categories = result.tables["categories"].row(0, named=True)
+    assert categories["intra"] - categories["inter"] == pytest.approx(categories["gap"], abs=1e-12)
+    assert "gap = intra - inter" in result.summary["footing_rule"]
+
+
+def test_ensemble_curve_stands_on_one_query_set() -> None:
+    d = Design()
+    for q in range(4):  # K = 4, mild similarity
+        d.arm(f"q{q}", "a", 4, 0.3)
+        d.arm(f"q{q}", "b", 4, 0.3)
+    d.arm("q4", "a", 2, 0.95)  # K = 2 and near-identical: would pull k = 1, 2 down only
+    d.arm("q4", "b", 2, 0.95)
+    responses, X = d.prepared()
+    groups = build_groups(responses)
+    per_query = ensemble_per_query(groups, X, draws=8)
+    curves = ensemble_curves(per_query, **FAST).filter(pl.col("metric") == "mean_distance")
+    assert curves["k"].to_list() == [1, 2, 3, 4]
+    assert set(curves["n_queries"].to_list()) == {4}  # the same queries at every k
+    chosen = per_query.filter((pl.col("query_id") != "q4") & (pl.col("k") == 2) & (pl.col("arm") == "single"))
+    assert curves.filter(pl.col("k") == 2)["single"][0] == pytest.approx(chosen["mean_distance"].mean())
+    baseline = random_pair_baseline(responses, X, n_pairs=2000)
+    gap = hivemind_gap(per_query, groups, baseline, n_boot=100).row(0, named=True)
+    assert gap["n_queries"] == 4 and gap["k_star"] == 2
+    footing = analyze_responses(responses, X, **FAST).summary["footing"]["default"]
+    assert (footing["queries_ensemble_curve"], footing["ensemble_k_max"]) == (4, 4)
+
+
+def test_ensemble_curve_keeps_every_query_when_shortening_keeps_more_responses() -> None:
+    from hivemind.analysis.ensemble import curve_queries
+
+    d = Design()
+    for q in range(3):
+        d.arm(f"q{q}", "a", 3 if q else 4, 0.3)  # one query reaches K = 4, the others K = 3
+        d.arm(f"q{q}", "b", 3 if q else 4, 0.3)
+    responses, X = d.prepared()
+    per_query = ensemble_per_query(build_groups(responses), X, draws=4)
+    assert curve_queries(per_query, "default") == (3, ["q0", "q1", "q2"])  # 3 x 3 > 4 x 1
+
+
+# --- truncation ----------------------------------------------------------------------
+
+
+def test_truncated_responses_are_counted_and_can_be_left_out() -> None:
+    from hivemind.analysis.data import truncation_summary, truncation_table
+
+    rows = []
+    for dep, reasons in (("a", ["length", "stop", "stop", "stop", "stop"]),
+                         ("b", ["length", "length", "stop", None, "stop"])):
+        for s, reason in enumerate(reasons):
+            rows.append({"query_id": "q", "deployment": dep, "condition": "default", "sample_index": s,
+                         "text": f"{dep} {s}", "error": None, "finish_reason": reason})
+    rows.append({"query_id": "q", "deployment": "a", "condition": "default", "sample_index": 5,
+                 "text": None, "error": "HTTP 500", "finish_reason": None})
+    samples = pl.DataFrame(rows)
+    table = truncation_table(samples, ["b", "a"])
+    assert table.select("deployment", "n_responses", "n_truncated").rows() == [("b", 5, 2), ("a", 5, 1)]
+    assert table["share_truncated"].to_list() == pytest.approx([0.4, 0.2])
+    entry, warnings = truncation_summary(table, complete_only=False)
+    assert len(warnings) == 2 and warnings[0].startswith("b: 40%") and "--complete-only" in warnings[0]
+    assert entry["per_deployment"]["a"]["n_truncated"] == 1 and entry["complete_only"] is False
+    assert truncation_summary(table.with_columns(pl.lit(0.1).alias("share_truncated")), False)[1] == []
+
+    all_rows, k = prepare_responses(samples)
+    assert k["k"][0] == 5
+    complete, k = prepare_responses(samples, complete_only=True)
+    assert k["k"][0] == 3  # b has 3 complete responses: K is equalised over complete ones
+    assert not (complete["finish_reason"] == "length").any()
+    assert complete.filter(pl.col("deployment") == "a")["sample_index"].to_list() == [1, 2, 3]

@@ -133,14 +133,16 @@ def test_ead_formula_and_fixed_vocab() -> None:
 
 
 def test_self_bleu_matches_sacrebleu_and_bounds() -> None:
+    """The reference is sacrebleu's public one-sentence function with its defaults, called once
+    per hypothesis (a fresh scorer each time), not the implementation's reused BLEU object."""
     import sacrebleu
 
-    bleu = sacrebleu.metrics.BLEU(effective_order=True)
-    ref = [
-        bleu.sentence_score(CORPUS[i], [c for j, c in enumerate(CORPUS) if j != i]).score
-        for i in range(len(CORPUS))
-    ]
-    assert self_bleu(CORPUS) == pytest.approx(sum(ref) / len(ref) / 100.0)
+    for texts in (CORPUS, CORPUS[:3], DISTINCT + CORPUS[:2]):
+        ref = [
+            sacrebleu.sentence_bleu(texts[i], [c for j, c in enumerate(texts) if j != i]).score
+            for i in range(len(texts))
+        ]
+        assert self_bleu(texts) == pytest.approx(sum(ref) / len(ref) / 100.0, abs=1e-12)
     assert self_bleu([CORPUS[0]] * 4) == pytest.approx(1.0)
     assert self_bleu(DISTINCT) < 0.05 < self_bleu(CORPUS)
     assert math.isnan(self_bleu(["x"]))

@@ -256,3 +256,57 @@ def test_conditions_lineage_failures_and_verifiable_set(
     text = write_report(tmp_path / "store", "rich").read_text()
     assert "Decoding conditions" in text and "Lineages" in text
     assert len(_decoded_images(text)) >= 9
+
+
+def test_truncated_responses_are_shown_warned_about_and_can_be_left_out(tmp_path: Path, embedder: Embedder) -> None:
+    import sys
+
+    from hivemind.spec import AnalysisOptions
+    from hivemind.store import Store
+
+    # mock texts are 12-16 words: a 13-token cap cuts some of them (finish reason "length")
+    spec = StudySpec(name="cut", query_set="open-ended-v1", deployments=["mock-a", "mock-b"], samples=4,
+                     max_queries=4, params={"max_tokens": 13})
+    run_study(spec, tmp_path, progress=False)
+    with Store(tmp_path) as store:
+        samples = store.samples_frame("cut")
+    cut = samples.group_by("deployment").agg((pl.col("finish_reason") == "length").mean().alias("share"))
+    expected = dict(cut.iter_rows())
+    assert 0.1 < max(expected.values()) < 1.0  # the study is meant to truncate part of its responses
+
+    out = analyze_store(tmp_path, embedder=embedder, **FAST)
+    s = out.summary
+    per = s["truncation"]["per_deployment"]
+    assert {d: v["share_truncated"] for d, v in per.items()} == pytest.approx(expected)
+    assert s["truncation"]["complete_only"] is False and s["n_excluded_truncated"] == 0
+    warned = {w.split(":")[0] for w in s["warnings"]}
+    assert warned == {d for d, share in expected.items() if share > 0.1}
+    assert out.truncation["deployment"].to_list() == ["mock-a", "mock-b"]
+    text = write_report(tmp_path, "cut").read_text()
+    assert "Truncated responses" in text and 'class="warn"' in text and "--complete-only" in text
+    assert "Equal footing" in text  # the rule is stated beside the headline numbers
+
+    n_cut = int((samples["finish_reason"] == "length").sum())
+    complete = analyze_store(tmp_path, embedder=embedder, complete_only=True, **FAST)
+    c = complete.summary
+    assert c["truncation"]["complete_only"] is True and "complete responses only" in c["truncation"]["analysed"]
+    assert c["n_excluded_truncated"] == n_cut and complete.responses is not None
+    assert not (complete.responses["finish_reason"] == "length").any()
+    assert c["n_samples"] == c["n_failed"] + c["n_empty"] + n_cut + c["n_dropped_for_equal_k"] + c["n_responses"]
+    assert c["truncation"]["per_deployment"] == per  # the share sampled is still reported
+
+    # the spec's analysis options are the default; the CLI flag overrides them
+    run_study(spec.model_copy(update={"analysis": AnalysisOptions(complete_only=True)}), tmp_path, progress=False)
+    assert analyze_store(tmp_path, embedder=embedder, **FAST).summary["truncation"]["complete_only"] is True
+    done = subprocess.run([sys.executable, "-m", "hivemind.cli", "analyze", str(tmp_path), "--all-responses"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    printed = " ".join((done.stdout + done.stderr).split())  # rich wraps long lines
+    lines = [f"{d}: {100 * share:.0f}% of responses were cut off at max_tokens" for d, share in expected.items()
+             if share > 0.1]
+    assert printed.count("warning:") == len(lines) and all(line in printed for line in lines)
+    summary = json.loads((tmp_path / "cut" / "analysis" / "summary.json").read_text())
+    assert summary["truncation"]["complete_only"] is False and summary["answer_checker"] == "final"
+    bad = subprocess.run([sys.executable, "-m", "hivemind.cli", "analyze", str(tmp_path), "--answer-checker", "fuzzy"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert bad.returncode != 0 and "unknown answer checker" in bad.stdout + bad.stderr

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from hivemind.queries import load_query_set
-from hivemind.verify import is_correct, normalize_answer, strip_reasoning
+from hivemind.verify import (
+    exact_match,
+    final_answer,
+    get_checker,
+    is_correct,
+    normalize_answer,
+    numeric_match,
+    regex_match,
+    strip_reasoning,
+)
 
 
 @pytest.mark.parametrize(
@@ -46,6 +55,13 @@ def test_normalize_answer(text: str, expected: str) -> None:
         ("carbon dioxide", "CO2|carbon dioxide"),
         ("The answer is B.", "B"),
         ("Answer: the United Kingdom", "United Kingdom"),
+        ("I first guessed 12. The answer is 13.", "13"),
+        ("Paris. It is the capital and the largest city of France.", "Paris"),
+        ("Paris is the capital, not Lyon.", "Paris"),
+        ("The answer is \\boxed{625}.", "625"),
+        ("It is CO2, or carbon dioxide.", "CO2|carbon dioxide"),
+        ("The answer is 42, or so I believe.", "42"),
+        ("Canberra, not Sydney, is the capital of Australia.", "Canberra"),
     ],
 )
 def test_correct(response: str, answer: str) -> None:
@@ -67,6 +83,13 @@ def test_correct(response: str, answer: str) -> None:
         ("Paris", ""),
         ("Kingdom United", "United Kingdom"),
         ("nitrogen", "CO2|carbon dioxide"),
+        # the reference is named, but it is not the answer given (issue 8)
+        ("The answer is not 42; it is 17.", "42"),
+        ("Could be 3, 5, 7 or 9.", "7"),
+        ("No, Paris is wrong; it is Lyon.", "Paris"),
+        ("Paris or Lyon, hard to say.", "Paris"),
+        ("It isn't 42.", "42"),
+        ("42 was my first guess. The answer is 24.", "42"),
     ],
 )
 def test_incorrect(response: str, answer: str) -> None:
@@ -86,3 +109,56 @@ def test_every_shipped_answer_matches_itself_and_a_sentence() -> None:
         assert is_correct(query.answer, query.answer), query
         assert is_correct(f"I believe the answer is {query.answer}.", query.answer), query
         assert not is_correct("I don't know.", query.answer), query
+
+
+def test_final_answer_is_what_follows_the_last_marker() -> None:
+    assert final_answer("I first thought 12. The answer is 13. Because 6 + 7 = 13.") == "13."
+    assert final_answer("Final answer: \\boxed{\\frac{1}{2}} done") == "\\frac{1}{2}"
+    assert final_answer("<think>The answer is 4</think>Answer: 5") == "5"
+    assert final_answer("  Just Paris.  ") == "Just Paris."
+
+
+ISSUE_CASES = [("The answer is not 42; it is 17.", "42"), ("Could be 3, 5, 7 or 9.", "7"),
+               ("No, Paris is wrong; it is Lyon.", "Paris")]
+
+
+@pytest.mark.parametrize("name", ["final", "exact", "numeric"])
+def test_every_built_in_checker_rejects_the_issue_cases(name: str) -> None:
+    check = get_checker(name)
+    for response, answer in ISSUE_CASES:
+        if name == "numeric" and not answer.isdigit():
+            continue
+        assert not check(response, answer), (name, response)
+
+
+def test_exact_numeric_and_regex_checkers() -> None:
+    assert exact_match("The answer is Paris.", "paris") and exact_match("1,000", "1000")
+    assert not exact_match("The capital of France is Paris.", "Paris")  # more than the answer
+    assert exact_match("carbon dioxide", "CO2|carbon dioxide")
+    close = numeric_match(0.01)
+    assert close("The answer is 3.141.", "3.14") and close("Roughly 1,000 meters", "1000")
+    assert not close("The answer is 3.2", "3.14") and not close("no number here", "3")
+    assert numeric_match(0.0)("Answer: 0", "0") and not numeric_match(0.0)("Answer: 0.001", "0")
+    with pytest.raises(ValueError, match="not a number"):
+        close("42", "forty-two-ish")
+    assert regex_match("The answer is 7 days.", r"^7\b") and not regex_match("Could be 7", r"^7\b")
+    with pytest.raises(ValueError, match="not a valid regex"):
+        regex_match("x", "(")
+
+
+def always_wrong(response: str, answer: str) -> bool:
+    """A user checker loaded by name in the test below."""
+    return False
+
+
+def test_get_checker_by_name_or_callable() -> None:
+    assert get_checker(None).name == "final" and get_checker(None)("It is Paris.", "Paris")
+    assert get_checker("numeric:0.5").name == "numeric:0.5" and get_checker("numeric:0.5")("2.4", "2")
+    user = get_checker("tests.test_verify:always_wrong")
+    assert user.name == "tests.test_verify:always_wrong" and not user("Paris", "Paris")
+    assert get_checker(always_wrong).name.endswith(":always_wrong")
+    for bad, message in (("fuzzy", "unknown answer checker"), ("numeric:x", "not a number"),
+                         ("no_such_module_xyz:f", "cannot be loaded"),
+                         ("tests.test_verify:ISSUE_CASES", "not callable")):
+        with pytest.raises(ValueError, match=message):
+            get_checker(bad)

@@ -14,6 +14,8 @@ Rules (applied once, here, so every table agrees):
   the responses with the lowest `sample_index` are kept; sample indices are i.i.d. draws, so
   this is an unbiased, deterministic subsample.
 * A missing category becomes `uncategorized`.
+* **Truncation.** A response cut off by `max_tokens` (finish reason `length`) is counted
+  (`truncation_table`); with `complete_only` it is left out before K is equalised.
 
 Row i of the prepared frame (column `row`) is row i of the vector matrix the analyses take.
 """
@@ -68,6 +70,7 @@ def prepare_responses(
     *,
     deployment_order: list[str] | None = None,
     condition_order: list[str] | None = None,
+    complete_only: bool = False,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(responses, k_table): the usable, K-equalised responses, and K per query.
 
@@ -76,13 +79,15 @@ def prepare_responses(
     reasoning removed (`answer_text`); a response that was all reasoning counts as empty.
     The returned frame is sorted by query (first appearance), condition, deployment (spec
     order when given) and sample_index, and carries a `row` column 0..n-1. `k_table` has one row per query: query_id, k,
-    arms_kept, arms_dropped.
+    arms_kept, arms_dropped. `complete_only` drops truncated responses (finish reason
+    `length`) first, so K is equalised over complete ones.
     """
     import polars as pl
 
     frame = samples
     for name, dtype in (("error", pl.Utf8), ("category", pl.Utf8), ("query_text", pl.Utf8),
-                        ("answer", pl.Utf8), ("family", pl.Utf8), ("stage", pl.Utf8)):
+                        ("answer", pl.Utf8), ("family", pl.Utf8), ("stage", pl.Utf8),
+                        ("finish_reason", pl.Utf8)):
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(name))
     frame = frame.with_columns(answer_texts(frame["text"].cast(pl.Utf8)).alias("text"))
@@ -91,6 +96,8 @@ def prepare_responses(
         & pl.col("text").is_not_null()
         & (pl.col("text").str.strip_chars().str.len_chars() > 0)
     ).with_columns(pl.col("category").fill_null(UNCATEGORIZED))
+    if complete_only:
+        frame = frame.filter(~truncated_rows())
     queries = _first_seen(frame["query_id"].to_list())
     deployments = _first_seen((deployment_order or []) + frame["deployment"].to_list())
     conditions = _first_seen((condition_order or []) + frame["condition"].to_list())
@@ -180,3 +187,96 @@ def ordered(values: list[str], order: list[str]) -> list[str]:
     rank = {v: i for i, v in enumerate(order)}
     unique = _first_seen(values)
     return sorted(unique, key=lambda v: (rank.get(v, len(rank)), unique.index(v)))
+
+
+FOOTING_RULE = (
+    "Equal footing: a figure that compares deployments (Vendi, equivalence classes, semantic entropy, "
+    "lexical metrics, the deployment matrix, similarity bins, nearest-neighbour counts, lineages) is "
+    "computed only over the queries "
+    "where every deployment of the condition is present with the same K; the headline intra, inter and "
+    "gap use the same queries (those with at least two deployments), so gap = intra - inter exactly; an "
+    "ensemble curve uses one query set on which every plotted k is possible for both arms."
+)
+
+
+def footing_queries(frame: pl.DataFrame, arm: str = "deployment") -> pl.DataFrame:
+    """The (condition, query_id) keys on which every arm of the condition is present at one K.
+
+    `frame` has condition, query_id, `arm` and optionally k (one or more rows per arm and
+    query). The arms of a condition are all those it has anywhere; a query counts only when
+    each of them is there and, where `k` is given, all with the same K. This is the one place
+    the equal-footing rule (METRICS.md, `FOOTING_RULE`) picks queries: Vendi grows with K and
+    query sets differ in difficulty, so an average over another set or another K is not
+    comparable.
+    """
+    import polars as pl
+
+    keys = ["condition", "query_id"]
+    arms = frame.group_by("condition").agg(pl.col(arm).n_unique().alias("_arms"))
+    same_k = pl.col("k").n_unique() if "k" in frame.columns else pl.lit(1, dtype=pl.UInt32)
+    per_query = frame.group_by(keys, maintain_order=True).agg(
+        pl.col(arm).n_unique().alias("_present"), same_k.alias("_ks"))
+    return (per_query.join(arms, on="condition", how="left")
+            .filter((pl.col("_present") == pl.col("_arms")) & (pl.col("_ks") == 1))
+            .select(keys))
+
+
+def on_footing(frame: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+    """The rows of `frame` whose (condition, query_id) is in `keys` (order kept)."""
+    return frame.join(keys, on=["condition", "query_id"], how="semi", maintain_order="left")
+
+
+def common_footing(frame: pl.DataFrame, arm: str = "deployment") -> pl.DataFrame:
+    """`frame` restricted to its own `footing_queries`."""
+    return on_footing(frame, footing_queries(frame, arm))
+
+
+TRUNCATED = "length"
+TRUNCATION_WARNING_SHARE = 0.10
+"""Above this share of truncated responses a deployment gets a warning in the summary."""
+
+
+def truncated_rows() -> pl.Expr:
+    """True for a response cut off by `max_tokens` (finish reason `length`)."""
+    import polars as pl
+
+    return pl.col("finish_reason").fill_null("").str.to_lowercase() == TRUNCATED
+
+
+def truncation_table(samples: pl.DataFrame, deployment_order: list[str] | None = None) -> pl.DataFrame:
+    """Per deployment: successful responses, how many were truncated, and the share.
+
+    Responses cut at `max_tokens` share their openings and look alike, so a high share
+    raises similarity by itself. Columns: deployment, n_responses, n_truncated,
+    share_truncated (null without a response), warning (share > TRUNCATION_WARNING_SHARE).
+    """
+    import polars as pl
+
+    frame = samples if "finish_reason" in samples.columns else samples.with_columns(
+        pl.lit(None, dtype=pl.Utf8).alias("finish_reason"))
+    if "error" in frame.columns:
+        frame = frame.filter(pl.col("error").is_null())
+    out = frame.group_by("deployment", maintain_order=True).agg(
+        pl.len().cast(pl.Int64).alias("n_responses"), truncated_rows().sum().cast(pl.Int64).alias("n_truncated"))
+    out = out.with_columns((pl.col("n_truncated") / pl.col("n_responses")).alias("share_truncated"))
+    out = out.with_columns((pl.col("share_truncated") > TRUNCATION_WARNING_SHARE).alias("warning"))
+    order = ordered(out["deployment"].to_list(), deployment_order or [])
+    return out.sort(pl.col("deployment").replace_strict({d: i for i, d in enumerate(order)}, return_dtype=pl.Int64))
+
+
+def truncation_summary(table: pl.DataFrame, complete_only: bool) -> tuple[dict[str, object], list[str]]:
+    """(summary entry, warnings) from a `truncation_table`."""
+    per = {d: {"n_responses": n, "n_truncated": t, "share_truncated": share}
+           for d, n, t, share in table.select("deployment", "n_responses", "n_truncated", "share_truncated").iter_rows()}
+    analysed = ("complete responses only: truncated ones were left out" if complete_only
+                else "all responses, truncated ones included")
+    advice = ("they were left out of this analysis (complete responses only)" if complete_only else
+              "truncated responses share their openings and raise similarity: raise max_tokens, or analyse "
+              "complete responses only (--complete-only)")
+    warnings = [
+        f"{d}: {100 * v['share_truncated']:.0f}% of responses were cut off at max_tokens (finish reason "
+        f"'length'); {advice}."
+        for d, v in per.items() if v["share_truncated"] is not None and v["share_truncated"] > TRUNCATION_WARNING_SHARE
+    ]
+    return {"per_deployment": per, "complete_only": complete_only, "analysed": analysed,
+            "warning_share": TRUNCATION_WARNING_SHARE}, warnings

@@ -12,9 +12,10 @@ Diversity of a draw: mean pairwise cosine distance (1 - mean cosine over pairs i
 k = 1) and the Vendi score (q = 1, range [1, k]). Draws are nested in k (the k + 1 draw extends
 the k draw), so differences between k use common random numbers.
 
-Across queries: bootstrap 95% CIs of each arm's mean, of the paired difference (mixed -
-single), and a paired sign-flip permutation test per k (one-sided, mixed > single), Holm-adjusted
-over k within each condition and metric.
+Across queries - one query set for the whole curve (`curve_queries`), so no point of it
+averages over a population the others lack: bootstrap 95% CIs of each arm's mean, of the
+paired difference (mixed - single), and a paired sign-flip permutation test per k (one-sided,
+mixed > single), Holm-adjusted over k within each condition and metric.
 
 **Hivemind gap** (headline): at k* = min(D, K) - one response from each of k* different
 deployments - the share of the extra diversity an ensemble promises that it really gives:
@@ -136,24 +137,53 @@ def _paired(per_query: pl.DataFrame, condition: str, k: int, metric: str) -> tup
     return single, mixed
 
 
+def curve_queries(per_query: pl.DataFrame, condition: str) -> tuple[int, list[str]]:
+    """(k_max, queries): the one query set behind a condition's whole ensemble curve.
+
+    A query with K responses per deployment can only give points k = 1..K, so letting each k
+    average over the queries that reach it would mix populations along the curve. The curve
+    runs k = 1..k_max over the queries that reach k_max with both arms (with the mixed arm
+    whenever some query has two deployments). k_max is the K that keeps the most responses
+    (k_max x queries reaching it; ties go to the larger k): in a study where a few queries lost
+    samples to errors, those few are left out rather than the curve cut short for everyone.
+    """
+    import polars as pl
+
+    part = per_query.filter(pl.col("condition") == condition)
+    reach = part.filter(pl.col("arm") == "single").group_by("query_id", maintain_order=True).agg(pl.col("k").max())
+    mixed = part.filter(pl.col("arm") == "mixed").select("query_id").unique()
+    if mixed.height:
+        reach = reach.join(mixed, on="query_id", how="semi", maintain_order="left")
+    if reach.height == 0:
+        return 0, []
+    ks = reach["k"].to_numpy()
+    candidates = np.unique(ks)[::-1]  # larger k first: argmax keeps the first of equal counts
+    k_max = int(candidates[int(np.argmax([k * np.sum(ks >= k) for k in candidates]))])
+    return k_max, reach.filter(pl.col("k") >= k_max)["query_id"].to_list()
+
+
 def ensemble_curves(
     per_query: pl.DataFrame, n_boot: int = 2000, n_perm: int = 2000, seed: int = 0
 ) -> pl.DataFrame:
     """Per (condition, metric, k): both arms and their difference with 95% CIs and p-values.
 
-    Columns: condition, metric, k, n_queries, single, single_lo, single_hi, mixed, mixed_lo,
-    mixed_hi, diff, diff_lo, diff_hi, p_value, p_holm, n_deployments_used.
+    Every k of a condition's curve is over the same queries (`curve_queries`), so n_queries
+    is one number per condition. Columns: condition, metric, k, n_queries, single, single_lo,
+    single_hi, mixed, mixed_lo, mixed_hi, diff, diff_lo, diff_hi, p_value, p_holm,
+    n_deployments_used.
     """
     import polars as pl
 
     records: list[dict[str, Any]] = []
     for condition in per_query["condition"].unique(maintain_order=True).to_list():
+        k_max, queries = curve_queries(per_query, condition)
+        curve = per_query.filter(pl.col("query_id").is_in(queries) & (pl.col("k") <= k_max))
         for metric in METRICS:
             rows = []
-            ks = sorted(per_query.filter(pl.col("condition") == condition)["k"].unique().to_list())
-            used = per_query.filter((pl.col("condition") == condition) & (pl.col("arm") == "mixed"))
+            ks = sorted(curve.filter(pl.col("condition") == condition)["k"].unique().to_list())
+            used = curve.filter((pl.col("condition") == condition) & (pl.col("arm") == "mixed"))
             for k in ks:
-                single, mixed = _paired(per_query, condition, k, metric)
+                single, mixed = _paired(curve, condition, k, metric)
                 s = bootstrap_ci(single, n_boot=n_boot, seed=seed)
                 m = bootstrap_ci(mixed, n_boot=n_boot, seed=seed)
                 diff = paired_bootstrap_diff(mixed, single, n_boot=n_boot, seed=seed)
@@ -206,6 +236,8 @@ def hivemind_gap(
 ) -> pl.DataFrame:
     """Per condition: the share of the promised extra diversity an ensemble gives (module doc).
 
+    Over the ensemble curve's queries (`curve_queries`), so it agrees with the curve at k*.
+
     Columns: condition, k_star, n_queries, reference_distance, realized, promised,
     hivemind_gap, ci_lo, ci_hi. Null where a condition has one deployment or no baseline.
     """
@@ -214,13 +246,16 @@ def hivemind_gap(
     records = []
     reference = {c: s for c, s in baseline.select("condition", "similarity").iter_rows()}
     for condition in per_query["condition"].unique(maintain_order=True).to_list():
-        multi = [g for g in groups if g.condition == condition and len(g.deployments) >= 2]
+        _, queries = curve_queries(per_query, condition)  # the curve's query set: one footing
+        chosen = set(queries)
+        multi = [g for g in groups if g.condition == condition and len(g.deployments) >= 2 and g.query_id in chosen]
         sim = reference.get(condition)
         if not multi or sim is None:
             records.append((condition, None, 0, None if sim is None else 1.0 - sim, None, None, None, None, None))
             continue
         k_star = min(min(len(g.deployments), g.k) for g in multi)
-        single, mixed = _paired(per_query, condition, k_star, "mean_distance")
+        curve = per_query.filter(pl.col("query_id").is_in(queries))
+        single, mixed = _paired(curve, condition, k_star, "mean_distance")
         d_ref = 1.0 - float(sim)
         realized = mixed - single
         promised = d_ref - single

@@ -27,17 +27,26 @@ from hivemind.metrics.stats import bootstrap_ci
 if TYPE_CHECKING:
     import polars as pl
 
+    from hivemind.verify import AnswerChecker
 
-def correctness(groups: list[Group]) -> dict[tuple[str, str, str], np.ndarray]:
-    """(query, condition, deployment) -> boolean array over its K responses."""
-    from hivemind.verify import is_correct
 
+def correctness(
+    groups: list[Group], checker: str | AnswerChecker | None = None
+) -> dict[tuple[str, str, str], np.ndarray]:
+    """(query, condition, deployment) -> boolean array over its K responses.
+
+    `checker` is a `hivemind.verify.get_checker` name or callable (default "final": the
+    reference in the response's final answer, affirmed and not hedged).
+    """
+    from hivemind.verify import get_checker
+
+    check = get_checker(checker)
     out = {}
     for g in groups:
         if g.answer is None:
             continue
         for deployment, texts in zip(g.deployments, g.texts):
-            out[(g.query_id, g.condition, deployment)] = np.array([is_correct(t, g.answer) for t in texts])
+            out[(g.query_id, g.condition, deployment)] = np.array([bool(check(t, g.answer)) for t in texts], dtype=bool)
     return out
 
 

@@ -13,8 +13,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemind.analysis.conditions import baseline_condition, conditions_view, lineage_view
-from hivemind.analysis.data import Group, build_groups, ordered
-from hivemind.analysis.ensemble import ensemble_curves, ensemble_per_query, hivemind_gap
+from hivemind.analysis.data import (
+    FOOTING_RULE,
+    build_groups,
+    footing_queries,
+    on_footing,
+    ordered,
+)
+from hivemind.analysis.ensemble import curve_queries, ensemble_curves, ensemble_per_query, hivemind_gap
 from hivemind.analysis.lexical import diversity_summary, diversity_table
 from hivemind.analysis.quality import correctness, quality_split, quality_table
 from hivemind.analysis.significance import gap_tests
@@ -33,6 +39,7 @@ from hivemind.analysis.similarity import (
     verbatim_overlap,
 )
 from hivemind.metrics.semantic import normalize_rows
+from hivemind.verify import AnswerChecker, checker_name
 
 if TYPE_CHECKING:
     import polars as pl
@@ -177,14 +184,18 @@ def analyze_responses(
     lexical: bool = True,
     max_near_duplicates: int = 2000,
     use_gpu: bool | None = None,
+    checker: str | AnswerChecker | None = None,
 ) -> AnalysisResult:
     """Run every analysis on prepared responses (`prepare_responses`) and aligned vectors.
 
     `threshold` is the cosine at which two responses count as near-duplicates and as one
     equivalence class. `use_gpu` is for the FAISS corpus-wide near-duplicate search (None:
     a GPU when faiss sees one). `max_near_duplicates` caps the corpus-wide table
-    (`near_duplicates_corpus`); the within-query `near_duplicates` keeps every pair. Works with one
-    deployment (no inter tables), one condition and missing categories.
+    (`near_duplicates_corpus`); the within-query `near_duplicates` keeps every pair. `checker`
+    judges answers to verifiable queries (`hivemind.verify.get_checker`: a name such as "final",
+    "exact", "numeric:0.01", "regex", "module:function", or a callable; default "final"). Works
+    with one deployment (no inter tables), one condition and missing categories. Comparisons
+    follow `FOOTING_RULE`.
     """
     import polars as pl
 
@@ -197,26 +208,31 @@ def analyze_responses(
     groups = build_groups(responses)
     t: dict[str, pl.DataFrame] = {}
     t["pairs"] = pair_similarity(groups, vectors)
+    # deployment-level figures: only the queries where every deployment has the same K
+    footing = footing_queries(t["pairs"].filter(pl.col("kind") == "intra"), arm="deployment_a")
+    footed_pairs = on_footing(t["pairs"], footing)
     t["query_similarity"] = query_similarity(t["pairs"])
-    t["bins"] = similarity_bins(t["pairs"])
-    t["matrix"] = deployment_matrix(t["pairs"], n_boot=n_boot, seed=seed)
+    t["bins"] = similarity_bins(footed_pairs)
+    t["matrix"] = deployment_matrix(footed_pairs, n_boot=n_boot, seed=seed)
     t["random_baseline"] = random_pair_baseline(responses, vectors, seed=seed, n_boot=n_boot)
-    t["nn_counts"] = nearest_neighbour_counts(groups, vectors)
+    on_common = set(footing.select("condition", "query_id").iter_rows())
+    t["nn_counts"] = nearest_neighbour_counts([g for g in groups if (g.condition, g.query_id) in on_common], vectors)
     t["categories"] = category_breakdown(t["query_similarity"], n_boot=n_boot, seed=seed)
     t["verbatim_overlap"] = verbatim_overlap(groups)
-    t["overlap_vs_semantic"] = overlap_vs_semantic(t["pairs"], t["verbatim_overlap"])
+    t["overlap_vs_semantic"] = overlap_vs_semantic(footed_pairs, t["verbatim_overlap"])
     t["gap_tests"] = gap_tests(t["query_similarity"], groups, vectors, n_boot=n_boot, n_perm=n_perm, seed=seed)
     t["ensemble_per_query"] = ensemble_per_query(groups, vectors, draws=draws, seed=seed)
     t["ensemble"] = ensemble_curves(t["ensemble_per_query"], n_boot=n_boot, n_perm=n_perm, seed=seed)
     t["hivemind_gap"] = hivemind_gap(t["ensemble_per_query"], groups, t["random_baseline"], n_boot=n_boot, seed=seed)
     t["diversity"] = diversity_table(groups, vectors, class_threshold=threshold, lexical=lexical)
-    t["diversity_summary"] = diversity_summary(t["diversity"], n_boot=n_boot, seed=seed)
-    correct = correctness(groups)
+    t["diversity_summary"] = diversity_summary(on_footing(t["diversity"], footing), n_boot=n_boot, seed=seed)
+    correct = correctness(groups, checker)
     t["quality"] = quality_table(groups, vectors, correct)
     t["quality_split"] = quality_split(groups, vectors, correct, n_boot=n_boot, seed=seed)
     t["conditions"] = conditions_view(t["pairs"], t["query_similarity"], conditions, n_boot=n_boot, seed=seed)
     meta = responses.select("deployment", "family", "stage").unique("deployment", maintain_order=True)
-    t["lineage"] = lineage_view(t["diversity"], t["pairs"], meta, t["quality"], n_boot=n_boot, seed=seed)
+    t["lineage"] = lineage_view(on_footing(t["diversity"], footing), footed_pairs, meta,
+                               on_footing(t["quality"], footing), n_boot=n_boot, seed=seed)
     t["near_duplicates"], n_dup = near_duplicates(responses, vectors, threshold, None, use_gpu)  # every pair
     t["near_duplicates_corpus"], n_corpus, n_cross = corpus_near_duplicates(
         responses, vectors, threshold, max_near_duplicates, use_gpu)
@@ -231,7 +247,10 @@ def analyze_responses(
         cluster_rows += [(condition, d, i) for i, d in enumerate(result["order"])]
     t["clusters"] = pl.DataFrame(cluster_rows, schema={"condition": pl.Utf8, "deployment": pl.Utf8,
                                                        "leaf_order": pl.Int64}, orient="row")
-    summary = _summary(t, groups, responses, deployments, conditions, base, n_dup, threshold, n_boot, n_perm)
+    summary = _summary(t, footing, responses, deployments, conditions, base, n_dup, threshold, n_boot, n_perm)
+    summary["footing"] = _footing_summary(t, footing, conditions)
+    summary["warnings"] = _footing_warnings(summary["footing"])
+    summary["answer_checker"] = checker_name(checker)
     summary["headline"]["near_duplicate_pairs_corpus"] = n_corpus
     summary["headline"]["near_duplicate_pairs_cross_query"] = n_cross
     summary["clustering"] = clustering
@@ -239,7 +258,7 @@ def analyze_responses(
 
 
 def _summary(
-    t: dict[str, pl.DataFrame], groups: list[Group], responses: pl.DataFrame, deployments: list[str],
+    t: dict[str, pl.DataFrame], footing: pl.DataFrame, responses: pl.DataFrame, deployments: list[str],
     conditions: list[str], base: str | None, n_dup: int, threshold: float, n_boot: int, n_perm: int,
 ) -> dict[str, Any]:
     """Headline numbers for the baseline condition, JSON-ready (NaN -> null)."""
@@ -247,11 +266,12 @@ def _summary(
 
     # K of each query (and condition) as analysed: every kept arm has exactly K responses; a
     # count / (deployments x conditions) would undercount wherever an arm was dropped
-    ks = np.array([g.k for g in groups if g.k > 0], dtype=np.int64)
+    ks = t["query_similarity"]["k"].drop_nulls().to_numpy().astype(np.int64)
+    ks = ks[ks > 0]
     gap = _first(t["gap_tests"], condition=base)
     rb = _first(t["random_baseline"], condition=base)
     hg = _first(t["hivemind_gap"], condition=base)
-    intra = t["pairs"].filter((pl.col("condition") == base) & (pl.col("kind") == "intra"))
+    intra = on_footing(t["pairs"], footing).filter((pl.col("condition") == base) & (pl.col("kind") == "intra"))
     above = {
         d: _num((part["similarity"] > HIGH_SIMILARITY).mean())
         for (d,), part in intra.group_by(["deployment_a"], maintain_order=True)
@@ -275,11 +295,13 @@ def _summary(
         "baseline_condition": base,
         "k_per_deployment": {"min": int(ks.min()) if ks.size else 0, "max": int(ks.max()) if ks.size else 0},
         "equal_k_rule": EQUAL_K_RULE,
+        "footing_rule": FOOTING_RULE,
         "near_duplicate_threshold": threshold,
         "n_boot": n_boot,
         "n_perm": n_perm,
         "headline": {
             "condition": base,
+            "n_queries": gap.get("n_queries"),
             "intra_similarity": ci(gap, "intra"),
             "inter_similarity": ci(gap, "inter"),
             "gap": {**ci(gap, "gap"), "p_permutation": _num(gap.get("p_permutation"))},
@@ -296,3 +318,33 @@ def _summary(
             "near_duplicate_pairs": n_dup,
         },
     }
+
+
+def _footing_summary(t: dict[str, pl.DataFrame], footing: pl.DataFrame, conditions: list[str]) -> dict[str, Any]:
+    """Per condition, how many queries each kind of figure stands on (and so how many it left out)."""
+    import polars as pl
+
+    out: dict[str, Any] = {}
+    for condition in conditions:
+        analysed = t["query_similarity"].filter(pl.col("condition") == condition)
+        gap = _first(t["gap_tests"], condition=condition)
+        k_max, curve = curve_queries(t["ensemble_per_query"], condition)
+        out[condition] = {
+            "queries_analysed": analysed.height,
+            "queries_every_deployment": footing.filter(pl.col("condition") == condition).height,
+            "queries_headline": gap.get("n_queries"),
+            "queries_ensemble_curve": len(curve),
+            "ensemble_k_max": k_max,
+        }
+    return out
+
+
+def _footing_warnings(footing: dict[str, Any]) -> list[str]:
+    """A warning per condition whose deployment comparisons had to leave queries out."""
+    out = []
+    for condition, f in footing.items():
+        kept, total = f["queries_every_deployment"], f["queries_analysed"]
+        if kept < total:
+            out.append(f"condition {condition}: per-deployment figures stand on the {kept} of {total} queries "
+                       "that every deployment answered with the same K; the others lack a deployment.")
+    return out

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemind.analysis.data import Group
+from hivemind.analysis.similarity import paired_queries
 from hivemind.metrics.semantic import normalize_rows
 from hivemind.metrics.stats import bootstrap_ci, holm, paired_bootstrap_diff
 
@@ -97,6 +98,9 @@ def gap_tests(
 ) -> pl.DataFrame:
     """Per condition: intra, inter, gap (paired bootstrap CIs), permutation p, Holm p.
 
+    All three over the same queries (`paired_queries`: those with two or more deployments), so
+    gap = intra - inter holds exactly; the permutation test uses those queries too.
+
     Columns: condition, n_queries, intra, intra_lo, intra_hi, inter, inter_lo, inter_hi, gap,
     gap_lo, gap_hi, p_permutation, p_holm, n_perm. Gap and p are null with one deployment.
     """
@@ -104,7 +108,7 @@ def gap_tests(
 
     records: list[dict[str, Any]] = []
     for condition in query_sim["condition"].unique(maintain_order=True).to_list():
-        part = query_sim.filter(pl.col("condition") == condition)
+        part = paired_queries(query_sim.filter(pl.col("condition") == condition))
         intra = part["intra"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
         inter = part["inter"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
         ci_intra = bootstrap_ci(intra, n_boot=n_boot, seed=seed)
@@ -112,7 +116,7 @@ def gap_tests(
         gap = paired_bootstrap_diff(intra, inter, n_boot=n_boot, seed=seed)
         _, p = gap_permutation_test([g for g in groups if g.condition == condition], vectors, n_perm, seed)
         records.append({
-            "condition": condition, "n_queries": int(np.sum(~(np.isnan(intra) | np.isnan(inter)))),
+            "condition": condition, "n_queries": int(np.sum(~np.isnan(intra))),
             "intra": ci_intra[0], "intra_lo": ci_intra[1], "intra_hi": ci_intra[2],
             "inter": ci_inter[0], "inter_lo": ci_inter[1], "inter_hi": ci_inter[2],
             "gap": gap[0], "gap_lo": gap[1], "gap_hi": gap[2], "p_permutation": p, "n_perm": n_perm,

@@ -98,6 +98,23 @@ def query_similarity(pairs: pl.DataFrame) -> pl.DataFrame:
     return out.with_columns((pl.col("intra") - pl.col("inter")).alias("gap"))
 
 
+def paired_queries(query_sim: pl.DataFrame) -> pl.DataFrame:
+    """The rows of `query_similarity` that headline intra, inter and gap are averaged over.
+
+    Those with both intra and inter (at least two deployments), so that mean intra - mean
+    inter is exactly the mean gap: a query where one deployment is left has an intra value
+    but no inter, and averaging it into intra alone would compare two different query sets.
+    When no query has two deployments (a one-deployment study), every query: intra alone.
+    """
+    import polars as pl
+
+    both = query_sim.filter(
+        pl.col("intra").is_not_null() & pl.col("intra").is_not_nan()
+        & pl.col("inter").is_not_null() & pl.col("inter").is_not_nan()
+    )
+    return both if both.height else query_sim
+
+
 def _symmetric(pairs: pl.DataFrame) -> pl.DataFrame:
     """Inter rows in both orientations, intra rows once."""
     import polars as pl
@@ -294,11 +311,15 @@ def nearest_neighbour_counts(groups: list[Group], vectors: np.ndarray, j_max: in
 
 
 def category_breakdown(query_sim: pl.DataFrame, n_boot: int = 2000, seed: int = 0) -> pl.DataFrame:
-    """Per (condition, category): queries, mean intra, inter and gap with 95% CIs."""
+    """Per (condition, category): queries, mean intra, inter and gap with 95% CIs.
+
+    Over each category's `paired_queries`, so gap = intra - inter within a category too.
+    """
     import polars as pl
 
     records = []
     for (condition, category), part in query_sim.group_by(["condition", "category"], maintain_order=True):
+        part = paired_queries(part)
         row: list[Any] = [condition, category, part.height]
         for column in ("intra", "inter", "gap"):
             values = part[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
