@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from hivemind.providers.base import Provider, create_provider
 from hivemind.queries import load_query_set
-from hivemind.sampling import Sampler, SamplingReport, missing_requests, plan_requests
+from hivemind.sampling import Sampler, SamplingReport, check_resumable, iter_requests, plan_size
 from hivemind.spec import Deployment, Query, StudySpec
 from hivemind.store import Store
 from hivemind.zoo import ZooError, format_validation_error, load_zoo, missing_keys
@@ -118,18 +118,19 @@ async def sample_study(spec: StudySpec, store: Store, *, progress: bool = True) 
     """Sample whatever of `spec` the store does not hold yet (the resumable core)."""
     queries, deployments = resolve_study(spec)
     providers = prepare_providers(deployments)
-    planned = plan_requests(spec, queries, deployments)
-    todo = missing_requests(store, planned)  # refuses other parameters before anything is written
+    check_resumable(store, spec, queries, deployments)  # refuses other parameters before anything is written
     store.register_study(spec, queries, deployments)
     sampler = Sampler(store, providers, max_attempts=spec.max_attempts,
                       budget_usd=spec.budget_usd, progress=progress)
+    # Requests are generated lazily, one stream per deployment, and checked against the journal
+    # a chunk at a time: a 10M-sample study starts at once, in flat memory.
+    streams = {d.name: iter_requests(spec, queries, d) for d in deployments}
     try:
-        report = await sampler.run(todo, already_spent=store.total_cost(spec.name))
+        return await sampler.run(streams, already_spent=store.total_cost(spec.name),
+                                 totals={d.name: plan_size(spec, queries) for d in deployments})
     finally:
         for provider in providers.values():
             await provider.aclose()
-    report.skipped = len(planned) - len(todo)
-    return report
 
 
 def run_study(spec: StudySpec | str | Path, store_dir: str | Path, *, progress: bool = True) -> StudyRun:
