@@ -47,14 +47,14 @@ def iter_requests(spec: StudySpec, queries: list[Query], deployment: Deployment)
     """
     identity = deployment.identity()
     parts = _KeyParts(spec.seed, deployment.name, identity)
-    users = [Message(role="user", content=query.text) for query in queries]
     per_condition = []
     for condition in spec.effective_conditions():
         system = (Message(role="system", content=condition.system_prompt),) if condition.system_prompt else ()
         params = deployment.params.merged(spec.params, condition.params)
         per_condition.append((condition.name, system, params, parts.condition(condition.name, system, params)))
     for index in range(spec.samples):
-        for query, user in zip(queries, users):
+        for query in queries:  # built per use, not held for all queries: a query set can be huge
+            user = Message.model_construct(role="user", content=query.text)
             query_part = parts.query(query.id, query.text)
             for condition, system, params, condition_part in per_condition:
                 seed, cache_key = parts.seed_and_key(query_part, condition_part, index)
@@ -184,18 +184,19 @@ def missing_requests(store: Store, requests: Iterable[SampleRequest]) -> list[Sa
     return list(PendingRequests(store, requests))
 
 
-def check_resumable(store: Store, spec: StudySpec, queries: list[Query], deployments: list[Deployment]) -> None:
+def check_resumable(store: Store, spec: StudySpec, queries: list[Query], deployments: list[Deployment],
+                    *, first: int = 2048) -> None:
     """Refuse, before anything is written, a store that sampled this study with other parameters.
 
-    Looks up each deployment's first sample index (every query and condition): a change of
-    parameters, prompts, seed or deployment shows there. Later indices are checked as the
-    sampler reaches them.
+    Looks up each deployment's first `first` requests (sample index 0 of the first queries): a
+    change of parameters, system prompts, seed or deployment shows there. Every later request
+    is checked as the sampler reaches it, so a change that only later samples show (one
+    query's text) stops the run there, with the same error.
     """
     if not store.has_samples(spec.name):
         return
-    first_layer = len(queries) * len(spec.effective_conditions())
     for deployment in deployments:
-        for _ in PendingRequests(store, islice(iter_requests(spec, queries, deployment), first_layer)):
+        for _ in PendingRequests(store, islice(iter_requests(spec, queries, deployment), first), chunk=first):
             pass
 
 
