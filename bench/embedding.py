@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hivemind.embed import Embedder  # noqa: E402
+from hivemind.embed import Embedder
 
 
 def texts(n: int) -> list[str]:

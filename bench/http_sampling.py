@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
 
-from hivemind.providers.base import create_provider  # noqa: E402
-from hivemind.providers.http_pool import HttpPool  # noqa: E402
-from hivemind.providers.openai import chat_body  # noqa: E402
-from hivemind.sampling import Sampler, iter_requests  # noqa: E402
-from hivemind.spec import Deployment, Query, SamplingParams, StudySpec  # noqa: E402
-from hivemind.store import Store  # noqa: E402
-from hivemind.testing.openai_server import free_port  # noqa: E402
+from hivemind.providers.base import create_provider
+from hivemind.providers.http_pool import HttpPool
+from hivemind.providers.openai import chat_body
+from hivemind.sampling import Sampler, iter_requests
+from hivemind.spec import Deployment, Query, SamplingParams, StudySpec
+from hivemind.store import Store
+from hivemind.testing.openai_server import free_port
 
 SERVER = Path(__file__).resolve().parent / "latency_server.py"
 QUERIES = [Query(id=f"q{i}", text=f"Write a metaphor about thing {i}.") for i in range(10)]

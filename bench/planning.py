@@ -26,8 +26,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hivemind.providers.base import Provider, register  # noqa: E402
-from hivemind.spec import Completion, Deployment, Message, Query, SampleRequest, StudySpec, sample_seed  # noqa: E402
+from hivemind.providers.base import Provider, register
+from hivemind.spec import (
+    Completion,
+    Deployment,
+    Message,
+    Query,
+    SampleRequest,
+    StudySpec,
+    sample_seed,
+)
 
 QUERIES, DEPLOYMENTS, SAMPLES = 10_000, 20, 50
 
@@ -123,7 +131,7 @@ def main() -> None:
         result = eager(int(rest[0])) if mode == "eager" else sample_for(Path(rest[0]), float(rest[1]))
         print(json.dumps(result))
         return
-    print(f"\n## planning: time to first request and peak RSS (each in a fresh process)")
+    print("\n## planning: time to first request and peak RSS (each in a fresh process)")
     print(f"{'run':<44} {'requests':>11} {'first request':>14} {'committed':>10} {'peak RSS':>10}")
     base = measure("eager", str(args.eager_queries))
     print(f"{'old eager plan (baseline)':<44} {base['requests']:>11,} {base['first_request_s']:>13.1f}s "

@@ -1,9 +1,11 @@
 """The sampler: fan out every (query, deployment, condition, sample) to its provider, durably.
 
-Each deployment gets its own queue and as many workers as it allows connections, so a slow or
-failing deployment never holds up the others. Transient errors are retried with exponential
-backoff and jitter, honouring `Retry-After`, for a bounded number of attempts; the final
-outcome of every request (text or error) is committed to the store before it is counted.
+Each deployment gets its own lazy request stream (checked against the journal a chunk at a
+time) and as many workers as it allows connections, so a slow or failing deployment never holds
+up the others and a study of any size starts at once in flat memory. Transient errors are
+retried with exponential backoff and jitter, honouring `Retry-After`, for a bounded number of
+attempts; the final outcome of every request (text or error) is committed to the store before
+it is counted.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 
 from hivemind.providers.base import Provider, ProviderError
 from hivemind.spec import (
@@ -413,7 +415,13 @@ class _progress:
     def __enter__(self) -> Tick:
         if not self.enabled:
             return lambda deployment, ok: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(
             TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(),

