@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,19 @@ PROGRESS_MIN_TEXTS = 256
 CHUNKING_SCHEME = "chunk-mean-v1"
 """Version tag of the long-text scheme; part of `embedder_id`, so a change re-embeds."""
 _SAMPLE_BYTES = 1 << 20
+
+
+PRECISIONS = ("fp32", "bf16")
+"""How the model runs: `fp32` (sentence-transformers as is) or `bf16` (autocast). Chosen per
+study by a suffix of the embedder name, e.g. `all-MiniLM-L6-v2:bf16`."""
+
+
+def split_precision(name: str) -> tuple[str, str]:
+    """(model, precision) from an embedder name with an optional `:fp32` / `:bf16` suffix."""
+    model, _, suffix = name.rpartition(":")
+    if model and suffix in PRECISIONS:
+        return model, suffix
+    return name, "fp32"
 
 
 def resolve_model_path(name: str) -> str:
@@ -93,6 +106,7 @@ class Embedder:
     ) -> None:
         if batch_size < 1 or chunk_overlap < 0:
             raise ValueError("batch_size must be >= 1 and chunk_overlap >= 0")
+        model, self.precision = split_precision(model)
         self.model_name = model
         self.model_path = resolve_model_path(model)
         self.batch_size = batch_size
@@ -137,9 +151,10 @@ class Embedder:
             fingerprint = (
                 folder_fingerprint(folder) if folder.is_dir() else self._weights_fingerprint()
             )
-            scheme = hashlib.sha256(
-                f"{CHUNKING_SCHEME}:{self.chunk_overlap}:{fingerprint}".encode()
-            ).hexdigest()[:12]
+            recipe = f"{CHUNKING_SCHEME}:{self.chunk_overlap}:{fingerprint}"
+            if self.precision != "fp32":  # fp32 ids stay as they were: existing caches stay valid
+                name, recipe = f"{name}:{self.precision}", f"{recipe}:{self.precision}"
+            scheme = hashlib.sha256(recipe.encode()).hexdigest()[:12]
             self._id = f"{name}@{scheme}"
         return self._id
 
@@ -238,7 +253,7 @@ class Embedder:
         from rich.progress import Progress
 
         bar = Progress(transient=True, disable=not progress)
-        with bar, torch.inference_mode():
+        with bar, torch.inference_mode(), self._autocast():
             task = bar.add_task("embedding", total=len(inputs))
             for batch in batches:
                 features = self._features([inputs[i] for i in batch])
@@ -246,6 +261,15 @@ class Embedder:
                 out[batch] = vectors.float().cpu().numpy()
                 bar.update(task, advance=len(batch))
         return _normalise(out)
+
+    def _autocast(self) -> Any:
+        """bf16 matrix products for the `bf16` precision (AMX on recent x86 CPUs, tensor cores on
+        GPUs); pooling and normalisation stay in fp32."""
+        import torch
+
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
 
     def _features(self, batch: Sequence[Sequence[int]]) -> dict[str, Any]:
         """Padded tensors for one batch, as the tokenizer would build them."""

@@ -1,20 +1,25 @@
 """The sampler: fan out every (query, deployment, condition, sample) to its provider, durably.
 
-Each deployment gets its own queue and as many workers as it allows connections, so a slow or
-failing deployment never holds up the others. Transient errors are retried with exponential
-backoff and jitter, honouring `Retry-After`, for a bounded number of attempts; the final
-outcome of every request (text or error) is committed to the store before it is counted.
+Each deployment gets its own lazy request stream (checked against the journal a chunk at a
+time) and as many workers as it allows connections, so a slow or failing deployment never holds
+up the others and a study of any size starts at once in flat memory. Transient errors are
+retried with exponential backoff and jitter, honouring `Retry-After`, for a bounded number of
+attempts; the final outcome of every request (text or error) is committed to the store before
+it is counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 
 from hivemind.queries import prompt_text
 from hivemind.providers.base import Provider, ProviderError
@@ -24,8 +29,8 @@ from hivemind.spec import (
     Message,
     Query,
     SampleRequest,
+    SamplingParams,
     StudySpec,
-    sample_seed,
 )
 from hivemind.store import Store, StoreError
 
@@ -34,54 +39,177 @@ Tick = Callable[[str, bool], None]
 """Progress callback: (deployment, succeeded)."""
 
 
-def plan_requests(spec: StudySpec, queries: list[Query], deployments: list[Deployment]) -> list[SampleRequest]:
-    """Every sample of the study, ordered sample-index first so a budget stop leaves even coverage."""
-    requests = []
+def iter_requests(spec: StudySpec, queries: list[Query], deployment: Deployment,
+                  dropped: Mapping[tuple[str, str], tuple[str, ...]] | None = None) -> Iterator[SampleRequest]:
+    """One deployment's samples, generated lazily, sample index first.
+
+    Index-first order means a budget stop (or an interruption) leaves every query with the same
+    number of samples, give or take one. Nothing is held but the request being built, so a
+    10M-sample study starts at once and costs no memory to plan. The messages, merged
+    parameters and identity are built once and shared by every request that uses them, and the
+    seed and cache key are hashed from pre-serialised parts (see `_KeyParts`). `dropped` names,
+    per (deployment, condition), the parameters its requests leave out (`study.check_params`).
+    """
+    identity = deployment.identity()
+    parts = _KeyParts(spec.seed, deployment.name, identity)
+    per_condition = []
+    for condition in spec.effective_conditions():
+        system = (Message(role="system", content=condition.system_prompt),) if condition.system_prompt else ()
+        params = deployment.params.merged(spec.params, condition.params)
+        not_sent = (dropped or {}).get((deployment.name, condition.name), ())
+        per_condition.append((condition.name, condition.paraphrase, system, params,
+                              parts.condition(condition.name, system, params), not_sent))
     for index in range(spec.samples):
-        for query in queries:
-            for deployment in deployments:
-                for condition in spec.effective_conditions():
-                    messages = [Message(role="user", content=prompt_text(query, condition.paraphrase))]
-                    if condition.system_prompt:
-                        messages.insert(0, Message(role="system", content=condition.system_prompt))
-                    requests.append(
-                        SampleRequest(
-                            study=spec.name,
-                            query_id=query.id,
-                            deployment=deployment.name,
-                            condition=condition.name,
-                            sample_index=index,
-                            seed=sample_seed(spec.seed, query.id, deployment.name, condition.name, index),
-                            messages=tuple(messages),
-                            params=deployment.params.merged(spec.params, condition.params),
-                            deployment_identity=deployment.identity(),
-                        )
-                    )
-    return requests
+        for query in queries:  # built per use, not held for all queries: a query set can be huge
+            users: dict[int | None, tuple[Message, tuple[str, str]]] = {}
+            for condition, paraphrase, system, params, condition_part, not_sent in per_condition:
+                if paraphrase not in users:  # the query's text, or the rewording a condition asks for
+                    text = prompt_text(query, paraphrase)
+                    users[paraphrase] = (Message.model_construct(role="user", content=text),
+                                         parts.query(query.id, text))
+                user, query_part = users[paraphrase]
+                seed, cache_key = parts.seed_and_key(query_part, condition_part, index)
+                yield _request({
+                    "study": spec.name, "query_id": query.id, "deployment": deployment.name,
+                    "condition": condition, "sample_index": index, "seed": seed,
+                    "messages": (*system, user), "params": params, "deployment_identity": identity,
+                    "dropped_params": not_sent,
+                    "cache_key": cache_key,  # fills the cached_property
+                })
 
 
-def missing_requests(store: Store, requests: list[SampleRequest]) -> list[SampleRequest]:
+_REQUEST_FIELDS = frozenset(SampleRequest.model_fields)
+
+
+def _request(values: dict[str, object]) -> SampleRequest:
+    """A `SampleRequest` from fields that all come from validated models, without validating
+    them again: what `model_construct` does, minus its per-field default handling (the
+    sampler builds one per sample, thousands a second)."""
+    request = SampleRequest.__new__(SampleRequest)
+    object.__setattr__(request, "__dict__", values)
+    object.__setattr__(request, "__pydantic_fields_set__", set(_REQUEST_FIELDS))
+    object.__setattr__(request, "__pydantic_extra__", None)
+    object.__setattr__(request, "__pydantic_private__", None)
+    return request
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+class _KeyParts:
+    """`sample_seed` and `SampleRequest.cache_key` from pre-serialised parts, byte for byte.
+
+    Both hash the canonical JSON of a few fields; only the sample index (and the seed) change
+    from one sample of a (query, condition) to the next, so the rest is serialised once.
+    tests/test_plan.py checks the results against the two definitions.
+    """
+
+    def __init__(self, base_seed: int, deployment: str, identity: dict[str, object]) -> None:
+        self.seed_head = f"[{_json(base_seed)},"
+        self.deployment = _json(deployment)
+        self.key_head = '{"deployment":' + _json(identity) + ',"messages":['
+
+    def condition(self, name: str, system: tuple[Message, ...], params: SamplingParams) -> tuple[str, str, str]:
+        return (_json(name), "".join(_json(m.model_dump()) + "," for m in system),
+                '],"params":' + _json(params.model_dump()) + ',"sample_index":')
+
+    def query(self, query_id: str, text: str) -> tuple[str, str]:
+        return _json(query_id), '{"content":' + _json(text) + ',"role":"user"}'
+
+    def seed_and_key(self, query: tuple[str, str], condition: tuple[str, str, str], index: int) -> tuple[int, str]:
+        query_id, user = query
+        name, system, params = condition
+        seed_text = f"{self.seed_head}{query_id},{self.deployment},{name},{index}]"
+        seed = int.from_bytes(hashlib.sha256(seed_text.encode()).digest()[:4], "big") & 0x7FFFFFFF
+        key_text = f'{self.key_head}{system}{user}{params}{index},"seed":{seed}}}'
+        return seed, hashlib.sha256(key_text.encode()).hexdigest()
+
+
+def plan_size(spec: StudySpec, queries: list[Query]) -> int:
+    """How many requests `iter_requests` yields for one deployment."""
+    return spec.samples * len(queries) * len(spec.effective_conditions())
+
+
+def plan_requests(spec: StudySpec, queries: list[Query], deployments: list[Deployment]) -> list[SampleRequest]:
+    """Every sample of a (small) study as a list: each deployment's requests in `iter_requests` order."""
+    return [request for deployment in deployments for request in iter_requests(spec, queries, deployment)]
+
+
+class PendingRequests:
+    """The requests of a stream that have no successful journal row, checked a chunk at a time.
+
+    Each chunk is looked up by primary key in one query, so resuming reads only the rows the
+    plan names, never the whole journal into memory. A row sampled with other parameters (its
+    cache key differs) raises `StoreError`. `skipped` counts the finished requests passed over.
+    """
+
+    def __init__(self, store: Store, requests: Iterable[SampleRequest], *, chunk: int = 2048,
+                 on_skip: Callable[[SampleRequest], None] | None = None) -> None:
+        self.store = store
+        self.requests = requests
+        self.chunk = chunk
+        self.on_skip = on_skip
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[SampleRequest]:
+        source = iter(self.requests)
+        first = list(islice(source, self.chunk))
+        if not first:
+            return
+        if not self.store.has_samples(first[0].study):  # a fresh study: nothing to look up
+            yield from first
+            yield from source
+            return
+        chunk = first
+        while chunk:
+            yield from self._todo(chunk)
+            chunk = list(islice(source, self.chunk))
+
+    def _todo(self, chunk: list[SampleRequest]) -> list[SampleRequest]:
+        existing = self.store.existing_rows(chunk[0].study, [r.row_key[1:] for r in chunk])
+        todo = []
+        for request in chunk:
+            found = existing.get(request.row_key[1:])
+            if found is None:
+                todo.append(request)
+                continue
+            cache_key, succeeded = found
+            if cache_key != request.cache_key:
+                query, deployment, condition, index = request.row_key[1:]
+                raise StoreError(
+                    f"study {request.study!r} in {self.store.path} was sampled with other parameters "
+                    f"(query {query}, deployment {deployment}, condition {condition}, sample {index}); "
+                    "use another study name or another store"
+                )
+            if succeeded:
+                self.skipped += 1
+                if self.on_skip is not None:
+                    self.on_skip(request)
+            else:
+                todo.append(request)
+        return todo
+
+
+def missing_requests(store: Store, requests: Iterable[SampleRequest]) -> list[SampleRequest]:
     """The requests without a successful row; refuses a store sampled with other parameters."""
-    if not requests:
-        return []
-    existing = store.sampled_keys(requests[0].study)
-    todo = []
-    for request in requests:
-        found = existing.get(request.row_key[1:])
-        if found is None:
-            todo.append(request)
-            continue
-        cache_key, succeeded = found
-        if cache_key != request.cache_key:
-            query, deployment, condition, index = request.row_key[1:]
-            raise StoreError(
-                f"study {request.study!r} in {store.path} was sampled with other parameters "
-                f"(query {query}, deployment {deployment}, condition {condition}, sample {index}); "
-                "use another study name or another store"
-            )
-        if not succeeded:
-            todo.append(request)
-    return todo
+    return list(PendingRequests(store, requests))
+
+
+def check_resumable(store: Store, spec: StudySpec, queries: list[Query], deployments: list[Deployment],
+                    *, first: int = 2048) -> None:
+    """Refuse, before anything is written, a store that sampled this study with other parameters.
+
+    Looks up each deployment's first `first` requests (sample index 0 of the first queries): a
+    change of parameters, system prompts, seed or deployment shows there. Every later request
+    is checked as the sampler reaches it, so a change that only later samples show (one
+    query's text) stops the run there, with the same error.
+    """
+    if not store.has_samples(spec.name):
+        return
+    for deployment in deployments:
+        for _ in PendingRequests(store, islice(iter_requests(spec, queries, deployment), first), chunk=first):
+            pass
 
 
 @dataclass
@@ -156,45 +284,134 @@ class Sampler:
                 await asyncio.sleep(self.backoff(provider, exc, attempt))
         raise AssertionError("unreachable")
 
-    async def _worker(self, provider: Provider, queue: asyncio.Queue[SampleRequest], tick: Tick) -> None:
+    async def _worker(self, provider: Provider, source: Iterator[SampleRequest], journal: _JournalWriter) -> None:
         while True:
-            try:
-                request = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
             if self._over_budget():
                 self.report.stopped_by_budget = True
                 return
+            request = next(source, None)
+            if request is None:
+                return
             started = time.perf_counter()
             completion, error, attempts = await self._attempt(provider, request)
-            self.store.record(request, completion, error=error,
-                              latency_s=time.perf_counter() - started, attempts=attempts)
             if completion is not None:
-                self.report.succeeded[request.deployment] += 1
-                self._spent += completion.cost_usd or 0.0
-                self.report.cost_usd += completion.cost_usd or 0.0
-            else:
-                self.report.failed[request.deployment] += 1
-            tick(request.deployment, completion is not None)
+                self._spent += completion.cost_usd or 0.0  # spent at once, counted once committed
+            journal.submit((request, completion, error, time.perf_counter() - started, attempts))
 
-    async def run(self, requests: Iterable[SampleRequest], *, already_spent: float = 0.0) -> SamplingReport:
-        """Sample every request; returns when all are recorded, or the budget is reached."""
+    def _count(self, tick: Tick) -> Callable[[list[Outcome]], None]:
+        """What happens to outcomes once their rows are committed: they count."""
+
+        def count(outcomes: list[Outcome]) -> None:
+            for request, completion, _, _, _ in outcomes:
+                if completion is not None:
+                    self.report.succeeded[request.deployment] += 1
+                    self.report.cost_usd += completion.cost_usd or 0.0
+                else:
+                    self.report.failed[request.deployment] += 1
+                tick(request.deployment, completion is not None)
+
+        return count
+
+    async def run(
+        self,
+        requests: Iterable[SampleRequest] | Mapping[str, Iterable[SampleRequest]],
+        *,
+        already_spent: float = 0.0,
+        totals: Mapping[str, int] | None = None,
+    ) -> SamplingReport:
+        """Sample every request the journal does not hold yet; returns when all are recorded, or
+        the budget is reached.
+
+        `requests` is a list (grouped here by deployment) or, for large studies, one lazy stream
+        per deployment (`iter_requests`) with `totals` giving each stream's length for progress.
+        Streams are read as workers need them, so memory stays flat whatever the study's size.
+        """
         self._spent = already_spent
         started = time.perf_counter()
-        queues: dict[str, asyncio.Queue[SampleRequest]] = {name: asyncio.Queue() for name in self.providers}
-        for request in requests:
-            queues[request.deployment].put_nowait(request)
-            self.report.planned += 1
-        with _progress(self.show_progress, {n: q.qsize() for n, q in queues.items()}) as tick:
+        if isinstance(requests, Mapping):
+            streams: dict[str, Iterable[SampleRequest]] = dict(requests)
+            sizes = dict(totals) if totals is not None else None
+        else:
+            grouped: dict[str, list[SampleRequest]] = {name: [] for name in self.providers}
+            for request in requests:
+                grouped[request.deployment].append(request)
+            streams, sizes = dict(grouped), {name: len(todo) for name, todo in grouped.items()}
+        with _progress(self.show_progress, sizes or {}) as tick:
+            def skip(request: SampleRequest) -> None:
+                self.report.skipped += 1
+                tick(request.deployment, True)
+
+            journal = _JournalWriter(self.store, self._count(tick))
             try:  # a failing worker (e.g. the disk is full) stops the others: no orphan tasks
                 async with asyncio.TaskGroup() as group:
-                    for name, queue in queues.items():
-                        for _ in range(min(self.providers[name].max_connections(), max(queue.qsize(), 1))):
-                            group.create_task(self._worker(self.providers[name], queue, tick))
+                    for name, stream in streams.items():
+                        source = iter(PendingRequests(self.store, stream, on_skip=skip))
+                        size = sizes.get(name, 1) if sizes is not None else None
+                        workers = self.providers[name].max_connections()
+                        for _ in range(min(workers, max(size, 1)) if size is not None else workers):
+                            group.create_task(self._worker(self.providers[name], source, journal))
             except ExceptionGroup as failures:
                 raise failures.exceptions[0] from None
+            finally:  # finished samples are committed however the run ends
+                journal.flush()
+        total = sum(sizes.values()) if sizes is not None else self.report.sampled + self.report.skipped
+        self.report.planned = total - self.report.skipped
         self.report.elapsed_s = time.perf_counter() - started
         return self.report
+
+
+Outcome = tuple[SampleRequest, Completion | None, str | None, float, int]
+"""A request's final outcome: (request, completion, error, latency_s, attempts)."""
+
+
+class _JournalWriter:
+    """Group commits: finished samples go to SQLite in one transaction every `delay_s` (or every
+    `max_rows`), and count only once committed.
+
+    A worker hands its outcome over and takes its next request at once, so the commit never
+    holds a connection idle; one transaction per batch instead of per row is what lets the
+    sampler keep up with hundreds of connections. A crash loses at most the requests in flight
+    and the last `delay_s` of outcomes, which a rerun samples again. A failed commit (disk
+    full) is raised to the next worker that submits, which stops the run.
+    """
+
+    def __init__(self, store: Store, on_committed: Callable[[list[Outcome]], None], *,
+                 delay_s: float = 0.05, max_rows: int = 1000) -> None:
+        self.store = store
+        self.on_committed = on_committed
+        self.delay_s = delay_s
+        self.max_rows = max_rows
+        self._pending: list[Outcome] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._error: Exception | None = None
+
+    def submit(self, outcome: Outcome) -> None:
+        if self._error is not None:
+            raise self._error
+        self._pending.append(outcome)
+        if len(self._pending) >= self.max_rows:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        try:
+            self.flush()
+        except Exception as exc:  # kept for the next submit: a timer callback cannot raise
+            self._error = exc
+
+    def flush(self) -> None:
+        """Commit every pending outcome now, then count them."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._error is not None:
+            raise self._error
+        batch, self._pending = self._pending, []
+        if batch:
+            self.store.record_many(batch)
+            self.on_committed(batch)
 
 
 class _progress:
@@ -208,7 +425,13 @@ class _progress:
     def __enter__(self) -> Tick:
         if not self.enabled:
             return lambda deployment, ok: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(
             TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(),

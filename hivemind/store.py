@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -59,6 +59,55 @@ MIGRATIONS: list[str] = [
     # them and the condition allowed it; NULL when everything was sent.
     "ALTER TABLE samples ADD COLUMN dropped_params TEXT;",
 ]
+
+
+_KEYS_PER_QUERY = 2000
+"""Row keys looked up per statement (4 bound values each, under SQLite's 32,766 limit)."""
+_UPSERT_SAMPLE = (
+    "INSERT INTO samples VALUES (" + ",".join("?" * 19) + ") "
+    "ON CONFLICT DO UPDATE SET seed = excluded.seed, cache_key = excluded.cache_key, "
+    "params_json = excluded.params_json, text = excluded.text, error = excluded.error, "
+    "finish_reason = excluded.finish_reason, prompt_tokens = excluded.prompt_tokens, "
+    "completion_tokens = excluded.completion_tokens, cost_usd = excluded.cost_usd, "
+    "latency_s = excluded.latency_s, attempts = excluded.attempts, "
+    "model = excluded.model, created_at = excluded.created_at, "
+    "dropped_params = excluded.dropped_params "
+    "WHERE samples.error IS NOT NULL"
+)
+
+
+_PARAMS_JSON: dict[int, tuple[Any, str]] = {}
+
+
+def _params_json(params: Any) -> str:
+    """Canonical JSON of a request's parameters, memoised: a study's requests share a few objects."""
+    hit = _PARAMS_JSON.get(id(params))
+    if hit is not None and hit[0] is params:
+        return hit[1]
+    if len(_PARAMS_JSON) > 4096:
+        _PARAMS_JSON.clear()
+    text = canonical_json(params.model_dump())
+    _PARAMS_JSON[id(params)] = (params, text)  # holding `params` keeps its id from being reused
+    return text
+
+
+def _sample_row(request: SampleRequest, completion: Completion | None, error: str | None,
+                latency_s: float, attempts: int) -> tuple[Any, ...]:
+    """The `samples` row of one final outcome (text, or the error that ended the attempts)."""
+    return (
+        *request.row_key, request.seed, request.cache_key,
+        _params_json(request.params),
+        completion.text if completion else None,
+        None if completion else (error or "unknown error"),
+        completion.finish_reason if completion else None,
+        completion.prompt_tokens if completion else None,
+        completion.completion_tokens if completion else None,
+        completion.cost_usd if completion else None,
+        latency_s, attempts,
+        completion.model if completion else None,
+        time.time(),
+        canonical_json(list(request.dropped_params)) if request.dropped_params else None,
+    )
 
 
 class StoreError(RuntimeError):
@@ -175,17 +224,31 @@ class Store(JournalFile):
         return int(self._rows("SELECT COUNT(*) AS n FROM queries WHERE study = ?", (study,))[0]["n"])
 
     # --- samples -------------------------------------------------------------------------
-    def sampled_keys(self, study: str) -> dict[tuple[str, str, str, int], tuple[str, bool]]:
-        """Each existing row's (query, deployment, condition, index) -> (cache_key, succeeded)."""
-        rows = self._rows(
-            "SELECT query_id, deployment, condition, sample_index, cache_key, error IS NULL AS ok "
-            "FROM samples WHERE study = ?",
-            (study,),
-        )
-        return {
-            (r["query_id"], r["deployment"], r["condition"], r["sample_index"]): (r["cache_key"], bool(r["ok"]))
-            for r in rows
-        }
+    def has_samples(self, study: str) -> bool:
+        """Whether the journal holds any row of `study` (a fresh study needs no resume lookups)."""
+        return bool(self._rows("SELECT EXISTS(SELECT 1 FROM samples WHERE study = ?) AS e", (study,))[0]["e"])
+
+    def existing_rows(
+        self, study: str, keys: Sequence[tuple[str, str, str, int]]
+    ) -> dict[tuple[str, str, str, int], tuple[str, bool]]:
+        """Of these (query, deployment, condition, index) keys, those with a row -> (cache_key, succeeded).
+
+        Each key is a primary-key lookup, so the cost follows the keys asked, not the journal's size.
+        """
+        found: dict[tuple[str, str, str, int], tuple[str, bool]] = {}
+        for start in range(0, len(keys), _KEYS_PER_QUERY):
+            part = keys[start : start + _KEYS_PER_QUERY]
+            rows = self._rows(
+                "WITH wanted(q, d, c, i) AS (VALUES " + ",".join(["(?,?,?,?)"] * len(part)) + ") "
+                "SELECT s.query_id, s.deployment, s.condition, s.sample_index, s.cache_key, "
+                "s.error IS NULL AS ok FROM wanted JOIN samples s ON s.study = ? AND "
+                "s.query_id = wanted.q AND s.deployment = wanted.d AND s.condition = wanted.c "
+                "AND s.sample_index = wanted.i",
+                [*(value for key in part for value in key), study],
+            )
+            for r in rows:
+                found[(r[0], r[1], r[2], r[3])] = (r[4], bool(r[5]))
+        return found
 
     def record(
         self,
@@ -197,33 +260,19 @@ class Store(JournalFile):
         attempts: int,
     ) -> None:
         """Commit one finished sample (or its final error). A success is never replaced."""
-        values = (
-            *request.row_key, request.seed, request.cache_key,
-            canonical_json(request.params.model_dump()),
-            completion.text if completion else None,
-            None if completion else (error or "unknown error"),
-            completion.finish_reason if completion else None,
-            completion.prompt_tokens if completion else None,
-            completion.completion_tokens if completion else None,
-            completion.cost_usd if completion else None,
-            latency_s, attempts,
-            completion.model if completion else None,
-            time.time(),
-            canonical_json(list(request.dropped_params)) if request.dropped_params else None,
-        )
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO samples VALUES (" + ",".join("?" * len(values)) + ") "
-                "ON CONFLICT DO UPDATE SET seed = excluded.seed, cache_key = excluded.cache_key, "
-                "params_json = excluded.params_json, text = excluded.text, error = excluded.error, "
-                "finish_reason = excluded.finish_reason, prompt_tokens = excluded.prompt_tokens, "
-                "completion_tokens = excluded.completion_tokens, cost_usd = excluded.cost_usd, "
-                "latency_s = excluded.latency_s, attempts = excluded.attempts, "
-                "model = excluded.model, created_at = excluded.created_at, "
-                "dropped_params = excluded.dropped_params "
-                "WHERE samples.error IS NOT NULL",
-                values,
-            )
+        self.record_many([(request, completion, error, latency_s, attempts)])
+
+    def record_many(
+        self, outcomes: Iterable[tuple[SampleRequest, Completion | None, str | None, float, int]]
+    ) -> None:
+        """Commit finished samples, each (request, completion, error, latency_s, attempts), in one
+        transaction: all of them are durable when this returns, or none. A success is never replaced.
+        """
+        rows = [_sample_row(*outcome) for outcome in outcomes]
+        if not rows:
+            return
+        with self.transaction() as db:
+            db.executemany(_UPSERT_SAMPLE, rows)
 
     def total_cost(self, study: str) -> float:
         """Dollars recorded so far for a study (unknown costs count as zero)."""

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from hivemind.providers.base import Provider, create_provider
 from hivemind.queries import load_query_set, paraphrases
-from hivemind.sampling import Sampler, SamplingReport, missing_requests, plan_requests
-from hivemind.spec import Deployment, Query, SampleRequest, StudySpec
+from hivemind.sampling import Sampler, SamplingReport, check_resumable, iter_requests, plan_size
+from hivemind.spec import Deployment, Query, StudySpec
 from hivemind.store import Store
 from hivemind.zoo import ZooError, format_validation_error, load_zoo, missing_keys
 
@@ -93,35 +93,36 @@ def prepare_providers(deployments: list[Deployment]) -> dict[str, Provider]:
     return providers
 
 
-def check_params(spec: StudySpec, planned: list[SampleRequest], providers: dict[str, Provider]) -> list[SampleRequest]:
+DroppedParams = dict[tuple[str, str], tuple[str, ...]]
+"""Per (deployment, condition): the parameters its requests leave out (allowed by the condition)."""
+
+
+def check_params(spec: StudySpec, deployments: list[Deployment], providers: dict[str, Provider]) -> DroppedParams:
     """Check every (deployment, condition) against what its provider honours, before any request.
 
     A parameter the provider would ignore or reject stops the study, naming deployment, condition
-    and parameter, unless the condition allows dropping it: then its requests carry it in
+    and parameter, unless the condition allows dropping it: then that cell's requests carry it in
     `dropped_params`, so it is left out of them and recorded with each row.
     """
-    conditions = {c.name: c for c in spec.effective_conditions()}
-    dropped: dict[tuple[str, str], tuple[str, ...]] = {}
+    dropped: DroppedParams = {}
     problems: list[str] = []
-    for request in planned:
-        cell = (request.deployment, request.condition)
-        if cell in dropped:
-            continue
-        dropped[cell] = ()
-        provider = providers[request.deployment]
-        params = request.params.explicit()
-        try:
-            refused = provider.unsupported_params(params)
-        except Exception as exc:  # e.g. a model litellm cannot route: collect, then stop
-            problems.append(str(exc))
-            continue
-        for name in sorted(refused):
-            if not conditions[request.condition].allows_dropping(name):
-                problems.append(
-                    f"deployment {request.deployment!r}, condition {request.condition!r}: parameter "
-                    f"{name}={params[name]!r} would be ignored or rejected by {provider.deployment.provider} "
-                    f"model {provider.deployment.model!r}")
-        dropped[cell] = tuple(sorted(refused))
+    for deployment in deployments:
+        provider = providers[deployment.name]
+        for condition in spec.effective_conditions():
+            params = deployment.params.merged(spec.params, condition.params).explicit()
+            try:
+                refused = provider.unsupported_params(params)
+            except Exception as exc:  # e.g. a model litellm cannot route: collect, then stop
+                problems.append(str(exc))
+                continue
+            for name in sorted(refused):
+                if not condition.allows_dropping(name):
+                    problems.append(
+                        f"deployment {deployment.name!r}, condition {condition.name!r}: parameter "
+                        f"{name}={params[name]!r} would be ignored or rejected by {deployment.provider} "
+                        f"model {deployment.model!r}")
+            if refused:
+                dropped[(deployment.name, condition.name)] = tuple(sorted(refused))
     if problems:
         declare = "" if spec.conditions else (
             "; a study without conditions can declare `conditions: [{name: default, allow_dropped_params: [...]}]`")
@@ -129,8 +130,7 @@ def check_params(spec: StudySpec, planned: list[SampleRequest], providers: dict[
             "the study cannot start:\n  " + "\n  ".join(dict.fromkeys(problems))
             + "\nremove the parameter, or name it in the condition's `allow_dropped_params` to sample "
             f"without it (then recorded with each row and in the report){declare}")
-    return [r.model_copy(update={"dropped_params": dropped[(r.deployment, r.condition)]})
-            if dropped[(r.deployment, r.condition)] else r for r in planned]
+    return dropped
 
 
 @dataclass
@@ -165,18 +165,20 @@ async def sample_study(spec: StudySpec, store: Store, *, progress: bool = True) 
     """Sample whatever of `spec` the store does not hold yet (the resumable core)."""
     queries, deployments = resolve_study(spec)
     providers = prepare_providers(deployments)
-    planned = check_params(spec, plan_requests(spec, queries, deployments), providers)
-    todo = missing_requests(store, planned)  # refuses other parameters before anything is written
+    dropped = check_params(spec, deployments, providers)
+    check_resumable(store, spec, queries, deployments)  # refuses other parameters before anything is written
     store.register_study(spec, queries, deployments)
     sampler = Sampler(store, providers, max_attempts=spec.max_attempts,
                       budget_usd=spec.budget_usd, progress=progress)
+    # Requests are generated lazily, one stream per deployment, and checked against the journal
+    # a chunk at a time: a 10M-sample study starts at once, in flat memory.
+    streams = {d.name: iter_requests(spec, queries, d, dropped) for d in deployments}
     try:
-        report = await sampler.run(todo, already_spent=store.total_cost(spec.name))
+        return await sampler.run(streams, already_spent=store.total_cost(spec.name),
+                                 totals={d.name: plan_size(spec, queries) for d in deployments})
     finally:
         for provider in providers.values():
             await provider.aclose()
-    report.skipped = len(planned) - len(todo)
-    return report
 
 
 def run_study(spec: StudySpec | str | Path, store_dir: str | Path, *, progress: bool = True) -> StudyRun:
