@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hivemind.errors import HivemindError
 from hivemind.spec import NAME_PATTERN, Query, QuerySet, sha256_hex
 
 SHIPPED_DIR: Path = Path(__file__).resolve().parent.parent / "data"
@@ -39,7 +40,7 @@ SHIPPED_DESCRIPTIONS: dict[str, str] = {
 }
 
 
-class QueryFileError(ValueError):
+class QueryFileError(HivemindError, ValueError):
     """A query file that cannot be used; the message names the file, the line/row and the field."""
 
     def __init__(

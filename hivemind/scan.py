@@ -28,20 +28,20 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from hivemind.errors import HivemindError
 from hivemind.drift import ALPHA, cell_label, compare_with_previous, run_cells, scan_history
 from hivemind.spec import SamplingParams, StoreName, Strict, StudySpec
 from hivemind.zoo import ZooError, default_zoo_path, format_validation_error, load_zoo
 
 if TYPE_CHECKING:
-    from hivemind.service.jobs import ServiceDB
-    from hivemind.service.workers import JobManager
+    from hivemind.jobs import JobQueue, ServiceDB
     from hivemind.store import Store
 
 QUERY_SET_DIR = "query-sets"
 """Uploaded query sets live in `STORE/query-sets/NAME.jsonl`."""
 
 
-class ScanError(ValueError):
+class ScanError(HivemindError, ValueError):
     """A scan declaration or run that cannot be used; the message names the field."""
 
 
@@ -164,7 +164,7 @@ def load_scans(zoo_path: str | Path | None = None, scans_path: str | Path | None
     scans = validate_scans(items, str(source), zoo_file)
     sources = {s.name: "file" for s in scans}
     if store_dir is not None and has_store(store_dir):
-        from hivemind.service.jobs import ServiceDB
+        from hivemind.jobs import ServiceDB
 
         with ServiceDB(store_dir) as db:
             for row in db.rows("SELECT scan_json FROM service_scans ORDER BY created_at"):
@@ -223,13 +223,13 @@ def resolve_query_set(value: str, store_dir: Path, base_dir: Path) -> str:
     if value in list_shipped():
         return value
     raise ScanError(f"query_set: unknown query set {value!r} (not a file, an uploaded set in "
-                    f"{store_dir / QUERY_SET_DIR}, nor a shipped set)")
+                    f"{store_dir / QUERY_SET_DIR}, nor a shipped set)", field="query_set")
 
 
 def queue_scan_run(db: ServiceDB, scan: ScanSpec, book: ScanBook, store_dir: Path, *,
                    scheduled_for: float | None = None, as_job: bool = True) -> tuple[int, str]:
     """Record a new run (and, for the service, its job) atomically. Returns (run id, study)."""
-    from hivemind.service.jobs import planned_counts
+    from hivemind.jobs import planned_counts
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     base_name = f"scan-{scan.name}-{stamp}"
@@ -245,7 +245,8 @@ def queue_scan_run(db: ServiceDB, scan: ScanSpec, book: ScanBook, store_dir: Pat
     try:
         planned = planned_counts(spec)
     except Exception as exc:  # unknown deployment, missing file, ...: named, before any write
-        raise ScanError(f"scan {scan.name!r}: {exc}") from None
+        raise ScanError(f"scan {scan.name!r}: {exc}",
+                        field=exc.field if isinstance(exc, HivemindError) else None) from None
     row = {"scan": scan.name, "study": study, "scan_json": scan.model_dump_json(),
            "spec_json": spec.model_dump_json(), "scheduled_for": scheduled_for,
            "started_at": time.time()}
@@ -260,11 +261,11 @@ def queue_scan_run(db: ServiceDB, scan: ScanSpec, book: ScanBook, store_dir: Pat
     return ids[0], study
 
 
-def make_scheduler(load: Callable[[], ScanBook], *, since: float | None = None) -> Callable[[JobManager], None]:
-    """A tick for `JobManager`: queue every due scan as a job."""
+def make_scheduler(load: Callable[[], ScanBook], *, since: float | None = None) -> Callable[[JobQueue], None]:
+    """A tick for the job runner (`JobQueue`): queue every due scan as a job."""
     started = time.time() if since is None else since
 
-    def tick(manager: JobManager) -> None:
+    def tick(manager: JobQueue) -> None:
         book = load()
         for scan, fire in due_scans(book, manager.db, now=time.time(), since=started):
             _, study = queue_scan_run(manager.db, scan, book, manager.store_dir, scheduled_for=fire)
@@ -369,7 +370,7 @@ async def execute_scan_run(store: Store, db: ServiceDB, run_id: int, *,
                            redact: Callable[[str], str] = lambda s: s,
                            analysis_lock: asyncio.Lock | None = None, progress: bool = False) -> dict:
     """Sample (resuming) and analyze one scan run, then record its result in the history."""
-    from hivemind.service.workers import run_to_completion
+    from hivemind.jobs import run_to_completion
     from hivemind.study import sample_study
 
     run = db.scan_run(run_id)
@@ -394,7 +395,7 @@ def run_scan(name: str, store_dir: str | Path, *, zoo_path: str | Path | None = 
              scans_path: str | Path | None = None, new: bool = False,
              progress: bool = False) -> dict[str, Any]:
     """Run one scan now (resuming its unfinished hand-started run unless `new`); its history row."""
-    from hivemind.service.jobs import ServiceDB
+    from hivemind.jobs import ServiceDB
     from hivemind.store import Store
 
     book = load_scans(zoo_path, scans_path, store_dir)
@@ -444,7 +445,7 @@ def _sparkline(points: list[dict[str, Any] | None], width: int = 220, height: in
 
 def write_scan_report(store_dir: str | Path, scan: str) -> Path:
     """`STORE/scans/<scan>/report.html`: every matrix cell across runs, changes flagged."""
-    from hivemind.service.jobs import ServiceDB
+    from hivemind.jobs import ServiceDB
 
     if not has_store(store_dir):
         raise ScanError(f"no store at {store_dir} (nothing has run there yet)")
