@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from hivemind.errors import HivemindError
 from hivemind.drift import ALPHA, cell_label, compare_with_previous, run_cells, scan_history
-from hivemind.spec import SamplingParams, StoreName, Strict, StudySpec
+from hivemind.spec import SamplingPlan, Seed31, StoreName, Strict, StudySpec
 from hivemind.zoo import ZooError, default_zoo_path, format_validation_error, load_zoo
 
 if TYPE_CHECKING:
@@ -45,29 +45,29 @@ class ScanError(HivemindError, ValueError):
     """A scan declaration or run that cannot be used; the message names the field."""
 
 
-class ScanSpec(Strict):
-    """One scheduled scan: which deployments, which query set, how many samples, when."""
+class ScanSpec(SamplingPlan):
+    """One scheduled scan: which deployments, which query set, how many samples, when.
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    A `SamplingPlan` (the base of `StudySpec`) with a schedule: each run samples the study
+    `StudySpec(**plan, name=scan-<name>-<time>)`. Fields a scan bounds more tightly are redeclared.
+    """
 
     name: StoreName = Field(max_length=80)
     """Scan name, unique among scans."""
-    schedule: str = Field(min_length=1, max_length=100)
-    """Cron expression in UTC: five fields (`0 3 * * *`) or a macro (`@daily`)."""
-    deployments: list[str] = Field(min_length=2, max_length=256)
-    """Deployments of the zoo to compare (at least two: inter-model similarity needs a pair)."""
     query_set: str = Field(min_length=1, max_length=500)
     """A shipped set, an uploaded set's name, or a file path (relative to the scans file)."""
+    deployments: list[str] = Field(min_length=2, max_length=256)
+    """Deployments of the zoo to compare (at least two: inter-model similarity needs a pair)."""
     samples: int = Field(4, ge=2, le=1000)
     """Samples per (query, deployment); at least two, for intra-model similarity."""
     max_queries: int | None = Field(None, ge=2)
     """Use only the first N queries of the set."""
-    params: SamplingParams = Field(default_factory=SamplingParams)
-    """Sampling parameters for every deployment of the scan."""
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: Seed31 = 0
     """Base seed of each run."""
     embedder: str = Field("all-MiniLM-L6-v2", min_length=1, max_length=200)
     """Sentence-transformers model used to compare answers."""
+    schedule: str = Field(min_length=1, max_length=100)
+    """Cron expression in UTC: five fields (`0 3 * * *`) or a macro (`@daily`)."""
     enabled: bool = True
     """Disabled scans can still be run by hand, but the scheduler skips them."""
     description: str = Field("", max_length=2000)
@@ -84,12 +84,6 @@ class ScanSpec(Strict):
                              "day-of-month month day-of-week, e.g. '0 3 * * *', or '@daily')")
         return value
 
-    @field_validator("deployments")
-    @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("each deployment may appear only once")
-        return value
 
 
 class _ScanFile(Strict):
@@ -238,10 +232,9 @@ def queue_scan_run(db: ServiceDB, scan: ScanSpec, book: ScanBook, store_dir: Pat
                   "WHERE name = ?", (study, study)):
         n += 1
         study = f"{base_name}-{n}"
-    spec = StudySpec(name=study, query_set=resolve_query_set(scan.query_set, store_dir, book.base_dir),
-                     deployments=scan.deployments, zoo=str(book.zoo_path.resolve()),
-                     samples=scan.samples, params=scan.params, max_queries=scan.max_queries,
-                     seed=scan.seed, embedder=scan.embedder)
+    plan = scan.model_dump(include=set(SamplingPlan.model_fields))
+    spec = StudySpec(**plan | {"name": study, "zoo": str(book.zoo_path.resolve()),
+                               "query_set": resolve_query_set(scan.query_set, store_dir, book.base_dir)})
     try:
         planned = planned_counts(spec)
     except Exception as exc:  # unknown deployment, missing file, ...: named, before any write
