@@ -99,9 +99,12 @@ def statements(script: str) -> list[str]:
 def migrate(connection: sqlite3.Connection, family: Family) -> list[int]:
     """Run the steps of `family` this file lacks, each in its own transaction; their numbers.
 
-    The connection must be in autocommit mode (`isolation_level=None`). Each step is checked
-    again under the write lock, so two processes opening one file run it once.
+    The connection must not be inside a transaction (any `isolation_level` works: each step
+    opens its own). Each step is checked again under the write lock, so two processes opening
+    one file run it once.
     """
+    if connection.in_transaction:
+        raise MigrationError(f"{family.name}: migrate() needs a connection outside a transaction")
     done = applied(connection, family.name)
     if done == len(family.steps) and done > 0:
         return []  # the common case: nothing to do, no write lock taken

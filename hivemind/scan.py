@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from hivemind.errors import HivemindError
 from hivemind.drift import ALPHA, cell_label, compare_with_previous, run_cells, scan_history
+from hivemind.errors import HivemindError
 from hivemind.spec import SamplingPlan, Seed31, StoreName, Strict, StudySpec
 from hivemind.zoo import ZooError, default_zoo_path, format_validation_error, load_zoo
 
