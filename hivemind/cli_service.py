@@ -108,7 +108,7 @@ def scan_list(store: StoreOption = Path("hivemind-store"), zoo: ZooOption = None
     import time
 
     from hivemind.scan import has_store, next_fire
-    from hivemind.service.jobs import ServiceDB
+    from hivemind.jobs import ServiceDB
 
     book = _book(zoo, scans, store)
     table = Table("scan", "schedule (UTC)", "next run", "deployments", "query set", "samples", "last run")
@@ -150,7 +150,7 @@ def scan_run(
     """Run one scan now (resuming its unfinished run), then show where it stands in its history."""
     from hivemind.queries import QueryFileError
     from hivemind.scan import ScanError, run_scan, scan_history
-    from hivemind.service.jobs import ServiceDB
+    from hivemind.jobs import ServiceDB
     from hivemind.store import StoreError
     from hivemind.study import StudyError
 
@@ -173,7 +173,7 @@ def scan_history_cmd(
 ) -> None:
     """Every similarity-matrix cell across runs, each run tested against the one before it."""
     from hivemind.scan import has_store, scan_history
-    from hivemind.service.jobs import ServiceDB
+    from hivemind.jobs import ServiceDB
 
     if not has_store(store):
         fail(f"no store at {store} (nothing has run there yet)")

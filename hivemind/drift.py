@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from hivemind.service.jobs import ServiceDB
+    from hivemind.jobs import ServiceDB
 
 ALPHA = 0.05
 """Family-wise error rate of one run-to-run comparison (all cells together)."""

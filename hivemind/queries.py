@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hivemind.errors import HivemindError
 from hivemind.spec import NAME_PATTERN, Query, QuerySet, sha256_hex
 
 SHIPPED_DIR: Path = Path(str(files("hivemind") / "data"))
@@ -44,7 +45,7 @@ PARAPHRASE_KEYS: tuple[str, ...] = ("prompt_paraphrases", "paraphrases")
 """Metadata keys holding a query's rewordings (NoveltyBench's `prompt_paraphrases`)."""
 
 
-class QueryFileError(ValueError):
+class QueryFileError(HivemindError, ValueError):
     """A query file that cannot be used; the message names the file, the line/row and the field."""
 
     def __init__(

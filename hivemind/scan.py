@@ -26,48 +26,48 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from hivemind.drift import ALPHA, cell_label, compare_with_previous, run_cells, scan_history
-from hivemind.spec import SamplingParams, StoreName, Strict, StudySpec
+from hivemind.errors import HivemindError
+from hivemind.spec import SamplingPlan, Seed31, StoreName, Strict, StudySpec
 from hivemind.zoo import ZooError, default_zoo_path, format_validation_error, load_zoo
 
 if TYPE_CHECKING:
-    from hivemind.service.jobs import ServiceDB
-    from hivemind.service.workers import JobManager
+    from hivemind.jobs import JobQueue, ServiceDB
     from hivemind.store import Store
 
 QUERY_SET_DIR = "query-sets"
 """Uploaded query sets live in `STORE/query-sets/NAME.jsonl`."""
 
 
-class ScanError(ValueError):
+class ScanError(HivemindError, ValueError):
     """A scan declaration or run that cannot be used; the message names the field."""
 
 
-class ScanSpec(Strict):
-    """One scheduled scan: which deployments, which query set, how many samples, when."""
+class ScanSpec(SamplingPlan):
+    """One scheduled scan: which deployments, which query set, how many samples, when.
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    A `SamplingPlan` (the base of `StudySpec`) with a schedule: each run samples the study
+    `StudySpec(**plan, name=scan-<name>-<time>)`. Fields a scan bounds more tightly are redeclared.
+    """
 
     name: StoreName = Field(max_length=80)
     """Scan name, unique among scans."""
-    schedule: str = Field(min_length=1, max_length=100)
-    """Cron expression in UTC: five fields (`0 3 * * *`) or a macro (`@daily`)."""
-    deployments: list[str] = Field(min_length=2, max_length=256)
-    """Deployments of the zoo to compare (at least two: inter-model similarity needs a pair)."""
     query_set: str = Field(min_length=1, max_length=500)
     """A shipped set, an uploaded set's name, or a file path (relative to the scans file)."""
+    deployments: list[str] = Field(min_length=2, max_length=256)
+    """Deployments of the zoo to compare (at least two: inter-model similarity needs a pair)."""
     samples: int = Field(4, ge=2, le=1000)
     """Samples per (query, deployment); at least two, for intra-model similarity."""
     max_queries: int | None = Field(None, ge=2)
     """Use only the first N queries of the set."""
-    params: SamplingParams = Field(default_factory=SamplingParams)
-    """Sampling parameters for every deployment of the scan."""
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: Seed31 = 0
     """Base seed of each run."""
     embedder: str = Field("all-MiniLM-L6-v2", min_length=1, max_length=200)
     """Sentence-transformers model used to compare answers."""
+    schedule: str = Field(min_length=1, max_length=100)
+    """Cron expression in UTC: five fields (`0 3 * * *`) or a macro (`@daily`)."""
     enabled: bool = True
     """Disabled scans can still be run by hand, but the scheduler skips them."""
     description: str = Field("", max_length=2000)
@@ -84,12 +84,6 @@ class ScanSpec(Strict):
                              "day-of-month month day-of-week, e.g. '0 3 * * *', or '@daily')")
         return value
 
-    @field_validator("deployments")
-    @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("each deployment may appear only once")
-        return value
 
 
 class _ScanFile(Strict):
@@ -164,7 +158,7 @@ def load_scans(zoo_path: str | Path | None = None, scans_path: str | Path | None
     scans = validate_scans(items, str(source), zoo_file)
     sources = {s.name: "file" for s in scans}
     if store_dir is not None and has_store(store_dir):
-        from hivemind.service.jobs import ServiceDB
+        from hivemind.jobs import ServiceDB
 
         with ServiceDB(store_dir) as db:
             for row in db.rows("SELECT scan_json FROM service_scans ORDER BY created_at"):
@@ -223,13 +217,13 @@ def resolve_query_set(value: str, store_dir: Path, base_dir: Path) -> str:
     if value in list_shipped():
         return value
     raise ScanError(f"query_set: unknown query set {value!r} (not a file, an uploaded set in "
-                    f"{store_dir / QUERY_SET_DIR}, nor a shipped set)")
+                    f"{store_dir / QUERY_SET_DIR}, nor a shipped set)", field="query_set")
 
 
 def queue_scan_run(db: ServiceDB, scan: ScanSpec, book: ScanBook, store_dir: Path, *,
                    scheduled_for: float | None = None, as_job: bool = True) -> tuple[int, str]:
     """Record a new run (and, for the service, its job) atomically. Returns (run id, study)."""
-    from hivemind.service.jobs import planned_counts
+    from hivemind.jobs import planned_counts
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     base_name = f"scan-{scan.name}-{stamp}"
@@ -238,14 +232,14 @@ def queue_scan_run(db: ServiceDB, scan: ScanSpec, book: ScanBook, store_dir: Pat
                   "WHERE name = ?", (study, study)):
         n += 1
         study = f"{base_name}-{n}"
-    spec = StudySpec(name=study, query_set=resolve_query_set(scan.query_set, store_dir, book.base_dir),
-                     deployments=scan.deployments, zoo=str(book.zoo_path.resolve()),
-                     samples=scan.samples, params=scan.params, max_queries=scan.max_queries,
-                     seed=scan.seed, embedder=scan.embedder)
+    plan = scan.model_dump(include=set(SamplingPlan.model_fields))
+    spec = StudySpec(**plan | {"name": study, "zoo": str(book.zoo_path.resolve()),
+                               "query_set": resolve_query_set(scan.query_set, store_dir, book.base_dir)})
     try:
         planned = planned_counts(spec)
     except Exception as exc:  # unknown deployment, missing file, ...: named, before any write
-        raise ScanError(f"scan {scan.name!r}: {exc}") from None
+        raise ScanError(f"scan {scan.name!r}: {exc}",
+                        field=exc.field if isinstance(exc, HivemindError) else None) from None
     row = {"scan": scan.name, "study": study, "scan_json": scan.model_dump_json(),
            "spec_json": spec.model_dump_json(), "scheduled_for": scheduled_for,
            "started_at": time.time()}
@@ -260,11 +254,11 @@ def queue_scan_run(db: ServiceDB, scan: ScanSpec, book: ScanBook, store_dir: Pat
     return ids[0], study
 
 
-def make_scheduler(load: Callable[[], ScanBook], *, since: float | None = None) -> Callable[[JobManager], None]:
-    """A tick for `JobManager`: queue every due scan as a job."""
+def make_scheduler(load: Callable[[], ScanBook], *, since: float | None = None) -> Callable[[JobQueue], None]:
+    """A tick for the job runner (`JobQueue`): queue every due scan as a job."""
     started = time.time() if since is None else since
 
-    def tick(manager: JobManager) -> None:
+    def tick(manager: JobQueue) -> None:
         book = load()
         for scan, fire in due_scans(book, manager.db, now=time.time(), since=started):
             _, study = queue_scan_run(manager.db, scan, book, manager.store_dir, scheduled_for=fire)
@@ -369,7 +363,7 @@ async def execute_scan_run(store: Store, db: ServiceDB, run_id: int, *,
                            redact: Callable[[str], str] = lambda s: s,
                            analysis_lock: asyncio.Lock | None = None, progress: bool = False) -> dict:
     """Sample (resuming) and analyze one scan run, then record its result in the history."""
-    from hivemind.service.workers import run_to_completion
+    from hivemind.jobs import run_to_completion
     from hivemind.study import sample_study
 
     run = db.scan_run(run_id)
@@ -394,7 +388,7 @@ def run_scan(name: str, store_dir: str | Path, *, zoo_path: str | Path | None = 
              scans_path: str | Path | None = None, new: bool = False,
              progress: bool = False) -> dict[str, Any]:
     """Run one scan now (resuming its unfinished hand-started run unless `new`); its history row."""
-    from hivemind.service.jobs import ServiceDB
+    from hivemind.jobs import ServiceDB
     from hivemind.store import Store
 
     book = load_scans(zoo_path, scans_path, store_dir)
@@ -444,7 +438,7 @@ def _sparkline(points: list[dict[str, Any] | None], width: int = 220, height: in
 
 def write_scan_report(store_dir: str | Path, scan: str) -> Path:
     """`STORE/scans/<scan>/report.html`: every matrix cell across runs, changes flagged."""
-    from hivemind.service.jobs import ServiceDB
+    from hivemind.jobs import ServiceDB
 
     if not has_store(store_dir):
         raise ScanError(f"no store at {store_dir} (nothing has run there yet)")

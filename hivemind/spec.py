@@ -238,37 +238,30 @@ class AnalysisOptions(Strict):
     module:function (see `hivemind.verify`)."""
 
 
-class StudySpec(Strict):
-    """A whole study: which queries, which deployments, how many samples, under which conditions."""
+
+class SamplingPlan(Strict):
+    """What every door's study request has: a query set crossed with deployments, K samples each.
+
+    The shared base of `StudySpec`, the service's `StudyCreate` and the scans' `ScanSpec`; a
+    subclass redeclares a field only to bound it more tightly at its door (with its own doc).
+    """
 
     name: StoreName
     """Study name; a store can hold several studies (each in its folder `STORE/<name>/`)."""
     query_set: str
     """A shipped set's name (`open-ended-v1`) or a path to a JSONL/CSV/Parquet file."""
     deployments: list[str] = Field(min_length=1)
-    """Deployment names from the zoo."""
-    zoo: str | None = None
-    """Path to the zoo file; default `providers.yaml` in the working directory, else the shipped one."""
+    """Deployment names from the zoo, each at most once."""
     samples: int = Field(8, ge=1, le=10000)
     """Samples per (query, deployment, condition): equal K for every deployment."""
     params: SamplingParams = Field(default_factory=SamplingParams)
     """Study-wide sampling parameters (override each deployment's defaults)."""
-    conditions: list[Condition] = Field(default_factory=list)
-    """Decoding conditions to cross with deployments; empty means one `default` condition."""
     max_queries: int | None = Field(None, ge=1)
     """Use only the first N queries of the set (quick studies)."""
-    categories: list[str] | None = None
-    """Use only queries of these categories."""
     seed: int = 0
     """Base seed; each sample gets its own seed derived from it."""
-    budget_usd: float | None = Field(None, ge=0)
-    """Stop sampling cleanly once the recorded cost reaches this many dollars."""
-    max_attempts: int = Field(4, ge=1, le=20)
-    """Attempts per sample before it is recorded as an error row."""
     embedder: str = "all-MiniLM-L6-v2"
     """Sentence-transformers model (name or path) used by the analysis."""
-    analysis: AnalysisOptions = Field(default_factory=AnalysisOptions)
-    """Analysis options: complete responses only, answer checker."""
 
     @field_validator("deployments")
     @classmethod
@@ -276,6 +269,21 @@ class StudySpec(Strict):
         if len(set(value)) != len(value):
             raise ValueError("deployments: each deployment may appear only once")
         return value
+
+
+class StudyOptions(SamplingPlan):
+    """A sampling plan with what a full study may add: conditions, category filter, budget, retries."""
+
+    conditions: list[Condition] = Field(default_factory=list)
+    """Decoding conditions to cross with deployments; empty means one `default` condition."""
+    categories: list[str] | None = None
+    """Use only queries of these categories."""
+    budget_usd: float | None = Field(None, ge=0)
+    """Stop sampling cleanly once the recorded cost reaches this many dollars."""
+    max_attempts: int = Field(4, ge=1, le=20)
+    """Attempts per sample before it is recorded as an error row."""
+    analysis: AnalysisOptions = Field(default_factory=AnalysisOptions)
+    """Analysis options: complete responses only, answer checker."""
 
     @field_validator("conditions")
     @classmethod
@@ -288,6 +296,17 @@ class StudySpec(Strict):
     def effective_conditions(self) -> list[Condition]:
         """The conditions to sample; a study without any has one `default` condition."""
         return self.conditions or [DEFAULT_CONDITION]
+
+
+class StudySpec(StudyOptions):
+    """A whole study: which queries, which deployments, how many samples, under which conditions."""
+
+    zoo: str | None = None
+    """Path to the zoo file; default `providers.yaml` in the working directory, else the shipped one."""
+
+
+Seed31 = Annotated[int, Field(ge=0, le=2**31 - 1)]
+"""A seed that fits every backend's seed type (REST bodies and scans are bounded to it)."""
 
 
 def canonical_json(value: Any) -> str:

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-
+from hivemind.errors import HivemindError
+from hivemind.migrations import Family, adopt_user_version, migrate
 from hivemind.spec import Completion, Deployment, Query, SampleRequest, StudySpec, canonical_json, store_name_problem
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 STORE_FILE = "hivemind.sqlite"
 
-# Ordered migrations: the store's `user_version` says how many have run. Append, never edit.
+# Ordered migrations of the store's tables (`hivemind.migrations`). Append, never edit.
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE studies (
@@ -110,14 +111,12 @@ def _sample_row(request: SampleRequest, completion: Completion | None, error: st
     )
 
 
-class StoreError(RuntimeError):
+STORE_TABLES = Family("store", tuple(MIGRATIONS), adopt=adopt_user_version, mirror_user_version=True)
+"""Releases before `_migrations` counted these steps in `PRAGMA user_version`: adopted from it."""
+
+
+class StoreError(HivemindError, RuntimeError):
     """The store cannot hold what was asked (e.g. the same study name with other parameters)."""
-
-
-def _migrate(connection: sqlite3.Connection) -> None:
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        connection.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
 
 
 class JournalFile:
@@ -171,7 +170,7 @@ class Store(JournalFile):
         self.directory.mkdir(parents=True, exist_ok=True)
         super().__init__(self.directory / STORE_FILE)
         with self._lock:
-            _migrate(self._db)
+            migrate(self._db, STORE_TABLES)
 
     # --- studies -------------------------------------------------------------------------
     def register_study(self, spec: StudySpec, queries: list[Query], deployments: list[Deployment]) -> None:

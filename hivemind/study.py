@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from hivemind.errors import HivemindError
 from hivemind.providers.base import Provider, create_provider
 from hivemind.queries import load_query_set, paraphrases
 from hivemind.sampling import Sampler, SamplingReport, check_resumable, iter_requests, plan_size
@@ -23,7 +24,7 @@ from hivemind.store import Store
 from hivemind.zoo import ZooError, format_validation_error, load_zoo, missing_keys
 
 
-class StudyError(ValueError):
+class StudyError(HivemindError, ValueError):
     """A study cannot start: bad spec, unknown deployment, missing key, missing model."""
 
 
@@ -57,13 +58,14 @@ def resolve_study(spec: StudySpec) -> tuple[list[Query], list[Deployment]]:
         zoo = load_zoo(spec.zoo)
         deployments = zoo.select(spec.deployments)
     except ZooError as exc:
-        raise StudyError(str(exc)) from None
+        raise StudyError(str(exc), field=exc.field) from None
     query_set = load_query_set(spec.query_set)
     queries = query_set.queries
     if spec.categories is not None:
         queries = [q for q in queries if q.category in set(spec.categories)]
         if not queries:
-            raise StudyError(f"no query of {query_set.name!r} is in categories {spec.categories}")
+            raise StudyError(f"no query of {query_set.name!r} is in categories {spec.categories}",
+                             field="categories")
     if spec.max_queries is not None:
         queries = queries[: spec.max_queries]
     for condition in spec.conditions:  # a missing rewording fails here, before any sampling

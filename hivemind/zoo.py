@@ -14,13 +14,14 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from hivemind.errors import HivemindError
 from hivemind.spec import Deployment, Strict
 
 REPO_ZOO = Path(str(files("hivemind") / "data" / "providers.yaml"))
 """The shipped zoo (package data; in a checkout, a link to the repository's providers.yaml)."""
 
 
-class ZooError(ValueError):
+class ZooError(HivemindError, ValueError):
     """The zoo file is missing, malformed, or names something it does not define."""
 
 
@@ -47,7 +48,7 @@ class Zoo(Strict):
             if deployment.name == name:
                 return deployment
         known = ", ".join(d.name for d in self.deployments) or "none"
-        raise ZooError(f"unknown deployment {name!r} (the zoo has: {known})")
+        raise ZooError(f"unknown deployment {name!r} (the zoo has: {known})", field="deployments")
 
     def select(self, names: list[str] | None = None) -> list[Deployment]:
         """The named deployments in order, or every enabled one when `names` is None."""

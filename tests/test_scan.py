@@ -31,7 +31,7 @@ from hivemind.scan import (
     scan_history,
     write_scan_report,
 )
-from hivemind.service.jobs import ServiceDB
+from hivemind.jobs import ServiceDB
 
 DEPLOYMENTS = """
 deployments:

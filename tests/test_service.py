@@ -614,7 +614,7 @@ def test_the_store_holds_only_study_folders_and_reserved_names(client: httpx.Cli
 # --- job workers --------------------------------------------------------------------------------
 def _queue_job(db: Any, zoo: Path, tmp_path: Path, study: str, *, analyze: bool,
                deployments: tuple[str, ...] = ("mock-fast",), samples: int = 2) -> None:
-    from hivemind.service.jobs import planned_counts
+    from hivemind.jobs import planned_counts
     from hivemind.spec import StudySpec
 
     queries = tmp_path / "queries.jsonl"
@@ -711,7 +711,7 @@ def test_a_cancel_landing_between_reading_a_job_and_starting_it_is_kept(
 
 
 def test_start_job_is_a_compare_and_set(tmp_path: Path) -> None:
-    from hivemind.service.jobs import ServiceDB
+    from hivemind.jobs import ServiceDB
 
     with ServiceDB(tmp_path / "store") as db:
         for study in ("cas-a", "cas-b"):

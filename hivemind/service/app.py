@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,24 +81,49 @@ def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
                          scheduler_interval_s=scheduler_interval_s)
     service = Service(store_dir, zoo_file, scans, limits, manager, Store(store_dir), redact, embedder_names)
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        install_log_redaction(redact)  # again, in case logging was set up anew since (a no-op if not)
-        if run_jobs:
-            manager.start()
-        try:
-            yield
-        finally:
-            manager.stop()
-            service.store.close()
-
-    app = FastAPI(title="hivemind", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="hivemind", version=__version__, lifespan=_lifespan(service, redact, run_jobs),
                   description="Measure how alike language models answer open-ended queries. "
                               "Every path but /healthz needs `Authorization: Bearer <token>`.")
     app.state.service = service
     app.state.token, app.state.token_source = token, token_source
+    _add_routes(app, manager)
+    _add_middleware(app, limits, token, host, allowed_hosts)
+    _add_error_handlers(app, service)
+    _add_openapi(app)
+    return app
+
+
+def _lifespan(service: Service, redact: Redactor, run_jobs: bool) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start the job workers with the app (unless `run_jobs` is off); stop them and close the store after."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        install_log_redaction(redact)  # again, in case logging was set up anew since (a no-op if not)
+        if run_jobs:
+            service.manager.start()
+        try:
+            yield
+        finally:
+            service.manager.stop()
+            service.store.close()
+
+    return lifespan
+
+
+def _add_routes(app: FastAPI, manager: JobManager) -> None:
+    """The `/v1` endpoints, and `/healthz` (which needs no token)."""
     app.include_router(router)
     app.include_router(import_router)  # POST /v1/studies/import (hivemind.importing)
+
+    @app.get("/healthz", response_model=S.Health, tags=["service"])
+    def healthz() -> dict[str, Any]:
+        """Liveness (no token needed)."""
+        return {"status": "ok", "version": __version__, "workers_alive": manager.alive}
+
+
+def _add_middleware(app: FastAPI, limits: ServiceLimits, token: str | None, host: str,
+                    allowed_hosts: Iterable[str]) -> None:
+    """Body limits, then the token, then Host/Origin checks (the last added runs first)."""
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes,
                        overrides={"/v1/query-sets": limits.max_upload_bytes,
                                   "/v1/query-sets/upload": limits.max_upload_bytes,
@@ -106,6 +131,11 @@ def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
     app.add_middleware(BearerAuthMiddleware, token=token)  # nothing runs unauthenticated
     app.add_middleware(HostOriginMiddleware, hosts=allowed_host_names(host, allowed_hosts),  # outermost
                        any_ip=host.strip().strip("[]") in WILDCARD_HOSTS)
+
+
+def _add_error_handlers(app: FastAPI, service: Service) -> None:
+    """Every 4xx names its field (`ErrorResponse`); a 500 says nothing but logs a redacted line."""
+    redact = service.redact
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -132,10 +162,9 @@ def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
         log.error("internal error: %s: %s", type(exc).__name__, redact(str(exc)))
         return JSONResponse({"detail": "internal server error", "errors": []}, status_code=500)
 
-    @app.get("/healthz", response_model=S.Health, tags=["service"])
-    def healthz() -> dict[str, Any]:
-        """Liveness (no token needed)."""
-        return {"status": "ok", "version": __version__, "workers_alive": manager.alive}
+
+def _add_openapi(app: FastAPI) -> None:
+    """The OpenAPI schema, with the bearer scheme on every path but `/healthz`."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -149,4 +178,3 @@ def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return app

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from hivemind.queries import list_shipped, load_query_set
 from hivemind.scan import QUERY_SET_DIR, ScanBook, ScanError, ScanSpec, load_scans, next_fire
-from hivemind.service.jobs import ACTIVE, Conflict
+from hivemind.jobs import ACTIVE, Conflict
 from hivemind.service.workers import JobManager
 from hivemind.spec import QuerySet, json_safe, sha256_hex, store_name_problem
 from hivemind.store import Store, StoreError

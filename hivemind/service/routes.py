@@ -16,11 +16,12 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
+from hivemind.errors import HivemindError
 from hivemind.queries import QueryFileError, list_shipped, load_query_set
 from hivemind.scan import ScanError, ScanSpec, queue_scan_run, scan_history, write_scan_report
 from hivemind.service import schemas as S
 from hivemind.service.context import ApiError, Service, clean, field_path, get_service
-from hivemind.service.jobs import ACTIVE, Conflict, planned_counts
+from hivemind.jobs import ACTIVE, Conflict, planned_counts
 from hivemind.spec import NAME_PATTERN, QuerySet, StudySpec, canonical_json, sha256_hex
 
 router = APIRouter()
@@ -134,9 +135,10 @@ def create_study(svc: Svc, body: S.StudyCreate, response: Response, idempotency_
         raise ApiError(422, "body." + field_path(exc.errors()[0]["loc"]), exc.errors()[0]["msg"]) from None
     except QueryFileError as exc:
         raise ApiError(422, "body.query_set", str(exc)) from None
-    except Exception as exc:  # StudyError: e.g. no query in the asked categories
-        field = "body.categories" if "categor" in str(exc) else "body"
-        raise ApiError(422, field, svc.redact(str(exc))) from None
+    except HivemindError as exc:  # StudyError: e.g. no query in the asked categories
+        raise ApiError(422, f"body.{exc.field}" if exc.field else "body", svc.redact(str(exc))) from None
+    except Exception as exc:  # anything else the resolution raises: the body as a whole
+        raise ApiError(422, "body", svc.redact(str(exc))) from None
     total = sum(planned.values())
     if total > svc.limits.max_samples_per_study:
         raise ApiError(422, "body.samples", f"the study plans {total} samples; the limit is "

@@ -1,7 +1,7 @@
 """Request and response bodies of the REST service (pydantic v2, unknown fields refused).
 
-Request models reuse the pipeline's own edge models (`Query`, `SamplingParams`, `Condition`), so a
-body the service accepts is a study the CLI would accept too.
+Request models reuse the pipeline's own edge models (`StudyOptions`, the base of `StudySpec`;
+`Query`, `Condition`), so a body the service accepts is a study the CLI would accept too.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from hivemind.spec import Condition, Query, SamplingParams, StoreName, Strict
+from hivemind.spec import Condition, Query, Seed31, StoreName, Strict, StudyOptions
 
 JobState = Literal["queued", "sampling", "analyzing", "done", "failed", "cancelled", "external"]
 """`external`: a study in the store that the service did not start (e.g. sampled by the CLI)."""
@@ -99,8 +99,12 @@ class QuerySetDetail(QuerySetInfo):
 
 
 # --- studies ----------------------------------------------------------------------------------
-class StudyCreate(Model):
-    """A study to sample in the background: a query set crossed with deployments of the zoo."""
+class StudyCreate(StudyOptions):
+    """A study to sample in the background: a query set crossed with deployments of the zoo.
+
+    `StudySpec`'s fields (shared through `StudyOptions`) less `zoo` (the service's own), with
+    the bounds a public door needs; the study it runs is that `StudySpec`.
+    """
 
     name: StoreName = Field(max_length=100)
     """Study name, unique in the store (not one of the store's own files: `hivemind.sqlite`, `scans`, ...)."""
@@ -108,23 +112,11 @@ class StudyCreate(Model):
     """Name of an uploaded or shipped query set (not a path)."""
     deployments: list[str] = Field(min_length=1, max_length=256)
     """Deployment names from the service's zoo, each at most once."""
-    samples: int = Field(8, ge=1, le=10000)
-    """Samples per (query, deployment, condition)."""
-    params: SamplingParams = Field(default_factory=SamplingParams)
-    """Study-wide sampling parameters."""
     conditions: list[Condition] = Field(default_factory=list, max_length=64)
     """Decoding conditions crossed with every deployment; empty means one `default` condition."""
-    max_queries: int | None = Field(None, ge=1)
-    """Use only the first N queries of the set."""
-    categories: list[str] | None = None
-    """Use only queries of these categories."""
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    """Base seed."""
-    budget_usd: float | None = Field(None, ge=0)
-    """Stop sampling once the recorded cost reaches this many dollars."""
-    max_attempts: int = Field(4, ge=1, le=20)
-    """Attempts per sample before it is recorded as an error row."""
-    embedder: str | None = Field(None, min_length=1, max_length=200)
+    seed: Seed31 = 0
+    """Base seed; each sample gets its own seed derived from it."""
+    embedder: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
     """One of the embedders the server offers (`hivemind serve --embedder`); null: its first."""
     analyze: bool = True
     """Analyze and write the HTML report after sampling."""

@@ -16,14 +16,13 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from hivemind.service.jobs import ACTIVE, TERMINAL, ServiceDB
+from hivemind.jobs import ACTIVE, TERMINAL, ServiceDB, run_to_completion
 from hivemind.spec import StudySpec
 from hivemind.store import Store
 
 log = logging.getLogger("hivemind.service")
-T = TypeVar("T")
 
 
 def analyze_and_report(store_dir: Path, study: str) -> str | None:
@@ -33,29 +32,6 @@ def analyze_and_report(store_dir: Path, study: str) -> str | None:
     analyze_store(store_dir, study)
     write_report(store_dir, study)
     return None
-
-
-async def run_to_completion(func: Callable[..., T], *args: Any) -> T:
-    """`func(*args)` in a thread; a cancel waits for the thread to finish, then is raised.
-
-    Awaiting `asyncio.to_thread` alone stops waiting on cancel while the thread goes on writing, so
-    a lock held around it would be released with the work still running.
-    """
-    # an executor future, not a task: cancelling every task at shutdown does not detach it either
-    future = asyncio.get_running_loop().run_in_executor(None, func, *args)
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            cancelled = True  # keep waiting: the thread cannot be stopped
-        except Exception:
-            break  # the thread's own error, raised below (or dropped if cancelled)
-    if cancelled:
-        if not future.cancelled() and future.exception() is not None:
-            log.warning("work finished after a cancel with an error: %s", future.exception())
-        raise asyncio.CancelledError
-    return future.result()
 
 
 class JobManager:

@@ -1,62 +1,88 @@
-"""The service's own tables, in the store's SQLite file: query sets, jobs, idempotency keys, scans.
+"""Job and scan-run tables, and the helpers both the service and the scans use to run them.
 
-They live beside the store's tables, created with `CREATE TABLE IF NOT EXISTS` through a separate
-connection (the store's migrations stay the store's). A job row is the truth about a study the
-service was asked to run: `hivemind.service.workers.JobManager` resumes every job left queued,
-sampling or analyzing. Every multi-row write is one transaction, so a refused request leaves
-nothing half-written. No FastAPI import here: the CLI's scans use these tables too.
+This module sits below `hivemind.scan` and `hivemind.service`, so neither imports the other
+for them. The tables live beside the store's in `STORE/hivemind.sqlite`, each family with its
+own ordered migrations (`hivemind.migrations`): `JOBS` (query sets, jobs, idempotency keys) and
+`SCANS` (scan runs, scans created through the service). A job row is the truth about a study
+the service was asked to run: `hivemind.service.workers.JobManager` resumes every job left
+queued, sampling or analyzing. Every multi-row write is one transaction, so a refused request
+leaves nothing half-written. No FastAPI import here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+from hivemind.errors import HivemindError
+from hivemind.migrations import Family, adopt_if_table, migrate
 from hivemind.spec import StudySpec
 from hivemind.store import STORE_FILE, JournalFile, Store
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS service_query_sets (
-    name TEXT PRIMARY KEY, path TEXT NOT NULL, description TEXT NOT NULL,
-    n_queries INTEGER NOT NULL, categories_json TEXT NOT NULL, sha256 TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS service_jobs (
-    study TEXT PRIMARY KEY, kind TEXT NOT NULL, request_json TEXT NOT NULL,
-    spec_json TEXT NOT NULL, planned_json TEXT NOT NULL, analyze INTEGER NOT NULL,
-    state TEXT NOT NULL, cancel_requested INTEGER NOT NULL DEFAULT 0, error TEXT, note TEXT,
-    runs INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL,
-    finished_at REAL, updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS service_jobs_by_state ON service_jobs (state, created_at);
-CREATE TABLE IF NOT EXISTS service_idempotency (
-    key TEXT PRIMARY KEY, request_sha256 TEXT NOT NULL, study TEXT NOT NULL, created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS scan_runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, scan TEXT NOT NULL, study TEXT NOT NULL UNIQUE,
-    scan_json TEXT NOT NULL, spec_json TEXT NOT NULL, scheduled_for REAL, state TEXT NOT NULL,
-    error TEXT, result_json TEXT, started_at REAL NOT NULL, finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS scan_runs_by_scan ON scan_runs (scan, id);
-CREATE TABLE IF NOT EXISTS service_scans (
-    name TEXT PRIMARY KEY, scan_json TEXT NOT NULL, created_at REAL NOT NULL
-);
-"""
+log = logging.getLogger("hivemind.jobs")
+T = TypeVar("T")
+
+# Append-only: a shipped step is never edited. Step 1 of each is the schema that older releases
+# made with IF NOT EXISTS; a file holding it is adopted (see `adopt_if_table`).
+JOBS = Family("jobs", (
+    """
+    CREATE TABLE service_query_sets (
+        name TEXT PRIMARY KEY, path TEXT NOT NULL, description TEXT NOT NULL,
+        n_queries INTEGER NOT NULL, categories_json TEXT NOT NULL, sha256 TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE service_jobs (
+        study TEXT PRIMARY KEY, kind TEXT NOT NULL, request_json TEXT NOT NULL,
+        spec_json TEXT NOT NULL, planned_json TEXT NOT NULL, analyze INTEGER NOT NULL,
+        state TEXT NOT NULL, cancel_requested INTEGER NOT NULL DEFAULT 0, error TEXT, note TEXT,
+        runs INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL,
+        finished_at REAL, updated_at REAL NOT NULL
+    );
+    CREATE INDEX service_jobs_by_state ON service_jobs (state, created_at);
+    CREATE TABLE service_idempotency (
+        key TEXT PRIMARY KEY, request_sha256 TEXT NOT NULL, study TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
+), adopt=adopt_if_table("service_jobs"))
+SCANS = Family("scans", (
+    """
+    CREATE TABLE scan_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, scan TEXT NOT NULL, study TEXT NOT NULL UNIQUE,
+        scan_json TEXT NOT NULL, spec_json TEXT NOT NULL, scheduled_for REAL, state TEXT NOT NULL,
+        error TEXT, result_json TEXT, started_at REAL NOT NULL, finished_at REAL
+    );
+    CREATE INDEX scan_runs_by_scan ON scan_runs (scan, id);
+    CREATE TABLE service_scans (
+        name TEXT PRIMARY KEY, scan_json TEXT NOT NULL, created_at REAL NOT NULL
+    );
+    """,
+), adopt=adopt_if_table("scan_runs"))
 ACTIVE = ("queued", "sampling", "analyzing")
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 
 
-class Conflict(ValueError):
+class Conflict(HivemindError, ValueError):
     """A write refused because of existing state; `field` names the request field at fault."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+        super().__init__(f"{field}: {message}", field=field)
         self.message = message
+
+
+class JobQueue(Protocol):
+    """What a scan scheduler needs of the job runner (`hivemind.service.workers.JobManager`)."""
+
+    store_dir: Path
+    db: ServiceDB
+
+    def submit(self, study: str) -> None: ...
 
 
 class ServiceDB(JournalFile):
@@ -67,7 +93,8 @@ class ServiceDB(JournalFile):
         Store(self.directory).close()  # the store's own tables first (migrations)
         super().__init__(self.directory / STORE_FILE)
         with self._lock:
-            self._db.executescript(SCHEMA)
+            migrate(self._db, JOBS)
+            migrate(self._db, SCANS)
 
     def rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         return [dict(r) for r in self._rows(sql, args)]
@@ -234,3 +261,26 @@ def planned_counts(spec: StudySpec) -> dict[str, int]:
     queries, deployments = resolve_study(spec)
     per = len(queries) * len(spec.effective_conditions()) * spec.samples
     return {d.name: per for d in deployments}
+
+
+async def run_to_completion(func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)` in a thread; a cancel waits for the thread to finish, then is raised.
+
+    Awaiting `asyncio.to_thread` alone stops waiting on cancel while the thread goes on writing, so
+    a lock held around it would be released with the work still running.
+    """
+    # an executor future, not a task: cancelling every task at shutdown does not detach it either
+    future = asyncio.get_running_loop().run_in_executor(None, func, *args)
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True  # keep waiting: the thread cannot be stopped
+        except Exception:
+            break  # the thread's own error, raised below (or dropped if cancelled)
+    if cancelled:
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("work finished after a cancel with an error: %s", future.exception())
+        raise asyncio.CancelledError
+    return future.result()
