@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from hivemind.importing import Columns, ImportFileError, import_responses
 from hivemind.queries import SUFFIXES, QueryFileError
 from hivemind.service.context import ApiError, Service, clean, get_service
-from hivemind.service.jobs import ACTIVE
+from hivemind.jobs import ACTIVE
 from hivemind.spec import NAME_PATTERN
 from hivemind.store import StoreError
 
