@@ -8,7 +8,6 @@ and how far the two partitions agree (adjusted Rand index: 1 = identical, ~0 = c
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,21 +102,3 @@ def add_external_classes(store_dir: str | Path, study: str, responses: pl.DataFr
     table = external_classes_table(responses, vectors, labels, threshold)
     tables[TABLE] = table
     summary[TABLE] = {"threshold": threshold, "per_deployment": external_classes_summary(table)}
-
-
-def external_classes_section(summary: dict[str, Any], table: pl.DataFrame | None) -> str:
-    """The report's section (empty when no imported file carried classes)."""
-    from hivemind.report import table as html_table
-
-    entry = summary.get(TABLE)
-    if not entry or table is None or table.height == 0:
-        return ""
-    import polars as pl
-
-    means = pl.DataFrame(entry["per_deployment"])
-    return ("<h2>Imported equivalence classes beside hivemind's</h2>"
-            '<p class="note">Classes an imported file carried (e.g. NoveltyBench\'s judge partition) '
-            f"against hivemind's classes at cosine {html.escape(str(entry['threshold']))}: mean class "
-            "count and semantic entropy (nats) per query, and their agreement (adjusted Rand index: "
-            "1 = the same partition, about 0 = chance).</p>" + html_table(means)
-            + "<details><summary>Per query</summary>" + html_table(table) + "</details>")

@@ -225,11 +225,25 @@ def _wide_summary(frame: pl.DataFrame, condition: str | None) -> pl.DataFrame | 
     return part.pivot(on="metric", index="deployment", values="mean")
 
 
+def external_classes_section(summary: dict[str, Any], frame: pl.DataFrame | None) -> str:
+    """The report's section (empty when no imported file carried classes)."""
+    entry = summary.get("external_classes")
+    if not entry or frame is None or frame.height == 0:
+        return ""
+    import polars as pl
+
+    means = pl.DataFrame(entry["per_deployment"])
+    return ("<h2>Imported equivalence classes beside hivemind's</h2>"
+            '<p class="note">Classes an imported file carried (e.g. NoveltyBench\'s judge partition) '
+            f"against hivemind's classes at cosine {html.escape(str(entry['threshold']))}: mean class "
+            "count and semantic entropy (nats) per query, and their agreement (adjusted Rand index: "
+            "1 = the same partition, about 0 = chance).</p>" + table(means)
+            + "<details><summary>Per query</summary>" + table(frame) + "</details>")
+
+
 def render_report(summary: dict[str, Any], tables: dict[str, pl.DataFrame]) -> str:
     """The whole report as one HTML string."""
     import polars as pl
-
-    from hivemind.external_classes import external_classes_section
 
     empty = pl.DataFrame()
 
