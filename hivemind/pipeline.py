@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from hivemind.embed import Embedder
+    from hivemind.executors import Executor
 
 CACHE_FILE = "embeddings.sqlite"
 ANALYSIS_DIR = "analysis"
@@ -165,6 +166,7 @@ def analyze_store(
     lexical: bool = True,
     progress: bool = False,
     use_gpu: bool | None = None,
+    executor: Executor | None = None,
 ) -> AnalysisOutputs:
     """Embed and analyse a study; write its tables (Parquet) and `summary.json`.
 
@@ -172,7 +174,8 @@ def analyze_store(
     name or path, or an `Embedder`; None uses the study spec's (default all-MiniLM-L6-v2).
     `threshold` is the cosine for near-duplicate pairs and equivalence classes. `use_gpu`
     runs the corpus-wide near-duplicate search (FAISS) on a GPU: None uses one when faiss
-    sees one, False never does, True requires it.
+    sees one, False never does, True requires it. `executor` (`hivemind.executors`) runs the
+    per-query analyses and the pair search elsewhere, e.g. on Ray: the same tables.
     """
     from hivemind.analysis import analyze_responses, prepare_responses
     from hivemind.embed import EmbeddingCache, embed_texts
@@ -195,6 +198,7 @@ def analyze_store(
     result = analyze_responses(
         responses, vectors, deployments=spec.deployments, conditions=conditions, threshold=threshold,
         n_boot=n_boot, n_perm=n_perm, draws=draws, seed=seed, lexical=lexical, use_gpu=use_gpu,
+        executor=executor,
     )
     tables = dict(result.tables)
     tables["k_per_query"] = k_table
