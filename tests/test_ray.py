@@ -193,3 +193,34 @@ def test_cli_names_a_bad_executor(tmp_path: Path) -> None:
                           "--executor", "spark"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "unknown executor 'spark'" in out.stdout + out.stderr
+
+
+def test_kill_9_of_the_ray_driver_loses_nothing_and_the_cli_rerun_completes(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(_spec(name="slow", deployments=["slow-a", "slow-b"], zoo=str(_slow_zoo(tmp_path)),
+                                         samples=3, max_queries=5).model_dump(mode="json", exclude_defaults=True)))
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "hivemind.cli", "run", str(spec), "--store", str(store), "--executor", "ray",
+               "--no-analyze", "--no-progress"]
+    # its own session: the kill takes the driver and the local Ray instance it started, all at once
+    driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _count(store) < 4 and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.05)
+        assert driver.poll() is None, driver.communicate()[0]
+        committed_before = _rows(store, "slow").filter(pl.col("error").is_null())
+        os.killpg(driver.pid, signal.SIGKILL)
+    finally:
+        driver.wait(timeout=60)
+    assert 4 <= committed_before.height < 30
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    said = rerun.stdout + rerun.stderr
+    assert "executor: a local Ray instance" in said and "already in the store" in said
+    after = _rows(store, "slow")
+    assert after.height == 30 and after["error"].null_count() == 30  # every sample once, none failed
+    kept = after.join(committed_before.select("query_id", "deployment", "condition", "sample_index"),
+                      on=["query_id", "deployment", "condition", "sample_index"])
+    assert_frame_equal(kept.select(committed_before.columns), committed_before)  # nothing committed was redone

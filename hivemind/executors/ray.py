@@ -167,8 +167,10 @@ class RayExecutor(Executor):
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def describe(self) -> str:
+        import ray
+
         where = "a local Ray instance" if self.address == "local" else f"the Ray cluster at {self.address}"
-        text = f"{where} ({self.shards} CPUs)"
+        text = f"{where} ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
         return text + (f", dashboard http://{self.dashboard_url}" if self.dashboard_url else "")
 
     def providers(self, providers: dict[str, Provider]) -> dict[str, Provider]:
