@@ -194,7 +194,9 @@ def analyze_store(
                             f"({samples.height} rows, {samples['error'].is_not_null().sum()} errors)")
     model = _embedder(spec.embedder, embedder, progress)
     cache = EmbeddingCache(store_dir / CACHE_FILE)
-    vectors = embed_texts(responses["text"].to_list(), model, cache)
+    from hivemind.executors import Executor as LocalExecutor
+
+    vectors = embed_texts(responses["text"].to_list(), (executor or LocalExecutor()).embedder(model), cache)
     result = analyze_responses(
         responses, vectors, deployments=spec.deployments, conditions=conditions, threshold=threshold,
         n_boot=n_boot, n_perm=n_perm, draws=draws, seed=seed, lexical=lexical, use_gpu=use_gpu,

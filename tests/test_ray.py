@@ -48,7 +48,7 @@ def local_ray() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    model = Embedder(device="cpu", progress=False)
+    model = Embedder(device="cpu", progress=False, batch_size=16)  # 3 batches: Ray Data embeds in parallel
     _ = model.model
     return model
 
@@ -116,6 +116,26 @@ def test_sharded_pair_search_finds_the_same_pairs(local_ray: None) -> None:
         for shards in (2, 5):
             found = sharded_pairs(X, deployments, group_labels, 0.8, None, shards)
             assert_frame_equal(found, expected, check_exact=True)
+
+
+def test_ray_data_embeds_the_same_vectors(local_ray: None, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from hivemind.executors.ray_embed import RayEmbedder
+    from hivemind.queries import load_query_set
+
+    texts = [f"{q.text} " * (1 + i % 5) for i, q in enumerate(load_query_set("open-ended-v1").queries[:40])]
+    expected = embedder.encode(texts)
+    on_ray = RayEmbedder(embedder, concurrency=2, threads=torch.get_num_threads())
+    before = embedder.texts_encoded
+
+    def not_here(*_: Any, **__: Any) -> None:
+        raise AssertionError("the driver ran a forward pass")
+
+    monkeypatch.setattr(Embedder, "encode_ids", not_here)  # the driver's class only: actors are unpatched
+    vectors = on_ray.encode(texts)
+    assert np.array_equal(vectors, expected)  # bit for bit: same batches, same threads, same CPU
+    assert on_ray.embedder_id == embedder.embedder_id and embedder.texts_encoded == before + len(texts)
 
 
 def _count(store: Path) -> int:

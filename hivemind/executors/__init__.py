@@ -7,7 +7,8 @@ journal and every analysis stay the same code. It offers three seams:
   `generate` is a call into one actor per deployment);
 * `map_groups(fn, groups, *args)`: a per-query analysis over groups of responses (local: one
   call; Ray: shards of queries as tasks, concatenated in order);
-* `pair_search(...)`: near-duplicate pairs (local: `near_duplicate_pairs`; Ray: sharded).
+* `pair_search(...)`: near-duplicate pairs (local: `near_duplicate_pairs`; Ray: sharded);
+* `embedder(model)`: what embeds the texts missing from the cache (Ray: Ray Data actors).
 
 This module imports nothing heavy: `hivemind --help` and the single-process path never
 import Ray.
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
     import polars as pl
 
+    from hivemind.embed import Embedder
     from hivemind.providers.base import Provider
 
 EXECUTORS = ("local", "ray")
@@ -48,6 +50,10 @@ class Executor:
         from hivemind.index import near_duplicate_pairs
 
         return near_duplicate_pairs(vectors, deployments, groups, threshold, use_gpu=use_gpu)
+
+    def embedder(self, model: Embedder) -> Embedder:
+        """The embedder that computes vectors missing from the cache."""
+        return model
 
     def describe(self) -> str:
         """One line for the CLI: where the work runs."""

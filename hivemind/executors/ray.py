@@ -8,7 +8,8 @@ deployment's connection limit, so the limit holds cluster-wide), and the sampler
 it, so killing the driver or an actor loses nothing committed; a lost actor is restarted by
 Ray and its request retried like any transient error.
 
-Analysis: see `map_groups` and `pair_search` (hivemind.executors.ray_analysis).
+Analysis: see `map_groups` and `pair_search` (hivemind.executors.ray_analysis); embedding:
+`embedder` (hivemind.executors.ray_embed).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from hivemind.spec import Completion, Deployment, SampleRequest
 if TYPE_CHECKING:
     import numpy as np
     import polars as pl
+
+    from hivemind.embed import Embedder
 
 NAMESPACE = "hivemind"
 ACTOR_RESTARTS = 4
@@ -189,6 +192,14 @@ class RayExecutor(Executor):
             ).remote(provider.deployment)
             proxies[name] = RayProvider(provider, actor)
         return proxies
+
+    def embedder(self, model: Embedder) -> Embedder:
+        """Forward passes on Ray Data actors, one per CPU, with the driver's torch threads."""
+        import torch
+
+        from hivemind.executors.ray_embed import RayEmbedder
+
+        return RayEmbedder(model, concurrency=self.shards, threads=torch.get_num_threads())
 
     def map_groups(self, fn: Callable[..., pl.DataFrame], groups: list[Any], *args: Any, **kwargs: Any) -> pl.DataFrame:
         from hivemind.executors.ray_analysis import map_groups
