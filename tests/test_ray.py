@@ -71,8 +71,12 @@ def _tables(directory: Path) -> dict[str, pl.DataFrame]:
     return {p.stem: pl.read_parquet(p) for p in sorted(directory.glob("*.parquet"))}
 
 
+def _not_here(*_: Any, **__: Any) -> None:
+    raise AssertionError("the driver ran a forward pass")
+
+
 def test_ray_study_has_the_same_rows_tables_and_pairs(
-    local_ray: None, embedder: Embedder, tmp_path: Path,
+    local_ray: None, embedder: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     spec = _spec()
     local = run_study(spec, tmp_path / "local", progress=False)
@@ -81,10 +85,16 @@ def test_ray_study_has_the_same_rows_tables_and_pairs(
     assert on_ray.summary()["succeeded"] == local.summary()["succeeded"] == {"mock-a": 24, "mock-b": 24}
     assert_frame_equal(_rows(tmp_path / "ray"), _rows(tmp_path / "local"))
 
+    embedded = embedder.texts_encoded
     single = analyze_store(tmp_path / "local", embedder=embedder, **FAST)
+    embedded_here, embedded = embedder.texts_encoded - embedded, embedder.texts_encoded
     executor = RayExecutor(shards=3)  # more shards than CPUs: uneven shards, merged in order
     assert not executor.started
-    sharded = analyze_store(tmp_path / "ray", embedder=embedder, executor=executor, **FAST)
+    with monkeypatch.context() as patch:  # the driver's class only: Ray Data's actors embed
+        patch.setattr(Embedder, "encode_ids", _not_here)
+        sharded = analyze_store(tmp_path / "ray", embedder=embedder, executor=executor, **FAST)
+    # every text again (the Ray store's cache was empty), but on Ray
+    assert embedder.texts_encoded - embedded == embedded_here > 16
     ours, theirs = _tables(single.directory), _tables(sharded.directory)
     assert ours.keys() == theirs.keys() and {"pairs", "diversity", "near_duplicates"} <= ours.keys()
     for name, frame in ours.items():
@@ -116,26 +126,6 @@ def test_sharded_pair_search_finds_the_same_pairs(local_ray: None) -> None:
         for shards in (2, 5):
             found = sharded_pairs(X, deployments, group_labels, 0.8, None, shards)
             assert_frame_equal(found, expected, check_exact=True)
-
-
-def test_ray_data_embeds_the_same_vectors(local_ray: None, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
-    from hivemind.executors.ray_embed import RayEmbedder
-    from hivemind.queries import load_query_set
-
-    texts = [f"{q.text} " * (1 + i % 5) for i, q in enumerate(load_query_set("open-ended-v1").queries[:40])]
-    expected = embedder.encode(texts)
-    on_ray = RayEmbedder(embedder, concurrency=2, threads=torch.get_num_threads())
-    before = embedder.texts_encoded
-
-    def not_here(*_: Any, **__: Any) -> None:
-        raise AssertionError("the driver ran a forward pass")
-
-    monkeypatch.setattr(Embedder, "encode_ids", not_here)  # the driver's class only: actors are unpatched
-    vectors = on_ray.encode(texts)
-    assert np.array_equal(vectors, expected)  # bit for bit: same batches, same threads, same CPU
-    assert on_ray.embedder_id == embedder.embedder_id and embedder.texts_encoded == before + len(texts)
 
 
 def _count(store: Path) -> int:
