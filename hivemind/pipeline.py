@@ -175,10 +175,11 @@ def analyze_store(
     `threshold` is the cosine for near-duplicate pairs and equivalence classes. `use_gpu`
     runs the corpus-wide near-duplicate search (FAISS) on a GPU: None uses one when faiss
     sees one, False never does, True requires it. `executor` (`hivemind.executors`) runs the
-    per-query analyses and the pair search elsewhere, e.g. on Ray: the same tables.
+    embedding, the per-query analyses and the pair search elsewhere, e.g. on Ray: the same tables.
     """
     from hivemind.analysis import analyze_responses, prepare_responses
     from hivemind.embed import EmbeddingCache, embed_texts
+    from hivemind.executors import Executor as LocalExecutor
 
     store_dir = Path(store_dir)
     if not (store_dir / "hivemind.sqlite").exists():
@@ -194,8 +195,6 @@ def analyze_store(
                             f"({samples.height} rows, {samples['error'].is_not_null().sum()} errors)")
     model = _embedder(spec.embedder, embedder, progress)
     cache = EmbeddingCache(store_dir / CACHE_FILE)
-    from hivemind.executors import Executor as LocalExecutor
-
     vectors = embed_texts(responses["text"].to_list(), (executor or LocalExecutor()).embedder(model), cache)
     result = analyze_responses(
         responses, vectors, deployments=spec.deployments, conditions=conditions, threshold=threshold,
