@@ -7,7 +7,8 @@
   bootstraps over queries stay on the driver: sharding them would change what a seed means.
 * `sharded_pairs`: `near_duplicate_pairs` split over tasks. Within queries, whole queries go
   to shards. Over the corpus, the rows are cut into S blocks and every block pair (a <= b) is a
-  task: FAISS indexes block b and searches it with block a. Similarities are the canonical
+  task: FAISS indexes block b (on a GPU of the cluster when there is one and `use_gpu` allows)
+  and searches it with block a. Similarities are the canonical
   float64-accumulated cosines (`hivemind.index.exact_cosines`), so the merged pair set and
   its values are those of one search.
 """
@@ -112,7 +113,9 @@ def sharded_pairs(
                              for s in range(len(bounds))])
         else:
             blocks = shard_bounds([1] * n, shards)
-            task = ray.remote(_pairs_blocks)
+            # Ray hides GPUs from tasks that do not ask for one: a GPU search asks for one
+            on_gpu = use_gpu is not False and ray.cluster_resources().get("GPU", 0) > 0
+            task = ray.remote(num_gpus=1)(_pairs_blocks) if on_gpu else ray.remote(_pairs_blocks)
             parts = ray.get([task.remote(matrix_ref, deps_ref, blocks[x], blocks[y], threshold, use_gpu)
                              for x in range(len(blocks)) for y in range(x, len(blocks))])
     i, j, s = (np.concatenate([p[k] for p in parts]) if parts else _EMPTY[k] for k in range(3))
