@@ -7,13 +7,16 @@ load inside the commands that need them, so `hivemind --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from hivemind.cli_common import StoreOption, ZooOption, console, fail, require_store
+
+if TYPE_CHECKING:
+    from hivemind.executors import Executor
 
 app = typer.Typer(
     name="hivemind",
@@ -25,37 +28,67 @@ zoo_app = typer.Typer(help="Inspect and check the model zoo (providers.yaml).", 
 app.add_typer(zoo_app, name="zoo")
 
 
+ExecutorOption = Annotated[str, typer.Option(
+    help="Where the work runs: 'local' (this process) or 'ray' (Ray actors and tasks).")]
+RayAddressOption = Annotated[Optional[str], typer.Option(
+    help="Ray cluster to join (e.g. 'auto' or 'ray://head:10001'); default: start a local Ray instance.")]
+
+
+def _open_executor(executor: str, ray_address: Optional[str]) -> "Executor":
+    """The executor the options name, or a clean exit (unknown name, Ray not installed)."""
+    from hivemind.executors import open_executor
+
+    try:
+        opened = open_executor(executor, ray_address)
+    except ValueError as exc:
+        fail(str(exc))
+    except ImportError as exc:
+        fail(f"--executor {executor} needs Ray: pip install 'hivemind[ray]' ({exc})")
+    if opened.name != "local":
+        console.print(f"executor: {opened.describe()}")
+    return opened
+
+
 @app.command()
 def run(
     spec: Annotated[Path, typer.Argument(help="Study spec (YAML or JSON).")],
     store: StoreOption = Path("hivemind-store"),
     analyze: Annotated[bool, typer.Option(help="Analyze and write the report after sampling.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Sample a study (resuming where it stopped), then analyze it and write the report."""
     from hivemind.queries import QueryFileError
     from hivemind.store import StoreError
     from hivemind.study import StudyError, run_study
 
-    try:
-        result = run_study(spec, store, progress=progress)
-    except (StudyError, StoreError, QueryFileError) as exc:
-        fail(str(exc))
-    summary = result.summary()
+    with _open_executor(executor, ray_address) as opened:
+        try:
+            result = run_study(spec, store, progress=progress, executor=opened)
+        except (StudyError, StoreError, QueryFileError) as exc:
+            fail(str(exc))
+        _sampled(result.summary())
+        if analyze:
+            _analyze_and_report(store, result.spec.name, opened)
+
+
+def _sampled(summary: dict[str, Any]) -> None:
+    """One line on what sampling did, one on where the samples are."""
     console.print(
         f"[green]sampled[/] {summary['sampled_now']} now, {summary['already_sampled']} already in the store; "
         f"{sum(summary['failed'].values())} errors; {summary['retries']} retries; "
         f"${summary['cost_usd']:.4f}" + (" [yellow](stopped: budget reached)[/]" if summary["stopped_by_budget"] else "")
     )
     console.print(f"samples: {summary['samples_parquet']}")
-    if analyze:
-        _analyze_and_report(store, result.spec.name)
 
 
-def _analyze_and_report(store: Path, study: str | None) -> None:
+def _analyze_and_report(store: Path, study: str | None, executor: "Executor") -> None:
+    from functools import partial
+
     from hivemind.pipeline import analyze_store, write_report
 
-    outputs = _in_store(store, analyze_store, study)
+    outputs = _in_store(store, partial(analyze_store, executor=executor), study)
     _print_analysis(outputs)
     console.print(f"[bold green]report:[/] {_in_store(store, write_report, study)}")
 
@@ -93,6 +126,8 @@ def analyze(
     answer_checker: Annotated[Optional[str], typer.Option(
         help="How verifiable answers are judged: final, exact, numeric[:TOLERANCE], regex or "
              "module:function (default: the spec's analysis.answer_checker).")] = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Embed every response, index it, and write the analysis tables and JSON summary."""
     from functools import partial
@@ -100,7 +135,8 @@ def analyze(
     from hivemind.pipeline import analyze_store
 
     step = partial(analyze_store, complete_only=complete_only, answer_checker=answer_checker)
-    _print_analysis(_in_store(store, step, study))
+    with _open_executor(executor, ray_address) as opened:
+        _print_analysis(_in_store(store, partial(step, executor=opened), study))
 
 
 @app.command()

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from hivemind.embed import Embedder
+    from hivemind.executors import Executor
 
 CACHE_FILE = "embeddings.sqlite"
 ANALYSIS_DIR = "analysis"
@@ -172,6 +173,7 @@ def analyze_store(
     use_gpu: bool | None = None,
     complete_only: bool | None = None,
     answer_checker: str | Callable[[str, str], bool] | None = None,
+    executor: Executor | None = None,
 ) -> AnalysisOutputs:
     """Embed and analyse a study; write its tables (Parquet) and `summary.json`.
 
@@ -182,13 +184,16 @@ def analyze_store(
     sees one, False never does, True requires it. `complete_only` leaves out responses cut off
     at max_tokens and `answer_checker` judges verifiable answers (`hivemind.verify.get_checker`);
     None takes the spec's `analysis` options. The summary reports the truncated share per
-    deployment (warning above 10%) and which responses and checker were used.
+    deployment (warning above 10%) and which responses and checker were used. `executor`
+    (`hivemind.executors`) runs the embedding, the per-query analyses and the pair search
+    elsewhere, e.g. on Ray: the same tables.
     """
     from hivemind.analysis import analyze_responses, prepare_responses
     from hivemind.analysis.data import truncation_summary, truncation_table
     from hivemind.embed import EmbeddingCache, embed_texts
     from hivemind.external_classes import add_external_classes
     from hivemind.verify import get_checker
+    from hivemind.executors import Executor as LocalExecutor
 
     store_dir = Path(store_dir)
     if not (store_dir / "hivemind.sqlite").exists():
@@ -213,11 +218,12 @@ def analyze_store(
     truncation_entry, warnings = truncation_summary(truncation, complete_only)
     model = _embedder(spec.embedder, embedder, progress)
     cache = EmbeddingCache(store_dir / CACHE_FILE)
-    vectors = embed_texts(responses["text"].to_list(), model, cache)
+    vectors = embed_texts(responses["text"].to_list(), (executor or LocalExecutor()).embedder(model), cache)
     result = analyze_responses(
         responses, vectors, deployments=spec.deployments, conditions=conditions, threshold=threshold,
         n_boot=n_boot, n_perm=n_perm, draws=draws, seed=seed, lexical=lexical, use_gpu=use_gpu,
         checker=checker,
+        executor=executor,
     )
     tables = dict(result.tables)
     tables["k_per_query"] = k_table

@@ -10,7 +10,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
@@ -22,6 +22,9 @@ from hivemind.sampling import Sampler, SamplingReport, check_resumable, iter_req
 from hivemind.spec import Deployment, Query, StudySpec
 from hivemind.store import Store
 from hivemind.zoo import ZooError, format_validation_error, load_zoo, missing_keys
+
+if TYPE_CHECKING:
+    from hivemind.executors import Executor
 
 
 class StudyError(HivemindError, ValueError):
@@ -163,13 +166,27 @@ class StudyRun:
         }
 
 
-async def sample_study(spec: StudySpec, store: Store, *, progress: bool = True) -> SamplingReport:
-    """Sample whatever of `spec` the store does not hold yet (the resumable core)."""
+def _has_work(store: Store, spec: StudySpec, queries: list[Query], deployments: list[Deployment]) -> bool:
+    """Whether some deployment has fewer successful rows than the plan asks of it."""
+    done = store.progress(spec.name)
+    return any(done.get(d.name, {}).get("ok", 0) < plan_size(spec, queries) for d in deployments)
+
+
+async def sample_study(
+    spec: StudySpec, store: Store, *, progress: bool = True, executor: Executor | None = None,
+) -> SamplingReport:
+    """Sample whatever of `spec` the store does not hold yet (the resumable core).
+
+    `executor` decides where providers run (e.g. one Ray actor per deployment); the sampler
+    and the store stay here, so every result is committed by this process before it counts.
+    """
     queries, deployments = resolve_study(spec)
     providers = prepare_providers(deployments)
     dropped = check_params(spec, deployments, providers)
     check_resumable(store, spec, queries, deployments)  # refuses other parameters before anything is written
     store.register_study(spec, queries, deployments)
+    if executor is not None and _has_work(store, spec, queries, deployments):  # no idle actors
+        providers = executor.providers(providers)
     sampler = Sampler(store, providers, max_attempts=spec.max_attempts,
                       budget_usd=spec.budget_usd, progress=progress)
     # Requests are generated lazily, one stream per deployment, and checked against the journal
@@ -183,12 +200,26 @@ async def sample_study(spec: StudySpec, store: Store, *, progress: bool = True) 
             await provider.aclose()
 
 
-def run_study(spec: StudySpec | str | Path, store_dir: str | Path, *, progress: bool = True) -> StudyRun:
-    """Sample a study into `store_dir` (resuming if it was interrupted) and export Parquet."""
+def run_study(
+    spec: StudySpec | str | Path, store_dir: str | Path, *, progress: bool = True,
+    executor: str | Executor = "local", ray_address: str | None = None,
+) -> StudyRun:
+    """Sample a study into `store_dir` (resuming if it was interrupted) and export Parquet.
+
+    `executor="ray"` samples through Ray actors: a local Ray instance, or the cluster at
+    `ray_address`. An `Executor` instance is used as is (and left open for the caller).
+    """
+    from hivemind.executors import open_executor
+
     study_spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
-    with Store(store_dir) as store:
-        report = asyncio.run(sample_study(study_spec, store, progress=progress))
-        samples_path = store.export_parquet(study_spec.name)
+    opened = open_executor(executor, ray_address)
+    try:
+        with Store(store_dir) as store:
+            report = asyncio.run(sample_study(study_spec, store, progress=progress, executor=opened))
+            samples_path = store.export_parquet(study_spec.name)
+    finally:
+        if opened is not executor:
+            opened.close()
     run = StudyRun(study_spec, Path(store_dir), report, samples_path)
     summary_path = Path(store_dir) / study_spec.name / "sampling.json"
     summary_path.write_text(json.dumps(run.summary(), indent=2))

@@ -44,6 +44,8 @@ from hivemind.verify import AnswerChecker, checker_name
 if TYPE_CHECKING:
     import polars as pl
 
+    from hivemind.executors import Executor
+
 EQUAL_K_RULE = (
     "Only successful, non-empty responses are analysed. For each query every (deployment, condition) "
     "arm keeps the same number K of responses: the smallest count among arms with at least two "
@@ -68,16 +70,17 @@ def _embedded(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _found_pairs(
     responses: pl.DataFrame, vectors: np.ndarray, threshold: float, groups: list[str] | None,
-    use_gpu: bool | None,
+    use_gpu: bool | None, executor: Executor | None = None,
 ) -> pl.DataFrame:
-    """`hivemind.index.near_duplicate_pairs` on the responses, i and j as response rows."""
+    """`hivemind.index.near_duplicate_pairs` on the responses, i and j as response rows
+    (through `executor.pair_search`, e.g. sharded on Ray: the same pairs)."""
     import polars as pl
 
-    from hivemind.index import near_duplicate_pairs
+    from hivemind.executors import Executor
 
     X, keep = _embedded(vectors)
     deployments = responses["deployment"].to_list()
-    found = near_duplicate_pairs(
+    found = (executor or Executor()).pair_search(
         X, [deployments[int(i)] for i in keep], None if groups is None else [groups[int(i)] for i in keep],
         threshold, use_gpu=use_gpu,
     )
@@ -88,7 +91,7 @@ def _found_pairs(
 
 def near_duplicates(
     responses: pl.DataFrame, vectors: np.ndarray, threshold: float, max_rows: int | None = None,
-    use_gpu: bool | None = None,
+    use_gpu: bool | None = None, executor: Executor | None = None,
 ) -> tuple[pl.DataFrame, int]:
     """Cross-deployment pairs within one query and condition with cosine >= threshold.
 
@@ -99,7 +102,7 @@ def near_duplicates(
     import polars as pl
 
     groups = [f"{q}\x00{c}" for q, c in zip(responses["query_id"].to_list(), responses["condition"].to_list())]
-    found = _found_pairs(responses, vectors, threshold, groups, use_gpu)
+    found = _found_pairs(responses, vectors, threshold, groups, use_gpu, executor)
     total = found.height
     found = found.sort(["cosine", "i", "j"], descending=[True, False, False])
     if max_rows is not None:
@@ -119,7 +122,7 @@ def near_duplicates(
 
 def corpus_near_duplicates(
     responses: pl.DataFrame, vectors: np.ndarray, threshold: float, max_rows: int = 2000,
-    use_gpu: bool | None = None,
+    use_gpu: bool | None = None, executor: Executor | None = None,
 ) -> tuple[pl.DataFrame, int, int]:
     """Cross-deployment pairs with cosine >= threshold anywhere in the corpus.
 
@@ -135,7 +138,7 @@ def corpus_near_duplicates(
     """
     import polars as pl
 
-    found = _found_pairs(responses, vectors, threshold, None, use_gpu)
+    found = _found_pairs(responses, vectors, threshold, None, use_gpu, executor)
     side = responses.select("row", "query_id", "query_text", "condition", "deployment", "sample_index", "text")
     names = [c for c in side.columns if c != "row"]
     a = side.select("row", *[pl.col(c).alias(f"{c}_a") for c in names])
@@ -185,6 +188,7 @@ def analyze_responses(
     max_near_duplicates: int = 2000,
     use_gpu: bool | None = None,
     checker: str | AnswerChecker | None = None,
+    executor: Executor | None = None,
 ) -> AnalysisResult:
     """Run every analysis on prepared responses (`prepare_responses`) and aligned vectors.
 
@@ -195,9 +199,14 @@ def analyze_responses(
     judges answers to verifiable queries (`hivemind.verify.get_checker`: a name such as "final",
     "exact", "numeric:0.01", "regex", "module:function", or a callable; default "final"). Works
     with one deployment (no inter tables), one condition and missing categories. Comparisons
-    follow `FOOTING_RULE`.
+    follow `FOOTING_RULE`. `executor` runs the per-query analyses and the pair search (default:
+    in this process; `hivemind.executors`).
     """
     import polars as pl
+
+    from hivemind.executors import Executor
+
+    ex = executor or Executor()
 
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.shape[0] != responses.height:
@@ -207,7 +216,7 @@ def analyze_responses(
     base = baseline_condition(conditions)
     groups = build_groups(responses)
     t: dict[str, pl.DataFrame] = {}
-    t["pairs"] = pair_similarity(groups, vectors)
+    t["pairs"] = ex.map_groups(pair_similarity, groups, vectors)
     # deployment-level figures: only the queries where every deployment has the same K
     footing = footing_queries(t["pairs"].filter(pl.col("kind") == "intra"), arm="deployment_a")
     footed_pairs = on_footing(t["pairs"], footing)
@@ -218,24 +227,24 @@ def analyze_responses(
     on_common = set(footing.select("condition", "query_id").iter_rows())
     t["nn_counts"] = nearest_neighbour_counts([g for g in groups if (g.condition, g.query_id) in on_common], vectors)
     t["categories"] = category_breakdown(t["query_similarity"], n_boot=n_boot, seed=seed)
-    t["verbatim_overlap"] = verbatim_overlap(groups)
+    t["verbatim_overlap"] = ex.map_groups(verbatim_overlap, groups)
     t["overlap_vs_semantic"] = overlap_vs_semantic(footed_pairs, t["verbatim_overlap"])
     t["gap_tests"] = gap_tests(t["query_similarity"], groups, vectors, n_boot=n_boot, n_perm=n_perm, seed=seed)
     t["ensemble_per_query"] = ensemble_per_query(groups, vectors, draws=draws, seed=seed)
     t["ensemble"] = ensemble_curves(t["ensemble_per_query"], n_boot=n_boot, n_perm=n_perm, seed=seed)
     t["hivemind_gap"] = hivemind_gap(t["ensemble_per_query"], groups, t["random_baseline"], n_boot=n_boot, seed=seed)
-    t["diversity"] = diversity_table(groups, vectors, class_threshold=threshold, lexical=lexical)
+    t["diversity"] = ex.map_groups(diversity_table, groups, vectors, class_threshold=threshold, lexical=lexical)
     t["diversity_summary"] = diversity_summary(on_footing(t["diversity"], footing), n_boot=n_boot, seed=seed)
     correct = correctness(groups, checker)
-    t["quality"] = quality_table(groups, vectors, correct)
+    t["quality"] = ex.map_groups(quality_table, groups, vectors, correct)
     t["quality_split"] = quality_split(groups, vectors, correct, n_boot=n_boot, seed=seed)
     t["conditions"] = conditions_view(t["pairs"], t["query_similarity"], conditions, n_boot=n_boot, seed=seed)
     meta = responses.select("deployment", "family", "stage").unique("deployment", maintain_order=True)
     t["lineage"] = lineage_view(on_footing(t["diversity"], footing), footed_pairs, meta,
                                on_footing(t["quality"], footing), n_boot=n_boot, seed=seed)
-    t["near_duplicates"], n_dup = near_duplicates(responses, vectors, threshold, None, use_gpu)  # every pair
+    t["near_duplicates"], n_dup = near_duplicates(responses, vectors, threshold, None, use_gpu, ex)  # every pair
     t["near_duplicates_corpus"], n_corpus, n_cross = corpus_near_duplicates(
-        responses, vectors, threshold, max_near_duplicates, use_gpu)
+        responses, vectors, threshold, max_near_duplicates, use_gpu, ex)
 
     clustering: dict[str, Any] = {}
     cluster_rows = []
