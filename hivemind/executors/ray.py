@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hivemind.executors import Executor
+from hivemind.executors.local import Executor
 from hivemind.providers.base import Provider, ProviderError
 from hivemind.spec import Completion, Deployment, SampleRequest
 
