@@ -119,8 +119,11 @@ def parse_options(deployment: Deployment) -> CompositeOptions:
     try:
         return CompositeOptions.model_validate(deployment.options)
     except ValidationError as exc:
-        lines = [f"deployment {deployment.name!r}: options.{field_path(e['loc']) or '(root)'}: {e['msg']}"
-                 for e in exc.errors()]
+        lines = []
+        for error in exc.errors():
+            where = field_path(error["loc"])  # cross-field checks name their fields in the message
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"deployment {deployment.name!r}: options.{f'{where}: ' if where else ''}{message}")
         raise ValueError("\n".join(lines)) from None
 
 
@@ -267,7 +270,8 @@ class CompositeEngine:
             n_ctx = component.n_ctx or options.n_ctx
             llama = load_llama_no_repack(str(path), n_ctx=n_ctx, n_threads=threads,
                                          logits_all=False, verbose=options.verbose)
-            self.steppers.append(Stepper(component, llama, n_ctx))
+            # llama.cpp may pad the window; the declared size is the one never passed
+            self.steppers.append(Stepper(component, llama, min(n_ctx, llama.n_ctx())))
 
     # prompts
 
@@ -346,7 +350,8 @@ class CompositeEngine:
         generated: list[int] = []
         finish = "length"
         text = ""
-        while True:
+        # Every sampled token must fit in every component's window: prompt + completion <= n_ctx.
+        while len(generated) < max_tokens and min(s.room() for s in self.steppers) >= 1:
             token = sample_token(self.scores(logits, generated, sampling), sampling, rng)
             if token in self.vocabulary.eog:
                 finish = "stop"
@@ -357,9 +362,8 @@ class CompositeEngine:
             if hit:
                 text, finish = text[: min(hit)], "stop"
                 break
-            if len(generated) >= max_tokens or min(s.room() for s in self.steppers) < 1:
-                break  # finish "length": max_tokens, or the context window is full
-            logits = [stepper.feed(token) for stepper in self.steppers]
+            if len(generated) < max_tokens:
+                logits = [stepper.feed(token) for stepper in self.steppers]
         return Completion(text=text.strip(), finish_reason=finish, prompt_tokens=prompt_len,
                           completion_tokens=len(generated), cost_usd=0.0, model=self.model)
 
