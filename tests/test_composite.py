@@ -300,3 +300,31 @@ def test_shipped_zoo_has_the_qwen_composites() -> None:
         assert provider.deployment.name == name
     shas = {c["sha256"] for c in zoo.get("qwen2.5-coder-contrastive").options["components"]}
     assert shas == {SHA_15B, SHA_05B}
+
+
+# --- the report's answer: diversity restored, models drawn apart, quality paid ----------------
+
+def test_interventions_table_gives_paired_differences_with_holm() -> None:
+    from hivemind.analysis import analyze_responses
+    from tests.test_analysis import Design
+
+    d = Design()
+    for q in range(8):
+        for deployment in ("a", "b"):
+            d.arm(f"q{q}", deployment, 3, 0.8, answer="42", texts=["42", "42", "42"])
+        shared = d.arm(f"q{q}", "a", 3, 0.5, condition="hot", answer="42", texts=["42", "17", "17"])
+        d.arm(f"q{q}", "b", 3, 0.5, condition="hot", centre=shared, answer="42", texts=["42", "17", "17"])
+    responses, X = d.prepared(condition_order=["default", "hot"])
+    table = analyze_responses(responses, X, n_boot=300, n_perm=500).tables["interventions"]
+    rows = {r["measure"]: r for r in table.iter_rows(named=True)}
+    assert set(rows) == {"intra_restored", "inter_restored", "quality_cost"}
+    assert all(r["condition"] == "hot" and r["n_queries"] == 8 for r in rows.values())
+    intra = rows["intra_restored"]
+    assert intra["estimate"] == pytest.approx(0.3, abs=1e-5)       # 0.8 -> 0.5 within each model
+    assert intra["lo"] == pytest.approx(0.3, abs=1e-5) and intra["hi"] == pytest.approx(0.3, abs=1e-5)
+    assert rows["inter_restored"]["estimate"] == pytest.approx(-0.5, abs=1e-5)  # the models converged
+    assert rows["quality_cost"]["estimate"] == pytest.approx(2 / 3)  # accuracy 1 -> 1/3
+    p = [rows[m]["p"] for m in ("intra_restored", "inter_restored", "quality_cost")]
+    holm = [rows[m]["p_holm"] for m in ("intra_restored", "inter_restored", "quality_cost")]
+    assert all(h >= raw for h, raw in zip(holm, p)) and min(holm) == pytest.approx(3 * min(p))
+    assert all(r["significant"] for r in rows.values())  # 8 queries, all pairs move the same way

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivemind.analysis.conditions import baseline_condition, conditions_view, lineage_view
+from hivemind.analysis.conditions import baseline_condition, conditions_view, interventions_view, lineage_view
 from hivemind.analysis.data import Group, build_groups, ordered
 from hivemind.analysis.ensemble import ensemble_curves, ensemble_per_query, hivemind_gap
 from hivemind.analysis.lexical import diversity_summary, diversity_table
@@ -211,6 +211,8 @@ def analyze_responses(
     t["quality"] = quality_table(groups, vectors, correct)
     t["quality_split"] = quality_split(groups, vectors, correct, n_boot=n_boot, seed=seed)
     t["conditions"] = conditions_view(t["pairs"], t["query_similarity"], conditions, n_boot=n_boot, seed=seed)
+    t["interventions"] = interventions_view(t["query_similarity"], t["quality"], conditions,
+                                            n_boot=n_boot, n_perm=n_perm, seed=seed)
     meta = responses.select("deployment", "family", "stage").unique("deployment", maintain_order=True)
     t["lineage"] = lineage_view(t["diversity"], t["pairs"], meta, t["quality"], n_boot=n_boot, seed=seed)
     t["near_duplicates"], n_dup = near_duplicates(responses, vectors, threshold, max_near_duplicates, use_gpu)
