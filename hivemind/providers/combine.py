@@ -12,11 +12,15 @@ Sampling follows llama.cpp's order (top-k, top-p, min-p on the combined scores, 
 so that a composite with a zero coefficient samples from the same distribution as its large
 model alone; temperature 0 is greedy. Randomness comes only from the `Generator` passed in,
 seeded by the sample's own seed.
+
+Diversity-guided decoding (optional) rescores the top-k tokens by a novelty reward: 1 - the
+largest cosine between the partial response with that token and the responses already sampled
+for the same query.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,3 +125,21 @@ def sample_token(scores: np.ndarray, sampling: Sampling, rng: np.random.Generato
     cumulative = np.cumsum(probs)
     index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
     return int(candidates[min(index, candidates.size - 1)])
+
+
+def novelty_rewards(candidates: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """1 - max cosine of each candidate's (unit) vector to the (unit) vectors already sampled."""
+    if previous.size == 0:
+        return np.zeros(len(candidates))
+    return 1.0 - np.max(np.asarray(candidates, dtype=np.float64) @ np.asarray(previous, dtype=np.float64).T,
+                        axis=1)
+
+
+def rescore_top_k(scores: np.ndarray, k: int, rewards_of: Callable[[np.ndarray], np.ndarray],
+                  weight: float) -> np.ndarray:
+    """ARGS-style step (Khanov et al. 2024): only the top-k tokens stay, scored logit + weight * reward."""
+    finite = np.flatnonzero(np.isfinite(scores))
+    top = finite[np.argsort(-scores[finite], kind="stable")[:k]]
+    out = np.full_like(scores, NEG_INF)
+    out[top] = scores[top] + weight * rewards_of(top)
+    return out
