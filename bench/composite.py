@@ -1,8 +1,8 @@
 """Tokens/s of each composite deployment beside its components' own speeds, in one run.
 
 For every composite of the zoo: each component alone through llama-cpp-python's own
-`create_chat_completion` (its native speed), then the composite through hivemind's engine on the
-same prompts, seeds and token budget. Stepping N models in series can at best reach
+`create_chat_completion` (its native speed) and the composite through hivemind's engine, on the
+same prompts, seeds and token budget, interleaved prompt by prompt (same machine load). Stepping N models in series can at best reach
 1 / sum(1 / speed_i) (the serial limit); the sum of the speeds is printed too, as the figure a
 parallel stepper on enough cores could approach. Prompt processing is included in both.
 
@@ -13,7 +13,9 @@ parallel stepper on enough cores could approach. Prompt processing is included i
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from typing import Any
 
 from hivemind.providers.composite import CompositeEngine, load_llama_no_repack, parse_options
 from hivemind.providers.gguf import resolve_gguf
@@ -30,33 +32,48 @@ def _request(prompt: str, seed: int, tokens: int) -> SampleRequest:
                          params=SamplingParams(temperature=1.0, top_p=0.95, max_tokens=tokens))
 
 
-def component_speed(source: dict[str, str], n_ctx: int, tokens: int) -> float:
-    """llama-cpp-python alone: generated tokens per second, prompts included."""
-    llama = load_llama_no_repack(str(resolve_gguf(source, "bench")), n_ctx=n_ctx, verbose=False)
+def chat_alone(llama: Any, prompt: str, seed: int, tokens: int) -> tuple[int, float]:
+    """llama-cpp-python alone: (generated tokens, seconds), prompt included."""
+    llama.reset()
+    started = time.perf_counter()
+    out = llama.create_chat_completion(messages=[{"role": "user", "content": prompt}], seed=seed,
+                                       temperature=1.0, top_p=0.95, max_tokens=tokens)
+    return out["usage"]["completion_tokens"], time.perf_counter() - started
+
+
+def composite_once(engine: CompositeEngine, prompt: str, seed: int, tokens: int) -> tuple[int, float]:
+    for stepper in engine.steppers:
+        stepper.llama.reset()  # no prompt reuse between prompts, like the baseline
+    started = time.perf_counter()
+    out = engine.generate(_request(prompt, seed, tokens))
+    return out.completion_tokens or 0, time.perf_counter() - started
+
+
+def measure(name: str, tokens: int) -> None:
+    """Components and composite interleaved prompt by prompt, so both see the same machine load."""
+    deployment = load_zoo().get(name)
+    options = parse_options(deployment)
+    alone = [load_llama_no_repack(str(resolve_gguf(c.source(), "bench")), n_ctx=c.n_ctx or options.n_ctx,
+                                  n_threads=options.n_threads or os.cpu_count(), verbose=False) for c in options.components]
+    engine = CompositeEngine(options, name, deployment.model)
+    totals = [[0, 0.0] for _ in range(len(alone) + 1)]
     try:
-        generated, elapsed = 0, 0.0
         for seed, prompt in enumerate(PROMPTS):
-            llama.reset()
-            started = time.perf_counter()
-            out = llama.create_chat_completion(messages=[{"role": "user", "content": prompt}], seed=seed,
-                                               temperature=1.0, top_p=0.95, max_tokens=tokens)
-            elapsed += time.perf_counter() - started
-            generated += out["usage"]["completion_tokens"]
-        return generated / elapsed
+            runs = [chat_alone(llama, prompt, seed, tokens) for llama in alone]
+            runs.append(composite_once(engine, prompt, seed, tokens))
+            for total, (n, seconds) in zip(totals, runs):
+                total[0] += n
+                total[1] += seconds
     finally:
-        llama.close()
-
-
-def composite_speed(engine: CompositeEngine, tokens: int) -> float:
-    generated, elapsed = 0, 0.0
-    for seed, prompt in enumerate(PROMPTS):
-        for stepper in engine.steppers:
-            stepper.llama.reset()  # no prompt reuse between prompts, like the baseline
-        started = time.perf_counter()
-        out = engine.generate(_request(prompt, seed, tokens))
-        elapsed += time.perf_counter() - started
-        generated += out.completion_tokens or 0
-    return generated / elapsed
+        engine.close()
+        for llama in alone:
+            llama.close()
+    speeds = [n / seconds for n, seconds in totals[:-1]]
+    measured = totals[-1][0] / totals[-1][1]
+    serial = 1.0 / sum(1.0 / s for s in speeds)
+    parts = ", ".join(f"{c.name} ({c.role}) {s:.1f}" for c, s in zip(options.components, speeds))
+    print(f"{name} [{options.form}]: components {parts} tok/s; sum {sum(speeds):.1f}; "
+          f"serial limit {serial:.1f}; composite {measured:.1f} tok/s = {measured / serial:.0%} of the limit")
 
 
 def main() -> None:
@@ -68,18 +85,7 @@ def main() -> None:
     names = args.names or [d.name for d in zoo.deployments if d.provider == "composite"]
     print(f"{len(PROMPTS)} prompts x {args.tokens} tokens, temperature 1.0 (shared machine: compare ratios)")
     for name in names:
-        options = parse_options(zoo.get(name))
-        speeds = [component_speed(c.source(), c.n_ctx or options.n_ctx, args.tokens) for c in options.components]
-        engine = CompositeEngine(options, name, zoo.get(name).model)
-        try:
-            measured = composite_speed(engine, args.tokens)
-        finally:
-            engine.close()
-        serial = 1.0 / sum(1.0 / s for s in speeds)
-        parts = ", ".join(f"{c.name} ({c.role}) {s:.1f}" for c, s in zip(options.components, speeds))
-        print(f"{name} [{options.form}]: components {parts} tok/s; sum {sum(speeds):.1f}; "
-              f"serial limit {serial:.1f}; composite {measured:.1f} tok/s = {measured / serial:.0%} of the limit")
-
+        measure(name, args.tokens)
 
 if __name__ == "__main__":
     main()
