@@ -352,7 +352,11 @@ def render_report(summary: dict[str, Any], tables: dict[str, pl.DataFrame]) -> s
         sections.append("<h2>Decoding conditions</h2>"
                         '<p class="note">How much intra-model similarity each condition removes (diversity recovered) '
                         "against the baseline condition, next to the inter-model gap at baseline.</p>"
-                        + _img(figures.conditions_plot(get("conditions")), "conditions") + table(get("conditions")))
+                        + _img(figures.conditions_plot(get("conditions")), "conditions") + table(get("conditions"))
+                        + '<p class="note">Can decoding buy back what training took? Per condition, baseline minus '
+                        "condition over queries (intra_restored, inter_restored: similarity removed; quality_cost: "
+                        "accuracy lost on verifiable queries), paired bootstrap 95% CI, sign-flip p, Holm-corrected."
+                        "</p>" + table(get("interventions")))
     lineage = get("lineage")
     if lineage.height:
         sections.append("<h2>Lineages</h2>" + _img(figures.lineage_plot(lineage), "lineage diversity") + table(lineage))

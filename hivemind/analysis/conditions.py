@@ -11,6 +11,15 @@ condition (`default` when present, else the spec's first):
 
 A row with deployment `(all)` does the same with the per-query means over deployments.
 
+**Interventions.** The answer to "can decoding buy back what training took?": per condition
+against the baseline, three paired per-query differences (baseline minus condition), each with a
+paired bootstrap 95% CI over queries and a two-sided sign-flip permutation p-value, Holm-corrected
+over every row of the table:
+
+    intra_restored  intra(baseline) - intra(condition)      diversity within a model restored
+    inter_restored  inter(baseline) - inter(condition)      models less alike: the ensemble widens
+    quality_cost    accuracy(baseline) - accuracy(condition) on the verifiable queries
+
 **Lineages.** Deployments tagged with `family` and `stage` (base -> sft -> dpo -> rl) get their
 diversity along each lineage: intra similarity, embedding diversity, Vendi, distinct-2 and, for
 verifiable sets, accuracy, per stage.
@@ -22,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivemind.metrics.stats import bootstrap_ci, paired_bootstrap_diff
+from hivemind.metrics.stats import bootstrap_ci, holm, paired_bootstrap_diff
 
 if TYPE_CHECKING:
     import polars as pl
@@ -95,6 +104,61 @@ def conditions_view(
     schema: dict[str, Any] = {c: pl.Float64 for c in columns}
     schema.update({"condition": pl.Utf8, "deployment": pl.Utf8, "is_baseline": pl.Boolean, "n_queries": pl.Int64})
     return pl.DataFrame([{c: r[c] for c in columns} for r in records], schema=schema)
+
+
+def two_sided_sign_flip(differences: np.ndarray, n_perm: int = 2000, seed: int = 0) -> float:
+    """Two-sided paired permutation p-value that the differences are centred on 0."""
+    from hivemind.analysis.ensemble import sign_flip_test
+
+    up, down = sign_flip_test(differences, n_perm, seed), sign_flip_test(-differences, n_perm, seed)
+    return float(min(1.0, 2.0 * min(up, down)))
+
+
+INTERVENTION_MEASURES = {
+    "intra_restored": "intra-model similarity removed (higher = more diverse within a model)",
+    "inter_restored": "inter-model similarity removed (higher = models less alike)",
+    "quality_cost": "accuracy lost on verifiable queries (higher = worse answers)",
+}
+
+
+def interventions_view(query_sim: pl.DataFrame, quality: pl.DataFrame | None, conditions: list[str],
+                       n_boot: int = 2000, n_perm: int = 2000, seed: int = 0) -> pl.DataFrame:
+    """Per (condition, measure): paired difference baseline - condition over queries, CI, Holm p.
+
+    `query_sim` has condition, query_id, intra, inter (per query, means over deployments);
+    `quality` has condition, query_id, accuracy (per deployment; averaged here). Columns:
+    condition, measure, n_queries, baseline, value, estimate, lo, hi, p, p_holm, significant.
+    """
+    import polars as pl
+
+    base = baseline_condition(conditions)
+    per_query = {"intra_restored": query_sim.select("condition", "query_id", pl.col("intra").alias("v")),
+                 "inter_restored": query_sim.select("condition", "query_id", pl.col("inter").alias("v"))}
+    if quality is not None and quality.height:
+        per_query["quality_cost"] = quality.group_by(["condition", "query_id"], maintain_order=True).agg(
+            pl.col("accuracy").mean().alias("v"))
+    records = []
+    for condition in [c for c in conditions if c != base]:
+        for measure, frame in per_query.items():
+            ref = frame.filter(pl.col("condition") == base).select("query_id", pl.col("v").alias("b"))
+            joined = frame.filter(pl.col("condition") == condition).join(ref, on="query_id", how="inner")
+            b, v = _f(joined["b"].to_list()), _f(joined["v"].to_list())
+            keep = np.isfinite(b) & np.isfinite(v)
+            if not keep.any():
+                continue
+            est, lo, hi = paired_bootstrap_diff(b[keep], v[keep], n_boot=n_boot, seed=seed)
+            records.append({"condition": condition, "measure": measure, "n_queries": int(keep.sum()),
+                            "baseline": float(b[keep].mean()), "value": float(v[keep].mean()),
+                            "estimate": est, "lo": lo, "hi": hi,
+                            "p": two_sided_sign_flip(b[keep] - v[keep], n_perm=n_perm, seed=seed)})
+    adjusted = holm([r["p"] for r in records]) if records else np.array([])
+    for record, p_holm in zip(records, adjusted):
+        record["p_holm"] = float(p_holm)
+        record["significant"] = bool(p_holm < 0.05)
+    schema: dict[str, Any] = {"condition": pl.Utf8, "measure": pl.Utf8, "n_queries": pl.Int64}
+    schema.update({c: pl.Float64 for c in ("baseline", "value", "estimate", "lo", "hi", "p", "p_holm")})
+    schema["significant"] = pl.Boolean
+    return pl.DataFrame(records, schema=schema)
 
 
 def stage_rank(stages: list[str]) -> dict[str, int]:

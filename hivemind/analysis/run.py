@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivemind.analysis.conditions import baseline_condition, conditions_view, lineage_view
+from hivemind.analysis.conditions import baseline_condition, conditions_view, interventions_view, lineage_view
 from hivemind.analysis.data import (
     FOOTING_RULE,
     build_groups,
@@ -239,6 +239,8 @@ def analyze_responses(
     t["quality"] = ex.map_groups(quality_table, groups, vectors, correct)
     t["quality_split"] = quality_split(groups, vectors, correct, n_boot=n_boot, seed=seed)
     t["conditions"] = conditions_view(t["pairs"], t["query_similarity"], conditions, n_boot=n_boot, seed=seed)
+    t["interventions"] = interventions_view(t["query_similarity"], t["quality"], conditions,
+                                            n_boot=n_boot, n_perm=n_perm, seed=seed)
     meta = responses.select("deployment", "family", "stage").unique("deployment", maintain_order=True)
     t["lineage"] = lineage_view(on_footing(t["diversity"], footing), footed_pairs, meta,
                                on_footing(t["quality"], footing), n_boot=n_boot, seed=seed)

