@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
 
-from hivemind.providers.base import create_provider
+from hivemind.providers.registry import create_provider
 from hivemind.providers.http_pool import HttpPool
 from hivemind.providers.openai import chat_body
 from hivemind.sampling import Sampler, iter_requests

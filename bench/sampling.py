@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from hivemind.providers.base import create_provider
+from hivemind.providers.registry import create_provider
 from hivemind.providers.llamacpp import DEFAULT_TEMPLATE, render_prompt, sampling_kwargs
 from hivemind.providers.gguf import resolve_gguf
 from hivemind.providers.openai import chat_body

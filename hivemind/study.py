@@ -16,7 +16,8 @@ import yaml
 from pydantic import ValidationError
 
 from hivemind.errors import HivemindError
-from hivemind.providers.base import Provider, create_provider
+from hivemind.providers.base import Provider
+from hivemind.providers.registry import create_provider
 from hivemind.queries import load_query_set, paraphrases
 from hivemind.sampling import Sampler, SamplingReport, check_resumable, iter_requests, plan_size
 from hivemind.spec import Deployment, Query, StudySpec

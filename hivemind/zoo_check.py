@@ -6,7 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from hivemind.providers.base import create_provider
+from hivemind.providers.registry import create_provider
 from hivemind.spec import Deployment, Message, SampleRequest, SamplingParams
 
 PROBE = "Reply with one short sentence: what is a metaphor?"

@@ -11,7 +11,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from hivemind.providers.base import ProviderError, create_provider
+from hivemind.providers.base import ProviderError
+from hivemind.providers.registry import create_provider
 from hivemind.providers.combine import Sampling, sample_token
 from hivemind.providers.composite import CompositeEngine, CompositeOptions, load_llama_no_repack
 from hivemind.providers.gguf import resolve_gguf

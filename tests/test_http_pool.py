@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from hivemind.providers.base import ProviderError, create_provider
+from hivemind.providers.base import ProviderError
+from hivemind.providers.registry import create_provider
 from hivemind.providers.http_pool import HttpPool, IncompleteResponse
 from hivemind.spec import Deployment, Message, SampleRequest, SamplingParams
 

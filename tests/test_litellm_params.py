@@ -19,7 +19,7 @@ from typing import Any, Callable
 import pytest
 from pydantic import ValidationError
 
-from hivemind.providers.base import create_provider
+from hivemind.providers.registry import create_provider
 from hivemind.sampling import Sampler, plan_requests
 from hivemind.spec import Condition, Deployment, Query, StudySpec
 from hivemind.store import Store, dropped_params

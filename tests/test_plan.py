@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hivemind.providers.base import create_provider
+from hivemind.providers.registry import create_provider
 from hivemind.sampling import (
     PendingRequests,
     Sampler,

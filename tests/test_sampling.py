@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import pytest
 
-from hivemind.providers.base import create_provider
+from hivemind.providers.registry import create_provider
 from hivemind.sampling import Sampler, plan_requests
 from hivemind.spec import Deployment, Query, StudySpec
 from hivemind.store import Store, StoreError

@@ -66,7 +66,7 @@ class DeploymentWorker:
     """The body of a deployment's actor: one provider, called concurrently (async actor)."""
 
     def __init__(self, deployment: Deployment) -> None:
-        from hivemind.providers.base import create_provider
+        from hivemind.providers.registry import create_provider
 
         self.provider = create_provider(deployment)
 

@@ -1,4 +1,7 @@
-"""The provider contract and the registry that maps a zoo entry's `provider:` to a class.
+"""The provider contract: what every provider kind implements, and how its errors are classified.
+
+`hivemind.providers.registry` maps a zoo entry's `provider:` to a class; this module imports no
+implementation, so provider modules depend on it and never the other way round.
 
 A provider turns one frozen `SampleRequest` into one `Completion`. It never retries on its
 own and never catches errors: the sampler owns retries, so every provider gets the same
@@ -9,12 +12,9 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from importlib.metadata import entry_points
 from typing import Any, Callable, ClassVar
 
 from hivemind.spec import Completion, Deployment, SampleRequest
-
-ENTRY_POINT_GROUP = "hivemind.providers"
 
 
 class ProviderError(Exception):
@@ -48,8 +48,8 @@ def parse_retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value.strip()))
     except ValueError:
-        from email.utils import parsedate_to_datetime
         from datetime import datetime, timezone
+        from email.utils import parsedate_to_datetime
 
         try:
             when = parsedate_to_datetime(value)
@@ -125,7 +125,8 @@ class Provider(ABC):
 
 
 ProviderFactory = Callable[[Deployment], Provider]
-_REGISTRY: dict[str, ProviderFactory] = {}
+REGISTERED: dict[str, ProviderFactory] = {}
+"""Providers registered by `@register` (built-in ones once their module is imported)."""
 
 
 def register(name: str) -> Callable[[type[Provider]], type[Provider]]:
@@ -133,35 +134,7 @@ def register(name: str) -> Callable[[type[Provider]], type[Provider]]:
 
     def decorate(cls: type[Provider]) -> type[Provider]:
         cls.name = name
-        _REGISTRY[name] = cls
+        REGISTERED[name] = cls
         return cls
 
     return decorate
-
-
-def _load_builtin() -> None:
-    # Importing the modules runs their @register decorators; none imports a heavy library.
-    from hivemind.providers import composite, litellm, llamacpp, mock, openai  # noqa: F401
-
-
-def available_providers() -> dict[str, ProviderFactory]:
-    """Built-in providers plus third-party ones from the `hivemind.providers` entry-point group."""
-    _load_builtin()
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name not in _REGISTRY:
-            _REGISTRY[entry.name] = entry.load()
-    return dict(_REGISTRY)
-
-
-def create_provider(deployment: Deployment) -> Provider:
-    """Instantiate the provider a deployment names, with a clear error for unknown kinds."""
-    providers = available_providers()
-    try:
-        factory = providers[deployment.provider]
-    except KeyError:
-        known = ", ".join(sorted(providers))
-        raise ValueError(
-            f"deployment {deployment.name!r}: unknown provider {deployment.provider!r} "
-            f"(known: {known})"
-        ) from None
-    return factory(deployment)
