@@ -3,8 +3,9 @@
 1. samples/s of hivemind's sampler (openai provider, retries armed, every sample committed to
    SQLite) against a local OpenAI-compatible HTTP server, vs a bare httpx loop with the same
    concurrency against the same server.
-2. tokens/s of each local GGUF model through hivemind's llamacpp provider vs llama-cpp-python
-   called directly with the same prompt and parameters.
+2. tokens/s of each local GGUF model through hivemind's llamacpp provider (model in a worker
+   process, requests over a pipe) vs llama-cpp-python called directly in this process with the
+   same prompt, parameters, threads and load settings (weight repacking off in both).
 
     .venv/bin/python bench/sampling.py            # full
     .venv/bin/python bench/sampling.py --quick    # smaller counts
@@ -25,7 +26,7 @@ from typing import Any
 import httpx
 
 from hivemind.providers.base import create_provider
-from hivemind.providers.llamacpp import DEFAULT_TEMPLATE, render_prompt, sampling_kwargs
+from hivemind.providers.llamacpp import DEFAULT_TEMPLATE, extra_buffer_types, render_prompt, sampling_kwargs
 from hivemind.providers.gguf import resolve_gguf
 from hivemind.providers.openai import chat_body
 from hivemind.sampling import Sampler, plan_requests
@@ -107,10 +108,13 @@ def bench_sampler(n: int) -> None:
 
 async def hivemind_tokens(deployment: Deployment, requests: list) -> tuple[int, float]:
     provider = create_provider(deployment)
-    started, tokens = time.perf_counter(), 0
-    for request in requests:
-        tokens += (await provider.generate(request)).completion_tokens or 0
-    return tokens, time.perf_counter() - started
+    try:
+        started, tokens = time.perf_counter(), 0
+        for request in requests:
+            tokens += (await provider.generate(request)).completion_tokens or 0
+        return tokens, time.perf_counter() - started
+    finally:
+        await provider.aclose()
 
 
 _DIRECT: dict[str, Any] = {}
@@ -118,14 +122,16 @@ _DIRECT: dict[str, Any] = {}
 
 def direct_tokens(deployment: Deployment, requests: list) -> tuple[int, float]:
     """llama-cpp-python as a user would call it: its own `Llama`, loaded and called on this thread,
-    with as many threads as hivemind gives it (its default is half the cores)."""
+    with as many threads as hivemind gives it (its default is half the cores) and, like hivemind,
+    without weight repacking (`use_extra_bufts=False`; with it, AMX CPUs crash)."""
     from llama_cpp import Llama
 
     options = deployment.options
     if deployment.name not in _DIRECT:
-        _DIRECT[deployment.name] = Llama(
-            model_path=str(resolve_gguf(options, deployment.name)), n_ctx=int(options.get("n_ctx", 2048)),
-            chat_format=options.get("chat_format"), n_threads=os.cpu_count(), verbose=False)
+        with extra_buffer_types(bool(options.get("weight_repacking", False))):
+            _DIRECT[deployment.name] = Llama(
+                model_path=str(resolve_gguf(options, deployment.name)), n_ctx=int(options.get("n_ctx", 2048)),
+                chat_format=options.get("chat_format"), n_threads=os.cpu_count(), verbose=False)
     model = _DIRECT[deployment.name]
     started, tokens = time.perf_counter(), 0
     for request in requests:
