@@ -5,7 +5,8 @@
    concurrency against the same server.
 2. tokens/s of each local GGUF model through hivemind's llamacpp provider (model in a worker
    process, requests over a pipe) vs llama-cpp-python called directly in this process with the
-   same prompt, parameters, threads and load settings (weight repacking off in both).
+   same prompt, parameters, threads and load settings (weight repacking off and the same
+   OpenMP spin count in both).
 
     .venv/bin/python bench/sampling.py            # full
     .venv/bin/python bench/sampling.py --quick    # smaller counts
@@ -107,8 +108,10 @@ def bench_sampler(n: int) -> None:
 
 
 async def hivemind_tokens(deployment: Deployment, requests: list) -> tuple[int, float]:
+    """Through the provider: the first request starts the worker and loads the model (not timed)."""
     provider = create_provider(deployment)
     try:
+        await provider.generate(requests[0])
         started, tokens = time.perf_counter(), 0
         for request in requests:
             tokens += (await provider.generate(request)).completion_tokens or 0
@@ -151,9 +154,9 @@ def local_worker(mode: str, name: str, samples: int) -> None:
     _, _, requests = study_requests(samples * 10, deployment)
     requests = requests[:samples]
     if mode == "hivemind":
-        asyncio.run(hivemind_tokens(deployment, requests[:1]))  # load outside the timing
         tokens, seconds = asyncio.run(hivemind_tokens(deployment, requests))
     else:
+        os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as in hivemind's workers: same OpenMP spin
         direct_tokens(deployment, requests[:1])
         tokens, seconds = direct_tokens(deployment, requests)
     print(tokens / seconds)
