@@ -162,13 +162,13 @@ def local_worker(mode: str, name: str, samples: int) -> None:
     print(tokens / seconds)
 
 
-def bench_local_models(samples: int) -> None:
+def bench_local_models(samples: int, rounds: int) -> None:
     print(f"\n## local models: tokens/s through hivemind vs llama-cpp-python directly "
-          f"({samples} samples, 48 tokens max, best of 2 alternating runs, each in a fresh process)")
+          f"({samples} samples, 48 tokens max, best of {rounds} alternating runs, each in a fresh process)")
     print(f"{'deployment':<30} {'hivemind tok/s':>14} {'direct tok/s':>12} {'ratio':>6}")
     for deployment in load_zoo().select(None):
         best = {"hivemind": 0.0, "direct": 0.0}
-        for _ in range(2):
+        for _ in range(rounds):
             for mode in best:
                 out = subprocess.run([sys.executable, __file__, "--local-worker", mode, deployment.name,
                                       str(samples)], capture_output=True, text=True, check=True)
@@ -182,6 +182,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--skip-local", action="store_true", help="only the HTTP sampler benchmark")
     parser.add_argument("--skip-http", action="store_true", help="only the local-model benchmark")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating runs per local model (best kept; more on a shared machine)")
     parser.add_argument("--local-worker", nargs=3, metavar=("MODE", "NAME", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.local_worker:
@@ -191,7 +193,7 @@ def main() -> None:
     if not args.skip_http:
         bench_sampler(500 if args.quick else 2000)
     if not args.skip_local:
-        bench_local_models(3 if args.quick else 8)
+        bench_local_models(3 if args.quick else 8, args.rounds)
 
 
 if __name__ == "__main__":
