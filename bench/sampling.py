@@ -27,8 +27,13 @@ from typing import Any
 import httpx
 
 from hivemind.providers.base import create_provider
-from hivemind.providers.llamacpp import DEFAULT_TEMPLATE, extra_buffer_types, render_prompt, sampling_kwargs
 from hivemind.providers.gguf import resolve_gguf
+from hivemind.providers.llamacpp import (
+    DEFAULT_TEMPLATE,
+    extra_buffer_types,
+    render_prompt,
+    sampling_kwargs,
+)
 from hivemind.providers.openai import chat_body
 from hivemind.sampling import Sampler, plan_requests
 from hivemind.spec import Deployment, Query, SamplingParams, StudySpec
@@ -169,7 +174,7 @@ def bench_local_models(samples: int, rounds: int) -> None:
     for deployment in load_zoo().select(None):
         best = {"hivemind": 0.0, "direct": 0.0}
         for _ in range(rounds):
-            for mode in best:
+            for mode in ("hivemind", "direct"):
                 out = subprocess.run([sys.executable, __file__, "--local-worker", mode, deployment.name,
                                       str(samples)], capture_output=True, text=True, check=True)
                 best[mode] = max(best[mode], float(out.stdout.strip().splitlines()[-1]))

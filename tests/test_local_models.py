@@ -11,8 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -132,7 +133,7 @@ def test_weight_repacking_is_off_unless_a_deployment_turns_it_on() -> None:
     assert create_provider(deployment).engine_config()["weight_repacking"] is False
     repacking = deployment.model_copy(update={"options": {**deployment.options, "weight_repacking": True}})
     assert create_provider(repacking).engine_config()["weight_repacking"] is True
-    with pytest.raises(ValueError, match="weight_repacking must be true or false"):
+    with pytest.raises(TypeError, match="weight_repacking must be true or false"):
         create_provider(deployment.model_copy(update={"options": {**deployment.options,
                                                                   "weight_repacking": "yes"}}))
 

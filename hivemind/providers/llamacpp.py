@@ -32,7 +32,13 @@ from typing import Any
 
 from hivemind.providers.base import Provider, ProviderError, register
 from hivemind.providers.gguf import resolve_gguf
-from hivemind.providers.worker import EngineError, EngineWorker, WorkerDied, acquire, release
+from hivemind.providers.worker import (
+    EngineError,
+    EngineWorker,
+    WorkerDied,
+    acquire,
+    release,
+)
 from hivemind.spec import Completion, Deployment, SampleRequest
 
 DEFAULT_TEMPLATE = "{system}Question: {prompt}\nAnswer:"
@@ -161,7 +167,7 @@ class LlamaCppProvider(Provider):
             raise ValueError(f"deployment {deployment.name!r}: options.mode must be chat or completion")
         repacking = deployment.options.get("weight_repacking", False)
         if not isinstance(repacking, bool):
-            raise ValueError(f"deployment {deployment.name!r}: options.weight_repacking must be true or false")
+            raise TypeError(f"deployment {deployment.name!r}: options.weight_repacking must be true or false")
         self.mode: str = mode
         self._worker: EngineWorker | None = None
 

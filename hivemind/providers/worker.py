@@ -27,8 +27,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 Engine = Callable[[Any], Any]
 """What a factory returns: one payload in, one result out (both picklable)."""
@@ -288,7 +289,7 @@ def serve(conn: Any, factory: str, config: dict[str, Any], parent_pid: int) -> N
     try:
         module, _, name = factory.partition(":")
         engine = getattr(importlib.import_module(module), name)(config)
-    except Exception as exc:  # reported to the parent, which fails every call with it
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails every call with it
         conn.send(("load_error", _describe(exc)))
         return
     conn.send(("ok", None))
@@ -302,11 +303,11 @@ def serve(conn: Any, factory: str, config: dict[str, Any], parent_pid: int) -> N
                 return
             try:
                 reply: tuple[str, Any] = ("ok", engine(payload))
-            except Exception as exc:  # a Python error in one request: report it, keep serving
+            except Exception as exc:  # noqa: BLE001 - one request's Python error: report it, keep serving
                 reply = ("error", _describe(exc))
             try:
                 conn.send(reply)
-            except Exception as exc:  # an unpicklable result (a broken pipe fails again: exit)
+            except Exception as exc:  # noqa: BLE001 - unpicklable result (a broken pipe fails again: exit)
                 conn.send(("error", _describe(exc)))
     finally:
         close = getattr(engine, "close", None)
