@@ -3,8 +3,10 @@
 1. samples/s of hivemind's sampler (openai provider, retries armed, every sample committed to
    SQLite) against a local OpenAI-compatible HTTP server, vs a bare httpx loop with the same
    concurrency against the same server.
-2. tokens/s of each local GGUF model through hivemind's llamacpp provider vs llama-cpp-python
-   called directly with the same prompt and parameters.
+2. tokens/s of each local GGUF model through hivemind's llamacpp provider (model in a worker
+   process, requests over a pipe) vs llama-cpp-python called directly in this process with the
+   same prompt, parameters, threads and load settings (weight repacking off and the same
+   OpenMP spin count in both).
 
     .venv/bin/python bench/sampling.py            # full
     .venv/bin/python bench/sampling.py --quick    # smaller counts
@@ -25,8 +27,13 @@ from typing import Any
 import httpx
 
 from hivemind.providers.registry import create_provider
-from hivemind.providers.llamacpp import DEFAULT_TEMPLATE, render_prompt, sampling_kwargs
 from hivemind.providers.gguf import resolve_gguf
+from hivemind.providers.llamacpp import (
+    DEFAULT_TEMPLATE,
+    extra_buffer_types,
+    render_prompt,
+    sampling_kwargs,
+)
 from hivemind.providers.openai import chat_body
 from hivemind.sampling import Sampler, plan_requests
 from hivemind.spec import Deployment, Query, SamplingParams, StudySpec
@@ -106,11 +113,16 @@ def bench_sampler(n: int) -> None:
 
 
 async def hivemind_tokens(deployment: Deployment, requests: list) -> tuple[int, float]:
+    """Through the provider: the first request starts the worker and loads the model (not timed)."""
     provider = create_provider(deployment)
-    started, tokens = time.perf_counter(), 0
-    for request in requests:
-        tokens += (await provider.generate(request)).completion_tokens or 0
-    return tokens, time.perf_counter() - started
+    try:
+        await provider.generate(requests[0])
+        started, tokens = time.perf_counter(), 0
+        for request in requests:
+            tokens += (await provider.generate(request)).completion_tokens or 0
+        return tokens, time.perf_counter() - started
+    finally:
+        await provider.aclose()
 
 
 _DIRECT: dict[str, Any] = {}
@@ -118,14 +130,16 @@ _DIRECT: dict[str, Any] = {}
 
 def direct_tokens(deployment: Deployment, requests: list) -> tuple[int, float]:
     """llama-cpp-python as a user would call it: its own `Llama`, loaded and called on this thread,
-    with as many threads as hivemind gives it (its default is half the cores)."""
+    with as many threads as hivemind gives it (its default is half the cores) and, like hivemind,
+    without weight repacking (`use_extra_bufts=False`; with it, AMX CPUs crash)."""
     from llama_cpp import Llama
 
     options = deployment.options
     if deployment.name not in _DIRECT:
-        _DIRECT[deployment.name] = Llama(
-            model_path=str(resolve_gguf(options, deployment.name)), n_ctx=int(options.get("n_ctx", 2048)),
-            chat_format=options.get("chat_format"), n_threads=os.cpu_count(), verbose=False)
+        with extra_buffer_types(bool(options.get("weight_repacking", False))):
+            _DIRECT[deployment.name] = Llama(
+                model_path=str(resolve_gguf(options, deployment.name)), n_ctx=int(options.get("n_ctx", 2048)),
+                chat_format=options.get("chat_format"), n_threads=os.cpu_count(), verbose=False)
     model = _DIRECT[deployment.name]
     started, tokens = time.perf_counter(), 0
     for request in requests:
@@ -145,22 +159,22 @@ def local_worker(mode: str, name: str, samples: int) -> None:
     _, _, requests = study_requests(samples * 10, deployment)
     requests = requests[:samples]
     if mode == "hivemind":
-        asyncio.run(hivemind_tokens(deployment, requests[:1]))  # load outside the timing
         tokens, seconds = asyncio.run(hivemind_tokens(deployment, requests))
     else:
+        os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as in hivemind's workers: same OpenMP spin
         direct_tokens(deployment, requests[:1])
         tokens, seconds = direct_tokens(deployment, requests)
     print(tokens / seconds)
 
 
-def bench_local_models(samples: int) -> None:
+def bench_local_models(samples: int, rounds: int) -> None:
     print(f"\n## local models: tokens/s through hivemind vs llama-cpp-python directly "
-          f"({samples} samples, 48 tokens max, best of 2 alternating runs, each in a fresh process)")
+          f"({samples} samples, 48 tokens max, best of {rounds} alternating runs, each in a fresh process)")
     print(f"{'deployment':<30} {'hivemind tok/s':>14} {'direct tok/s':>12} {'ratio':>6}")
     for deployment in load_zoo().select(None):
         best = {"hivemind": 0.0, "direct": 0.0}
-        for _ in range(2):
-            for mode in best:
+        for _ in range(rounds):
+            for mode in ("hivemind", "direct"):
                 out = subprocess.run([sys.executable, __file__, "--local-worker", mode, deployment.name,
                                       str(samples)], capture_output=True, text=True, check=True)
                 best[mode] = max(best[mode], float(out.stdout.strip().splitlines()[-1]))
@@ -173,6 +187,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--skip-local", action="store_true", help="only the HTTP sampler benchmark")
     parser.add_argument("--skip-http", action="store_true", help="only the local-model benchmark")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating runs per local model (best kept; more on a shared machine)")
     parser.add_argument("--local-worker", nargs=3, metavar=("MODE", "NAME", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.local_worker:
@@ -182,7 +198,7 @@ def main() -> None:
     if not args.skip_http:
         bench_sampler(500 if args.quick else 2000)
     if not args.skip_local:
-        bench_local_models(3 if args.quick else 8)
+        bench_local_models(3 if args.quick else 8, args.rounds)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
-"""In-process GGUF models through llama-cpp-python, run off the event loop.
+"""Local GGUF models through llama-cpp-python, each in a worker process of its own.
 
-One `Llama` per (file, context size) per process, shared by every deployment that uses it
-(conditions of one model reuse the loaded weights). Each model lives on its own worker thread:
-it is loaded there and every call runs there, one at a time, while the event loop serves the
-other deployments. The thread matters: llama.cpp called from a thread other than the one that
-created the model ran 30% slower here (2 cores), so a shared pool would cost a third of the speed.
+The model loads and generates in a worker (`hivemind.providers.worker`): a native crash there
+(segfault, abort, out-of-memory kill) becomes error rows naming the deployment and the signal,
+while the other deployments go on. Deployments with the same model settings share one worker
+(conditions of one model reuse the loaded weights). In the worker, load and generation run on its
+main thread: llama.cpp called from another thread than the one that created the model ran 30%
+slower here (2 cores).
+
+llama.cpp repacks weights into extra buffer types (AMX, ...) at load when the CPU offers them; on
+AMX machines the first decode on repacked weights segfaults (ggml-org/llama.cpp issue 20824), so
+repacking is off unless a deployment turns it on.
 
 Options: the GGUF source (see `hivemind.providers.gguf`), plus
   mode: chat | completion   chat uses the file's template (or `chat_format`); completion renders
@@ -12,6 +17,8 @@ Options: the GGUF source (see `hivemind.providers.gguf`), plus
   chat_format: NAME         llama-cpp-python chat format override (e.g. gemma)
   prompt_template: STR      completion mode; `{prompt}` is the user text, `{system}` the system one
   n_ctx: INT                context window (default 2048); n_threads: INT (default: all cores)
+  weight_repacking: BOOL    let llama.cpp repack weights for the CPU's extra buffer types (default
+                            false: faster on some CPUs, but segfaults on AMX ones)
 """
 
 from __future__ import annotations
@@ -19,44 +26,113 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from hivemind.providers.base import Provider, ProviderError, register
 from hivemind.providers.gguf import resolve_gguf
+from hivemind.providers.worker import (
+    EngineError,
+    EngineWorker,
+    WorkerDied,
+    acquire,
+    release,
+)
 from hivemind.spec import Completion, Deployment, SampleRequest
 
 DEFAULT_TEMPLATE = "{system}Question: {prompt}\nAnswer:"
+ENGINE = "hivemind.providers.llamacpp:llama_engine"
 
 
-@dataclass
-class LoadedModel:
-    """A loaded `Llama` and the single thread that owns it (loads it and runs every call)."""
+def set_weight_repacking(enabled: bool) -> Callable[[], None]:
+    """Make every `Llama` loaded from now on in this process use (or skip) llama.cpp's extra
+    buffer types, i.e. weight repacking; returns a function that undoes it.
 
-    llama: Any
-    thread: ThreadPoolExecutor
+    `Llama(...)` has no argument for `use_extra_bufts` (llama-cpp-python 0.3.36): it builds its
+    model parameters from `llama_cpp.llama_cpp.llama_model_default_params()` and loads the model
+    in the constructor, so the only hook is that function, wrapped here.
+    """
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_model_default_params
+    if not hasattr(lib.llama_model_params, "use_extra_bufts"):
+        raise RuntimeError("this llama-cpp-python has no use_extra_bufts model parameter "
+                           f"(version {getattr(__import__('llama_cpp'), '__version__', '?')}); "
+                           "upgrade to 0.3.36 or later")
+
+    def default_params() -> Any:
+        params = original()
+        params.use_extra_bufts = enabled
+        return params
+
+    lib.llama_model_default_params = default_params
+
+    def undo() -> None:
+        lib.llama_model_default_params = original
+
+    return undo
 
 
-_MODELS: dict[tuple[str, int, str | None], LoadedModel] = {}
-_MODELS_LOCK = threading.Lock()
+_LOADING = threading.Lock()
 
 
-def load_llama(path: str, n_ctx: int, chat_format: str | None, n_threads: int | None) -> LoadedModel:
-    """Load (once per process) on the model's own thread and return it with that thread."""
-    key = (path, n_ctx, chat_format)
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{os.path.basename(path)}")
+@contextmanager
+def extra_buffer_types(enabled: bool) -> Iterator[None]:
+    """`set_weight_repacking` for the models loaded inside the block only (one block at a time:
+    the setting is process-wide while it lasts)."""
+    with _LOADING:
+        undo = set_weight_repacking(enabled)
+        try:
+            yield
+        finally:
+            undo()
 
-            def load() -> Any:
-                from llama_cpp import Llama
 
-                return Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
-                             chat_format=chat_format, verbose=False)
+def open_llama(path: str, *, n_ctx: int = 2048, chat_format: str | None = None,
+               n_threads: int | None = None, weight_repacking: bool = False, **kwargs: Any) -> Any:
+    """Load a GGUF file as hivemind does everywhere: all cores, quiet, no weight repacking unless
+    asked (engines that step several models together load each one with this)."""
+    from llama_cpp import Llama
 
-            _MODELS[key] = LoadedModel(thread.submit(load).result(), thread)
-        return _MODELS[key]
+    with extra_buffer_types(weight_repacking):
+        return Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
+                     chat_format=chat_format, verbose=False, **kwargs)
+
+
+class LlamaEngine:
+    """What runs in the worker process: one loaded model answering chat or completion payloads."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.llama = open_llama(config["path"], n_ctx=config["n_ctx"], chat_format=config["chat_format"],
+                                n_threads=config["n_threads"],
+                                weight_repacking=config["weight_repacking"])
+
+    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if "messages" in payload:
+            out = self.llama.create_chat_completion(messages=payload["messages"], **payload["kwargs"])
+            choice = out["choices"][0]
+            text = choice["message"].get("content") or ""
+        else:
+            out = self.llama.create_completion(payload["prompt"], **payload["kwargs"])
+            choice = out["choices"][0]
+            text = choice.get("text") or ""
+        return {"text": text, "finish_reason": choice.get("finish_reason"), "usage": out.get("usage") or {}}
+
+    def close(self) -> None:
+        self.llama.close()
+
+
+def llama_engine(config: dict[str, Any]) -> LlamaEngine:
+    """The worker factory (`ENGINE`), run in the worker before llama.cpp is loaded.
+
+    llama.cpp's CPU backend is built with OpenMP (libgomp), whose idle threads spin ~300k turns
+    after each token unless the process itself has more threads than cores. One process per
+    model hides that oversubscription from each process: three models on 2 cores sampled ~7x
+    slower than in one process. A short spin (what libgomp uses when it sees oversubscription)
+    restores it; a user's own GOMP_SPINCOUNT wins."""
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+    return LlamaEngine(config)
 
 
 def sampling_kwargs(request: SampleRequest) -> dict[str, Any]:
@@ -80,7 +156,7 @@ def render_prompt(request: SampleRequest, template: str) -> str:
 
 @register("llamacpp")
 class LlamaCppProvider(Provider):
-    """A GGUF model loaded in this process."""
+    """A GGUF model loaded in a worker process."""
 
     cancellable = False  # generation is bounded by max_tokens, not by a timeout
 
@@ -89,7 +165,11 @@ class LlamaCppProvider(Provider):
         mode = deployment.options.get("mode", "chat")
         if mode not in {"chat", "completion"}:
             raise ValueError(f"deployment {deployment.name!r}: options.mode must be chat or completion")
+        repacking = deployment.options.get("weight_repacking", False)
+        if not isinstance(repacking, bool):
+            raise TypeError(f"deployment {deployment.name!r}: options.weight_repacking must be true or false")
         self.mode: str = mode
+        self._worker: EngineWorker | None = None
 
     def check_ready(self) -> None:
         super().check_ready()
@@ -98,40 +178,51 @@ class LlamaCppProvider(Provider):
     def max_connections(self) -> int:
         return 1  # one model, one decode at a time; parallelism comes from other deployments
 
-    def _model(self) -> LoadedModel:
+    def engine_config(self) -> dict[str, Any]:
+        """What the worker needs to load the model (resolves and verifies the file: may hash it)."""
         options = self.deployment.options
         path = resolve_gguf(options, f"deployment {self.deployment.name!r}")
-        return load_llama(str(path), int(options.get("n_ctx", 2048)),
-                          options.get("chat_format"), options.get("n_threads"))
+        return {"path": str(path), "n_ctx": int(options.get("n_ctx", 2048)),
+                "chat_format": options.get("chat_format"), "n_threads": options.get("n_threads"),
+                "weight_repacking": bool(options.get("weight_repacking", False))}
 
-    def _generate_sync(self, model: Any, request: SampleRequest) -> Completion:
-        """Runs on the model's own thread."""
+    @property
+    def worker_pid(self) -> int | None:
+        """The pid of this deployment's worker process, once started."""
+        return self._worker.pid if self._worker is not None else None
+
+    def payload(self, request: SampleRequest) -> dict[str, Any]:
+        """The engine's input for one request: chat messages, or the rendered completion prompt."""
         kwargs = sampling_kwargs(request)
         if self.mode == "chat":
-            out = model.create_chat_completion(
-                messages=[m.model_dump() for m in request.messages], **kwargs
-            )
-            choice = out["choices"][0]
-            text = choice["message"].get("content") or ""
-        else:
-            template = self.deployment.options.get("prompt_template", DEFAULT_TEMPLATE)
-            out = model.create_completion(render_prompt(request, template), **kwargs)
-            choice = out["choices"][0]
-            text = choice.get("text") or ""
-        usage = out.get("usage") or {}
+            return {"messages": [m.model_dump() for m in request.messages], "kwargs": kwargs}
+        template = self.deployment.options.get("prompt_template", DEFAULT_TEMPLATE)
+        return {"prompt": render_prompt(request, template), "kwargs": kwargs}
+
+    async def generate(self, request: SampleRequest) -> Completion:
+        if self._worker is None:
+            config = await asyncio.to_thread(self.engine_config)
+            if self._worker is None:
+                self._worker = acquire(ENGINE, config, self.deployment.name)
+        try:  # the first call starts the worker and loads the model (seconds)
+            out = await self._worker.call(self.payload(request))
+        except WorkerDied as exc:  # not retried in this run: the same load would likely crash again
+            raise ProviderError(f"worker process for deployment {self.deployment.name!r} died: "
+                                f"{exc.cause}", retryable=False) from None
+        except EngineError as exc:  # e.g. prompt longer than n_ctx: not transient
+            raise ProviderError(str(exc), retryable=False) from None
+        usage = out["usage"]
         return Completion(
-            text=text.strip(),
-            finish_reason=choice.get("finish_reason"),
+            text=out["text"].strip(),
+            finish_reason=out["finish_reason"],
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
             cost_usd=0.0,
             model=self.deployment.model,
         )
 
-    async def generate(self, request: SampleRequest) -> Completion:
-        try:
-            loaded = await asyncio.to_thread(self._model)  # first call loads (seconds)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(loaded.thread, self._generate_sync, loaded.llama, request)
-        except (ValueError, RuntimeError) as exc:  # e.g. prompt longer than n_ctx: not transient
-            raise ProviderError(f"{type(exc).__name__}: {exc}", retryable=False) from None
+    async def aclose(self) -> None:
+        """Stop the worker process (the last deployment sharing it stops it)."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            release(worker)
