@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hivemind.providers.base import create_provider
+from hivemind.providers.registry import create_provider
 from hivemind.providers.gguf import ChecksumError, resolve_gguf
 from hivemind.providers.llamacpp import open_llama
 from hivemind.providers.worker import worker_pids
