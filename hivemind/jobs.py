@@ -103,7 +103,7 @@ class ServiceDB(JournalFile):
         found = self.rows(sql, args)
         return found[0] if found else None
 
-    def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> None:
+    def _execute(self, sql: str, args: tuple[Any, ...] | dict[str, Any] = ()) -> None:
         with self._lock:
             self._db.execute(sql, args)
 
@@ -245,7 +245,8 @@ class ServiceDB(JournalFile):
             "INSERT INTO scan_runs (scan, study, scan_json, spec_json, scheduled_for, state, "
             "started_at) VALUES (:scan, :study, :scan_json, :spec_json, :scheduled_for, "
             "'running', :started_at)", row)
-        return int(cursor.lastrowid)
+        assert cursor.lastrowid is not None  # an INSERT always sets it
+        return cursor.lastrowid
 
     def finish_scan_run(self, run_id: int, state: str, *, result: dict[str, Any] | None = None,
                         error: str | None = None) -> None:

@@ -126,7 +126,7 @@ def parse_records(path: Path, records: Any, columns: Columns | None = None,
             if reply is None:
                 looked = ", ".join(repr(k) for k in TEXT_KEYS + LIST_KEYS)
                 raise ImportFileError(path, f"no response (looked for {looked})", where=where, field="text")
-            texts: list[tuple[Any, str]] = [(reply, "messages")]
+            texts: list[tuple[Any, str | None]] = [(reply, "messages")]
         elif list_key is not None:
             values = record[list_key]
             if isinstance(values, str):  # a list column written as JSON text (CSV)
@@ -139,7 +139,7 @@ def parse_records(path: Path, records: Any, columns: Columns | None = None,
                                       field=list_key)
             texts = [(v, f"{list_key}[{i}]") for i, v in enumerate(values)]
         else:
-            texts = [(record.get(text_key), text_key)]  # type: ignore[arg-type]
+            texts = [(record.get(text_key), text_key)]
 
         query_key = _pick(record, cols.query, QUERY_KEYS)
         query_text = record.get(query_key) if query_key else None
@@ -196,7 +196,7 @@ def parse_records(path: Path, records: Any, columns: Columns | None = None,
                 labels = [raw]
 
         for offset, ((value, key), label) in enumerate(zip(texts, labels)):
-            text = _string(path, where, key, value, numbers=False)
+            text = _string(path, where, key or "text", value, numbers=False)
             rows.append(Row(
                 where=where if len(texts) == 1 else f"{where} {key}",
                 query_id=query_id, query_text=query_text, deployment=name, model=model,  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Any
 
 from hivemind.queries import prompt_text
 from hivemind.providers.base import Provider, ProviderError
@@ -62,7 +63,7 @@ def iter_requests(spec: StudySpec, queries: list[Query], deployment: Deployment,
     for index in range(spec.samples):
         for query in queries:  # built per use, not held for all queries: a query set can be huge
             users: dict[int | None, tuple[Message, tuple[str, str]]] = {}
-            for condition, paraphrase, system, params, condition_part, not_sent in per_condition:
+            for condition_name, paraphrase, system, params, condition_part, not_sent in per_condition:
                 if paraphrase not in users:  # the query's text, or the rewording a condition asks for
                     text = prompt_text(query, paraphrase)
                     users[paraphrase] = (Message.model_construct(role="user", content=text),
@@ -71,7 +72,7 @@ def iter_requests(spec: StudySpec, queries: list[Query], deployment: Deployment,
                 seed, cache_key = parts.seed_and_key(query_part, condition_part, index)
                 yield _request({
                     "study": spec.name, "query_id": query.id, "deployment": deployment.name,
-                    "condition": condition, "sample_index": index, "seed": seed,
+                    "condition": condition_name, "sample_index": index, "seed": seed,
                     "messages": (*system, user), "params": params, "deployment_identity": identity,
                     "dropped_params": not_sent,
                     "cache_key": cache_key,  # fills the cached_property
@@ -420,7 +421,7 @@ class _progress:
     def __init__(self, enabled: bool, totals: dict[str, int]) -> None:
         self.enabled = enabled and sys.stderr.isatty() and sum(totals.values()) > 0
         self.totals = totals
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, Any] = {}  # rich TaskIDs
 
     def __enter__(self) -> Tick:
         if not self.enabled:

@@ -330,7 +330,7 @@ def analyze_scan(store: Store, study: str, embedder_name: str) -> dict[str, Any]
     def cell(d: str, e: str) -> float | None:
         found = (intra.filter(pl.col("deployment_a") == d) if d == e else both_ways.filter(
             (pl.col("deployment_a") == d) & (pl.col("deployment_b") == e)))["similarity"].drop_nans()
-        return round(float(found.mean()), 6) if found.len() else None
+        return round(float(found.to_numpy().mean()), 6) if found.len() else None
 
     return {
         "study": study, "embedder": embedder.embedder_id, "k": spec.samples,

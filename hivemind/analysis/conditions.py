@@ -137,7 +137,7 @@ def interventions_view(query_sim: pl.DataFrame, quality: pl.DataFrame | None, co
     if quality is not None and quality.height:
         per_query["quality_cost"] = quality.group_by(["condition", "query_id"], maintain_order=True).agg(
             pl.col("accuracy").mean().alias("v"))
-    records = []
+    records: list[dict[str, Any]] = []
     for condition in [c for c in conditions if c != base]:
         for measure, frame in per_query.items():
             ref = frame.filter(pl.col("condition") == base).select("query_id", pl.col("v").alias("b"))

@@ -118,10 +118,10 @@ def sharded_pairs(
             task = ray.remote(num_gpus=1)(_pairs_blocks) if on_gpu else ray.remote(_pairs_blocks)
             parts = ray.get([task.remote(matrix_ref, deps_ref, blocks[x], blocks[y], threshold, use_gpu)
                              for x in range(len(blocks)) for y in range(x, len(blocks))])
-    i, j, s = (np.concatenate([p[k] for p in parts]) if parts else _EMPTY[k] for k in range(3))
-    order = np.lexsort((j, i))
+    rows, cols, cosines = (np.concatenate([p[k] for p in parts]) if parts else _EMPTY[k] for k in range(3))
+    order = np.lexsort((cols, rows))
     return pl.DataFrame({
-        "i": pl.Series("i", i[order], dtype=pl.Int64),
-        "j": pl.Series("j", j[order], dtype=pl.Int64),
-        "cosine": pl.Series("cosine", s[order].astype(np.float64), dtype=pl.Float64),
+        "i": pl.Series("i", rows[order], dtype=pl.Int64),
+        "j": pl.Series("j", cols[order], dtype=pl.Int64),
+        "cosine": pl.Series("cosine", cosines[order].astype(np.float64), dtype=pl.Float64),
     })

@@ -81,7 +81,7 @@ def parse_response(buffer: bytes | bytearray, eof: bool) -> tuple[HttpResponse, 
 
 def _dechunk(buffer: bytes | bytearray, position: int) -> bytes | None:
     """The body of a chunked message starting at `position`, or None while incomplete."""
-    parts = []
+    parts: list[bytes] = []
     while True:
         line_end = buffer.find(b"\r\n", position)
         if line_end < 0:

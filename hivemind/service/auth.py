@@ -21,6 +21,7 @@ import secrets
 import stat
 import tempfile
 from collections.abc import Iterable
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -145,7 +146,7 @@ def _error_body(field: str, message: str) -> bytes:
     return json.dumps({"detail": f"{field}: {message}", "errors": [{"field": field, "message": message}]}).encode()
 
 
-def _plain_response(status: int, body: bytes, extra: list[tuple[bytes, bytes]] = ()) -> list[dict]:
+def _plain_response(status: int, body: bytes, extra: Iterable[tuple[bytes, bytes]] = ()) -> list[dict]:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                *extra]
     return [{"type": "http.response.start", "status": status, "headers": headers},
@@ -283,7 +284,7 @@ class BodyLimitMiddleware:
                     return
         seen = 0
 
-        async def limited_receive() -> dict:
+        async def limited_receive() -> Any:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":

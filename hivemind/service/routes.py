@@ -72,9 +72,11 @@ async def upload_file(svc: Svc, request: Request, response: Response,
         if "file" not in parts:
             raise ApiError(422, "body.file", "multipart body has no part named 'file'")
         filename = parts["file"].get_filename() or "upload"
-        data = parts["file"].get_payload(decode=True) or b""
+        payload = parts["file"].get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
         if name is None and "name" in parts:
-            name = (parts["name"].get_payload(decode=True) or b"").decode("utf-8", "replace").strip()
+            raw = parts["name"].get_payload(decode=True)
+            name = (raw if isinstance(raw, bytes) else b"").decode("utf-8", "replace").strip()
         suffix = Path(filename).suffix.lower()
         ctype = next((c for c, s in FILE_TYPES.items() if s == suffix), "")
     if ctype not in FILE_TYPES:
@@ -149,7 +151,8 @@ def create_study(svc: Svc, body: S.StudyCreate, response: Response, idempotency_
     try:
         study, created = svc.db.create_job(row, idempotency_key=idempotency_key, request_sha256=request_sha)
     except Conflict as exc:
-        raise ApiError(422 if exc.field.startswith("header") else 409, exc.field, exc.message) from None
+        where = exc.field or "body"
+        raise ApiError(422 if where.startswith("header") else 409, where, exc.message) from None
     if created:
         svc.manager.submit(study)
     else:
@@ -201,7 +204,7 @@ def results(svc: Svc, name: Name) -> dict[str, Any]:
 def tables(svc: Svc, name: Name) -> dict[str, Any]:
     """Parquet tables of a study: `samples`, then the analysis tables."""
     folder, _ = (svc.store_dir / name, svc.status_of(name))
-    found = [{"name": "samples", "url": f"/v1/studies/{name}/tables/samples", "bytes": None}]
+    found: list[dict[str, Any]] = [{"name": "samples", "url": f"/v1/studies/{name}/tables/samples", "bytes": None}]
     for p in sorted((folder / "analysis").glob("*.parquet")):
         if p.stem != "samples":
             found.append({"name": p.stem, "url": f"/v1/studies/{name}/tables/{p.stem}", "bytes": p.stat().st_size})

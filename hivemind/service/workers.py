@@ -139,7 +139,12 @@ class JobManager:
         assert self._loop is not None
         task = self._loop.create_task(self._run(study), name=f"job:{study}")
         self._tasks[study] = task
-        task.add_done_callback(lambda t, s=study: self._tasks.pop(s, None) if self._tasks.get(s) is t else None)
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tasks.get(study) is done:
+                del self._tasks[study]
+
+        task.add_done_callback(forget)
 
     def _cancel_task(self, study: str) -> None:
         task = self._tasks.get(study)
