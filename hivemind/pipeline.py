@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivemind.layout import ANALYSIS, EMBEDDING_CACHE, REPORT, StoreLayout, atomic_write, atomic_write_text
+from hivemind.layout import (
+    ANALYSIS,
+    EMBEDDING_CACHE,
+    REPORT,
+    StoreLayout,
+    atomic_write,
+    atomic_write_text,
+)
 from hivemind.sampling_stage import StudyRun, load_spec, sample_study
 from hivemind.spec import StudySpec, json_safe
 from hivemind.store import Store, StoreError, dropped_params
@@ -47,8 +54,19 @@ if TYPE_CHECKING:
     from hivemind.executors import Executor
     from hivemind.sampling import SamplingReport
 
-__all__ = ["STEPS", "SAMPLING_STEPS", "AnalysisError", "AnalysisOutputs", "PipelineRun", "analyze_store",
-           "atomic_write", "atomic_write_text", "run_pipeline", "run_pipeline_async", "write_report"]
+__all__ = [
+    "SAMPLING_STEPS",
+    "STEPS",
+    "AnalysisError",
+    "AnalysisOutputs",
+    "PipelineRun",
+    "analyze_store",
+    "atomic_write",
+    "atomic_write_text",
+    "run_pipeline",
+    "run_pipeline_async",
+    "write_report",
+]
 
 STEPS = ("sample", "export", "analyze", "report")
 """Every step, in the order they run."""
@@ -132,11 +150,12 @@ def run_pipeline(
 ) -> PipelineRun:
     """Run `steps` of one study through one store handle; see the module docstring.
 
-    `spec` is a `StudySpec`, a spec file, a study already in the store (its name), or None for
+    `spec` is a `StudySpec`, a study already in the store (its name), a spec file, or None for
     the store's latest study. `store` is a directory or an open `Store` (left open). `executor`
     ("local", "ray" or an `Executor`, left open when given) runs the providers, the embedding,
     the per-query analyses and the pair search; `ray_address` joins a Ray cluster. `analysis`
-    holds `analyze_store`'s options (embedder, threshold, n_boot, complete_only, ...).
+    holds `analyze_store`'s options (embedder, threshold, n_boot, complete_only, ...);
+    `progress` shows the sampling's progress bars.
     `after_step(step, run)` is called as each step ends (a door reports progress with it).
     """
     from hivemind.executors import open_executor
@@ -242,9 +261,11 @@ def _spec(spec: StudySpec | str | Path | None, store: Store) -> StudySpec:
         return spec
     if spec is None:
         return store.study_spec(latest_study(store))
+    if isinstance(spec, str) and spec in store.studies():
+        return store.study_spec(spec)
     if Path(spec).is_file():
         return load_spec(spec)
-    return store.study_spec(str(spec))
+    return store.study_spec(str(spec))  # a clear error naming the store's studies
 
 
 def _store_handle(store: Store | str | Path) -> contextlib.AbstractContextManager[Store]:
@@ -380,7 +401,7 @@ def analyze(
         *[c for c in ("cache_key", "finish_reason") if c in responses.columns],
     )
     extra: dict[str, Any] = {}  # classes an imported file carried (NoveltyBench partition)
-    add_external_classes(store.directory, study, responses, vectors, threshold, tables, extra)
+    add_external_classes(store, study, responses, vectors, threshold, tables, extra)
     for name, frame in tables.items():
         atomic_write(store.layout.table(study, name), frame.write_parquet)
     summary = Summary.model_validate(json_safe({

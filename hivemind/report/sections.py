@@ -162,9 +162,9 @@ def matrix_section(summary: Summary, tables: Tables) -> str:
 def ensemble_section(summary: Summary, tables: Tables) -> str:
     """Ensemble diversity curves per condition, the hivemind gap, nearest-neighbour counts."""
     parts = ["<h2>Ensemble diversity</h2>",
-             '<p class="note">k responses drawn from one deployment vs from k different deployments (for k above '
-             "the number of deployments, spread evenly over all), with 95% bootstrap CIs over queries; p: paired "
-             "sign-flip permutation test (mixed > single), Holm-adjusted over k.</p>"]
+             ('<p class="note">k responses drawn from one deployment vs from k different deployments (for k above '
+              "the number of deployments, spread evenly over all), with 95% bootstrap CIs over queries; p: paired "
+              "sign-flip permutation test (mixed > single), Holm-adjusted over k.</p>")]
     for condition in _conditions(summary):
         parts.append(_h3(condition))
         f = summary.footing.get(condition) if condition is not None else None

@@ -202,6 +202,6 @@ class JobManager:
             self.db.update_job(job["study"], state="analyzing")
             return True
 
-        run = await run_pipeline_async(spec, self._store, steps=STEPS if job["analyze"] else SAMPLING_STEPS,
-                                       analysis_lock=self._analysis, before_analysis=before_analysis)
-        return "stopped: budget reached" if run.sampling is not None and run.sampling.stopped_by_budget else None
+        done = await run_pipeline_async(spec, self._store, steps=STEPS if job["analyze"] else SAMPLING_STEPS,
+                                        analysis_lock=self._analysis, before_analysis=before_analysis)
+        return "stopped: budget reached" if done.sampling is not None and done.sampling.stopped_by_budget else None
