@@ -7,7 +7,7 @@ load inside the commands that need them, so `hivemind --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -18,6 +18,7 @@ from hivemind.cli_common import CleanErrors, StoreOption, ZooOption, console, fa
 if TYPE_CHECKING:
     from hivemind.executors import Executor
     from hivemind.pipeline import AnalysisOutputs
+    from hivemind.study import StudyRun
 
 app = typer.Typer(
     cls=CleanErrors,  # every HivemindError: a one-line message, exit code 2
@@ -66,7 +67,7 @@ def run(
 
     def show(step: str, run: PipelineRun) -> None:
         if step == "export":
-            _sampled(run.study_run().summary())
+            _sampled(run.study_run())
         elif step == "analyze" and run.analysis is not None:
             _print_analysis(run.analysis)
         elif step == "report":
@@ -78,14 +79,15 @@ def run(
                      executor=opened, after_step=show)
 
 
-def _sampled(summary: dict[str, Any]) -> None:
+def _sampled(run: StudyRun) -> None:
     """One line on what sampling did, one on where the samples are."""
+    report = run.sampling
     console.print(
-        f"[green]sampled[/] {summary['sampled_now']} now, {summary['already_sampled']} already in the store; "
-        f"{sum(summary['failed'].values())} errors; {summary['retries']} retries; "
-        f"${summary['cost_usd']:.4f}" + (" [yellow](stopped: budget reached)[/]" if summary["stopped_by_budget"] else "")
+        f"[green]sampled[/] {report.sampled} now, {report.skipped} already in the store; "
+        f"{sum(report.failed.values())} errors; {report.retries} retries; "
+        f"${report.cost_usd:.4f}" + (" [yellow](stopped: budget reached)[/]" if report.stopped_by_budget else "")
     )
-    console.print(f"samples: {summary['samples_parquet']}")
+    console.print(f"samples: {run.samples_path}")
 
 
 def _print_analysis(outputs: AnalysisOutputs) -> None:
