@@ -32,6 +32,7 @@ _EXPORTS = {
     "Store": "hivemind.store",
     "Provider": "hivemind.providers.base",
     "register": "hivemind.providers.base",
+    "run_pipeline": "hivemind.pipeline",
     "analyze_store": "hivemind.pipeline",
     "write_report": "hivemind.pipeline",
     "import_responses": "hivemind.importing",

@@ -7,18 +7,21 @@ load inside the commands that need them, so `hivemind --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from hivemind.cli_common import StoreOption, ZooOption, console, fail, require_store
+from hivemind.cli_common import CleanErrors, StoreOption, ZooOption, console, fail, require_store
 
 if TYPE_CHECKING:
     from hivemind.executors import Executor
+    from hivemind.pipeline import AnalysisOutputs
+    from hivemind.study import StudyRun
 
 app = typer.Typer(
+    cls=CleanErrors,  # every HivemindError: a one-line message, exit code 2
     name="hivemind",
     help="Measure how alike different language models answer open-ended queries.",
     no_args_is_help=True,
@@ -59,60 +62,45 @@ def run(
     ray_address: RayAddressOption = None,
 ) -> None:
     """Sample a study (resuming where it stopped), then analyze it and write the report."""
-    from hivemind.queries import QueryFileError
-    from hivemind.store import StoreError
-    from hivemind.study import StudyError, run_study
+    from hivemind.pipeline import SAMPLING_STEPS, STEPS, PipelineRun, run_pipeline
+    from hivemind.study import load_spec
 
+    def show(step: str, run: PipelineRun) -> None:
+        if step == "export":
+            _sampled(run.study_run())
+        elif step == "analyze" and run.analysis is not None:
+            _print_analysis(run.analysis)
+        elif step == "report":
+            console.print(f"[bold green]report:[/] {run.report_path}")
+
+    study_spec = load_spec(spec)
     with _open_executor(executor, ray_address) as opened:
-        try:
-            result = run_study(spec, store, progress=progress, executor=opened)
-        except (StudyError, StoreError, QueryFileError) as exc:
-            fail(str(exc))
-        _sampled(result.summary())
-        if analyze:
-            _analyze_and_report(store, result.spec.name, opened)
+        run_pipeline(study_spec, store, steps=STEPS if analyze else SAMPLING_STEPS, progress=progress,
+                     executor=opened, after_step=show)
 
 
-def _sampled(summary: dict[str, Any]) -> None:
+def _sampled(run: StudyRun) -> None:
     """One line on what sampling did, one on where the samples are."""
+    report = run.sampling
     console.print(
-        f"[green]sampled[/] {summary['sampled_now']} now, {summary['already_sampled']} already in the store; "
-        f"{sum(summary['failed'].values())} errors; {summary['retries']} retries; "
-        f"${summary['cost_usd']:.4f}" + (" [yellow](stopped: budget reached)[/]" if summary["stopped_by_budget"] else "")
+        f"[green]sampled[/] {report.sampled} now, {report.skipped} already in the store; "
+        f"{sum(report.failed.values())} errors; {report.retries} retries; "
+        f"${report.cost_usd:.4f}" + (" [yellow](stopped: budget reached)[/]" if report.stopped_by_budget else "")
     )
-    console.print(f"samples: {summary['samples_parquet']}")
+    console.print(f"samples: {run.samples_path}")
 
 
-def _analyze_and_report(store: Path, study: str | None, executor: "Executor") -> None:
-    from functools import partial
-
-    from hivemind.pipeline import analyze_store, write_report
-
-    outputs = _in_store(store, partial(analyze_store, executor=executor), study)
-    _print_analysis(outputs)
-    console.print(f"[bold green]report:[/] {_in_store(store, write_report, study)}")
-
-
-def _print_analysis(outputs: object) -> None:
+def _print_analysis(outputs: AnalysisOutputs) -> None:
     """Where the analysis went, after its warnings (e.g. many truncated responses)."""
-    for warning in outputs.summary.get("warnings", []):  # type: ignore[attr-defined]
+    for warning in outputs.typed_summary.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
-    console.print(f"analysis: {outputs.directory}")  # type: ignore[attr-defined]
+    console.print(f"analysis: {outputs.directory}")
 
 
 StudyOption = Annotated[Optional[str], typer.Option(help="Study name (default: the latest in the store).")]
 StoreArgument = Annotated[Path, typer.Argument(help="Study store directory.")]
 
 
-def _in_store(store: Path, step: Callable[[Path, str | None], object], study: str | None) -> object:
-    """Run one pipeline step on an existing store, turning store errors into clean exits."""
-    from hivemind.store import StoreError
-
-    require_store(store)
-    try:
-        return step(store, study)
-    except StoreError as exc:  # includes the analysis' "no usable responses"
-        fail(str(exc))
 
 
 @app.command()
@@ -130,13 +118,12 @@ def analyze(
     ray_address: RayAddressOption = None,
 ) -> None:
     """Embed every response, index it, and write the analysis tables and JSON summary."""
-    from functools import partial
-
     from hivemind.pipeline import analyze_store
 
-    step = partial(analyze_store, complete_only=complete_only, answer_checker=answer_checker)
+    require_store(store)
     with _open_executor(executor, ray_address) as opened:
-        _print_analysis(_in_store(store, partial(step, executor=opened), study))
+        _print_analysis(analyze_store(store, study, complete_only=complete_only, answer_checker=answer_checker,
+                                      executor=opened))
 
 
 @app.command()
@@ -144,7 +131,7 @@ def report(store: StoreArgument, study: StudyOption = None) -> None:
     """Write the self-contained HTML report (analyzing first if needed)."""
     from hivemind.pipeline import write_report
 
-    console.print(f"[bold green]report:[/] {_in_store(store, write_report, study)}")
+    console.print(f"[bold green]report:[/] {write_report(require_store(store), study)}")
 
 
 @app.command()
@@ -167,26 +154,20 @@ def export(
     study: Annotated[Optional[str], typer.Option(help="Study name (default: every study).")] = None,
 ) -> None:
     """Write each study's samples to Parquet."""
-    from hivemind.store import Store, StoreError
+    from hivemind.store import Store
 
     with Store(require_store(store)) as db:
         for name in [study] if study else db.studies():
-            try:
-                db.study_spec(name)
-            except StoreError as exc:
-                fail(str(exc))
+            db.study_spec(name)  # a clear error for an unknown study
             print(db.export_parquet(name))
 
 
 @zoo_app.command("list")
 def zoo_list(zoo: ZooOption = None) -> None:
     """Show every deployment of the zoo."""
-    from hivemind.zoo import ZooError, load_zoo
+    from hivemind.zoo import load_zoo
 
-    try:
-        loaded = load_zoo(zoo)
-    except ZooError as exc:
-        fail(str(exc))
+    loaded = load_zoo(zoo)
     table = Table("name", "provider", "model", "family/stage", "concurrency", "key variable", "enabled")
     for d in loaded.deployments:
         lineage = "/".join(x for x in (d.family, d.stage) if x) or "-"
@@ -201,13 +182,10 @@ def zoo_check(
     zoo: ZooOption = None,
 ) -> None:
     """Send one short request to each deployment and report whether it answers."""
-    from hivemind.zoo import ZooError, load_zoo
+    from hivemind.zoo import load_zoo
     from hivemind.zoo_check import check_deployments
 
-    try:
-        deployments = load_zoo(zoo).select(names or None)
-    except ZooError as exc:
-        fail(str(exc))
+    deployments = load_zoo(zoo).select(names or None)
     results = check_deployments(deployments)
     table = Table("deployment", "status", "latency s", "answer / error")
     for result in results:

@@ -8,6 +8,10 @@ from typing import Annotated, NoReturn, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
+
+from hivemind.errors import HivemindError
+from hivemind.layout import StoreLayout
 
 console = Console(stderr=True)
 
@@ -23,6 +27,18 @@ def fail(message: str) -> NoReturn:
 
 def require_store(store: Path) -> Path:
     """A store that exists, or a clean error; reading commands never create one."""
-    if not (store / "hivemind.sqlite").exists():
-        fail(f"{store} is not a hivemind store (no hivemind.sqlite in it)")
+    layout = StoreLayout(store)
+    if not layout.exists():
+        fail(f"{store} is not a hivemind store (no {layout.journal.name} in it)")
     return store
+
+
+class CleanErrors(TyperGroup):
+    """The command group that turns every `HivemindError` of any subcommand into `fail`'s
+    one-line message and exit code 2; anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except HivemindError as exc:
+            fail(str(exc))

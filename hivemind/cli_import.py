@@ -54,17 +54,11 @@ def import_file(
 ) -> None:
     """Import responses you already have into a study (analyze/report/status/export it as usual)."""
     from hivemind.importing import Columns, import_responses
-    from hivemind.queries import QueryFileError
-    from hivemind.store import StoreError
-
     columns = Columns(query=query_col, id=id_col, model=model_col, text=text_col, sample_index=index_col,
                       category=category_col, answer=answer_col, classes=classes_col)
-    try:
-        result = import_responses(file, study, store, columns=columns, deployment=deployment,
-                                  query_set=query_set, condition=condition, on_unmatched=unmatched.value,
-                                  replace=replace)
-    except (QueryFileError, StoreError) as exc:
-        fail(str(exc))
+    result = import_responses(file, study, store, columns=columns, deployment=deployment,
+                              query_set=query_set, condition=condition, on_unmatched=unmatched.value,
+                              replace=replace)  # a HivemindError: a clean exit (`CleanErrors`)
     per = ", ".join(f"{d}: {n}" for d, n in result.deployments.items())
     console.print(f"[green]imported[/] {result.imported} of {result.rows} responses into study "
                   f"{result.study!r} ({per}); {result.queries} queries"

@@ -94,12 +94,9 @@ def serve(
 
 
 def _book(zoo: Path | None, scans: Path | None, store: Path):  # type: ignore[no-untyped-def]
-    from hivemind.scan import ScanError, load_scans
+    from hivemind.scan import load_scans
 
-    try:
-        return load_scans(zoo, scans, store)
-    except ScanError as exc:
-        fail(str(exc))
+    return load_scans(zoo, scans, store)  # a ScanError: a clean exit (`CleanErrors`)
 
 
 @scan_app.command("list")
@@ -148,18 +145,11 @@ def scan_run(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run one scan now (resuming its unfinished run), then show where it stands in its history."""
-    from hivemind.queries import QueryFileError
-    from hivemind.scan import ScanError, run_scan, scan_history
+    from hivemind.scan import run_scan, scan_history
     from hivemind.jobs import ServiceDB
-    from hivemind.store import StoreError
-    from hivemind.study import StudyError
 
     _book(zoo, scans, store)
-    try:
-        row = run_scan(name, store, zoo_path=zoo, scans_path=scans, new=new, progress=progress)
-    except (ScanError, StudyError, StoreError, QueryFileError) as exc:
-        fail(str(exc))
-        return
+    row = run_scan(name, store, zoo_path=zoo, scans_path=scans, new=new, progress=progress)
     console.print(f"[green]scan {name}[/]: run {row['id']} ({row['study']}) {row['state']}")
     with ServiceDB(store) as db:
         _print_history(scan_history(db, name), last_only=True)
@@ -191,9 +181,6 @@ def scan_history_cmd(
 def scan_report(name: Annotated[str, typer.Argument(help="Scan name.")],
                 store: StoreOption = Path("hivemind-store")) -> None:
     """Write the scan history as HTML (`STORE/scans/NAME/report.html`)."""
-    from hivemind.scan import ScanError, write_scan_report
+    from hivemind.scan import write_scan_report
 
-    try:
-        print(write_scan_report(store, name))
-    except ScanError as exc:
-        fail(str(exc))
+    print(write_scan_report(store, name))

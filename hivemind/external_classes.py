@@ -19,6 +19,8 @@ from hivemind.metrics.classes import cosine_equivalence, equivalence_classes, se
 if TYPE_CHECKING:
     import polars as pl
 
+    from hivemind.store import Store
+
 TABLE = "external_classes"
 
 
@@ -89,14 +91,19 @@ def external_classes_summary(table: pl.DataFrame) -> list[dict[str, Any]]:
     return means.to_dicts()
 
 
-def add_external_classes(store_dir: str | Path, study: str, responses: pl.DataFrame, vectors: np.ndarray,
+def add_external_classes(store: Store | str | Path, study: str, responses: pl.DataFrame, vectors: np.ndarray,
                          threshold: float, tables: dict[str, pl.DataFrame], summary: dict[str, Any]) -> None:
-    """Add the `external_classes` table and summary entry when the study imported classes."""
+    """Add the `external_classes` table and summary entry when the study imported classes.
+
+    `store` is an open `Store` (the pipeline's handle) or a store directory."""
     from hivemind.importing import imported_classes
     from hivemind.store import Store
 
-    with Store(store_dir) as store:
+    if isinstance(store, Store):
         labels = imported_classes(store, study)
+    else:
+        with Store(store) as opened:
+            labels = imported_classes(opened, study)
     if not labels:
         return
     table = external_classes_table(responses, vectors, labels, threshold)

@@ -61,7 +61,7 @@ def analyze(
     """
     import polars as pl
 
-    from hivemind.pipeline import analyze_store
+    from hivemind.pipeline import run_pipeline
 
     if not isinstance(frame, pl.DataFrame):
         frame = pl.from_pandas(frame) if hasattr(frame, "to_numpy") else pl.DataFrame(frame)
@@ -72,8 +72,10 @@ def analyze(
                       **{f: c for f, c in OPTIONAL.items() if c in frame.columns})
     records = [(f"row {i}", row) for i, row in enumerate(frame.to_dicts(), start=1)]
     store_dir = Path(store) if store is not None else Path(tempfile.mkdtemp(prefix="hivemind-frame-"))
-    with Store(store_dir) as db:
+    with Store(store_dir) as db:  # one handle: the import, then the pipeline's analyze step
         _drop_imported_study(db, study)
         import_responses(Path("DataFrame"), study, db, columns=columns, records=records,
                          on_unmatched="add", source_name="DataFrame")
-    return analyze_store(store_dir, study, embedder, **options)
+        outputs = run_pipeline(study, db, steps=["analyze"], embedder=embedder, **options).analysis
+    assert outputs is not None
+    return outputs

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from hivemind.layout import atomic_write_text
 from hivemind.queries import read_records
 from hivemind.response_files import Columns, ImportFileError, Row, normalise, parse_records
 from hivemind.spec import NAME_PATTERN, Condition, StudySpec, canonical_json, sha256_hex
@@ -313,9 +314,7 @@ def _write(store: Store, path: Path, source: str, digest: str, rows: list[Row], 
         unmatched=unmatched, has_classes=any(r.class_label is not None for r, _, _ in indexed),
         k_file=k, k_study=spec.samples,
     )
-    log = store.directory / study / "imports"
-    log.mkdir(parents=True, exist_ok=True)
-    (log / f"{digest[:16]}.json").write_text(json.dumps(result.summary(), indent=2))
+    atomic_write_text(store.layout.imports(study) / f"{digest[:16]}.json", json.dumps(result.summary(), indent=2))
     return result
 
 

@@ -23,7 +23,8 @@ from typing import Any, Protocol, TypeVar
 from hivemind.errors import HivemindError
 from hivemind.migrations import Family, adopt_if_table, migrate
 from hivemind.spec import StudySpec
-from hivemind.store import STORE_FILE, JournalFile, Store
+from hivemind.layout import StoreLayout
+from hivemind.store import JournalFile, Store
 
 log = logging.getLogger("hivemind.jobs")
 T = TypeVar("T")
@@ -91,7 +92,7 @@ class ServiceDB(JournalFile):
     def __init__(self, store_dir: str | Path) -> None:
         self.directory = Path(store_dir)
         Store(self.directory).close()  # the store's own tables first (migrations)
-        super().__init__(self.directory / STORE_FILE)
+        super().__init__(StoreLayout(self.directory).journal)
         with self._lock:
             migrate(self._db, JOBS)
             migrate(self._db, SCANS)
@@ -257,7 +258,7 @@ class ServiceDB(JournalFile):
 
 def planned_counts(spec: StudySpec) -> dict[str, int]:
     """Samples the spec asks of each deployment (raises the pipeline's errors for bad specs)."""
-    from hivemind.study import resolve_study
+    from hivemind.sampling_stage import resolve_study
 
     queries, deployments = resolve_study(spec)
     per = len(queries) * len(spec.effective_conditions()) * spec.samples

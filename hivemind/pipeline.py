@@ -1,41 +1,80 @@
-"""Store -> embed -> analyze -> report: the one pipeline behind the API, the CLI and the service.
+"""The pipeline: spec -> sample -> export -> embed + index + analyse -> report, through one store.
 
-`analyze_store` reads a study's samples from the store, embeds every analysed response through
-the `EmbeddingCache` at `STORE/embeddings.sqlite` (a re-analysis embeds nothing twice), runs
-every analysis (`hivemind.analysis`) and writes `STORE/<study>/analysis/<table>.parquet` and
-`summary.json`. `write_report` turns that directory into `STORE/<study>/report.html`.
+`run_pipeline(spec, store, steps=...)` is the whole data flow, top to bottom; every door is a
+thin layer on it: `run_study` (sample, export), `analyze_store` (analyse), `write_report`
+(report, analysing first when stale), `hivemind run` (all steps on one store handle), the
+service's job workers (`run_pipeline_async`, the same steps on the service's loop) and the scans
+(the sampling steps, then their drift step).
 
-The REST service serves these files while they are being rewritten, so every one of them is
-written to a temporary name in its own directory and renamed into place (`atomic_write`): a
-reader sees the old file or the whole new one, never half of one.
+Steps, in order:
+- `sample`: sample whatever the journal lacks (`hivemind.sampling_stage.sample_study`).
+- `export`: the study's samples to `STORE/<study>/samples.parquet`; after sampling, what it did to
+  `sampling.json`.
+- `analyze`: embed every analysed response through the cache at `STORE/embeddings.sqlite` (a
+  re-analysis embeds nothing twice), index them (FAISS) and run every analysis
+  (`hivemind.analysis`); writes `STORE/<study>/analysis/<table>.parquet` and `summary.json`
+  (a `hivemind.summary.Summary`).
+- `report`: `STORE/<study>/report.html` from the analysis directory (without `analyze` in the
+  same run, the study is analysed first when its analysis is missing or stale).
+
+Paths come from the store's layout (`hivemind.layout`); every file is written atomically.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as _dt
 import json
-import os
 import platform
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivemind.spec import json_safe
+from hivemind.layout import (
+    ANALYSIS,
+    EMBEDDING_CACHE,
+    REPORT,
+    StoreLayout,
+    atomic_write,
+    atomic_write_text,
+)
+from hivemind.sampling_stage import StudyRun, load_spec, sample_study
+from hivemind.spec import StudySpec, json_safe
 from hivemind.store import Store, StoreError, dropped_params
+from hivemind.summary import Summary, SummaryError, read_summary
 
 if TYPE_CHECKING:
     import polars as pl
 
     from hivemind.embed import Embedder
     from hivemind.executors import Executor
+    from hivemind.sampling import SamplingReport
 
-CACHE_FILE = "embeddings.sqlite"
-ANALYSIS_DIR = "analysis"
-REPORT_FILE = "report.html"
+__all__ = [
+    "SAMPLING_STEPS",
+    "STEPS",
+    "AnalysisError",
+    "AnalysisOutputs",
+    "PipelineRun",
+    "analyze_store",
+    "atomic_write",
+    "atomic_write_text",
+    "run_pipeline",
+    "run_pipeline_async",
+    "write_report",
+]
+
+STEPS = ("sample", "export", "analyze", "report")
+"""Every step, in the order they run."""
+SAMPLING_STEPS = ("sample", "export")
+"""What `run_study` and a scan's sampling run."""
+CACHE_FILE = EMBEDDING_CACHE
+ANALYSIS_DIR = ANALYSIS
+REPORT_FILE = REPORT
 KEY_PACKAGES = ("numpy", "polars", "scipy", "torch", "transformers", "sentence-transformers", "faiss-cpu",
                 "faiss-gpu-cu12", "matplotlib", "sacrebleu", "pydantic", "litellm", "llama-cpp-python")
 
@@ -43,24 +82,29 @@ KEY_PACKAGES = ("numpy", "polars", "scipy", "torch", "transformers", "sentence-t
 class AnalysisError(StoreError):
     """A study cannot be analysed (e.g. it has no successful response yet).
 
-    A `StoreError`, so the CLI reports it as a clean error message."""
+    A `StoreError` (a `HivemindError`), so the CLI reports it as a clean error message."""
 
 
 @dataclass
 class AnalysisOutputs:
-    """What `analyze_store` produced: where it is, the summary and the tables (polars).
+    """What the analysis produced: where it is, the summary and the tables (polars).
 
-    Tables are also attributes: `outputs.pairs`, `outputs.ensemble`, `outputs.matrix`, ...
+    `summary` is the JSON content of `summary.json` (a dict), `typed_summary` the same as a
+    `Summary`. Tables are also attributes: `outputs.pairs`, `outputs.ensemble`, ...
     """
 
     directory: Path
     study: str
-    summary: dict[str, Any] = field(repr=False)
+    typed_summary: Summary = field(repr=False)
     tables: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
     responses: pl.DataFrame | None = field(default=None, repr=False)
     """The analysed responses (row i has vector i)."""
     vectors: np.ndarray | None = field(default=None, repr=False)
     """Their unit embeddings."""
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.typed_summary.to_json_dict()
 
     def __getattr__(self, name: str) -> Any:
         tables = self.__dict__.get("tables") or {}
@@ -69,43 +113,170 @@ class AnalysisOutputs:
         raise AttributeError(f"{type(self).__name__} has no attribute or table {name!r}")
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Write `path` atomically: `write(tmp)` fills a temporary file in the same directory,
-    which `os.replace` then puts in place (a rename on one file system: readers see the old
-    file or the new one). On error the temporary file is removed and `path` is untouched.
+@dataclass
+class PipelineRun:
+    """What `run_pipeline` did: each step's output, None for a step it did not run."""
 
-    The temporary name is hidden and ends in `.tmp`, so a `*.parquet` glob never picks it up.
+    spec: StudySpec
+    store_dir: Path
+    steps: tuple[str, ...]
+    sampling: SamplingReport | None = None
+    samples_path: Path | None = None
+    analysis: AnalysisOutputs | None = None
+    report_path: Path | None = None
+
+    @property
+    def study(self) -> str:
+        return self.spec.name
+
+    def study_run(self) -> StudyRun:
+        """The sampling steps' account (`run_study`'s result)."""
+        if self.sampling is None or self.samples_path is None:
+            raise ValueError("the pipeline ran without the sample and export steps")
+        return StudyRun(self.spec, self.store_dir, self.sampling, self.samples_path)
+
+
+# --- the pipeline -----------------------------------------------------------------------------
+def run_pipeline(
+    spec: StudySpec | str | Path | None,
+    store: Store | str | Path,
+    *,
+    steps: Iterable[str] = STEPS,
+    progress: bool = True,
+    executor: str | Executor = "local",
+    ray_address: str | None = None,
+    after_step: Callable[[str, PipelineRun], None] | None = None,
+    **analysis: Any,
+) -> PipelineRun:
+    """Run `steps` of one study through one store handle; see the module docstring.
+
+    `spec` is a `StudySpec`, a study already in the store (its name), a spec file, or None for
+    the store's latest study. `store` is a directory or an open `Store` (left open). `executor`
+    ("local", "ray" or an `Executor`, left open when given) runs the providers, the embedding,
+    the per-query analyses and the pair search; `ray_address` joins a Ray cluster. `analysis`
+    holds `analyze_store`'s options (embedder, threshold, n_boot, complete_only, ...);
+    `progress` shows the sampling's progress bars.
+    `after_step(step, run)` is called as each step ends (a door reports progress with it).
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # created by `write`: usual mode
+    from hivemind.executors import open_executor
+
+    wanted = _steps(steps)
+    opened = open_executor(executor, ray_address)
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+        with _store_handle(store) as db:
+            run = PipelineRun(_spec(spec, db), db.directory, wanted)
+            done = after_step or (lambda step, run: None)
+            if "sample" in wanted:
+                run.sampling = asyncio.run(sample_study(run.spec, db, progress=progress, executor=opened))
+                done("sample", run)
+            if "export" in wanted:
+                _export(db, run)
+                done("export", run)
+            if "analyze" in wanted:
+                run.analysis = analyze(db, run.study, executor=opened, **analysis)
+                done("analyze", run)
+            if "report" in wanted:
+                run.report_path = report(db, run.study, fresh="analyze" in wanted)
+                done("report", run)
+            return run
+    finally:
+        if opened is not executor:
+            opened.close()
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """`atomic_write` of a UTF-8 text."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+async def run_pipeline_async(
+    spec: StudySpec,
+    store: Store,
+    *,
+    steps: Iterable[str] = STEPS,
+    progress: bool = False,
+    analysis_lock: asyncio.Lock | None = None,
+    before_analysis: Callable[[], bool] | None = None,
+    **analysis: Any,
+) -> PipelineRun:
+    """`run_pipeline` on a running event loop (the service's job workers, the scans).
 
-
-def samples_fingerprint(samples: pl.DataFrame) -> dict[str, Any]:
-    """What an analysis was computed from: successful rows, all rows, latest write time.
-
-    A retried error is updated in place (the row count does not change, its `created_at`
-    does), so the count alone cannot tell a stale analysis from a current one.
+    Sampling runs on the loop (a cancel stops it at once; committed samples stay); export and
+    analysis run in a thread that a cancel waits for (`hivemind.jobs.run_to_completion`).
+    `before_analysis()` is asked before the analysis starts: False skips it (e.g. a cancelled
+    job). `analysis_lock` keeps heavy analyses from overlapping.
     """
-    import polars as pl
+    from hivemind.jobs import run_to_completion
 
-    latest = samples["created_at"].max() if "created_at" in samples.columns and samples.height else None
-    return {
-        "n_ok": int(samples.filter(pl.col("error").is_null()).height),
-        "n_rows": samples.height,
-        "max_created_at": None if latest is None else float(latest),  # type: ignore[arg-type]
-    }
+    wanted = _steps(steps)
+    run = PipelineRun(spec, store.directory, wanted)
+    if "sample" in wanted:
+        run.sampling = await sample_study(spec, store, progress=progress)
+    if "export" in wanted:
+        await run_to_completion(_export, store, run)
+    if ("analyze" in wanted or "report" in wanted) and (before_analysis is None or before_analysis()):
+        async with analysis_lock or contextlib.nullcontext():
+            await run_to_completion(_analyze_and_report, store, run, None, analysis)
+    return run
+
+
+def _export(store: Store, run: PipelineRun) -> None:
+    """The samples to Parquet; after sampling, its account to `sampling.json`."""
+    run.samples_path = store.export_parquet(run.study)
+    if run.sampling is not None:
+        atomic_write_text(store.layout.sampling_summary(run.study), json.dumps(run.study_run().summary(), indent=2))
+
+
+def _analyze_and_report(store: Store, run: PipelineRun, executor: Executor | None,
+                        options: dict[str, Any]) -> None:
+    if "analyze" in run.steps:
+        run.analysis = analyze(store, run.study, executor=executor, **options)
+    if "report" in run.steps:
+        run.report_path = report(store, run.study, fresh="analyze" in run.steps)
+
+
+# --- doors onto single steps (the public API keeps these names) ----------------------------
+def analyze_store(store_dir: str | Path, study: str | None = None, embedder: str | Embedder | None = None,
+                  threshold: float = 0.9, **options: Any) -> AnalysisOutputs:
+    """Embed and analyse a study of an existing store; write its tables and `summary.json`.
+
+    `study=None` takes the latest study. See `analyze` for the options."""
+    with Store(_existing_store(store_dir)) as store:
+        return analyze(store, study or latest_study(store), embedder, threshold, **options)
+
+
+def write_report(store_dir: str | Path, study: str | None = None) -> Path:
+    """Write `STORE/<study>/report.html`, analysing the study first when it has no analysis
+    or its analysis predates the samples (default analysis settings)."""
+    with Store(_existing_store(store_dir)) as store:
+        return report(store, study or latest_study(store))
+
+
+def _steps(steps: Iterable[str]) -> tuple[str, ...]:
+    wanted = tuple(steps)
+    unknown = [s for s in wanted if s not in STEPS]
+    if unknown:
+        raise ValueError(f"unknown pipeline step(s) {unknown} (steps: {', '.join(STEPS)})")
+    return tuple(s for s in STEPS if s in wanted)
+
+
+def _spec(spec: StudySpec | str | Path | None, store: Store) -> StudySpec:
+    """The spec `run_pipeline` was given: a model, a spec file, a stored study, or the latest one."""
+    if isinstance(spec, StudySpec):
+        return spec
+    if spec is None:
+        return store.study_spec(latest_study(store))
+    if isinstance(spec, str) and spec in store.studies():
+        return store.study_spec(spec)
+    if Path(spec).is_file():
+        return load_spec(spec)
+    return store.study_spec(str(spec))  # a clear error naming the store's studies
+
+
+def _store_handle(store: Store | str | Path) -> contextlib.AbstractContextManager[Store]:
+    """An open `Store` as is (left open), or one opened on a directory (closed after)."""
+    return contextlib.nullcontext(store) if isinstance(store, Store) else Store(store)
+
+
+def _existing_store(store_dir: str | Path) -> Path:
+    if not StoreLayout(Path(store_dir)).exists():
+        raise StoreError(f"{store_dir} is not a hivemind store")
+    return Path(store_dir)
 
 
 def versions() -> dict[str, str]:
@@ -158,9 +329,10 @@ def _embedder(spec_name: str, embedder: Any, progress: bool) -> Embedder:
     return embedder
 
 
-def analyze_store(
-    store_dir: str | Path,
-    study: str | None = None,
+# --- the analysis and report steps -----------------------------------------------------------
+def analyze(
+    store: Store,
+    study: str,
     embedder: str | Embedder | None = None,
     threshold: float = 0.9,
     *,
@@ -175,33 +347,29 @@ def analyze_store(
     answer_checker: str | Callable[[str, str], bool] | None = None,
     executor: Executor | None = None,
 ) -> AnalysisOutputs:
-    """Embed and analyse a study; write its tables (Parquet) and `summary.json`.
+    """The `analyze` step: embed, index and analyse `study`; write its tables and summary.
 
-    `study=None` takes the latest study in the store. `embedder` is a sentence-transformers
-    name or path, or an `Embedder`; None uses the study spec's (default all-MiniLM-L6-v2).
-    `threshold` is the cosine for near-duplicate pairs and equivalence classes. `use_gpu`
-    runs the corpus-wide near-duplicate search (FAISS) on a GPU: None uses one when faiss
-    sees one, False never does, True requires it. `complete_only` leaves out responses cut off
-    at max_tokens and `answer_checker` judges verifiable answers (`hivemind.verify.get_checker`);
-    None takes the spec's `analysis` options. The summary reports the truncated share per
-    deployment (warning above 10%) and which responses and checker were used. `executor`
-    (`hivemind.executors`) runs the embedding, the per-query analyses and the pair search
-    elsewhere, e.g. on Ray: the same tables.
+    `embedder` is a sentence-transformers name or path, or an `Embedder`; None uses the study
+    spec's (default all-MiniLM-L6-v2). `threshold` is the cosine for near-duplicate pairs and
+    equivalence classes. `use_gpu` runs the corpus-wide near-duplicate search (FAISS) on a GPU:
+    None uses one when faiss sees one, False never does, True requires it. `complete_only`
+    leaves out responses cut off at max_tokens and `answer_checker` judges verifiable answers
+    (`hivemind.verify.get_checker`); None takes the spec's `analysis` options. The summary
+    reports the truncated share per deployment (warning above 10%) and which responses and
+    checker were used. `executor` (`hivemind.executors`) runs the embedding, the per-query
+    analyses and the pair search elsewhere, e.g. on Ray: the same tables.
     """
     from hivemind.analysis import analyze_responses, prepare_responses
     from hivemind.analysis.data import truncation_summary, truncation_table
     from hivemind.embed import EmbeddingCache, embed_texts
+    from hivemind.executors import Executor as LocalExecutor
     from hivemind.external_classes import add_external_classes
     from hivemind.verify import get_checker
-    from hivemind.executors import Executor as LocalExecutor
 
-    store_dir = Path(store_dir)
-    if not (store_dir / "hivemind.sqlite").exists():
-        raise StoreError(f"{store_dir} is not a hivemind store")
-    with Store(store_dir) as store:
-        study = study or latest_study(store)
-        spec = store.study_spec(study)
-        samples = store.samples_frame(study)
+    spec = store.study_spec(study)
+    # before the rows are read: a row written in between makes the analysis stale, never current
+    fingerprint = store.samples_fingerprint(study)
+    samples = store.samples_frame(study)
     conditions = [c.name for c in spec.effective_conditions()]
     complete_only = spec.analysis.complete_only if complete_only is None else complete_only
     try:
@@ -217,7 +385,7 @@ def analyze_store(
     truncation = truncation_table(samples, spec.deployments)
     truncation_entry, warnings = truncation_summary(truncation, complete_only)
     model = _embedder(spec.embedder, embedder, progress)
-    cache = EmbeddingCache(store_dir / CACHE_FILE)
+    cache = EmbeddingCache(store.layout.embedding_cache)
     vectors = embed_texts(responses["text"].to_list(), (executor or LocalExecutor()).embedder(model), cache)
     result = analyze_responses(
         responses, vectors, deployments=spec.deployments, conditions=conditions, threshold=threshold,
@@ -233,20 +401,18 @@ def analyze_store(
         *[c for c in ("cache_key", "finish_reason") if c in responses.columns],
     )
     extra: dict[str, Any] = {}  # classes an imported file carried (NoveltyBench partition)
-    add_external_classes(store_dir, study, responses, vectors, threshold, tables, extra)
-    directory = store_dir / study / ANALYSIS_DIR
-    directory.mkdir(parents=True, exist_ok=True)
+    add_external_classes(store, study, responses, vectors, threshold, tables, extra)
     for name, frame in tables.items():
-        atomic_write(directory / f"{name}.parquet", frame.write_parquet)
-    summary = {
+        atomic_write(store.layout.table(study, name), frame.write_parquet)
+    summary = Summary.model_validate(json_safe({
         "study": study,
-        "store": str(store_dir.resolve()),
+        "store": str(store.directory.resolve()),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "spec": spec.model_dump(mode="json"),
         "embedder": {"name": getattr(model, "model_name", str(model)), "id": model.embedder_id},
         "versions": versions(),
         "n_samples": samples.height,
-        "samples_fingerprint": samples_fingerprint(samples),
+        "samples_fingerprint": fingerprint,
         "dropped_params": dropped_params(samples),
         **_exclusions(samples, responses.height, complete_only),
         **result.summary,
@@ -254,36 +420,30 @@ def analyze_store(
         "truncation": truncation_entry,
         "warnings": warnings + result.summary.get("warnings", []),
         "tables": sorted(tables),
-    }
-    summary = json_safe(summary)
+    }))
     # written last: a summary never describes tables that are not in place yet
-    atomic_write_text(directory / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
-    return AnalysisOutputs(directory, study, summary, tables, responses, vectors)
+    summary.write(store.layout.summary(study))
+    return AnalysisOutputs(store.layout.analysis(study), study, summary, tables, responses, vectors)
 
 
-def write_report(store_dir: str | Path, study: str | None = None) -> Path:
-    """Write `STORE/<study>/report.html`, analysing the study first when it has no analysis
-    or its analysis predates the samples (default analysis settings).
+def report(store: Store, study: str, *, fresh: bool = False) -> Path:
+    """The `report` step: `STORE/<study>/report.html` from the study's analysis.
 
-    Up to date means the same `samples_fingerprint`: rows added, and errors retried in place
-    (same row count, new `created_at`), both make the analysis stale.
+    Unless `fresh` (analysed in this run), the study is analysed first (default settings) when
+    it has no readable analysis or its analysis predates the samples: a different
+    `samples_fingerprint` (rows added, or errors retried in place: same row count, new
+    `created_at`), found by one aggregate query, no sample read.
     """
     from hivemind.report import load_analysis, render_report
 
-    store_dir = Path(store_dir)
-    with Store(store_dir) as store:
-        study = study or latest_study(store)
-        store.study_spec(study)  # a clear error for an unknown study
-        fingerprint = samples_fingerprint(store.samples_frame(study))
-    directory = store_dir / study / ANALYSIS_DIR
-    summary_path = directory / "summary.json"
-    stale = True
-    if summary_path.exists():
+    store.study_spec(study)  # a clear error for an unknown study
+    if not fresh:
         try:
-            stale = json.loads(summary_path.read_text()).get("samples_fingerprint") != fingerprint
-        except (OSError, ValueError):
+            analysed = read_summary(store.layout.summary(study)).samples_fingerprint
+            stale = analysed is None or analysed.model_dump() != store.samples_fingerprint(study)
+        except SummaryError:
             stale = True
-    if stale:  # never analysed, or sampled (or retried) since
-        analyze_store(store_dir, study)
-    summary, tables = load_analysis(directory)
-    return atomic_write_text(store_dir / study / REPORT_FILE, render_report(summary, tables))
+        if stale:  # never analysed, sampled (or retried) since, or an unreadable summary
+            analyze(store, study)
+    summary, tables = load_analysis(store.layout.analysis(study))
+    return atomic_write_text(store.layout.report(study), render_report(summary, tables))

@@ -1,8 +1,8 @@
 """Scheduled model-zoo scans: cron-style specs, runs kept as studies, history and drift flags.
 
 A scan is declared in the zoo's `scans:` section, in a scans file, or through the service
-(`POST /v1/scans`). Each run samples a fresh study (`scan-<name>-<UTC time>`) through the same
-`sample_study` as every other door, embeds the answers, and keeps the deployment x deployment
+(`POST /v1/scans`). Each run is a study plus a drift step: it samples a fresh study
+(`scan-<name>-<UTC time>`) through the pipeline's sampling steps like every other door, embeds the answers, and keeps the deployment x deployment
 similarity matrix per query (intra-model on the diagonal), with per-deployment summaries and
 bootstrap CIs. The history compares each run with the one before it cell by cell (`hivemind.drift`:
 paired test over the shared queries, Holm-corrected over all cells): a deployment is flagged when
@@ -30,6 +30,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from hivemind.drift import ALPHA, cell_label, compare_with_previous, run_cells, scan_history
 from hivemind.errors import HivemindError
+from hivemind.layout import QUERY_SETS, StoreLayout, atomic_write_text
 from hivemind.spec import SamplingPlan, Seed31, StoreName, Strict, StudySpec
 from hivemind.zoo import ZooError, default_zoo_path, format_validation_error, load_zoo
 
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
     from hivemind.jobs import JobQueue, ServiceDB
     from hivemind.store import Store
 
-QUERY_SET_DIR = "query-sets"
-"""Uploaded query sets live in `STORE/query-sets/NAME.jsonl`."""
+QUERY_SET_DIR = QUERY_SETS
+"""Uploaded query sets live in `STORE/query-sets/NAME.jsonl` (`StoreLayout.query_set`)."""
 
 
 class ScanError(HivemindError, ValueError):
@@ -110,9 +111,7 @@ class ScanBook:
 
 def has_store(store_dir: str | Path) -> bool:
     """True when `store_dir` holds a store; reading commands check this, so they create nothing."""
-    from hivemind.store import STORE_FILE
-
-    return (Path(store_dir) / STORE_FILE).is_file()
+    return StoreLayout(Path(store_dir)).exists()
 
 
 def validate_scans(raw: Any, source: str, zoo_path: Path | None) -> list[ScanSpec]:
@@ -211,13 +210,13 @@ def resolve_query_set(value: str, store_dir: Path, base_dir: Path) -> str:
     from hivemind.queries import list_shipped
 
     for candidate in (base_dir / value, Path(value).expanduser(),
-                      store_dir / QUERY_SET_DIR / f"{value}.jsonl"):
+                      StoreLayout(store_dir).query_set(value)):
         if candidate.is_file():
             return str(candidate.resolve())
     if value in list_shipped():
         return value
     raise ScanError(f"query_set: unknown query set {value!r} (not a file, an uploaded set in "
-                    f"{store_dir / QUERY_SET_DIR}, nor a shipped set)", field="query_set")
+                    f"{StoreLayout(store_dir).query_sets}, nor a shipped set)", field="query_set")
 
 
 def queue_scan_run(db: ServiceDB, scan: ScanSpec, book: ScanBook, store_dir: Path, *,
@@ -314,7 +313,7 @@ def analyze_scan(store: Store, study: str, embedder_name: str) -> dict[str, Any]
     responses, _ = prepare_responses(samples, deployment_order=deployments)
     embedder = _embedder(embedder_name)
     vectors = embed_texts(responses["text"].to_list(), embedder,
-                          EmbeddingCache(store.directory / "embeddings.sqlite"))
+                          EmbeddingCache(store.layout.embedding_cache))
     pairs = pair_similarity(build_groups(responses), vectors)
     unit = ["query_id", "condition"]  # one value per (query, condition) per deployment
     intra = pairs.filter(pl.col("kind") == "intra")
@@ -362,9 +361,10 @@ def _per_query_cells(pairs: Any) -> dict[str, Any]:
 async def execute_scan_run(store: Store, db: ServiceDB, run_id: int, *,
                            redact: Callable[[str], str] = lambda s: s,
                            analysis_lock: asyncio.Lock | None = None, progress: bool = False) -> dict:
-    """Sample (resuming) and analyze one scan run, then record its result in the history."""
+    """One scan run: a study (the pipeline's sampling steps, resuming) plus a drift step (the
+    deployment x deployment cells, compared with the previous run); recorded in the history."""
     from hivemind.jobs import run_to_completion
-    from hivemind.study import sample_study
+    from hivemind.pipeline import SAMPLING_STEPS, run_pipeline_async
 
     run = db.scan_run(run_id)
     if run is None:
@@ -372,8 +372,7 @@ async def execute_scan_run(store: Store, db: ServiceDB, run_id: int, *,
     spec = StudySpec.model_validate_json(run["spec_json"])
     scan = ScanSpec.model_validate_json(run["scan_json"])
     try:
-        await sample_study(spec, store, progress=progress)
-        await run_to_completion(store.export_parquet, spec.name)
+        await run_pipeline_async(spec, store, steps=SAMPLING_STEPS, progress=progress)  # the study
         async with analysis_lock or contextlib.nullcontext():  # a cancel waits for the analysis
             result = await run_to_completion(analyze_scan, store, spec.name, scan.embedder)
             result["drift"] = await run_to_completion(compare_with_previous, db, run_id, result)
@@ -494,7 +493,4 @@ own (diagonal) cell changed, a pair when its cell changed. Runs whose embedder, 
 differ are not compared.</p>
 <p><b>Flagged in the latest run:</b> deployments: {esc(flagged)}; pairs: {esc(pairs)}</p>{refused}
 <table><tr><th>cell</th>{''.join(header(r) for r in runs)}<th>trend</th></tr>{''.join(rows)}</table></body></html>"""
-    target = Path(store_dir) / "scans" / scan / "report.html"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page, encoding="utf-8")
-    return target
+    return atomic_write_text(StoreLayout(Path(store_dir)).scan_report(scan), page)

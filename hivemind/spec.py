@@ -15,16 +15,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hivemind.layout import TOP_LEVEL_ENTRIES
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
-STORE_ENTRIES = frozenset({
-    "hivemind.sqlite",  # the journal (store.STORE_FILE), with its -wal/-shm/-journal files
-    "embeddings.sqlite",  # the embedding cache (pipeline.CACHE_FILE)
-    "query-sets",  # uploaded query sets (scan.QUERY_SET_DIR)
-    "scans",  # scan reports (scan.write_scan_report)
-    "service.lock",  # the service's single-runner lock (service.workers)
-    "service.token",  # the service's generated bearer token (service.auth)
-})
-"""Names of a store's own files and folders at its top level, where each study has its folder."""
+STORE_ENTRIES = TOP_LEVEL_ENTRIES
+"""Names of a store's own files and folders at its top level, where each study has its folder
+(`hivemind.layout`, the one place they are spelled out)."""
 
 
 def store_name_problem(name: str) -> str | None:

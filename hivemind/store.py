@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from hivemind.errors import HivemindError
+from hivemind.layout import JOURNAL, StoreLayout, atomic_write
 from hivemind.migrations import Family, adopt_user_version, migrate
 from hivemind.spec import Completion, Deployment, Query, SampleRequest, StudySpec, canonical_json, store_name_problem
 
 if TYPE_CHECKING:
     import polars as pl
 
-STORE_FILE = "hivemind.sqlite"
+STORE_FILE = JOURNAL
 
 # Ordered migrations of the store's tables (`hivemind.migrations`). Append, never edit.
 MIGRATIONS: list[str] = [
@@ -167,8 +168,10 @@ class Store(JournalFile):
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
+        self.layout = StoreLayout(self.directory)
+        """Every path of this store (`hivemind.layout`)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        super().__init__(self.directory / STORE_FILE)
+        super().__init__(self.layout.journal)
         with self._lock:
             migrate(self._db, STORE_TABLES)
 
@@ -296,20 +299,16 @@ class Store(JournalFile):
         """
         import polars as pl
 
-        spec = self.study_spec(study)
-        conditions = [c.name for c in spec.effective_conditions()]
-        where = " AND s.sample_index < ? AND s.condition IN (" + ",".join("?" * len(conditions)) + ")"
-        where += "" if include_errors else " AND s.error IS NULL"
+        current, args = self._current_rows(study)
         rows = self._rows(
             "SELECT s.study, s.query_id, q.category, q.text AS query_text, q.answer, s.deployment, "
             "d.provider, d.model AS deployment_model, d.family, d.stage, s.condition, "
             "s.sample_index, s.seed, s.cache_key, s.params_json, s.text, s.error, "
             "s.finish_reason, s.prompt_tokens, s.completion_tokens, s.cost_usd, s.latency_s, "
             "s.attempts, s.model, s.created_at, s.dropped_params "
-            "FROM samples s JOIN queries q ON q.study = s.study AND q.query_id = s.query_id "
-            "JOIN deployments d ON d.study = s.study AND d.name = s.deployment "
-            "WHERE s.study = ?" + where + " ORDER BY q.position, s.deployment, s.condition, s.sample_index",
-            (study, spec.samples, *conditions),
+            + current + ("" if include_errors else " AND s.error IS NULL")
+            + " ORDER BY q.position, s.deployment, s.condition, s.sample_index",
+            args,
         )
         schema = {
             "study": pl.Utf8, "query_id": pl.Utf8, "category": pl.Utf8, "query_text": pl.Utf8,
@@ -323,12 +322,33 @@ class Store(JournalFile):
         }
         return pl.DataFrame([dict(r) for r in rows], schema=schema, orient="row")
 
+    def samples_fingerprint(self, study: str) -> dict[str, Any]:
+        """What an analysis of `study` would be computed from, by one aggregate query: successful
+        rows, all rows, latest write time (the rows of `samples_frame`, none of them read).
+
+        A retried error is updated in place (the row count does not change, its `created_at`
+        does), so the count alone cannot tell a stale analysis from a current one.
+        """
+        current, args = self._current_rows(study)
+        row = self._rows("SELECT COALESCE(SUM(s.error IS NULL), 0) AS ok, COUNT(*) AS n, "
+                         "MAX(s.created_at) AS latest " + current, args)[0]
+        return {"n_ok": int(row["ok"]), "n_rows": int(row["n"]),
+                "max_created_at": None if row["latest"] is None else float(row["latest"])}
+
+    def _current_rows(self, study: str) -> tuple[str, tuple[Any, ...]]:
+        """FROM ... WHERE of the rows of a study's current spec (joined with its queries and
+        deployments), and its arguments."""
+        spec = self.study_spec(study)
+        conditions = [c.name for c in spec.effective_conditions()]
+        return ("FROM samples s JOIN queries q ON q.study = s.study AND q.query_id = s.query_id "
+                "JOIN deployments d ON d.study = s.study AND d.name = s.deployment "
+                "WHERE s.study = ? AND s.sample_index < ? AND s.condition IN ("
+                + ",".join("?" * len(conditions)) + ")", (study, spec.samples, *conditions))
+
     def export_parquet(self, study: str, path: str | Path | None = None) -> Path:
         """Write the study's samples to Parquet (default `STORE/<study>/samples.parquet`)."""
-        target = Path(path) if path else self.directory / study / "samples.parquet"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self.samples_frame(study).write_parquet(target)
-        return target
+        frame = self.samples_frame(study)
+        return atomic_write(Path(path) if path else self.layout.samples(study), frame.write_parquet)
 
 
 def dropped_params(samples: pl.DataFrame) -> list[dict[str, Any]]:

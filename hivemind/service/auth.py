@@ -28,11 +28,12 @@ from urllib.parse import urlsplit
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hivemind.layout import SERVICE_TOKEN
 from hivemind.service.redaction import MIN_SECRET_LENGTH
 
 PUBLIC_PATHS = frozenset({"/healthz"})
 """Paths served without a token."""
-TOKEN_FILE = "service.token"
+TOKEN_FILE = SERVICE_TOKEN
 """The generated token's file in the store (mode 0600)."""
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 """Host names a loopback-bound service answers to."""

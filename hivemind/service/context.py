@@ -6,7 +6,6 @@ import json
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +14,8 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 
 from hivemind.queries import list_shipped, load_query_set
-from hivemind.scan import QUERY_SET_DIR, ScanBook, ScanError, ScanSpec, load_scans, next_fire
+from hivemind.layout import StoreLayout, atomic_write_text
+from hivemind.scan import ScanBook, ScanError, ScanSpec, load_scans, next_fire
 from hivemind.jobs import ACTIVE, Conflict
 from hivemind.service.workers import JobManager
 from hivemind.spec import QuerySet, json_safe, sha256_hex, store_name_problem
@@ -86,7 +86,7 @@ class Service:
 
     @property
     def query_set_dir(self) -> Path:
-        return self.store_dir / QUERY_SET_DIR
+        return StoreLayout(self.store_dir).query_sets
 
     def public(self, value: Any) -> Any:
         """`value` (JSON: text, lists, mappings) with no absolute server path, for a response.
@@ -157,17 +157,13 @@ class Service:
         # ASCII-escaped: a raw U+2028 or U+0085 in a text would split a line for str.splitlines()
         content = "".join(json.dumps(q.model_dump(), ensure_ascii=True, sort_keys=True) + "\n"
                           for q in qs.queries)
-        folder = self.query_set_dir
-        path = folder / f"{qs.name}.jsonl"
+        path = StoreLayout(self.store_dir).query_set(qs.name)
         row = {"name": qs.name, "path": str(path), "description": qs.description,
                "n_queries": len(qs.queries), "categories_json": "{}",
                "sha256": sha256_hex(content), "created_at": time.time()}
 
         def write() -> None:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{qs.name}.{uuid.uuid4().hex}.tmp"
-            tmp.write_text(content, encoding="utf-8")
-            os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+            atomic_write_text(path, content)  # a reader sees the old file or the whole new one
 
         try:
             created = self.db.add_query_set(row, write)

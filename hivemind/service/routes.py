@@ -22,6 +22,7 @@ from hivemind.scan import ScanError, ScanSpec, queue_scan_run, scan_history, wri
 from hivemind.service import schemas as S
 from hivemind.service.context import ApiError, Service, clean, field_path, get_service
 from hivemind.jobs import ACTIVE, Conflict, planned_counts
+from hivemind.summary import SummaryError, read_summary
 from hivemind.spec import NAME_PATTERN, QuerySet, StudySpec, canonical_json, sha256_hex
 
 router = APIRouter()
@@ -191,21 +192,24 @@ def cancel_study(svc: Svc, name: Name) -> dict[str, Any]:
 @router.get("/v1/studies/{name}/results", response_model=S.StudyResults, responses=ERRORS, tags=["results"])
 def results(svc: Svc, name: Name) -> dict[str, Any]:
     """The analysis summary (`analysis/summary.json`) and the sampling summary."""
-    folder, status = (svc.store_dir / name, svc.status_of(name))
-    summary = folder / "analysis" / "summary.json"
-    if not summary.is_file():
+    layout, status = (svc.store.layout, svc.status_of(name))
+    if not layout.summary(name).is_file():
         raise ApiError(409, "path.name", f"study {name!r} has no analysis yet (state: {status['state']})")
-    sampling = folder / "sampling.json"
-    return clean(svc.public({"study": name, "state": status["state"], "summary": json.loads(summary.read_text()),
+    try:
+        summary = read_summary(layout.summary(name)).to_json_dict()
+    except SummaryError as exc:  # written by a newer hivemind, or damaged: re-analyse
+        raise ApiError(409, "path.name", svc.public(str(exc))) from None
+    sampling = layout.sampling_summary(name)
+    return clean(svc.public({"study": name, "state": status["state"], "summary": summary,
                              "sampling": json.loads(sampling.read_text()) if sampling.is_file() else None}))
 
 
 @router.get("/v1/studies/{name}/tables", response_model=S.TableList, responses=ERRORS, tags=["results"])
 def tables(svc: Svc, name: Name) -> dict[str, Any]:
     """Parquet tables of a study: `samples`, then the analysis tables."""
-    folder, _ = (svc.store_dir / name, svc.status_of(name))
+    layout, _ = (svc.store.layout, svc.status_of(name))
     found: list[dict[str, Any]] = [{"name": "samples", "url": f"/v1/studies/{name}/tables/samples", "bytes": None}]
-    for p in sorted((folder / "analysis").glob("*.parquet")):
+    for p in sorted(layout.analysis(name).glob("*.parquet")):
         if p.stem != "samples":
             found.append({"name": p.stem, "url": f"/v1/studies/{name}/tables/{p.stem}", "bytes": p.stat().st_size})
     return {"study": name, "tables": found}
@@ -215,16 +219,16 @@ def tables(svc: Svc, name: Name) -> dict[str, Any]:
          tags=["results"])
 def table(svc: Svc, name: Name, table: Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=200)]) -> FileResponse:
     """Download one table as Parquet (`samples` is exported from the journal on request)."""
-    folder, _ = (svc.store_dir / name, svc.status_of(name))
+    layout, _ = (svc.store.layout, svc.status_of(name))
     stem = table.removesuffix(".parquet")
     media = "application/vnd.apache.parquet"
     if stem == "samples":
-        tmp_dir = svc.store_dir / ".tmp"
+        tmp_dir = layout.tmp
         tmp_dir.mkdir(exist_ok=True)
         target = svc.store.export_parquet(name, tmp_dir / f"{name}.{uuid.uuid4().hex}.parquet")
         return FileResponse(target, media_type=media, filename=f"{name}-samples.parquet",
                             background=BackgroundTask(target.unlink, missing_ok=True))
-    path = folder / "analysis" / f"{stem}.parquet"
+    path = layout.table(name, stem)
     if not path.is_file():
         raise ApiError(404, "path.table", f"study {name!r} has no table {stem!r}")
     return FileResponse(path, media_type=media, filename=f"{name}-{stem}.parquet")
@@ -240,36 +244,35 @@ def near_duplicates(svc: Svc, name: Name, offset: Annotated[int, QueryParam(ge=0
 
     if limit > svc.limits.max_page_size:
         raise ApiError(422, "query.limit", f"at most {svc.limits.max_page_size} per page")
-    folder, status = (svc.store_dir / name, svc.status_of(name))
-    path = folder / "analysis" / "near_duplicates.parquet"
+    layout, status = (svc.store.layout, svc.status_of(name))
+    path = layout.table(name, "near_duplicates")
     if not path.is_file():
         raise ApiError(409, "path.name", f"study {name!r} has no near-duplicate table yet "
                                           f"(state: {status['state']})")
     pairs = pl.scan_parquet(path)  # lazy: the count comes from the metadata, a page is read alone
     total = int(pairs.select(pl.len()).collect().item())
     items = pairs.slice(offset, limit).collect().to_dicts()
-    found = _summary_count(folder / "analysis" / "summary.json", "near_duplicate_pairs")
+    found = _near_duplicates_found(layout.summary(name))
     nxt = offset + limit if offset + limit < total else None
     return clean({"study": name, "offset": offset, "limit": limit, "total": total, "found": found,
                   "truncated": found is not None and found > total, "items": items, "next_offset": nxt})
 
 
-def _summary_count(path: Path, key: str) -> int | None:
-    """`headline.<key>` of an analysis summary, or None when it has none."""
+def _near_duplicates_found(path: Path) -> int | None:
+    """How many near-duplicate pairs the analysis found, or None without a readable summary."""
     try:
-        value = json.loads(path.read_text())["headline"][key]
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_summary(path).headline.near_duplicate_pairs
+    except SummaryError:
         return None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @router.get("/v1/studies/{name}/report", response_class=HTMLResponse, responses=ERRORS, tags=["results"])
 def report(svc: Svc, name: Name) -> FileResponse:
     """The study's HTML report."""
-    folder, status = (svc.store_dir / name, svc.status_of(name))
-    if not (folder / "report.html").is_file():
+    path, status = (svc.store.layout.report(name), svc.status_of(name))
+    if not path.is_file():
         raise ApiError(409, "path.name", f"study {name!r} has no report yet (state: {status['state']})")
-    return FileResponse(folder / "report.html", media_type="text/html")
+    return FileResponse(path, media_type="text/html")
 
 
 # --- scans ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Background workers: jobs run as asyncio tasks on one event loop in a worker thread.
 
-A restarted service resumes every unfinished job; `sample_study` samples only what the journal
-lacks, so no finished sample is lost or duplicated. Cancelling a job cancels its task: sampling
+Each job is `hivemind.pipeline.run_pipeline_async` on the service's store handle (a scan job: the
+scan's sampling steps, then its drift step). A restarted service resumes every unfinished job;
+sampling takes only what the journal lacks, so no finished sample is lost or duplicated. Cancelling a job cancels its task: sampling
 stops at once (in-flight requests are dropped) and every committed sample stays. An analysis
 cannot be interrupted (it runs in a thread), so a cancel that lands during one takes effect when
 it finishes: the job stays `analyzing` until then and no second analysis starts beside it. A lock
@@ -11,27 +12,18 @@ file in the store keeps a second service from running the same jobs.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hivemind.jobs import ACTIVE, TERMINAL, ServiceDB, run_to_completion
+from hivemind.jobs import ACTIVE, TERMINAL, ServiceDB
+from hivemind.layout import StoreLayout
 from hivemind.spec import StudySpec
 from hivemind.store import Store
 
 log = logging.getLogger("hivemind.service")
-
-
-def analyze_and_report(store_dir: Path, study: str) -> str | None:
-    """Run the pipeline's analysis and report (a note for the job, or None)."""
-    from hivemind.pipeline import analyze_store, write_report
-
-    analyze_store(store_dir, study)
-    write_report(store_dir, study)
-    return None
 
 
 class JobManager:
@@ -73,7 +65,7 @@ class JobManager:
             import fcntl
         except ImportError:  # not POSIX: no cross-process guard
             return
-        handle = open(self.store_dir / "service.lock", "a+")  # noqa: SIM115 (held until stop)
+        handle = open(StoreLayout(self.store_dir).service_lock, "a+")  # noqa: SIM115 (held until stop)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -205,16 +197,16 @@ class JobManager:
             await execute_scan_run(self._store, self.db, run["id"], redact=self.redact,
                                    analysis_lock=self._analysis)
             return None
-        from hivemind.study import StudyRun, sample_study
+        from hivemind.pipeline import SAMPLING_STEPS, STEPS, run_pipeline_async
 
         spec = StudySpec.model_validate_json(job["spec_json"])
-        report = await sample_study(spec, self._store, progress=False)
-        samples_path = await asyncio.to_thread(self._store.export_parquet, spec.name)
-        summary = StudyRun(spec, self.store_dir, report, samples_path).summary()
-        (self.store_dir / spec.name / "sampling.json").write_text(json.dumps(summary, indent=2))
-        note = "stopped: budget reached" if report.stopped_by_budget else None
-        if job["analyze"] and not (self.db.job(job["study"]) or {}).get("cancel_requested"):
+
+        def before_analysis() -> bool:  # a cancel during sampling skips the analysis
+            if (self.db.job(job["study"]) or {}).get("cancel_requested"):
+                return False
             self.db.update_job(job["study"], state="analyzing")
-            async with self._analysis:  # one heavy analysis at a time, never two overlapping
-                note = await run_to_completion(analyze_and_report, self.store_dir, spec.name) or note
-        return note
+            return True
+
+        done = await run_pipeline_async(spec, self._store, steps=STEPS if job["analyze"] else SAMPLING_STEPS,
+                                        analysis_lock=self._analysis, before_analysis=before_analysis)
+        return "stopped: budget reached" if done.sampling is not None and done.sampling.stopped_by_budget else None

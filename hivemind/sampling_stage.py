@@ -1,0 +1,199 @@
+"""The sampling stage: spec -> zoo + queries -> checks -> sample, resumable.
+
+`hivemind.pipeline.run_pipeline` runs it as its first step; every door (API, CLI, service jobs,
+scans) reaches it through the pipeline. `hivemind.study` re-exports these names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import ValidationError
+
+from hivemind.errors import HivemindError
+from hivemind.providers.base import Provider
+from hivemind.providers.registry import create_provider
+from hivemind.queries import load_query_set, paraphrases
+from hivemind.sampling import Sampler, SamplingReport, check_resumable, iter_requests, plan_size
+from hivemind.spec import Deployment, Query, StudySpec
+from hivemind.store import Store
+from hivemind.zoo import ZooError, format_validation_error, load_zoo, missing_keys
+
+if TYPE_CHECKING:
+    from hivemind.executors import Executor
+
+
+class StudyError(HivemindError, ValueError):
+    """A study cannot start: bad spec, unknown deployment, missing key, missing model."""
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read a YAML or JSON study spec, naming the field of any problem."""
+    spec_path = Path(path)
+    if not spec_path.exists():
+        raise StudyError(f"spec file {spec_path} does not exist")
+    try:
+        raw: Any = yaml.safe_load(spec_path.read_text())
+    except yaml.YAMLError as exc:
+        raise StudyError(f"{spec_path}: not valid YAML/JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"{spec_path}: expected a mapping of study fields")
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        raise StudyError(format_validation_error(str(spec_path), exc)) from None
+    # Relative paths in a spec are relative to the spec file, not to the working directory.
+    updates: dict[str, str] = {}
+    for field in ("query_set", "zoo"):
+        value = getattr(spec, field)
+        if value and not Path(value).is_absolute() and (spec_path.parent / value).exists():
+            updates[field] = str(spec_path.parent / value)
+    return spec.model_copy(update=updates)
+
+
+def resolve_study(spec: StudySpec) -> tuple[list[Query], list[Deployment]]:
+    """The queries and deployments a spec names, with clear errors for unknown names."""
+    try:
+        zoo = load_zoo(spec.zoo)
+        deployments = zoo.select(spec.deployments)
+    except ZooError as exc:
+        raise StudyError(str(exc), field=exc.field) from None
+    query_set = load_query_set(spec.query_set)
+    queries = query_set.queries
+    if spec.categories is not None:
+        queries = [q for q in queries if q.category in set(spec.categories)]
+        if not queries:
+            raise StudyError(f"no query of {query_set.name!r} is in categories {spec.categories}",
+                             field="categories")
+    if spec.max_queries is not None:
+        queries = queries[: spec.max_queries]
+    for condition in spec.conditions:  # a missing rewording fails here, before any sampling
+        if condition.paraphrase:
+            short = [q.id for q in queries if len(paraphrases(q)) < condition.paraphrase]
+            if short:
+                raise StudyError(f"conditions[{condition.name}].paraphrase: {len(short)} queries of "
+                                 f"{query_set.name!r} have fewer than {condition.paraphrase} "
+                                 f"paraphrases (first: {short[0]!r})")
+    return queries, deployments
+
+
+def prepare_providers(deployments: list[Deployment]) -> dict[str, Provider]:
+    """Create every provider and run its cheap checks, reporting all problems at once."""
+    problems = missing_keys(deployments)
+    providers: dict[str, Provider] = {}
+    for deployment in deployments:
+        try:
+            provider = create_provider(deployment)
+            if not deployment.api_key_env:
+                provider.check_ready()
+            providers[deployment.name] = provider
+        except Exception as exc:  # collect, then fail before any sampling starts
+            problems.append(str(exc))
+    if problems:
+        raise StudyError("the study cannot start:\n  " + "\n  ".join(problems))
+    return providers
+
+
+DroppedParams = dict[tuple[str, str], tuple[str, ...]]
+"""Per (deployment, condition): the parameters its requests leave out (allowed by the condition)."""
+
+
+def check_params(spec: StudySpec, deployments: list[Deployment], providers: dict[str, Provider]) -> DroppedParams:
+    """Check every (deployment, condition) against what its provider honours, before any request.
+
+    A parameter the provider would ignore or reject stops the study, naming deployment, condition
+    and parameter, unless the condition allows dropping it: then that cell's requests carry it in
+    `dropped_params`, so it is left out of them and recorded with each row.
+    """
+    dropped: DroppedParams = {}
+    problems: list[str] = []
+    for deployment in deployments:
+        provider = providers[deployment.name]
+        for condition in spec.effective_conditions():
+            params = deployment.params.merged(spec.params, condition.params).explicit()
+            try:
+                refused = provider.unsupported_params(params)
+            except Exception as exc:  # e.g. a model litellm cannot route: collect, then stop
+                problems.append(str(exc))
+                continue
+            for name in sorted(refused):
+                if not condition.allows_dropping(name):
+                    problems.append(
+                        f"deployment {deployment.name!r}, condition {condition.name!r}: parameter "
+                        f"{name}={params[name]!r} would be ignored or rejected by {deployment.provider} "
+                        f"model {deployment.model!r}")
+            if refused:
+                dropped[(deployment.name, condition.name)] = tuple(sorted(refused))
+    if problems:
+        declare = "" if spec.conditions else (
+            "; a study without conditions can declare `conditions: [{name: default, allow_dropped_params: [...]}]`")
+        raise StudyError(
+            "the study cannot start:\n  " + "\n  ".join(dict.fromkeys(problems))
+            + "\nremove the parameter, or name it in the condition's `allow_dropped_params` to sample "
+            f"without it (then recorded with each row and in the report){declare}")
+    return dropped
+
+
+@dataclass
+class StudyRun:
+    """What `run_study` returns: where things are and what sampling did (`sampling.json`)."""
+
+    spec: StudySpec
+    store_dir: Path
+    sampling: SamplingReport
+    samples_path: Path
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready account of the run."""
+        report = self.sampling
+        return {
+            "study": self.spec.name,
+            "store": str(self.store_dir),
+            "planned": report.planned + report.skipped,
+            "already_sampled": report.skipped,
+            "sampled_now": report.sampled,
+            "succeeded": dict(report.succeeded),
+            "failed": dict(report.failed),
+            "retries": report.retries,
+            "cost_usd": round(report.cost_usd, 6),
+            "stopped_by_budget": report.stopped_by_budget,
+            "elapsed_s": round(report.elapsed_s, 3),
+            "samples_parquet": str(self.samples_path),
+        }
+
+
+def _has_work(store: Store, spec: StudySpec, queries: list[Query], deployments: list[Deployment]) -> bool:
+    """Whether some deployment has fewer successful rows than the plan asks of it."""
+    done = store.progress(spec.name)
+    return any(done.get(d.name, {}).get("ok", 0) < plan_size(spec, queries) for d in deployments)
+
+
+async def sample_study(
+    spec: StudySpec, store: Store, *, progress: bool = True, executor: Executor | None = None,
+) -> SamplingReport:
+    """Sample whatever of `spec` the store does not hold yet (the resumable core).
+
+    `executor` decides where providers run (e.g. one Ray actor per deployment); the sampler
+    and the store stay here, so every result is committed by this process before it counts.
+    """
+    queries, deployments = resolve_study(spec)
+    providers = prepare_providers(deployments)
+    dropped = check_params(spec, deployments, providers)
+    check_resumable(store, spec, queries, deployments)  # refuses other parameters before anything is written
+    store.register_study(spec, queries, deployments)
+    if executor is not None and _has_work(store, spec, queries, deployments):  # no idle actors
+        providers = executor.providers(providers)
+    sampler = Sampler(store, providers, max_attempts=spec.max_attempts,
+                      budget_usd=spec.budget_usd, progress=progress)
+    # Requests are generated lazily, one stream per deployment, and checked against the journal
+    # a chunk at a time: a 10M-sample study starts at once, in flat memory.
+    streams = {d.name: iter_requests(spec, queries, d, dropped) for d in deployments}
+    try:
+        return await sampler.run(streams, already_spent=store.total_cost(spec.name),
+                                 totals={d.name: plan_size(spec, queries) for d in deployments})
+    finally:
+        for provider in providers.values():
+            await provider.aclose()
