@@ -33,9 +33,7 @@ def _drop_imported_study(store: Store, study: str) -> None:
     if providers - {PROVIDER}:
         raise StoreError(f"study {study!r} holds sampled deployments; analyse a frame under another name")
     with store.transaction() as db:
-        has_provenance = db.execute(
-            "SELECT 1 FROM sqlite_master WHERE name = 'imported_samples'").fetchone()
-        for table in ("samples", "queries", "deployments") + (("imported_samples",) if has_provenance else ()):
+        for table in ("samples", "queries", "deployments", "imported_samples"):
             db.execute(f"DELETE FROM {table} WHERE study = ?", (study,))
         db.execute("DELETE FROM studies WHERE name = ?", (study,))
 

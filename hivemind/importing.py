@@ -42,15 +42,6 @@ PROVIDER = "imported"
 """The provider recorded for deployments whose responses came from a file."""
 Unmatched = Literal["error", "skip", "add"]
 
-PROVENANCE_TABLE = """
-CREATE TABLE IF NOT EXISTS imported_samples (
-    study TEXT NOT NULL, query_id TEXT NOT NULL, deployment TEXT NOT NULL,
-    condition TEXT NOT NULL, sample_index INTEGER NOT NULL,
-    source_file TEXT NOT NULL, source_sha256 TEXT NOT NULL, source_line TEXT NOT NULL,
-    class_label TEXT, imported_at REAL NOT NULL,
-    PRIMARY KEY (study, query_id, deployment, condition, sample_index)
-)"""
-
 
 @dataclass
 class ImportResult:
@@ -233,7 +224,6 @@ def _write(store: Store, path: Path, source: str, digest: str, rows: list[Row], 
         raise StoreError(f"invalid study name {study!r}")
     now = time.time()
     with store.transaction() as db:
-        db.execute(PROVENANCE_TABLE)
         exists = db.execute("SELECT spec_json FROM studies WHERE name = ?", (study,)).fetchone()
         spec = StudySpec.model_validate_json(exists[0]) if exists else None
         if spec is not None and query_set is not None:
@@ -320,8 +310,6 @@ def _write(store: Store, path: Path, source: str, digest: str, rows: list[Row], 
 
 def imported_classes(store: Store, study: str) -> dict[tuple[str, str, str, int], str]:
     """(query, deployment, condition, sample index) -> the class label an imported file carried."""
-    if not store._rows("SELECT name FROM sqlite_master WHERE name = 'imported_samples'"):
-        return {}
     rows = store._rows("SELECT query_id, deployment, condition, sample_index, class_label "
                        "FROM imported_samples WHERE study = ? AND class_label IS NOT NULL", (study,))
     return {(r[0], r[1], r[2], int(r[3])): r[4] for r in rows}

@@ -60,6 +60,17 @@ MIGRATIONS: list[str] = [
     # Parameters left out of a row's request (JSON list) because the provider does not honour
     # them and the condition allowed it; NULL when everything was sent.
     "ALTER TABLE samples ADD COLUMN dropped_params TEXT;",
+    # Where an imported response came from (`hivemind.importing`): file, its sha256, line, and
+    # the equivalence class the file gave it (NoveltyBench `partition`), if any.
+    """
+    CREATE TABLE imported_samples (
+        study TEXT NOT NULL, query_id TEXT NOT NULL, deployment TEXT NOT NULL,
+        condition TEXT NOT NULL, sample_index INTEGER NOT NULL,
+        source_file TEXT NOT NULL, source_sha256 TEXT NOT NULL, source_line TEXT NOT NULL,
+        class_label TEXT, imported_at REAL NOT NULL,
+        PRIMARY KEY (study, query_id, deployment, condition, sample_index)
+    );
+    """,
 ]
 
 
