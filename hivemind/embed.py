@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from hivemind.migrations import Family, adopt_if_table, migrate
 from hivemind.spec import sha256_hex
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -319,6 +320,18 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1.0).astype(np.float32)
 
 
+EMBEDDING_TABLES = Family("embeddings", (
+    """
+    CREATE TABLE embeddings (
+        embedder_id TEXT NOT NULL, text_sha256 TEXT NOT NULL, dim INT NOT NULL,
+        vector BLOB NOT NULL, PRIMARY KEY (embedder_id, text_sha256)
+    ) WITHOUT ROWID;
+    """,
+), adopt=adopt_if_table("embeddings"))
+"""Ordered migrations of the cache (append, never edit); caches made before they were tracked
+hold step 1 already and are adopted."""
+
+
 class EmbeddingCache:
     """Vectors on disk in SQLite (WAL), keyed by (embedder_id, sha256 of the text).
 
@@ -326,19 +339,17 @@ class EmbeddingCache:
     Each call opens its own connection, so the cache is safe to share between threads.
     """
 
-    _SCHEMA = (
-        "CREATE TABLE IF NOT EXISTS embeddings ("
-        " embedder_id TEXT NOT NULL, text_sha256 TEXT NOT NULL, dim INT NOT NULL,"
-        " vector BLOB NOT NULL, PRIMARY KEY (embedder_id, text_sha256)) WITHOUT ROWID"
-    )
     _CHUNK = 500  # keeps each IN (...) under SQLite's bound-variable limit
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
+        conn = sqlite3.connect(self.path, timeout=30.0)
+        try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(self._SCHEMA)
+            migrate(conn, EMBEDDING_TABLES)
+        finally:
+            conn.close()
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
