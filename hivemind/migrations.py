@@ -9,11 +9,11 @@ A file written before a family was tracked is adopted, not rebuilt: `Family.adop
 of its steps the file already holds (the store reads its old `user_version`; the job and scan
 tables look for their first table), and those are recorded without running them again.
 
-To give another family migrations (e.g. the embedding cache), declare it and call `migrate`
-on its connection::
+A family is declared once beside the code that owns its tables and migrated when a connection
+opens (`store.STORE_TABLES`, `jobs.JOBS` / `jobs.SCANS`, `embed.EMBEDDING_TABLES`)::
 
-    EMBEDDINGS = Family("embeddings", (SCHEMA_V1,), adopt=adopt_if_table("embeddings"))
-    migrate(connection, EMBEDDINGS)
+    EMBEDDING_TABLES = Family("embeddings", (SCHEMA_V1,), adopt=adopt_if_table("embeddings"))
+    migrate(connection, EMBEDDING_TABLES)
 """
 
 from __future__ import annotations
