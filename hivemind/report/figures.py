@@ -82,7 +82,8 @@ def matrix_dendrogram(matrix: pl.DataFrame, clustering: dict[str, Any] | None, c
     for a, b, s in part.select("deployment_a", "deployment_b", "similarity").iter_rows():
         if a in index and b in index:
             M[index[a], index[b]] = np.nan if s is None else s
-    linkage = (clustering or {}).get("linkage") or []
+    clustering = clustering or {}
+    linkage = clustering.get("linkage") or []
     size = 1.2 + 0.7 * len(labels)
     if linkage:
         fig, (top, ax) = plt.subplots(2, 1, figsize=(size + 1.5, size + 1.6),
@@ -167,7 +168,7 @@ def nn_counts(frame: pl.DataFrame, condition: str | None) -> str | None:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     j = part["j"].to_numpy()
     ax.plot(j, part["distinct_deployments"].to_numpy(), marker=".", color=BLUE, label="observed")
-    n_dep = int(part["n_deployments"].max())
+    n_dep = int(part["n_deployments"].to_numpy().max())
     ax.plot(j, np.minimum(j, n_dep), ls=":", color=GREY, label="maximum possible")
     ax.set_xlabel("j nearest responses")
     ax.set_ylabel("distinct deployments")
