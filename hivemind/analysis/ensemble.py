@@ -74,15 +74,14 @@ def ensemble_per_query(
     """
     import polars as pl
 
-    X = normalize_rows(vectors)
     rng = np.random.default_rng(seed)
     records: list[tuple[Any, ...]] = []
     for g in groups:
         K, D = g.k, len(g.deployments)
         if K < 1:
             continue
-        rows = g.all_rows()
-        S = np.clip(X[rows] @ X[rows].T, -1.0, 1.0)
+        Y = normalize_rows(vectors[g.all_rows()])  # per group: no float64 copy of the corpus
+        S = np.clip(Y @ Y.copy().T, -1.0, 1.0)  # gemm, as before (Y @ Y.T takes syrk: other bits)
         # single arm: a random order of each deployment's K samples, per draw; prefixes are draws
         within = np.argsort(rng.random((draws, D, K)), axis=2)  # (R, D, K) local sample order
         single_idx = within + (np.arange(D) * K)[None, :, None]  # global local indices
@@ -91,13 +90,16 @@ def ensemble_per_query(
         sample_rank = np.argsort(np.argsort(rng.random((draws, D, K)), axis=2), axis=2)  # (R, D, K)
         key = sample_rank * D + dep_rank[:, :, None]  # (R, D, K)
         mixed_order = np.argsort(key.reshape(draws, D * K), axis=1)  # local index = d*K + s
+        # draws are nested in k, so each draw's k x k Gram matrix is the leading block of its
+        # K x K one: gather once per draw, not once per (draw, k) - the same numbers
+        single_gram = _gram_batch(S, single_idx.reshape(draws * D, K))
+        mixed_gram = _gram_batch(S, mixed_order[:, :K]) if D >= 2 else None
         for k in range(1, K + 1):
-            idx = single_idx[:, :, :k].reshape(draws * D, k)
-            dist, vendi = draw_diversity(_gram_batch(S, idx))
+            dist, vendi = draw_diversity(np.ascontiguousarray(single_gram[:, :k, :k]))
             records.append((g.query_id, g.category, g.condition, k, "single",
                             float(dist.mean()), float(vendi.mean()), 1))
-            if D >= 2:
-                dist, vendi = draw_diversity(_gram_batch(S, mixed_order[:, :k]))
+            if mixed_gram is not None:
+                dist, vendi = draw_diversity(np.ascontiguousarray(mixed_gram[:, :k, :k]))
                 records.append((g.query_id, g.category, g.condition, k, "mixed",
                                 float(dist.mean()), float(vendi.mean()), min(k, D)))
     schema = {"query_id": pl.Utf8, "category": pl.Utf8, "condition": pl.Utf8, "k": pl.Int64,
