@@ -166,3 +166,25 @@ def test_gap_permutation_test_equals_previous(shared: bool) -> None:
     assert new[0] == pytest.approx(old[0], abs=1e-12)
     assert new[1] == old[1]
     assert (new[1] < 0.05) != shared
+
+
+def test_self_bleu_shared_counts_equal_sacrebleu_on_varied_sets() -> None:
+    """Counting each text's n-grams once (top-2 counts per n-gram) scores like sacrebleu's
+    one-sentence function called per hypothesis: repeated n-grams held by one text alone or by
+    several (ties), duplicates, punctuation, length ties for the brevity penalty."""
+    import sacrebleu
+
+    from hivemind.metrics.lexical import self_bleu
+
+    rng = np.random.default_rng(4)
+    words = ["the", "cat", "sat", "on", "a", "mat", "mat.", "Dog,", "ran", "!", "very", "very"]
+    for trial in range(25):
+        k = int(rng.integers(2, 8))
+        texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 14)))) for _ in range(k)]
+        if trial % 5 == 0:
+            texts[1] = texts[0]  # an exact duplicate: both texts hold the same maxima
+        expected = np.mean([
+            sacrebleu.sentence_bleu(texts[i], [t for j, t in enumerate(texts) if j != i]).score
+            for i in range(k)
+        ]) / 100.0
+        assert self_bleu(texts) == pytest.approx(expected, abs=1e-12), texts
