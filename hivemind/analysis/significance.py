@@ -15,11 +15,13 @@ one-hot label matrices, many permutations per matmul. The random draws are the s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hivemind.analysis.data import Group
+from hivemind.analysis.parallel import ordered_map
 from hivemind.analysis.similarity import paired_queries
 from hivemind.metrics.semantic import normalize_rows
 from hivemind.metrics.stats import bootstrap_ci, holm, paired_bootstrap_diff
@@ -44,7 +46,7 @@ GATHER_COST = 375  # a gathered cosine costs about this many vectorised multiply
 
 
 def _equal_block_gaps(
-    S: np.ndarray, label_sets: np.ndarray, D: int, K: int, unit_rows: np.ndarray | None, batch: int = 32
+    S: np.ndarray, label_sets: np.ndarray, D: int, K: int, unit_rows: np.ndarray | None
 ) -> np.ndarray:
     """gap for label assignments (P, n) where every label has K rows, from the intra blocks alone.
 
@@ -60,6 +62,7 @@ def _equal_block_gaps(
     n = label_sets.shape[1]
     intra_blocks = np.empty(label_sets.shape[0])
     by_matmul = unit_rows is not None and D * unit_rows.shape[1] < GATHER_COST * K
+    batch = 256 if by_matmul else 32  # a wide product for BLAS; a small gathered block
     for start in range(0, label_sets.shape[0], batch):
         part = label_sets[start : start + batch]
         if by_matmul:
@@ -84,6 +87,15 @@ def group_gap_permutations(
 
     `unit_rows`: the unit vectors whose cosines S holds (optional; lets large K use a matmul).
     """
+    n = np.asarray(labels).size
+    draws = [rng.random((min(chunk, n_perm - start), n)) for start in range(0, n_perm, chunk)]
+    return _gaps_under_draws(S, labels, draws, unit_rows)
+
+
+def _gaps_under_draws(
+    S: np.ndarray, labels: np.ndarray, draws: list[np.ndarray], unit_rows: np.ndarray | None
+) -> tuple[float, np.ndarray]:
+    """(observed gap, gap per permutation): each row of each draw, argsorted, is a permutation."""
     codes = np.unique(labels, return_inverse=True)[1].reshape(-1)
     D = int(codes.max()) + 1
     counts = np.bincount(codes, minlength=D).astype(np.float64)
@@ -102,26 +114,36 @@ def group_gap_permutations(
         return _gap_from_blocks(B, diag, counts)
 
     observed = float(gaps(codes[None, :])[0])
-    out = np.empty(n_perm)
-    for start in range(0, n_perm, chunk):
-        size = min(chunk, n_perm - start)
-        perms = np.argsort(rng.random((size, codes.size)), axis=1)
-        out[start : start + size] = gaps(codes[perms])
-    return observed, out
+    out = [gaps(codes[np.argsort(draw, axis=1)]) for draw in draws]
+    return observed, np.concatenate(out) if out else np.zeros(0)
 
 
 def gap_permutation_test(
     groups: list[Group], vectors: np.ndarray, n_perm: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
-    """(observed mean gap, one-sided p) over the groups with >= 2 deployments and K >= 2."""
+    """(observed mean gap, one-sided p) over the groups with >= 2 deployments and K >= 2.
+
+    Groups run on threads (`ordered_map`); the generator is consumed group after group here,
+    and the sums are taken in group order: the serial loop's numbers.
+    """
     rng = np.random.default_rng(seed)
-    total_obs, total_perm, n = 0.0, np.zeros(n_perm), 0
-    for g in groups:
-        if len(g.deployments) < 2 or g.k < 2:
-            continue
+    chunk = 256
+
+    def drawn() -> Iterator[tuple[Group, list[np.ndarray]]]:
+        for g in groups:
+            if len(g.deployments) < 2 or g.k < 2:
+                continue
+            n = g.all_rows().size
+            yield g, [rng.random((min(chunk, n_perm - start), n)) for start in range(0, n_perm, chunk)]
+
+    def permuted(task: tuple[Group, list[np.ndarray]]) -> tuple[float, np.ndarray]:
+        g, draws = task
         Y = normalize_rows(vectors[g.all_rows()])  # per group: no float64 copy of the corpus
         S = np.clip(Y @ Y.copy().T, -1.0, 1.0)  # gemm, as before (Y @ Y.T takes syrk: other bits)
-        observed, perms = group_gap_permutations(S, g.labels(), n_perm, rng, unit_rows=Y)
+        return _gaps_under_draws(S, g.labels(), draws, Y)
+
+    total_obs, total_perm, n = 0.0, np.zeros(n_perm), 0
+    for observed, perms in ordered_map(permuted, drawn()):
         total_obs += observed
         total_perm += perms
         n += 1
