@@ -79,21 +79,25 @@ def run_one(n: int, lexical: bool, index: str) -> dict[str, Any]:
         responses = responses.with_columns(pl.Series("text", synthetic_texts(n_queries)))
     steps: dict[str, float] = {}
 
+    cpu: dict[str, float] = {}
+
     def timed(name: str, fn: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
                 steps[name] = steps.get(name, 0.0) + time.perf_counter() - start
+                cpu[name] = cpu.get(name, 0.0) + time.process_time() - start_cpu
         return wrapper
 
     for name in STEPS:
         setattr(run, name, timed(name, getattr(run, name)))
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     result = run.analyze_responses(responses, vectors, lexical=lexical, corpus_index=index)
     total = time.perf_counter() - start
     return {"n": responses.height, "lexical": lexical, "index": index, "seconds": total, "steps": steps,
+            "cpu_seconds": time.process_time() - start_cpu, "cpu_steps": cpu,
             "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             "corpus_pairs": result.summary["headline"]["near_duplicate_pairs_corpus"]}
 
@@ -119,6 +123,35 @@ def recall(n: int) -> dict[str, Any]:
     return out
 
 
+def versus_previous(n_queries: int = 2) -> None:
+    """CPU seconds of the ensemble draws and the gap permutations, previous implementation
+    (kept as the reference in tests/test_analysis_vectorised.py) vs now, on the same groups."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from analysis import make_study
+    from test_analysis_vectorised import (
+        _previous_ensemble_per_query,
+        _previous_gap_permutation_test,
+    )
+
+    from hivemind.analysis.data import build_groups
+    from hivemind.analysis.ensemble import ensemble_per_query
+    from hivemind.analysis.significance import gap_permutation_test
+
+    responses, vectors = make_study(n_queries, DEPLOYMENTS, SAMPLES)
+    groups = build_groups(responses)
+    pairs = [("ensemble_per_query", _previous_ensemble_per_query, ensemble_per_query),
+             ("gap permutation test", _previous_gap_permutation_test, gap_permutation_test)]
+    for name, before, now in pairs:
+        spent = []
+        for fn in (before, now):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn(groups, vectors)
+            spent.append((time.perf_counter() - start, time.process_time() - start_cpu))
+        (bw, bc), (nw, nc) = spent
+        print(f"{name}, {responses.height:,} responses: previous {bw:.1f} s ({bc:.1f} CPU s), now {nw:.1f} s "
+              f"({nc:.1f} CPU s): {bc / nc:.1f}x less CPU")
+
+
 def child(args: list[str]) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT, check=False)
     if proc.returncode:
@@ -133,6 +166,8 @@ def main() -> None:
     parser.add_argument("--recall", action="store_true", help="IVF vs exact corpus search on 100K")
     parser.add_argument("--quick", action="store_true", help="10K only")
     parser.add_argument("--index", choices=("exact", "ivf"), default="exact", help="corpus index below 1M")
+    parser.add_argument("--versus-previous", action="store_true",
+                        help="ensemble draws and gap permutations vs the previous implementation (2K responses)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--recall-one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -155,14 +190,17 @@ def main() -> None:
         rows.append(r)
         top = sorted(r["steps"].items(), key=lambda kv: -kv[1])[:4]
         target = TARGET.get(n, (None, None))[1 if args.lexical else 0]
-        print(f"{n:>9,} responses: {r['seconds']:7.1f} s, peak {r['peak_gb']:.2f} GB, corpus index {index} "
+        print(f"{n:>9,} responses: {r['seconds']:7.1f} s ({r['cpu_seconds']:.1f} CPU s), peak {r['peak_gb']:.2f} GB, corpus index {index} "
               f"({r['corpus_pairs']} pairs); target {f'<= {target:.0f} s' if target else '-'}; "
               f"before: {BEFORE.get((n, args.lexical), 'not measured')}")
-        print("           slowest steps: " + ", ".join(f"{k} {v:.1f} s ({v / r['seconds']:.0%})" for k, v in top))
+        print("           slowest steps: " + ", ".join(
+            f"{k} {v:.1f} s / {r['cpu_steps'][k]:.1f} CPU s ({v / r['seconds']:.0%})" for k, v in top))
     if len(rows) > 1:
-        per = [r["seconds"] / r["n"] * 1e6 for r in rows]
-        print("microseconds per response: " + ", ".join(f"{r['n']:,}: {p:.0f}" for r, p in zip(rows, per))
-              + " (linear scaling keeps these equal)")
+        per = [(r["seconds"] / r["n"] * 1e6, r["cpu_seconds"] / r["n"] * 1e6) for r in rows]
+        print("microseconds per response (wall / CPU): " + ", ".join(
+            f"{r['n']:,}: {w:.0f} / {c:.0f}" for r, (w, c) in zip(rows, per)) + " (linear scaling keeps these equal)")
+    if args.versus_previous:
+        versus_previous()
     if args.recall:
         r = child(["--recall-one", "100000"])
         print(f"corpus near-duplicates on {r['n']:,} (cosine >= 0.9): exact {r['exact_pairs']} pairs in "

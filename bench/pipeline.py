@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml  # noqa: E402
+import yaml
 
 DEPLOYMENTS, SAMPLES = 20, 50
 TOPICS = ("time", "the sea", "a city at night", "friendship", "winter", "a lost key", "the moon", "silence")
@@ -68,10 +68,8 @@ def main() -> None:
     args = parser.parse_args()
     n_queries = 10 if args.quick else args.queries
 
-    import hivemind.analysis as analysis
     import hivemind.analysis.run as analysis_run
-    import hivemind.embed as embed
-    from hivemind import pipeline
+    from hivemind import analysis, embed, pipeline
     from hivemind.study import run_study
 
     inner: dict[str, float] = {}
