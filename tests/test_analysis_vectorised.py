@@ -188,3 +188,23 @@ def test_self_bleu_shared_counts_equal_sacrebleu_on_varied_sets() -> None:
             for i in range(k)
         ]) / 100.0
         assert self_bleu(texts) == pytest.approx(expected, abs=1e-12), texts
+
+
+def test_analysis_names_its_corpus_index_and_ivf_agrees_on_a_small_corpus() -> None:
+    """`corpus_index="ivf"` reaches the corpus-wide search and the summary says it was used; a
+    corpus this small gets one inverted list, so the approximate search is exhaustive and its
+    table equals the exact one."""
+    from hivemind.analysis import analyze_responses
+    from tests.test_analysis import two_deployments
+
+    responses, X = two_deployments(shared=True, rho=0.97).prepared()
+    results = {index: analyze_responses(responses, X, n_boot=50, n_perm=50, draws=2, lexical=False,
+                                        corpus_index=index, threshold=0.8)
+               for index in ("exact", "ivf")}
+    assert results["ivf"].summary["near_duplicate_corpus_index"] == "ivf"
+    assert results["exact"].summary["near_duplicate_corpus_index"] == "exact"
+    exact = results["exact"].tables["near_duplicates_corpus"]
+    assert exact.height > 0
+    assert results["ivf"].tables["near_duplicates_corpus"].equals(exact)
+    with pytest.raises(ValueError, match="unknown index"):
+        analyze_responses(responses, X, n_boot=10, n_perm=10, draws=2, lexical=False, corpus_index="hnsw")

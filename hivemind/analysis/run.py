@@ -213,6 +213,10 @@ def analyze_responses(
 
     from hivemind.executors import Executor
 
+    from hivemind.index import CORPUS_INDEXES
+
+    if corpus_index not in CORPUS_INDEXES:  # before the work, not after it
+        raise ValueError(f"unknown corpus index {corpus_index!r}; use one of {', '.join(CORPUS_INDEXES)}")
     ex = executor or Executor()
 
     vectors = np.asarray(vectors, dtype=np.float32)
