@@ -206,5 +206,5 @@ def test_analysis_names_its_corpus_index_and_ivf_agrees_on_a_small_corpus() -> N
     exact = results["exact"].tables["near_duplicates_corpus"]
     assert exact.height > 0
     assert results["ivf"].tables["near_duplicates_corpus"].equals(exact)
-    with pytest.raises(ValueError, match="unknown index"):
+    with pytest.raises(ValueError, match="unknown corpus index"):
         analyze_responses(responses, X, n_boot=10, n_perm=10, draws=2, lexical=False, corpus_index="hnsw")
