@@ -110,10 +110,10 @@ def recall(n: int) -> dict[str, Any]:
     from hivemind.index import near_duplicate_pairs
 
     _, vectors = make_study(max(1, n // (DEPLOYMENTS * SAMPLES)), DEPLOYMENTS, SAMPLES)
-    # the synthetic study has no pair >= 0.9: plant one in 50 rows, a near copy of the same
+    # the synthetic study has no pair >= 0.9: plant one in 100 rows, a near copy of the same
     # sample of the previous deployment (another model repeating an answer), so recall is measured
     rng = np.random.default_rng(1)
-    copies = np.arange(SAMPLES, n, 50)
+    copies = np.arange(SAMPLES, n, 2 * SAMPLES)  # sources (copies - SAMPLES) are never copies
     vectors[copies] = vectors[copies - SAMPLES] + 0.02 * rng.standard_normal((copies.size, vectors.shape[1]),
                                                                               dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
