@@ -65,7 +65,7 @@ def _equal_block_gaps(
     batch = 256 if by_matmul else 32  # a wide product for BLAS; a small gathered block
     for start in range(0, label_sets.shape[0], batch):
         part = label_sets[start : start + batch]
-        if by_matmul:
+        if by_matmul and unit_rows is not None:
             one_hot = np.zeros((n, part.shape[0] * D))
             one_hot[np.arange(n)[None, :], part + (np.arange(part.shape[0]) * D)[:, None]] = 1.0
             sums = unit_rows.T @ one_hot  # (dim, P D): each label's summed row
