@@ -2,8 +2,11 @@
 
 The hivemind question "did two different models write (almost) the same answer?" becomes
 "which pairs of unit vectors from different deployments have cosine >= t?". FAISS's flat
-inner-product index answers it exactly (no approximate index: a missed pair would be a
-wrong result, not a slow one), on GPU when there is one.
+inner-product index answers it exactly (a missed pair is a wrong result, not a slow one), on
+GPU when there is one. The corpus-wide search is quadratic (1M x 1M is about an hour on two
+cores), so it may instead use an approximate IVF index (`index="ivf"`): the same canonical
+cosines for the pairs it finds, but it can miss some (its recall against exact is measured in
+bench/analysis_scale.py); the analysis summary says which was used.
 
 A FAISS GPU index has no range search, so on GPU it is emulated exactly: k-nearest search
 with k doubling for the queries whose k-th similarity is still >= t (the remaining
@@ -39,6 +42,10 @@ SLACK = 1e-3
 """Candidates are gathered this far below the threshold, far above any float32 kernel's
 rounding error on unit vectors, then kept or dropped by their canonical cosine."""
 _REFINE_ROWS = 1 << 16
+CORPUS_INDEXES = ("exact", "ivf")
+"""Index kinds for the corpus-wide near-duplicate search: exact flat, or approximate IVF."""
+IVF_NPROBE = 16
+"""Inverted lists an IVF query visits (of about 2 sqrt(n)): recall vs time, see the bench."""
 
 
 def exact_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -305,6 +312,35 @@ def _dense_pairs(
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
 
 
+def _ivf_range(
+    matrix: np.ndarray, threshold: np.float32, nprobe: int, batch: int = 8192
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (rows, ids, canonical cosines) >= t found by an IVF index over the rows themselves.
+
+    About 2 sqrt(n) inverted lists (k-means on a fixed sample, so a rerun gives the same
+    lists), `nprobe` visited per query: each query scans ~ nprobe / nlist of the corpus
+    instead of all of it. A pair whose sides fall in lists the query does not visit is missed;
+    the cosines of the pairs found are the exact ones (`exact_cosines`).
+    """
+    import faiss
+
+    n, dim = matrix.shape
+    nlist = max(1, min(int(2 * np.sqrt(n)), n // 40))
+    quantizer = faiss.IndexFlatIP(dim)
+    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(0).choice(n, size=min(n, 40 * nlist), replace=False)
+    ivf.train(np.ascontiguousarray(matrix[np.sort(sample)]))
+    ivf.add(matrix)
+    ivf.nprobe = min(nprobe, nlist)
+    radius = float(np.nextafter(np.float32(threshold - SLACK), np.float32(-np.inf)))
+    rows, ids = [], []
+    for start in range(0, n, batch):
+        lims, _, found = ivf.range_search(matrix[start : start + batch], radius)
+        rows.append(np.repeat(np.arange(start, start + lims.size - 1, dtype=np.int64), np.diff(lims).astype(np.int64)))
+        ids.append(found.astype(np.int64))
+    return _refine(matrix, matrix, np.concatenate(rows), np.concatenate(ids), threshold)
+
+
 def near_duplicate_pairs(
     vectors: np.ndarray,
     deployments: Sequence[str],
@@ -313,15 +349,21 @@ def near_duplicate_pairs(
     use_gpu: bool | None = None,
     *,
     block: int = 2048,
+    index: str = "exact",
+    nprobe: int = IVF_NPROBE,
 ) -> pl.DataFrame:
     """Pairs of responses from different deployments whose cosine is >= threshold.
 
     Columns i, j (row indices, i < j, each pair once) and cosine, sorted by (i, j). With
     `groups` (query ids) only pairs within one group count ("within a query"), found by a
-    matrix product per group; without, the whole corpus is searched with `VectorIndex`.
+    matrix product per group; without, the whole corpus is searched with `VectorIndex`, or
+    with an approximate IVF index when `index` is "ivf" (may miss pairs; see `_ivf_range`).
     Low thresholds return O(n^2) rows: they are meant for near-duplicates (t around 0.9).
     """
     import polars as pl
+
+    if index not in CORPUS_INDEXES:
+        raise ValueError(f"unknown index {index!r}; use one of {', '.join(CORPUS_INDEXES)}")
 
     matrix = _as_unit_matrix(vectors)
     n = matrix.shape[0]
@@ -336,10 +378,14 @@ def near_duplicate_pairs(
             rows = order[bounds[g] : bounds[g + 1]]
             if rows.size > 1 and np.unique(deps[rows]).size > 1:
                 parts.append(_dense_pairs(matrix, rows, deps, threshold32, block))
+    elif n > 1 and np.unique(deps).size > 1 and index != "exact":
+        rows, ids, sims = _ivf_range(matrix, threshold32, nprobe)
+        keep = (rows < ids) & (deps[rows] != deps[ids])
+        parts.append((rows[keep], ids[keep], sims[keep]))
     elif n > 1 and np.unique(deps).size > 1:
-        index = VectorIndex(matrix.shape[1], use_gpu=use_gpu)
-        index.add(matrix)
-        hits = index.range_search(matrix, float(threshold32))
+        flat = VectorIndex(matrix.shape[1], use_gpu=use_gpu)
+        flat.add(matrix)
+        hits = flat.range_search(matrix, float(threshold32))
         keep = (hits.rows < hits.ids) & (deps[hits.rows] != deps[hits.ids])
         parts.append((hits.rows[keep], hits.ids[keep], hits.sims[keep]))
     i = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)

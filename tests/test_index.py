@@ -242,3 +242,26 @@ def test_same_deployment_pairs_are_never_reported() -> None:
     assert one_model.height == 0 and one_model.schema["cosine"] == pl.Float64
     with pytest.raises(ValueError, match="entries"):
         near_duplicate_pairs(vectors, ["a", "b"], None, 0.9)
+
+
+def test_ivf_corpus_search_finds_exact_pairs_with_exact_cosines() -> None:
+    """The approximate IVF search returns a subset of the exact pairs with the same canonical
+    cosines, and on planted near-duplicates (two models repeating one answer) it finds nearly
+    all of them; an unknown index kind is refused by name."""
+    from hivemind.index import near_duplicate_pairs
+
+    rng = np.random.default_rng(3)
+    n, dim = 6000, 48
+    X = rng.standard_normal((n, dim)).astype(np.float32)
+    X[1::20] = X[0::20] + 0.05 * rng.standard_normal((n // 20, dim)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    deployments = [f"m{i % 2}" for i in range(n)]
+    exact = near_duplicate_pairs(X, deployments, None, 0.9, use_gpu=False)
+    approx = near_duplicate_pairs(X, deployments, None, 0.9, use_gpu=False, index="ivf")
+    assert exact.height >= n // 20
+    found = approx.join(exact, on=["i", "j"], how="left", suffix="_exact")
+    assert found["cosine_exact"].null_count() == 0  # nothing the exact search does not find
+    assert (found["cosine"] == found["cosine_exact"]).all()
+    assert approx.height >= 0.9 * exact.height
+    with pytest.raises(ValueError, match="ivf"):
+        near_duplicate_pairs(X, deployments, None, 0.9, index="hnsw")

@@ -34,11 +34,13 @@ different queries are on average no farther apart than one deployment's response
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hivemind.analysis.data import Group
+from hivemind.analysis.parallel import ordered_map
 from hivemind.metrics.semantic import EIGEN_EPS, normalize_rows
 from hivemind.metrics.stats import bootstrap_ci, holm, paired_bootstrap_diff
 
@@ -74,32 +76,46 @@ def ensemble_per_query(
     """
     import polars as pl
 
-    X = normalize_rows(vectors)
     rng = np.random.default_rng(seed)
-    records: list[tuple[Any, ...]] = []
-    for g in groups:
+
+    def drawn() -> Iterator[tuple[Group, np.ndarray, np.ndarray]]:
+        """Each group with its draws, in group order (the generator's order, as ever)."""
+        for g in groups:
+            K, D = g.k, len(g.deployments)
+            if K < 1:
+                continue
+            # single arm: a random order of each deployment's K samples, per draw; prefixes are draws
+            within = np.argsort(rng.random((draws, D, K)), axis=2)  # (R, D, K) local sample order
+            single_idx = within + (np.arange(D) * K)[None, :, None]  # global local indices
+            # mixed arm: round-robin over a random deployment order, random sample per deployment
+            dep_rank = np.argsort(np.argsort(rng.random((draws, D)), axis=1), axis=1)  # (R, D)
+            sample_rank = np.argsort(np.argsort(rng.random((draws, D, K)), axis=2), axis=2)  # (R, D, K)
+            key = sample_rank * D + dep_rank[:, :, None]  # (R, D, K)
+            mixed_order = np.argsort(key.reshape(draws, D * K), axis=1)  # local index = d*K + s
+            yield g, single_idx, mixed_order
+
+    def diversities(task: tuple[Group, np.ndarray, np.ndarray]) -> list[tuple[Any, ...]]:
+        g, single_idx, mixed_order = task
         K, D = g.k, len(g.deployments)
-        if K < 1:
-            continue
-        rows = g.all_rows()
-        S = np.clip(X[rows] @ X[rows].T, -1.0, 1.0)
-        # single arm: a random order of each deployment's K samples, per draw; prefixes are draws
-        within = np.argsort(rng.random((draws, D, K)), axis=2)  # (R, D, K) local sample order
-        single_idx = within + (np.arange(D) * K)[None, :, None]  # global local indices
-        # mixed arm: round-robin over a random deployment order, random sample per deployment
-        dep_rank = np.argsort(np.argsort(rng.random((draws, D)), axis=1), axis=1)  # (R, D)
-        sample_rank = np.argsort(np.argsort(rng.random((draws, D, K)), axis=2), axis=2)  # (R, D, K)
-        key = sample_rank * D + dep_rank[:, :, None]  # (R, D, K)
-        mixed_order = np.argsort(key.reshape(draws, D * K), axis=1)  # local index = d*K + s
+        Y = normalize_rows(vectors[g.all_rows()])  # per group: no float64 copy of the corpus
+        S = np.clip(Y @ Y.copy().T, -1.0, 1.0)  # gemm, as before (Y @ Y.T takes syrk: other bits)
+        # draws are nested in k, so each draw's k x k Gram matrix is the leading block of its
+        # K x K one: gather once per draw, not once per (draw, k) - the same numbers
+        single_gram = _gram_batch(S, single_idx.reshape(draws * D, K))
+        mixed_gram = _gram_batch(S, mixed_order[:, :K]) if D >= 2 else None
+        out: list[tuple[Any, ...]] = []
         for k in range(1, K + 1):
-            idx = single_idx[:, :, :k].reshape(draws * D, k)
-            dist, vendi = draw_diversity(_gram_batch(S, idx))
-            records.append((g.query_id, g.category, g.condition, k, "single",
-                            float(dist.mean()), float(vendi.mean()), 1))
-            if D >= 2:
-                dist, vendi = draw_diversity(_gram_batch(S, mixed_order[:, :k]))
-                records.append((g.query_id, g.category, g.condition, k, "mixed",
-                                float(dist.mean()), float(vendi.mean()), min(k, D)))
+            dist, vendi = draw_diversity(np.ascontiguousarray(single_gram[:, :k, :k]))
+            out.append((g.query_id, g.category, g.condition, k, "single",
+                        float(dist.mean()), float(vendi.mean()), 1))
+            if mixed_gram is not None:
+                dist, vendi = draw_diversity(np.ascontiguousarray(mixed_gram[:, :k, :k]))
+                out.append((g.query_id, g.category, g.condition, k, "mixed",
+                            float(dist.mean()), float(vendi.mean()), min(k, D)))
+        return out
+
+    # the eigenvalues (Vendi) are most of the time: groups run on threads, draws stay in order
+    records = [r for part in ordered_map(diversities, drawn()) for r in part]
     schema = {"query_id": pl.Utf8, "category": pl.Utf8, "condition": pl.Utf8, "k": pl.Int64,
               "arm": pl.Utf8, "mean_distance": pl.Float64, "vendi": pl.Float64,
               "n_deployments_used": pl.Int64}

@@ -70,20 +70,24 @@ def _embedded(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _found_pairs(
     responses: pl.DataFrame, vectors: np.ndarray, threshold: float, groups: list[str] | None,
-    use_gpu: bool | None, executor: Executor | None = None,
+    use_gpu: bool | None, executor: Executor | None = None, index: str = "exact",
 ) -> pl.DataFrame:
     """`hivemind.index.near_duplicate_pairs` on the responses, i and j as response rows
-    (through `executor.pair_search`, e.g. sharded on Ray: the same pairs)."""
+    (through `executor.pair_search`, e.g. sharded on Ray: the same pairs; an approximate
+    `index` runs in this process)."""
     import polars as pl
 
     from hivemind.executors import Executor
+    from hivemind.index import near_duplicate_pairs
 
     X, keep = _embedded(vectors)
     deployments = responses["deployment"].to_list()
-    found = (executor or Executor()).pair_search(
-        X, [deployments[int(i)] for i in keep], None if groups is None else [groups[int(i)] for i in keep],
-        threshold, use_gpu=use_gpu,
-    )
+    kept_deployments = [deployments[int(i)] for i in keep]
+    kept_groups = None if groups is None else [groups[int(i)] for i in keep]
+    if index != "exact":
+        found = near_duplicate_pairs(X, kept_deployments, kept_groups, threshold, use_gpu=use_gpu, index=index)
+    else:
+        found = (executor or Executor()).pair_search(X, kept_deployments, kept_groups, threshold, use_gpu=use_gpu)
     back = dict(enumerate(keep.tolist()))
     return found.with_columns(pl.col("i").replace_strict(back, return_dtype=pl.Int64),
                               pl.col("j").replace_strict(back, return_dtype=pl.Int64))
@@ -122,12 +126,13 @@ def near_duplicates(
 
 def corpus_near_duplicates(
     responses: pl.DataFrame, vectors: np.ndarray, threshold: float, max_rows: int = 2000,
-    use_gpu: bool | None = None, executor: Executor | None = None,
+    use_gpu: bool | None = None, executor: Executor | None = None, index: str = "exact",
 ) -> tuple[pl.DataFrame, int, int]:
     """Cross-deployment pairs with cosine >= threshold anywhere in the corpus.
 
     The whole corpus (every query and condition) is searched at once with the FAISS
-    `VectorIndex` (`near_duplicate_pairs` without groups; on GPU when `use_gpu` allows).
+    `VectorIndex` (`near_duplicate_pairs` without groups; on GPU when `use_gpu` allows), or
+    with an approximate IVF index when `index` is "ivf" (faster, may miss pairs).
     Pairs whose responses answer *different* queries - one model's answer recurring word
     for word under another model on another prompt - are what the within-query table cannot
     show, so they come first (`same_query` false), then pairs within one query; each part
@@ -138,7 +143,7 @@ def corpus_near_duplicates(
     """
     import polars as pl
 
-    found = _found_pairs(responses, vectors, threshold, None, use_gpu, executor)
+    found = _found_pairs(responses, vectors, threshold, None, use_gpu, executor, index)
     side = responses.select("row", "query_id", "query_text", "condition", "deployment", "sample_index", "text")
     names = [c for c in side.columns if c != "row"]
     a = side.select("row", *[pl.col(c).alias(f"{c}_a") for c in names])
@@ -189,6 +194,7 @@ def analyze_responses(
     use_gpu: bool | None = None,
     checker: str | AnswerChecker | None = None,
     executor: Executor | None = None,
+    corpus_index: str = "exact",
 ) -> AnalysisResult:
     """Run every analysis on prepared responses (`prepare_responses`) and aligned vectors.
 
@@ -199,13 +205,18 @@ def analyze_responses(
     judges answers to verifiable queries (`hivemind.verify.get_checker`: a name such as "final",
     "exact", "numeric:0.01", "regex", "module:function", or a callable; default "final"). Works
     with one deployment (no inter tables), one condition and missing categories. Comparisons
-    follow `FOOTING_RULE`. `executor` runs the per-query analyses and the pair search (default:
+    follow `FOOTING_RULE`. `corpus_index` is "exact" or "ivf" (approximate, for very large
+    corpora; `hivemind.index`) for the corpus-wide search only. `executor` runs the per-query analyses and the pair search (default:
     in this process; `hivemind.executors`).
     """
     import polars as pl
 
     from hivemind.executors import Executor
 
+    from hivemind.index import CORPUS_INDEXES
+
+    if corpus_index not in CORPUS_INDEXES:  # before the work, not after it
+        raise ValueError(f"unknown corpus index {corpus_index!r}; use one of {', '.join(CORPUS_INDEXES)}")
     ex = executor or Executor()
 
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -246,7 +257,7 @@ def analyze_responses(
                                on_footing(t["quality"], footing), n_boot=n_boot, seed=seed)
     t["near_duplicates"], n_dup = near_duplicates(responses, vectors, threshold, None, use_gpu, ex)  # every pair
     t["near_duplicates_corpus"], n_corpus, n_cross = corpus_near_duplicates(
-        responses, vectors, threshold, max_near_duplicates, use_gpu, ex)
+        responses, vectors, threshold, max_near_duplicates, use_gpu, ex, corpus_index)
 
     clustering: dict[str, Any] = {}
     cluster_rows = []
@@ -264,6 +275,7 @@ def analyze_responses(
     summary["answer_checker"] = checker_name(checker)
     summary["headline"]["near_duplicate_pairs_corpus"] = n_corpus
     summary["headline"]["near_duplicate_pairs_cross_query"] = n_cross
+    summary["near_duplicate_corpus_index"] = corpus_index  # "ivf" is approximate: may miss pairs
     summary["clustering"] = clustering
     return AnalysisResult(t, summary)
 

@@ -95,20 +95,49 @@ def self_bleu(texts: Sequence[str]) -> float:
     """Self-BLEU in [0, 1]: mean over i of BLEU(y_i, refs = all other y_j).
 
     Same scores as ``sacrebleu.sentence_bleu`` with its defaults (13a tokenizer, exp
-    smoothing, effective order) on the raw texts, from one reused ``BLEU`` object (about
-    twice as fast as building one per sentence); sacrebleu's 0-100 score is divided by 100.
+    smoothing, effective order) on the raw texts; sacrebleu's 0-100 score is divided by 100.
     Higher = more homogeneous. ``nan`` for < 2 texts.
+
+    sacrebleu clips each n-gram's matches at its largest count in any one reference, so
+    the K leave-one-out reference sets need not be rebuilt K times: each text's n-grams are
+    counted once (sacrebleu's own tokenizer and n-gram extraction) and, per n-gram, the two
+    largest counts over all texts are kept; the largest among the others is the first
+    unless text i holds it alone. Statistics and score are then sacrebleu's
+    (`BLEU.compute_bleu`, its closest-reference-length rule): O(K) counting, not O(K^2).
     """
     from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics.helpers import extract_all_word_ngrams
 
     n = len(texts)
     if n < 2:
         return float("nan")
     bleu = BLEU(effective_order=True)
-    scores = [
-        bleu.sentence_score(texts[i], [texts[j] for j in range(n) if j != i]).score
-        for i in range(n)
-    ]
+    order = bleu.max_ngram_order
+    counted = [extract_all_word_ngrams(bleu._preprocess_segment(t), 1, order) for t in texts]
+    lengths = [length for _, length in counted]
+    top: dict[tuple[str, ...], list[int]] = {}  # n-gram -> [largest count, its text, second largest]
+    for i, (grams, _) in enumerate(counted):
+        for gram, count in grams.items():
+            best = top.get(gram)
+            if best is None:
+                top[gram] = [count, i, 0]
+            elif count > best[0]:
+                best[2], best[0], best[1] = best[0], count, i
+            elif count > best[2]:
+                best[2] = count
+    scores = []
+    for i, (grams, hyp_len) in enumerate(counted):
+        correct, total = [0] * order, [0] * order
+        for gram, count in grams.items():
+            best = top[gram]
+            in_refs = best[2] if best[1] == i else best[0]
+            total[len(gram) - 1] += count
+            correct[len(gram) - 1] += min(count, in_refs)
+        ref_len = bleu._get_closest_ref_len(hyp_len, lengths[:i] + lengths[i + 1 :])
+        scores.append(BLEU.compute_bleu(
+            correct=correct, total=total, sys_len=hyp_len, ref_len=ref_len, smooth_method=bleu.smooth_method,
+            smooth_value=bleu.smooth_value, effective_order=True, max_ngram_order=order,
+        ).score)
     return float(np.mean(scores)) / 100.0
 
 

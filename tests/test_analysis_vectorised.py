@@ -1,0 +1,210 @@
+"""The vectorised ensemble draws and gap permutations give the previous implementation's numbers.
+
+`_previous_*` below are the implementations these replaced (commit fb08e27), kept here only as
+the reference: the ensemble table must be bit-identical (same draws, same Gram matrices), the
+permutation gaps within 1e-12 (only the order of floating-point sums changed) with the same
+p-values, on fixed clustered inputs with equal K and, for the fallback, unequal counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from hivemind.analysis.data import Group
+from hivemind.analysis.ensemble import draw_diversity, ensemble_per_query
+from hivemind.analysis.significance import _gap_from_blocks, gap_permutation_test, group_gap_permutations
+from hivemind.metrics.semantic import normalize_rows
+
+
+def _previous_ensemble_per_query(groups: list[Group], vectors: np.ndarray, draws: int = 24, seed: int = 0
+                                 ) -> pl.DataFrame:
+    X = normalize_rows(vectors)
+    rng = np.random.default_rng(seed)
+    records: list[tuple[Any, ...]] = []
+    for g in groups:
+        K, D = g.k, len(g.deployments)
+        if K < 1:
+            continue
+        rows = g.all_rows()
+        S = np.clip(X[rows] @ X[rows].T, -1.0, 1.0)
+        within = np.argsort(rng.random((draws, D, K)), axis=2)
+        single_idx = within + (np.arange(D) * K)[None, :, None]
+        dep_rank = np.argsort(np.argsort(rng.random((draws, D)), axis=1), axis=1)
+        sample_rank = np.argsort(np.argsort(rng.random((draws, D, K)), axis=2), axis=2)
+        key = sample_rank * D + dep_rank[:, :, None]
+        mixed_order = np.argsort(key.reshape(draws, D * K), axis=1)
+        for k in range(1, K + 1):
+            idx = single_idx[:, :, :k].reshape(draws * D, k)
+            dist, vendi = draw_diversity(S[idx[:, :, None], idx[:, None, :]])
+            records.append((g.query_id, g.category, g.condition, k, "single",
+                            float(dist.mean()), float(vendi.mean()), 1))
+            if D >= 2:
+                idx = mixed_order[:, :k]
+                dist, vendi = draw_diversity(S[idx[:, :, None], idx[:, None, :]])
+                records.append((g.query_id, g.category, g.condition, k, "mixed",
+                                float(dist.mean()), float(vendi.mean()), min(k, D)))
+    schema = {"query_id": pl.Utf8, "category": pl.Utf8, "condition": pl.Utf8, "k": pl.Int64,
+              "arm": pl.Utf8, "mean_distance": pl.Float64, "vendi": pl.Float64,
+              "n_deployments_used": pl.Int64}
+    return pl.DataFrame(records, schema=schema, orient="row")
+
+
+def _previous_group_gap_permutations(S: np.ndarray, labels: np.ndarray, n_perm: int, rng: np.random.Generator,
+                                     chunk: int = 256) -> tuple[float, np.ndarray]:
+    codes = np.unique(labels, return_inverse=True)[1].reshape(-1)
+    D = int(codes.max()) + 1
+    counts = np.bincount(codes, minlength=D).astype(np.float64)
+    d = np.diag(S).copy()
+
+    def gaps(label_sets: np.ndarray) -> np.ndarray:
+        P = np.zeros((label_sets.shape[0], codes.size, D))
+        np.put_along_axis(P, label_sets[:, :, None], 1.0, axis=2)
+        Pt = P.transpose(0, 2, 1)
+        return _gap_from_blocks(Pt @ S @ P, Pt @ d, counts)
+
+    observed = float(gaps(codes[None, :])[0])
+    out = np.empty(n_perm)
+    for start in range(0, n_perm, chunk):
+        size = min(chunk, n_perm - start)
+        perms = np.argsort(rng.random((size, codes.size)), axis=1)
+        out[start : start + size] = gaps(codes[perms])
+    return observed, out
+
+
+def _previous_gap_permutation_test(groups: list[Group], vectors: np.ndarray, n_perm: int = 1000, seed: int = 0
+                                   ) -> tuple[float, float]:
+    X = normalize_rows(vectors)
+    rng = np.random.default_rng(seed)
+    total_obs, total_perm, n = 0.0, np.zeros(n_perm), 0
+    for g in groups:
+        if len(g.deployments) < 2 or g.k < 2:
+            continue
+        rows = g.all_rows()
+        S = np.clip(X[rows] @ X[rows].T, -1.0, 1.0)
+        observed, perms = _previous_group_gap_permutations(S, g.labels(), n_perm, rng)
+        total_obs += observed
+        total_perm += perms
+        n += 1
+    if n == 0:
+        return float("nan"), float("nan")
+    observed = total_obs / n
+    tol = 1e-12 * max(1.0, abs(observed))
+    hits = int(np.sum(total_perm / n >= observed - tol))
+    return observed, (1.0 + hits) / (1.0 + n_perm)
+
+
+def clustered_study(queries: int, deployments: int, k: int, dim: int = 32, seed: int = 7
+                    ) -> tuple[list[Group], np.ndarray]:
+    """Groups and vectors: query centre + deployment offset + noise, so intra > inter."""
+    rng = np.random.default_rng(seed)
+    groups, blocks, row = [], [], 0
+    for q in range(queries):
+        centre = rng.standard_normal(dim)
+        rows = []
+        for d in range(deployments):
+            offset = rng.standard_normal(dim) * 0.6
+            blocks.append(centre + offset + rng.standard_normal((k, dim)) * (0.5 + 0.1 * q))
+            rows.append(np.arange(row, row + k, dtype=np.int64))
+            row += k
+        names = [f"m{d}" for d in range(deployments)]
+        groups.append(Group(f"q{q}", "default", "creative", names, rows))
+    return groups, np.vstack(blocks).astype(np.float32)
+
+
+@pytest.mark.parametrize("deployments,k", [(4, 6), (3, 2), (5, 9), (1, 5)])
+def test_ensemble_per_query_is_bit_identical_to_previous(deployments: int, k: int) -> None:
+    groups, vectors = clustered_study(3, deployments, k)
+    new = ensemble_per_query(groups, vectors, draws=7, seed=3)
+    old = _previous_ensemble_per_query(groups, vectors, draws=7, seed=3)
+    assert new.height == old.height > 0
+    assert new.equals(old)  # same draws, same Gram matrices: the same bits
+
+
+def test_gap_permutations_equal_previous_with_equal_k() -> None:
+    groups, vectors = clustered_study(4, 5, 6)
+    X = normalize_rows(vectors)
+    for g in groups:
+        rows = g.all_rows()
+        S = np.clip(X[rows] @ X[rows].T, -1.0, 1.0)
+        obs_old, perms_old = _previous_group_gap_permutations(S, g.labels(), 300, np.random.default_rng(11))
+        for unit_rows in (None, X[rows]):  # gathered intra blocks, or the one-hot matmul
+            obs_new, perms_new = group_gap_permutations(S, g.labels(), 300, np.random.default_rng(11),
+                                                        unit_rows=unit_rows)
+            assert obs_new == pytest.approx(obs_old, abs=1e-12)
+            np.testing.assert_allclose(perms_new, perms_old, rtol=0, atol=1e-12)
+        assert obs_old > np.median(perms_old)  # the design has a real gap: the test is not vacuous
+
+
+def test_gap_permutations_with_unequal_counts_equal_previous() -> None:
+    groups, vectors = clustered_study(1, 3, 8)
+    g = groups[0]
+    rows = np.concatenate([g.rows[0][:3], g.rows[1], g.rows[2][:5]])
+    labels = np.concatenate([np.zeros(3, int), np.ones(8, int), np.full(5, 2)])
+    X = normalize_rows(vectors[rows])
+    S = np.clip(X @ X.T, -1.0, 1.0)
+    new = group_gap_permutations(S, labels, 200, np.random.default_rng(5))
+    old = _previous_group_gap_permutations(S, labels, 200, np.random.default_rng(5))
+    assert new[0] == pytest.approx(old[0], abs=1e-12)
+    np.testing.assert_allclose(new[1], old[1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_gap_permutation_test_equals_previous(shared: bool) -> None:
+    groups, vectors = clustered_study(6, 4, 5)
+    if shared:  # no deployment signal: every deployment's responses drawn around the same centre
+        rng = np.random.default_rng(1)
+        for g in groups:
+            centre = vectors[g.rows[0][0]].copy()
+            for r in g.rows:
+                vectors[r] = centre + rng.standard_normal((r.size, vectors.shape[1])).astype(np.float32)
+    new = gap_permutation_test(groups, vectors, n_perm=500, seed=2)
+    old = _previous_gap_permutation_test(groups, vectors, n_perm=500, seed=2)
+    assert new[0] == pytest.approx(old[0], abs=1e-12)
+    assert new[1] == old[1]
+    assert (new[1] < 0.05) != shared
+
+
+def test_self_bleu_shared_counts_equal_sacrebleu_on_varied_sets() -> None:
+    """Counting each text's n-grams once (top-2 counts per n-gram) scores like sacrebleu's
+    one-sentence function called per hypothesis: repeated n-grams held by one text alone or by
+    several (ties), duplicates, punctuation, length ties for the brevity penalty."""
+    import sacrebleu
+
+    from hivemind.metrics.lexical import self_bleu
+
+    rng = np.random.default_rng(4)
+    words = ["the", "cat", "sat", "on", "a", "mat", "mat.", "Dog,", "ran", "!", "very", "very"]
+    for trial in range(25):
+        k = int(rng.integers(2, 8))
+        texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 14)))) for _ in range(k)]
+        if trial % 5 == 0:
+            texts[1] = texts[0]  # an exact duplicate: both texts hold the same maxima
+        expected = np.mean([
+            sacrebleu.sentence_bleu(texts[i], [t for j, t in enumerate(texts) if j != i]).score
+            for i in range(k)
+        ]) / 100.0
+        assert self_bleu(texts) == pytest.approx(expected, abs=1e-12), texts
+
+
+def test_analysis_names_its_corpus_index_and_ivf_agrees_on_a_small_corpus() -> None:
+    """`corpus_index="ivf"` reaches the corpus-wide search and the summary says it was used; a
+    corpus this small gets one inverted list, so the approximate search is exhaustive and its
+    table equals the exact one."""
+    from hivemind.analysis import analyze_responses
+    from tests.test_analysis import two_deployments
+
+    responses, X = two_deployments(shared=True, rho=0.97).prepared()
+    results = {index: analyze_responses(responses, X, n_boot=50, n_perm=50, draws=2, lexical=False,
+                                        corpus_index=index, threshold=0.8)
+               for index in ("exact", "ivf")}
+    assert results["ivf"].summary["near_duplicate_corpus_index"] == "ivf"
+    assert results["exact"].summary["near_duplicate_corpus_index"] == "exact"
+    exact = results["exact"].tables["near_duplicates_corpus"]
+    assert exact.height > 0
+    assert results["ivf"].tables["near_duplicates_corpus"].equals(exact)
+    with pytest.raises(ValueError, match="unknown corpus index"):
+        analyze_responses(responses, X, n_boot=10, n_perm=10, draws=2, lexical=False, corpus_index="hnsw")
