@@ -32,9 +32,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/analysis_index.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import analysis_index  # noqa: E402  (sets the offline HF flags before any model import)
 import polars as pl  # noqa: E402
 
-import analysis_index  # noqa: E402  (sets the offline HF flags before any model import)
 from hivemind.analysis.data import build_groups, prepare_responses  # noqa: E402
 from hivemind.analysis.similarity import (  # noqa: E402
     N_BINS,
@@ -50,8 +50,9 @@ CONDITION = "default"
 CATEGORIES = ("creative", "advice", "opinion", "brainstorm")
 
 
-def make_study(n_queries: int, n_deployments: int, k: int, dim: int = DIM, seed: int = 0
-               ) -> tuple[pl.DataFrame, np.ndarray]:
+def make_study(
+    n_queries: int, n_deployments: int, k: int, dim: int = DIM, seed: int = 0
+) -> tuple[pl.DataFrame, np.ndarray]:
     """Prepared responses (`prepare_responses`) and their float32 unit vectors, row-aligned.
 
     vector = centre_q + a_q * offset_{q,d} + b_q * noise_{q,d,s} (Gaussian, variance 1/dim per
@@ -69,19 +70,22 @@ def make_study(n_queries: int, n_deployments: int, k: int, dim: int = DIM, seed:
         vectors[q] = scale * (centre + np.float32(a) * offset + np.float32(b) * noise)
     vectors = vectors.reshape(-1, dim)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    q_idx, d_idx, s_idx = (g.ravel() for g in np.meshgrid(
-        np.arange(n_queries), np.arange(n_deployments), np.arange(k), indexing="ij"))
+    q_idx, d_idx, s_idx = (
+        g.ravel() for g in np.meshgrid(np.arange(n_queries), np.arange(n_deployments), np.arange(k), indexing="ij")
+    )
     queries = np.array([f"q{i:04d}" for i in range(n_queries)])
     deployments = np.array([f"model-{i:02d}" for i in range(n_deployments)])
     categories = np.array(CATEGORIES)
-    samples = pl.DataFrame({
-        "query_id": queries[q_idx],
-        "category": categories[q_idx % len(CATEGORIES)],
-        "deployment": deployments[d_idx],
-        "condition": CONDITION,
-        "sample_index": s_idx.astype(np.int64),
-        "text": "response",
-    })
+    samples = pl.DataFrame(
+        {
+            "query_id": queries[q_idx],
+            "category": categories[q_idx % len(CATEGORIES)],
+            "deployment": deployments[d_idx],
+            "condition": CONDITION,
+            "sample_index": s_idx.astype(np.int64),
+            "text": "response",
+        }
+    )
     responses, _ = prepare_responses(samples, deployment_order=deployments.tolist())
     # prepare_responses keeps this order (query, deployment, sample), so row i is vector i
     assert responses["sample_index"].to_numpy().tolist() == s_idx.tolist()
@@ -89,8 +93,9 @@ def make_study(n_queries: int, n_deployments: int, k: int, dim: int = DIM, seed:
     return responses, vectors
 
 
-def hivemind_analyses(responses: pl.DataFrame, vectors: np.ndarray, n_boot: int
-                      ) -> tuple[dict[str, pl.DataFrame], dict[str, float]]:
+def hivemind_analyses(
+    responses: pl.DataFrame, vectors: np.ndarray, n_boot: int
+) -> tuple[dict[str, pl.DataFrame], dict[str, float]]:
     """The similarity tables as `analyze_responses` builds them, and the seconds per step."""
     steps: dict[str, float] = {}
     tables: dict[str, Any] = {}
@@ -120,8 +125,10 @@ def numpy_baseline(responses: pl.DataFrame, vectors: np.ndarray, n_bins: int = N
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     queries = responses["query_id"].unique(maintain_order=True).to_list()
     deployments = responses["deployment"].unique(maintain_order=True).to_list()
-    rows = {key: part["row"].to_numpy() for key, part in responses.partition_by(
-        ["query_id", "deployment"], maintain_order=True, as_dict=True).items()}
+    rows = {
+        key: part["row"].to_numpy()
+        for key, part in responses.partition_by(["query_id", "deployment"], maintain_order=True, as_dict=True).items()
+    }
     Q, D = len(queries), len(deployments)
     intra = np.full((Q, D), np.nan)
     inter = np.full((Q, D, D), np.nan)
@@ -144,9 +151,16 @@ def numpy_baseline(responses: pl.DataFrame, vectors: np.ndarray, n_bins: int = N
 
     matrix = inter.mean(axis=0)  # nan only on the diagonal, set next
     matrix[np.diag_indices(D)] = intra.mean(axis=0)
-    return {"intra": intra, "inter": inter, "q_intra": q_intra, "q_inter": q_inter,
-            "gap": q_intra - q_inter, "bins_intra": shares(intra), "bins_inter": shares(dep_inter),
-            "matrix": matrix}
+    return {
+        "intra": intra,
+        "inter": inter,
+        "q_intra": q_intra,
+        "q_inter": q_inter,
+        "gap": q_intra - q_inter,
+        "bins_intra": shares(intra),
+        "bins_inter": shares(dep_inter),
+        "matrix": matrix,
+    }
 
 
 def max_difference(tables: dict[str, pl.DataFrame], base: dict[str, np.ndarray], deployments: list[str]) -> float:
@@ -184,8 +198,10 @@ def bench_similarity(n_queries: int, n_deployments: int, k: int, n_boot: int, re
     numpy_baseline(*small)
     responses, vectors = make_study(n_queries, n_deployments, k)
     deployments = responses["deployment"].unique(maintain_order=True).to_list()
-    print(f"(1) per-query similarity: {n_queries} queries x {n_deployments} deployments x {k} samples "
-          f"= {responses.height:,} responses, d={vectors.shape[1]}; best of {repeats}")
+    print(
+        f"(1) per-query similarity: {n_queries} queries x {n_deployments} deployments x {k} samples "
+        f"= {responses.height:,} responses, d={vectors.shape[1]}; best of {repeats}"
+    )
     ours, theirs = float("inf"), float("inf")
     steps: dict[str, float] = {}
     for _ in range(repeats):
@@ -199,17 +215,27 @@ def bench_similarity(n_queries: int, n_deployments: int, k: int, n_boot: int, re
         theirs = min(theirs, time.perf_counter() - start)
     diff = max_difference(tables, base, deployments)
     assert diff < 1e-5, f"hivemind and the numpy baseline differ by {diff}"
-    print("    hivemind steps: " + ", ".join(f"{name} {s:.2f} s" for name, s in steps.items())
-          + f" (deployment_matrix includes {n_boot:,}-resample bootstrap CIs; the baseline computes none)")
-    print(f"    mean intra {base['q_intra'].mean():.3f}, inter {base['q_inter'].mean():.3f}, "
-          f"gap {base['gap'].mean():.3f}; max |hivemind - baseline| {diff:.1e}")
+    print(
+        "    hivemind steps: "
+        + ", ".join(f"{name} {s:.2f} s" for name, s in steps.items())
+        + f" (deployment_matrix includes {n_boot:,}-resample bootstrap CIs; the baseline computes none)"
+    )
+    print(
+        f"    mean intra {base['q_intra'].mean():.3f}, inter {base['q_inter'].mean():.3f}, "
+        f"gap {base['gap'].mean():.3f}; max |hivemind - baseline| {diff:.1e}"
+    )
     core = ours - steps["deployment_matrix"]
-    print(f"    without deployment_matrix (its CIs): hivemind {core:.2f} s, "
-          f"ratio (baseline/hivemind) {theirs / core:.2f}")
-    print(f"    hivemind {ours:.2f} s, numpy baseline {theirs:.2f} s, "
-          f"ratio (baseline/hivemind) {theirs / ours:.2f}")
-    return {"hivemind_s": ours, "baseline_s": theirs, "ratio": theirs / ours, "max_diff": diff,
-            "hivemind_without_cis_s": core}
+    print(
+        f"    without deployment_matrix (its CIs): hivemind {core:.2f} s, ratio (baseline/hivemind) {theirs / core:.2f}"
+    )
+    print(f"    hivemind {ours:.2f} s, numpy baseline {theirs:.2f} s, ratio (baseline/hivemind) {theirs / ours:.2f}")
+    return {
+        "hivemind_s": ours,
+        "baseline_s": theirs,
+        "ratio": theirs / ours,
+        "max_diff": diff,
+        "hivemind_without_cis_s": core,
+    }
 
 
 def main() -> None:
@@ -234,8 +260,9 @@ def main() -> None:
     started = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
     if not args.skip_similarity:
-        results["similarity"] = bench_similarity(n_queries, args.deployments, args.samples, args.n_boot,
-                                                 repeats=2 if args.quick else 3)
+        results["similarity"] = bench_similarity(
+            n_queries, args.deployments, args.samples, args.n_boot, repeats=2 if args.quick else 3
+        )
     if not args.skip_index:
         results["index"] = analysis_index.bench_index(n_corpus, args.index_queries, args.threshold)
     if not args.skip_embed:
@@ -243,16 +270,22 @@ def main() -> None:
     print(f"summary ({time.perf_counter() - started:.0f} s in all):")
     if "similarity" in results:
         r = results["similarity"]
-        print(f"    per-query similarity: hivemind {r['hivemind_s']:.2f} s, numpy baseline "
-              f"{r['baseline_s']:.2f} s, ratio (baseline/hivemind) {r['ratio']:.2f}")
+        print(
+            f"    per-query similarity: hivemind {r['hivemind_s']:.2f} s, numpy baseline "
+            f"{r['baseline_s']:.2f} s, ratio (baseline/hivemind) {r['ratio']:.2f}"
+        )
     if "index" in results:
         r = results["index"]
-        print(f"    near-duplicates over {r['corpus']:,}: hivemind {r['hivemind_s']:.2f} s, numpy baseline "
-              f"{r['baseline_s']:.2f} s, ratio (baseline/hivemind) {r['ratio']:.2f}")
+        print(
+            f"    near-duplicates over {r['corpus']:,}: hivemind {r['hivemind_s']:.2f} s, numpy baseline "
+            f"{r['baseline_s']:.2f} s, ratio (baseline/hivemind) {r['ratio']:.2f}"
+        )
     if "embed" in results:
         r = results["embed"]
-        print(f"    embedding: embed_texts {r['hivemind_texts_per_s']:.0f} texts/s, SentenceTransformer.encode "
-              f"{r['baseline_texts_per_s']:.0f} texts/s, ratio (embed_texts/encode) {r['ratio']:.2f}")
+        print(
+            f"    embedding: embed_texts {r['hivemind_texts_per_s']:.0f} texts/s, SentenceTransformer.encode "
+            f"{r['baseline_texts_per_s']:.0f} texts/s, ratio (embed_texts/encode) {r['ratio']:.2f}"
+        )
 
 
 if __name__ == "__main__":

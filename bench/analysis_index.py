@@ -78,8 +78,10 @@ def bench_index(n_corpus: int, n_queries: int, threshold: float) -> dict[str, fl
     """(a) hivemind's exact range search vs numpy matmul + threshold; prints and returns the figures."""
     corpus, queries = make_vectors(n_corpus, n_queries)
     device = "GPU" if gpu_available() else "CPU"
-    print(f"(a) near-duplicates: {n_queries:,} queries x {n_corpus:,} corpus, d={DIM}, "
-          f"cosine >= {threshold}, hivemind on {device}")
+    print(
+        f"(a) near-duplicates: {n_queries:,} queries x {n_corpus:,} corpus, d={DIM}, "
+        f"cosine >= {threshold}, hivemind on {device}"
+    )
     start = time.perf_counter()
     index = VectorIndex(DIM)
     index.add(corpus)
@@ -94,12 +96,22 @@ def bench_index(n_corpus: int, n_queries: int, threshold: float) -> dict[str, fl
         rows, ids = (np.array(x) for x in zip(*disputed))
         gap = np.abs(np.einsum("ij,ij->i", queries[rows], corpus[ids]) - threshold).max()
         assert gap < 1e-5, f"{len(disputed)} pairs differ, up to {gap} from the threshold"
-    print(f"    pairs found: hivemind {len(our_pairs):,}, numpy {len(baseline_pairs):,} "
-          f"({len(disputed)} differ by float32 rounding at the threshold)")
-    print(f"    hivemind {ours:.2f} s, numpy baseline {baseline:.2f} s, "
-          f"ratio {baseline / ours:.2f} (baseline time / hivemind time)")
-    return {"corpus": n_corpus, "queries": n_queries, "pairs": len(our_pairs), "hivemind_s": ours,
-            "baseline_s": baseline, "ratio": baseline / ours}
+    print(
+        f"    pairs found: hivemind {len(our_pairs):,}, numpy {len(baseline_pairs):,} "
+        f"({len(disputed)} differ by float32 rounding at the threshold)"
+    )
+    print(
+        f"    hivemind {ours:.2f} s, numpy baseline {baseline:.2f} s, "
+        f"ratio {baseline / ours:.2f} (baseline time / hivemind time)"
+    )
+    return {
+        "corpus": n_corpus,
+        "queries": n_queries,
+        "pairs": len(our_pairs),
+        "hivemind_s": ours,
+        "baseline_s": baseline,
+        "ratio": baseline / ours,
+    }
 
 
 def make_texts(n: int, seed: int = 0) -> list[str]:
@@ -117,8 +129,10 @@ def bench_embed(n_texts: int, repeats: int) -> dict[str, float]:
     texts = make_texts(n_texts)
     embedder = Embedder(progress=False)
     model = embedder.model
-    print(f"(b) embedding throughput: {n_texts:,} texts, batch {embedder.batch_size}, "
-          f"device {embedder.device}, best of {repeats}")
+    print(
+        f"(b) embedding throughput: {n_texts:,} texts, batch {embedder.batch_size}, "
+        f"device {embedder.device}, best of {repeats}"
+    )
     assert max(len(ids) for ids in embedder.token_ids(texts)) <= embedder.window
     embed_texts(texts[:64], embedder, None)  # warm-up both paths
     model.encode(texts[:64], batch_size=embedder.batch_size)
@@ -133,11 +147,18 @@ def bench_embed(n_texts: int, repeats: int) -> dict[str, float]:
         )
         theirs = min(theirs, time.perf_counter() - start)
     diff = float(np.abs(mine - reference).max())
-    print(f"    embed_texts {n_texts / ours:.0f} texts/s, SentenceTransformer.encode "
-          f"{n_texts / theirs:.0f} texts/s, ratio {theirs / ours:.2f} "
-          f"(embed_texts speed / encode speed); max |difference| {diff:.1e}")
-    return {"texts": n_texts, "hivemind_texts_per_s": n_texts / ours, "baseline_texts_per_s": n_texts / theirs,
-            "ratio": theirs / ours, "max_diff": diff}
+    print(
+        f"    embed_texts {n_texts / ours:.0f} texts/s, SentenceTransformer.encode "
+        f"{n_texts / theirs:.0f} texts/s, ratio {theirs / ours:.2f} "
+        f"(embed_texts speed / encode speed); max |difference| {diff:.1e}"
+    )
+    return {
+        "texts": n_texts,
+        "hivemind_texts_per_s": n_texts / ours,
+        "baseline_texts_per_s": n_texts / theirs,
+        "ratio": theirs / ours,
+        "max_diff": diff,
+    }
 
 
 def main() -> None:

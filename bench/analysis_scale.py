@@ -45,10 +45,27 @@ BEFORE = {  # (responses, lexical) -> seconds measured before (issue 13, 2 cores
     (20_000, True): "130 s (self-BLEU most of it)",
 }
 TARGET = {100_000: (20.0, 60.0), 1_000_000: (600.0, None)}
-STEPS = ("pair_similarity", "random_pair_baseline", "nearest_neighbour_counts", "deployment_matrix",
-         "category_breakdown", "verbatim_overlap", "gap_tests", "ensemble_per_query", "ensemble_curves",
-         "hivemind_gap", "diversity_table", "diversity_summary", "quality_table", "quality_split",
-         "conditions_view", "interventions_view", "lineage_view", "near_duplicates", "corpus_near_duplicates")
+STEPS = (
+    "pair_similarity",
+    "random_pair_baseline",
+    "nearest_neighbour_counts",
+    "deployment_matrix",
+    "category_breakdown",
+    "verbatim_overlap",
+    "gap_tests",
+    "ensemble_per_query",
+    "ensemble_curves",
+    "hivemind_gap",
+    "diversity_table",
+    "diversity_summary",
+    "quality_table",
+    "quality_split",
+    "conditions_view",
+    "interventions_view",
+    "lineage_view",
+    "near_duplicates",
+    "corpus_near_duplicates",
+)
 
 
 def synthetic_texts(n_queries: int, seed: int = 0, words: int = 80) -> list[str]:
@@ -89,6 +106,7 @@ def run_one(n: int, lexical: bool, index: str) -> dict[str, Any]:
             finally:
                 steps[name] = steps.get(name, 0.0) + time.perf_counter() - start
                 cpu[name] = cpu.get(name, 0.0) + time.process_time() - start_cpu
+
         return wrapper
 
     for name in STEPS:
@@ -96,10 +114,17 @@ def run_one(n: int, lexical: bool, index: str) -> dict[str, Any]:
     start, start_cpu = time.perf_counter(), time.process_time()
     result = run.analyze_responses(responses, vectors, lexical=lexical, corpus_index=index)
     total = time.perf_counter() - start
-    return {"n": responses.height, "lexical": lexical, "index": index, "seconds": total, "steps": steps,
-            "cpu_seconds": time.process_time() - start_cpu, "cpu_steps": cpu,
-            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            "corpus_pairs": result.summary["headline"]["near_duplicate_pairs_corpus"]}
+    return {
+        "n": responses.height,
+        "lexical": lexical,
+        "index": index,
+        "seconds": total,
+        "steps": steps,
+        "cpu_seconds": time.process_time() - start_cpu,
+        "cpu_steps": cpu,
+        "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "corpus_pairs": result.summary["headline"]["near_duplicate_pairs_corpus"],
+    }
 
 
 def recall(n: int) -> dict[str, Any]:
@@ -114,8 +139,9 @@ def recall(n: int) -> dict[str, Any]:
     # sample of the previous deployment (another model repeating an answer), so recall is measured
     rng = np.random.default_rng(1)
     copies = np.arange(SAMPLES, n, 2 * SAMPLES)  # sources (copies - SAMPLES) are never copies
-    vectors[copies] = vectors[copies - SAMPLES] + 0.02 * rng.standard_normal((copies.size, vectors.shape[1]),
-                                                                              dtype=np.float32)
+    vectors[copies] = vectors[copies - SAMPLES] + 0.02 * rng.standard_normal(
+        (copies.size, vectors.shape[1]), dtype=np.float32
+    )
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     deployments = np.tile(np.repeat(np.arange(DEPLOYMENTS), SAMPLES), n // (DEPLOYMENTS * SAMPLES)).astype(str)
     out: dict[str, Any] = {"n": n}
@@ -126,8 +152,11 @@ def recall(n: int) -> dict[str, Any]:
         out[f"{index}_s"] = time.process_time() - start
     exact = found["exact"].select("i", "j")
     hit = found["ivf"].select("i", "j").join(exact, on=["i", "j"], how="inner").height
-    out.update(exact_pairs=exact.height, ivf_pairs=found["ivf"].height,
-               recall=hit / exact.height if exact.height else float("nan"))
+    out.update(
+        exact_pairs=exact.height,
+        ivf_pairs=found["ivf"].height,
+        recall=hit / exact.height if exact.height else float("nan"),
+    )
     return out
 
 
@@ -147,8 +176,10 @@ def versus_previous(n_queries: int = 2) -> None:
 
     responses, vectors = make_study(n_queries, DEPLOYMENTS, SAMPLES)
     groups = build_groups(responses)
-    pairs = [("ensemble_per_query", _previous_ensemble_per_query, ensemble_per_query),
-             ("gap permutation test", _previous_gap_permutation_test, gap_permutation_test)]
+    pairs = [
+        ("ensemble_per_query", _previous_ensemble_per_query, ensemble_per_query),
+        ("gap permutation test", _previous_gap_permutation_test, gap_permutation_test),
+    ]
     for name, before, now in pairs:
         spent = []
         for fn in (before, now):
@@ -156,8 +187,10 @@ def versus_previous(n_queries: int = 2) -> None:
             fn(groups, vectors)
             spent.append((time.perf_counter() - start, time.process_time() - start_cpu))
         (bw, bc), (nw, nc) = spent
-        print(f"{name}, {responses.height:,} responses: previous {bw:.1f} s ({bc:.1f} CPU s), now {nw:.1f} s "
-              f"({nc:.1f} CPU s): {bc / nc:.1f}x less CPU")
+        print(
+            f"{name}, {responses.height:,} responses: previous {bw:.1f} s ({bc:.1f} CPU s), now {nw:.1f} s "
+            f"({nc:.1f} CPU s): {bc / nc:.1f}x less CPU"
+        )
     import sacrebleu
 
     from hivemind.metrics.lexical import self_bleu
@@ -165,15 +198,18 @@ def versus_previous(n_queries: int = 2) -> None:
     texts = synthetic_texts(1)
     sets = [texts[d * SAMPLES : (d + 1) * SAMPLES] for d in range(4)]
     start = time.process_time()
-    ref = [sum(sacrebleu.sentence_bleu(t[i], t[:i] + t[i + 1 :]).score for i in range(len(t))) / len(t) / 100
-           for t in sets]
+    ref = [
+        sum(sacrebleu.sentence_bleu(t[i], t[:i] + t[i + 1 :]).score for i in range(len(t))) / len(t) / 100 for t in sets
+    ]
     before = time.process_time() - start
     start = time.process_time()
     now = [self_bleu(t) for t in sets]
     spent = time.process_time() - start
     assert max(abs(a - b) for a, b in zip(ref, now)) <= 1e-12
-    print(f"self-BLEU, 4 x {SAMPLES} texts of ~80 words: sacrebleu.sentence_bleu per hypothesis {before:.2f} CPU s, "
-          f"hivemind {spent:.2f} CPU s (same scores): {before / spent:.0f}x less CPU")
+    print(
+        f"self-BLEU, 4 x {SAMPLES} texts of ~80 words: sacrebleu.sentence_bleu per hypothesis {before:.2f} CPU s, "
+        f"hivemind {spent:.2f} CPU s (same scores): {before / spent:.0f}x less CPU"
+    )
 
 
 def child(args: list[str]) -> dict[str, Any]:
@@ -190,8 +226,11 @@ def main() -> None:
     parser.add_argument("--recall", action="store_true", help="IVF vs exact corpus search on 100K")
     parser.add_argument("--quick", action="store_true", help="10K only")
     parser.add_argument("--index", choices=("exact", "ivf"), default="exact", help="corpus index below 1M")
-    parser.add_argument("--versus-previous", action="store_true",
-                        help="ensemble draws and gap permutations vs the previous implementation (2K responses)")
+    parser.add_argument(
+        "--versus-previous",
+        action="store_true",
+        help="ensemble draws and gap permutations vs the previous implementation (2K responses)",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--recall-one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -204,8 +243,10 @@ def main() -> None:
     sizes = [10_000] if args.quick else [10_000, 100_000]
     if args.million:
         sizes.append(1_000_000)
-    print(f"full analyze_responses, {DEPLOYMENTS} deployments x {SAMPLES} samples per query, 384-d, "
-          f"lexical {'on' if args.lexical else 'off'} (each size in its own process)")
+    print(
+        f"full analyze_responses, {DEPLOYMENTS} deployments x {SAMPLES} samples per query, 384-d, "
+        f"lexical {'on' if args.lexical else 'off'} (each size in its own process)"
+    )
     rows = []
     for n in sizes:
         index = "ivf" if n >= 1_000_000 else args.index
@@ -214,21 +255,30 @@ def main() -> None:
         rows.append(r)
         top = sorted(r["steps"].items(), key=lambda kv: -kv[1])[:4]
         target = TARGET.get(n, (None, None))[1 if args.lexical else 0]
-        print(f"{n:>9,} responses: {r['seconds']:7.1f} s ({r['cpu_seconds']:.1f} CPU s), peak {r['peak_gb']:.2f} GB, corpus index {index} "
-              f"({r['corpus_pairs']} pairs); target {f'<= {target:.0f} s' if target else '-'}; "
-              f"before: {BEFORE.get((n, args.lexical), 'not measured')}")
-        print("           slowest steps: " + ", ".join(
-            f"{k} {v:.1f} s / {r['cpu_steps'][k]:.1f} CPU s ({v / r['seconds']:.0%})" for k, v in top))
+        print(
+            f"{n:>9,} responses: {r['seconds']:7.1f} s ({r['cpu_seconds']:.1f} CPU s), peak {r['peak_gb']:.2f} GB, corpus index {index} "
+            f"({r['corpus_pairs']} pairs); target {f'<= {target:.0f} s' if target else '-'}; "
+            f"before: {BEFORE.get((n, args.lexical), 'not measured')}"
+        )
+        print(
+            "           slowest steps: "
+            + ", ".join(f"{k} {v:.1f} s / {r['cpu_steps'][k]:.1f} CPU s ({v / r['seconds']:.0%})" for k, v in top)
+        )
     if len(rows) > 1:
         per = [(r["seconds"] / r["n"] * 1e6, r["cpu_seconds"] / r["n"] * 1e6) for r in rows]
-        print("microseconds per response (wall / CPU): " + ", ".join(
-            f"{r['n']:,}: {w:.0f} / {c:.0f}" for r, (w, c) in zip(rows, per)) + " (linear scaling keeps these equal)")
+        print(
+            "microseconds per response (wall / CPU): "
+            + ", ".join(f"{r['n']:,}: {w:.0f} / {c:.0f}" for r, (w, c) in zip(rows, per))
+            + " (linear scaling keeps these equal)"
+        )
     if args.versus_previous:
         versus_previous()
     if args.recall:
         r = child(["--recall-one", "100000"])
-        print(f"corpus near-duplicates on {r['n']:,} (cosine >= 0.9): exact {r['exact_pairs']} pairs in "
-              f"{r['exact_s']:.1f} CPU s, IVF {r['ivf_pairs']} pairs in {r['ivf_s']:.1f} CPU s: recall {r['recall']:.4f}")
+        print(
+            f"corpus near-duplicates on {r['n']:,} (cosine >= 0.9): exact {r['exact_pairs']} pairs in "
+            f"{r['exact_s']:.1f} CPU s, IVF {r['ivf_pairs']} pairs in {r['ivf_s']:.1f} CPU s: recall {r['recall']:.4f}"
+        )
 
 
 if __name__ == "__main__":

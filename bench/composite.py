@@ -22,22 +22,34 @@ from hivemind.providers.gguf import resolve_gguf
 from hivemind.spec import Message, SampleRequest, SamplingParams
 from hivemind.zoo import load_zoo
 
-PROMPTS = ["Write a metaphor about time.", "Name an unusual pet and say why.",
-           "Describe a city at night in two sentences."]
+PROMPTS = [
+    "Write a metaphor about time.",
+    "Name an unusual pet and say why.",
+    "Describe a city at night in two sentences.",
+]
 
 
 def _request(prompt: str, seed: int, tokens: int) -> SampleRequest:
-    return SampleRequest(study="bench", query_id="q", deployment="d", condition="c", sample_index=0, seed=seed,
-                         messages=(Message(role="user", content=prompt),), deployment_identity={},
-                         params=SamplingParams(temperature=1.0, top_p=0.95, max_tokens=tokens))
+    return SampleRequest(
+        study="bench",
+        query_id="q",
+        deployment="d",
+        condition="c",
+        sample_index=0,
+        seed=seed,
+        messages=(Message(role="user", content=prompt),),
+        deployment_identity={},
+        params=SamplingParams(temperature=1.0, top_p=0.95, max_tokens=tokens),
+    )
 
 
 def chat_alone(llama: Any, prompt: str, seed: int, tokens: int) -> tuple[int, float]:
     """llama-cpp-python alone: (generated tokens, seconds), prompt included."""
     llama.reset()
     started = time.perf_counter()
-    out = llama.create_chat_completion(messages=[{"role": "user", "content": prompt}], seed=seed,
-                                       temperature=1.0, top_p=0.95, max_tokens=tokens)
+    out = llama.create_chat_completion(
+        messages=[{"role": "user", "content": prompt}], seed=seed, temperature=1.0, top_p=0.95, max_tokens=tokens
+    )
     return out["usage"]["completion_tokens"], time.perf_counter() - started
 
 
@@ -53,8 +65,15 @@ def measure(name: str, tokens: int) -> None:
     """Components and composite interleaved prompt by prompt, so both see the same machine load."""
     deployment = load_zoo().get(name)
     options = parse_options(deployment)
-    alone = [load_llama_no_repack(str(resolve_gguf(c.source(), "bench")), n_ctx=c.n_ctx or options.n_ctx,
-                                  n_threads=options.n_threads or os.cpu_count(), verbose=False) for c in options.components]
+    alone = [
+        load_llama_no_repack(
+            str(resolve_gguf(c.source(), "bench")),
+            n_ctx=c.n_ctx or options.n_ctx,
+            n_threads=options.n_threads or os.cpu_count(),
+            verbose=False,
+        )
+        for c in options.components
+    ]
     engine = CompositeEngine(options, name, deployment.model)
     totals = [[0, 0.0] for _ in range(len(alone) + 1)]
     try:
@@ -72,8 +91,10 @@ def measure(name: str, tokens: int) -> None:
     measured = totals[-1][0] / totals[-1][1]
     serial = 1.0 / sum(1.0 / s for s in speeds)
     parts = ", ".join(f"{c.name} ({c.role}) {s:.1f}" for c, s in zip(options.components, speeds))
-    print(f"{name} [{options.form}]: components {parts} tok/s; sum {sum(speeds):.1f}; "
-          f"serial limit {serial:.1f}; composite {measured:.1f} tok/s = {measured / serial:.0%} of the limit")
+    print(
+        f"{name} [{options.form}]: components {parts} tok/s; sum {sum(speeds):.1f}; "
+        f"serial limit {serial:.1f}; composite {measured:.1f} tok/s = {measured / serial:.0%} of the limit"
+    )
 
 
 def main() -> None:
@@ -86,6 +107,7 @@ def main() -> None:
     print(f"{len(PROMPTS)} prompts x {args.tokens} tokens, temperature 1.0 (shared machine: compare ratios)")
     for name in names:
         measure(name, args.tokens)
+
 
 if __name__ == "__main__":
     main()

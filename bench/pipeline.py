@@ -42,18 +42,42 @@ def write_study(directory: Path, n_queries: int, embedder: str) -> Path:
     with queries.open("w") as out:
         for q in range(n_queries):
             topic = TOPICS[q % len(TOPICS)]
-            out.write(json.dumps({"id": f"q{q:05d}", "text": f"Write a short metaphor about {topic} ({q}).",
-                                  "category": "creative"}) + "\n")
+            out.write(
+                json.dumps(
+                    {"id": f"q{q:05d}", "text": f"Write a short metaphor about {topic} ({q}).", "category": "creative"}
+                )
+                + "\n"
+            )
     zoo = directory / "zoo.yaml"
-    zoo.write_text(yaml.safe_dump({"deployments": [
-        {"name": f"mock-{d:02d}", "provider": "mock", "model": "mock", "max_concurrency": 64,
-         "options": {"diversity": 1 + d % 8, "style": "varied" if d % 2 else "echo"}}
-        for d in range(DEPLOYMENTS)]}))
+    zoo.write_text(
+        yaml.safe_dump(
+            {
+                "deployments": [
+                    {
+                        "name": f"mock-{d:02d}",
+                        "provider": "mock",
+                        "model": "mock",
+                        "max_concurrency": 64,
+                        "options": {"diversity": 1 + d % 8, "style": "varied" if d % 2 else "echo"},
+                    }
+                    for d in range(DEPLOYMENTS)
+                ]
+            }
+        )
+    )
     spec = directory / "study.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "bench", "query_set": str(queries), "zoo": str(zoo), "samples": SAMPLES,
-        "deployments": [f"mock-{d:02d}" for d in range(DEPLOYMENTS)], "embedder": embedder,
-    }))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "bench",
+                "query_set": str(queries),
+                "zoo": str(zoo),
+                "samples": SAMPLES,
+                "deployments": [f"mock-{d:02d}" for d in range(DEPLOYMENTS)],
+                "embedder": embedder,
+            }
+        )
+    )
     return spec
 
 
@@ -62,8 +86,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100, help="queries (x 20 deployments x 50 samples)")
     parser.add_argument("--quick", action="store_true", help="10 queries: 10,000 responses")
     parser.add_argument("--embedder", default="all-MiniLM-L6-v2")
-    parser.add_argument("--index", choices=("exact", "ivf"), default="exact",
-                        help="corpus-wide near-duplicate index (ivf: approximate)")
+    parser.add_argument(
+        "--index", choices=("exact", "ivf"), default="exact", help="corpus-wide near-duplicate index (ivf: approximate)"
+    )
     parser.add_argument("--no-lexical", action="store_true", help="skip the lexical metrics")
     args = parser.parse_args()
     n_queries = 10 if args.quick else args.queries
@@ -83,6 +108,7 @@ def main() -> None:
                 return fn(*a, **k)
             finally:
                 inner[label] = inner.get(label, 0.0) + time.perf_counter() - start
+
         setattr(module, name, wrapper)
 
     timed(embed, "embed_texts", "embed")
@@ -91,6 +117,7 @@ def main() -> None:
 
     def analyze(*a: Any, **k: Any) -> Any:  # the flag, through the public function's option
         return original(*a, **{**k, "corpus_index": args.index})
+
     analysis.analyze_responses = analyze  # analyze_store imports it from here when called
 
     steps: dict[str, float] = {}
@@ -104,17 +131,20 @@ def main() -> None:
         analysed = time.perf_counter() - start
         steps["embed"] = inner.get("embed", 0.0)
         steps["index (corpus-wide near-duplicates)"] = inner.get("index (corpus-wide near-duplicates)", 0.0)
-        steps["analyse (everything else, tables written)"] = analysed - steps["embed"] - steps[
-            "index (corpus-wide near-duplicates)"]
+        steps["analyse (everything else, tables written)"] = (
+            analysed - steps["embed"] - steps["index (corpus-wide near-duplicates)"]
+        )
         start = time.perf_counter()
         pipeline.write_report(Path(tmp) / "store")
         steps["report"] = time.perf_counter() - start
         n = outputs.summary.get("n_responses")
         planned = study.sampling.planned
     total = sum(steps.values())
-    print(f"end to end: {n_queries} queries x {DEPLOYMENTS} mock deployments x {SAMPLES} samples = {planned:,} "
-          f"requests, {n:,} responses analysed, corpus index {args.index}, lexical "
-          f"{'off' if args.no_lexical else 'on'}: {total:.1f} s")
+    print(
+        f"end to end: {n_queries} queries x {DEPLOYMENTS} mock deployments x {SAMPLES} samples = {planned:,} "
+        f"requests, {n:,} responses analysed, corpus index {args.index}, lexical "
+        f"{'off' if args.no_lexical else 'on'}: {total:.1f} s"
+    )
     for name, seconds in steps.items():
         print(f"  {name:<45} {seconds:8.1f} s  {seconds / total:6.1%}")
     print(f"slowest step: {max(steps, key=steps.__getitem__)}")

@@ -68,27 +68,45 @@ def eager(queries: int) -> dict[str, float]:
         for query in qs:
             for deployment in deployments:
                 for condition in spec.effective_conditions():
-                    requests.append(SampleRequest(
-                        study=spec.name, query_id=query.id, deployment=deployment.name,
-                        condition=condition.name, sample_index=index,
-                        seed=sample_seed(spec.seed, query.id, deployment.name, condition.name, index),
-                        messages=(Message(role="user", content=query.text),),
-                        params=deployment.params.merged(spec.params, condition.params),
-                        deployment_identity=deployment.identity()))
-    return {"requests": len(requests), "first_request_s": time.perf_counter() - started,
-            "peak_rss_mb": peak_rss_mb()}
+                    requests.append(
+                        SampleRequest(
+                            study=spec.name,
+                            query_id=query.id,
+                            deployment=deployment.name,
+                            condition=condition.name,
+                            sample_index=index,
+                            seed=sample_seed(spec.seed, query.id, deployment.name, condition.name, index),
+                            messages=(Message(role="user", content=query.text),),
+                            params=deployment.params.merged(spec.params, condition.params),
+                            deployment_identity=deployment.identity(),
+                        )
+                    )
+    return {"requests": len(requests), "first_request_s": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
 
 
 def study_files(folder: Path) -> StudySpec:
     queries = folder / "queries.jsonl"
     if not queries.exists():
-        queries.write_text("".join(json.dumps({"id": f"q{i:05d}", "text": f"Write a short metaphor about "
-                                               f"thing number {i}."}) + "\n" for i in range(QUERIES)))
-        (folder / "zoo.yaml").write_text("deployments:\n" + "".join(
-            f"  - {{name: d{i}, provider: bench-instant, model: m, max_concurrency: 8}}\n"
-            for i in range(DEPLOYMENTS)))
-    return StudySpec(name="big", query_set=str(queries), zoo=str(folder / "zoo.yaml"),
-                     deployments=[f"d{i}" for i in range(DEPLOYMENTS)], samples=SAMPLES)
+        queries.write_text(
+            "".join(
+                json.dumps({"id": f"q{i:05d}", "text": f"Write a short metaphor about thing number {i}."}) + "\n"
+                for i in range(QUERIES)
+            )
+        )
+        (folder / "zoo.yaml").write_text(
+            "deployments:\n"
+            + "".join(
+                f"  - {{name: d{i}, provider: bench-instant, model: m, max_concurrency: 8}}\n"
+                for i in range(DEPLOYMENTS)
+            )
+        )
+    return StudySpec(
+        name="big",
+        query_set=str(queries),
+        zoo=str(folder / "zoo.yaml"),
+        deployments=[f"d{i}" for i in range(DEPLOYMENTS)],
+        samples=SAMPLES,
+    )
 
 
 def sample_for(folder: Path, seconds: float) -> dict[str, float]:
@@ -110,9 +128,13 @@ def sample_for(folder: Path, seconds: float) -> dict[str, float]:
         asyncio.run(bounded())
         committed = sum(p["ok"] for p in store.progress(spec.name).values())
     first = Instant.first_call
-    return {"requests": QUERIES * DEPLOYMENTS * SAMPLES, "already_done": before,
-            "first_request_s": (first - started) if first else float("nan"),
-            "committed_now": committed - before, "peak_rss_mb": peak_rss_mb()}
+    return {
+        "requests": QUERIES * DEPLOYMENTS * SAMPLES,
+        "already_done": before,
+        "first_request_s": (first - started) if first else float("nan"),
+        "committed_now": committed - before,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def measure(*args: str) -> dict[str, float]:
@@ -134,16 +156,22 @@ def main() -> None:
     print("\n## planning: time to first request and peak RSS (each in a fresh process)")
     print(f"{'run':<44} {'requests':>11} {'first request':>14} {'committed':>10} {'peak RSS':>10}")
     base = measure("eager", str(args.eager_queries))
-    print(f"{'old eager plan (baseline)':<44} {base['requests']:>11,} {base['first_request_s']:>13.1f}s "
-          f"{'-':>10} {base['peak_rss_mb']:>8.0f}MB")
+    print(
+        f"{'old eager plan (baseline)':<44} {base['requests']:>11,} {base['first_request_s']:>13.1f}s "
+        f"{'-':>10} {base['peak_rss_mb']:>8.0f}MB"
+    )
     scale = QUERIES * DEPLOYMENTS * SAMPLES / base["requests"]
-    print(f"{'  same, extrapolated x%.0f to 10M' % scale:<44} {QUERIES * DEPLOYMENTS * SAMPLES:>11,} "
-          f"{base['first_request_s'] * scale:>13.0f}s {'-':>10} {base['peak_rss_mb'] * scale / 1024:>8.1f}GB")
+    print(
+        f"{f'  same, extrapolated x{scale:.0f} to 10M':<44} {QUERIES * DEPLOYMENTS * SAMPLES:>11,} "
+        f"{base['first_request_s'] * scale:>13.0f}s {'-':>10} {base['peak_rss_mb'] * scale / 1024:>8.1f}GB"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for label in ("lazy plan, fresh study", "lazy plan, resumed (skips the above)"):
             run = measure("sample", tmp, str(args.seconds))
-            print(f"{label:<44} {run['requests']:>11,.0f} {run['first_request_s']:>13.2f}s "
-                  f"{run['committed_now']:>10,.0f} {run['peak_rss_mb']:>8.0f}MB")
+            print(
+                f"{label:<44} {run['requests']:>11,.0f} {run['first_request_s']:>13.2f}s "
+                f"{run['committed_now']:>10,.0f} {run['peak_rss_mb']:>8.0f}MB"
+            )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from typing import Any
 
 import httpx
 
-from hivemind.providers.registry import create_provider
 from hivemind.providers.gguf import resolve_gguf
 from hivemind.providers.llamacpp import (
     DEFAULT_TEMPLATE,
@@ -35,6 +34,7 @@ from hivemind.providers.llamacpp import (
     sampling_kwargs,
 )
 from hivemind.providers.openai import chat_body
+from hivemind.providers.registry import create_provider
 from hivemind.sampling import Sampler, plan_requests
 from hivemind.spec import Deployment, Query, SamplingParams, StudySpec
 from hivemind.store import Store
@@ -57,15 +57,19 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def study_requests(n: int, deployment: Deployment) -> tuple[StudySpec, list[Query], list]:
-    spec = StudySpec(name="bench", query_set="-", deployments=[deployment.name], samples=n // 10,
-                     params=SamplingParams(temperature=1.0, max_tokens=16))
+    spec = StudySpec(
+        name="bench",
+        query_set="-",
+        deployments=[deployment.name],
+        samples=n // 10,
+        params=SamplingParams(temperature=1.0, max_tokens=16),
+    )
     queries = [Query(id=f"q{i}", text=f"Write a metaphor about thing {i}.") for i in range(10)]
     return spec, queries, plan_requests(spec, queries, [deployment])
 
 
 async def hivemind_rate(base: str, concurrency: int, n: int) -> float:
-    deployment = Deployment(name="stub", provider="openai", model="stub", api_base=base,
-                            max_concurrency=concurrency)
+    deployment = Deployment(name="stub", provider="openai", model="stub", api_base=base, max_concurrency=concurrency)
     spec, queries, requests = study_requests(n, deployment)
     provider = create_provider(deployment)
     with tempfile.TemporaryDirectory() as tmp, Store(tmp) as store:
@@ -138,8 +142,12 @@ def direct_tokens(deployment: Deployment, requests: list) -> tuple[int, float]:
     if deployment.name not in _DIRECT:
         with extra_buffer_types(bool(options.get("weight_repacking", False))):
             _DIRECT[deployment.name] = Llama(
-                model_path=str(resolve_gguf(options, deployment.name)), n_ctx=int(options.get("n_ctx", 2048)),
-                chat_format=options.get("chat_format"), n_threads=os.cpu_count(), verbose=False)
+                model_path=str(resolve_gguf(options, deployment.name)),
+                n_ctx=int(options.get("n_ctx", 2048)),
+                chat_format=options.get("chat_format"),
+                n_threads=os.cpu_count(),
+                verbose=False,
+            )
     model = _DIRECT[deployment.name]
     started, tokens = time.perf_counter(), 0
     for request in requests:
@@ -154,8 +162,7 @@ def direct_tokens(deployment: Deployment, requests: list) -> tuple[int, float]:
 
 def local_worker(mode: str, name: str, samples: int) -> None:
     """One measurement in a fresh process: only this model is loaded, so nothing else competes."""
-    deployment = load_zoo().get(name).model_copy(
-        update={"params": SamplingParams(max_tokens=48, temperature=1.0)})
+    deployment = load_zoo().get(name).model_copy(update={"params": SamplingParams(max_tokens=48, temperature=1.0)})
     _, _, requests = study_requests(samples * 10, deployment)
     requests = requests[:samples]
     if mode == "hivemind":
@@ -168,15 +175,21 @@ def local_worker(mode: str, name: str, samples: int) -> None:
 
 
 def bench_local_models(samples: int, rounds: int) -> None:
-    print(f"\n## local models: tokens/s through hivemind vs llama-cpp-python directly "
-          f"({samples} samples, 48 tokens max, best of {rounds} alternating runs, each in a fresh process)")
+    print(
+        f"\n## local models: tokens/s through hivemind vs llama-cpp-python directly "
+        f"({samples} samples, 48 tokens max, best of {rounds} alternating runs, each in a fresh process)"
+    )
     print(f"{'deployment':<30} {'hivemind tok/s':>14} {'direct tok/s':>12} {'ratio':>6}")
     for deployment in load_zoo().select(None):
         best = {"hivemind": 0.0, "direct": 0.0}
         for _ in range(rounds):
             for mode in ("hivemind", "direct"):
-                out = subprocess.run([sys.executable, __file__, "--local-worker", mode, deployment.name,
-                                      str(samples)], capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--local-worker", mode, deployment.name, str(samples)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 best[mode] = max(best[mode], float(out.stdout.strip().splitlines()[-1]))
         ours, bare = best["hivemind"], best["direct"]
         print(f"{deployment.name:<30} {ours:>14.1f} {bare:>12.1f} {ours / bare:>6.2f}")
@@ -187,8 +200,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--skip-local", action="store_true", help="only the HTTP sampler benchmark")
     parser.add_argument("--skip-http", action="store_true", help="only the local-model benchmark")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="alternating runs per local model (best kept; more on a shared machine)")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternating runs per local model (best kept; more on a shared machine)"
+    )
     parser.add_argument("--local-worker", nargs=3, metavar=("MODE", "NAME", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.local_worker:

@@ -98,16 +98,40 @@ def main() -> None:
     queries, deployments, samples = (20, 3, 4) if args.quick else (60, 4, 8)
     work = Path(tempfile.mkdtemp(prefix="hivemind-scale-"))
     zoo = work / "zoo.yaml"
-    zoo.write_text(yaml.safe_dump({"deployments": [
-        {"name": f"mock-{i}", "provider": "mock", "model": "mock", "max_concurrency": CONCURRENCY,
-         "options": {"latency_s": LATENCY_S, "diversity": 2 + 2 * i, **({"style": "varied"} if i % 2 else {})}}
-        for i in range(deployments)]}))
-    spec = StudySpec(name="scale", query_set="open-ended-v1", deployments=[f"mock-{i}" for i in range(deployments)],
-                     samples=samples, max_queries=queries, zoo=str(zoo))
+    zoo.write_text(
+        yaml.safe_dump(
+            {
+                "deployments": [
+                    {
+                        "name": f"mock-{i}",
+                        "provider": "mock",
+                        "model": "mock",
+                        "max_concurrency": CONCURRENCY,
+                        "options": {
+                            "latency_s": LATENCY_S,
+                            "diversity": 2 + 2 * i,
+                            **({"style": "varied"} if i % 2 else {}),
+                        },
+                    }
+                    for i in range(deployments)
+                ]
+            }
+        )
+    )
+    spec = StudySpec(
+        name="scale",
+        query_set="open-ended-v1",
+        deployments=[f"mock-{i}" for i in range(deployments)],
+        samples=samples,
+        max_queries=queries,
+        zoo=str(zoo),
+    )
     n_requests = queries * deployments * samples
     limit = queries * samples * LATENCY_S / CONCURRENCY
-    print(f"study: {queries} queries x {deployments} deployments x {samples} samples = {n_requests} requests; "
-          f"{args.cpus} CPUs for Ray (machine shared: ratios, not absolute times)")
+    print(
+        f"study: {queries} queries x {deployments} deployments x {samples} samples = {n_requests} requests; "
+        f"{args.cpus} CPUs for Ray (machine shared: ratios, not absolute times)"
+    )
 
     from hivemind.executors.ray import RayExecutor
 
@@ -116,21 +140,29 @@ def main() -> None:
         local_s, _ = timed(lambda: run_study(spec, work / "local", progress=False))
         ray_s, _ = timed(lambda: run_study(spec, work / "ray", progress=False, executor=executor))
         with Store(work / "local") as a, Store(work / "ray") as b:
-            same_rows = a.samples_frame("scale").drop("latency_s", "created_at").equals(
-                b.samples_frame("scale").drop("latency_s", "created_at"))
+            same_rows = (
+                a.samples_frame("scale")
+                .drop("latency_s", "created_at")
+                .equals(b.samples_frame("scale").drop("latency_s", "created_at"))
+            )
         print(f"start Ray    {ray_started_s:7.2f} s (once per run)")
-        print(f"sample       local {local_s:7.2f} s | ray {ray_s:7.2f} s | limit {limit:.2f} s "
-              f"(latency-bound) | same rows: {same_rows}")
+        print(
+            f"sample       local {local_s:7.2f} s | ray {ray_s:7.2f} s | limit {limit:.2f} s "
+            f"(latency-bound) | same rows: {same_rows}"
+        )
 
         embedder = Embedder(device="cpu", progress=False)
         _ = embedder.model  # loaded before the clock starts
         with Store(work / "local") as store:
             texts = store.samples_frame("scale")["text"].drop_nulls().to_list()
         embed_s, ours = timed(lambda: embed_texts(texts, embedder, EmbeddingCache(work / "local" / CACHE_FILE)))
-        embed_ray_s, theirs = timed(lambda: embed_texts(texts, executor.embedder(embedder),
-                                                        EmbeddingCache(work / "ray" / CACHE_FILE)))
-        print(f"embed        local {embed_s:7.2f} s | ray {embed_ray_s:7.2f} s | limit {embed_s / args.cpus:.2f} s "
-              f"(CPU-bound / {args.cpus}) | {len(texts)} texts | same vectors: {bool((ours == theirs).all())}")
+        embed_ray_s, theirs = timed(
+            lambda: embed_texts(texts, executor.embedder(embedder), EmbeddingCache(work / "ray" / CACHE_FILE))
+        )
+        print(
+            f"embed        local {embed_s:7.2f} s | ray {embed_ray_s:7.2f} s | limit {embed_s / args.cpus:.2f} s "
+            f"(CPU-bound / {args.cpus}) | {len(texts)} texts | same vectors: {bool((ours == theirs).all())}"
+        )
 
         analyze_store(work / "local", embedder=embedder)  # warm-up (imports, first calls), untimed
         timer = ShardTimer(1)
@@ -139,11 +171,15 @@ def main() -> None:
         ours, theirs = tables(out_local.directory), tables(out_ray.directory)
         same = ours.keys() == theirs.keys() and all(ours[k].equals(theirs[k]) for k in ours)
         driver = local_a - timer.parallel_s
-        print(f"analyze      local {local_a:7.2f} s | ray {ray_a:7.2f} s | limit {driver + timer.parallel_s / args.cpus:.2f} s "
-              f"(driver {driver:.2f} s + parallel {timer.parallel_s:.2f} s / {args.cpus}) | same tables: {same}")
+        print(
+            f"analyze      local {local_a:7.2f} s | ray {ray_a:7.2f} s | limit {driver + timer.parallel_s / args.cpus:.2f} s "
+            f"(driver {driver:.2f} s + parallel {timer.parallel_s:.2f} s / {args.cpus}) | same tables: {same}"
+        )
 
         print("\nexpected scaling (simulated: the analysis split into N shards, each shard timed alone):")
-        print(f"{'N':>4} {'driver s':>9} {'slowest shard s':>16} {'sum of shards s':>16} {'expected wall s':>16} {'speed-up':>9}")
+        print(
+            f"{'N':>4} {'driver s':>9} {'slowest shard s':>16} {'sum of shards s':>16} {'expected wall s':>16} {'speed-up':>9}"
+        )
         one_shard = None
         for n in (1, 2, 4, 8, 16):
             sim = ShardTimer(n)
@@ -151,8 +187,10 @@ def main() -> None:
             driver_n = total - sim.parallel_s
             wall = driver_n + max(sim.shard_s)
             one_shard = one_shard or wall
-            print(f"{n:>4} {driver_n:>9.2f} {max(sim.shard_s):>16.2f} {sim.parallel_s:>16.2f} {wall:>16.2f} "
-                  f"{one_shard / wall:>8.2f}x")
+            print(
+                f"{n:>4} {driver_n:>9.2f} {max(sim.shard_s):>16.2f} {sim.parallel_s:>16.2f} {wall:>16.2f} "
+                f"{one_shard / wall:>8.2f}x"
+            )
     finally:
         executor.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -61,17 +61,40 @@ async def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) ->
     raise SystemExit("the server did not come up")
 
 
-async def start_server(workdir: Path, env: dict[str, str], log_path: Path,
-                       tries: int = 5) -> tuple[subprocess.Popen, int]:
+async def start_server(
+    workdir: Path, env: dict[str, str], log_path: Path, tries: int = 5
+) -> tuple[subprocess.Popen, int]:
     """`hivemind serve` on a free port; picked again when it is taken before the server binds it."""
     for _ in range(tries):
         port = free_port()
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "hivemind.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                 "--store", str(workdir / "store"), "--zoo", str(workdir / "zoo.yaml"),
-                 "--token-env", "HIVEMIND_BENCH_TOKEN", "--no-scheduler", "--log-level", "warning",
-                 "--workers", "4"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "hivemind.cli",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--store",
+                    str(workdir / "store"),
+                    "--zoo",
+                    str(workdir / "zoo.yaml"),
+                    "--token-env",
+                    "HIVEMIND_BENCH_TOKEN",
+                    "--no-scheduler",
+                    "--log-level",
+                    "warning",
+                    "--workers",
+                    "4",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         if await wait_healthy(f"http://127.0.0.1:{port}", proc):
             return proc, port
         if "address already in use" not in log_path.read_text(errors="replace").lower():
@@ -89,8 +112,9 @@ async def wait_state(client: httpx.AsyncClient, study: str, states: tuple[str, .
     raise SystemExit(f"study {study} did not reach {states}")
 
 
-async def drive(client: httpx.AsyncClient, clients: int, seconds: float, poll: str,
-                max_submissions: int) -> tuple[dict[str, list[float]], float, int]:
+async def drive(
+    client: httpx.AsyncClient, clients: int, seconds: float, poll: str, max_submissions: int
+) -> tuple[dict[str, list[float]], float, int]:
     """`clients` loops of requests for `seconds`; every 10th request of a client is a list call,
     and submissions (small studies) are spread over the run up to `max_submissions`."""
     latencies: dict[str, list[float]] = defaultdict(list)
@@ -120,8 +144,14 @@ async def drive(client: httpx.AsyncClient, clients: int, seconds: float, poll: s
         nonlocal submitted
         while every is not None and submitted < max_submissions and time.perf_counter() < deadline:
             name = f"bench-sub-{submitted}-{secrets.token_hex(3)}"
-            body = {"name": name, "query_set": "open-ended-v1", "deployments": ["bench-fast"],
-                    "samples": 2, "max_queries": 2, "analyze": False}
+            body = {
+                "name": name,
+                "query_set": "open-ended-v1",
+                "deployments": ["bench-fast"],
+                "samples": 2,
+                "max_queries": 2,
+                "analyze": False,
+            }
             await one("submit study", "POST", "/v1/studies", json=body, headers={"Idempotency-Key": name})
             submitted += 1
             await asyncio.sleep(every)
@@ -136,8 +166,10 @@ def report(label: str, latencies: dict[str, list[float]], elapsed: float, errors
     print(f"{label:<9} all requests   n={total:6d}  {total / elapsed:8.1f} req/s   errors={errors}")
     for kind, values in sorted(latencies.items()):
         ms = np.asarray(values) * 1000
-        print(f"{'':<9} {kind:<14} n={len(ms):6d}  {len(ms) / elapsed:8.1f} req/s   "
-              f"p50={np.percentile(ms, 50):7.2f} ms   p99={np.percentile(ms, 99):7.2f} ms")
+        print(
+            f"{'':<9} {kind:<14} n={len(ms):6d}  {len(ms) / elapsed:8.1f} req/s   "
+            f"p50={np.percentile(ms, 50):7.2f} ms   p99={np.percentile(ms, 99):7.2f} ms"
+        )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -149,34 +181,53 @@ async def main(args: argparse.Namespace) -> None:
     limits = httpx.Limits(max_connections=args.clients + 4, max_keepalive_connections=args.clients + 4)
     try:
         proc, port = await start_server(workdir, env, workdir / "server.log")
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30,
-                                     headers={"Authorization": f"Bearer {token}"}) as client:
-            await client.post("/v1/studies", json={"name": "bench-idle", "query_set": "open-ended-v1",
-                                                   "deployments": ["bench-fast"], "samples": 2,
-                                                   "analyze": False})
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30, headers={"Authorization": f"Bearer {token}"}
+        ) as client:
+            await client.post(
+                "/v1/studies",
+                json={
+                    "name": "bench-idle",
+                    "query_set": "open-ended-v1",
+                    "deployments": ["bench-fast"],
+                    "samples": 2,
+                    "analyze": False,
+                },
+            )
             await wait_state(client, "bench-idle", ("done",))
-            print(f"service: 127.0.0.1:{port}, {args.clients} clients, {args.seconds:.0f} s per phase, "
-                  f"<= {args.max_submissions} submissions; mock study in the background")
+            print(
+                f"service: 127.0.0.1:{port}, {args.clients} clients, {args.seconds:.0f} s per phase, "
+                f"<= {args.max_submissions} submissions; mock study in the background"
+            )
 
             idle = await drive(client, args.clients, args.seconds, "/v1/studies/bench-idle", 0)
             report("baseline", *idle)
 
-            background = {"name": "bench-bg", "query_set": "open-ended-v1", "deployments": ["bench-bg"],
-                          "samples": args.background_samples, "analyze": False}
+            background = {
+                "name": "bench-bg",
+                "query_set": "open-ended-v1",
+                "deployments": ["bench-bg"],
+                "samples": args.background_samples,
+                "analyze": False,
+            }
             assert (await client.post("/v1/studies", json=background)).status_code == 202
             await wait_state(client, "bench-bg", ("sampling",))
             first = (await client.get("/v1/studies/bench-bg")).json()["total"]["ok"]
             t0 = time.perf_counter()
             await asyncio.sleep(min(args.seconds, 3.0))
-            alone = ((await client.get("/v1/studies/bench-bg")).json()["total"]["ok"] - first) / (time.perf_counter() - t0)
+            alone = ((await client.get("/v1/studies/bench-bg")).json()["total"]["ok"] - first) / (
+                time.perf_counter() - t0
+            )
 
             before = (await client.get("/v1/studies/bench-bg")).json()["total"]
             loaded = await drive(client, args.clients, args.seconds, "/v1/studies/bench-bg", args.max_submissions)
             after = (await client.get("/v1/studies/bench-bg")).json()["total"]
             report("loaded", *loaded)
             under = (after["ok"] - before["ok"]) / loaded[1]
-            print(f"background sampling: {alone:8.1f} samples/s alone, {under:8.1f} samples/s under load "
-                  f"({after['ok']}/{after['planned']} sampled)")
+            print(
+                f"background sampling: {alone:8.1f} samples/s alone, {under:8.1f} samples/s under load "
+                f"({after['ok']}/{after['planned']} sampled)"
+            )
             if after["pending"] == 0:
                 print("warning: the background study finished during the loaded phase; raise --background-samples")
             await client.post("/v1/studies/bench-bg/cancel")

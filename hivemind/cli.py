@@ -7,7 +7,7 @@ load inside the commands that need them, so `hivemind --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -31,13 +31,16 @@ zoo_app = typer.Typer(help="Inspect and check the model zoo (providers.yaml).", 
 app.add_typer(zoo_app, name="zoo")
 
 
-ExecutorOption = Annotated[str, typer.Option(
-    help="Where the work runs: 'local' (this process) or 'ray' (Ray actors and tasks).")]
-RayAddressOption = Annotated[Optional[str], typer.Option(
-    help="Ray cluster to join (e.g. 'auto' or 'ray://head:10001'); default: start a local Ray instance.")]
+ExecutorOption = Annotated[
+    str, typer.Option(help="Where the work runs: 'local' (this process) or 'ray' (Ray actors and tasks).")
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster to join (e.g. 'auto' or 'ray://head:10001'); default: start a local Ray instance."),
+]
 
 
-def _open_executor(executor: str, ray_address: Optional[str]) -> "Executor":
+def _open_executor(executor: str, ray_address: str | None) -> Executor:
     """The executor the options name, or a clean exit (unknown name, Ray not installed)."""
     from hivemind.executors import open_executor
 
@@ -75,8 +78,14 @@ def run(
 
     study_spec = load_spec(spec)
     with _open_executor(executor, ray_address) as opened:
-        run_pipeline(study_spec, store, steps=STEPS if analyze else SAMPLING_STEPS, progress=progress,
-                     executor=opened, after_step=show)
+        run_pipeline(
+            study_spec,
+            store,
+            steps=STEPS if analyze else SAMPLING_STEPS,
+            progress=progress,
+            executor=opened,
+            after_step=show,
+        )
 
 
 def _sampled(run: StudyRun) -> None:
@@ -97,23 +106,29 @@ def _print_analysis(outputs: AnalysisOutputs) -> None:
     console.print(f"analysis: {outputs.directory}")
 
 
-StudyOption = Annotated[Optional[str], typer.Option(help="Study name (default: the latest in the store).")]
+StudyOption = Annotated[str | None, typer.Option(help="Study name (default: the latest in the store).")]
 StoreArgument = Annotated[Path, typer.Argument(help="Study store directory.")]
-
-
 
 
 @app.command()
 def analyze(
     store: StoreArgument,
     study: StudyOption = None,
-    complete_only: Annotated[Optional[bool], typer.Option(
-        "--complete-only/--all-responses",
-        help="Leave out responses cut off at max_tokens (finish reason 'length'), or keep them "
-             "(default: the spec's analysis.complete_only).")] = None,
-    answer_checker: Annotated[Optional[str], typer.Option(
-        help="How verifiable answers are judged: final, exact, numeric[:TOLERANCE], regex or "
-             "module:function (default: the spec's analysis.answer_checker).")] = None,
+    complete_only: Annotated[
+        bool | None,
+        typer.Option(
+            "--complete-only/--all-responses",
+            help="Leave out responses cut off at max_tokens (finish reason 'length'), or keep them "
+            "(default: the spec's analysis.complete_only).",
+        ),
+    ] = None,
+    answer_checker: Annotated[
+        str | None,
+        typer.Option(
+            help="How verifiable answers are judged: final, exact, numeric[:TOLERANCE], regex or "
+            "module:function (default: the spec's analysis.answer_checker)."
+        ),
+    ] = None,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
 ) -> None:
@@ -122,8 +137,9 @@ def analyze(
 
     require_store(store)
     with _open_executor(executor, ray_address) as opened:
-        _print_analysis(analyze_store(store, study, complete_only=complete_only, answer_checker=answer_checker,
-                                      executor=opened))
+        _print_analysis(
+            analyze_store(store, study, complete_only=complete_only, answer_checker=answer_checker, executor=opened)
+        )
 
 
 @app.command()
@@ -151,7 +167,7 @@ def status(store: StoreOption = Path("hivemind-store")) -> None:
 @app.command()
 def export(
     store: StoreOption = Path("hivemind-store"),
-    study: Annotated[Optional[str], typer.Option(help="Study name (default: every study).")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: every study).")] = None,
 ) -> None:
     """Write each study's samples to Parquet."""
     from hivemind.store import Store
@@ -171,14 +187,21 @@ def zoo_list(zoo: ZooOption = None) -> None:
     table = Table("name", "provider", "model", "family/stage", "concurrency", "key variable", "enabled")
     for d in loaded.deployments:
         lineage = "/".join(x for x in (d.family, d.stage) if x) or "-"
-        table.add_row(d.name, d.provider, d.model, lineage, str(d.max_concurrency),
-                      d.api_key_env or "-", "yes" if d.enabled else "no")
+        table.add_row(
+            d.name,
+            d.provider,
+            d.model,
+            lineage,
+            str(d.max_concurrency),
+            d.api_key_env or "-",
+            "yes" if d.enabled else "no",
+        )
     Console().print(table)
 
 
 @zoo_app.command("check")
 def zoo_check(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Deployments (default: enabled ones).")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Deployments (default: enabled ones).")] = None,
     zoo: ZooOption = None,
 ) -> None:
     """Send one short request to each deployment and report whether it answers."""
@@ -189,8 +212,12 @@ def zoo_check(
     results = check_deployments(deployments)
     table = Table("deployment", "status", "latency s", "answer / error")
     for result in results:
-        table.add_row(result.name, "[green]ok[/]" if result.ok else "[red]failed[/]",
-                      f"{result.latency_s:.2f}", result.detail[:80])
+        table.add_row(
+            result.name,
+            "[green]ok[/]" if result.ok else "[red]failed[/]",
+            f"{result.latency_s:.2f}",
+            result.detail[:80],
+        )
     Console().print(table)
     if not all(r.ok for r in results):
         raise typer.Exit(code=1)
@@ -214,4 +241,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

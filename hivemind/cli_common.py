@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -16,7 +16,7 @@ from hivemind.layout import StoreLayout
 console = Console(stderr=True)
 
 StoreOption = Annotated[Path, typer.Option("--store", "-s", help="Study store directory.")]
-ZooOption = Annotated[Optional[Path], typer.Option("--zoo", help="Zoo file (default: ./providers.yaml).")]
+ZooOption = Annotated[Path | None, typer.Option("--zoo", help="Zoo file (default: ./providers.yaml).")]
 
 
 def fail(message: str) -> NoReturn:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,56 +26,87 @@ params: {temperature: 1.0, max_tokens: 96}
 """
 
 
-class OnUnmatched(str, Enum):
+class OnUnmatched(StrEnum):
     error = "error"
     skip = "skip"
     add = "add"
 
 
-Column = Annotated[Optional[str], typer.Option(show_default=False)]
+Column = Annotated[str | None, typer.Option(show_default=False)]
 
 
 def import_file(
     file: Annotated[Path, typer.Argument(help="JSONL, CSV/TSV, JSON or Parquet file of responses.")],
     study: Annotated[str, typer.Option("--study", help="Study to create, or to add deployments to.")],
     store: StoreOption = Path("hivemind-store"),
-    deployment: Annotated[Optional[str], typer.Option(
-        help="One deployment name for every row (a file without a model column).")] = None,
-    query_set: Annotated[Optional[str], typer.Option(
-        help="New study: match rows against this query set (a shipped name or a file).")] = None,
-    condition: Annotated[Optional[str], typer.Option(help="Condition the responses belong to.")] = None,
-    unmatched: Annotated[OnUnmatched, typer.Option(
-        help="Rows matching no query: fail (error), leave out and list (skip), or add as queries.")]
-    = OnUnmatched.error,
+    deployment: Annotated[
+        str | None, typer.Option(help="One deployment name for every row (a file without a model column).")
+    ] = None,
+    query_set: Annotated[
+        str | None, typer.Option(help="New study: match rows against this query set (a shipped name or a file).")
+    ] = None,
+    condition: Annotated[str | None, typer.Option(help="Condition the responses belong to.")] = None,
+    unmatched: Annotated[
+        OnUnmatched,
+        typer.Option(help="Rows matching no query: fail (error), leave out and list (skip), or add as queries."),
+    ] = OnUnmatched.error,
     replace: Annotated[bool, typer.Option(help="Re-import deployments this study already imported.")] = False,
-    query_col: Column = None, id_col: Column = None, model_col: Column = None, text_col: Column = None,
-    index_col: Column = None, category_col: Column = None, answer_col: Column = None,
+    query_col: Column = None,
+    id_col: Column = None,
+    model_col: Column = None,
+    text_col: Column = None,
+    index_col: Column = None,
+    category_col: Column = None,
+    answer_col: Column = None,
     classes_col: Column = None,
 ) -> None:
     """Import responses you already have into a study (analyze/report/status/export it as usual)."""
     from hivemind.importing import Columns, import_responses
-    columns = Columns(query=query_col, id=id_col, model=model_col, text=text_col, sample_index=index_col,
-                      category=category_col, answer=answer_col, classes=classes_col)
-    result = import_responses(file, study, store, columns=columns, deployment=deployment,
-                              query_set=query_set, condition=condition, on_unmatched=unmatched.value,
-                              replace=replace)  # a HivemindError: a clean exit (`CleanErrors`)
+
+    columns = Columns(
+        query=query_col,
+        id=id_col,
+        model=model_col,
+        text=text_col,
+        sample_index=index_col,
+        category=category_col,
+        answer=answer_col,
+        classes=classes_col,
+    )
+    result = import_responses(
+        file,
+        study,
+        store,
+        columns=columns,
+        deployment=deployment,
+        query_set=query_set,
+        condition=condition,
+        on_unmatched=unmatched.value,
+        replace=replace,
+    )  # a HivemindError: a clean exit (`CleanErrors`)
     per = ", ".join(f"{d}: {n}" for d, n in result.deployments.items())
-    console.print(f"[green]imported[/] {result.imported} of {result.rows} responses into study "
-                  f"{result.study!r} ({per}); {result.queries} queries"
-                  + (", with equivalence classes" if result.has_classes else ""))
-    console.print(f"queries matched: {result.match_rate:.1%} (by id {result.matched_by_id}, by text "
-                  f"{result.matched_by_text}; new {result.new_queries})")
+    console.print(
+        f"[green]imported[/] {result.imported} of {result.rows} responses into study "
+        f"{result.study!r} ({per}); {result.queries} queries"
+        + (", with equivalence classes" if result.has_classes else "")
+    )
+    console.print(
+        f"queries matched: {result.match_rate:.1%} (by id {result.matched_by_id}, by text "
+        f"{result.matched_by_text}; new {result.new_queries})"
+    )
     if result.k_file > result.k_study:
-        console.print(f"equal K: the study analyses {result.k_study} responses per query and deployment; "
-                      f"the file has up to {result.k_file} (sample indices from {result.k_study} on wait in the store)")
+        console.print(
+            f"equal K: the study analyses {result.k_study} responses per query and deployment; "
+            f"the file has up to {result.k_file} (sample indices from {result.k_study} on wait in the store)"
+        )
     if result.unmatched:
         console.print(f"[yellow]{len(result.unmatched)} rows matched no query and were left out:[/]")
         for row in result.unmatched[:20]:
-            console.print(f"  {row['where']}: {row['query_id'] or row['query']!r} ({row['deployment']})",
-                          markup=False)
+            console.print(f"  {row['where']}: {row['query_id'] or row['query']!r} ({row['deployment']})", markup=False)
         if len(result.unmatched) > 20:
-            console.print(f"  ... (all listed in {store / study / 'imports' / (result.sha256[:16] + '.json')})",
-                          markup=False)
+            console.print(
+                f"  ... (all listed in {store / study / 'imports' / (result.sha256[:16] + '.json')})", markup=False
+            )
 
 
 def init(
@@ -86,8 +117,10 @@ def init(
     from hivemind.zoo import REPO_ZOO
 
     directory.mkdir(parents=True, exist_ok=True)
-    targets = {directory / "providers.yaml": REPO_ZOO.read_text(encoding="utf-8"),
-               directory / "study.yaml": STARTER_SPEC}
+    targets = {
+        directory / "providers.yaml": REPO_ZOO.read_text(encoding="utf-8"),
+        directory / "study.yaml": STARTER_SPEC,
+    }
     existing = [str(p) for p in targets if p.exists()]
     if existing and not force:
         fail(f"{', '.join(existing)} already exist (--force overwrites)")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,15 +18,15 @@ from rich.table import Table
 
 from hivemind.cli_common import StoreOption, ZooOption, console, fail
 
-scan_app = typer.Typer(help="Scheduled model-zoo scans: list, run, history, report.",
-                       no_args_is_help=True)
+scan_app = typer.Typer(help="Scheduled model-zoo scans: list, run, history, report.", no_args_is_help=True)
 
-ScansOption = Annotated[Optional[Path], typer.Option(
-    "--scans", help="Scans file (a `scans:` list); default: the zoo file's `scans:` section.")]
+ScansOption = Annotated[
+    Path | None, typer.Option("--scans", help="Scans file (a `scans:` list); default: the zoo file's `scans:` section.")
+]
 
 
 def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def serve(
@@ -35,19 +35,34 @@ def serve(
     store: StoreOption = Path("hivemind-store"),
     zoo: ZooOption = None,
     scans: ScansOption = None,
-    token_env: Annotated[str, typer.Option(
-        help="Environment variable holding the bearer token; unset: the store's own token "
-             "(STORE/service.token, made on first start, printed at start).")] = "HIVEMIND_TOKEN",
-    auth: Annotated[bool, typer.Option(
-        "--auth/--no-auth", help="Require the bearer token. --no-auth works on loopback only.")] = True,
-    allowed_host: Annotated[Optional[list[str]], typer.Option(
-        "--allowed-host", help="Another Host name clients use (repeatable; '*' allows any, e.g. behind "
-                               "a proxy that checks it). The bound address and, on loopback, "
-                               "127.0.0.1/localhost/::1 are always allowed.")] = None,
-    embedder: Annotated[Optional[list[str]], typer.Option(
-        "--embedder", help="An embedder studies may use: sentence-transformers name or local folder "
-                           "(repeatable; the first is the default). Default: the shipped "
-                           "all-MiniLM-L6-v2.")] = None,
+    token_env: Annotated[
+        str,
+        typer.Option(
+            help="Environment variable holding the bearer token; unset: the store's own token "
+            "(STORE/service.token, made on first start, printed at start)."
+        ),
+    ] = "HIVEMIND_TOKEN",
+    auth: Annotated[
+        bool, typer.Option("--auth/--no-auth", help="Require the bearer token. --no-auth works on loopback only.")
+    ] = True,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Another Host name clients use (repeatable; '*' allows any, e.g. behind "
+            "a proxy that checks it). The bound address and, on loopback, "
+            "127.0.0.1/localhost/::1 are always allowed.",
+        ),
+    ] = None,
+    embedder: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--embedder",
+            help="An embedder studies may use: sentence-transformers name or local folder "
+            "(repeatable; the first is the default). Default: the shipped "
+            "all-MiniLM-L6-v2.",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Studies sampled at once.")] = 2,
     max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest query-set upload, MiB.")] = 10.0,
     max_samples: Annotated[int, typer.Option(min=1, help="Most samples one study may plan.")] = 200_000,
@@ -59,7 +74,7 @@ def serve(
     Every request but /healthz needs 'Authorization: Bearer TOKEN'. Without a token in
     --token-env the store's own token is used (made on first start, mode 0600) and printed.
     """
-    from hivemind.service.auth import BindError, TOKEN_FILE, check_bind
+    from hivemind.service.auth import TOKEN_FILE, BindError, check_bind
 
     if not auth:
         try:
@@ -74,9 +89,19 @@ def serve(
 
     limits = ServiceLimits(max_upload_bytes=int(max_upload_mb * 2**20), max_samples_per_study=max_samples)
     try:
-        app = create_app(store, zoo, token_env, limits, scans_path=scans, workers=workers,
-                         scheduler=scheduler, auth=auth, host=host, allowed_hosts=allowed_host or (),
-                         embedders=embedder)
+        app = create_app(
+            store,
+            zoo,
+            token_env,
+            limits,
+            scans_path=scans,
+            workers=workers,
+            scheduler=scheduler,
+            auth=auth,
+            host=host,
+            allowed_hosts=allowed_host or (),
+            embedders=embedder,
+        )
     except (ZooError, BindError, ValueError) as exc:
         fail(str(exc))
         return
@@ -87,9 +112,13 @@ def serve(
         console.print(f"bearer token from the environment variable {token_env}")
     else:  # printed once per start, as Jupyter does; never logged
         made = "made now, " if source == "created" else ""
-        console.print(f"bearer token: {app.state.token}\n    ({made}kept in {store / TOKEN_FILE}, readable by "
-                      "you only; send it as 'Authorization: Bearer <token>')",
-                      highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            f"bearer token: {app.state.token}\n    ({made}kept in {store / TOKEN_FILE}, readable by "
+            "you only; send it as 'Authorization: Bearer <token>')",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
@@ -104,8 +133,8 @@ def scan_list(store: StoreOption = Path("hivemind-store"), zoo: ZooOption = None
     """Declared scans, their schedules, next run and last run."""
     import time
 
-    from hivemind.scan import has_store, next_fire
     from hivemind.jobs import ServiceDB
+    from hivemind.scan import has_store, next_fire
 
     book = _book(zoo, scans, store)
     table = Table("scan", "schedule (UTC)", "next run", "deployments", "query set", "samples", "last run")
@@ -115,8 +144,9 @@ def scan_list(store: StoreOption = Path("hivemind-store"), zoo: ZooOption = None
             runs = db.scan_runs(scan.name) if db is not None else []
             last = f"{runs[-1]['state']} {_when(runs[-1]['started_at'])}" if runs else "-"
             nxt = _when(next_fire(scan.schedule, time.time())) if scan.enabled else "disabled"
-            table.add_row(scan.name, scan.schedule, nxt, ", ".join(scan.deployments), scan.query_set,
-                          str(scan.samples), last)
+            table.add_row(
+                scan.name, scan.schedule, nxt, ", ".join(scan.deployments), scan.query_set, str(scan.samples), last
+            )
     Console().print(table)
 
 
@@ -145,8 +175,8 @@ def scan_run(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run one scan now (resuming its unfinished run), then show where it stands in its history."""
-    from hivemind.scan import run_scan, scan_history
     from hivemind.jobs import ServiceDB
+    from hivemind.scan import run_scan, scan_history
 
     _book(zoo, scans, store)
     row = run_scan(name, store, zoo_path=zoo, scans_path=scans, new=new, progress=progress)
@@ -162,8 +192,8 @@ def scan_history_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Every similarity-matrix cell across runs, each run tested against the one before it."""
-    from hivemind.scan import has_store, scan_history
     from hivemind.jobs import ServiceDB
+    from hivemind.scan import has_store, scan_history
 
     if not has_store(store):
         fail(f"no store at {store} (nothing has run there yet)")
@@ -178,8 +208,9 @@ def scan_history_cmd(
 
 
 @scan_app.command("report")
-def scan_report(name: Annotated[str, typer.Argument(help="Scan name.")],
-                store: StoreOption = Path("hivemind-store")) -> None:
+def scan_report(
+    name: Annotated[str, typer.Argument(help="Scan name.")], store: StoreOption = Path("hivemind-store")
+) -> None:
     """Write the scan history as HTML (`STORE/scans/NAME/report.html`)."""
     from hivemind.scan import write_scan_report
 

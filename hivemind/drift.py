@@ -34,14 +34,18 @@ def refusal(before: dict[str, Any], after: dict[str, Any]) -> str | None:
     """Why two runs' results may not be compared (None when they may)."""
     if before.get("per_query") is None or after.get("per_query") is None:
         old = before if before.get("per_query") is None else after
-        return (f"run {old.get('study')} kept no per-query cells (analysed by an older hivemind), "
-                "so no paired test is possible")
+        return (
+            f"run {old.get('study')} kept no per-query cells (analysed by an older hivemind), "
+            "so no paired test is possible"
+        )
     reasons = []
     if before.get("embedder") != after.get("embedder"):
         reasons.append(f"embedder differs ({before.get('embedder')} vs {after.get('embedder')})")
     if before.get("query_set_sha256") != after.get("query_set_sha256"):
-        reasons.append(f"query set differs (content sha256 {str(before.get('query_set_sha256'))[:12]} "
-                       f"vs {str(after.get('query_set_sha256'))[:12]})")
+        reasons.append(
+            f"query set differs (content sha256 {str(before.get('query_set_sha256'))[:12]} "
+            f"vs {str(after.get('query_set_sha256'))[:12]})"
+        )
     if before.get("k") != after.get("k"):
         reasons.append(f"K differs ({before.get('k')} vs {after.get('k')} samples per query and deployment)")
     return "; ".join(reasons) or None
@@ -86,12 +90,15 @@ def _cells(result: dict[str, Any]) -> dict[tuple[str, str], dict[str, float]]:
     """(a, b) -> {query id: value} of a run's per-query cells (queries where a cell is undefined left out)."""
     per_query = result["per_query"]
     ids = per_query["query_ids"]
-    return {(c["a"], c["b"]): {q: v for q, v in zip(ids, c["values"], strict=True) if v is not None}
-            for c in per_query["cells"]}
+    return {
+        (c["a"], c["b"]): {q: v for q, v in zip(ids, c["values"], strict=True) if v is not None}
+        for c in per_query["cells"]
+    }
 
 
-def compare_runs(before: dict[str, Any], after: dict[str, Any], *, alpha: float = ALPHA,
-                 seed: int = 0) -> dict[str, Any]:
+def compare_runs(
+    before: dict[str, Any], after: dict[str, Any], *, alpha: float = ALPHA, seed: int = 0
+) -> dict[str, Any]:
     """Which cells changed from run `before` to run `after` (two `analyze_scan` results).
 
     Only queries both runs hold at the same K are paired. Returns `not_comparable` (the reason,
@@ -102,13 +109,20 @@ def compare_runs(before: dict[str, Any], after: dict[str, Any], *, alpha: float 
 
     from hivemind.metrics.stats import holm
 
-    out: dict[str, Any] = {"compared_with": before.get("study"), "not_comparable": refusal(before, after),
-                           "alpha": alpha, "cells": [], "flagged": [], "flagged_pairs": []}
+    out: dict[str, Any] = {
+        "compared_with": before.get("study"),
+        "not_comparable": refusal(before, after),
+        "alpha": alpha,
+        "cells": [],
+        "flagged": [],
+        "flagged_pairs": [],
+    }
     if out["not_comparable"]:
         return out
     k_before = dict(zip(before["per_query"]["query_ids"], before["per_query"]["k"], strict=True))
-    shared = [q for q, k in zip(after["per_query"]["query_ids"], after["per_query"]["k"], strict=True)
-              if k_before.get(q) == k]
+    shared = [
+        q for q, k in zip(after["per_query"]["query_ids"], after["per_query"]["k"], strict=True) if k_before.get(q) == k
+    ]
     old, new = _cells(before), _cells(after)
     keys = [key for key in new if key in old]
     if not shared or not keys:
@@ -125,13 +139,20 @@ def compare_runs(before: dict[str, Any], after: dict[str, Any], *, alpha: float 
         ok = ~np.isnan(diffs[:, j])
         flagged = bool(adjusted[j] <= alpha)
         change = float(diffs[ok, j].mean()) if ok.any() else nan
-        out["cells"].append({
-            "a": a, "b": b, "n_queries": int(ok.sum()),
-            "before": _round(B[ok, j].mean()) if ok.any() else None,
-            "after": _round(A[ok, j].mean()) if ok.any() else None,
-            "change": _round(change), "p": _float(p[j]), "p_holm": _float(adjusted[j]),
-            "flagged": flagged, "direction": ("up" if change > 0 else "down") if flagged else None,
-        })
+        out["cells"].append(
+            {
+                "a": a,
+                "b": b,
+                "n_queries": int(ok.sum()),
+                "before": _round(B[ok, j].mean()) if ok.any() else None,
+                "after": _round(A[ok, j].mean()) if ok.any() else None,
+                "change": _round(change),
+                "p": _float(p[j]),
+                "p_holm": _float(adjusted[j]),
+                "flagged": flagged,
+                "direction": ("up" if change > 0 else "down") if flagged else None,
+            }
+        )
         if flagged and a == b:
             out["flagged"].append(a)
         elif flagged:
@@ -153,8 +174,11 @@ def compare_with_previous(db: ServiceDB, run_id: int, result: dict[str, Any]) ->
     Kept in the run's result, so a history does not redo the tests of every run it lists.
     """
     run = db.scan_run(run_id)
-    done = [r for r in db.scan_runs(run["scan"]) if r["state"] == "done" and r["result_json"]
-            and r["id"] < run_id] if run else []
+    done = (
+        [r for r in db.scan_runs(run["scan"]) if r["state"] == "done" and r["result_json"] and r["id"] < run_id]
+        if run
+        else []
+    )
     return compare_runs(json.loads(done[-1]["result_json"]), result) if done else None
 
 
@@ -169,10 +193,10 @@ def scan_history(db: ServiceDB, scan: str) -> dict[str, Any]:
     runs, previous = [], None
     for row in db.scan_runs(scan):
         result = json.loads(row["result_json"]) if row["result_json"] else None
-        entry: dict[str, Any] = {k: row[k] for k in ("id", "study", "state", "scheduled_for",
-                                                      "started_at", "finished_at", "error")}
-        entry.update(deployments={}, compared_with=None, not_comparable=None, cells=[], flagged=[],
-                     flagged_pairs=[])
+        entry: dict[str, Any] = {
+            k: row[k] for k in ("id", "study", "state", "scheduled_for", "started_at", "finished_at", "error")
+        }
+        entry.update(deployments={}, compared_with=None, not_comparable=None, cells=[], flagged=[], flagged_pairs=[])
         if row["state"] == "done" and result:
             entry.update({k: result.get(k) for k in ("embedder", "n_queries", "k", "matrix")})
             stored = result.get("drift")
@@ -185,8 +209,13 @@ def scan_history(db: ServiceDB, scan: str) -> dict[str, Any]:
         runs.append(entry)
     done = [r for r in runs if r["state"] == "done"]
     latest = done[-1] if done else {}
-    return {"scan": scan, "runs": runs, "flagged": latest.get("flagged", []),
-            "flagged_pairs": latest.get("flagged_pairs", []), "not_comparable": latest.get("not_comparable")}
+    return {
+        "scan": scan,
+        "runs": runs,
+        "flagged": latest.get("flagged", []),
+        "flagged_pairs": latest.get("flagged_pairs", []),
+        "not_comparable": latest.get("not_comparable"),
+    }
 
 
 def cell_label(a: str, b: str) -> str:
@@ -196,7 +225,7 @@ def cell_label(a: str, b: str) -> str:
 def run_cells(run: dict[str, Any]) -> list[tuple[str, str]]:
     """A run's matrix cells: the diagonal first, then each pair once, in deployment order."""
     names = list(run.get("matrix") or {})
-    return [(d, d) for d in names] + [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    return [(d, d) for d in names] + [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
 
 
 def history_rows(history: dict[str, Any], last_only: bool = False) -> tuple[list[list[str]], list[str]]:

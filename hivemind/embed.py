@@ -149,9 +149,7 @@ class Embedder:
             folder = Path(self.model_path)
             if not folder.is_dir():
                 folder = self._hub_folder() or folder
-            fingerprint = (
-                folder_fingerprint(folder) if folder.is_dir() else self._weights_fingerprint()
-            )
+            fingerprint = folder_fingerprint(folder) if folder.is_dir() else self._weights_fingerprint()
             recipe = f"{CHUNKING_SCHEME}:{self.chunk_overlap}:{fingerprint}"
             if self.precision != "fp32":  # fp32 ids stay as they were: existing caches stay valid
                 name, recipe = f"{name}:{self.precision}", f"{recipe}:{self.precision}"
@@ -320,14 +318,18 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1.0).astype(np.float32)
 
 
-EMBEDDING_TABLES = Family("embeddings", (
-    """
+EMBEDDING_TABLES = Family(
+    "embeddings",
+    (
+        """
     CREATE TABLE embeddings (
         embedder_id TEXT NOT NULL, text_sha256 TEXT NOT NULL, dim INT NOT NULL,
         vector BLOB NOT NULL, PRIMARY KEY (embedder_id, text_sha256)
     ) WITHOUT ROWID;
     """,
-), adopt=adopt_if_table("embeddings"))
+    ),
+    adopt=adopt_if_table("embeddings"),
+)
 """Ordered migrations of the cache (append, never edit); caches made before they were tracked
 hold step 1 already and are adopted."""
 
@@ -403,9 +405,7 @@ class EmbeddingCache:
             return int(conn.execute(f"SELECT COUNT(*) FROM embeddings {where}", args).fetchone()[0])
 
 
-def embed_texts(
-    texts: Sequence[str], embedder: Embedder, cache: EmbeddingCache | None = None
-) -> np.ndarray:
+def embed_texts(texts: Sequence[str], embedder: Embedder, cache: EmbeddingCache | None = None) -> np.ndarray:
     """Unit vectors for `texts`, in input order, embedding each distinct text at most once.
 
     Texts are deduplicated by sha256; cached vectors (for this embedder's id only) are

@@ -49,32 +49,50 @@ def adjusted_rand_index(labels_a: list[Any], labels_b: list[Any]) -> float:
 
 
 def external_classes_table(
-    responses: pl.DataFrame, vectors: np.ndarray, labels: dict[tuple[str, str, str, int], str],
+    responses: pl.DataFrame,
+    vectors: np.ndarray,
+    labels: dict[tuple[str, str, str, int], str],
     threshold: float = 0.9,
 ) -> pl.DataFrame:
     """Per (condition, deployment, query) whose responses all carry an imported class: both
     partitions' class counts and semantic entropies, and their adjusted Rand index."""
     import polars as pl
 
-    schema = {"query_id": pl.Utf8, "condition": pl.Utf8, "deployment": pl.Utf8, "k": pl.Int64,
-              "external_classes": pl.Int64, "external_entropy": pl.Float64,
-              "hivemind_classes": pl.Int64, "hivemind_entropy": pl.Float64, "ari": pl.Float64}
+    schema = {
+        "query_id": pl.Utf8,
+        "condition": pl.Utf8,
+        "deployment": pl.Utf8,
+        "k": pl.Int64,
+        "external_classes": pl.Int64,
+        "external_entropy": pl.Float64,
+        "hivemind_classes": pl.Int64,
+        "hivemind_entropy": pl.Float64,
+        "ari": pl.Float64,
+    }
     records: list[dict[str, Any]] = []
     if labels:
         keyed = responses.select("row", "query_id", "deployment", "condition", "sample_index")
         groups = keyed.group_by(["query_id", "condition", "deployment"], maintain_order=True).agg(
-            pl.col("row"), pl.col("sample_index"))
+            pl.col("row"), pl.col("sample_index")
+        )
         for query_id, condition, deployment, rows, indices in groups.iter_rows():
             external = [labels.get((query_id, deployment, condition, int(i))) for i in indices]
             if any(label is None for label in external):
                 continue
             ours = equivalence_classes(len(rows), cosine_equivalence(vectors[rows], threshold))
-            records.append({
-                "query_id": query_id, "condition": condition, "deployment": deployment, "k": len(rows),
-                "external_classes": len(set(external)), "external_entropy": semantic_entropy(external),
-                "hivemind_classes": max(ours) + 1, "hivemind_entropy": semantic_entropy(ours),
-                "ari": adjusted_rand_index(external, ours),
-            })
+            records.append(
+                {
+                    "query_id": query_id,
+                    "condition": condition,
+                    "deployment": deployment,
+                    "k": len(rows),
+                    "external_classes": len(set(external)),
+                    "external_entropy": semantic_entropy(external),
+                    "hivemind_classes": max(ours) + 1,
+                    "hivemind_entropy": semantic_entropy(ours),
+                    "ari": adjusted_rand_index(external, ours),
+                }
+            )
     return pl.DataFrame(records, schema=schema, orient="row").with_columns(pl.col("ari").fill_nan(None))
 
 
@@ -85,14 +103,25 @@ def external_classes_summary(table: pl.DataFrame) -> list[dict[str, Any]]:
     if table.height == 0:
         return []
     means = table.group_by(["condition", "deployment"], maintain_order=True).agg(
-        pl.len().alias("queries"), pl.col("k").mean().alias("k"),
-        *[pl.col(c).mean() for c in ("external_classes", "external_entropy", "hivemind_classes",
-                                      "hivemind_entropy", "ari")])
+        pl.len().alias("queries"),
+        pl.col("k").mean().alias("k"),
+        *[
+            pl.col(c).mean()
+            for c in ("external_classes", "external_entropy", "hivemind_classes", "hivemind_entropy", "ari")
+        ],
+    )
     return means.to_dicts()
 
 
-def add_external_classes(store: Store | str | Path, study: str, responses: pl.DataFrame, vectors: np.ndarray,
-                         threshold: float, tables: dict[str, pl.DataFrame], summary: dict[str, Any]) -> None:
+def add_external_classes(
+    store: Store | str | Path,
+    study: str,
+    responses: pl.DataFrame,
+    vectors: np.ndarray,
+    threshold: float,
+    tables: dict[str, pl.DataFrame],
+    summary: dict[str, Any],
+) -> None:
     """Add the `external_classes` table and summary entry when the study imported classes.
 
     `store` is an open `Store` (the pipeline's handle) or a store directory."""

@@ -17,8 +17,13 @@ from hivemind.store import Store, StoreError
 if TYPE_CHECKING:
     from hivemind.pipeline import AnalysisOutputs
 
-OPTIONAL = {"id": "query_id", "sample_index": "sample_index", "category": "category",
-            "answer": "answer", "classes": "partition"}
+OPTIONAL = {
+    "id": "query_id",
+    "sample_index": "sample_index",
+    "category": "category",
+    "answer": "answer",
+    "classes": "partition",
+}
 """Columns picked up when present (Columns field -> default column name)."""
 
 
@@ -26,8 +31,7 @@ def _drop_imported_study(store: Store, study: str) -> None:
     """Forget a study made only of imported rows (a re-run of `analyze` on a new frame).
 
     A study holding sampled deployments is never touched: its rows cost money."""
-    providers = {r["provider"] for r in store._rows(
-        "SELECT provider FROM deployments WHERE study = ?", (study,))}
+    providers = {r["provider"] for r in store._rows("SELECT provider FROM deployments WHERE study = ?", (study,))}
     if not providers and study not in store.studies():
         return
     if providers - {PROVIDER}:
@@ -66,14 +70,16 @@ def analyze(
     for role, column in (("query", query), ("deployment", deployment), ("text", text)):
         if column not in frame.columns:
             raise ValueError(f"the frame has no {role} column {column!r} (columns: {frame.columns})")
-    columns = Columns(query=query, model=deployment, text=text,
-                      **{f: c for f, c in OPTIONAL.items() if c in frame.columns})
+    columns = Columns(
+        query=query, model=deployment, text=text, **{f: c for f, c in OPTIONAL.items() if c in frame.columns}
+    )
     records = [(f"row {i}", row) for i, row in enumerate(frame.to_dicts(), start=1)]
     store_dir = Path(store) if store is not None else Path(tempfile.mkdtemp(prefix="hivemind-frame-"))
     with Store(store_dir) as db:  # one handle: the import, then the pipeline's analyze step
         _drop_imported_study(db, study)
-        import_responses(Path("DataFrame"), study, db, columns=columns, records=records,
-                         on_unmatched="add", source_name="DataFrame")
+        import_responses(
+            Path("DataFrame"), study, db, columns=columns, records=records, on_unmatched="add", source_name="DataFrame"
+        )
         outputs = run_pipeline(study, db, steps=["analyze"], embedder=embedder, **options).analysis
     assert outputs is not None
     return outputs

@@ -91,8 +91,9 @@ class _Target:
 
 def _target_from_store(db: sqlite3.Connection, study: str) -> _Target:
     target = _Target()
-    for r in db.execute("SELECT query_id, text, category, answer FROM queries WHERE study = ? "
-                        "ORDER BY position", (study,)).fetchall():
+    for r in db.execute(
+        "SELECT query_id, text, category, answer FROM queries WHERE study = ? ORDER BY position", (study,)
+    ).fetchall():
         target.ids[r[0]] = r[0]
         target.texts.setdefault(normalise(r[1]), r[0])
         target.known.append((r[0], r[1], r[2], r[3]))
@@ -110,9 +111,9 @@ def _target_from_set(source: str | Path) -> _Target:
     return target
 
 
-def _match(path: Path, rows: list[Row], target: _Target, on_unmatched: Unmatched
-           ) -> tuple[list[tuple[Row, str]], dict[str, tuple[str, str, str | None]], Counter[str],
-                      list[dict[str, Any]]]:
+def _match(
+    path: Path, rows: list[Row], target: _Target, on_unmatched: Unmatched
+) -> tuple[list[tuple[Row, str]], dict[str, tuple[str, str, str | None]], Counter[str], list[dict[str, Any]]]:
     """(row, query id) pairs to import, new queries, how rows matched, and the unmatched rows."""
     matched: list[tuple[Row, str]] = []
     new: dict[str, tuple[str, str, str | None]] = {}
@@ -130,33 +131,41 @@ def _match(path: Path, rows: list[Row], target: _Target, on_unmatched: Unmatched
             how["text"] += 1
             continue
         if target.known and on_unmatched != "add":
-            unmatched.append({"where": row.where, "query_id": row.query_id, "query": row.query_text,
-                              "deployment": row.deployment})
+            unmatched.append(
+                {"where": row.where, "query_id": row.query_id, "query": row.query_text, "deployment": row.deployment}
+            )
             continue
         if row.query_text is None:  # nothing to match against, and no text to make a query of
-            raise ImportFileError(path, f"query id {row.query_id!r} is not a known query and the record "
-                                  "has no query text", where=row.where, field="id")
-        query_id = row.query_id or created.get(normalise(row.query_text)) \
-            or "q-" + sha256_hex(row.query_text)[:12]
+            raise ImportFileError(
+                path,
+                f"query id {row.query_id!r} is not a known query and the record has no query text",
+                where=row.where,
+                field="id",
+            )
+        query_id = row.query_id or created.get(normalise(row.query_text)) or "q-" + sha256_hex(row.query_text)[:12]
         created.setdefault(normalise(row.query_text), query_id)  # later rows match it by text
         first = new.setdefault(query_id, (row.query_text, row.category or "uncategorized", row.answer))
         if first[0] != row.query_text:
-            raise ImportFileError(path, f"query id {query_id!r} was given another text earlier",
-                                  where=row.where, field="query")
+            raise ImportFileError(
+                path, f"query id {query_id!r} was given another text earlier", where=row.where, field="query"
+            )
         matched.append((row, query_id))
         how["new"] += 1
     if unmatched and on_unmatched == "error":
         shown = "; ".join(f"{u['where']} ({u['query_id'] or u['query']!r})" for u in unmatched[:5])
-        raise ImportFileError(path, f"{len(unmatched)} of {len(rows)} rows match no query of the study "
-                              f"by id or text: {shown}" + (" ..." if len(unmatched) > 5 else "")
-                              + " (leave them out or add them as new queries: --unmatched skip|add, "
-                              "on_unmatched='skip'|'add')",
-                              field="query")
+        raise ImportFileError(
+            path,
+            f"{len(unmatched)} of {len(rows)} rows match no query of the study "
+            f"by id or text: {shown}"
+            + (" ..." if len(unmatched) > 5 else "")
+            + " (leave them out or add them as new queries: --unmatched skip|add, "
+            "on_unmatched='skip'|'add')",
+            field="query",
+        )
     return matched, new, how, unmatched
 
 
-def _indexed(path: Path, matched: list[tuple[Row, str]], condition: str
-             ) -> list[tuple[Row, str, int]]:
+def _indexed(path: Path, matched: list[tuple[Row, str]], condition: str) -> list[tuple[Row, str, int]]:
     """Give every row its sample index (file order within a query and deployment when absent)."""
     counters: Counter[tuple[str, str]] = Counter()
     seen: dict[tuple[str, str, int], str] = {}
@@ -167,9 +176,13 @@ def _indexed(path: Path, matched: list[tuple[Row, str]], condition: str
         counters[arm] = max(counters[arm], index + 1)
         key = (query_id, row.deployment, index)
         if key in seen:
-            raise ImportFileError(path, f"a second response {index} of deployment {row.deployment!r} to "
-                                  f"query {query_id!r} under condition {condition!r} (first on {seen[key]})",
-                                  where=row.where, field="sample_index")
+            raise ImportFileError(
+                path,
+                f"a second response {index} of deployment {row.deployment!r} to "
+                f"query {query_id!r} under condition {condition!r} (first on {seen[key]})",
+                where=row.where,
+                field="sample_index",
+            )
         seen[key] = row.where
         out.append((row, query_id, index))
     return out
@@ -210,16 +223,26 @@ def import_responses(
     rows = parse_records(path, records, columns, deployment)
     owned = store if isinstance(store, Store) else Store(store)
     try:
-        return _write(owned, path, source_name or str(path), digest, rows, study, query_set, condition,
-                      on_unmatched, replace)
+        return _write(
+            owned, path, source_name or str(path), digest, rows, study, query_set, condition, on_unmatched, replace
+        )
     finally:
         if owned is not store:
             owned.close()
 
 
-def _write(store: Store, path: Path, source: str, digest: str, rows: list[Row], study: str,
-           query_set: str | Path | None, condition: str | None, on_unmatched: Unmatched,
-           replace: bool) -> ImportResult:
+def _write(
+    store: Store,
+    path: Path,
+    source: str,
+    digest: str,
+    rows: list[Row],
+    study: str,
+    query_set: str | Path | None,
+    condition: str | None,
+    on_unmatched: Unmatched,
+    replace: bool,
+) -> ImportResult:
     if re.match(NAME_PATTERN, study) is None:
         raise StoreError(f"invalid study name {study!r}")
     now = time.time()
@@ -228,81 +251,147 @@ def _write(store: Store, path: Path, source: str, digest: str, rows: list[Row], 
         spec = StudySpec.model_validate_json(exists[0]) if exists else None
         if spec is not None and query_set is not None:
             raise StoreError(f"study {study!r} exists: its queries are matched, not {query_set!r}")
-        target = _target_from_store(db, study) if spec else \
-            _target_from_set(query_set) if query_set is not None else _Target()
+        target = (
+            _target_from_store(db, study)
+            if spec
+            else _target_from_set(query_set)
+            if query_set is not None
+            else _Target()
+        )
         conditions = [c.name for c in spec.effective_conditions()] if spec else []
         if condition is None:
             if len(conditions) > 1:
-                raise StoreError(f"study {study!r} has conditions {conditions}: name the one the "
-                                 "imported responses belong to")
+                raise StoreError(
+                    f"study {study!r} has conditions {conditions}: name the one the imported responses belong to"
+                )
             condition = conditions[0] if conditions else "default"
         elif spec is not None and condition not in conditions:
             raise StoreError(f"study {study!r} has no condition {condition!r} (it has {conditions})")
         matched, new, how, unmatched = _match(path, rows, target, on_unmatched)
         indexed = _indexed(path, matched, condition)
         if not indexed:
-            raise ImportFileError(path, f"none of its {len(rows)} rows matches a query of study {study!r}",
-                                  field="query")
+            raise ImportFileError(
+                path, f"none of its {len(rows)} rows matches a query of study {study!r}", field="query"
+            )
         names = list(dict.fromkeys(r.deployment for r, _, _ in indexed))
         providers = dict(db.execute("SELECT name, provider FROM deployments WHERE study = ?", (study,)).fetchall())
         for name in names:
             if name in providers and providers[name] != PROVIDER:
-                raise StoreError(f"study {study!r} already samples a deployment {name!r} "
-                                 f"({providers[name]}); import under another name")
+                raise StoreError(
+                    f"study {study!r} already samples a deployment {name!r} "
+                    f"({providers[name]}); import under another name"
+                )
             if name in providers and not replace:
-                raise StoreError(f"study {study!r} already holds imported deployment {name!r} "
-                                 "(import with replace=True / --replace to load it again)")
+                raise StoreError(
+                    f"study {study!r} already holds imported deployment {name!r} "
+                    "(import with replace=True / --replace to load it again)"
+                )
         for name in names:  # replace: the old rows of these deployments go, in this transaction
             for table in ("samples", "imported_samples"):
-                db.execute(f"DELETE FROM {table} WHERE study = ? AND deployment = ? AND condition = ?",
-                           (study, name, condition))
+                db.execute(
+                    f"DELETE FROM {table} WHERE study = ? AND deployment = ? AND condition = ?",
+                    (study, name, condition),
+                )
         k = max(Counter((q, r.deployment) for r, q, _ in indexed).values())
         needed = max(i for _, _, i in indexed) + 1
         if spec is None:
-            spec = StudySpec(name=study, query_set=str(query_set or path), deployments=names, samples=needed,
-                             conditions=[] if condition == "default" else [Condition(name=condition)])
+            spec = StudySpec(
+                name=study,
+                query_set=str(query_set or path),
+                deployments=names,
+                samples=needed,
+                conditions=[] if condition == "default" else [Condition(name=condition)],
+            )
         else:  # a sampled study keeps its K (equal footing); an all-imported one grows to the file's
             sampled = any(p != PROVIDER for p in providers.values())
-            spec = spec.model_copy(update={
-                "deployments": spec.deployments + [n for n in names if n not in spec.deployments],
-                "samples": spec.samples if sampled else max(spec.samples, needed)})
-        db.execute("INSERT INTO studies (name, spec_json, created_at, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-                   "spec_json = excluded.spec_json, updated_at = excluded.updated_at",
-                   (study, spec.model_dump_json(), now, now))
+            spec = spec.model_copy(
+                update={
+                    "deployments": spec.deployments + [n for n in names if n not in spec.deployments],
+                    "samples": spec.samples if sampled else max(spec.samples, needed),
+                }
+            )
+        db.execute(
+            "INSERT INTO studies (name, spec_json, created_at, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+            "spec_json = excluded.spec_json, updated_at = excluded.updated_at",
+            (study, spec.model_dump_json(), now, now),
+        )
         queries = [] if exists else list(target.known)  # a study's own queries are in place
         queries += [(q, text, category, answer) for q, (text, category, answer) in new.items()]
         first = len(target.known) if exists else 0
-        db.executemany("INSERT INTO queries (study, query_id, position, text, category, answer) "
-                       "VALUES (?, ?, ?, ?, ?, ?)",
-                       [(study, q, first + i, text, category, answer)
-                        for i, (q, text, category, answer) in enumerate(queries)])
+        db.executemany(
+            "INSERT INTO queries (study, query_id, position, text, category, answer) VALUES (?, ?, ?, ?, ?, ?)",
+            [(study, q, first + i, text, category, answer) for i, (q, text, category, answer) in enumerate(queries)],
+        )
         models = {r.deployment: r.model for r, _, _ in indexed}
-        db.executemany("INSERT OR REPLACE INTO deployments (study, name, provider, model, family, "
-                       "stage, identity_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [(study, n, PROVIDER, models[n], None, None,
-                         canonical_json({"provider": PROVIDER, "model": models[n], "source": digest}))
-                        for n in names])
+        db.executemany(
+            "INSERT OR REPLACE INTO deployments (study, name, provider, model, family, "
+            "stage, identity_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    study,
+                    n,
+                    PROVIDER,
+                    models[n],
+                    None,
+                    None,
+                    canonical_json({"provider": PROVIDER, "model": models[n], "source": digest}),
+                )
+                for n in names
+            ],
+        )
         samples, provenance = [], []
         for row, query_id, index in indexed:
             cache_key = sha256_hex(canonical_json([PROVIDER, digest, row.where, index]))
-            samples.append((study, query_id, row.deployment, condition, index, 0, cache_key,
-                            canonical_json({}), row.text, None, None, None, None, None, None, 0,
-                            row.model, now))
-            provenance.append((study, query_id, row.deployment, condition, index, source, digest,
-                               row.where, row.class_label, now))
-        db.executemany("INSERT INTO samples (study, query_id, deployment, condition, sample_index, "
-                       "seed, cache_key, params_json, text, error, finish_reason, prompt_tokens, "
-                       "completion_tokens, cost_usd, latency_s, attempts, model, created_at) VALUES ("
-                       + ",".join("?" * 18) + ")", samples)
+            samples.append(
+                (
+                    study,
+                    query_id,
+                    row.deployment,
+                    condition,
+                    index,
+                    0,
+                    cache_key,
+                    canonical_json({}),
+                    row.text,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    0,
+                    row.model,
+                    now,
+                )
+            )
+            provenance.append(
+                (study, query_id, row.deployment, condition, index, source, digest, row.where, row.class_label, now)
+            )
+        db.executemany(
+            "INSERT INTO samples (study, query_id, deployment, condition, sample_index, "
+            "seed, cache_key, params_json, text, error, finish_reason, prompt_tokens, "
+            "completion_tokens, cost_usd, latency_s, attempts, model, created_at) VALUES (" + ",".join("?" * 18) + ")",
+            samples,
+        )
         db.executemany("INSERT INTO imported_samples VALUES (" + ",".join("?" * 10) + ")", provenance)
     counts = Counter(r.deployment for r, _, _ in indexed)
     result = ImportResult(
-        study=study, store=str(store.directory), file=source, sha256=digest, rows=len(rows),
-        imported=len(indexed), deployments=dict(counts), queries=len({q for _, q, _ in indexed}),
-        matched_by_id=how["id"], matched_by_text=how["text"], new_queries=len(new),
+        study=study,
+        store=str(store.directory),
+        file=source,
+        sha256=digest,
+        rows=len(rows),
+        imported=len(indexed),
+        deployments=dict(counts),
+        queries=len({q for _, q, _ in indexed}),
+        matched_by_id=how["id"],
+        matched_by_text=how["text"],
+        new_queries=len(new),
         match_rate=round((how["id"] + how["text"]) / len(rows), 4) if target.known else 1.0,
-        unmatched=unmatched, has_classes=any(r.class_label is not None for r, _, _ in indexed),
-        k_file=k, k_study=spec.samples,
+        unmatched=unmatched,
+        has_classes=any(r.class_label is not None for r, _, _ in indexed),
+        k_file=k,
+        k_study=spec.samples,
     )
     atomic_write_text(store.layout.imports(study) / f"{digest[:16]}.json", json.dumps(result.summary(), indent=2))
     return result
@@ -310,6 +399,9 @@ def _write(store: Store, path: Path, source: str, digest: str, rows: list[Row], 
 
 def imported_classes(store: Store, study: str) -> dict[tuple[str, str, str, int], str]:
     """(query, deployment, condition, sample index) -> the class label an imported file carried."""
-    rows = store._rows("SELECT query_id, deployment, condition, sample_index, class_label "
-                       "FROM imported_samples WHERE study = ? AND class_label IS NOT NULL", (study,))
+    rows = store._rows(
+        "SELECT query_id, deployment, condition, sample_index, class_label "
+        "FROM imported_samples WHERE study = ? AND class_label IS NOT NULL",
+        (study,),
+    )
     return {(r[0], r[1], r[2], int(r[3])): r[4] for r in rows}

@@ -99,8 +99,7 @@ def _as_unit_matrix(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
         bad = np.flatnonzero(~(np.abs(norms - 1.0) <= NORM_TOLERANCE))
         if bad.size:
             raise ValueError(
-                f"vectors must be L2-normalised (cosine = inner product); row {bad[0]} "
-                f"has norm {norms[bad[0]]:.6f}"
+                f"vectors must be L2-normalised (cosine = inner product); row {bad[0]} has norm {norms[bad[0]]:.6f}"
             )
     return array
 
@@ -126,8 +125,7 @@ class RangeHits:
         """The same hits as one (query_row, ids, sims) tuple per query."""
         bounds = np.searchsorted(self.rows, np.arange(n_queries + 1))
         return [
-            (q, self.ids[bounds[q] : bounds[q + 1]], self.sims[bounds[q] : bounds[q + 1]])
-            for q in range(n_queries)
+            (q, self.ids[bounds[q] : bounds[q + 1]], self.sims[bounds[q] : bounds[q + 1]]) for q in range(n_queries)
         ]
 
     @staticmethod
@@ -230,11 +228,7 @@ class VectorIndex:
             for start in range(0, q.shape[0], self.batch_size):
                 block = q[start : start + self.batch_size]
                 loose = np.float32(threshold32 - SLACK)
-                rows, ids = (
-                    self._range_by_knn(block, loose)
-                    if self.emulate_range
-                    else self._range_cpu(block, loose)
-                )
+                rows, ids = self._range_by_knn(block, loose) if self.emulate_range else self._range_cpu(block, loose)
                 rows, ids, sims = _refine(block, self.vectors(), rows, ids, threshold32)
                 parts.append(RangeHits(rows + start, ids, sims))
         if not parts:

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from hivemind.errors import HivemindError
+from hivemind.layout import StoreLayout
 from hivemind.migrations import Family, adopt_if_table, migrate
 from hivemind.spec import StudySpec
-from hivemind.layout import StoreLayout
 from hivemind.store import JournalFile, Store
 
 log = logging.getLogger("hivemind.jobs")
@@ -31,8 +31,10 @@ T = TypeVar("T")
 
 # Append-only: a shipped step is never edited. Step 1 of each is the schema that older releases
 # made with IF NOT EXISTS; a file holding it is adopted (see `adopt_if_table`).
-JOBS = Family("jobs", (
-    """
+JOBS = Family(
+    "jobs",
+    (
+        """
     CREATE TABLE service_query_sets (
         name TEXT PRIMARY KEY, path TEXT NOT NULL, description TEXT NOT NULL,
         n_queries INTEGER NOT NULL, categories_json TEXT NOT NULL, sha256 TEXT NOT NULL,
@@ -51,9 +53,13 @@ JOBS = Family("jobs", (
         created_at REAL NOT NULL
     );
     """,
-), adopt=adopt_if_table("service_jobs"))
-SCANS = Family("scans", (
-    """
+    ),
+    adopt=adopt_if_table("service_jobs"),
+)
+SCANS = Family(
+    "scans",
+    (
+        """
     CREATE TABLE scan_runs (
         id INTEGER PRIMARY KEY AUTOINCREMENT, scan TEXT NOT NULL, study TEXT NOT NULL UNIQUE,
         scan_json TEXT NOT NULL, spec_json TEXT NOT NULL, scheduled_for REAL, state TEXT NOT NULL,
@@ -64,7 +70,9 @@ SCANS = Family("scans", (
         name TEXT PRIMARY KEY, scan_json TEXT NOT NULL, created_at REAL NOT NULL
     );
     """,
-), adopt=adopt_if_table("scan_runs"))
+    ),
+    adopt=adopt_if_table("scan_runs"),
+)
 ACTIVE = ("queued", "sampling", "analyzing")
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 
@@ -114,9 +122,11 @@ class ServiceDB(JournalFile):
         """True when a job, a store study or a scan run already uses `name`."""
         return any(
             db.execute(sql, (name,)).fetchone() is not None
-            for sql in ("SELECT 1 FROM service_jobs WHERE study = ?",
-                        "SELECT 1 FROM studies WHERE name = ?",
-                        "SELECT 1 FROM scan_runs WHERE study = ?")
+            for sql in (
+                "SELECT 1 FROM service_jobs WHERE study = ?",
+                "SELECT 1 FROM studies WHERE name = ?",
+                "SELECT 1 FROM scan_runs WHERE study = ?",
+            )
         )
 
     # --- query sets ----------------------------------------------------------------------
@@ -133,15 +143,19 @@ class ServiceDB(JournalFile):
         raises `Conflict` when the name holds other content.
         """
         with self.transaction() as db:
-            old = db.execute("SELECT sha256 FROM service_query_sets WHERE name = ?",
-                             (row["name"],)).fetchone()
+            old = db.execute("SELECT sha256 FROM service_query_sets WHERE name = ?", (row["name"],)).fetchone()
             if old is not None:
                 if old["sha256"] == row["sha256"]:
                     return False
-                raise Conflict("name", f"a query set named {row['name']!r} already exists with "
-                                       "other queries; upload under another name")
-            db.execute("INSERT INTO service_query_sets VALUES (:name, :path, :description, "
-                       ":n_queries, :categories_json, :sha256, :created_at)", row)
+                raise Conflict(
+                    "name",
+                    f"a query set named {row['name']!r} already exists with other queries; upload under another name",
+                )
+            db.execute(
+                "INSERT INTO service_query_sets VALUES (:name, :path, :description, "
+                ":n_queries, :categories_json, :sha256, :created_at)",
+                row,
+            )
             write()  # a failure here rolls the row back; the file is written atomically
         return True
 
@@ -154,12 +168,19 @@ class ServiceDB(JournalFile):
 
     def active_jobs(self) -> list[str]:
         marks = ",".join("?" * len(ACTIVE))
-        return [r["study"] for r in self.rows(
-            f"SELECT study FROM service_jobs WHERE state IN ({marks}) ORDER BY created_at", ACTIVE)]
+        return [
+            r["study"]
+            for r in self.rows(f"SELECT study FROM service_jobs WHERE state IN ({marks}) ORDER BY created_at", ACTIVE)
+        ]
 
-    def create_job(self, row: dict[str, Any], *, idempotency_key: str | None = None,
-                   request_sha256: str | None = None,
-                   extra: Callable[[sqlite3.Connection], None] | None = None) -> tuple[str, bool]:
+    def create_job(
+        self,
+        row: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        request_sha256: str | None = None,
+        extra: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> tuple[str, bool]:
         """Insert a queued job (and its idempotency key) atomically.
 
         Returns (study, created). A key seen before with the same body returns its study
@@ -168,24 +189,36 @@ class ServiceDB(JournalFile):
         now = time.time()
         with self.transaction() as db:
             if idempotency_key is not None:
-                seen = db.execute("SELECT request_sha256, study FROM service_idempotency "
-                                  "WHERE key = ?", (idempotency_key,)).fetchone()
+                seen = db.execute(
+                    "SELECT request_sha256, study FROM service_idempotency WHERE key = ?", (idempotency_key,)
+                ).fetchone()
                 if seen is not None:
                     if seen["request_sha256"] != request_sha256:
-                        raise Conflict("header.Idempotency-Key", "this key was used for a "
-                                       "different request body; use a new key")
+                        raise Conflict(
+                            "header.Idempotency-Key", "this key was used for a different request body; use a new key"
+                        )
                     return seen["study"], False
             if self.study_taken(db, row["study"]):
                 raise Conflict("body.name", f"a study named {row['study']!r} already exists")
-            values = {"error": None, "note": None, "cancel_requested": 0, "runs": 0,
-                      "started_at": None, "finished_at": None, **row, "state": "queued",
-                      "created_at": now, "updated_at": now}
+            values = {
+                "error": None,
+                "note": None,
+                "cancel_requested": 0,
+                "runs": 0,
+                "started_at": None,
+                "finished_at": None,
+                **row,
+                "state": "queued",
+                "created_at": now,
+                "updated_at": now,
+            }
             columns = ", ".join(values)
-            db.execute(f"INSERT INTO service_jobs ({columns}) VALUES "
-                       f"({', '.join(':' + c for c in values)})", values)
+            db.execute(f"INSERT INTO service_jobs ({columns}) VALUES ({', '.join(':' + c for c in values)})", values)
             if idempotency_key is not None:
-                db.execute("INSERT INTO service_idempotency VALUES (?, ?, ?, ?)",
-                           (idempotency_key, request_sha256, row["study"], now))
+                db.execute(
+                    "INSERT INTO service_idempotency VALUES (?, ?, ?, ?)",
+                    (idempotency_key, request_sha256, row["study"], now),
+                )
             if extra is not None:
                 extra(db)
         return row["study"], True
@@ -206,11 +239,11 @@ class ServiceDB(JournalFile):
             cursor = self._db.execute(
                 "UPDATE service_jobs SET state = 'sampling', started_at = ?, runs = runs + 1, "
                 "error = NULL, updated_at = ? WHERE study = ? AND state = ? AND cancel_requested = 0",
-                (now, now, study, seen_state))
+                (now, now, study, seen_state),
+            )
             return cursor.rowcount == 1
 
-    def finish_job(self, study: str, state: str, *, error: str | None = None,
-                   note: str | None = None) -> None:
+    def finish_job(self, study: str, state: str, *, error: str | None = None, note: str | None = None) -> None:
         self.update_job(study, state=state, error=error, note=note, finished_at=time.time())
 
     def request_cancel(self, study: str) -> str | None:
@@ -223,11 +256,13 @@ class ServiceDB(JournalFile):
                 return row["state"]
             now = time.time()
             if row["state"] == "queued":
-                db.execute("UPDATE service_jobs SET state = 'cancelled', cancel_requested = 1, "
-                           "finished_at = ?, updated_at = ? WHERE study = ?", (now, now, study))
+                db.execute(
+                    "UPDATE service_jobs SET state = 'cancelled', cancel_requested = 1, "
+                    "finished_at = ?, updated_at = ? WHERE study = ?",
+                    (now, now, study),
+                )
                 return "cancelled"
-            db.execute("UPDATE service_jobs SET cancel_requested = 1, updated_at = ? "
-                       "WHERE study = ?", (now, study))
+            db.execute("UPDATE service_jobs SET cancel_requested = 1, updated_at = ? WHERE study = ?", (now, study))
             return row["state"]
 
     # --- scan runs -----------------------------------------------------------------------
@@ -245,15 +280,19 @@ class ServiceDB(JournalFile):
         cursor = db.execute(
             "INSERT INTO scan_runs (scan, study, scan_json, spec_json, scheduled_for, state, "
             "started_at) VALUES (:scan, :study, :scan_json, :spec_json, :scheduled_for, "
-            "'running', :started_at)", row)
+            "'running', :started_at)",
+            row,
+        )
         assert cursor.lastrowid is not None  # an INSERT always sets it
         return cursor.lastrowid
 
-    def finish_scan_run(self, run_id: int, state: str, *, result: dict[str, Any] | None = None,
-                        error: str | None = None) -> None:
-        self._execute("UPDATE scan_runs SET state = ?, result_json = ?, error = ?, finished_at = ? "
-                      "WHERE id = ?", (state, None if result is None else json.dumps(result),
-                                       error, time.time(), run_id))
+    def finish_scan_run(
+        self, run_id: int, state: str, *, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
+        self._execute(
+            "UPDATE scan_runs SET state = ?, result_json = ?, error = ?, finished_at = ? WHERE id = ?",
+            (state, None if result is None else json.dumps(result), error, time.time(), run_id),
+        )
 
 
 def planned_counts(spec: StudySpec) -> dict[str, int]:

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from hivemind.errors import HivemindError
 
 TABLE = "_migrations"
-_CREATE = (f"CREATE TABLE {TABLE} (family TEXT NOT NULL, number INTEGER NOT NULL, "
-           "applied_at REAL NOT NULL, PRIMARY KEY (family, number))")
+_CREATE = (
+    f"CREATE TABLE {TABLE} (family TEXT NOT NULL, number INTEGER NOT NULL, "
+    "applied_at REAL NOT NULL, PRIMARY KEY (family, number))"
+)
 
 
 class MigrationError(HivemindError, RuntimeError):
@@ -67,8 +69,10 @@ def adopt_user_version(connection: sqlite3.Connection) -> int:
 
 
 def has_table(connection: sqlite3.Connection, table: str) -> bool:
-    return connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                              (table,)).fetchone() is not None
+    return (
+        connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+        is not None
+    )
 
 
 def applied(connection: sqlite3.Connection, family: str) -> int:
@@ -87,9 +91,9 @@ def statements(script: str) -> list[str]:
     """
     out, start = [], 0
     for end, char in enumerate(script):
-        if char == ";" and sqlite3.complete_statement(script[start:end + 1]):
+        if char == ";" and sqlite3.complete_statement(script[start : end + 1]):
             if script[start:end].strip():
-                out.append(script[start:end + 1].strip())
+                out.append(script[start : end + 1].strip())
             start = end + 1
     if script[start:].strip():
         out.append(script[start:].strip() + ";")
@@ -116,23 +120,25 @@ def migrate(connection: sqlite3.Connection, family: Family) -> list[int]:
         done = applied(connection, family.name)
         if done == 0 and family.adopt is not None:
             done = min(family.adopt(connection), len(family.steps))
-            connection.executemany(f"INSERT INTO {TABLE} VALUES (?, ?, ?)",
-                                   [(family.name, n, time.time()) for n in range(1, done + 1)])
+            connection.executemany(
+                f"INSERT INTO {TABLE} VALUES (?, ?, ?)", [(family.name, n, time.time()) for n in range(1, done + 1)]
+            )
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
         raise
     if done > len(family.steps):
-        raise MigrationError(f"{family.name} tables are at migration {done}, newer than this "
-                             f"hivemind knows ({len(family.steps)}); upgrade hivemind")
+        raise MigrationError(
+            f"{family.name} tables are at migration {done}, newer than this "
+            f"hivemind knows ({len(family.steps)}); upgrade hivemind"
+        )
     for number in range(done + 1, len(family.steps) + 1):
         connection.execute("BEGIN IMMEDIATE")
         try:
             if applied(connection, family.name) < number:  # another process may have run it
                 for statement in statements(family.steps[number - 1]):
                     connection.execute(statement)
-                connection.execute(f"INSERT INTO {TABLE} VALUES (?, ?, ?)",
-                                   (family.name, number, time.time()))
+                connection.execute(f"INSERT INTO {TABLE} VALUES (?, ?, ?)", (family.name, number, time.time()))
                 if family.mirror_user_version:
                     connection.execute(f"PRAGMA user_version = {number}")
                 ran.append(number)

@@ -75,8 +75,21 @@ SAMPLING_STEPS = ("sample", "export")
 CACHE_FILE = EMBEDDING_CACHE
 ANALYSIS_DIR = ANALYSIS
 REPORT_FILE = REPORT
-KEY_PACKAGES = ("numpy", "polars", "scipy", "torch", "transformers", "sentence-transformers", "faiss-cpu",
-                "faiss-gpu-cu12", "matplotlib", "sacrebleu", "pydantic", "litellm", "llama-cpp-python")
+KEY_PACKAGES = (
+    "numpy",
+    "polars",
+    "scipy",
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "faiss-cpu",
+    "faiss-gpu-cu12",
+    "matplotlib",
+    "sacrebleu",
+    "pydantic",
+    "litellm",
+    "llama-cpp-python",
+)
 
 
 class AnalysisError(StoreError):
@@ -222,8 +235,7 @@ def _export(store: Store, run: PipelineRun) -> None:
         atomic_write_text(store.layout.sampling_summary(run.study), json.dumps(run.study_run().summary(), indent=2))
 
 
-def _analyze_and_report(store: Store, run: PipelineRun, executor: Executor | None,
-                        options: dict[str, Any]) -> None:
+def _analyze_and_report(store: Store, run: PipelineRun, executor: Executor | None, options: dict[str, Any]) -> None:
     if "analyze" in run.steps:
         run.analysis = analyze(store, run.study, executor=executor, **options)
     if "report" in run.steps:
@@ -231,8 +243,13 @@ def _analyze_and_report(store: Store, run: PipelineRun, executor: Executor | Non
 
 
 # --- doors onto single steps (the public API keeps these names) ----------------------------
-def analyze_store(store_dir: str | Path, study: str | None = None, embedder: str | Embedder | None = None,
-                  threshold: float = 0.9, **options: Any) -> AnalysisOutputs:
+def analyze_store(
+    store_dir: str | Path,
+    study: str | None = None,
+    embedder: str | Embedder | None = None,
+    threshold: float = 0.9,
+    **options: Any,
+) -> AnalysisOutputs:
     """Embed and analyse a study of an existing store; write its tables and `summary.json`.
 
     `study=None` takes the latest study. See `analyze` for the options."""
@@ -317,8 +334,12 @@ def _exclusions(samples: pl.DataFrame, analysed: int, complete_only: bool = Fals
     truncated = 0
     if complete_only and "finish_reason" in samples.columns:
         truncated = int((usable & samples.select(truncated_rows()).to_series()).sum())
-    return {"n_failed": failed, "n_empty": empty, "n_excluded_truncated": truncated,
-            "n_dropped_for_equal_k": samples.height - failed - empty - truncated - analysed}
+    return {
+        "n_failed": failed,
+        "n_empty": empty,
+        "n_excluded_truncated": truncated,
+        "n_dropped_for_equal_k": samples.height - failed - empty - truncated - analysed,
+    }
 
 
 def _embedder(spec_name: str, embedder: Any, progress: bool) -> Embedder:
@@ -376,20 +397,32 @@ def analyze(
         checker = get_checker(spec.analysis.answer_checker if answer_checker is None else answer_checker)
     except ValueError as exc:
         raise AnalysisError(str(exc)) from None
-    responses, k_table = prepare_responses(samples, deployment_order=spec.deployments, condition_order=conditions,
-                                           complete_only=complete_only)
+    responses, k_table = prepare_responses(
+        samples, deployment_order=spec.deployments, condition_order=conditions, complete_only=complete_only
+    )
     if responses.height == 0:
-        raise AnalysisError(f"study {study!r} has no successful, non-empty{' complete' if complete_only else ''} "
-                            f"responses to analyse ({samples.height} rows, "
-                            f"{samples['error'].is_not_null().sum()} errors)")
+        raise AnalysisError(
+            f"study {study!r} has no successful, non-empty{' complete' if complete_only else ''} "
+            f"responses to analyse ({samples.height} rows, "
+            f"{samples['error'].is_not_null().sum()} errors)"
+        )
     truncation = truncation_table(samples, spec.deployments)
     truncation_entry, warnings = truncation_summary(truncation, complete_only)
     model = _embedder(spec.embedder, embedder, progress)
     cache = EmbeddingCache(store.layout.embedding_cache)
     vectors = embed_texts(responses["text"].to_list(), (executor or LocalExecutor()).embedder(model), cache)
     result = analyze_responses(
-        responses, vectors, deployments=spec.deployments, conditions=conditions, threshold=threshold,
-        n_boot=n_boot, n_perm=n_perm, draws=draws, seed=seed, lexical=lexical, use_gpu=use_gpu,
+        responses,
+        vectors,
+        deployments=spec.deployments,
+        conditions=conditions,
+        threshold=threshold,
+        n_boot=n_boot,
+        n_perm=n_perm,
+        draws=draws,
+        seed=seed,
+        lexical=lexical,
+        use_gpu=use_gpu,
         checker=checker,
         executor=executor,
     )
@@ -397,30 +430,41 @@ def analyze(
     tables["k_per_query"] = k_table
     tables["truncation"] = truncation
     tables["responses"] = responses.select(
-        "row", "query_id", "category", "condition", "deployment", "family", "stage", "sample_index",
+        "row",
+        "query_id",
+        "category",
+        "condition",
+        "deployment",
+        "family",
+        "stage",
+        "sample_index",
         *[c for c in ("cache_key", "finish_reason") if c in responses.columns],
     )
     extra: dict[str, Any] = {}  # classes an imported file carried (NoveltyBench partition)
     add_external_classes(store, study, responses, vectors, threshold, tables, extra)
     for name, frame in tables.items():
         atomic_write(store.layout.table(study, name), frame.write_parquet)
-    summary = Summary.model_validate(json_safe({
-        "study": study,
-        "store": str(store.directory.resolve()),
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "spec": spec.model_dump(mode="json"),
-        "embedder": {"name": getattr(model, "model_name", str(model)), "id": model.embedder_id},
-        "versions": versions(),
-        "n_samples": samples.height,
-        "samples_fingerprint": fingerprint,
-        "dropped_params": dropped_params(samples),
-        **_exclusions(samples, responses.height, complete_only),
-        **result.summary,
-        **extra,
-        "truncation": truncation_entry,
-        "warnings": warnings + result.summary.get("warnings", []),
-        "tables": sorted(tables),
-    }))
+    summary = Summary.model_validate(
+        json_safe(
+            {
+                "study": study,
+                "store": str(store.directory.resolve()),
+                "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "spec": spec.model_dump(mode="json"),
+                "embedder": {"name": getattr(model, "model_name", str(model)), "id": model.embedder_id},
+                "versions": versions(),
+                "n_samples": samples.height,
+                "samples_fingerprint": fingerprint,
+                "dropped_params": dropped_params(samples),
+                **_exclusions(samples, responses.height, complete_only),
+                **result.summary,
+                **extra,
+                "truncation": truncation_entry,
+                "warnings": warnings + result.summary.get("warnings", []),
+                "tables": sorted(tables),
+            }
+        )
+    )
     # written last: a summary never describes tables that are not in place yet
     summary.write(store.layout.summary(study))
     return AnalysisOutputs(store.layout.analysis(study), study, summary, tables, responses, vectors)

@@ -39,7 +39,7 @@ SHIPPED_DESCRIPTIONS: dict[str, str] = {
     "open-ended-v1": "Open-ended prompts over 12 categories of creative and subjective asks.",
     "verifiable-v1": "Short questions with one checkable answer (quality control vs narrowing).",
     "noveltybench-curated": "NoveltyBench's 100 curated prompts with 10 paraphrases each "
-                            "(Zhang et al. 2025, MIT licence: NOVELTYBENCH-LICENSE).",
+    "(Zhang et al. 2025, MIT licence: NOVELTYBENCH-LICENSE).",
 }
 PARAPHRASE_KEYS: tuple[str, ...] = ("prompt_paraphrases", "paraphrases")
 """Metadata keys holding a query's rewordings (NoveltyBench's `prompt_paraphrases`)."""
@@ -48,9 +48,7 @@ PARAPHRASE_KEYS: tuple[str, ...] = ("prompt_paraphrases", "paraphrases")
 class QueryFileError(HivemindError, ValueError):
     """A query file that cannot be used; the message names the file, the line/row and the field."""
 
-    def __init__(
-        self, path: Path, message: str, *, where: str | None = None, field: str | None = None
-    ) -> None:
+    def __init__(self, path: Path, message: str, *, where: str | None = None, field: str | None = None) -> None:
         self.path = path
         self.where = where
         self.field = field
@@ -81,9 +79,7 @@ def load_query_set(source: str | Path, name: str | None = None) -> QuerySet:
         query, id_key = _to_query(path, where, record)
         if query.id in first_seen:
             other = first_seen[query.id]
-            raise QueryFileError(
-                path, f"duplicate id {query.id!r} (first on {other})", where=where, field=id_key
-            )
+            raise QueryFileError(path, f"duplicate id {query.id!r} (first on {other})", where=where, field=id_key)
         first_seen[query.id] = where
         queries.append(query)
     if not queries:
@@ -93,8 +89,7 @@ def load_query_set(source: str | Path, name: str | None = None) -> QuerySet:
     if re.match(NAME_PATTERN, set_name) is None:
         raise QueryFileError(path, f"invalid set name {set_name!r}", field="name")
     description = SHIPPED_DESCRIPTIONS.get(path.stem, "") if path.parent == SHIPPED_DIR else ""
-    return QuerySet(name=set_name, description=description or f"Loaded from {path.name}",
-                    queries=queries)
+    return QuerySet(name=set_name, description=description or f"Loaded from {path.name}", queries=queries)
 
 
 def read_records(path: Path) -> Records:
@@ -135,8 +130,9 @@ def prompt_text(query: Query, paraphrase: int | None) -> str:
         return query.text
     options = paraphrases(query)
     if paraphrase > len(options):
-        raise ValueError(f"query {query.id!r} has {len(options)} paraphrases, "
-                         f"condition asks for paraphrase {paraphrase}")
+        raise ValueError(
+            f"query {query.id!r} has {len(options)} paraphrases, condition asks for paraphrase {paraphrase}"
+        )
     return options[paraphrase - 1]
 
 
@@ -185,11 +181,9 @@ def _read_jsonl(path: Path) -> Records:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise QueryFileError(path, f"invalid JSON: {exc.msg} (column {exc.colno})",
-                                 where=where) from exc
+            raise QueryFileError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", where=where) from exc
         if not isinstance(value, dict):
-            raise QueryFileError(path, f"expected a JSON object, got {type(value).__name__}",
-                                 where=where)
+            raise QueryFileError(path, f"expected a JSON object, got {type(value).__name__}", where=where)
         out.append((where, value))
     return out
 
@@ -207,13 +201,11 @@ def _read_json(path: Path) -> Records:
             raise QueryFileError(path, "expected a list of queries or an object with 'queries'")
         value = value["queries"]
     if not isinstance(value, list):
-        raise QueryFileError(path, f"expected a list of queries, got {type(value).__name__}",
-                             field="queries")
+        raise QueryFileError(path, f"expected a list of queries, got {type(value).__name__}", field="queries")
     out: list[tuple[str, dict[str, Any]]] = []
     for index, item in enumerate(value, start=1):
         if not isinstance(item, dict):
-            raise QueryFileError(path, f"expected an object, got {type(item).__name__}",
-                                 where=f"item {index}")
+            raise QueryFileError(path, f"expected an object, got {type(item).__name__}", where=f"item {index}")
         out.append((f"item {index}", item))
     return out
 
@@ -285,8 +277,7 @@ def _to_query(path: Path, where: str, record: dict[str, Any]) -> tuple[Query, st
                 break
         else:
             looked = ", ".join(repr(k) for k in TEXT_KEYS[1:] + MESSAGE_KEYS)
-            raise QueryFileError(path, f"Field required (also looked for {looked})",
-                                 where=where, field="text")
+            raise QueryFileError(path, f"Field required (also looked for {looked})", where=where, field="text")
 
     id_key = next(_present(record, ID_KEYS), None)
     if id_key is not None:
@@ -332,5 +323,4 @@ def _to_query(path: Path, where: str, record: dict[str, Any]) -> tuple[Query, st
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "record"
-        raise QueryFileError(path, error["msg"], where=where,
-                             field=source_key.get(field, field)) from exc
+        raise QueryFileError(path, error["msg"], where=where, field=source_key.get(field, field)) from exc

@@ -108,13 +108,13 @@ def _index(path: Path, where: str, key: str, value: Any) -> int:
         if number != float(value) or not 0 <= number < MAX_SAMPLES:
             raise ValueError
     except (TypeError, ValueError):
-        raise ImportFileError(path, f"expected a whole number from 0 to {MAX_SAMPLES - 1}, got {value!r}",
-                              where=where, field=key) from None
+        raise ImportFileError(
+            path, f"expected a whole number from 0 to {MAX_SAMPLES - 1}, got {value!r}", where=where, field=key
+        ) from None
     return number
 
 
-def parse_records(path: Path, records: Any, columns: Columns | None = None,
-                  deployment: str | None = None) -> list[Row]:
+def parse_records(path: Path, records: Any, columns: Columns | None = None, deployment: str | None = None) -> list[Row]:
     """Turn raw records into `Row`s, each error naming `path`, the record's position and field."""
     cols = columns or Columns()
     rows: list[Row] = []
@@ -135,8 +135,7 @@ def parse_records(path: Path, records: Any, columns: Columns | None = None,
                 except json.JSONDecodeError:
                     values = None
             if not isinstance(values, list) or not values:
-                raise ImportFileError(path, "expected a non-empty list of responses", where=where,
-                                      field=list_key)
+                raise ImportFileError(path, "expected a non-empty list of responses", where=where, field=list_key)
             texts = [(v, f"{list_key}[{i}]") for i, v in enumerate(values)]
         else:
             texts = [(record.get(text_key), text_key)]
@@ -149,8 +148,12 @@ def parse_records(path: Path, records: Any, columns: Columns | None = None,
         id_key = _pick(record, cols.id, ID_KEYS)
         raw_id = record.get(id_key) if id_key else None
         if raw_id is None and query_text is None:
-            raise ImportFileError(path, "no query (looked for " + ", ".join(
-                repr(k) for k in QUERY_KEYS + ID_KEYS) + ")", where=where, field=cols.query or "query")
+            raise ImportFileError(
+                path,
+                "no query (looked for " + ", ".join(repr(k) for k in QUERY_KEYS + ID_KEYS) + ")",
+                where=where,
+                field=cols.query or "query",
+            )
         query_id = _string(path, where, id_key, raw_id) if raw_id is not None else None  # type: ignore[arg-type]
         if query_text is not None:
             query_text = _string(path, where, query_key or "query", query_text, numbers=False)
@@ -158,9 +161,14 @@ def parse_records(path: Path, records: Any, columns: Columns | None = None,
         model_key = _pick(record, cols.model, MODEL_KEYS)
         model_value = record.get(model_key) if model_key else None
         if model_value is None and deployment is None:
-            raise ImportFileError(path, "no model (looked for " + ", ".join(repr(k) for k in MODEL_KEYS)
-                                  + "; or name one deployment for the whole file)", where=where,
-                                  field=cols.model or "model")
+            raise ImportFileError(
+                path,
+                "no model (looked for "
+                + ", ".join(repr(k) for k in MODEL_KEYS)
+                + "; or name one deployment for the whole file)",
+                where=where,
+                field=cols.model or "model",
+            )
         model = _string(path, where, model_key or "model", model_value) if model_value is not None else deployment
         name = deployment or deployment_name(model)  # type: ignore[arg-type]
         if re.match(NAME_PATTERN, name) is None:
@@ -174,8 +182,11 @@ def parse_records(path: Path, records: Any, columns: Columns | None = None,
         answer = record.get(answer_key) if answer_key else None
 
         index_key = _pick(record, cols.sample_index, INDEX_KEYS)
-        base_index = _index(path, where, index_key, record[index_key]) if index_key and \
-            record.get(index_key) is not None else None
+        base_index = (
+            _index(path, where, index_key, record[index_key])
+            if index_key and record.get(index_key) is not None
+            else None
+        )
 
         class_key = _pick(record, cols.classes, CLASS_KEYS)
         labels: list[Any] = [None] * len(texts)
@@ -189,23 +200,32 @@ def parse_records(path: Path, records: Any, columns: Columns | None = None,
             if list_key:
                 if not isinstance(raw, list) or len(raw) != len(texts):
                     got = len(raw) if isinstance(raw, list) else type(raw).__name__
-                    raise ImportFileError(path, f"expected one class label per response ({len(texts)}), "
-                                          f"got {got}", where=where, field=class_key)
+                    raise ImportFileError(
+                        path,
+                        f"expected one class label per response ({len(texts)}), got {got}",
+                        where=where,
+                        field=class_key,
+                    )
                 labels = list(raw)
             else:
                 labels = [raw]
 
         for offset, ((value, key), label) in enumerate(zip(texts, labels)):
             text = _string(path, where, key or "text", value, numbers=False)
-            rows.append(Row(
-                where=where if len(texts) == 1 else f"{where} {key}",
-                query_id=query_id, query_text=query_text, deployment=name, model=model,  # type: ignore[arg-type]
-                text=text,
-                sample_index=None if base_index is None else base_index + offset,
-                category=None if category is None else str(category),
-                answer=None if answer is None else str(answer),
-                class_label=None if label is None else str(label),
-            ))
+            rows.append(
+                Row(
+                    where=where if len(texts) == 1 else f"{where} {key}",
+                    query_id=query_id,
+                    query_text=query_text,
+                    deployment=name,
+                    model=model,  # type: ignore[arg-type]
+                    text=text,
+                    sample_index=None if base_index is None else base_index + offset,
+                    category=None if category is None else str(category),
+                    answer=None if answer is None else str(answer),
+                    class_label=None if label is None else str(label),
+                )
+            )
     if not rows:
         raise ImportFileError(path, "empty file: no responses")
     return rows

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from hivemind.queries import prompt_text
 from hivemind.providers.base import Provider, ProviderError
+from hivemind.queries import prompt_text
 from hivemind.spec import (
     Completion,
     Deployment,
@@ -40,8 +40,12 @@ Tick = Callable[[str, bool], None]
 """Progress callback: (deployment, succeeded)."""
 
 
-def iter_requests(spec: StudySpec, queries: list[Query], deployment: Deployment,
-                  dropped: Mapping[tuple[str, str], tuple[str, ...]] | None = None) -> Iterator[SampleRequest]:
+def iter_requests(
+    spec: StudySpec,
+    queries: list[Query],
+    deployment: Deployment,
+    dropped: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
+) -> Iterator[SampleRequest]:
     """One deployment's samples, generated lazily, sample index first.
 
     Index-first order means a budget stop (or an interruption) leaves every query with the same
@@ -58,25 +62,43 @@ def iter_requests(spec: StudySpec, queries: list[Query], deployment: Deployment,
         system = (Message(role="system", content=condition.system_prompt),) if condition.system_prompt else ()
         params = deployment.params.merged(spec.params, condition.params)
         not_sent = (dropped or {}).get((deployment.name, condition.name), ())
-        per_condition.append((condition.name, condition.paraphrase, system, params,
-                              parts.condition(condition.name, system, params), not_sent))
+        per_condition.append(
+            (
+                condition.name,
+                condition.paraphrase,
+                system,
+                params,
+                parts.condition(condition.name, system, params),
+                not_sent,
+            )
+        )
     for index in range(spec.samples):
         for query in queries:  # built per use, not held for all queries: a query set can be huge
             users: dict[int | None, tuple[Message, tuple[str, str]]] = {}
             for condition_name, paraphrase, system, params, condition_part, not_sent in per_condition:
                 if paraphrase not in users:  # the query's text, or the rewording a condition asks for
                     text = prompt_text(query, paraphrase)
-                    users[paraphrase] = (Message.model_construct(role="user", content=text),
-                                         parts.query(query.id, text))
+                    users[paraphrase] = (
+                        Message.model_construct(role="user", content=text),
+                        parts.query(query.id, text),
+                    )
                 user, query_part = users[paraphrase]
                 seed, cache_key = parts.seed_and_key(query_part, condition_part, index)
-                yield _request({
-                    "study": spec.name, "query_id": query.id, "deployment": deployment.name,
-                    "condition": condition_name, "sample_index": index, "seed": seed,
-                    "messages": (*system, user), "params": params, "deployment_identity": identity,
-                    "dropped_params": not_sent,
-                    "cache_key": cache_key,  # fills the cached_property
-                })
+                yield _request(
+                    {
+                        "study": spec.name,
+                        "query_id": query.id,
+                        "deployment": deployment.name,
+                        "condition": condition_name,
+                        "sample_index": index,
+                        "seed": seed,
+                        "messages": (*system, user),
+                        "params": params,
+                        "deployment_identity": identity,
+                        "dropped_params": not_sent,
+                        "cache_key": cache_key,  # fills the cached_property
+                    }
+                )
 
 
 _REQUEST_FIELDS = frozenset(SampleRequest.model_fields)
@@ -112,8 +134,11 @@ class _KeyParts:
         self.key_head = '{"deployment":' + _json(identity) + ',"messages":['
 
     def condition(self, name: str, system: tuple[Message, ...], params: SamplingParams) -> tuple[str, str, str]:
-        return (_json(name), "".join(_json(m.model_dump()) + "," for m in system),
-                '],"params":' + _json(params.model_dump()) + ',"sample_index":')
+        return (
+            _json(name),
+            "".join(_json(m.model_dump()) + "," for m in system),
+            '],"params":' + _json(params.model_dump()) + ',"sample_index":',
+        )
 
     def query(self, query_id: str, text: str) -> tuple[str, str]:
         return _json(query_id), '{"content":' + _json(text) + ',"role":"user"}'
@@ -145,8 +170,14 @@ class PendingRequests:
     cache key differs) raises `StoreError`. `skipped` counts the finished requests passed over.
     """
 
-    def __init__(self, store: Store, requests: Iterable[SampleRequest], *, chunk: int = 2048,
-                 on_skip: Callable[[SampleRequest], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        requests: Iterable[SampleRequest],
+        *,
+        chunk: int = 2048,
+        on_skip: Callable[[SampleRequest], None] | None = None,
+    ) -> None:
         self.store = store
         self.requests = requests
         self.chunk = chunk
@@ -197,8 +228,9 @@ def missing_requests(store: Store, requests: Iterable[SampleRequest]) -> list[Sa
     return list(PendingRequests(store, requests))
 
 
-def check_resumable(store: Store, spec: StudySpec, queries: list[Query], deployments: list[Deployment],
-                    *, first: int = 2048) -> None:
+def check_resumable(
+    store: Store, spec: StudySpec, queries: list[Query], deployments: list[Deployment], *, first: int = 2048
+) -> None:
     """Refuse, before anything is written, a store that sampled this study with other parameters.
 
     Looks up each deployment's first `first` requests (sample index 0 of the first queries): a
@@ -338,6 +370,7 @@ class Sampler:
                 grouped[request.deployment].append(request)
             streams, sizes = dict(grouped), {name: len(todo) for name, todo in grouped.items()}
         with _progress(self.show_progress, sizes or {}) as tick:
+
             def skip(request: SampleRequest) -> None:
                 self.report.skipped += 1
                 tick(request.deployment, True)
@@ -376,8 +409,14 @@ class _JournalWriter:
     full) is raised to the next worker that submits, which stops the run.
     """
 
-    def __init__(self, store: Store, on_committed: Callable[[list[Outcome]], None], *,
-                 delay_s: float = 0.05, max_rows: int = 1000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        on_committed: Callable[[list[Outcome]], None],
+        *,
+        delay_s: float = 0.05,
+        max_rows: int = 1000,
+    ) -> None:
         self.store = store
         self.on_committed = on_committed
         self.delay_s = delay_s
@@ -435,8 +474,11 @@ class _progress:
         )
 
         self.bar = Progress(
-            TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("[red]{task.fields[failed]} failed"), TimeRemainingColumn(),
+            TextColumn("{task.description:<32}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            TimeRemainingColumn(),
             transient=False,
         )
         self.bar.start()

@@ -66,17 +66,18 @@ def resolve_study(spec: StudySpec) -> tuple[list[Query], list[Deployment]]:
     if spec.categories is not None:
         queries = [q for q in queries if q.category in set(spec.categories)]
         if not queries:
-            raise StudyError(f"no query of {query_set.name!r} is in categories {spec.categories}",
-                             field="categories")
+            raise StudyError(f"no query of {query_set.name!r} is in categories {spec.categories}", field="categories")
     if spec.max_queries is not None:
         queries = queries[: spec.max_queries]
     for condition in spec.conditions:  # a missing rewording fails here, before any sampling
         if condition.paraphrase:
             short = [q.id for q in queries if len(paraphrases(q)) < condition.paraphrase]
             if short:
-                raise StudyError(f"conditions[{condition.name}].paraphrase: {len(short)} queries of "
-                                 f"{query_set.name!r} have fewer than {condition.paraphrase} "
-                                 f"paraphrases (first: {short[0]!r})")
+                raise StudyError(
+                    f"conditions[{condition.name}].paraphrase: {len(short)} queries of "
+                    f"{query_set.name!r} have fewer than {condition.paraphrase} "
+                    f"paraphrases (first: {short[0]!r})"
+                )
     return queries, deployments
 
 
@@ -124,16 +125,24 @@ def check_params(spec: StudySpec, deployments: list[Deployment], providers: dict
                     problems.append(
                         f"deployment {deployment.name!r}, condition {condition.name!r}: parameter "
                         f"{name}={params[name]!r} would be ignored or rejected by {deployment.provider} "
-                        f"model {deployment.model!r}")
+                        f"model {deployment.model!r}"
+                    )
             if refused:
                 dropped[(deployment.name, condition.name)] = tuple(sorted(refused))
     if problems:
-        declare = "" if spec.conditions else (
-            "; a study without conditions can declare `conditions: [{name: default, allow_dropped_params: [...]}]`")
+        declare = (
+            ""
+            if spec.conditions
+            else (
+                "; a study without conditions can declare `conditions: [{name: default, allow_dropped_params: [...]}]`"
+            )
+        )
         raise StudyError(
-            "the study cannot start:\n  " + "\n  ".join(dict.fromkeys(problems))
+            "the study cannot start:\n  "
+            + "\n  ".join(dict.fromkeys(problems))
             + "\nremove the parameter, or name it in the condition's `allow_dropped_params` to sample "
-            f"without it (then recorded with each row and in the report){declare}")
+            f"without it (then recorded with each row and in the report){declare}"
+        )
     return dropped
 
 
@@ -172,7 +181,11 @@ def _has_work(store: Store, spec: StudySpec, queries: list[Query], deployments: 
 
 
 async def sample_study(
-    spec: StudySpec, store: Store, *, progress: bool = True, executor: Executor | None = None,
+    spec: StudySpec,
+    store: Store,
+    *,
+    progress: bool = True,
+    executor: Executor | None = None,
 ) -> SamplingReport:
     """Sample whatever of `spec` the store does not hold yet (the resumable core).
 
@@ -186,14 +199,16 @@ async def sample_study(
     store.register_study(spec, queries, deployments)
     if executor is not None and _has_work(store, spec, queries, deployments):  # no idle actors
         providers = executor.providers(providers)
-    sampler = Sampler(store, providers, max_attempts=spec.max_attempts,
-                      budget_usd=spec.budget_usd, progress=progress)
+    sampler = Sampler(store, providers, max_attempts=spec.max_attempts, budget_usd=spec.budget_usd, progress=progress)
     # Requests are generated lazily, one stream per deployment, and checked against the journal
     # a chunk at a time: a 10M-sample study starts at once, in flat memory.
     streams = {d.name: iter_requests(spec, queries, d, dropped) for d in deployments}
     try:
-        return await sampler.run(streams, already_spent=store.total_cost(spec.name),
-                                 totals={d.name: plan_size(spec, queries) for d in deployments})
+        return await sampler.run(
+            streams,
+            already_spent=store.total_cost(spec.name),
+            totals={d.name: plan_size(spec, queries) for d in deployments},
+        )
     finally:
         for provider in providers.values():
             await provider.aclose()

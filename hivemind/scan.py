@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,10 +81,11 @@ class ScanSpec(SamplingPlan):
 
         value = " ".join(value.split())
         if not (value.startswith("@") or len(value.split()) == 5) or not croniter.is_valid(value):
-            raise ValueError(f"not a valid cron expression {value!r} (five fields: minute hour "
-                             "day-of-month month day-of-week, e.g. '0 3 * * *', or '@daily')")
+            raise ValueError(
+                f"not a valid cron expression {value!r} (five fields: minute hour "
+                "day-of-month month day-of-week, e.g. '0 3 * * *', or '@daily')"
+            )
         return value
-
 
 
 class _ScanFile(Strict):
@@ -132,13 +133,16 @@ def validate_scans(raw: Any, source: str, zoo_path: Path | None) -> list[ScanSpe
         seen.add(scan.name)
         for j, deployment in enumerate(scan.deployments):
             if deployment not in names:
-                raise ScanError(f"{source}: scans[{i}].deployments[{j}]: unknown deployment "
-                                f"{deployment!r} (the zoo has: {', '.join(sorted(names)) or 'none'})")
+                raise ScanError(
+                    f"{source}: scans[{i}].deployments[{j}]: unknown deployment "
+                    f"{deployment!r} (the zoo has: {', '.join(sorted(names)) or 'none'})"
+                )
     return scans
 
 
-def load_scans(zoo_path: str | Path | None = None, scans_path: str | Path | None = None,
-               store_dir: str | Path | None = None) -> ScanBook:
+def load_scans(
+    zoo_path: str | Path | None = None, scans_path: str | Path | None = None, store_dir: str | Path | None = None
+) -> ScanBook:
     """Scans of the zoo file (or of a separate scans file), plus those saved in a store."""
     zoo_file = Path(zoo_path) if zoo_path is not None else default_zoo_path()
     source = Path(scans_path) if scans_path is not None else zoo_file
@@ -149,8 +153,9 @@ def load_scans(zoo_path: str | Path | None = None, scans_path: str | Path | None
     except yaml.YAMLError as exc:
         raise ScanError(f"{source}: not valid YAML: {exc}") from None
     if scans_path is not None and isinstance(raw, dict) and set(raw) - {"scans"}:
-        raise ScanError(f"{source}: unknown top-level keys {sorted(set(raw) - {'scans'})} "
-                        "(a scans file holds a `scans:` list)")
+        raise ScanError(
+            f"{source}: unknown top-level keys {sorted(set(raw) - {'scans'})} (a scans file holds a `scans:` list)"
+        )
     items = raw if isinstance(raw, list) else raw.get("scans", []) if isinstance(raw, dict) else None
     if items is None:
         raise ScanError(f"{source}: expected a `scans:` list")
@@ -209,44 +214,72 @@ def resolve_query_set(value: str, store_dir: Path, base_dir: Path) -> str:
     """What `StudySpec.query_set` should say: a file path, or a shipped set's name."""
     from hivemind.queries import list_shipped
 
-    for candidate in (base_dir / value, Path(value).expanduser(),
-                      StoreLayout(store_dir).query_set(value)):
+    for candidate in (base_dir / value, Path(value).expanduser(), StoreLayout(store_dir).query_set(value)):
         if candidate.is_file():
             return str(candidate.resolve())
     if value in list_shipped():
         return value
-    raise ScanError(f"query_set: unknown query set {value!r} (not a file, an uploaded set in "
-                    f"{StoreLayout(store_dir).query_sets}, nor a shipped set)", field="query_set")
+    raise ScanError(
+        f"query_set: unknown query set {value!r} (not a file, an uploaded set in "
+        f"{StoreLayout(store_dir).query_sets}, nor a shipped set)",
+        field="query_set",
+    )
 
 
-def queue_scan_run(db: ServiceDB, scan: ScanSpec, book: ScanBook, store_dir: Path, *,
-                   scheduled_for: float | None = None, as_job: bool = True) -> tuple[int, str]:
+def queue_scan_run(
+    db: ServiceDB,
+    scan: ScanSpec,
+    book: ScanBook,
+    store_dir: Path,
+    *,
+    scheduled_for: float | None = None,
+    as_job: bool = True,
+) -> tuple[int, str]:
     """Record a new run (and, for the service, its job) atomically. Returns (run id, study)."""
     from hivemind.jobs import planned_counts
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     base_name = f"scan-{scan.name}-{stamp}"
     study, n = base_name, 1
-    while db.rows("SELECT 1 FROM scan_runs WHERE study = ? UNION SELECT 1 FROM studies "
-                  "WHERE name = ?", (study, study)):
+    while db.rows("SELECT 1 FROM scan_runs WHERE study = ? UNION SELECT 1 FROM studies WHERE name = ?", (study, study)):
         n += 1
         study = f"{base_name}-{n}"
     plan = scan.model_dump(include=set(SamplingPlan.model_fields))
-    spec = StudySpec(**plan | {"name": study, "zoo": str(book.zoo_path.resolve()),
-                               "query_set": resolve_query_set(scan.query_set, store_dir, book.base_dir)})
+    spec = StudySpec(
+        **plan
+        | {
+            "name": study,
+            "zoo": str(book.zoo_path.resolve()),
+            "query_set": resolve_query_set(scan.query_set, store_dir, book.base_dir),
+        }
+    )
     try:
         planned = planned_counts(spec)
     except Exception as exc:  # unknown deployment, missing file, ...: named, before any write
-        raise ScanError(f"scan {scan.name!r}: {exc}",
-                        field=exc.field if isinstance(exc, HivemindError) else None) from None
-    row = {"scan": scan.name, "study": study, "scan_json": scan.model_dump_json(),
-           "spec_json": spec.model_dump_json(), "scheduled_for": scheduled_for,
-           "started_at": time.time()}
+        raise ScanError(
+            f"scan {scan.name!r}: {exc}", field=exc.field if isinstance(exc, HivemindError) else None
+        ) from None
+    row = {
+        "scan": scan.name,
+        "study": study,
+        "scan_json": scan.model_dump_json(),
+        "spec_json": spec.model_dump_json(),
+        "scheduled_for": scheduled_for,
+        "started_at": time.time(),
+    }
     ids: list[int] = []
     if as_job:
-        db.create_job({"study": study, "kind": "scan", "request_json": json.dumps({"scan": scan.name}),
-                       "spec_json": spec.model_dump_json(), "planned_json": json.dumps(planned),
-                       "analyze": 0}, extra=lambda conn: ids.append(db.insert_scan_run(conn, row)))
+        db.create_job(
+            {
+                "study": study,
+                "kind": "scan",
+                "request_json": json.dumps({"scan": scan.name}),
+                "spec_json": spec.model_dump_json(),
+                "planned_json": json.dumps(planned),
+                "analyze": 0,
+            },
+            extra=lambda conn: ids.append(db.insert_scan_run(conn, row)),
+        )
     else:
         with db.transaction() as conn:
             ids.append(db.insert_scan_run(conn, row))
@@ -308,36 +341,48 @@ def analyze_scan(store: Store, study: str, embedder_name: str) -> dict[str, Any]
     deployments = spec.deployments
     samples = store.samples_frame(study)
     asked = samples.unique("query_id", keep="first", maintain_order=True)
-    query_set_sha256 = sha256_hex(canonical_json(list(zip(asked["query_id"].to_list(),
-                                                          asked["query_text"].to_list(), strict=True))))
+    query_set_sha256 = sha256_hex(
+        canonical_json(list(zip(asked["query_id"].to_list(), asked["query_text"].to_list(), strict=True)))
+    )
     responses, _ = prepare_responses(samples, deployment_order=deployments)
     embedder = _embedder(embedder_name)
-    vectors = embed_texts(responses["text"].to_list(), embedder,
-                          EmbeddingCache(store.layout.embedding_cache))
+    vectors = embed_texts(responses["text"].to_list(), embedder, EmbeddingCache(store.layout.embedding_cache))
     pairs = pair_similarity(build_groups(responses), vectors)
     unit = ["query_id", "condition"]  # one value per (query, condition) per deployment
     intra = pairs.filter(pl.col("kind") == "intra")
     inter = pairs.filter(pl.col("kind") == "inter")
-    both_ways = pl.concat([inter, inter.with_columns(deployment_a=pl.col("deployment_b"),
-                                                      deployment_b=pl.col("deployment_a"))])
+    both_ways = pl.concat(
+        [inter, inter.with_columns(deployment_a=pl.col("deployment_b"), deployment_b=pl.col("deployment_a"))]
+    )
     inter_by = both_ways.group_by([*unit, "deployment_a"], maintain_order=True).agg(
-        pl.col("similarity").mean())  # per (query, condition): mean over the other deployments
+        pl.col("similarity").mean()
+    )  # per (query, condition): mean over the other deployments
 
     def values(frame: pl.DataFrame, d: str) -> Any:
         return frame.filter(pl.col("deployment_a") == d)["similarity"].to_numpy()
 
     def cell(d: str, e: str) -> float | None:
-        found = (intra.filter(pl.col("deployment_a") == d) if d == e else both_ways.filter(
-            (pl.col("deployment_a") == d) & (pl.col("deployment_b") == e)))["similarity"].drop_nans()
+        found = (
+            intra.filter(pl.col("deployment_a") == d)
+            if d == e
+            else both_ways.filter((pl.col("deployment_a") == d) & (pl.col("deployment_b") == e))
+        )["similarity"].drop_nans()
         return round(float(found.to_numpy().mean()), 6) if found.len() else None
 
     return {
-        "study": study, "embedder": embedder.embedder_id, "k": spec.samples,
+        "study": study,
+        "embedder": embedder.embedder_id,
+        "k": spec.samples,
         "query_set_sha256": query_set_sha256,
         "n_queries": responses["query_id"].n_unique(),
-        "deployments": {d: {"intra": _ci(values(intra, d)), "inter": _ci(values(inter_by, d)),
-                            "n_samples": int((responses["deployment"] == d).sum())}
-                        for d in deployments},
+        "deployments": {
+            d: {
+                "intra": _ci(values(intra, d)),
+                "inter": _ci(values(inter_by, d)),
+                "n_samples": int((responses["deployment"] == d).sum()),
+            }
+            for d in deployments
+        },
         "matrix": {d: {e: cell(d, e) for e in deployments} for d in deployments},
         "per_query": _per_query_cells(pairs),
     }
@@ -353,14 +398,22 @@ def _per_query_cells(pairs: Any) -> dict[str, Any]:
     for q, a, b, value in pairs.select("query_id", "deployment_a", "deployment_b", "similarity").iter_rows():
         cells.setdefault((a, b), {})[q] = None if value is None or math.isnan(value) else value
     ids = queries["query_id"].to_list()
-    return {"query_ids": ids, "k": queries["k"].to_list(),
-            "cells": [{"a": a, "b": b, "values": [by_query.get(q) for q in ids]}
-                      for (a, b), by_query in cells.items()]}
+    return {
+        "query_ids": ids,
+        "k": queries["k"].to_list(),
+        "cells": [{"a": a, "b": b, "values": [by_query.get(q) for q in ids]} for (a, b), by_query in cells.items()],
+    }
 
 
-async def execute_scan_run(store: Store, db: ServiceDB, run_id: int, *,
-                           redact: Callable[[str], str] = lambda s: s,
-                           analysis_lock: asyncio.Lock | None = None, progress: bool = False) -> dict:
+async def execute_scan_run(
+    store: Store,
+    db: ServiceDB,
+    run_id: int,
+    *,
+    redact: Callable[[str], str] = lambda s: s,
+    analysis_lock: asyncio.Lock | None = None,
+    progress: bool = False,
+) -> dict:
     """One scan run: a study (the pipeline's sampling steps, resuming) plus a drift step (the
     deployment x deployment cells, compared with the previous run); recorded in the history."""
     from hivemind.jobs import run_to_completion
@@ -383,9 +436,15 @@ async def execute_scan_run(store: Store, db: ServiceDB, run_id: int, *,
     return result
 
 
-def run_scan(name: str, store_dir: str | Path, *, zoo_path: str | Path | None = None,
-             scans_path: str | Path | None = None, new: bool = False,
-             progress: bool = False) -> dict[str, Any]:
+def run_scan(
+    name: str,
+    store_dir: str | Path,
+    *,
+    zoo_path: str | Path | None = None,
+    scans_path: str | Path | None = None,
+    new: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Run one scan now (resuming its unfinished hand-started run unless `new`); its history row."""
     from hivemind.jobs import ServiceDB
     from hivemind.store import Store
@@ -394,8 +453,7 @@ def run_scan(name: str, store_dir: str | Path, *, zoo_path: str | Path | None = 
     scan = book.get(name)
     store_path = Path(store_dir)
     with ServiceDB(store_path) as db, Store(store_path) as store:
-        unfinished = [r for r in db.scan_runs(name)
-                      if r["state"] == "running" and db.job(r["study"]) is None]
+        unfinished = [r for r in db.scan_runs(name) if r["state"] == "running" and db.job(r["study"]) is None]
         if unfinished and not new:
             run_id = unfinished[-1]["id"]
         else:
@@ -428,11 +486,13 @@ def _sparkline(points: list[dict[str, Any] | None], width: int = 220, height: in
     def y(v: float) -> float:
         return height - 6 - (v - low) / span * (height - 12)
 
-    bars = "".join(f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{y(p["lo"]):.1f}" y2="{y(p["hi"]):.1f}" '
-                   'stroke="#999"/>' for i, p in values if p["lo"] is not None and p["hi"] is not None)
+    bars = "".join(
+        f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{y(p["lo"]):.1f}" y2="{y(p["hi"]):.1f}" stroke="#999"/>'
+        for i, p in values
+        if p["lo"] is not None and p["hi"] is not None
+    )
     line = " ".join(f"{x(i):.1f},{y(p['estimate']):.1f}" for i, p in values)
-    return (f'<svg width="{width}" height="{height}">{bars}<polyline fill="none" stroke="#2a6" '
-            f'points="{line}"/></svg>')
+    return f'<svg width="{width}" height="{height}">{bars}<polyline fill="none" stroke="#2a6" points="{line}"/></svg>'
 
 
 def write_scan_report(store_dir: str | Path, scan: str) -> Path:
@@ -450,9 +510,14 @@ def write_scan_report(store_dir: str | Path, scan: str) -> Path:
     esc = html.escape
 
     def header(r: dict[str, Any]) -> str:
-        when = f"{datetime.fromtimestamp(r['started_at'], timezone.utc):%Y-%m-%d %H:%M} UTC"
-        versus = (f'<br><span class="flag">not compared: {esc(r["not_comparable"])}</span>' if r["not_comparable"]
-                  else f"<br>vs {esc(r['compared_with'])}" if r["compared_with"] else "")
+        when = f"{datetime.fromtimestamp(r['started_at'], UTC):%Y-%m-%d %H:%M} UTC"
+        versus = (
+            f'<br><span class="flag">not compared: {esc(r["not_comparable"])}</span>'
+            if r["not_comparable"]
+            else f"<br>vs {esc(r['compared_with'])}"
+            if r["compared_with"]
+            else ""
+        )
         return f"<th>{esc(r['study'])}<br><small>{when}{versus}</small></th>"
 
     def td(r: dict[str, Any], a: str, b: str) -> str:
@@ -466,19 +531,30 @@ def write_scan_report(store_dir: str | Path, scan: str) -> Path:
         arrow = "▲" if c["direction"] == "up" else "▼"
         mark = f'<b class="flag">{arrow} changed {c["direction"]}</b><br>' if c["flagged"] else ""
         delta = "Δ intra" if a == b else "Δ"
-        return (f'<td class="{"flagged" if c["flagged"] else ""}">{mark}{text}<br><small>{delta} {c["change"]:+.3f} '
-                f'over {c["n_queries"]} queries, p (Holm) {c["p_holm"]:.3g}</small></td>')
+        return (
+            f'<td class="{"flagged" if c["flagged"] else ""}">{mark}{text}<br><small>{delta} {c["change"]:+.3f} '
+            f"over {c['n_queries']} queries, p (Holm) {c['p_holm']:.3g}</small></td>"
+        )
 
     rows = []
     for a, b in cells:
-        points = [(r["deployments"].get(a, {}).get("intra") if a == b else
-                   {"estimate": (r.get("matrix") or {}).get(a, {}).get(b), "lo": None, "hi": None}) for r in runs]
-        rows.append(f"<tr><th>{esc(cell_label(a, b))}</th>{''.join(td(r, a, b) for r in runs)}"
-                    f"<td>{_sparkline(points)}</td></tr>")
+        points = [
+            (
+                r["deployments"].get(a, {}).get("intra")
+                if a == b
+                else {"estimate": (r.get("matrix") or {}).get(a, {}).get(b), "lo": None, "hi": None}
+            )
+            for r in runs
+        ]
+        rows.append(
+            f"<tr><th>{esc(cell_label(a, b))}</th>{''.join(td(r, a, b) for r in runs)}"
+            f"<td>{_sparkline(points)}</td></tr>"
+        )
     flagged = ", ".join(history["flagged"]) or "none"
     pairs = ", ".join(cell_label(a, b) for a, b in history["flagged_pairs"]) or "none"
-    refused = (f"<p><b>Latest run not compared:</b> {esc(history['not_comparable'])}</p>"
-               if history["not_comparable"] else "")
+    refused = (
+        f"<p><b>Latest run not compared:</b> {esc(history['not_comparable'])}</p>" if history["not_comparable"] else ""
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Scan {esc(scan)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px;
 vertical-align:top;font-size:13px}}table{{border-collapse:collapse}}.flagged{{background:#fde2e2}}
@@ -492,5 +568,5 @@ runs share at equal K, Holm-corrected over all cells at {ALPHA:g}. A deployment 
 own (diagonal) cell changed, a pair when its cell changed. Runs whose embedder, query set or K
 differ are not compared.</p>
 <p><b>Flagged in the latest run:</b> deployments: {esc(flagged)}; pairs: {esc(pairs)}</p>{refused}
-<table><tr><th>cell</th>{''.join(header(r) for r in runs)}<th>trend</th></tr>{''.join(rows)}</table></body></html>"""
+<table><tr><th>cell</th>{"".join(header(r) for r in runs)}<th>trend</th></tr>{"".join(rows)}</table></body></html>"""
     return atomic_write_text(StoreLayout(Path(store_dir)).scan_report(scan), page)

@@ -32,8 +32,10 @@ def store_name_problem(name: str) -> str | None:
     folded = name.casefold()
     for entry in sorted(STORE_ENTRIES):
         if folded == entry or (entry.endswith(".sqlite") and folded.startswith(entry)):
-            return (f"{name!r} would collide with the store's own {entry!r} "
-                    f"(reserved: {', '.join(sorted(STORE_ENTRIES))}); choose another name")
+            return (
+                f"{name!r} would collide with the store's own {entry!r} "
+                f"(reserved: {', '.join(sorted(STORE_ENTRIES))}); choose another name"
+            )
     return None
 
 
@@ -234,7 +236,6 @@ class AnalysisOptions(Strict):
     module:function (see `hivemind.verify`)."""
 
 
-
 class SamplingPlan(Strict):
     """What every door's study request has: a query set crossed with deployments, K samples each.
 
@@ -381,9 +382,7 @@ class SampleRequest(Strict):
 
 def sample_seed(base_seed: int, query_id: str, deployment: str, condition: str, index: int) -> int:
     """A distinct, reproducible 31-bit seed per sample (a repeated seed gives identical samples)."""
-    digest = hashlib.sha256(
-        canonical_json([base_seed, query_id, deployment, condition, index]).encode()
-    ).digest()
+    digest = hashlib.sha256(canonical_json([base_seed, query_id, deployment, condition, index]).encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 

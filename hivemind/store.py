@@ -104,11 +104,14 @@ def _params_json(params: Any) -> str:
     return text
 
 
-def _sample_row(request: SampleRequest, completion: Completion | None, error: str | None,
-                latency_s: float, attempts: int) -> tuple[Any, ...]:
+def _sample_row(
+    request: SampleRequest, completion: Completion | None, error: str | None, latency_s: float, attempts: int
+) -> tuple[Any, ...]:
     """The `samples` row of one final outcome (text, or the error that ended the attempts)."""
     return (
-        *request.row_key, request.seed, request.cache_key,
+        *request.row_key,
+        request.seed,
+        request.cache_key,
         _params_json(request.params),
         completion.text if completion else None,
         None if completion else (error or "unknown error"),
@@ -116,7 +119,8 @@ def _sample_row(request: SampleRequest, completion: Completion | None, error: st
         completion.prompt_tokens if completion else None,
         completion.completion_tokens if completion else None,
         completion.cost_usd if completion else None,
-        latency_s, attempts,
+        latency_s,
+        attempts,
         completion.model if completion else None,
         time.time(),
         canonical_json(list(request.dropped_params)) if request.dropped_params else None,
@@ -215,8 +219,7 @@ class Store(JournalFile):
             db.executemany(
                 "INSERT OR REPLACE INTO deployments VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (spec.name, d.name, d.provider, d.model, d.family, d.stage,
-                     canonical_json(d.identity()))
+                    (spec.name, d.name, d.provider, d.model, d.family, d.stage, canonical_json(d.identity()))
                     for d in deployments
                 ],
             )
@@ -275,9 +278,7 @@ class Store(JournalFile):
         """Commit one finished sample (or its final error). A success is never replaced."""
         self.record_many([(request, completion, error, latency_s, attempts)])
 
-    def record_many(
-        self, outcomes: Iterable[tuple[SampleRequest, Completion | None, str | None, float, int]]
-    ) -> None:
+    def record_many(self, outcomes: Iterable[tuple[SampleRequest, Completion | None, str | None, float, int]]) -> None:
         """Commit finished samples, each (request, completion, error, latency_s, attempts), in one
         transaction: all of them are durable when this returns, or none. A success is never replaced.
         """
@@ -317,19 +318,38 @@ class Store(JournalFile):
             "s.sample_index, s.seed, s.cache_key, s.params_json, s.text, s.error, "
             "s.finish_reason, s.prompt_tokens, s.completion_tokens, s.cost_usd, s.latency_s, "
             "s.attempts, s.model, s.created_at, s.dropped_params "
-            + current + ("" if include_errors else " AND s.error IS NULL")
+            + current
+            + ("" if include_errors else " AND s.error IS NULL")
             + " ORDER BY q.position, s.deployment, s.condition, s.sample_index",
             args,
         )
         schema = {
-            "study": pl.Utf8, "query_id": pl.Utf8, "category": pl.Utf8, "query_text": pl.Utf8,
-            "answer": pl.Utf8, "deployment": pl.Utf8, "provider": pl.Utf8,
-            "deployment_model": pl.Utf8, "family": pl.Utf8, "stage": pl.Utf8,
-            "condition": pl.Utf8, "sample_index": pl.Int64, "seed": pl.Int64,
-            "cache_key": pl.Utf8, "params_json": pl.Utf8, "text": pl.Utf8, "error": pl.Utf8,
-            "finish_reason": pl.Utf8, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
-            "cost_usd": pl.Float64, "latency_s": pl.Float64, "attempts": pl.Int64,
-            "model": pl.Utf8, "created_at": pl.Float64, "dropped_params": pl.Utf8,
+            "study": pl.Utf8,
+            "query_id": pl.Utf8,
+            "category": pl.Utf8,
+            "query_text": pl.Utf8,
+            "answer": pl.Utf8,
+            "deployment": pl.Utf8,
+            "provider": pl.Utf8,
+            "deployment_model": pl.Utf8,
+            "family": pl.Utf8,
+            "stage": pl.Utf8,
+            "condition": pl.Utf8,
+            "sample_index": pl.Int64,
+            "seed": pl.Int64,
+            "cache_key": pl.Utf8,
+            "params_json": pl.Utf8,
+            "text": pl.Utf8,
+            "error": pl.Utf8,
+            "finish_reason": pl.Utf8,
+            "prompt_tokens": pl.Int64,
+            "completion_tokens": pl.Int64,
+            "cost_usd": pl.Float64,
+            "latency_s": pl.Float64,
+            "attempts": pl.Int64,
+            "model": pl.Utf8,
+            "created_at": pl.Float64,
+            "dropped_params": pl.Utf8,
         }
         return pl.DataFrame([dict(r) for r in rows], schema=schema, orient="row")
 
@@ -341,20 +361,27 @@ class Store(JournalFile):
         does), so the count alone cannot tell a stale analysis from a current one.
         """
         current, args = self._current_rows(study)
-        row = self._rows("SELECT COALESCE(SUM(s.error IS NULL), 0) AS ok, COUNT(*) AS n, "
-                         "MAX(s.created_at) AS latest " + current, args)[0]
-        return {"n_ok": int(row["ok"]), "n_rows": int(row["n"]),
-                "max_created_at": None if row["latest"] is None else float(row["latest"])}
+        row = self._rows(
+            "SELECT COALESCE(SUM(s.error IS NULL), 0) AS ok, COUNT(*) AS n, MAX(s.created_at) AS latest " + current,
+            args,
+        )[0]
+        return {
+            "n_ok": int(row["ok"]),
+            "n_rows": int(row["n"]),
+            "max_created_at": None if row["latest"] is None else float(row["latest"]),
+        }
 
     def _current_rows(self, study: str) -> tuple[str, tuple[Any, ...]]:
         """FROM ... WHERE of the rows of a study's current spec (joined with its queries and
         deployments), and its arguments."""
         spec = self.study_spec(study)
         conditions = [c.name for c in spec.effective_conditions()]
-        return ("FROM samples s JOIN queries q ON q.study = s.study AND q.query_id = s.query_id "
-                "JOIN deployments d ON d.study = s.study AND d.name = s.deployment "
-                "WHERE s.study = ? AND s.sample_index < ? AND s.condition IN ("
-                + ",".join("?" * len(conditions)) + ")", (study, spec.samples, *conditions))
+        return (
+            "FROM samples s JOIN queries q ON q.study = s.study AND q.query_id = s.query_id "
+            "JOIN deployments d ON d.study = s.study AND d.name = s.deployment "
+            "WHERE s.study = ? AND s.sample_index < ? AND s.condition IN (" + ",".join("?" * len(conditions)) + ")",
+            (study, spec.samples, *conditions),
+        )
 
     def export_parquet(self, study: str, path: str | Path | None = None) -> Path:
         """Write the study's samples to Parquet (default `STORE/<study>/samples.parquet`)."""
@@ -367,5 +394,12 @@ def dropped_params(samples: pl.DataFrame) -> list[dict[str, Any]]:
     without and how many rows that is; empty when every parameter was sent."""
     frame = samples.drop_nulls("dropped_params")
     counts = frame.group_by("deployment", "condition", "dropped_params", maintain_order=True).len()
-    return [{"deployment": r["deployment"], "condition": r["condition"],
-             "params": json.loads(r["dropped_params"]), "rows": r["len"]} for r in counts.iter_rows(named=True)]
+    return [
+        {
+            "deployment": r["deployment"],
+            "condition": r["condition"],
+            "params": json.loads(r["dropped_params"]),
+            "rows": r["len"],
+        }
+        for r in counts.iter_rows(named=True)
+    ]

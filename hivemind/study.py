@@ -25,13 +25,26 @@ from hivemind.spec import StudySpec
 if TYPE_CHECKING:
     from hivemind.executors import Executor
 
-__all__ = ["DroppedParams", "StudyError", "StudyRun", "check_params", "load_spec", "prepare_providers",
-           "resolve_study", "run_study", "sample_study"]
+__all__ = [
+    "DroppedParams",
+    "StudyError",
+    "StudyRun",
+    "check_params",
+    "load_spec",
+    "prepare_providers",
+    "resolve_study",
+    "run_study",
+    "sample_study",
+]
 
 
 def run_study(
-    spec: StudySpec | str | Path, store_dir: str | Path, *, progress: bool = True,
-    executor: str | Executor = "local", ray_address: str | None = None,
+    spec: StudySpec | str | Path,
+    store_dir: str | Path,
+    *,
+    progress: bool = True,
+    executor: str | Executor = "local",
+    ray_address: str | None = None,
 ) -> StudyRun:
     """Sample a study into `store_dir` (resuming if it was interrupted), export Parquet and
     write `sampling.json`.
@@ -40,6 +53,7 @@ def run_study(
     `ray_address`. An `Executor` instance is used as is (and left open for the caller).
     """
     study_spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
-    run = run_pipeline(study_spec, store_dir, steps=SAMPLING_STEPS, progress=progress,
-                       executor=executor, ray_address=ray_address)
+    run = run_pipeline(
+        study_spec, store_dir, steps=SAMPLING_STEPS, progress=progress, executor=executor, ray_address=ray_address
+    )
     return run.study_run()

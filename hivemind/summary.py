@@ -79,7 +79,8 @@ class Headline(_Part):
     gap: GapEstimate = Field(default_factory=GapEstimate)
     random_baseline: RandomBaseline = Field(default_factory=RandomBaseline)
     share_queries_intra_above: dict[str, float | None] = Field(
-        default_factory=dict, alias="share_queries_intra_above_0.8")
+        default_factory=dict, alias="share_queries_intra_above_0.8"
+    )
     """Per deployment: share of queries whose intra-model similarity exceeds 0.8."""
     hivemind_gap: HivemindGap = Field(default_factory=HivemindGap)
     ensemble_at_k_star: dict[str, float | None] = Field(default_factory=dict)
@@ -194,17 +195,22 @@ def parse_summary(data: Any, source: str = "summary") -> Summary:
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise SummaryError(f"{source}: version: not a summary version ({version!r})", field="version")
     if version > SUMMARY_VERSION:
-        raise SummaryError(f"{source}: written by a newer hivemind (summary version {version}; this one reads "
-                           f"up to {SUMMARY_VERSION}): upgrade hivemind or re-run `hivemind analyze`",
-                           field="version")
+        raise SummaryError(
+            f"{source}: written by a newer hivemind (summary version {version}; this one reads "
+            f"up to {SUMMARY_VERSION}): upgrade hivemind or re-run `hivemind analyze`",
+            field="version",
+        )
     # version 0 (no `version` key) has the same keys as version 1
     try:
         return Summary.model_validate({**data, "version": version})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise SummaryError(f"{source}: {where}: {first['msg']} ({exc.error_count()} problem(s)); "
-                           "re-run `hivemind analyze` to rewrite it", field=where) from None
+        raise SummaryError(
+            f"{source}: {where}: {first['msg']} ({exc.error_count()} problem(s)); "
+            "re-run `hivemind analyze` to rewrite it",
+            field=where,
+        ) from None
 
 
 def read_summary(path: str | Path) -> Summary:

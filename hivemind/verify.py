@@ -102,15 +102,18 @@ def _occurrences(haystack: list[str], needle: list[str]) -> list[int]:
 
 _MARKER = re.compile(
     r"\b(?:final\s+answer|answer|result)\s*(?:is|was|would\s+be|will\s+be|should\s+be|[:=])"
-    r"|\\boxed\s*\{", re.IGNORECASE)
+    r"|\\boxed\s*\{",
+    re.IGNORECASE,
+)
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 _CLAUSE_END = re.compile(r"[;!?]|\.(?=\s|$)|\n")
 _NOT = re.compile(r"n't\b|n’t\b", re.IGNORECASE)
 _NEGATIONS = frozenset({"not", "no", "never", "neither", "nor"})
 _REJECTIONS = frozenset({"wrong", "incorrect", "false", "mistaken", "not"})
 _COPULAS = frozenset({"is", "was", "are", "were", "be"})
-_HEDGE_FILLER = frozenset({"either", "maybe", "perhaps", "possibly", "probably", "could", "might", "be",
-                           "it", "is", "s", "or", "and"})
+_HEDGE_FILLER = frozenset(
+    {"either", "maybe", "perhaps", "possibly", "probably", "could", "might", "be", "it", "is", "s", "or", "and"}
+)
 
 
 def final_answer(response: str) -> str:
@@ -122,11 +125,11 @@ def final_answer(response: str) -> str:
     """
     text = strip_reasoning(response)
     last = None
-    for last in _MARKER.finditer(text):
+    for last in _MARKER.finditer(text):  # noqa: B007 - the loop keeps the last match
         pass
     if last is None:
         return text.strip()
-    rest = text[last.end():]
+    rest = text[last.end() :]
     if last.group(0).rstrip().endswith("{"):  # \boxed{...}: up to the matching brace
         depth, end = 1, len(rest)
         for i, char in enumerate(rest):
@@ -233,7 +236,9 @@ def numeric_match(tolerance: float = 1e-6) -> Callable[[str, str], bool]:
         numbers = [t for t in _tokens(final_answer(response)) if _is_number(t)]
         if not numbers:
             return False
-        return math.isclose(float(numbers[-1]), expected, rel_tol=tolerance, abs_tol=tolerance if expected == 0 else 0.0)
+        return math.isclose(
+            float(numbers[-1]), expected, rel_tol=tolerance, abs_tol=tolerance if expected == 0 else 0.0
+        )
 
     return check
 
@@ -290,8 +295,9 @@ def get_checker(spec: str | AnswerChecker | None = None) -> NamedChecker:
         return NamedChecker(f"numeric:{tolerance:g}", numeric_match(tolerance))
     module, sep, attribute = name.partition(":")
     if not sep or not module or not attribute:
-        raise ValueError(f"unknown answer checker {name!r}: use one of {', '.join(CHECKERS)}, "
-                         "numeric:TOLERANCE, or module:function")
+        raise ValueError(
+            f"unknown answer checker {name!r}: use one of {', '.join(CHECKERS)}, numeric:TOLERANCE, or module:function"
+        )
     try:
         target = getattr(importlib.import_module(module), attribute)
     except (ImportError, AttributeError) as exc:

@@ -70,8 +70,7 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
 
 def format_validation_error(source: str, error: ValidationError) -> str:
     """One line per problem, each naming the path of the field (`deployments[2].model`)."""
-    return "\n".join(f"{source}: {field_path(item['loc']) or '(root)'}: {item['msg']}"
-                     for item in error.errors())
+    return "\n".join(f"{source}: {field_path(item['loc']) or '(root)'}: {item['msg']}" for item in error.errors())
 
 
 def load_zoo(path: str | Path | None = None) -> Zoo:

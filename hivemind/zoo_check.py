@@ -29,8 +29,13 @@ async def _check_one(deployment: Deployment) -> CheckResult:
         provider = create_provider(deployment)
         provider.check_ready()
         request = SampleRequest(
-            study="zoo-check", query_id="probe", deployment=deployment.name, condition="default",
-            sample_index=0, seed=1, messages=(Message(role="user", content=PROBE),),
+            study="zoo-check",
+            query_id="probe",
+            deployment=deployment.name,
+            condition="default",
+            sample_index=0,
+            seed=1,
+            messages=(Message(role="user", content=PROBE),),
             params=deployment.params.merged(SamplingParams(max_tokens=16)),
             deployment_identity=deployment.identity(),
         )
@@ -40,11 +45,11 @@ async def _check_one(deployment: Deployment) -> CheckResult:
             await provider.aclose()
     except Exception as exc:  # report every failure as a row; the check never crashes
         detail = f"{type(exc).__name__}: {exc}"
-        return CheckResult(deployment.name, False, time.perf_counter() - started,
-                           provider.redact(detail) if provider else detail)
+        return CheckResult(
+            deployment.name, False, time.perf_counter() - started, provider.redact(detail) if provider else detail
+        )
     text = completion.text.strip().replace("\n", " ")
-    return CheckResult(deployment.name, bool(text), time.perf_counter() - started,
-                       text or "(empty answer)")
+    return CheckResult(deployment.name, bool(text), time.perf_counter() - started, text or "(empty answer)")
 
 
 def check_deployments(deployments: list[Deployment]) -> list[CheckResult]:

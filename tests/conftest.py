@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -57,5 +58,4 @@ def write_zoo(tmp_path: Path) -> Callable[..., Path]:
 def mock_deployment(name: str, **options: Any) -> dict[str, Any]:
     """A mock deployment entry; `max_concurrency` may be passed among the options."""
     concurrency = options.pop("max_concurrency", 8)
-    return {"name": name, "provider": "mock", "model": "mock", "max_concurrency": concurrency,
-            "options": options}
+    return {"name": name, "provider": "mock", "model": "mock", "max_concurrency": concurrency, "options": options}

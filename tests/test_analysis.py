@@ -53,23 +53,44 @@ class Design:
         self.next_axis += 1
         return v
 
-    def arm(self, query: str, deployment: str, k: int, rho: float, centre: np.ndarray | None = None,
-            condition: str = "default", category: str | None = "cat", texts: list[str] | None = None,
-            answer: str | None = None, **extra: Any) -> np.ndarray:
+    def arm(
+        self,
+        query: str,
+        deployment: str,
+        k: int,
+        rho: float,
+        centre: np.ndarray | None = None,
+        condition: str = "default",
+        category: str | None = "cat",
+        texts: list[str] | None = None,
+        answer: str | None = None,
+        **extra: Any,
+    ) -> np.ndarray:
         """k responses with pairwise cosine rho around `centre` (a fresh axis by default)."""
         centre = self.axis() if centre is None else centre
         for s in range(k):
             self.vectors.append(np.sqrt(rho) * centre + np.sqrt(1 - rho) * self.axis())
-            self.rows.append({"query_id": query, "category": category, "query_text": f"text of {query}",
-                              "answer": answer, "deployment": deployment, "family": extra.get("family"),
-                              "stage": extra.get("stage"), "condition": condition, "sample_index": s,
-                              "text": texts[s] if texts else f"{deployment} says {query} number {s}",
-                              "error": None})
+            self.rows.append(
+                {
+                    "query_id": query,
+                    "category": category,
+                    "query_text": f"text of {query}",
+                    "answer": answer,
+                    "deployment": deployment,
+                    "family": extra.get("family"),
+                    "stage": extra.get("stage"),
+                    "condition": condition,
+                    "sample_index": s,
+                    "text": texts[s] if texts else f"{deployment} says {query} number {s}",
+                    "error": None,
+                }
+            )
         return centre
 
     def prepared(self, **kwargs: Any) -> tuple[pl.DataFrame, np.ndarray]:
-        frame = pl.DataFrame(self.rows, schema_overrides={"answer": pl.Utf8, "family": pl.Utf8,
-                                                          "stage": pl.Utf8, "category": pl.Utf8})
+        frame = pl.DataFrame(
+            self.rows, schema_overrides={"answer": pl.Utf8, "family": pl.Utf8, "stage": pl.Utf8, "category": pl.Utf8}
+        )
         responses, _ = prepare_responses(frame, **kwargs)
         key = ["query_id", "condition", "deployment", "sample_index"]
         position = {k: i for i, k in enumerate(frame.select(key).rows())}  # dropped arms have no vector
@@ -89,12 +110,29 @@ def test_prepare_keeps_successful_nonempty_rows_at_equal_k() -> None:
     rows = []
     for dep, n in (("a", 5), ("b", 3), ("c", 1)):
         for s in range(n):
-            rows.append({"query_id": "q", "deployment": dep, "condition": "default", "sample_index": s,
-                         "text": f"{dep}{s}", "error": None})
-    rows.append({"query_id": "q", "deployment": "b", "condition": "default", "sample_index": 3,
-                 "text": None, "error": "HTTP 500"})
-    rows.append({"query_id": "q", "deployment": "b", "condition": "default", "sample_index": 4,
-                 "text": "   ", "error": None})
+            rows.append(
+                {
+                    "query_id": "q",
+                    "deployment": dep,
+                    "condition": "default",
+                    "sample_index": s,
+                    "text": f"{dep}{s}",
+                    "error": None,
+                }
+            )
+    rows.append(
+        {
+            "query_id": "q",
+            "deployment": "b",
+            "condition": "default",
+            "sample_index": 3,
+            "text": None,
+            "error": "HTTP 500",
+        }
+    )
+    rows.append(
+        {"query_id": "q", "deployment": "b", "condition": "default", "sample_index": 4, "text": "   ", "error": None}
+    )
     responses, k = prepare_responses(pl.DataFrame(rows), deployment_order=["b", "a", "c"])
     assert k.row(0, named=True) == {"query_id": "q", "k": 3, "arms_kept": 2, "arms_dropped": 1}
     assert responses["deployment"].to_list() == ["b"] * 3 + ["a"] * 3  # spec order, c dropped (1 < 2)
@@ -328,17 +366,35 @@ def test_summary_headline_is_json_ready() -> None:
 def test_prepare_scores_the_answer_not_the_reasoning() -> None:
     from hivemind.pipeline import _exclusions
 
-    texts = ["<think>Let me weigh the options at length.</think>\n\nParis.", "<think>only thinking</think>",
-             "<think>never finished", "Plain answer.", "Berlin.", "  Madrid. "]
-    samples = pl.DataFrame({"query_id": ["q"] * 6, "deployment": ["a"] * 3 + ["b"] * 3,
-                            "condition": ["default"] * 6, "sample_index": [0, 1, 2, 0, 1, 2],
-                            "text": texts, "error": [None] * 6}, schema_overrides={"error": pl.Utf8})
+    texts = [
+        "<think>Let me weigh the options at length.</think>\n\nParis.",
+        "<think>only thinking</think>",
+        "<think>never finished",
+        "Plain answer.",
+        "Berlin.",
+        "  Madrid. ",
+    ]
+    samples = pl.DataFrame(
+        {
+            "query_id": ["q"] * 6,
+            "deployment": ["a"] * 3 + ["b"] * 3,
+            "condition": ["default"] * 6,
+            "sample_index": [0, 1, 2, 0, 1, 2],
+            "text": texts,
+            "error": [None] * 6,
+        },
+        schema_overrides={"error": pl.Utf8},
+    )
     responses, k = prepare_responses(samples)
     # a: one answer left (two were all reasoning) -> arm dropped; b keeps its texts unchanged
     assert responses["text"].to_list() == ["Plain answer.", "Berlin.", "  Madrid. "]
     assert k["arms_dropped"][0] == 1
-    assert _exclusions(samples, responses.height) == {"n_failed": 0, "n_empty": 2, "n_excluded_truncated": 0,
-                                                      "n_dropped_for_equal_k": 1}
+    assert _exclusions(samples, responses.height) == {
+        "n_failed": 0,
+        "n_empty": 2,
+        "n_excluded_truncated": 0,
+        "n_dropped_for_equal_k": 1,
+    }
     both = prepare_responses(samples.with_columns(pl.lit("a").alias("deployment")))[0]
     assert both["text"].to_list()[:1] == ["Paris."]  # the answer only, whitespace trimmed
     assert not any("think" in t for t in both["text"].to_list())
@@ -350,8 +406,7 @@ def test_k_per_deployment_counts_k_not_rows_when_an_arm_is_dropped() -> None:
         for condition in ("default", "hot"):
             for dep in ("a", "b"):
                 # q1/hot/b has a single response: that arm is dropped, K stays 3 everywhere
-                d.arm(f"q{q}", dep, 1 if (q, condition, dep) == (1, "hot", "b") else 3, 0.5,
-                      condition=condition)
+                d.arm(f"q{q}", dep, 1 if (q, condition, dep) == (1, "hot", "b") else 3, 0.5, condition=condition)
     frame = pl.DataFrame(d.rows, schema_overrides={"answer": pl.Utf8, "family": pl.Utf8, "stage": pl.Utf8})
     responses, _ = prepare_responses(frame, condition_order=["default", "hot"])
     key = ["query_id", "condition", "deployment", "sample_index"]
@@ -371,9 +426,21 @@ def test_random_baseline_is_the_exact_cross_query_mean_with_a_query_bootstrap_ci
         for s in range(8):
             noise = rng.standard_normal(64)
             d.vectors.append(lean * 3 * shared + noise / np.linalg.norm(noise))
-            d.rows.append({"query_id": f"q{q}", "category": "c", "query_text": "t", "answer": None,
-                           "deployment": "a", "family": None, "stage": None, "condition": "default",
-                           "sample_index": s, "text": f"{q} {s}", "error": None})
+            d.rows.append(
+                {
+                    "query_id": f"q{q}",
+                    "category": "c",
+                    "query_text": "t",
+                    "answer": None,
+                    "deployment": "a",
+                    "family": None,
+                    "stage": None,
+                    "condition": "default",
+                    "sample_index": s,
+                    "text": f"{q} {s}",
+                    "error": None,
+                }
+            )
     responses, X = d.prepared()
     U = X.astype(np.float64) / np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
     query = responses["query_id"].to_numpy()
@@ -460,19 +527,22 @@ def test_deployment_figures_compare_deployments_on_the_same_queries_at_the_same_
     assert footing["queries_analysed"] == 2 and footing["queries_every_deployment"] == 1
     assert result.summary["warnings"] == [
         "condition default: per-deployment figures stand on the 1 of 2 queries that every deployment "
-        "answered with the same K; the others lack a deployment."]
+        "answered with the same K; the others lack a deployment."
+    ]
     assert "same K" in result.summary["footing_rule"]
 
 
 def test_footing_queries_needs_every_arm_and_one_k() -> None:
     from hivemind.analysis.data import common_footing, footing_queries
 
-    table = pl.DataFrame({
-        "condition": ["c"] * 7 + ["hot"] * 2,
-        "query_id": ["q1", "q1", "q2", "q3", "q3", "q4", "q4", "q1", "q1"],
-        "deployment": ["A", "B", "A", "A", "B", "A", "B", "A", "B"],
-        "k": [2, 2, 8, 4, 4, 4, 2, 3, 3],
-    })
+    table = pl.DataFrame(
+        {
+            "condition": ["c"] * 7 + ["hot"] * 2,
+            "query_id": ["q1", "q1", "q2", "q3", "q3", "q4", "q4", "q1", "q1"],
+            "deployment": ["A", "B", "A", "A", "B", "A", "B", "A", "B"],
+            "k": [2, 2, 8, 4, 4, 4, 2, 3, 3],
+        }
+    )
     keys = footing_queries(table)
     assert keys.rows() == [("c", "q1"), ("c", "q3"), ("hot", "q1")]  # q2 lacks B; q4 has two K
     assert common_footing(table).height == 6
@@ -539,13 +609,33 @@ def test_truncated_responses_are_counted_and_can_be_left_out() -> None:
     from hivemind.analysis.data import truncation_summary, truncation_table
 
     rows = []
-    for dep, reasons in (("a", ["length", "stop", "stop", "stop", "stop"]),
-                         ("b", ["length", "length", "stop", None, "stop"])):
+    for dep, reasons in (
+        ("a", ["length", "stop", "stop", "stop", "stop"]),
+        ("b", ["length", "length", "stop", None, "stop"]),
+    ):
         for s, reason in enumerate(reasons):
-            rows.append({"query_id": "q", "deployment": dep, "condition": "default", "sample_index": s,
-                         "text": f"{dep} {s}", "error": None, "finish_reason": reason})
-    rows.append({"query_id": "q", "deployment": "a", "condition": "default", "sample_index": 5,
-                 "text": None, "error": "HTTP 500", "finish_reason": None})
+            rows.append(
+                {
+                    "query_id": "q",
+                    "deployment": dep,
+                    "condition": "default",
+                    "sample_index": s,
+                    "text": f"{dep} {s}",
+                    "error": None,
+                    "finish_reason": reason,
+                }
+            )
+    rows.append(
+        {
+            "query_id": "q",
+            "deployment": "a",
+            "condition": "default",
+            "sample_index": 5,
+            "text": None,
+            "error": "HTTP 500",
+            "finish_reason": None,
+        }
+    )
     samples = pl.DataFrame(rows)
     table = truncation_table(samples, ["b", "a"])
     assert table.select("deployment", "n_responses", "n_truncated").rows() == [("b", 5, 2), ("a", 5, 1)]

@@ -20,8 +20,9 @@ from hivemind.analysis.significance import _gap_from_blocks, gap_permutation_tes
 from hivemind.metrics.semantic import normalize_rows
 
 
-def _previous_ensemble_per_query(groups: list[Group], vectors: np.ndarray, draws: int = 24, seed: int = 0
-                                 ) -> pl.DataFrame:
+def _previous_ensemble_per_query(
+    groups: list[Group], vectors: np.ndarray, draws: int = 24, seed: int = 0
+) -> pl.DataFrame:
     X = normalize_rows(vectors)
     rng = np.random.default_rng(seed)
     records: list[tuple[Any, ...]] = []
@@ -40,21 +41,40 @@ def _previous_ensemble_per_query(groups: list[Group], vectors: np.ndarray, draws
         for k in range(1, K + 1):
             idx = single_idx[:, :, :k].reshape(draws * D, k)
             dist, vendi = draw_diversity(S[idx[:, :, None], idx[:, None, :]])
-            records.append((g.query_id, g.category, g.condition, k, "single",
-                            float(dist.mean()), float(vendi.mean()), 1))
+            records.append(
+                (g.query_id, g.category, g.condition, k, "single", float(dist.mean()), float(vendi.mean()), 1)
+            )
             if D >= 2:
                 idx = mixed_order[:, :k]
                 dist, vendi = draw_diversity(S[idx[:, :, None], idx[:, None, :]])
-                records.append((g.query_id, g.category, g.condition, k, "mixed",
-                                float(dist.mean()), float(vendi.mean()), min(k, D)))
-    schema = {"query_id": pl.Utf8, "category": pl.Utf8, "condition": pl.Utf8, "k": pl.Int64,
-              "arm": pl.Utf8, "mean_distance": pl.Float64, "vendi": pl.Float64,
-              "n_deployments_used": pl.Int64}
+                records.append(
+                    (
+                        g.query_id,
+                        g.category,
+                        g.condition,
+                        k,
+                        "mixed",
+                        float(dist.mean()),
+                        float(vendi.mean()),
+                        min(k, D),
+                    )
+                )
+    schema = {
+        "query_id": pl.Utf8,
+        "category": pl.Utf8,
+        "condition": pl.Utf8,
+        "k": pl.Int64,
+        "arm": pl.Utf8,
+        "mean_distance": pl.Float64,
+        "vendi": pl.Float64,
+        "n_deployments_used": pl.Int64,
+    }
     return pl.DataFrame(records, schema=schema, orient="row")
 
 
-def _previous_group_gap_permutations(S: np.ndarray, labels: np.ndarray, n_perm: int, rng: np.random.Generator,
-                                     chunk: int = 256) -> tuple[float, np.ndarray]:
+def _previous_group_gap_permutations(
+    S: np.ndarray, labels: np.ndarray, n_perm: int, rng: np.random.Generator, chunk: int = 256
+) -> tuple[float, np.ndarray]:
     codes = np.unique(labels, return_inverse=True)[1].reshape(-1)
     D = int(codes.max()) + 1
     counts = np.bincount(codes, minlength=D).astype(np.float64)
@@ -75,8 +95,9 @@ def _previous_group_gap_permutations(S: np.ndarray, labels: np.ndarray, n_perm: 
     return observed, out
 
 
-def _previous_gap_permutation_test(groups: list[Group], vectors: np.ndarray, n_perm: int = 1000, seed: int = 0
-                                   ) -> tuple[float, float]:
+def _previous_gap_permutation_test(
+    groups: list[Group], vectors: np.ndarray, n_perm: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     X = normalize_rows(vectors)
     rng = np.random.default_rng(seed)
     total_obs, total_perm, n = 0.0, np.zeros(n_perm), 0
@@ -97,15 +118,16 @@ def _previous_gap_permutation_test(groups: list[Group], vectors: np.ndarray, n_p
     return observed, (1.0 + hits) / (1.0 + n_perm)
 
 
-def clustered_study(queries: int, deployments: int, k: int, dim: int = 32, seed: int = 7
-                    ) -> tuple[list[Group], np.ndarray]:
+def clustered_study(
+    queries: int, deployments: int, k: int, dim: int = 32, seed: int = 7
+) -> tuple[list[Group], np.ndarray]:
     """Groups and vectors: query centre + deployment offset + noise, so intra > inter."""
     rng = np.random.default_rng(seed)
     groups, blocks, row = [], [], 0
     for q in range(queries):
         centre = rng.standard_normal(dim)
         rows = []
-        for d in range(deployments):
+        for _ in range(deployments):
             offset = rng.standard_normal(dim) * 0.6
             blocks.append(centre + offset + rng.standard_normal((k, dim)) * (0.5 + 0.1 * q))
             rows.append(np.arange(row, row + k, dtype=np.int64))
@@ -132,8 +154,9 @@ def test_gap_permutations_equal_previous_with_equal_k() -> None:
         S = np.clip(X[rows] @ X[rows].T, -1.0, 1.0)
         obs_old, perms_old = _previous_group_gap_permutations(S, g.labels(), 300, np.random.default_rng(11))
         for unit_rows in (None, X[rows]):  # gathered intra blocks, or the one-hot matmul
-            obs_new, perms_new = group_gap_permutations(S, g.labels(), 300, np.random.default_rng(11),
-                                                        unit_rows=unit_rows)
+            obs_new, perms_new = group_gap_permutations(
+                S, g.labels(), 300, np.random.default_rng(11), unit_rows=unit_rows
+            )
             assert obs_new == pytest.approx(obs_old, abs=1e-12)
             np.testing.assert_allclose(perms_new, perms_old, rtol=0, atol=1e-12)
         assert obs_old > np.median(perms_old)  # the design has a real gap: the test is not vacuous
@@ -183,10 +206,12 @@ def test_self_bleu_shared_counts_equal_sacrebleu_on_varied_sets() -> None:
         texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 14)))) for _ in range(k)]
         if trial % 5 == 0:
             texts[1] = texts[0]  # an exact duplicate: both texts hold the same maxima
-        expected = np.mean([
-            sacrebleu.sentence_bleu(texts[i], [t for j, t in enumerate(texts) if j != i]).score
-            for i in range(k)
-        ]) / 100.0
+        expected = (
+            np.mean(
+                [sacrebleu.sentence_bleu(texts[i], [t for j, t in enumerate(texts) if j != i]).score for i in range(k)]
+            )
+            / 100.0
+        )
         assert self_bleu(texts) == pytest.approx(expected, abs=1e-12), texts
 
 
@@ -198,9 +223,12 @@ def test_analysis_names_its_corpus_index_and_ivf_agrees_on_a_small_corpus() -> N
     from tests.test_analysis import two_deployments
 
     responses, X = two_deployments(shared=True, rho=0.97).prepared()
-    results = {index: analyze_responses(responses, X, n_boot=50, n_perm=50, draws=2, lexical=False,
-                                        corpus_index=index, threshold=0.8)
-               for index in ("exact", "ivf")}
+    results = {
+        index: analyze_responses(
+            responses, X, n_boot=50, n_perm=50, draws=2, lexical=False, corpus_index=index, threshold=0.8
+        )
+        for index in ("exact", "ivf")
+    }
     assert results["ivf"].summary["near_duplicate_corpus_index"] == "ivf"
     assert results["exact"].summary["near_duplicate_corpus_index"] == "exact"
     exact = results["exact"].tables["near_duplicates_corpus"]

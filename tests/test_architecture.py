@@ -62,7 +62,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
             if _allowed(node, nxt):
                 continue
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()
@@ -99,8 +99,10 @@ def test_the_check_finds_a_cycle_and_honours_only_the_allowed_edge(tmp_path: Pat
     graph = module_graph(tmp_path)
     assert graph["hivemind.a"] == {"hivemind.sub.b"} and graph["hivemind.sub.b"] == {"hivemind.a"}
     assert find_cycle(graph) == ["hivemind.a", "hivemind.sub.b", "hivemind.a"]
-    providers = {"hivemind.providers.base": {"hivemind.providers.mock"},
-                 "hivemind.providers.mock": {"hivemind.providers.base"}}
+    providers = {
+        "hivemind.providers.base": {"hivemind.providers.mock"},
+        "hivemind.providers.mock": {"hivemind.providers.base"},
+    }
     assert find_cycle(providers) == ["hivemind.providers.base", "hivemind.providers.mock", "hivemind.providers.base"]
     ALLOWED_EDGES.add(("hivemind.providers.base", "hivemind.providers.*"))
     try:

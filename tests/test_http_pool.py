@@ -12,13 +12,17 @@ from contextlib import asynccontextmanager
 import pytest
 
 from hivemind.providers.base import ProviderError
-from hivemind.providers.registry import create_provider
 from hivemind.providers.http_pool import HttpPool, IncompleteResponse
+from hivemind.providers.registry import create_provider
 from hivemind.spec import Deployment, Message, SampleRequest, SamplingParams
 
-CHAT = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Time is a river."},
-                                "finish_reason": "stop"}],
-                   "usage": {"prompt_tokens": 3, "completion_tokens": 4}, "model": "m"}).encode()
+CHAT = json.dumps(
+    {
+        "choices": [{"message": {"role": "assistant", "content": "Time is a river."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+        "model": "m",
+    }
+).encode()
 Answer = Callable[[int, bytes], bytes | None]
 """(request number, request bytes) -> raw response bytes; None closes the connection unanswered.
 Bytes starting with CLOSE are written (without the marker), then the connection is closed."""
@@ -68,19 +72,33 @@ async def scripted_server(answer: Answer) -> AsyncIterator[tuple[str, dict[str, 
 
 
 def _request() -> SampleRequest:
-    return SampleRequest(study="s", query_id="q", deployment="d", condition="default", sample_index=0,
-                         seed=1, messages=(Message(role="user", content="hi"),),
-                         params=SamplingParams(), deployment_identity={})
+    return SampleRequest(
+        study="s",
+        query_id="q",
+        deployment="d",
+        condition="default",
+        sample_index=0,
+        seed=1,
+        messages=(Message(role="user", content="hi"),),
+        params=SamplingParams(),
+        deployment_identity={},
+    )
 
 
 async def test_content_length_chunked_gzip_and_close_delimited_bodies() -> None:
-    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-               + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (CHAT[:10], CHAT[10:]))
-               + b"0\r\n\r\n")
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (CHAT[:10], CHAT[10:]))
+        + b"0\r\n\r\n"
+    )
     zipped = gzip.compress(CHAT)
-    answers = [framed(CHAT), chunked, framed(zipped, "Content-Encoding: gzip"),
-               b"HTTP/1.1 100 Continue\r\n\r\n" + framed(CHAT),
-               b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + CHAT]
+    answers = [
+        framed(CHAT),
+        chunked,
+        framed(zipped, "Content-Encoding: gzip"),
+        b"HTTP/1.1 100 Continue\r\n\r\n" + framed(CHAT),
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + CHAT,
+    ]
     async with scripted_server(lambda n, _: answers[n - 1]) as (base, stats):
         pool = HttpPool(base, limit=1)
         bodies = [(await pool.post("/chat/completions", b"{}")).body for _ in answers]
@@ -121,16 +139,21 @@ async def test_at_most_limit_connections_are_opened() -> None:
 async def test_the_provider_sends_the_body_and_key_and_classifies_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POOL_TEST_KEY", "sk-pool-secret")
     seen: list[bytes] = []
-    answers = [framed(CHAT), framed(b'{"error": "slow down"}', "Retry-After: 7", status="429 Too Many"),
-               framed(b"<html>proxy</html>"), framed(b'{"error": "bad key sk-pool-secret"}', status="401 No")]
+    answers = [
+        framed(CHAT),
+        framed(b'{"error": "slow down"}', "Retry-After: 7", status="429 Too Many"),
+        framed(b"<html>proxy</html>"),
+        framed(b'{"error": "bad key sk-pool-secret"}', status="401 No"),
+    ]
 
     def answer(n: int, request: bytes) -> bytes:
         seen.append(request)
         return answers[n - 1]
 
     async with scripted_server(answer) as (base, _):
-        provider = create_provider(Deployment(name="d", provider="openai", model="m", api_base=base,
-                                              api_key_env="POOL_TEST_KEY"))
+        provider = create_provider(
+            Deployment(name="d", provider="openai", model="m", api_base=base, api_key_env="POOL_TEST_KEY")
+        )
         completion = await provider.generate(_request())
         with pytest.raises(ProviderError) as limited:
             await provider.generate(_request())
@@ -154,8 +177,9 @@ async def test_refused_connections_are_retryable_errors() -> None:
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    provider = create_provider(Deployment(name="d", provider="openai", model="m",
-                                          api_base=f"http://127.0.0.1:{port}/v1"))
+    provider = create_provider(
+        Deployment(name="d", provider="openai", model="m", api_base=f"http://127.0.0.1:{port}/v1")
+    )
     with pytest.raises(ProviderError) as refused:
         await provider.generate(_request())
     assert refused.value.retryable

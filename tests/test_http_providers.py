@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from hivemind.study import run_study
 from hivemind.spec import StudySpec
+from hivemind.study import run_study
 from hivemind.testing.openai_server import Script, serve
 
 # litellm's `openai/` route would refuse min_p (OpenAI's API has none); `hosted_vllm/` takes it.
@@ -17,8 +17,7 @@ PROVIDERS = [("openai", "stub"), ("litellm", "hosted_vllm/stub")]
 
 
 def _deployment(provider: str, model: str, api_base: str, **extra: object) -> dict[str, object]:
-    return {"name": "remote", "provider": provider, "model": model, "api_base": api_base,
-            "max_concurrency": 4, **extra}
+    return {"name": "remote", "provider": provider, "model": model, "api_base": api_base, "max_concurrency": 4, **extra}
 
 
 def _rows(store: Path) -> list[sqlite3.Row]:
@@ -28,13 +27,20 @@ def _rows(store: Path) -> list[sqlite3.Row]:
 
 
 @pytest.mark.parametrize("provider,model", PROVIDERS)
-def test_samples_fan_out_with_distinct_seeds(provider: str, model: str, tmp_path: Path,
-                                             write_zoo: Callable[..., Path]) -> None:
+def test_samples_fan_out_with_distinct_seeds(
+    provider: str, model: str, tmp_path: Path, write_zoo: Callable[..., Path]
+) -> None:
     with serve() as (api_base, script):
         zoo = write_zoo(_deployment(provider, model, api_base))
-        spec = StudySpec(name="s", query_set="open-ended-v1", deployments=["remote"], samples=5,
-                         max_queries=2, zoo=str(zoo), params={"temperature": 1.0, "top_p": 0.9,
-                                                              "max_tokens": 32, "min_p": 0.05})
+        spec = StudySpec(
+            name="s",
+            query_set="open-ended-v1",
+            deployments=["remote"],
+            samples=5,
+            max_queries=2,
+            zoo=str(zoo),
+            params={"temperature": 1.0, "top_p": 0.9, "max_tokens": 32, "min_p": 0.05},
+        )
         run_study(spec, tmp_path / "store", progress=False)
     rows = _rows(tmp_path / "store")
     assert len(rows) == 10 and all(r["error"] is None for r in rows)
@@ -47,12 +53,14 @@ def test_samples_fan_out_with_distinct_seeds(provider: str, model: str, tmp_path
 
 
 @pytest.mark.parametrize("provider,model", PROVIDERS)
-def test_rate_limits_are_retried_after_the_servers_delay(provider: str, model: str, tmp_path: Path,
-                                                         write_zoo: Callable[..., Path]) -> None:
+def test_rate_limits_are_retried_after_the_servers_delay(
+    provider: str, model: str, tmp_path: Path, write_zoo: Callable[..., Path]
+) -> None:
     with serve(Script(fail_first=3, retry_after="0.3")) as (api_base, script):
         zoo = write_zoo(_deployment(provider, model, api_base, max_concurrency=1))
-        spec = StudySpec(name="s", query_set="open-ended-v1", deployments=["remote"], samples=2,
-                         max_queries=1, zoo=str(zoo))
+        spec = StudySpec(
+            name="s", query_set="open-ended-v1", deployments=["remote"], samples=2, max_queries=1, zoo=str(zoo)
+        )
         run = run_study(spec, tmp_path / "store", progress=False)
     rows = _rows(tmp_path / "store")
     assert all(r["error"] is None for r in rows)
@@ -61,14 +69,16 @@ def test_rate_limits_are_retried_after_the_servers_delay(provider: str, model: s
 
 
 @pytest.mark.parametrize("provider,model", PROVIDERS)
-def test_keys_never_reach_the_store(provider: str, model: str, tmp_path: Path,
-                                    write_zoo: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keys_never_reach_the_store(
+    provider: str, model: str, tmp_path: Path, write_zoo: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     secret = "sk-test-0123456789abcdef"
     monkeypatch.setenv("STUB_KEY", secret)
     with serve(Script(required_key="another-key")) as (api_base, _):
         zoo = write_zoo(_deployment(provider, model, api_base, api_key_env="STUB_KEY"))
-        spec = StudySpec(name="s", query_set="open-ended-v1", deployments=["remote"], samples=1,
-                         max_queries=1, zoo=str(zoo))
+        spec = StudySpec(
+            name="s", query_set="open-ended-v1", deployments=["remote"], samples=1, max_queries=1, zoo=str(zoo)
+        )
         run_study(spec, tmp_path / "store", progress=False)
     rows = _rows(tmp_path / "store")
     assert rows[0]["error"], "a 401 is recorded as an error row"

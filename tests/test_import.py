@@ -36,8 +36,10 @@ def nb_generations(path: Path, queries: list[Any], model: str, k: int, *, partit
     """A NoveltyBench-format generation file: one line per prompt, `k` generations, a partition."""
     lines = []
     for n, q in enumerate(queries):
-        gens = [f"{model} answer {j % 2} to: {q.text}" if j % 2 == 0 else f"Something else entirely, {j} {n}"
-                for j in range(k)]
+        gens = [
+            f"{model} answer {j % 2} to: {q.text}" if j % 2 == 0 else f"Something else entirely, {j} {n}"
+            for j in range(k)
+        ]
         record: dict[str, Any] = {"id": q.id, "prompt": q.text, "model": model, "generations": gens}
         if partition:
             record["partition"] = [0 if j % 2 == 0 else 1 for j in range(k)]
@@ -47,8 +49,15 @@ def nb_generations(path: Path, queries: list[Any], model: str, k: int, *, partit
 
 
 def mock_spec(name: str, zoo: Path, *, queries: int = 3, samples: int = 4, **extra: Any) -> StudySpec:
-    return StudySpec(name=name, query_set="noveltybench-curated", deployments=["mock-a"], zoo=str(zoo),
-                     samples=samples, max_queries=queries, **extra)
+    return StudySpec(
+        name=name,
+        query_set="noveltybench-curated",
+        deployments=["mock-a"],
+        zoo=str(zoo),
+        samples=samples,
+        max_queries=queries,
+        **extra,
+    )
 
 
 @pytest.fixture
@@ -80,8 +89,13 @@ def test_real_noveltybench_prompt_file_loads_with_paraphrases() -> None:
 def test_paraphrase_condition_sends_the_reworded_request(tmp_path: Path, zoo: Path) -> None:
     from hivemind.study import run_study
 
-    spec = mock_spec("reworded", zoo, queries=2, samples=2,
-                     conditions=[Condition(name="original"), Condition(name="p3", paraphrase=3)])
+    spec = mock_spec(
+        "reworded",
+        zoo,
+        queries=2,
+        samples=2,
+        conditions=[Condition(name="original"), Condition(name="p3", paraphrase=3)],
+    )
     run_study(spec, tmp_path / "store", progress=False)
     with Store(tmp_path / "store") as store:
         frame = store.samples_frame("reworded")
@@ -114,9 +128,11 @@ def test_noveltybench_generation_file_with_partition(tmp_path: Path) -> None:
         frame = store.samples_frame("nb", include_errors=False)
         assert frame.height == 24 and set(frame["provider"]) == {"imported"}
         assert frame.filter(frame["query_id"] == queries[1].id)["sample_index"].to_list() == list(range(6))
-        provenance = store._rows("SELECT source_file, source_sha256, source_line, class_label "
-                                 "FROM imported_samples WHERE query_id = ? ORDER BY sample_index",
-                                 (queries[1].id,))
+        provenance = store._rows(
+            "SELECT source_file, source_sha256, source_line, class_label "
+            "FROM imported_samples WHERE query_id = ? ORDER BY sample_index",
+            (queries[1].id,),
+        )
     assert {r["source_sha256"] for r in provenance} == {file_sha256(path)}
     assert {r["source_file"] for r in provenance} == {str(path)}
     assert [r["source_line"] for r in provenance][:2] == ["line 2 generations[0]", "line 2 generations[1]"]
@@ -136,11 +152,31 @@ def test_csv_import_through_the_cli_with_mapped_columns(tmp_path: Path) -> None:
     env = dict(os.environ, COLUMNS="200")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "hivemind.cli", *args], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "hivemind.cli", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
-    done = cli("import", str(path), "--study", "byo", "--store", str(store), "--query-col", "question",
-               "--model-col", "llm", "--text-col", "reply", "--category-col", "topic")
+    done = cli(
+        "import",
+        str(path),
+        "--study",
+        "byo",
+        "--store",
+        str(store),
+        "--query-col",
+        "question",
+        "--model-col",
+        "llm",
+        "--text-col",
+        "reply",
+        "--category-col",
+        "topic",
+    )
     assert done.returncode == 0, done.stderr
     assert "imported 12 of 12 responses" in done.stderr
     status = cli("status", "--store", str(store))
@@ -152,8 +188,20 @@ def test_csv_import_through_the_cli_with_mapped_columns(tmp_path: Path) -> None:
     frame = pl.read_parquet(exported.stdout.strip())
     assert frame.height == 12 and set(frame["deployment_model"]) == {"gpt-x", "claude/y"}
     assert set(frame["category"]) == {"misc"} and "with a comma" in frame["text"][0]
-    again = cli("import", str(path), "--study", "byo", "--store", str(store), "--query-col", "question",
-                "--model-col", "llm", "--text-col", "reply")
+    again = cli(
+        "import",
+        str(path),
+        "--study",
+        "byo",
+        "--store",
+        str(store),
+        "--query-col",
+        "question",
+        "--model-col",
+        "llm",
+        "--text-col",
+        "reply",
+    )
     assert again.returncode == 2 and "already holds imported deployment" in again.stderr
 
 
@@ -161,23 +209,45 @@ def test_parquet_import_with_sample_index(tmp_path: Path) -> None:
     import polars as pl
 
     path = tmp_path / "runs.parquet"
-    pl.DataFrame({"prompt_id": [7, 7, 8, 8], "prompt": ["A?", "A?", "B?", "B?"],
-                  "model": ["m1"] * 4, "response": ["a0", "a1", "b0", "b1"],
-                  "sample_index": [1, 0, 0, 1]}).write_parquet(path)
+    pl.DataFrame(
+        {
+            "prompt_id": [7, 7, 8, 8],
+            "prompt": ["A?", "A?", "B?", "B?"],
+            "model": ["m1"] * 4,
+            "response": ["a0", "a1", "b0", "b1"],
+            "sample_index": [1, 0, 0, 1],
+        }
+    ).write_parquet(path)
     result = import_responses(path, "pq", tmp_path / "store")
     assert result.imported == 4 and result.new_queries == 2
     with Store(tmp_path / "store") as store:
         frame = store.samples_frame("pq")
     assert frame.select("query_id", "sample_index", "text").rows() == [
-        ("7", 0, "a1"), ("7", 1, "a0"), ("8", 0, "b0"), ("8", 1, "b1")]
+        ("7", 0, "a1"),
+        ("7", 1, "a0"),
+        ("8", 0, "b0"),
+        ("8", 1, "b1"),
+    ]
 
 
 def test_infinity_chat_style_records(tmp_path: Path) -> None:
     path = tmp_path / "infinity.jsonl"
-    records = [{"prompt_id": 101, "prompt": "Write a haiku about rain.", "categories": ["Poetry"],
-                "model": "qwen/qwen3", "responses": ["r1", "r2"]},
-               {"messages": [{"role": "user", "content": "Write a haiku about rain."},
-                             {"role": "assistant", "content": "chat reply"}], "model": "llama"}]
+    records = [
+        {
+            "prompt_id": 101,
+            "prompt": "Write a haiku about rain.",
+            "categories": ["Poetry"],
+            "model": "qwen/qwen3",
+            "responses": ["r1", "r2"],
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Write a haiku about rain."},
+                {"role": "assistant", "content": "chat reply"},
+            ],
+            "model": "llama",
+        },
+    ]
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     result = import_responses(path, "inf", tmp_path / "store")
     assert result.deployments == {"qwen-qwen3": 2, "llama": 1}
@@ -198,10 +268,19 @@ def test_mixed_study_analyses_imported_and_sampled_side_by_side(tmp_path: Path, 
     queries = load_query_set("noveltybench-curated").queries[:3]
     path = tmp_path / "gemini.jsonl"
     lines = [  # one by id, one by reworded case and spacing only, one matching nothing
-        {"id": queries[0].id, "prompt": "ignored", "model": "gemini", "generations": ["x", "y", "z", "w", "v"],
-         "partition": [0, 0, 1, 1, 2]},
-        {"prompt": "  " + queries[1].text.upper().rstrip(".") + "  ", "model": "gemini",
-         "generations": ["p", "q", "r", "s"], "partition": [0, 1, 1, 1]},
+        {
+            "id": queries[0].id,
+            "prompt": "ignored",
+            "model": "gemini",
+            "generations": ["x", "y", "z", "w", "v"],
+            "partition": [0, 0, 1, 1, 2],
+        },
+        {
+            "prompt": "  " + queries[1].text.upper().rstrip(".") + "  ",
+            "model": "gemini",
+            "generations": ["p", "q", "r", "s"],
+            "partition": [0, 1, 1, 1],
+        },
         {"prompt": "A prompt the study never asked.", "model": "gemini", "generations": ["n", "o"]},
     ]
     path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
@@ -246,23 +325,36 @@ def _bad_parquet(path: Path) -> Path:
 
 
 BAD_FILES: list[tuple[str, Any, str]] = [
-    ("bad.jsonl", '{"query": "A?", "model": "m", "text": "ok"}\n\n{"query": "B?", "model": "m"}\n',
-     r"bad\.jsonl line 3: field 'text': no response"),
-    ("bad.csv", "query,model,text,sample_index\nA?,m,one,0\nA?,m,two,x\n",
-     r"bad\.csv line 3: field 'sample_index': expected a whole number"),
+    (
+        "bad.jsonl",
+        '{"query": "A?", "model": "m", "text": "ok"}\n\n{"query": "B?", "model": "m"}\n',
+        r"bad\.jsonl line 3: field 'text': no response",
+    ),
+    (
+        "bad.csv",
+        "query,model,text,sample_index\nA?,m,one,0\nA?,m,two,x\n",
+        r"bad\.csv line 3: field 'sample_index': expected a whole number",
+    ),
     ("bad.parquet", _bad_parquet, r"bad\.parquet row 2: field 'text': no response"),
-    ("nb.jsonl", '{"id": "a", "prompt": "A?", "model": "m", "generations": ["x", "y"], "partition": [0]}\n',
-     r"nb\.jsonl line 1: field 'partition': expected one class label per response \(2\)"),
-    ("dup.jsonl", '{"query": "A?", "model": "m", "text": "x", "sample_index": 0}\n'
-                  '{"query": "A?", "model": "m", "text": "y", "sample_index": 0}\n',
-     r"dup\.jsonl line 2: field 'sample_index': a second response 0 .*first on line 1"),
+    (
+        "nb.jsonl",
+        '{"id": "a", "prompt": "A?", "model": "m", "generations": ["x", "y"], "partition": [0]}\n',
+        r"nb\.jsonl line 1: field 'partition': expected one class label per response \(2\)",
+    ),
+    (
+        "dup.jsonl",
+        '{"query": "A?", "model": "m", "text": "x", "sample_index": 0}\n'
+        '{"query": "A?", "model": "m", "text": "y", "sample_index": 0}\n',
+        r"dup\.jsonl line 2: field 'sample_index': a second response 0 .*first on line 1",
+    ),
     ("nomodel.csv", "query,text\nA?,x\n", r"nomodel\.csv line 2: field 'model': no model"),
 ]
 
 
 @pytest.mark.parametrize(("name", "content", "message"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
-def test_bad_files_name_line_and_field_and_change_nothing(tmp_path: Path, name: str, content: Any,
-                                                          message: str) -> None:
+def test_bad_files_name_line_and_field_and_change_nothing(
+    tmp_path: Path, name: str, content: Any, message: str
+) -> None:
     store = tmp_path / "store"
     good = tmp_path / "good.jsonl"
     good.write_text('{"query": "A?", "model": "m", "text": "ok"}\n')
@@ -285,8 +377,11 @@ def test_failure_inside_the_transaction_rolls_everything_back(tmp_path: Path) ->
     path = tmp_path / "two.jsonl"
     path.write_text('{"query": "A?", "model": "fresh", "text": "x"}\n{"query": "A?", "model": "taken", "text": "y"}\n')
     with Store(store) as db:
-        db.register_study(StudySpec(name="s", query_set="q", deployments=["taken"]), [],
-                          [Deployment(name="taken", provider="mock", model="mock")])
+        db.register_study(
+            StudySpec(name="s", query_set="q", deployments=["taken"]),
+            [],
+            [Deployment(name="taken", provider="mock", model="mock")],
+        )
     before = dump(store)
     with pytest.raises(StoreError, match="already samples a deployment 'taken'"):
         import_responses(path, "s", store, on_unmatched="add")
@@ -302,8 +397,12 @@ def test_analyze_a_dataframe_and_cache_its_vectors(tmp_path: Path) -> None:
     import hivemind
     from hivemind.embed import EmbeddingCache
 
-    rows = [{"query": q, "deployment": d, "text": f"{d} on {q}: take {j}" if d == "a" else f"{q} {j} {d}"}
-            for q in ("Name a boat.", "Invent a holiday.") for d in ("a", "b") for j in range(3)]
+    rows = [
+        {"query": q, "deployment": d, "text": f"{d} on {q}: take {j}" if d == "a" else f"{q} {j} {d}"}
+        for q in ("Name a boat.", "Invent a holiday.")
+        for d in ("a", "b")
+        for j in range(3)
+    ]
     outputs = hivemind.analyze(pd.DataFrame(rows), store=tmp_path / "store", **FAST)
     assert outputs.summary["deployments"] == ["a", "b"]
     assert outputs.responses.height == 12 and outputs.vectors.shape[0] == 12
@@ -332,9 +431,14 @@ def test_adjusted_rand_index() -> None:
 
 def test_init_writes_starter_files_and_never_overwrites(tmp_path: Path) -> None:
     def init(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "hivemind.cli", "init", *args], cwd=tmp_path,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "hivemind.cli", "init", *args],
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     assert init().returncode == 0
     from hivemind.study import load_spec, resolve_study

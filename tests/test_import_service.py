@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from test_service import TOKEN, serving  # the service tests' real-server helper
 
 
@@ -23,8 +22,10 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     zoo.write_text("deployments:\n  - {name: mock-a, provider: mock, model: mock}\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(TOKEN_ENV, TOKEN)
-        with serving(root / "store", zoo, scheduler=False) as url, httpx.Client(
-                base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300) as c:
+        with (
+            serving(root / "store", zoo, scheduler=False) as url,
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300) as c,
+        ):
             yield c
 
 
@@ -32,12 +33,28 @@ def test_import_noveltybench_file_then_read_it_like_any_study(client: httpx.Clie
     from hivemind.queries import load_query_set
 
     queries = load_query_set("noveltybench-curated").queries[:3]
-    lines = [json.dumps({"id": q.id, "prompt": q.text, "model": "gemini-1.5-pro",
-                         "generations": [f"{q.text} answer {j}" if j < 2 else f"other {j} {i}" for j in range(4)],
-                         "partition": [0, 0, 1, 2]}) for i, q in enumerate(queries)]
-    response = client.post("/v1/studies/import", json={
-        "study": "gemini-nb", "filename": "gemini.jsonl", "content": "\n".join(lines) + "\n",
-        "query_set": "noveltybench-curated", "analyze": True})
+    lines = [
+        json.dumps(
+            {
+                "id": q.id,
+                "prompt": q.text,
+                "model": "gemini-1.5-pro",
+                "generations": [f"{q.text} answer {j}" if j < 2 else f"other {j} {i}" for j in range(4)],
+                "partition": [0, 0, 1, 2],
+            }
+        )
+        for i, q in enumerate(queries)
+    ]
+    response = client.post(
+        "/v1/studies/import",
+        json={
+            "study": "gemini-nb",
+            "filename": "gemini.jsonl",
+            "content": "\n".join(lines) + "\n",
+            "query_set": "noveltybench-curated",
+            "analyze": True,
+        },
+    )
     assert response.status_code == 201, response.text
     body = response.json()
     assert (body["imported"], body["match_rate"], body["has_classes"]) == (12, 1.0, True)
@@ -57,19 +74,30 @@ def test_import_parquet_as_base64(client: httpx.Client) -> None:
 
     buffer = io.BytesIO()
     pl.DataFrame({"q": ["Name a cat.", "Name a cat."], "reply": ["Tom", "Felix"]}).write_parquet(buffer)
-    response = client.post("/v1/studies/import", json={
-        "study": "cats", "filename": "cats.parquet", "deployment": "my-model",
-        "columns": {"query": "q", "text": "reply"},
-        "content_base64": base64.b64encode(buffer.getvalue()).decode()})
+    response = client.post(
+        "/v1/studies/import",
+        json={
+            "study": "cats",
+            "filename": "cats.parquet",
+            "deployment": "my-model",
+            "columns": {"query": "q", "text": "reply"},
+            "content_base64": base64.b64encode(buffer.getvalue()).decode(),
+        },
+    )
     assert response.status_code == 201, response.text
     assert response.json()["deployments"] == {"my-model": 2}
 
 
 def test_bad_file_is_a_422_naming_line_and_field_and_imports_nothing(client: httpx.Client) -> None:
     before = {s["name"] for s in client.get("/v1/studies").json()["studies"]}
-    response = client.post("/v1/studies/import", json={
-        "study": "broken", "filename": "bad.csv",
-        "content": "query,model,text,sample_index\nA?,m,one,0\nA?,m,two,x\n"})
+    response = client.post(
+        "/v1/studies/import",
+        json={
+            "study": "broken",
+            "filename": "bad.csv",
+            "content": "query,model,text,sample_index\nA?,m,one,0\nA?,m,two,x\n",
+        },
+    )
     assert response.status_code == 422
     error = response.json()["errors"][0]
     assert error["field"] == "body.content"
@@ -80,8 +108,9 @@ def test_bad_file_is_a_422_naming_line_and_field_and_imports_nothing(client: htt
 
 
 def test_import_needs_the_token(client: httpx.Client) -> None:
-    response = httpx.post(str(client.base_url.join("/v1/studies/import")),
-                          json={"study": "x", "filename": "a.jsonl", "content": "{}"})
+    response = httpx.post(
+        str(client.base_url.join("/v1/studies/import")), json={"study": "x", "filename": "a.jsonl", "content": "{}"}
+    )
     assert response.status_code == 401
 
 

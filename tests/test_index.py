@@ -14,7 +14,6 @@ from hivemind.index import (
     gpu_available,
     near_duplicate_pairs,
 )
-
 from tests.conftest import require  # noqa: E402
 
 require("faiss", "faiss (pip install faiss-cpu)")

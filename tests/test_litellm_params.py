@@ -13,8 +13,9 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -33,8 +34,16 @@ def _remote(api_base: str, model: str = "openai/stub") -> dict[str, Any]:
 
 
 def _spec(zoo: Path, conditions: list[dict[str, Any]], deployments: tuple[str, ...] = ("remote",)) -> StudySpec:
-    return StudySpec(name="s", query_set="open-ended-v1", deployments=list(deployments), samples=2,
-                     max_queries=2, zoo=str(zoo), params={"max_tokens": 16}, conditions=conditions)
+    return StudySpec(
+        name="s",
+        query_set="open-ended-v1",
+        deployments=list(deployments),
+        samples=2,
+        max_queries=2,
+        zoo=str(zoo),
+        params={"max_tokens": 16},
+        conditions=conditions,
+    )
 
 
 def _rows(store: Path) -> list[sqlite3.Row]:
@@ -74,9 +83,17 @@ def test_an_allowed_drop_is_never_sent_and_recorded_with_each_row(
 ) -> None:
     with serve() as (api_base, script):
         zoo = write_zoo(_remote(api_base))
-        spec = _spec(zoo, [{"name": "plain", "params": {"temperature": 0.7}},
-                           {"name": "narrow", "params": {"temperature": 0.7, "min_p": 0.1, "top_k": 20},
-                            "allow_dropped_params": allow}])
+        spec = _spec(
+            zoo,
+            [
+                {"name": "plain", "params": {"temperature": 0.7}},
+                {
+                    "name": "narrow",
+                    "params": {"temperature": 0.7, "min_p": 0.1, "top_k": 20},
+                    "allow_dropped_params": allow,
+                },
+            ],
+        )
         run_study(spec, tmp_path / "store", progress=False)
     rows = _rows(tmp_path / "store")
     assert len(rows) == 8 and all(r["error"] is None for r in rows)
@@ -109,8 +126,9 @@ def test_a_provider_never_sends_what_it_would_not_honour_even_without_the_studys
         with Store(tmp_path / "store") as store:
             store.register_study(spec, queries, [deployment])
             provider = create_provider(deployment)
-            asyncio.run(Sampler(store, {"remote": provider}, progress=False)
-                        .run(plan_requests(spec, queries, [deployment])))
+            asyncio.run(
+                Sampler(store, {"remote": provider}, progress=False).run(plan_requests(spec, queries, [deployment]))
+            )
     rows = _rows(tmp_path / "store")
     assert script.served == 0
     assert len(rows) == 2 and all("does not honour top_k" in r["error"] for r in rows)
@@ -119,8 +137,9 @@ def test_a_provider_never_sends_what_it_would_not_honour_even_without_the_studys
 
 def test_other_providers_take_every_parameter(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
     with serve() as (api_base, script):
-        zoo = write_zoo({"name": "remote", "provider": "openai", "model": "stub", "api_base": api_base},
-                        mock_deployment("local"))
+        zoo = write_zoo(
+            {"name": "remote", "provider": "openai", "model": "stub", "api_base": api_base}, mock_deployment("local")
+        )
         spec = _spec(zoo, [{"name": "narrow", "params": {"min_p": 0.1, "top_k": 20}}], ("remote", "local"))
         run_study(spec, tmp_path / "store", progress=False)
     assert all(r["error"] is None and r["dropped_params"] is None for r in _rows(tmp_path / "store"))
@@ -155,8 +174,9 @@ print("network attempts:", len(attempts))
 @pytest.mark.parametrize("importer", ["hivemind", "plain"])
 def test_loading_litellm_through_hivemind_reaches_for_no_network(importer: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_")}
-    result = subprocess.run([sys.executable, "-c", NETWORK_PROBE, importer], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", NETWORK_PROBE, importer], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     if importer == "hivemind":
         assert "network attempts: 0" in result.stdout, result.stdout + result.stderr
@@ -183,10 +203,20 @@ def test_a_store_from_before_the_column_opens_with_its_rows_intact(tmp_path: Pat
 def test_a_study_without_conditions_is_told_how_to_allow_a_drop(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
     with serve() as (api_base, script):
         zoo = write_zoo(_remote(api_base))
-        spec = StudySpec(name="s", query_set="open-ended-v1", deployments=["remote"], samples=2,
-                         max_queries=2, zoo=str(zoo), params={"min_p": 0.05})
-        with pytest.raises(StudyError, match=r"condition 'default': parameter min_p=0.05(.|\n)*"
-                                             r"conditions: \[\{name: default, allow_dropped_params"):
+        spec = StudySpec(
+            name="s",
+            query_set="open-ended-v1",
+            deployments=["remote"],
+            samples=2,
+            max_queries=2,
+            zoo=str(zoo),
+            params={"min_p": 0.05},
+        )
+        with pytest.raises(
+            StudyError,
+            match=r"condition 'default': parameter min_p=0.05(.|\n)*"
+            r"conditions: \[\{name: default, allow_dropped_params",
+        ):
             run_study(spec, tmp_path / "store", progress=False)
     assert script.served == 0
     spec = spec.model_copy(update={"conditions": [Condition(name="default", allow_dropped_params=["min_p"])]})

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from hivemind.providers.registry import create_provider
 from hivemind.providers.gguf import ChecksumError, resolve_gguf
 from hivemind.providers.llamacpp import open_llama
+from hivemind.providers.registry import create_provider
 from hivemind.providers.worker import worker_pids
 from hivemind.spec import StudySpec
 from hivemind.store import Store
@@ -40,8 +40,14 @@ def _rows(store: Path) -> list[sqlite3.Row]:
 
 
 def test_three_local_models_sample_distinct_answers(tmp_path: Path) -> None:
-    spec = StudySpec(name="local", query_set="open-ended-v1", deployments=LOCAL, samples=3,
-                     max_queries=2, params={"temperature": 1.0, "top_p": 0.95, "max_tokens": 12})
+    spec = StudySpec(
+        name="local",
+        query_set="open-ended-v1",
+        deployments=LOCAL,
+        samples=3,
+        max_queries=2,
+        params={"temperature": 1.0, "top_p": 0.95, "max_tokens": 12},
+    )
     run = run_study(spec, tmp_path / "store", progress=False)
     rows = _rows(tmp_path / "store")
     assert len(rows) == 3 * 2 * 3 and all(r["error"] is None for r in rows)
@@ -68,22 +74,43 @@ def test_shipped_weights_are_checked_against_their_hash(tmp_path: Path) -> None:
 def test_a_corrupt_model_fails_before_sampling(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"not a model")
-    zoo = write_zoo({"name": "broken", "provider": "llamacpp", "model": "x",
-                     "options": {"gguf_path": str(fake), "sha256": "1" * 64}})
+    zoo = write_zoo(
+        {
+            "name": "broken",
+            "provider": "llamacpp",
+            "model": "x",
+            "options": {"gguf_path": str(fake), "sha256": "1" * 64},
+        }
+    )
     spec = StudySpec(name="s", query_set="open-ended-v1", deployments=["broken"], zoo=str(zoo))
     with pytest.raises(StudyError, match="sha256"):
         run_study(spec, tmp_path / "store", progress=False)
 
 
 @pytest.mark.parametrize("provider,model", [("openai", "smollm"), ("litellm", "openai/smollm")])
-def test_study_through_a_real_llama_cpp_server(provider: str, model: str, tmp_path: Path,
-                                               write_zoo: Callable[..., Path]) -> None:
+def test_study_through_a_real_llama_cpp_server(
+    provider: str, model: str, tmp_path: Path, write_zoo: Callable[..., Path]
+) -> None:
     gguf = resolve_gguf(load_zoo().get("smollm2-135m-instruct").options, "smollm")
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "hivemind.testing.llama_server", "--model", str(gguf), "--model_alias", "smollm",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "hivemind.testing.llama_server",
+            "--model",
+            str(gguf),
+            "--model_alias",
+            "smollm",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "512",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 60
@@ -95,10 +122,24 @@ def test_study_through_a_real_llama_cpp_server(provider: str, model: str, tmp_pa
                 pass
             assert server.poll() is None and time.monotonic() < deadline, "llama_cpp.server did not start"
             time.sleep(0.3)
-        zoo = write_zoo({"name": "served", "provider": provider, "model": model,
-                         "api_base": f"http://127.0.0.1:{port}/v1", "max_concurrency": 2})
-        spec = StudySpec(name="s", query_set="open-ended-v1", deployments=["served"], samples=2,
-                         max_queries=2, zoo=str(zoo), params={"temperature": 1.0, "max_tokens": 10})
+        zoo = write_zoo(
+            {
+                "name": "served",
+                "provider": provider,
+                "model": model,
+                "api_base": f"http://127.0.0.1:{port}/v1",
+                "max_concurrency": 2,
+            }
+        )
+        spec = StudySpec(
+            name="s",
+            query_set="open-ended-v1",
+            deployments=["served"],
+            samples=2,
+            max_queries=2,
+            zoo=str(zoo),
+            params={"temperature": 1.0, "max_tokens": 10},
+        )
         run_study(spec, tmp_path / "store", progress=False)
     finally:
         server.terminate()
@@ -134,16 +175,26 @@ def test_weight_repacking_is_off_unless_a_deployment_turns_it_on() -> None:
     repacking = deployment.model_copy(update={"options": {**deployment.options, "weight_repacking": True}})
     assert create_provider(repacking).engine_config()["weight_repacking"] is True
     with pytest.raises(TypeError, match="weight_repacking must be true or false"):
-        create_provider(deployment.model_copy(update={"options": {**deployment.options,
-                                                                  "weight_repacking": "yes"}}))
+        create_provider(deployment.model_copy(update={"options": {**deployment.options, "weight_repacking": "yes"}}))
 
 
 def test_a_killed_worker_costs_only_its_deployment_and_a_rerun_completes_it(
-        tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
-    zoo = write_zoo(_smollm_entry(), mock_deployment("a", latency_s=0.02, max_concurrency=2),
-                    mock_deployment("b", latency_s=0.03, max_concurrency=2))
-    spec = StudySpec(name="k", query_set="open-ended-v1", deployments=[SMOL, "a", "b"], samples=6,
-                     max_queries=4, zoo=str(zoo), params={"temperature": 1.0, "max_tokens": 6})
+    tmp_path: Path, write_zoo: Callable[..., Path]
+) -> None:
+    zoo = write_zoo(
+        _smollm_entry(),
+        mock_deployment("a", latency_s=0.02, max_concurrency=2),
+        mock_deployment("b", latency_s=0.03, max_concurrency=2),
+    )
+    spec = StudySpec(
+        name="k",
+        query_set="open-ended-v1",
+        deployments=[SMOL, "a", "b"],
+        samples=6,
+        max_queries=4,
+        zoo=str(zoo),
+        params={"temperature": 1.0, "max_tokens": 6},
+    )
     store = tmp_path / "store"
     outcome: dict[str, Any] = {}
     study = threading.Thread(target=lambda: outcome.update(run=run_study(spec, store, progress=False)))
@@ -164,8 +215,7 @@ def test_a_killed_worker_costs_only_its_deployment_and_a_rerun_completes_it(
     local = [r for r in rows if r["deployment"] == SMOL]
     failed = [r for r in local if r["error"] is not None]
     assert failed and len(failed) < len(local), "the kill must land mid-study"
-    assert all(r["error"].startswith(f"worker process for deployment '{SMOL}' died: SIGKILL")
-               for r in failed)
+    assert all(r["error"].startswith(f"worker process for deployment '{SMOL}' died: SIGKILL") for r in failed)
     assert all(r["error"] is None for r in rows if r["deployment"] != SMOL), "other deployments go on"
     assert outcome["run"].sampling.failed == {SMOL: len(failed)}
     assert SMOL not in worker_pids() and not _alive(killed)
@@ -183,8 +233,15 @@ def test_a_killed_worker_costs_only_its_deployment_and_a_rerun_completes_it(
 
 def test_cancelling_a_study_stops_its_workers(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
     zoo = write_zoo(_smollm_entry())
-    spec = StudySpec(name="c", query_set="open-ended-v1", deployments=[SMOL], samples=20, max_queries=4,
-                     zoo=str(zoo), params={"max_tokens": 64})
+    spec = StudySpec(
+        name="c",
+        query_set="open-ended-v1",
+        deployments=[SMOL],
+        samples=20,
+        max_queries=4,
+        zoo=str(zoo),
+        params={"max_tokens": 64},
+    )
 
     async def start_then_cancel() -> int:
         with Store(tmp_path / "store") as store:
@@ -207,7 +264,6 @@ def _count(store: Path, deployment: str) -> int:
     """Rows of `deployment` so far (read while the study writes)."""
     try:
         with sqlite3.connect(store / "hivemind.sqlite", timeout=5) as db:
-            return int(db.execute("SELECT COUNT(*) FROM samples WHERE deployment = ?",
-                                  (deployment,)).fetchone()[0])
+            return int(db.execute("SELECT COUNT(*) FROM samples WHERE deployment = ?", (deployment,)).fetchone()[0])
     except sqlite3.OperationalError:  # no store or no table yet
         return 0

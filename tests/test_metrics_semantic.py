@@ -112,9 +112,7 @@ def test_vendi_dual_matches_reference_score_dual(q: float) -> None:
     ref = vendi.score_dual(TALL.astype(np.float64), q=q)
     assert vendi_score(TALL, q=q) == pytest.approx(ref, rel=1e-5)
     # primal and dual agree in our implementation (same nonzero spectrum)
-    assert vendi_score(TALL, q=q) == pytest.approx(
-        vendi.score_K(_cos_gram(TALL), q=q), rel=1e-5
-    )
+    assert vendi_score(TALL, q=q) == pytest.approx(vendi.score_K(_cos_gram(TALL), q=q), rel=1e-5)
 
 
 # --- nearest-neighbour model counts -------------------------------------------

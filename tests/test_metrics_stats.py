@@ -97,10 +97,7 @@ def _queries(signal: float, n_queries: int, seed: int) -> list[tuple[np.ndarray,
     groups = []
     for _ in range(n_queries):
         shared = rng.normal(size=16)
-        vecs = [
-            shared + signal * rng.normal(size=16) + 0.5 * rng.normal(size=(4, 16))
-            for _ in range(3)
-        ]
+        vecs = [shared + signal * rng.normal(size=16) + 0.5 * rng.normal(size=(4, 16)) for _ in range(3)]
         groups.append((np.vstack(vecs), np.repeat(["m1", "m2", "m3"], 4)))
     return groups
 

@@ -46,14 +46,18 @@ def test_a_store_from_the_previous_release_opens_upgrades_and_reads_intact(old_s
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 1  # the fixture is what it claims
         assert "_migrations" not in {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-        before = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                  for t in ("studies", "samples", "service_jobs", "service_idempotency", "scan_runs")}
+        before = {
+            t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("studies", "samples", "service_jobs", "service_idempotency", "scan_runs")
+        }
 
     with ServiceDB(old_store) as db, Store(old_store) as store:
         # adopted steps are recorded, not rerun (rerunning would fail: the tables exist); new ones ran
-        assert _recorded(path) == {"store": list(range(1, len(MIGRATIONS) + 1)),
-                                   "jobs": list(range(1, len(JOBS.steps) + 1)),
-                                   "scans": list(range(1, len(SCANS.steps) + 1))}
+        assert _recorded(path) == {
+            "store": list(range(1, len(MIGRATIONS) + 1)),
+            "jobs": list(range(1, len(JOBS.steps) + 1)),
+            "scans": list(range(1, len(SCANS.steps) + 1)),
+        }
         assert db.rows("PRAGMA user_version")[0]["user_version"] == len(MIGRATIONS)
 
         assert store.studies() == ["cli-study", "svc-study", "scan-nightly-20261126T085316"]
@@ -68,9 +72,18 @@ def test_a_store_from_the_previous_release_opens_upgrades_and_reads_intact(old_s
         assert job is not None and job["state"] == "done" and job["runs"] == 1
         assert json.loads(job["planned_json"]) == {"mock-a": 6, "mock-b": 6}
         # the old idempotency key still replays its study instead of creating another
-        assert db.create_job({"study": "other", "kind": "study", "request_json": "{}", "spec_json": "{}",
-                              "planned_json": "{}", "analyze": 0},
-                             idempotency_key="key-1", request_sha256="abc") == ("svc-study", False)
+        assert db.create_job(
+            {
+                "study": "other",
+                "kind": "study",
+                "request_json": "{}",
+                "spec_json": "{}",
+                "planned_json": "{}",
+                "analyze": 0,
+            },
+            idempotency_key="key-1",
+            request_sha256="abc",
+        ) == ("svc-study", False)
 
         history = scan_history(db, "nightly")
         (run,) = history["runs"]
@@ -126,8 +139,11 @@ def test_a_newer_file_is_refused_and_tables_made_before_tracking_are_adopted(tmp
     db = _connect(tmp_path / "x.sqlite")
     db.execute("CREATE TABLE legacy (x INTEGER)")
     db.execute("INSERT INTO legacy VALUES (1)")
-    family = Family("legacy", ("CREATE TABLE legacy (x INTEGER);", "ALTER TABLE legacy ADD COLUMN y TEXT;"),
-                    adopt=adopt_if_table("legacy"))
+    family = Family(
+        "legacy",
+        ("CREATE TABLE legacy (x INTEGER);", "ALTER TABLE legacy ADD COLUMN y TEXT;"),
+        adopt=adopt_if_table("legacy"),
+    )
     assert migrate(db, family) == [2]  # step 1 adopted, not rerun
     assert db.execute("SELECT x, y FROM legacy").fetchall() == [(1, None)]
     with pytest.raises(MigrationError, match="legacy tables are at migration 2, newer than this hivemind"):
@@ -163,7 +179,13 @@ def test_an_old_embedding_cache_is_adopted_with_its_vectors(tmp_path: Path) -> N
 def test_no_table_relies_on_if_not_exists() -> None:
     """Schemas change through migrations only, every family (store, jobs, scans, embedding cache)."""
     root = Path(__file__).resolve().parent.parent / "hivemind"
-    offenders = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py"))
-                 if re.search(r"CREATE\s+(UNIQUE\s+)?(TABLE|INDEX|VIEW|TRIGGER)\s+IF\s+NOT\s+EXISTS",
-                              p.read_text(encoding="utf-8"), re.IGNORECASE)]
+    offenders = [
+        str(p.relative_to(root))
+        for p in sorted(root.rglob("*.py"))
+        if re.search(
+            r"CREATE\s+(UNIQUE\s+)?(TABLE|INDEX|VIEW|TRIGGER)\s+IF\s+NOT\s+EXISTS",
+            p.read_text(encoding="utf-8"),
+            re.IGNORECASE,
+        )
+    ]
     assert offenders == [], offenders

@@ -67,7 +67,8 @@ def test_run_pipeline_runs_every_step_through_one_store_handle(piped: tuple[Path
 
 
 def test_write_report_checks_staleness_without_reading_the_samples(
-        piped: tuple[Path, object, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    piped: tuple[Path, object, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     directory, _, _ = piped
     summary_path = StoreLayout(directory).summary("core")
     stamp = summary_path.stat().st_mtime_ns
@@ -90,8 +91,11 @@ def test_the_store_fingerprint_matches_what_the_analysis_read(piped: tuple[Path,
     with Store(directory) as store:
         frame = store.samples_frame("core")
         fingerprint = store.samples_fingerprint("core")
-    assert fingerprint == {"n_ok": int(frame["error"].is_null().sum()), "n_rows": frame.height,
-                           "max_created_at": float(frame["created_at"].max())}  # type: ignore[arg-type]
+    assert fingerprint == {
+        "n_ok": int(frame["error"].is_null().sum()),
+        "n_rows": frame.height,
+        "max_created_at": float(frame["created_at"].max()),
+    }  # type: ignore[arg-type]
 
 
 def test_run_pipeline_takes_a_stored_study_and_refuses_unknown_steps(piped: tuple[Path, object, int]) -> None:
@@ -127,7 +131,13 @@ def test_an_old_summary_is_read_through_its_version_and_a_newer_one_is_refused(t
 
 def test_reserved_store_names_come_from_the_layout(tmp_path: Path) -> None:
     layout = StoreLayout(tmp_path)
-    top = {layout.journal, layout.embedding_cache, layout.query_sets, layout.scan_report("x").parent.parent,
-           layout.service_lock, layout.service_token}
+    top = {
+        layout.journal,
+        layout.embedding_cache,
+        layout.query_sets,
+        layout.scan_report("x").parent.parent,
+        layout.service_lock,
+        layout.service_token,
+    }
     assert STORE_ENTRIES == {p.name for p in top}
     assert all(store_name_problem(p.name) for p in top)

@@ -29,19 +29,30 @@ from hivemind.spec import (
 )
 from hivemind.store import Store, StoreError
 
-QUERIES = [Query(id="q-1", text="Write a metaphor about time."),
-           Query(id="q\"2", text="Écris un haïku sur la mer 🌊\n(court)"),
-           Query(id="q3", text="Name a colour.")]
-DEPLOYMENTS = [Deployment(name="a", provider="mock", model="m", params=SamplingParams(top_p=0.8)),
-               Deployment(name="b.2", provider="mock", model="other", options={"style": "varied"})]
+QUERIES = [
+    Query(id="q-1", text="Write a metaphor about time."),
+    Query(id='q"2', text="Écris un haïku sur la mer 🌊\n(court)"),
+    Query(id="q3", text="Name a colour."),
+]
+DEPLOYMENTS = [
+    Deployment(name="a", provider="mock", model="m", params=SamplingParams(top_p=0.8)),
+    Deployment(name="b.2", provider="mock", model="other", options={"style": "varied"}),
+]
 
 
 def _spec(**fields: object) -> StudySpec:
     values: dict[str, object] = dict(
-        name="plan", query_set="-", deployments=["a", "b.2"], samples=4, seed=11,
+        name="plan",
+        query_set="-",
+        deployments=["a", "b.2"],
+        samples=4,
+        seed=11,
         params=SamplingParams(temperature=0.9, max_tokens=32),
-        conditions=[Condition(name="plain"),
-                    Condition(name="odd", system_prompt='Be "odd" — très', params=SamplingParams(min_p=0.1))])
+        conditions=[
+            Condition(name="plain"),
+            Condition(name="odd", system_prompt='Be "odd" — très', params=SamplingParams(min_p=0.1)),
+        ],
+    )
     values.update(fields)
     return StudySpec.model_validate(values)
 
@@ -56,19 +67,31 @@ def eager_plan(spec: StudySpec, queries: list[Query], deployments: list[Deployme
                     messages = [Message(role="user", content=query.text)]
                     if condition.system_prompt:
                         messages.insert(0, Message(role="system", content=condition.system_prompt))
-                    requests.append(SampleRequest(
-                        study=spec.name, query_id=query.id, deployment=deployment.name,
-                        condition=condition.name, sample_index=index,
-                        seed=sample_seed(spec.seed, query.id, deployment.name, condition.name, index),
-                        messages=tuple(messages),
-                        params=deployment.params.merged(spec.params, condition.params),
-                        deployment_identity=deployment.identity()))
+                    requests.append(
+                        SampleRequest(
+                            study=spec.name,
+                            query_id=query.id,
+                            deployment=deployment.name,
+                            condition=condition.name,
+                            sample_index=index,
+                            seed=sample_seed(spec.seed, query.id, deployment.name, condition.name, index),
+                            messages=tuple(messages),
+                            params=deployment.params.merged(spec.params, condition.params),
+                            deployment_identity=deployment.identity(),
+                        )
+                    )
     return requests
 
 
 def _fields(request: SampleRequest) -> tuple[object, ...]:
-    return (*request.row_key, request.seed, request.cache_key, request.messages,
-            request.params.model_dump_json(), tuple(sorted(request.deployment_identity.items(), key=str)))
+    return (
+        *request.row_key,
+        request.seed,
+        request.cache_key,
+        request.messages,
+        request.params.model_dump_json(),
+        tuple(sorted(request.deployment_identity.items(), key=str)),
+    )
 
 
 def test_lazy_plan_yields_exactly_the_eager_plan() -> None:
@@ -128,18 +151,23 @@ def test_resume_refuses_rows_sampled_with_other_parameters(tmp_path: Path) -> No
 
 def test_every_counted_sample_is_committed(tmp_path: Path) -> None:
     spec = _spec(samples=25)
-    deployments = [d.model_copy(update={"max_concurrency": 16, "options": {"latency_s": 0.001}})
-                   for d in DEPLOYMENTS]
+    deployments = [d.model_copy(update={"max_concurrency": 16, "options": {"latency_s": 0.001}}) for d in DEPLOYMENTS]
     providers = {d.name: create_provider(d) for d in deployments}
     with Store(tmp_path) as store:
         store.register_study(spec, QUERIES, deployments)
-        report = asyncio.run(Sampler(store, providers, progress=False).run(
-            {d.name: iter_requests(spec, QUERIES, d) for d in deployments},
-            totals={d.name: plan_size(spec, QUERIES) for d in deployments}))
+        report = asyncio.run(
+            Sampler(store, providers, progress=False).run(
+                {d.name: iter_requests(spec, QUERIES, d) for d in deployments},
+                totals={d.name: plan_size(spec, QUERIES) for d in deployments},
+            )
+        )
         rows = store.progress(spec.name)
         assert report.planned == 2 * plan_size(spec, QUERIES) and report.skipped == 0
         assert {name: counts["ok"] for name, counts in rows.items()} == dict(report.succeeded)
-        again = asyncio.run(Sampler(store, providers, progress=False).run(
-            {d.name: iter_requests(spec, QUERIES, d) for d in deployments},
-            totals={d.name: plan_size(spec, QUERIES) for d in deployments}))
+        again = asyncio.run(
+            Sampler(store, providers, progress=False).run(
+                {d.name: iter_requests(spec, QUERIES, d) for d in deployments},
+                totals={d.name: plan_size(spec, QUERIES) for d in deployments},
+            )
+        )
     assert again.sampled == 0 and again.skipped == report.sampled and again.planned == 0

@@ -194,12 +194,10 @@ def test_infinity_chat_layout_parquet(tmp_path: Path) -> None:
     [
         ({"query": "Q one", "task_type": "humor"}, "Q one", "humor"),
         ({"question": "Q two", "category": "poetry"}, "Q two", "poetry"),
-        ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Hi"}]},
-         "Hi", "uncategorized"),
+        ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Hi"}]}, "Hi", "uncategorized"),
     ],
 )
-def test_aliases_and_derived_ids(tmp_path: Path, record: dict[str, Any], text: str,
-                                 category: str) -> None:
+def test_aliases_and_derived_ids(tmp_path: Path, record: dict[str, Any], text: str, category: str) -> None:
     query = load_query_set(write_jsonl(tmp_path / "a.jsonl", [record])).queries[0]
     assert (query.text, query.category) == (text, category)
     assert query.id == "q-" + sha256_hex(text)[:12]

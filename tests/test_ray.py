@@ -54,8 +54,13 @@ def embedder() -> Embedder:
 
 
 def _spec(**update: Any) -> StudySpec:
-    fields = {"name": "demo", "query_set": "open-ended-v1", "deployments": ["mock-a", "mock-b"],
-              "samples": 4, "max_queries": 6}
+    fields = {
+        "name": "demo",
+        "query_set": "open-ended-v1",
+        "deployments": ["mock-a", "mock-b"],
+        "samples": 4,
+        "max_queries": 6,
+    }
     return StudySpec(**{**fields, **update})
 
 
@@ -76,7 +81,10 @@ def _not_here(*_: Any, **__: Any) -> None:
 
 
 def test_ray_study_has_the_same_rows_tables_and_pairs(
-    local_ray: None, embedder: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    local_ray: None,
+    embedder: Embedder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     spec = _spec()
     local = run_study(spec, tmp_path / "local", progress=False)
@@ -106,8 +114,9 @@ def test_ray_study_has_the_same_rows_tables_and_pairs(
     assert single.tables["near_duplicates"].height > 0 and single.tables["near_duplicates_corpus"].height > 0
     volatile = {"created_at", "store", "samples_fingerprint"}  # when and where, not what
     assert sharded.summary["samples_fingerprint"]["n_ok"] == single.summary["samples_fingerprint"]["n_ok"] == 48
-    assert {k: v for k, v in sharded.summary.items() if k not in volatile} == \
-        {k: v for k, v in single.summary.items() if k not in volatile}
+    assert {k: v for k, v in sharded.summary.items() if k not in volatile} == {
+        k: v for k, v in single.summary.items() if k not in volatile
+    }
 
 
 def test_sharded_pair_search_finds_the_same_pairs(local_ray: None) -> None:
@@ -141,21 +150,27 @@ def _count(store: Path) -> int:
 
 def _slow_zoo(tmp_path: Path) -> Path:
     path = tmp_path / "zoo.yaml"
-    path.write_text(yaml.safe_dump({"deployments": [
-        mock_deployment("slow-a", latency_s=0.1, max_concurrency=2),
-        mock_deployment("slow-b", latency_s=0.1, max_concurrency=2, diversity=4),
-    ]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "deployments": [
+                    mock_deployment("slow-a", latency_s=0.1, max_concurrency=2),
+                    mock_deployment("slow-b", latency_s=0.1, max_concurrency=2, diversity=4),
+                ]
+            }
+        )
+    )
     return path
 
 
 def test_killed_ray_worker_loses_nothing_and_the_rerun_completes_once(local_ray: None, tmp_path: Path) -> None:
-    spec = _spec(name="slow", deployments=["slow-a", "slow-b"], zoo=str(_slow_zoo(tmp_path)), samples=3,
-                 max_queries=5)
+    spec = _spec(name="slow", deployments=["slow-a", "slow-b"], zoo=str(_slow_zoo(tmp_path)), samples=3, max_queries=5)
     planned = 2 * 5 * 3
     store = tmp_path / "ray"
     outcome: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: outcome.update(
-        first=run_study(spec, store, progress=False, executor="ray")))
+    thread = threading.Thread(
+        target=lambda: outcome.update(first=run_study(spec, store, progress=False, executor="ray"))
+    )
     thread.start()
     deadline = time.monotonic() + 120
     while _count(store) < 4 and time.monotonic() < deadline:
@@ -176,21 +191,27 @@ def test_killed_ray_worker_loses_nothing_and_the_rerun_completes_once(local_ray:
     assert after.height == planned and after["error"].null_count() == planned
     kept = committed_before.filter(pl.col("error").is_null())
     assert kept.height >= 4
-    assert_frame_equal(after.join(kept.select("query_id", "deployment", "condition", "sample_index"),
-                                  on=["query_id", "deployment", "condition", "sample_index"]).select(kept.columns),
-                       kept)
+    assert_frame_equal(
+        after.join(
+            kept.select("query_id", "deployment", "condition", "sample_index"),
+            on=["query_id", "deployment", "condition", "sample_index"],
+        ).select(kept.columns),
+        kept,
+    )
     local = tmp_path / "local"
     run_study(spec, local, progress=False)
     assert_frame_equal(after.drop("attempts"), _rows(local, "slow").drop("attempts"))
 
 
 def test_cli_help_and_local_runs_never_import_ray(tmp_path: Path) -> None:
-    code = ("import sys; from typer.testing import CliRunner; from hivemind.cli import app; "
-            "r = CliRunner().invoke(app, ['run', '--help']); assert '--executor' in r.output, r.output; "
-            "from hivemind.study import run_study; from hivemind.spec import StudySpec; "
-            "run_study(StudySpec(name='d', query_set='open-ended-v1', deployments=['mock-a'], samples=1, "
-            f"max_queries=1), {str(tmp_path / 's')!r}, progress=False); "
-            "print('ray' in sys.modules)")
+    code = (
+        "import sys; from typer.testing import CliRunner; from hivemind.cli import app; "
+        "r = CliRunner().invoke(app, ['run', '--help']); assert '--executor' in r.output, r.output; "
+        "from hivemind.study import run_study; from hivemind.spec import StudySpec; "
+        "run_study(StudySpec(name='d', query_set='open-ended-v1', deployments=['mock-a'], samples=1, "
+        f"max_queries=1), {str(tmp_path / 's')!r}, progress=False); "
+        "print('ray' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -199,22 +220,44 @@ def test_cli_help_and_local_runs_never_import_ray(tmp_path: Path) -> None:
 def test_cli_names_a_bad_executor(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(_spec().model_dump(mode="json", exclude_defaults=True)))
-    out = subprocess.run([sys.executable, "-m", "hivemind.cli", "run", str(spec), "--store", str(tmp_path / "s"),
-                          "--executor", "spark"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "hivemind.cli", "run", str(spec), "--store", str(tmp_path / "s"), "--executor", "spark"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "unknown executor 'spark'" in out.stdout + out.stderr
 
 
 def test_kill_9_of_the_ray_driver_loses_nothing_and_the_cli_rerun_completes(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(_spec(name="slow", deployments=["slow-a", "slow-b"], zoo=str(_slow_zoo(tmp_path)),
-                                         samples=3, max_queries=5).model_dump(mode="json", exclude_defaults=True)))
+    spec.write_text(
+        yaml.safe_dump(
+            _spec(
+                name="slow", deployments=["slow-a", "slow-b"], zoo=str(_slow_zoo(tmp_path)), samples=3, max_queries=5
+            ).model_dump(mode="json", exclude_defaults=True)
+        )
+    )
     store = tmp_path / "store"
-    command = [sys.executable, "-m", "hivemind.cli", "run", str(spec), "--store", str(store), "--executor", "ray",
-               "--no-analyze", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "hivemind.cli",
+        "run",
+        str(spec),
+        "--store",
+        str(store),
+        "--executor",
+        "ray",
+        "--no-analyze",
+        "--no-progress",
+    ]
     # its own session: the kill takes the driver and the local Ray instance it started, all at once
-    driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 120
         while _count(store) < 4 and time.monotonic() < deadline and driver.poll() is None:
@@ -231,6 +274,8 @@ def test_kill_9_of_the_ray_driver_loses_nothing_and_the_cli_rerun_completes(tmp_
     assert "executor: a local Ray instance" in said and "already in the store" in said
     after = _rows(store, "slow")
     assert after.height == 30 and after["error"].null_count() == 30  # every sample once, none failed
-    kept = after.join(committed_before.select("query_id", "deployment", "condition", "sample_index"),
-                      on=["query_id", "deployment", "condition", "sample_index"])
+    kept = after.join(
+        committed_before.select("query_id", "deployment", "condition", "sample_index"),
+        on=["query_id", "deployment", "condition", "sample_index"],
+    )
     assert_frame_equal(kept.select(committed_before.columns), committed_before)  # nothing committed was redone

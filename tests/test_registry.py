@@ -15,15 +15,19 @@ from tests.conftest import REPO
 
 
 def test_a_study_of_one_kind_imports_only_that_kind() -> None:
-    probe = ("import sys; from hivemind.providers.registry import create_provider; "
-             "from hivemind.spec import Deployment; "
-             "create_provider(Deployment(name='m', provider='mock', model='mock')); "
-             "print(sorted(m for m in sys.modules if m.startswith('hivemind.providers.')))")
+    probe = (
+        "import sys; from hivemind.providers.registry import create_provider; "
+        "from hivemind.spec import Deployment; "
+        "create_provider(Deployment(name='m', provider='mock', model='mock')); "
+        "print(sorted(m for m in sys.modules if m.startswith('hivemind.providers.')))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     loaded = eval(out.stdout)  # a list literal of module names
     assert "hivemind.providers.mock" in loaded
-    assert not {"hivemind.providers.llamacpp", "hivemind.providers.composite", "hivemind.providers.litellm"} & set(loaded)
+    assert not {"hivemind.providers.llamacpp", "hivemind.providers.composite", "hivemind.providers.litellm"} & set(
+        loaded
+    )
 
 
 def test_unknown_kind_names_the_deployment_and_the_known_kinds() -> None:
@@ -35,7 +39,10 @@ def test_unknown_kind_names_the_deployment_and_the_known_kinds() -> None:
 
 
 def test_missing_optional_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(registry.BUILTIN, "needs-missing",
-                        Builtin("hivemind.providers.mock", "no_such_package_hivemind", "pip install no-such"))
+    monkeypatch.setitem(
+        registry.BUILTIN,
+        "needs-missing",
+        Builtin("hivemind.providers.mock", "no_such_package_hivemind", "pip install no-such"),
+    )
     with pytest.raises(UnknownProviderError, match=r"'no_such_package_hivemind'.*pip install no-such"):
         create_provider(Deployment(name="d", provider="needs-missing", model="x"))

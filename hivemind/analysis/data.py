@@ -85,9 +85,15 @@ def prepare_responses(
     import polars as pl
 
     frame = samples
-    for name, dtype in (("error", pl.Utf8), ("category", pl.Utf8), ("query_text", pl.Utf8),
-                        ("answer", pl.Utf8), ("family", pl.Utf8), ("stage", pl.Utf8),
-                        ("finish_reason", pl.Utf8)):
+    for name, dtype in (
+        ("error", pl.Utf8),
+        ("category", pl.Utf8),
+        ("query_text", pl.Utf8),
+        ("answer", pl.Utf8),
+        ("family", pl.Utf8),
+        ("stage", pl.Utf8),
+        ("finish_reason", pl.Utf8),
+    ):
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(name))
     frame = frame.with_columns(answer_texts(frame["text"].cast(pl.Utf8)).alias("text"))
@@ -159,7 +165,11 @@ class Group:
 
     def labels(self) -> np.ndarray:
         """Deployment index (0..D-1) of each row of `all_rows()`."""
-        return np.concatenate([np.full(r.size, i) for i, r in enumerate(self.rows)]) if self.rows else np.zeros(0, np.int64)
+        return (
+            np.concatenate([np.full(r.size, i) for i, r in enumerate(self.rows)])
+            if self.rows
+            else np.zeros(0, np.int64)
+        )
 
 
 def build_groups(responses: pl.DataFrame) -> list[Group]:
@@ -215,10 +225,13 @@ def footing_queries(frame: pl.DataFrame, arm: str = "deployment") -> pl.DataFram
     arms = frame.group_by("condition").agg(pl.col(arm).n_unique().alias("_arms"))
     same_k = pl.col("k").n_unique() if "k" in frame.columns else pl.lit(1, dtype=pl.UInt32)
     per_query = frame.group_by(keys, maintain_order=True).agg(
-        pl.col(arm).n_unique().alias("_present"), same_k.alias("_ks"))
-    return (per_query.join(arms, on="condition", how="left")
-            .filter((pl.col("_present") == pl.col("_arms")) & (pl.col("_ks") == 1))
-            .select(keys))
+        pl.col(arm).n_unique().alias("_present"), same_k.alias("_ks")
+    )
+    return (
+        per_query.join(arms, on="condition", how="left")
+        .filter((pl.col("_present") == pl.col("_arms")) & (pl.col("_ks") == 1))
+        .select(keys)
+    )
 
 
 def on_footing(frame: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
@@ -252,12 +265,16 @@ def truncation_table(samples: pl.DataFrame, deployment_order: list[str] | None =
     """
     import polars as pl
 
-    frame = samples if "finish_reason" in samples.columns else samples.with_columns(
-        pl.lit(None, dtype=pl.Utf8).alias("finish_reason"))
+    frame = (
+        samples
+        if "finish_reason" in samples.columns
+        else samples.with_columns(pl.lit(None, dtype=pl.Utf8).alias("finish_reason"))
+    )
     if "error" in frame.columns:
         frame = frame.filter(pl.col("error").is_null())
     out = frame.group_by("deployment", maintain_order=True).agg(
-        pl.len().cast(pl.Int64).alias("n_responses"), truncated_rows().sum().cast(pl.Int64).alias("n_truncated"))
+        pl.len().cast(pl.Int64).alias("n_responses"), truncated_rows().sum().cast(pl.Int64).alias("n_truncated")
+    )
     out = out.with_columns((pl.col("n_truncated") / pl.col("n_responses")).alias("share_truncated"))
     out = out.with_columns((pl.col("share_truncated") > TRUNCATION_WARNING_SHARE).alias("warning"))
     order = ordered(out["deployment"].to_list(), deployment_order or [])
@@ -266,17 +283,30 @@ def truncation_table(samples: pl.DataFrame, deployment_order: list[str] | None =
 
 def truncation_summary(table: pl.DataFrame, complete_only: bool) -> tuple[dict[str, object], list[str]]:
     """(summary entry, warnings) from a `truncation_table`."""
-    per = {d: {"n_responses": n, "n_truncated": t, "share_truncated": share}
-           for d, n, t, share in table.select("deployment", "n_responses", "n_truncated", "share_truncated").iter_rows()}
-    analysed = ("complete responses only: truncated ones were left out" if complete_only
-                else "all responses, truncated ones included")
-    advice = ("they were left out of this analysis (complete responses only)" if complete_only else
-              "truncated responses share their openings and raise similarity: raise max_tokens, or analyse "
-              "complete responses only (--complete-only)")
+    per = {
+        d: {"n_responses": n, "n_truncated": t, "share_truncated": share}
+        for d, n, t, share in table.select("deployment", "n_responses", "n_truncated", "share_truncated").iter_rows()
+    }
+    analysed = (
+        "complete responses only: truncated ones were left out"
+        if complete_only
+        else "all responses, truncated ones included"
+    )
+    advice = (
+        "they were left out of this analysis (complete responses only)"
+        if complete_only
+        else "truncated responses share their openings and raise similarity: raise max_tokens, or analyse "
+        "complete responses only (--complete-only)"
+    )
     warnings = [
         f"{d}: {100 * v['share_truncated']:.0f}% of responses were cut off at max_tokens (finish reason "
         f"'length'); {advice}."
-        for d, v in per.items() if v["share_truncated"] is not None and v["share_truncated"] > TRUNCATION_WARNING_SHARE
+        for d, v in per.items()
+        if v["share_truncated"] is not None and v["share_truncated"] > TRUNCATION_WARNING_SHARE
     ]
-    return {"per_deployment": per, "complete_only": complete_only, "analysed": analysed,
-            "warning_share": TRUNCATION_WARNING_SHARE}, warnings
+    return {
+        "per_deployment": per,
+        "complete_only": complete_only,
+        "analysed": analysed,
+        "warning_share": TRUNCATION_WARNING_SHARE,
+    }, warnings

@@ -66,9 +66,7 @@ def _gram_batch(S: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return S[idx[:, :, None], idx[:, None, :]]
 
 
-def ensemble_per_query(
-    groups: list[Group], vectors: np.ndarray, draws: int = 24, seed: int = 0
-) -> pl.DataFrame:
+def ensemble_per_query(groups: list[Group], vectors: np.ndarray, draws: int = 24, seed: int = 0) -> pl.DataFrame:
     """Per (query, condition, k, arm): mean_distance and vendi averaged over draws.
 
     Columns: query_id, category, condition, k, arm ('single'|'mixed'), mean_distance, vendi,
@@ -106,19 +104,35 @@ def ensemble_per_query(
         out: list[tuple[Any, ...]] = []
         for k in range(1, K + 1):
             dist, vendi = draw_diversity(np.ascontiguousarray(single_gram[:, :k, :k]))
-            out.append((g.query_id, g.category, g.condition, k, "single",
-                        float(dist.mean()), float(vendi.mean()), 1))
+            out.append((g.query_id, g.category, g.condition, k, "single", float(dist.mean()), float(vendi.mean()), 1))
             if mixed_gram is not None:
                 dist, vendi = draw_diversity(np.ascontiguousarray(mixed_gram[:, :k, :k]))
-                out.append((g.query_id, g.category, g.condition, k, "mixed",
-                            float(dist.mean()), float(vendi.mean()), min(k, D)))
+                out.append(
+                    (
+                        g.query_id,
+                        g.category,
+                        g.condition,
+                        k,
+                        "mixed",
+                        float(dist.mean()),
+                        float(vendi.mean()),
+                        min(k, D),
+                    )
+                )
         return out
 
     # the eigenvalues (Vendi) are most of the time: groups run on threads, draws stay in order
     records = [r for part in ordered_map(diversities, drawn()) for r in part]
-    schema = {"query_id": pl.Utf8, "category": pl.Utf8, "condition": pl.Utf8, "k": pl.Int64,
-              "arm": pl.Utf8, "mean_distance": pl.Float64, "vendi": pl.Float64,
-              "n_deployments_used": pl.Int64}
+    schema = {
+        "query_id": pl.Utf8,
+        "category": pl.Utf8,
+        "condition": pl.Utf8,
+        "k": pl.Int64,
+        "arm": pl.Utf8,
+        "mean_distance": pl.Float64,
+        "vendi": pl.Float64,
+        "n_deployments_used": pl.Int64,
+    }
     return pl.DataFrame(records, schema=schema, orient="row")
 
 
@@ -178,9 +192,7 @@ def curve_queries(per_query: pl.DataFrame, condition: str) -> tuple[int, list[st
     return k_max, reach.filter(pl.col("k") >= k_max)["query_id"].to_list()
 
 
-def ensemble_curves(
-    per_query: pl.DataFrame, n_boot: int = 2000, n_perm: int = 2000, seed: int = 0
-) -> pl.DataFrame:
+def ensemble_curves(per_query: pl.DataFrame, n_boot: int = 2000, n_perm: int = 2000, seed: int = 0) -> pl.DataFrame:
     """Per (condition, metric, k): both arms and their difference with 95% CIs and p-values.
 
     Every k of a condition's curve is over the same queries (`curve_queries`), so n_queries
@@ -205,24 +217,51 @@ def ensemble_curves(
                 diff = paired_bootstrap_diff(mixed, single, n_boot=n_boot, seed=seed)
                 p = sign_flip_test(mixed - single, n_perm=n_perm, seed=seed) if k > 1 else float("nan")
                 u = used.filter(pl.col("k") == k)["n_deployments_used"]
-                rows.append({
-                    "condition": condition, "metric": metric, "k": k,
-                    "n_queries": int(np.sum(~np.isnan(single))),
-                    "single": s[0], "single_lo": s[1], "single_hi": s[2],
-                    "mixed": m[0], "mixed_lo": m[1], "mixed_hi": m[2],
-                    "diff": diff[0], "diff_lo": diff[1], "diff_hi": diff[2],
-                    "p_value": p, "n_deployments_used": int(u.max()) if u.len() else 1,
-                })
+                rows.append(
+                    {
+                        "condition": condition,
+                        "metric": metric,
+                        "k": k,
+                        "n_queries": int(np.sum(~np.isnan(single))),
+                        "single": s[0],
+                        "single_lo": s[1],
+                        "single_hi": s[2],
+                        "mixed": m[0],
+                        "mixed_lo": m[1],
+                        "mixed_hi": m[2],
+                        "diff": diff[0],
+                        "diff_lo": diff[1],
+                        "diff_hi": diff[2],
+                        "p_value": p,
+                        "n_deployments_used": int(u.to_numpy().max()) if u.len() else 1,
+                    }
+                )
             adjusted = holm([r["p_value"] for r in rows])
             for r, adj in zip(rows, adjusted):
                 r["p_holm"] = float(adj)
             records.extend(rows)
-    columns = ["condition", "metric", "k", "n_queries", "single", "single_lo", "single_hi", "mixed",
-               "mixed_lo", "mixed_hi", "diff", "diff_lo", "diff_hi", "p_value", "p_holm",
-               "n_deployments_used"]
-    schema = {c: pl.Float64 for c in columns}
-    schema.update({"condition": pl.Utf8, "metric": pl.Utf8, "k": pl.Int64, "n_queries": pl.Int64,
-                   "n_deployments_used": pl.Int64})
+    columns = [
+        "condition",
+        "metric",
+        "k",
+        "n_queries",
+        "single",
+        "single_lo",
+        "single_hi",
+        "mixed",
+        "mixed_lo",
+        "mixed_hi",
+        "diff",
+        "diff_lo",
+        "diff_hi",
+        "p_value",
+        "p_holm",
+        "n_deployments_used",
+    ]
+    schema: dict[str, Any] = {c: pl.Float64 for c in columns}
+    schema.update(
+        {"condition": pl.Utf8, "metric": pl.Utf8, "k": pl.Int64, "n_queries": pl.Int64, "n_deployments_used": pl.Int64}
+    )
     return pl.DataFrame([{c: r[c] for c in columns} for r in records], schema=schema)
 
 
@@ -259,7 +298,7 @@ def hivemind_gap(
     """
     import polars as pl
 
-    records = []
+    records: list[tuple[Any, ...]] = []
     reference = {c: s for c, s in baseline.select("condition", "similarity").iter_rows()}
     for condition in per_query["condition"].unique(maintain_order=True).to_list():
         _, queries = curve_queries(per_query, condition)  # the curve's query set: one footing
@@ -277,9 +316,28 @@ def hivemind_gap(
         promised = d_ref - single
         est, lo, hi = _ratio_ci(realized, promised, n_boot, seed)
         ok = ~np.isnan(realized)
-        records.append((condition, k_star, int(ok.sum()), d_ref, float(np.nanmean(realized)),
-                        float(np.nanmean(promised[ok])), est, lo, hi))
-    schema = {"condition": pl.Utf8, "k_star": pl.Int64, "n_queries": pl.Int64, "reference_distance": pl.Float64,
-              "realized": pl.Float64, "promised": pl.Float64, "hivemind_gap": pl.Float64,
-              "ci_lo": pl.Float64, "ci_hi": pl.Float64}
+        records.append(
+            (
+                condition,
+                k_star,
+                int(ok.sum()),
+                d_ref,
+                float(np.nanmean(realized)),
+                float(np.nanmean(promised[ok])),
+                est,
+                lo,
+                hi,
+            )
+        )
+    schema = {
+        "condition": pl.Utf8,
+        "k_star": pl.Int64,
+        "n_queries": pl.Int64,
+        "reference_distance": pl.Float64,
+        "realized": pl.Float64,
+        "promised": pl.Float64,
+        "hivemind_gap": pl.Float64,
+        "ci_lo": pl.Float64,
+        "ci_hi": pl.Float64,
+    }
     return pl.DataFrame(records, schema=schema, orient="row")

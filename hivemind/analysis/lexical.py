@@ -30,8 +30,16 @@ from hivemind.metrics.stats import bootstrap_ci
 if TYPE_CHECKING:
     import polars as pl
 
-LEXICAL_COLUMNS = ["distinct_1", "distinct_2", "distinct_3", "ead", "self_bleu", "homogenization_rougel",
-                   "compression_ratio", "mean_length"]
+LEXICAL_COLUMNS = [
+    "distinct_1",
+    "distinct_2",
+    "distinct_3",
+    "ead",
+    "self_bleu",
+    "homogenization_rougel",
+    "compression_ratio",
+    "mean_length",
+]
 SEMANTIC_COLUMNS = ["embedding_diversity", "vendi", "n_classes", "semantic_entropy"]
 
 
@@ -51,27 +59,37 @@ def diversity_table(
             X = vectors[rows]
             labels = equivalence_classes(len(rows), cosine_equivalence(X, class_threshold))
             record: dict[str, Any] = {
-                "query_id": g.query_id, "category": g.category, "condition": g.condition,
-                "deployment": deployment, "k": int(rows.size),
+                "query_id": g.query_id,
+                "category": g.category,
+                "condition": g.condition,
+                "deployment": deployment,
+                "k": int(rows.size),
                 "embedding_diversity": embedding_diversity(X) if rows.size >= 2 else None,
                 "vendi": vendi_score(X),
                 "n_classes": float(max(labels) + 1),
                 "semantic_entropy": semantic_entropy(labels),
             }
             if lexical:
-                record.update({
-                    "distinct_1": distinct_n(texts, 1),
-                    "distinct_2": distinct_n(texts, 2),
-                    "distinct_3": distinct_n(texts, 3),
-                    "ead": ead(texts),
-                    "self_bleu": self_bleu(texts),
-                    "homogenization_rougel": homogenization_rougel(texts),
-                    "compression_ratio": compression_ratio(texts, "xz"),
-                    "mean_length": mean_length(texts),
-                })
+                record.update(
+                    {
+                        "distinct_1": distinct_n(texts, 1),
+                        "distinct_2": distinct_n(texts, 2),
+                        "distinct_3": distinct_n(texts, 3),
+                        "ead": ead(texts),
+                        "self_bleu": self_bleu(texts),
+                        "homogenization_rougel": homogenization_rougel(texts),
+                        "compression_ratio": compression_ratio(texts, "xz"),
+                        "mean_length": mean_length(texts),
+                    }
+                )
             records.append(record)
-    schema: dict[str, Any] = {"query_id": pl.Utf8, "category": pl.Utf8, "condition": pl.Utf8,
-                              "deployment": pl.Utf8, "k": pl.Int64}
+    schema: dict[str, Any] = {
+        "query_id": pl.Utf8,
+        "category": pl.Utf8,
+        "condition": pl.Utf8,
+        "deployment": pl.Utf8,
+        "k": pl.Int64,
+    }
     schema.update({c: pl.Float64 for c in LEXICAL_COLUMNS + SEMANTIC_COLUMNS})
     frame = pl.DataFrame([{c: r.get(c) for c in schema} for r in records], schema=schema)
     # NaN (undefined metric) and null mean the same here: no value
@@ -95,6 +113,14 @@ def diversity_summary(table: pl.DataFrame, n_boot: int = 2000, seed: int = 0) ->
             est, lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
             kind = "lexical" if metric in LEXICAL_COLUMNS else "semantic"
             records.append((condition, deployment, metric, kind, est, lo, hi, int(np.sum(~np.isnan(values)))))
-    schema = {"condition": pl.Utf8, "deployment": pl.Utf8, "metric": pl.Utf8, "kind": pl.Utf8,
-              "mean": pl.Float64, "ci_lo": pl.Float64, "ci_hi": pl.Float64, "n_queries": pl.Int64}
+    schema = {
+        "condition": pl.Utf8,
+        "deployment": pl.Utf8,
+        "metric": pl.Utf8,
+        "kind": pl.Utf8,
+        "mean": pl.Float64,
+        "ci_lo": pl.Float64,
+        "ci_hi": pl.Float64,
+        "n_queries": pl.Int64,
+    }
     return pl.DataFrame(records, schema=schema, orient="row")

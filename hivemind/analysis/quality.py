@@ -50,7 +50,9 @@ def correctness(
     return out
 
 
-def quality_table(groups: list[Group], vectors: np.ndarray, correct: dict[tuple[str, str, str], np.ndarray]) -> pl.DataFrame:
+def quality_table(
+    groups: list[Group], vectors: np.ndarray, correct: dict[tuple[str, str, str], np.ndarray]
+) -> pl.DataFrame:
     """Per verifiable (query, condition, deployment): k, n_correct, accuracy, d_all, d_correct."""
     import polars as pl
 
@@ -62,11 +64,30 @@ def quality_table(groups: list[Group], vectors: np.ndarray, correct: dict[tuple[
             ok = correct[(g.query_id, g.condition, deployment)]
             d_all = embedding_diversity(vectors[rows]) if rows.size >= 2 else None
             d_cor = embedding_diversity(vectors[rows[ok]]) if ok.sum() >= 2 else None
-            records.append((g.query_id, g.category, g.condition, deployment, int(rows.size), int(ok.sum()),
-                            float(ok.mean()), d_all, d_cor))
-    schema = {"query_id": pl.Utf8, "category": pl.Utf8, "condition": pl.Utf8, "deployment": pl.Utf8,
-              "k": pl.Int64, "n_correct": pl.Int64, "accuracy": pl.Float64, "d_all": pl.Float64,
-              "d_correct": pl.Float64}
+            records.append(
+                (
+                    g.query_id,
+                    g.category,
+                    g.condition,
+                    deployment,
+                    int(rows.size),
+                    int(ok.sum()),
+                    float(ok.mean()),
+                    d_all,
+                    d_cor,
+                )
+            )
+    schema = {
+        "query_id": pl.Utf8,
+        "category": pl.Utf8,
+        "condition": pl.Utf8,
+        "deployment": pl.Utf8,
+        "k": pl.Int64,
+        "n_correct": pl.Int64,
+        "accuracy": pl.Float64,
+        "d_all": pl.Float64,
+        "d_correct": pl.Float64,
+    }
     return pl.DataFrame(records, schema=schema, orient="row")
 
 
@@ -108,32 +129,68 @@ def quality_split(
                 if oa.sum() < 2 or ob.sum() < 2:
                     continue
                 Xa, Xb = vectors[ra], vectors[rb]
-                emb = (embedding_diversity(Xa) - embedding_diversity(Xb),
-                       embedding_diversity(Xa[oa]) - embedding_diversity(Xb[ob]))
+                emb = (
+                    embedding_diversity(Xa) - embedding_diversity(Xb),
+                    embedding_diversity(Xa[oa]) - embedding_diversity(Xb[ob]),
+                )
                 m = int(min(oa.sum(), ob.sum()))
-                ven = (_vendi_at(Xa, m, rng, draws) - _vendi_at(Xb, m, rng, draws),
-                       _vendi_at(Xa[oa], m, rng, draws) - _vendi_at(Xb[ob], m, rng, draws))
+                ven = (
+                    _vendi_at(Xa, m, rng, draws) - _vendi_at(Xb, m, rng, draws),
+                    _vendi_at(Xa[oa], m, rng, draws) - _vendi_at(Xb[ob], m, rng, draws),
+                )
                 for metric, (total, residual) in (("embedding_diversity", emb), ("vendi", ven)):
                     values.setdefault((g.condition, a, b, metric), []).append((total, residual, total - residual))
     records: list[dict[str, Any]] = []
     for (condition, a, b), n_total in totals.items():
         for metric in ("embedding_diversity", "vendi"):
             rows = np.array(values.get((condition, a, b, metric), []), dtype=np.float64).reshape(-1, 3)
-            record: dict[str, Any] = {"condition": condition, "deployment_a": a, "deployment_b": b,
-                                      "metric": metric, "n_queries": n_total, "n_computable": rows.shape[0],
-                                      "share_computable": rows.shape[0] / n_total}
+            record: dict[str, Any] = {
+                "condition": condition,
+                "deployment_a": a,
+                "deployment_b": b,
+                "metric": metric,
+                "n_queries": n_total,
+                "n_computable": rows.shape[0],
+                "share_computable": rows.shape[0] / n_total,
+            }
             for col, name in enumerate(("total", "residual", "quality_control")):
                 est, lo, hi = bootstrap_ci(rows[:, col], n_boot=n_boot, seed=seed)
                 record.update({name: est, f"{name}_lo": lo, f"{name}_hi": hi})
             total = record["total"]
             record["quality_control_share"] = (
-                record["quality_control"] / total if rows.shape[0] and total not in (0.0,) and np.isfinite(total) else None
+                record["quality_control"] / total
+                if rows.shape[0] and total not in (0.0,) and np.isfinite(total)
+                else None
             )
             records.append(record)
-    columns = ["condition", "deployment_a", "deployment_b", "metric", "n_queries", "n_computable",
-               "share_computable", "total", "total_lo", "total_hi", "residual", "residual_lo", "residual_hi",
-               "quality_control", "quality_control_lo", "quality_control_hi", "quality_control_share"]
+    columns = [
+        "condition",
+        "deployment_a",
+        "deployment_b",
+        "metric",
+        "n_queries",
+        "n_computable",
+        "share_computable",
+        "total",
+        "total_lo",
+        "total_hi",
+        "residual",
+        "residual_lo",
+        "residual_hi",
+        "quality_control",
+        "quality_control_lo",
+        "quality_control_hi",
+        "quality_control_share",
+    ]
     schema: dict[str, Any] = {c: pl.Float64 for c in columns}
-    schema.update({"condition": pl.Utf8, "deployment_a": pl.Utf8, "deployment_b": pl.Utf8, "metric": pl.Utf8,
-                   "n_queries": pl.Int64, "n_computable": pl.Int64})
+    schema.update(
+        {
+            "condition": pl.Utf8,
+            "deployment_a": pl.Utf8,
+            "deployment_b": pl.Utf8,
+            "metric": pl.Utf8,
+            "n_queries": pl.Int64,
+            "n_computable": pl.Int64,
+        }
+    )
     return pl.DataFrame([{c: r[c] for c in columns} for r in records], schema=schema)

@@ -69,8 +69,13 @@ def _embedded(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _found_pairs(
-    responses: pl.DataFrame, vectors: np.ndarray, threshold: float, groups: list[str] | None,
-    use_gpu: bool | None, executor: Executor | None = None, index: str = "exact",
+    responses: pl.DataFrame,
+    vectors: np.ndarray,
+    threshold: float,
+    groups: list[str] | None,
+    use_gpu: bool | None,
+    executor: Executor | None = None,
+    index: str = "exact",
 ) -> pl.DataFrame:
     """`hivemind.index.near_duplicate_pairs` on the responses, i and j as response rows
     (through `executor.pair_search`, e.g. sharded on Ray: the same pairs; an approximate
@@ -89,13 +94,18 @@ def _found_pairs(
     else:
         found = (executor or Executor()).pair_search(X, kept_deployments, kept_groups, threshold, use_gpu=use_gpu)
     back = dict(enumerate(keep.tolist()))
-    return found.with_columns(pl.col("i").replace_strict(back, return_dtype=pl.Int64),
-                              pl.col("j").replace_strict(back, return_dtype=pl.Int64))
+    return found.with_columns(
+        pl.col("i").replace_strict(back, return_dtype=pl.Int64), pl.col("j").replace_strict(back, return_dtype=pl.Int64)
+    )
 
 
 def near_duplicates(
-    responses: pl.DataFrame, vectors: np.ndarray, threshold: float, max_rows: int | None = None,
-    use_gpu: bool | None = None, executor: Executor | None = None,
+    responses: pl.DataFrame,
+    vectors: np.ndarray,
+    threshold: float,
+    max_rows: int | None = None,
+    use_gpu: bool | None = None,
+    executor: Executor | None = None,
 ) -> tuple[pl.DataFrame, int]:
     """Cross-deployment pairs within one query and condition with cosine >= threshold.
 
@@ -111,22 +121,41 @@ def near_duplicates(
     found = found.sort(["cosine", "i", "j"], descending=[True, False, False])
     if max_rows is not None:
         found = found.head(max_rows)
-    side = responses.select("row", "query_id", "category", "query_text", "condition", "deployment",
-                            "sample_index", "text")
+    side = responses.select(
+        "row", "query_id", "category", "query_text", "condition", "deployment", "sample_index", "text"
+    )
     a = side.rename({c: f"{c}_a" for c in ("deployment", "sample_index", "text")})
     b = side.select("row", *[pl.col(c).alias(f"{c}_b") for c in ("deployment", "sample_index", "text")])
     out = (
         found.join(a, left_on="i", right_on="row", how="left")
         .join(b, left_on="j", right_on="row", how="left")
-        .select("query_id", "category", "query_text", "condition", "deployment_a", "sample_index_a",
-                "deployment_b", "sample_index_b", "cosine", "text_a", "text_b", "i", "j")
+        .select(
+            "query_id",
+            "category",
+            "query_text",
+            "condition",
+            "deployment_a",
+            "sample_index_a",
+            "deployment_b",
+            "sample_index_b",
+            "cosine",
+            "text_a",
+            "text_b",
+            "i",
+            "j",
+        )
     )
     return out, total
 
 
 def corpus_near_duplicates(
-    responses: pl.DataFrame, vectors: np.ndarray, threshold: float, max_rows: int = 2000,
-    use_gpu: bool | None = None, executor: Executor | None = None, index: str = "exact",
+    responses: pl.DataFrame,
+    vectors: np.ndarray,
+    threshold: float,
+    max_rows: int = 2000,
+    use_gpu: bool | None = None,
+    executor: Executor | None = None,
+    index: str = "exact",
 ) -> tuple[pl.DataFrame, int, int]:
     """Cross-deployment pairs with cosine >= threshold anywhere in the corpus.
 
@@ -156,11 +185,28 @@ def corpus_near_duplicates(
     total = out.height
     cross = int((~out["same_query"]).sum()) if total else 0
     out = out.sort(["same_query", "cosine", "i", "j"], descending=[False, True, False, False]).head(max_rows)
-    return out.select(
-        "same_query", "cosine", "query_id_a", "condition_a", "deployment_a", "sample_index_a",
-        "query_id_b", "condition_b", "deployment_b", "sample_index_b", "text_a", "text_b",
-        "query_text_a", "query_text_b", "i", "j",
-    ), total, cross
+    return (
+        out.select(
+            "same_query",
+            "cosine",
+            "query_id_a",
+            "condition_a",
+            "deployment_a",
+            "sample_index_a",
+            "query_id_b",
+            "condition_b",
+            "deployment_b",
+            "sample_index_b",
+            "text_a",
+            "text_b",
+            "query_text_a",
+            "query_text_b",
+            "i",
+            "j",
+        ),
+        total,
+        cross,
+    )
 
 
 def _num(value: Any) -> float | None:
@@ -212,7 +258,6 @@ def analyze_responses(
     import polars as pl
 
     from hivemind.executors import Executor
-
     from hivemind.index import CORPUS_INDEXES
 
     if corpus_index not in CORPUS_INDEXES:  # before the work, not after it
@@ -250,25 +295,37 @@ def analyze_responses(
     t["quality"] = ex.map_groups(quality_table, groups, vectors, correct)
     t["quality_split"] = quality_split(groups, vectors, correct, n_boot=n_boot, seed=seed)
     t["conditions"] = conditions_view(t["pairs"], t["query_similarity"], conditions, n_boot=n_boot, seed=seed)
-    t["interventions"] = interventions_view(t["query_similarity"], t["quality"], conditions,
-                                            n_boot=n_boot, n_perm=n_perm, seed=seed)
+    t["interventions"] = interventions_view(
+        t["query_similarity"], t["quality"], conditions, n_boot=n_boot, n_perm=n_perm, seed=seed
+    )
     meta = responses.select("deployment", "family", "stage").unique("deployment", maintain_order=True)
-    t["lineage"] = lineage_view(on_footing(t["diversity"], footing), footed_pairs, meta,
-                               on_footing(t["quality"], footing), n_boot=n_boot, seed=seed)
+    t["lineage"] = lineage_view(
+        on_footing(t["diversity"], footing),
+        footed_pairs,
+        meta,
+        on_footing(t["quality"], footing),
+        n_boot=n_boot,
+        seed=seed,
+    )
     t["near_duplicates"], n_dup = near_duplicates(responses, vectors, threshold, None, use_gpu, ex)  # every pair
     t["near_duplicates_corpus"], n_corpus, n_cross = corpus_near_duplicates(
-        responses, vectors, threshold, max_near_duplicates, use_gpu, ex, corpus_index)
+        responses, vectors, threshold, max_near_duplicates, use_gpu, ex, corpus_index
+    )
 
     clustering: dict[str, Any] = {}
     cluster_rows = []
     for condition in conditions:
-        present = [d for d in deployments if d in set(
-            t["pairs"].filter(pl.col("condition") == condition)["deployment_a"].to_list())]
+        present = [
+            d
+            for d in deployments
+            if d in set(t["pairs"].filter(pl.col("condition") == condition)["deployment_a"].to_list())
+        ]
         result = cluster_deployments(matrix_array(t["matrix"], condition, present), present)
         clustering[condition] = result
         cluster_rows += [(condition, d, i) for i, d in enumerate(result["order"])]
-    t["clusters"] = pl.DataFrame(cluster_rows, schema={"condition": pl.Utf8, "deployment": pl.Utf8,
-                                                       "leaf_order": pl.Int64}, orient="row")
+    t["clusters"] = pl.DataFrame(
+        cluster_rows, schema={"condition": pl.Utf8, "deployment": pl.Utf8, "leaf_order": pl.Int64}, orient="row"
+    )
     summary = _summary(t, footing, responses, deployments, conditions, base, n_dup, threshold, n_boot, n_perm)
     summary["footing"] = _footing_summary(t, footing, conditions)
     summary["warnings"] = _footing_warnings(summary["footing"])
@@ -281,8 +338,16 @@ def analyze_responses(
 
 
 def _summary(
-    t: dict[str, pl.DataFrame], footing: pl.DataFrame, responses: pl.DataFrame, deployments: list[str],
-    conditions: list[str], base: str | None, n_dup: int, threshold: float, n_boot: int, n_perm: int,
+    t: dict[str, pl.DataFrame],
+    footing: pl.DataFrame,
+    responses: pl.DataFrame,
+    deployments: list[str],
+    conditions: list[str],
+    base: str | None,
+    n_dup: int,
+    threshold: float,
+    n_boot: int,
+    n_perm: int,
 ) -> dict[str, Any]:
     """Headline numbers for the baseline condition, JSON-ready (NaN -> null)."""
     import polars as pl
@@ -328,16 +393,29 @@ def _summary(
             "intra_similarity": ci(gap, "intra"),
             "inter_similarity": ci(gap, "inter"),
             "gap": {**ci(gap, "gap"), "p_permutation": _num(gap.get("p_permutation"))},
-            "random_baseline": {"estimate": _num(rb.get("similarity")), "lo": _num(rb.get("ci_lo")),
-                                "hi": _num(rb.get("ci_hi")), "n_pairs": rb.get("n_pairs"),
-                                "n_queries": rb.get("n_queries")},
+            "random_baseline": {
+                "estimate": _num(rb.get("similarity")),
+                "lo": _num(rb.get("ci_lo")),
+                "hi": _num(rb.get("ci_hi")),
+                "n_pairs": rb.get("n_pairs"),
+                "n_queries": rb.get("n_queries"),
+            },
             "share_queries_intra_above_0.8": above,
-            "hivemind_gap": {"estimate": _num(hg.get("hivemind_gap")), "lo": _num(hg.get("ci_lo")),
-                             "hi": _num(hg.get("ci_hi")), "k_star": k_star, "realized": _num(hg.get("realized")),
-                             "promised": _num(hg.get("promised")), "n_queries": hg.get("n_queries")},
+            "hivemind_gap": {
+                "estimate": _num(hg.get("hivemind_gap")),
+                "lo": _num(hg.get("ci_lo")),
+                "hi": _num(hg.get("ci_hi")),
+                "k_star": k_star,
+                "realized": _num(hg.get("realized")),
+                "promised": _num(hg.get("promised")),
+                "n_queries": hg.get("n_queries"),
+            },
             "ensemble_at_k_star": ens,
-            "nn_distinct_deployments": {"j": nn_last.get("j"), "estimate": _num(nn_last.get("distinct_deployments")),
-                                        "of": nn_last.get("n_deployments")},
+            "nn_distinct_deployments": {
+                "j": nn_last.get("j"),
+                "estimate": _num(nn_last.get("distinct_deployments")),
+                "of": nn_last.get("n_deployments"),
+            },
             "near_duplicate_pairs": n_dup,
         },
     }
@@ -368,6 +446,8 @@ def _footing_warnings(footing: dict[str, Any]) -> list[str]:
     for condition, f in footing.items():
         kept, total = f["queries_every_deployment"], f["queries_analysed"]
         if kept < total:
-            out.append(f"condition {condition}: per-deployment figures stand on the {kept} of {total} queries "
-                       "that every deployment answered with the same K; the others lack a deployment.")
+            out.append(
+                f"condition {condition}: per-deployment figures stand on the {kept} of {total} queries "
+                "that every deployment answered with the same K; the others lack a deployment."
+            )
     return out

@@ -80,7 +80,11 @@ def _equal_block_gaps(
 
 
 def group_gap_permutations(
-    S: np.ndarray, labels: np.ndarray, n_perm: int, rng: np.random.Generator, chunk: int = 256,
+    S: np.ndarray,
+    labels: np.ndarray,
+    n_perm: int,
+    rng: np.random.Generator,
+    chunk: int = 256,
     unit_rows: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
     """(observed gap, gaps under n_perm within-query label shuffles) for one query.
@@ -182,17 +186,42 @@ def gap_tests(
         ci_inter = bootstrap_ci(inter, n_boot=n_boot, seed=seed)
         gap = paired_bootstrap_diff(intra, inter, n_boot=n_boot, seed=seed)
         _, p = gap_permutation_test([g for g in groups if g.condition == condition], vectors, n_perm, seed)
-        records.append({
-            "condition": condition, "n_queries": int(np.sum(~np.isnan(intra))),
-            "intra": ci_intra[0], "intra_lo": ci_intra[1], "intra_hi": ci_intra[2],
-            "inter": ci_inter[0], "inter_lo": ci_inter[1], "inter_hi": ci_inter[2],
-            "gap": gap[0], "gap_lo": gap[1], "gap_hi": gap[2], "p_permutation": p, "n_perm": n_perm,
-        })
+        records.append(
+            {
+                "condition": condition,
+                "n_queries": int(np.sum(~np.isnan(intra))),
+                "intra": ci_intra[0],
+                "intra_lo": ci_intra[1],
+                "intra_hi": ci_intra[2],
+                "inter": ci_inter[0],
+                "inter_lo": ci_inter[1],
+                "inter_hi": ci_inter[2],
+                "gap": gap[0],
+                "gap_lo": gap[1],
+                "gap_hi": gap[2],
+                "p_permutation": p,
+                "n_perm": n_perm,
+            }
+        )
     adjusted = holm([r["p_permutation"] for r in records])
     for r, adj in zip(records, adjusted):
         r["p_holm"] = float(adj)
-    columns = ["condition", "n_queries", "intra", "intra_lo", "intra_hi", "inter", "inter_lo", "inter_hi",
-               "gap", "gap_lo", "gap_hi", "p_permutation", "p_holm", "n_perm"]
+    columns = [
+        "condition",
+        "n_queries",
+        "intra",
+        "intra_lo",
+        "intra_hi",
+        "inter",
+        "inter_lo",
+        "inter_hi",
+        "gap",
+        "gap_lo",
+        "gap_hi",
+        "p_permutation",
+        "p_holm",
+        "n_perm",
+    ]
     schema: dict[str, Any] = {c: pl.Float64 for c in columns}
     schema.update({"condition": pl.Utf8, "n_queries": pl.Int64, "n_perm": pl.Int64})
     return pl.DataFrame([{c: r[c] for c in columns} for r in records], schema=schema)

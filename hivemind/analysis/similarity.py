@@ -55,8 +55,10 @@ def pair_similarity(groups: list[Group], vectors: np.ndarray) -> pl.DataFrame:
     import polars as pl
 
     vectors = np.asarray(vectors)
-    columns: dict[str, list[Any]] = {name: [] for name in (
-        "query_id", "category", "condition", "deployment_a", "deployment_b", "kind", "similarity", "k")}
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in ("query_id", "category", "condition", "deployment_a", "deployment_b", "kind", "similarity", "k")
+    }
     for g in groups:
         n_dep = len(g.deployments)
         if n_dep == 0:
@@ -74,9 +76,16 @@ def pair_similarity(groups: list[Group], vectors: np.ndarray) -> pl.DataFrame:
         columns["kind"].extend(np.where(a == b, "intra", "inter").tolist())
         columns["similarity"].extend(np.where(a == b, intra[a], inter[a, b]).tolist())
         columns["k"].extend([g.k] * count)
-    schema = {"query_id": pl.Utf8, "category": pl.Utf8, "condition": pl.Utf8,
-              "deployment_a": pl.Utf8, "deployment_b": pl.Utf8, "kind": pl.Utf8,
-              "similarity": pl.Float64, "k": pl.Int64}
+    schema = {
+        "query_id": pl.Utf8,
+        "category": pl.Utf8,
+        "condition": pl.Utf8,
+        "deployment_a": pl.Utf8,
+        "deployment_b": pl.Utf8,
+        "kind": pl.Utf8,
+        "similarity": pl.Float64,
+        "k": pl.Int64,
+    }
     return pl.DataFrame(columns, schema=schema)
 
 
@@ -109,8 +118,10 @@ def paired_queries(query_sim: pl.DataFrame) -> pl.DataFrame:
     import polars as pl
 
     both = query_sim.filter(
-        pl.col("intra").is_not_null() & pl.col("intra").is_not_nan()
-        & pl.col("inter").is_not_null() & pl.col("inter").is_not_nan()
+        pl.col("intra").is_not_null()
+        & pl.col("intra").is_not_nan()
+        & pl.col("inter").is_not_null()
+        & pl.col("inter").is_not_nan()
     )
     return both if both.height else query_sim
 
@@ -136,9 +147,12 @@ def similarity_bins(pairs: pl.DataFrame, n_bins: int = N_BINS) -> pl.DataFrame:
     import polars as pl
 
     sym = _symmetric(pairs)
-    per_query = sym.group_by(["condition", "deployment_a", "kind", "query_id"], maintain_order=True).agg(
-        pl.col("similarity").mean()
-    ).drop_nulls("similarity").filter(pl.col("similarity").is_not_nan())
+    per_query = (
+        sym.group_by(["condition", "deployment_a", "kind", "query_id"], maintain_order=True)
+        .agg(pl.col("similarity").mean())
+        .drop_nulls("similarity")
+        .filter(pl.col("similarity").is_not_nan())
+    )
     per_query = per_query.with_columns(
         (pl.col("similarity") * n_bins).floor().clip(0, n_bins - 1).cast(pl.Int64).alias("bin")
     )
@@ -176,8 +190,15 @@ def deployment_matrix(pairs: pl.DataFrame, n_boot: int = 2000, seed: int = 0) ->
         values = part["similarity"].to_numpy().astype(np.float64)
         est, lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
         records.append((condition, a, b, est, lo, hi, int(np.sum(~np.isnan(values)))))
-    schema = {"condition": pl.Utf8, "deployment_a": pl.Utf8, "deployment_b": pl.Utf8,
-              "similarity": pl.Float64, "ci_lo": pl.Float64, "ci_hi": pl.Float64, "n_queries": pl.Int64}
+    schema = {
+        "condition": pl.Utf8,
+        "deployment_a": pl.Utf8,
+        "deployment_b": pl.Utf8,
+        "similarity": pl.Float64,
+        "ci_lo": pl.Float64,
+        "ci_hi": pl.Float64,
+        "n_queries": pl.Int64,
+    }
     return pl.DataFrame(records, schema=schema, orient="row")
 
 
@@ -185,9 +206,9 @@ def matrix_array(matrix: pl.DataFrame, condition: str, order: list[str]) -> np.n
     """The square similarity matrix of one condition, rows and columns in `order`."""
     index = {d: i for i, d in enumerate(order)}
     M = np.full((len(order), len(order)), np.nan)
-    for a, b, s in matrix.filter(matrix["condition"] == condition).select(
-        "deployment_a", "deployment_b", "similarity"
-    ).iter_rows():
+    for a, b, s in (
+        matrix.filter(matrix["condition"] == condition).select("deployment_a", "deployment_b", "similarity").iter_rows()
+    ):
         if a in index and b in index:
             M[index[a], index[b]] = s
     return M
@@ -215,7 +236,11 @@ def cluster_deployments(M: np.ndarray, labels: list[str], method: str = "average
 
 
 def random_pair_baseline(
-    responses: pl.DataFrame, vectors: np.ndarray, n_pairs: int = 10000, seed: int = 0, n_boot: int = 2000,
+    responses: pl.DataFrame,
+    vectors: np.ndarray,
+    n_pairs: int = 10000,
+    seed: int = 0,
+    n_boot: int = 2000,
 ) -> pl.DataFrame:
     """Cosine of responses to *different* queries (same condition): the embedder's floor.
 
@@ -239,7 +264,7 @@ def random_pair_baseline(
 
     X = normalize_rows(vectors)
     rng = np.random.default_rng(seed)
-    records = []
+    records: list[tuple[Any, ...]] = []
     for condition in responses["condition"].unique(maintain_order=True).to_list():
         part = responses.filter(pl.col("condition") == condition)
         rows = part["row"].to_numpy()
@@ -275,9 +300,17 @@ def random_pair_baseline(
         sims = np.einsum("ij,ij->i", X[rows[i]], X[rows[j]])
         p05, p50, p95 = (float(v) for v in np.quantile(sims, [0.05, 0.5, 0.95])) if sims.size else (None,) * 3
         records.append((condition, est, lo, hi, p05, p50, p95, int(round(den / 2)), n_queries))
-    schema = {"condition": pl.Utf8, "similarity": pl.Float64, "ci_lo": pl.Float64, "ci_hi": pl.Float64,
-              "p05": pl.Float64, "p50": pl.Float64, "p95": pl.Float64, "n_pairs": pl.Int64,
-              "n_queries": pl.Int64}
+    schema = {
+        "condition": pl.Utf8,
+        "similarity": pl.Float64,
+        "ci_lo": pl.Float64,
+        "ci_hi": pl.Float64,
+        "p05": pl.Float64,
+        "p50": pl.Float64,
+        "p95": pl.Float64,
+        "n_pairs": pl.Int64,
+        "n_queries": pl.Int64,
+    }
     return pl.DataFrame(records, schema=schema, orient="row")
 
 
@@ -305,8 +338,13 @@ def nearest_neighbour_counts(groups: list[Group], vectors: np.ndarray, j_max: in
             ok = ~np.isnan(column)
             if ok.any():
                 records.append((condition, j + 1, float(column[ok].mean()), int(ok.sum()), n_deps[condition]))
-    schema = {"condition": pl.Utf8, "j": pl.Int64, "distinct_deployments": pl.Float64,
-              "n_queries": pl.Int64, "n_deployments": pl.Int64}
+    schema = {
+        "condition": pl.Utf8,
+        "j": pl.Int64,
+        "distinct_deployments": pl.Float64,
+        "n_queries": pl.Int64,
+        "n_deployments": pl.Int64,
+    }
     return pl.DataFrame(records, schema=schema, orient="row")
 
 
@@ -342,7 +380,9 @@ def _ngram_matrix(texts: list[str], n: int) -> tuple[Any, np.ndarray]:
         indices.extend(sorted(grams))
         indptr.append(len(indices))
     data = np.ones(len(indices), dtype=np.float64)
-    M = csr_matrix((data, np.asarray(indices, dtype=np.int64), np.asarray(indptr)), shape=(len(texts), max(len(vocab), 1)))
+    M = csr_matrix(
+        (data, np.asarray(indices, dtype=np.int64), np.asarray(indptr)), shape=(len(texts), max(len(vocab), 1))
+    )
     return M, np.diff(np.asarray(indptr))
 
 
@@ -382,13 +422,26 @@ def verbatim_overlap(groups: list[Group], n: int = 5) -> pl.DataFrame:
                     block_j = jac[np.ix_(local[i], local[j])].ravel()
                     block_s = shares[np.ix_(local[i], local[j])].ravel()
                 ok = ~np.isnan(block_j)
-                records.append((
-                    g.query_id, g.condition, a, g.deployments[j], "intra" if i == j else "inter",
-                    float(block_j[ok].mean()) if ok.any() else None,
-                    float(block_s[ok].mean()) if ok.any() else None,
-                ))
-    schema = {"query_id": pl.Utf8, "condition": pl.Utf8, "deployment_a": pl.Utf8, "deployment_b": pl.Utf8,
-              "kind": pl.Utf8, "ngram_jaccard": pl.Float64, "share_pairs_sharing": pl.Float64}
+                records.append(
+                    (
+                        g.query_id,
+                        g.condition,
+                        a,
+                        g.deployments[j],
+                        "intra" if i == j else "inter",
+                        float(block_j[ok].mean()) if ok.any() else None,
+                        float(block_s[ok].mean()) if ok.any() else None,
+                    )
+                )
+    schema = {
+        "query_id": pl.Utf8,
+        "condition": pl.Utf8,
+        "deployment_a": pl.Utf8,
+        "deployment_b": pl.Utf8,
+        "kind": pl.Utf8,
+        "ngram_jaccard": pl.Float64,
+        "share_pairs_sharing": pl.Float64,
+    }
     return pl.DataFrame(records, schema=schema, orient="row")
 
 

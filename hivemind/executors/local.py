@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from hivemind.embed import Embedder
     from hivemind.providers.base import Provider
 
+
 class Executor:
     """The single-process executor; also the interface every executor implements."""
 
@@ -26,8 +27,12 @@ class Executor:
         return fn(groups, *args, **kwargs)
 
     def pair_search(
-        self, vectors: np.ndarray, deployments: Sequence[str], groups: Sequence[Hashable] | None,
-        threshold: float, use_gpu: bool | None = None,
+        self,
+        vectors: np.ndarray,
+        deployments: Sequence[str],
+        groups: Sequence[Hashable] | None,
+        threshold: float,
+        use_gpu: bool | None = None,
     ) -> pl.DataFrame:
         """`hivemind.index.near_duplicate_pairs` (same arguments, same table)."""
         from hivemind.index import near_duplicate_pairs
@@ -50,5 +55,3 @@ class Executor:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-

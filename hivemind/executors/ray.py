@@ -53,8 +53,9 @@ def start_local_ray(num_cpus: int | None = None, **init: Any) -> Any:
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([root, *([before] if before else [])])
     try:
-        return ray.init(num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False,
-                        logging_level="warning", **init)
+        return ray.init(
+            num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False, logging_level="warning", **init
+        )
     finally:
         if before is None:
             os.environ.pop("PYTHONPATH", None)
@@ -77,8 +78,13 @@ class DeploymentWorker:
             return ("ok", await self.provider.generate(request))
         except Exception as exc:  # noqa: BLE001 - classified and returned, like the sampler would
             message = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
-            return ("error", message, bool(self.provider.should_retry(exc)),
-                    self.provider.retry_after(exc), getattr(exc, "status", None))
+            return (
+                "error",
+                message,
+                bool(self.provider.should_retry(exc)),
+                self.provider.retry_after(exc),
+                getattr(exc, "status", None),
+            )
 
     def pid(self) -> int:
         """The actor's process id (tests kill it)."""
@@ -184,9 +190,11 @@ class RayExecutor(Executor):
         proxies: dict[str, Provider] = {}
         for name, provider in providers.items():
             actor = worker.options(  # type: ignore[attr-defined]
-                name=f"{name}:{self.run_id}", namespace=NAMESPACE,
+                name=f"{name}:{self.run_id}",
+                namespace=NAMESPACE,
                 max_concurrency=max(1, provider.max_connections()),
-                max_restarts=ACTOR_RESTARTS, max_task_retries=0,
+                max_restarts=ACTOR_RESTARTS,
+                max_task_retries=0,
                 # a model in the actor's process keeps a CPU busy; an HTTP client does not
                 num_cpus=0 if provider.cancellable else 1,
             ).remote(provider.deployment)
@@ -207,8 +215,12 @@ class RayExecutor(Executor):
         return map_groups(fn, groups, args, kwargs, self.shards)
 
     def pair_search(
-        self, vectors: np.ndarray, deployments: Sequence[str], groups: Sequence[Hashable] | None,
-        threshold: float, use_gpu: bool | None = None,
+        self,
+        vectors: np.ndarray,
+        deployments: Sequence[str],
+        groups: Sequence[Hashable] | None,
+        threshold: float,
+        use_gpu: bool | None = None,
     ) -> pl.DataFrame:
         from hivemind.executors.ray_analysis import sharded_pairs
 

@@ -45,7 +45,11 @@ def shard_bounds(sizes: Sequence[int], shards: int) -> list[tuple[int, int]]:
 
 
 def map_groups(
-    fn: Callable[..., pl.DataFrame], groups: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any], shards: int,
+    fn: Callable[..., pl.DataFrame],
+    groups: list[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    shards: int,
 ) -> pl.DataFrame:
     """`fn(groups, *args, **kwargs)` computed on shards of groups as Ray tasks, concatenated."""
     import polars as pl
@@ -61,8 +65,9 @@ def map_groups(
     return pl.concat(frames, how="vertical")
 
 
-def _pairs_within(matrix: np.ndarray, rows: np.ndarray, deps: np.ndarray, groups: np.ndarray,
-                  threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pairs_within(
+    matrix: np.ndarray, rows: np.ndarray, deps: np.ndarray, groups: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Within-group pairs among `rows` (ascending), as global row numbers."""
     from hivemind.index import near_duplicate_pairs
 
@@ -70,22 +75,27 @@ def _pairs_within(matrix: np.ndarray, rows: np.ndarray, deps: np.ndarray, groups
     return rows[found["i"].to_numpy()], rows[found["j"].to_numpy()], found["cosine"].to_numpy().astype(np.float32)
 
 
-def _pairs_blocks(matrix: np.ndarray, deps: np.ndarray, a: tuple[int, int], b: tuple[int, int],
-                  threshold: float, use_gpu: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pairs_blocks(
+    matrix: np.ndarray, deps: np.ndarray, a: tuple[int, int], b: tuple[int, int], threshold: float, use_gpu: bool | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs i < j, i in block a, j in block b, from different deployments: FAISS on block b."""
     from hivemind.index import VectorIndex
 
     index = VectorIndex(matrix.shape[1], use_gpu=use_gpu)
-    index.add(matrix[b[0]:b[1]])
-    hits = index.range_search(matrix[a[0]:a[1]], threshold)
+    index.add(matrix[b[0] : b[1]])
+    hits = index.range_search(matrix[a[0] : a[1]], threshold)
     i, j = hits.rows + a[0], hits.ids + b[0]
     keep = (i < j) & (deps[i] != deps[j])
     return i[keep], j[keep], hits.sims[keep]
 
 
 def sharded_pairs(
-    vectors: np.ndarray, deployments: Sequence[str], groups: Sequence[Hashable] | None,
-    threshold: float, use_gpu: bool | None, shards: int,
+    vectors: np.ndarray,
+    deployments: Sequence[str],
+    groups: Sequence[Hashable] | None,
+    threshold: float,
+    use_gpu: bool | None,
+    shards: int,
 ) -> pl.DataFrame:
     """`hivemind.index.near_duplicate_pairs(vectors, deployments, groups, threshold)` on Ray."""
     import polars as pl
@@ -109,19 +119,30 @@ def sharded_pairs(
                 shard_of[lo:hi] = s
             task = ray.remote(_pairs_within)
             codes_ref = ray.put(codes)
-            parts = ray.get([task.remote(matrix_ref, np.flatnonzero(shard_of[codes] == s), deps_ref, codes_ref, threshold)
-                             for s in range(len(bounds))])
+            parts = ray.get(
+                [
+                    task.remote(matrix_ref, np.flatnonzero(shard_of[codes] == s), deps_ref, codes_ref, threshold)
+                    for s in range(len(bounds))
+                ]
+            )
         else:
             blocks = shard_bounds([1] * n, shards)
             # Ray hides GPUs from tasks that do not ask for one: a GPU search asks for one
             on_gpu = use_gpu is not False and ray.cluster_resources().get("GPU", 0) > 0
             task = ray.remote(num_gpus=1)(_pairs_blocks) if on_gpu else ray.remote(_pairs_blocks)
-            parts = ray.get([task.remote(matrix_ref, deps_ref, blocks[x], blocks[y], threshold, use_gpu)
-                             for x in range(len(blocks)) for y in range(x, len(blocks))])
+            parts = ray.get(
+                [
+                    task.remote(matrix_ref, deps_ref, blocks[x], blocks[y], threshold, use_gpu)
+                    for x in range(len(blocks))
+                    for y in range(x, len(blocks))
+                ]
+            )
     rows, cols, cosines = (np.concatenate([p[k] for p in parts]) if parts else _EMPTY[k] for k in range(3))
     order = np.lexsort((cols, rows))
-    return pl.DataFrame({
-        "i": pl.Series("i", rows[order], dtype=pl.Int64),
-        "j": pl.Series("j", cols[order], dtype=pl.Int64),
-        "cosine": pl.Series("cosine", cosines[order].astype(np.float64), dtype=pl.Float64),
-    })
+    return pl.DataFrame(
+        {
+            "i": pl.Series("i", rows[order], dtype=pl.Int64),
+            "j": pl.Series("j", cols[order], dtype=pl.Int64),
+            "cosine": pl.Series("cosine", cosines[order].astype(np.float64), dtype=pl.Float64),
+        }
+    )

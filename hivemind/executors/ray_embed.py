@@ -25,8 +25,9 @@ class BatchEmbedder:
             import torch
 
             torch.set_num_threads(threads)  # the driver's count: same kernels, same bits
-        self.embedder = Embedder(model, device=device, batch_size=batch_size, chunk_overlap=chunk_overlap,
-                                 progress=False)
+        self.embedder = Embedder(
+            model, device=device, batch_size=batch_size, chunk_overlap=chunk_overlap, progress=False
+        )
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
         vectors = []
@@ -68,16 +69,29 @@ class RayEmbedder(Embedder):
         too_long = [len(x) for x in inputs if len(x) > self.max_tokens]
         if too_long:
             raise ValueError(f"input of {max(too_long)} ids exceeds {self.max_tokens}")
-        items = [{"batch": b, "ids": np.concatenate([np.asarray(inputs[i], np.int64) for i in batch]),
-                  "lengths": np.asarray([len(inputs[i]) for i in batch], np.int64)}
-                 for b, batch in enumerate(batches)]
+        items = [
+            {
+                "batch": b,
+                "ids": np.concatenate([np.asarray(inputs[i], np.int64) for i in batch]),
+                "lengths": np.asarray([len(inputs[i]) for i in batch], np.int64),
+            }
+            for b, batch in enumerate(batches)
+        ]
         # Ray hides GPUs from actors that do not ask for one: a CUDA embedder asks for one each
         gpus = int(ray.cluster_resources().get("GPU", 0)) if self.device.startswith("cuda") else 0
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
         dataset = ray.data.from_items(items).map_batches(
-            BatchEmbedder, batch_size=1, concurrency=min(gpus or self.concurrency, len(batches)), **resources,
-            fn_constructor_args=(self.model_path, "cuda" if gpus else "cpu", self.batch_size, self.chunk_overlap,
-                                 None if gpus else self.threads),
+            BatchEmbedder,
+            batch_size=1,
+            concurrency=min(gpus or self.concurrency, len(batches)),
+            **resources,
+            fn_constructor_args=(
+                self.model_path,
+                "cuda" if gpus else "cpu",
+                self.batch_size,
+                self.chunk_overlap,
+                None if gpus else self.threads,
+            ),
         )
         out = np.zeros((len(inputs), self.dim), dtype=np.float32)
         for row in dataset.iter_rows():

@@ -35,9 +35,7 @@ def equivalence_classes(n_items: int, same: Callable[[int, int], bool]) -> list[
     return out
 
 
-def cosine_equivalence(
-    X: npt.ArrayLike, threshold: float = 0.9
-) -> Callable[[int, int], bool]:
+def cosine_equivalence(X: npt.ArrayLike, threshold: float = 0.9) -> Callable[[int, int], bool]:
     """``same(i, j)`` that holds when cos(X_i, X_j) >= threshold.
 
     The threshold only means something for one embedder: calibrate it.

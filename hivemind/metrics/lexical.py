@@ -134,10 +134,18 @@ def self_bleu(texts: Sequence[str]) -> float:
             total[len(gram) - 1] += count
             correct[len(gram) - 1] += min(count, in_refs)
         ref_len = bleu._get_closest_ref_len(hyp_len, lengths[:i] + lengths[i + 1 :])
-        scores.append(BLEU.compute_bleu(
-            correct=correct, total=total, sys_len=hyp_len, ref_len=ref_len, smooth_method=bleu.smooth_method,
-            smooth_value=bleu.smooth_value, effective_order=True, max_ngram_order=order,
-        ).score)
+        scores.append(
+            BLEU.compute_bleu(
+                correct=correct,
+                total=total,
+                sys_len=hyp_len,
+                ref_len=ref_len,
+                smooth_method=bleu.smooth_method,
+                smooth_value=bleu.smooth_value,
+                effective_order=True,
+                max_ngram_order=order,
+            ).score
+        )
     return float(np.mean(scores)) / 100.0
 
 

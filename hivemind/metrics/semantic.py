@@ -132,9 +132,7 @@ def vendi_score(X: ArrayLike, q: float = 1.0) -> float:
     return _renyi_exp_entropy(w, float(q))
 
 
-def nearest_neighbour_model_counts(
-    X: ArrayLike, labels: Sequence[Any] | np.ndarray, j_max: int
-) -> np.ndarray:
+def nearest_neighbour_model_counts(X: ArrayLike, labels: Sequence[Any] | np.ndarray, j_max: int) -> np.ndarray:
     """Mean number of distinct source models among each response's j nearest.
 
     For each response i, rank the *other* responses to the same query by
@@ -196,19 +194,13 @@ def intra_inter_gap(X: ArrayLike, labels: Sequence[Any] | np.ndarray) -> float:
         if ii.size >= 2:
             block = S[np.ix_(ii, ii)]
             intra.append((block.sum() - np.trace(block)) / (ii.size * (ii.size - 1)))
-    inter = [
-        S[np.ix_(idx[a], idx[b])].mean()
-        for a in range(len(idx))
-        for b in range(a + 1, len(idx))
-    ]
+    inter = [S[np.ix_(idx[a], idx[b])].mean() for a in range(len(idx)) for b in range(a + 1, len(idx))]
     if not intra:
         return float("nan")
     return float(np.mean(intra) - np.mean(inter))
 
 
-def nli_diversity(
-    texts: Sequence[str], pair_scorer: Callable[[str, str], tuple[float, float]]
-) -> float:
+def nli_diversity(texts: Sequence[str], pair_scorer: Callable[[str, str], tuple[float, float]]) -> float:
     """NLI (logical) diversity: ``1 - mean over pairs of sim(a, b)``.
 
     ``sim(a, b) = ((e_ab - c_ab) + (e_ba - c_ba)) / 2`` where ``pair_scorer(

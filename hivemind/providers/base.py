@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any, ClassVar
 
 from hivemind.spec import Completion, Deployment, SampleRequest
 
@@ -48,14 +50,14 @@ def parse_retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value.strip()))
     except ValueError:
-        from datetime import datetime, timezone
+        from datetime import datetime
         from email.utils import parsedate_to_datetime
 
         try:
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class Provider(ABC):
@@ -77,8 +79,7 @@ class Provider(ABC):
         value = os.environ.get(var)
         if not value:
             raise MissingKeyError(
-                f"deployment {self.deployment.name!r} needs the environment variable {var}, "
-                "which is not set"
+                f"deployment {self.deployment.name!r} needs the environment variable {var}, which is not set"
             )
         return value
 

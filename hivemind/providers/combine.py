@@ -131,12 +131,12 @@ def novelty_rewards(candidates: np.ndarray, previous: np.ndarray) -> np.ndarray:
     """1 - max cosine of each candidate's (unit) vector to the (unit) vectors already sampled."""
     if previous.size == 0:
         return np.zeros(len(candidates))
-    return 1.0 - np.max(np.asarray(candidates, dtype=np.float64) @ np.asarray(previous, dtype=np.float64).T,
-                        axis=1)
+    return 1.0 - np.max(np.asarray(candidates, dtype=np.float64) @ np.asarray(previous, dtype=np.float64).T, axis=1)
 
 
-def rescore_top_k(scores: np.ndarray, k: int, rewards_of: Callable[[np.ndarray], np.ndarray],
-                  weight: float) -> np.ndarray:
+def rescore_top_k(
+    scores: np.ndarray, k: int, rewards_of: Callable[[np.ndarray], np.ndarray], weight: float
+) -> np.ndarray:
     """ARGS-style step (Khanov et al. 2024): only the top-k tokens stay, scored logit + weight * reward."""
     finite = np.flatnonzero(np.isfinite(scores))
     top = finite[np.argsort(-scores[finite], kind="stable")[:k]]

@@ -93,8 +93,7 @@ class Component(Strict):
         return self.label or self.gguf_package or Path(self.gguf_path or self.hf_file or "?").name
 
     def source(self) -> dict[str, Any]:
-        return self.model_dump(include={"gguf_path", "gguf_package", "hf_repo", "hf_file", "sha256"},
-                               exclude_none=True)
+        return self.model_dump(include={"gguf_path", "gguf_package", "hf_repo", "hf_file", "sha256"}, exclude_none=True)
 
 
 class Novelty(Strict):
@@ -127,11 +126,14 @@ class CompositeOptions(Strict):
         roles = [c.role for c in self.components]
         for position, role in enumerate(roles):
             if role not in allowed:
-                raise ValueError(f"components[{position}].role: {role!r} is not a role of form "
-                                 f"{self.form} (roles: {', '.join(allowed)})")
+                raise ValueError(
+                    f"components[{position}].role: {role!r} is not a role of form "
+                    f"{self.form} (roles: {', '.join(allowed)})"
+                )
         if allowed != ("member",) and sorted(roles) != sorted(allowed):
-            raise ValueError(f"form {self.form} needs exactly one component per role "
-                             f"({', '.join(allowed)}); got {', '.join(roles)}")
+            raise ValueError(
+                f"form {self.form} needs exactly one component per role ({', '.join(allowed)}); got {', '.join(roles)}"
+            )
         if allowed == ("member",) and sum(c.weight for c in self.components) <= 0:
             raise ValueError("components: ensemble weights must not all be 0")
         if self.form == "contrastive" and self.alpha is not None and not 0 < self.alpha <= 1:
@@ -140,8 +142,13 @@ class CompositeOptions(Strict):
 
     def recipe(self) -> Recipe:
         alpha = self.alpha if self.alpha is not None else (0.1 if self.form == "contrastive" else 1.0)
-        return Recipe(form=self.form, roles=tuple(c.role for c in self.components),
-                      weights=tuple(c.weight for c in self.components), alpha=alpha, beta=self.beta)
+        return Recipe(
+            form=self.form,
+            roles=tuple(c.role for c in self.components),
+            weights=tuple(c.weight for c in self.components),
+            alpha=alpha,
+            beta=self.beta,
+        )
 
 
 def parse_options(deployment: Deployment) -> CompositeOptions:
@@ -288,8 +295,9 @@ class CompositeEngine:
         self.steppers = []
         for component, path in zip(options.components, paths):
             n_ctx = component.n_ctx or options.n_ctx
-            llama = load_llama_no_repack(str(path), n_ctx=n_ctx, n_threads=threads,
-                                         logits_all=False, verbose=options.verbose)
+            llama = load_llama_no_repack(
+                str(path), n_ctx=n_ctx, n_threads=threads, logits_all=False, verbose=options.verbose
+            )
             # llama.cpp may pad the window; the declared size is the one never passed
             self.steppers.append(Stepper(component, llama, min(n_ctx, llama.n_ctx())))
 
@@ -321,21 +329,23 @@ class CompositeEngine:
         llama = self.steppers[index].llama
         template = llama.metadata.get("tokenizer.chat_template")
         if not template:
-            raise ValueError(f"{self.label}: component {self.steppers[index].spec.name!r} has no chat "
-                             "template in its GGUF; use mode: completion")
+            raise ValueError(
+                f"{self.label}: component {self.steppers[index].spec.name!r} has no chat "
+                "template in its GGUF; use mode: completion"
+            )
         model = llama._model
 
         def text(token: int) -> str:
             return model.token_get_text(token) if token != -1 else ""
 
-        return Jinja2ChatFormatter(template=template, eos_token=text(llama.token_eos()),
-                                   bos_token=text(llama.token_bos()))
+        return Jinja2ChatFormatter(
+            template=template, eos_token=text(llama.token_eos()), bos_token=text(llama.token_bos())
+        )
 
     def prompt_tokens(self, index: int, request: SampleRequest) -> list[int]:
         """Tokenized as llama-cpp-python does (special tokens parsed; BOS only in completion mode)."""
         text = self.prompt_text(index, request).encode("utf-8")
-        return self.steppers[index].llama.tokenize(text, add_bos=self.options.mode == "completion",
-                                                   special=True)
+        return self.steppers[index].llama.tokenize(text, add_bos=self.options.mode == "completion", special=True)
 
     # one step
 
@@ -354,7 +364,8 @@ class CompositeEngine:
                 raise ValueError(
                     f"{self.label}: the prompt is {len(tokens)} tokens for component "
                     f"{stepper.spec.name!r}, which does not fit its context window (n_ctx "
-                    f"{stepper.n_ctx}) with room to generate; raise n_ctx or shorten the prompt")
+                    f"{stepper.n_ctx}) with room to generate; raise n_ctx or shorten the prompt"
+                )
             logits.append(stepper.prefill(tokens))
             longest = max(longest, len(tokens))
         return logits, longest
@@ -377,8 +388,14 @@ class CompositeEngine:
         while len(generated) < max_tokens and min(s.room() for s in self.steppers) >= 1:
             scores = self.scores(logits, generated, sampling)
             if novelty is not None and previous.size and len(generated) % novelty.every == 0:
-                scores = rescore_top_k(scores, novelty.top_k, lambda top: novelty_rewards(
-                    self.embed([self.detokenize([*generated, int(t)]) for t in top]), previous), novelty.weight)
+                scores = rescore_top_k(
+                    scores,
+                    novelty.top_k,
+                    lambda top: novelty_rewards(
+                        self.embed([self.detokenize([*generated, int(t)]) for t in top]), previous
+                    ),
+                    novelty.weight,
+                )
             token = sample_token(scores, sampling, rng)
             if token in self.vocabulary.eog:
                 finish = "stop"
@@ -393,8 +410,14 @@ class CompositeEngine:
                 logits = [stepper.feed(token) for stepper in self.steppers]
         if novelty is not None:
             self._sampled.setdefault(memory_key, []).append(self.embed([text.strip()])[0])
-        return Completion(text=text.strip(), finish_reason=finish, prompt_tokens=prompt_len,
-                          completion_tokens=len(generated), cost_usd=0.0, model=self.model)
+        return Completion(
+            text=text.strip(),
+            finish_reason=finish,
+            prompt_tokens=prompt_len,
+            completion_tokens=len(generated),
+            cost_usd=0.0,
+            model=self.model,
+        )
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit vectors from the novelty embedder (loaded on first use)."""
@@ -453,16 +476,18 @@ class CompositeProvider(WorkerProvider):
         """Weights present and verified, and one tokenizer for all components (cheap: vocab only)."""
         super().check_ready()
         label = f"deployment {self.deployment.name!r}"
-        named = [(c.name, resolve_gguf(c.source(), f"{label}: component {c.name!r}"))
-                 for c in self.options.components]
+        named = [(c.name, resolve_gguf(c.source(), f"{label}: component {c.name!r}")) for c in self.options.components]
         try:
             check_same_tokenizer(named)
         except ValueError as exc:
             raise ValueError(f"{label}: {exc}") from None
 
     def engine_config(self) -> dict[str, Any]:
-        return {"options": self.options.model_dump(mode="json"), "label": f"deployment {self.deployment.name!r}",
-                "model": self.deployment.model}
+        return {
+            "options": self.options.model_dump(mode="json"),
+            "label": f"deployment {self.deployment.name!r}",
+            "model": self.deployment.model,
+        }
 
     def payload(self, request: SampleRequest) -> dict[str, Any]:
         return request.model_dump(mode="json")

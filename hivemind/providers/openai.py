@@ -52,8 +52,9 @@ class OpenAICompatibleProvider(Provider):
             raise ValueError(f"deployment {deployment.name!r}: provider 'openai' needs api_base")
         url = urlsplit(str(deployment.api_base))
         if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"deployment {deployment.name!r}: api_base must be an http(s) URL, "
-                             f"not {deployment.api_base!r}")
+            raise ValueError(
+                f"deployment {deployment.name!r}: api_base must be an http(s) URL, not {deployment.api_base!r}"
+            )
         self._pool: HttpPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -67,8 +68,7 @@ class OpenAICompatibleProvider(Provider):
                 headers["Authorization"] = f"Bearer {key}"
             # No timeout of its own: the sampler bounds every attempt by the deployment's
             # `timeout_s` (one timer per request, not two).
-            self._pool = HttpPool(str(self.deployment.api_base), limit=self.max_connections(),
-                                  headers=headers)
+            self._pool = HttpPool(str(self.deployment.api_base), limit=self.max_connections(), headers=headers)
             self._loop = loop
         return self._pool
 
@@ -79,9 +79,7 @@ class OpenAICompatibleProvider(Provider):
         except ssl.SSLCertVerificationError as exc:  # permanent until someone fixes the certificate
             raise ProviderError(f"{type(exc).__name__}: {self.redact(str(exc))}", retryable=False) from None
         except (OSError, TimeoutError) as exc:  # refused, reset, closed early, timed out
-            raise ProviderError(
-                f"{type(exc).__name__}: {self.redact(str(exc))}", retryable=True
-            ) from None
+            raise ProviderError(f"{type(exc).__name__}: {self.redact(str(exc))}", retryable=True) from None
         if response.status >= 400:
             text = response.body[:300].decode("utf-8", "replace")
             raise ProviderError(

@@ -54,14 +54,14 @@ def provider_factory(kind: str, deployment_name: str = "?") -> ProviderFactory:
         if builtin.needs and importlib.util.find_spec(builtin.needs) is None:
             raise UnknownProviderError(
                 f"deployment {deployment_name!r}: provider {kind!r} needs the package {builtin.needs!r}, "
-                f"which is not installed ({builtin.install})")
+                f"which is not installed ({builtin.install})"
+            )
         importlib.import_module(builtin.module)  # its @register fills REGISTERED
     if kind not in REGISTERED:
         _plugins()
     if kind not in REGISTERED:
         known = ", ".join(sorted(set(BUILTIN) | set(REGISTERED)))
-        raise UnknownProviderError(
-            f"deployment {deployment_name!r}: unknown provider {kind!r} (known: {known})")
+        raise UnknownProviderError(f"deployment {deployment_name!r}: unknown provider {kind!r} (known: {known})")
     return REGISTERED[kind]
 
 

@@ -119,8 +119,12 @@ class EngineWorker:
         _skip_main_module_in_workers()
         context = multiprocessing.get_context("spawn")
         parent_end, child_end = context.Pipe()
-        process = context.Process(target=serve, name=f"{PROCESS_PREFIX}{self.label}", daemon=True,
-                                  args=(child_end, self.factory, self.config, os.getpid()))
+        process = context.Process(
+            target=serve,
+            name=f"{PROCESS_PREFIX}{self.label}",
+            daemon=True,
+            args=(child_end, self.factory, self.config, os.getpid()),
+        )
         process.start()
         child_end.close()  # so the parent's reads see EOF when the child dies
         self._process, self._conn = process, parent_end
@@ -260,6 +264,7 @@ def worker_pids() -> dict[str, int]:
 
 # --- the child side ----------------------------------------------------------------------------------
 
+
 def _die_with_parent(parent_pid: int) -> None:
     """Make sure an orphaned worker does not keep a model (and cores) busy."""
     armed = False
@@ -274,6 +279,7 @@ def _die_with_parent(parent_pid: int) -> None:
     if os.getppid() != parent_pid:  # the parent died before the signal was armed
         os._exit(1)
     if not armed:
+
         def watch() -> None:
             while os.getppid() == parent_pid:
                 time.sleep(1.0)
@@ -364,8 +370,9 @@ class WorkerProvider(Provider):
         try:  # the first call starts the worker and loads the model (seconds)
             result = await self._worker.call(self.payload(request))
         except WorkerDied as exc:
-            raise ProviderError(f"worker process for deployment {self.deployment.name!r} died: "
-                                f"{exc.cause}", retryable=False) from None
+            raise ProviderError(
+                f"worker process for deployment {self.deployment.name!r} died: {exc.cause}", retryable=False
+            ) from None
         except EngineError as exc:
             raise ProviderError(str(exc), retryable=False) from None
         return self.completion(result)

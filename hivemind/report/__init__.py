@@ -28,8 +28,16 @@ from hivemind.summary import Summary, parse_summary, read_summary
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["cross_query_duplicates", "footing_note", "headline", "load_analysis", "near_duplicate_pairs",
-           "render_report", "table", "warnings_block"]
+__all__ = [
+    "cross_query_duplicates",
+    "footing_note",
+    "headline",
+    "load_analysis",
+    "near_duplicate_pairs",
+    "render_report",
+    "table",
+    "warnings_block",
+]
 
 
 def render_report(summary: Summary | dict[str, Any], tables: dict[str, pl.DataFrame]) -> str:
@@ -37,10 +45,12 @@ def render_report(summary: Summary | dict[str, Any], tables: dict[str, pl.DataFr
     typed = summary if isinstance(summary, Summary) else parse_summary(summary)
     frames = Tables(tables)
     body = "\n".join(part for section in SECTIONS if (part := section(typed, frames)))
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>hivemind report: {html.escape(typed.study)}</title><style>{CSS}</style></head>"
-            f"<body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>hivemind report: {html.escape(typed.study)}</title><style>{CSS}</style></head>"
+        f"<body>\n{body}\n</body></html>\n"
+    )
 
 
 def load_analysis(directory: str | Path) -> tuple[Summary, dict[str, pl.DataFrame]]:

@@ -59,10 +59,16 @@ def bins_heatmap(bins: pl.DataFrame, condition: str | None) -> str | None:
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n_bins, 0.8 + 0.42 * len(labels)))
     image = ax.imshow(data, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for (r, c), value in np.ndenumerate(data):
-        ax.text(c, r, f"{100 * value:.0f}%", ha="center", va="center", fontsize=8,
-                color="black" if value > 0.6 else "white")
-    ax.set_xticks(range(n_bins), [f"{b / n_bins:.1f}-{(b + 1) / n_bins:.1f}" for b in range(n_bins)],
-                  rotation=45, ha="right", fontsize=8)
+        ax.text(
+            c, r, f"{100 * value:.0f}%", ha="center", va="center", fontsize=8, color="black" if value > 0.6 else "white"
+        )
+    ax.set_xticks(
+        range(n_bins),
+        [f"{b / n_bins:.1f}-{(b + 1) / n_bins:.1f}" for b in range(n_bins)],
+        rotation=45,
+        ha="right",
+        fontsize=8,
+    )
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("mean cosine similarity of a query's responses")
     ax.set_title("Share of queries per similarity bin")
@@ -86,12 +92,17 @@ def matrix_dendrogram(matrix: pl.DataFrame, clustering: dict[str, Any] | None, c
     linkage = clustering.get("linkage") or []
     size = 1.2 + 0.7 * len(labels)
     if linkage:
-        fig, (top, ax) = plt.subplots(2, 1, figsize=(size + 1.5, size + 1.6),
-                                      gridspec_kw={"height_ratios": [1, 3]})
+        fig, (top, ax) = plt.subplots(2, 1, figsize=(size + 1.5, size + 1.6), gridspec_kw={"height_ratios": [1, 3]})
         from scipy.cluster.hierarchy import dendrogram
 
-        dendrogram(np.asarray(linkage), labels=clustering["labels"], ax=top, color_threshold=0,
-                   above_threshold_color=GREY, no_labels=True)
+        dendrogram(
+            np.asarray(linkage),
+            labels=clustering["labels"],
+            ax=top,
+            color_threshold=0,
+            above_threshold_color=GREY,
+            no_labels=True,
+        )
         top.set_ylabel("1 - similarity", fontsize=8)
         top.set_title(f"Clustering ({clustering.get('method', 'average')} linkage)", fontsize=9)
         top.tick_params(labelsize=7)
@@ -102,8 +113,15 @@ def matrix_dendrogram(matrix: pl.DataFrame, clustering: dict[str, Any] | None, c
     image = ax.imshow(M, cmap="magma", vmin=min(vmin, 0.99), vmax=1.0)
     for (r, c), value in np.ndenumerate(M):
         if np.isfinite(value):
-            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                    color="black" if value > (vmin + 1) / 2 else "white")
+            ax.text(
+                c,
+                r,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="black" if value > (vmin + 1) / 2 else "white",
+            )
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_title("Mean cosine similarity (diagonal = intra-model)", fontsize=10)
@@ -122,14 +140,21 @@ def ensemble_curves(ensemble: pl.DataFrame, condition: str | None) -> str | None
     for ax, metric in zip(axes, ("mean_distance", "vendi")):
         sub = part.filter(part["metric"] == metric).sort("k")
         k = sub["k"].to_numpy()
-        for arm, color, label in (("single", BLUE, "k samples of one deployment"),
-                                  ("mixed", ORANGE, "k samples from different deployments")):
+        for arm, color, label in (
+            ("single", BLUE, "k samples of one deployment"),
+            ("mixed", ORANGE, "k samples from different deployments"),
+        ):
             y = sub[arm].to_numpy().astype(float)
             if np.all(np.isnan(y)):
                 continue
             ax.plot(k, y, marker="o", color=color, label=label)
-            ax.fill_between(k, sub[f"{arm}_lo"].to_numpy().astype(float),
-                            sub[f"{arm}_hi"].to_numpy().astype(float), color=color, alpha=0.2)
+            ax.fill_between(
+                k,
+                sub[f"{arm}_lo"].to_numpy().astype(float),
+                sub[f"{arm}_hi"].to_numpy().astype(float),
+                color=color,
+                alpha=0.2,
+            )
         if metric == "vendi":
             ax.plot(k, k, ls=":", color=GREY, label="k distinct answers")
         ax.set_xlabel("k (responses in the ensemble)")
@@ -187,8 +212,13 @@ def overlap_scatter(frame: pl.DataFrame, condition: str | None) -> str | None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for kind, color in (("intra", BLUE), ("inter", ORANGE)):
         sub = part.filter(part["kind"] == kind)
-        ax.scatter(sub["semantic_similarity"].to_numpy(), sub[jac[0]].fill_null(np.nan).to_numpy(),
-                   color=color, label=kind, s=28)
+        ax.scatter(
+            sub["semantic_similarity"].to_numpy(),
+            sub[jac[0]].fill_null(np.nan).to_numpy(),
+            color=color,
+            label=kind,
+            s=28,
+        )
         for a, b, x, y in sub.select("deployment_a", "deployment_b", "semantic_similarity", jac[0]).iter_rows():
             if y is not None and x is not None:
                 ax.annotate(a if a == b else f"{a}/{b}", (x, y), fontsize=6, alpha=0.7)
@@ -231,11 +261,19 @@ def conditions_plot(frame: pl.DataFrame) -> str | None:
     y = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(7.5, 1.0 + 0.4 * len(labels)))
     est = part["recovered"].fill_null(np.nan).to_numpy().astype(float)
-    err = [est - part["recovered_lo"].fill_null(np.nan).to_numpy().astype(float),
-           part["recovered_hi"].fill_null(np.nan).to_numpy().astype(float) - est]
+    err = [
+        est - part["recovered_lo"].fill_null(np.nan).to_numpy().astype(float),
+        part["recovered_hi"].fill_null(np.nan).to_numpy().astype(float) - est,
+    ]
     ax.barh(y, est, height=0.5, color=BLUE, xerr=err, capsize=2, label="diversity recovered (intra drop)")
-    ax.scatter(part["inter_gap"].fill_null(np.nan).to_numpy(), y, marker="|", s=300, color=ORANGE,
-               label="inter-model gap at baseline")
+    ax.scatter(
+        part["inter_gap"].fill_null(np.nan).to_numpy(),
+        y,
+        marker="|",
+        s=300,
+        color=ORANGE,
+        label="inter-model gap at baseline",
+    )
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_xlabel("cosine similarity units")
@@ -253,8 +291,10 @@ def lineage_plot(frame: pl.DataFrame) -> str | None:
         part = part.sort("stage_order")
         x = part["stage_order"].to_numpy()
         y = 1.0 - part["intra"].fill_null(np.nan).to_numpy().astype(float)
-        err = [part["intra_hi"].fill_null(np.nan).to_numpy() - part["intra"].fill_null(np.nan).to_numpy(),
-               part["intra"].fill_null(np.nan).to_numpy() - part["intra_lo"].fill_null(np.nan).to_numpy()]
+        err = [
+            part["intra_hi"].fill_null(np.nan).to_numpy() - part["intra"].fill_null(np.nan).to_numpy(),
+            part["intra"].fill_null(np.nan).to_numpy() - part["intra_lo"].fill_null(np.nan).to_numpy(),
+        ]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{family} ({condition})")
         for xi, yi, stage in zip(x, y, part["stage"].to_list()):
             ax.annotate(stage, (xi, yi), fontsize=7, textcoords="offset points", xytext=(3, 4))
@@ -269,7 +309,11 @@ def lineage_plot(frame: pl.DataFrame) -> str | None:
 
 def quality_plot(frame: pl.DataFrame) -> str | None:
     """Diversity loss between deployments split into quality control and residual."""
-    part = frame.filter((frame["metric"] == "embedding_diversity") & (frame["n_computable"] > 0)) if frame.height else frame
+    part = (
+        frame.filter((frame["metric"] == "embedding_diversity") & (frame["n_computable"] > 0))
+        if frame.height
+        else frame
+    )
     if part.height == 0:
         return None
     plt = _plt()
@@ -302,12 +346,11 @@ def lexical_plot(frame: pl.DataFrame, condition: str | None) -> str | None:
         sub = part.filter(part["metric"] == metric)
         est = sub["mean"].to_numpy().astype(float)
         err = [est - sub["ci_lo"].to_numpy().astype(float), sub["ci_hi"].to_numpy().astype(float) - est]
-        ax.bar(range(sub.height), est, yerr=err, capsize=2,
-               color=BLUE if sub["kind"][0] == "semantic" else ORANGE)
+        ax.bar(range(sub.height), est, yerr=err, capsize=2, color=BLUE if sub["kind"][0] == "semantic" else ORANGE)
         ax.set_xticks(range(sub.height), sub["deployment"].to_list(), rotation=30, ha="right", fontsize=7)
         ax.set_title(metric, fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
-    for ax in axes.ravel()[len(metrics):]:
+    for ax in axes.ravel()[len(metrics) :]:
         ax.axis("off")
     fig.tight_layout()
     return _encode(fig)

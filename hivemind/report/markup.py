@@ -60,11 +60,13 @@ def table(frame: pl.DataFrame | None, columns: Sequence[str] | None = None, max_
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for row in frame.head(max_rows).select(columns).iter_rows():
-        cells = "".join(
-            f'<td class="t">{esc(v)}</td>' if isinstance(v, str) else f"<td>{esc(v)}</td>" for v in row
-        )
+        cells = "".join(f'<td class="t">{esc(v)}</td>' if isinstance(v, str) else f"<td>{esc(v)}</td>" for v in row)
         body.append(f"<tr>{cells}</tr>")
-    more = f'<p class="note">Showing {max_rows} of {frame.height} rows (all rows are in the Parquet file).</p>' if frame.height > max_rows else ""
+    more = (
+        f'<p class="note">Showing {max_rows} of {frame.height} rows (all rows are in the Parquet file).</p>'
+        if frame.height > max_rows
+        else ""
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
 
 
@@ -79,14 +81,19 @@ def ci(entry: Estimate | None, digits: int = 3) -> tuple[str, str]:
     """(value, "95% CI [lo, hi]") of an estimate; the interval empty when it has none."""
     if entry is None:
         return fmt(None, digits), ""
-    interval = (f"95% CI [{fmt(entry.lo, digits)}, {fmt(entry.hi, digits)}]"
-                if entry.lo is not None and entry.hi is not None else "")
+    interval = (
+        f"95% CI [{fmt(entry.lo, digits)}, {fmt(entry.hi, digits)}]"
+        if entry.lo is not None and entry.hi is not None
+        else ""
+    )
     return fmt(entry.estimate, digits), interval
 
 
 def card(label: str, value: str, detail: str = "") -> str:
-    return (f'<div class="card"><div class="l">{html.escape(label)}</div><div class="v">{html.escape(value)}</div>'
-            f'<div class="ci">{html.escape(detail)}</div></div>')
+    return (
+        f'<div class="card"><div class="l">{html.escape(label)}</div><div class="v">{html.escape(value)}</div>'
+        f'<div class="ci">{html.escape(detail)}</div></div>'
+    )
 
 
 def snippet(text: str | None, limit: int = SNIPPET_CHARS) -> str:

@@ -51,49 +51,63 @@ def title(summary: Summary, tables: Tables) -> str:
     """Study name and what it holds: responses, queries, deployments, conditions, K, embedder."""
     deployments = summary.deployments
     k = summary.k_per_deployment
-    return (f"<h1>hivemind report: {html.escape(summary.study)}</h1>\n"
-            f'<p class="sub">{summary.n_responses} responses, {summary.n_queries} queries, '
-            f'{len(deployments)} deployments ({html.escape(", ".join(deployments))}), '
-            f'conditions: {html.escape(", ".join(c for c in _conditions(summary) if c))}; K per deployment and '
-            f'query: {k.min}-{k.max}; embedder <code>{html.escape(str(summary.embedder.id or ""))}</code>; '
-            f'generated {html.escape(str(summary.created_at or ""))}.</p>')
+    return (
+        f"<h1>hivemind report: {html.escape(summary.study)}</h1>\n"
+        f'<p class="sub">{summary.n_responses} responses, {summary.n_queries} queries, '
+        f"{len(deployments)} deployments ({html.escape(', '.join(deployments))}), "
+        f"conditions: {html.escape(', '.join(c for c in _conditions(summary) if c))}; K per deployment and "
+        f"query: {k.min}-{k.max}; embedder <code>{html.escape(str(summary.embedder.id or ''))}</code>; "
+        f"generated {html.escape(str(summary.created_at or ''))}.</p>"
+    )
 
 
 def headline_section(summary: Summary, tables: Tables) -> str:
     """Warnings, the headline cards, which queries they compare, and how to read them."""
-    return (f"<h2>Headline (condition {html.escape(str(summary.baseline_condition))})</h2>"
-            + warnings_block(summary) + headline(summary) + footing_note(summary, summary.baseline_condition)
-            + '\n<p class="note">Intra-model similarity: mean cosine over pairs of one deployment\'s responses to a '
-            "query (self-pairs excluded); inter-model: mean cosine over all cross pairs of two deployments. The gap "
-            "is tested with a paired bootstrap over queries and a permutation test that shuffles deployment labels "
-            "within each query. The hivemind gap is the share of the extra diversity an ensemble of k* different "
-            "deployments promises (up to that of independent answers, i.e. the random-pair baseline) that it "
-            "actually delivers: 0 = no more diverse than one model, 1 = as diverse as independent answerers.</p>")
+    return (
+        f"<h2>Headline (condition {html.escape(str(summary.baseline_condition))})</h2>"
+        + warnings_block(summary)
+        + headline(summary)
+        + footing_note(summary, summary.baseline_condition)
+        + '\n<p class="note">Intra-model similarity: mean cosine over pairs of one deployment\'s responses to a '
+        "query (self-pairs excluded); inter-model: mean cosine over all cross pairs of two deployments. The gap "
+        "is tested with a paired bootstrap over queries and a permutation test that shuffles deployment labels "
+        "within each query. The hivemind gap is the share of the extra diversity an ensemble of k* different "
+        "deployments promises (up to that of independent answers, i.e. the random-pair baseline) that it "
+        "actually delivers: 0 = no more diverse than one model, 1 = as diverse as independent answerers.</p>"
+    )
 
 
 def headline(summary: Summary) -> str:
     """The cards at the top: similarity, gap, baseline, hivemind gap, neighbours, duplicates."""
     h = summary.headline
-    cards = [card("intra-model similarity", *ci(h.intra_similarity)),
-             card("inter-model similarity", *ci(h.inter_similarity))]
+    cards = [
+        card("intra-model similarity", *ci(h.intra_similarity)),
+        card("inter-model similarity", *ci(h.inter_similarity)),
+    ]
     value, interval = ci(h.gap)
     p = h.gap.p_permutation
-    cards.append(card("gap = intra - inter", value,
-                      f"{interval}; permutation p = {fmt(p, 4)}" if p is not None else interval))
+    cards.append(
+        card("gap = intra - inter", value, f"{interval}; permutation p = {fmt(p, 4)}" if p is not None else interval)
+    )
     cards.append(card("random-pair baseline (different queries)", *ci(h.random_baseline)))
     hg = h.hivemind_gap
     value, interval = ci(hg)
-    detail = (f"{interval}; k* = {hg.k_star}" if hg.estimate is not None
-              else "not computable: needs two deployments, two queries and a positive promise")
+    detail = (
+        f"{interval}; k* = {hg.k_star}"
+        if hg.estimate is not None
+        else "not computable: needs two deployments, two queries and a positive promise"
+    )
     cards.append(card("hivemind gap: share of promised ensemble diversity delivered", value, detail))
     ens = h.ensemble_at_k_star
     if ens.get("diff") is not None:
-        cards.append(card(
-            f"extra diversity of {hg.k_star} different deployments vs one",
-            f"{ens['diff']:+.3f}",
-            f"mean pairwise distance {fmt(ens.get('single'))} -> {fmt(ens.get('mixed'))}; "
-            f"95% CI [{fmt(ens.get('diff_lo'))}, {fmt(ens.get('diff_hi'))}]; p = {fmt(ens.get('p_value'), 4)}",
-        ))
+        cards.append(
+            card(
+                f"extra diversity of {hg.k_star} different deployments vs one",
+                f"{ens['diff']:+.3f}",
+                f"mean pairwise distance {fmt(ens.get('single'))} -> {fmt(ens.get('mixed'))}; "
+                f"95% CI [{fmt(ens.get('diff_lo'))}, {fmt(ens.get('diff_hi'))}]; p = {fmt(ens.get('p_value'), 4)}",
+            )
+        )
     above = h.share_queries_intra_above
     if above:
         mean = sum(v for v in above.values() if v is not None) / max(1, len(above))
@@ -101,8 +115,13 @@ def headline(summary: Summary) -> str:
     nn = h.nn_distinct_deployments
     if nn.estimate is not None:
         cards.append(card(f"distinct deployments among {nn.j} nearest", fmt(nn.estimate, 2), f"of {nn.of}"))
-    cards.append(card("near-duplicate cross-deployment pairs", str(h.near_duplicate_pairs),
-                      f"cosine >= {summary.near_duplicate_threshold}"))
+    cards.append(
+        card(
+            "near-duplicate cross-deployment pairs",
+            str(h.near_duplicate_pairs),
+            f"cosine >= {summary.near_duplicate_threshold}",
+        )
+    )
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
@@ -119,9 +138,11 @@ def footing_note(summary: Summary, condition: str | None) -> str:
     f = summary.footing.get(condition) if condition is not None else None
     counts = ""
     if f is not None:
-        counts = (f" Here: intra, inter and gap over {f.queries_headline} of {f.queries_analysed} "
-                  f"queries; per-deployment figures over the {f.queries_every_deployment} queries every "
-                  f"deployment answered.")
+        counts = (
+            f" Here: intra, inter and gap over {f.queries_headline} of {f.queries_analysed} "
+            f"queries; per-deployment figures over the {f.queries_every_deployment} queries every "
+            f"deployment answered."
+        )
     analysed = summary.truncation.analysed
     tail = f" Responses analysed: {analysed}." if analysed else ""
     return f'<p class="note">{html.escape(summary.footing_rule + counts + tail)}</p>'
@@ -136,8 +157,12 @@ def similarity_section(summary: Summary, tables: Tables) -> str:
         baseline = rb_row["similarity"][0] if rb_row.height else None
         parts.append(_h3(condition))
         parts.append(img(figures.bins_heatmap(tables["bins"], condition), "similarity-bin heatmap"))
-        parts.append(img(figures.similarity_distributions(tables["query_similarity"], baseline, condition),
-                         "per-query similarity distributions"))
+        parts.append(
+            img(
+                figures.similarity_distributions(tables["query_similarity"], baseline, condition),
+                "per-query similarity distributions",
+            )
+        )
     parts.append(table(tables["gap_tests"]))
     parts.append("<h3>Random-pair baseline</h3>" + table(tables["random_baseline"]))
     return "".join(parts)
@@ -149,45 +174,65 @@ def matrix_section(summary: Summary, tables: Tables) -> str:
     for condition in _conditions(summary):
         parts.append(_h3(condition))
         clustering = summary.clustering.get(condition) if condition is not None else None
-        parts.append(img(figures.matrix_dendrogram(tables["matrix"], clustering, condition),
-                         "deployment similarity matrix with dendrogram"))
+        parts.append(
+            img(
+                figures.matrix_dendrogram(tables["matrix"], clustering, condition),
+                "deployment similarity matrix with dendrogram",
+            )
+        )
     parts.append("<details><summary>Matrix with 95% CIs</summary>" + table(tables["matrix"]) + "</details>")
     parts.append("<h3>Verbatim overlap beside semantic similarity</h3>")
-    parts.append(img(figures.overlap_scatter(tables["overlap_vs_semantic"], summary.baseline_condition),
-                     "verbatim overlap vs cosine"))
+    parts.append(
+        img(
+            figures.overlap_scatter(tables["overlap_vs_semantic"], summary.baseline_condition),
+            "verbatim overlap vs cosine",
+        )
+    )
     parts.append(table(tables["overlap_vs_semantic"]))
     return "".join(parts)
 
 
 def ensemble_section(summary: Summary, tables: Tables) -> str:
     """Ensemble diversity curves per condition, the hivemind gap, nearest-neighbour counts."""
-    parts = ["<h2>Ensemble diversity</h2>",
-             ('<p class="note">k responses drawn from one deployment vs from k different deployments (for k above '
-              "the number of deployments, spread evenly over all), with 95% bootstrap CIs over queries; p: paired "
-              "sign-flip permutation test (mixed > single), Holm-adjusted over k.</p>")]
+    parts = [
+        "<h2>Ensemble diversity</h2>",
+        (
+            '<p class="note">k responses drawn from one deployment vs from k different deployments (for k above '
+            "the number of deployments, spread evenly over all), with 95% bootstrap CIs over queries; p: paired "
+            "sign-flip permutation test (mixed > single), Holm-adjusted over k.</p>"
+        ),
+    ]
     for condition in _conditions(summary):
         parts.append(_h3(condition))
         f = summary.footing.get(condition) if condition is not None else None
         if f is not None and f.queries_ensemble_curve is not None:
-            parts.append(f'<p class="note">Every point of this curve stands on the same '
-                         f'{f.queries_ensemble_curve} of {f.queries_analysed} queries: those where '
-                         f'k = {f.ensemble_k_max} is possible for both arms.</p>')
+            parts.append(
+                f'<p class="note">Every point of this curve stands on the same '
+                f"{f.queries_ensemble_curve} of {f.queries_analysed} queries: those where "
+                f"k = {f.ensemble_k_max} is possible for both arms.</p>"
+            )
         parts.append(img(figures.ensemble_curves(tables["ensemble"], condition), "ensemble diversity curves"))
     parts.append(table(tables["hivemind_gap"]))
     parts.append("<details><summary>Curve values</summary>" + table(tables["ensemble"]) + "</details>")
     parts.append("<h3>Nearest-neighbour deployment counts</h3>")
-    parts.append(img(figures.nn_counts(tables["nn_counts"], summary.baseline_condition),
-                     "distinct deployments among nearest neighbours"))
+    parts.append(
+        img(
+            figures.nn_counts(tables["nn_counts"], summary.baseline_condition),
+            "distinct deployments among nearest neighbours",
+        )
+    )
     return "".join(parts)
 
 
 def near_duplicates_section(summary: Summary, tables: Tables) -> str:
     """Near-identical answers of different deployments: within a query, then across queries."""
     h = summary.headline
-    return ("<h2>Near-duplicate pairs across deployments</h2>"
-            + near_duplicate_pairs(tables["near_duplicates"], h.near_duplicate_pairs)
-            + "<h3>Across different queries</h3>"
-            + cross_query_duplicates(tables["near_duplicates_corpus"], h.near_duplicate_pairs_cross_query or 0))
+    return (
+        "<h2>Near-duplicate pairs across deployments</h2>"
+        + near_duplicate_pairs(tables["near_duplicates"], h.near_duplicate_pairs)
+        + "<h3>Across different queries</h3>"
+        + cross_query_duplicates(tables["near_duplicates_corpus"], h.near_duplicate_pairs_cross_query or 0)
+    )
 
 
 def near_duplicate_pairs(frame: pl.DataFrame | None, total: int, limit: int = MAX_NEAR_DUPLICATES) -> str:
@@ -199,10 +244,10 @@ def near_duplicate_pairs(frame: pl.DataFrame | None, total: int, limit: int = MA
         parts.append(
             '<div class="pair">'
             f'<div class="q">query <b>{html.escape(str(row["query_id"]))}</b> ({html.escape(str(row["category"]))}, '
-            f'{html.escape(str(row["condition"]))}): {html.escape(str(row.get("query_text") or ""))} '
-            f'&mdash; cosine <b>{row["cosine"]:.3f}</b></div>'
-            f'<div><b>{html.escape(row["deployment_a"])}</b> #{row["sample_index_a"]}<pre>{html.escape(row["text_a"] or "")}</pre></div>'
-            f'<div><b>{html.escape(row["deployment_b"])}</b> #{row["sample_index_b"]}<pre>{html.escape(row["text_b"] or "")}</pre></div>'
+            f"{html.escape(str(row['condition']))}): {html.escape(str(row.get('query_text') or ''))} "
+            f"&mdash; cosine <b>{row['cosine']:.3f}</b></div>"
+            f"<div><b>{html.escape(row['deployment_a'])}</b> #{row['sample_index_a']}<pre>{html.escape(row['text_a'] or '')}</pre></div>"
+            f"<div><b>{html.escape(row['deployment_b'])}</b> #{row['sample_index_b']}<pre>{html.escape(row['text_b'] or '')}</pre></div>"
             "</div>"
         )
     return "".join(parts)
@@ -213,8 +258,10 @@ def cross_query_duplicates(frame: pl.DataFrame | None, total: int, limit: int = 
     queries (the within-query pairs are shown above): a small table, texts shortened."""
     import polars as pl
 
-    none = ('<p class="note">No pair of responses to different queries from different deployments '
-            "reached the threshold.</p>")
+    none = (
+        '<p class="note">No pair of responses to different queries from different deployments '
+        "reached the threshold.</p>"
+    )
     if frame is None or frame.height == 0 or "same_query" not in frame.columns:
         return none
     cross = frame.filter(~pl.col("same_query"))
@@ -223,21 +270,27 @@ def cross_query_duplicates(frame: pl.DataFrame | None, total: int, limit: int = 
     top = cross.head(limit)
     shown = top.select(
         "cosine",
-        pl.col("deployment_a").alias("deployment a"), pl.col("query_id_a").alias("query a"),
+        pl.col("deployment_a").alias("deployment a"),
+        pl.col("query_id_a").alias("query a"),
         pl.Series("text a", [snippet(t) for t in top["text_a"].to_list()], dtype=pl.Utf8),
-        pl.col("deployment_b").alias("deployment b"), pl.col("query_id_b").alias("query b"),
+        pl.col("deployment_b").alias("deployment b"),
+        pl.col("query_id_b").alias("query b"),
         pl.Series("text b", [snippet(t) for t in top["text_b"].to_list()], dtype=pl.Utf8),
     )
-    note = (f'<p class="note">{total} pairs of responses to different queries in all (whole corpus, FAISS '
-            f"search); the {shown.height} most similar (full texts in near_duplicates_corpus.parquet):</p>")
+    note = (
+        f'<p class="note">{total} pairs of responses to different queries in all (whole corpus, FAISS '
+        f"search); the {shown.height} most similar (full texts in near_duplicates_corpus.parquet):</p>"
+    )
     return note + table(shown, max_rows=limit)
 
 
 def categories_section(summary: Summary, tables: Tables) -> str:
     """Similarity per query category."""
-    return ("<h2>Per-category breakdown</h2>"
-            + img(figures.categories(tables["categories"], summary.baseline_condition), "per-category similarity")
-            + table(tables["categories"]))
+    return (
+        "<h2>Per-category breakdown</h2>"
+        + img(figures.categories(tables["categories"], summary.baseline_condition), "per-category similarity")
+        + table(tables["categories"])
+    )
 
 
 def lexical_section(summary: Summary, tables: Tables) -> str:
@@ -245,11 +298,14 @@ def lexical_section(summary: Summary, tables: Tables) -> str:
     frame, base = tables["diversity_summary"], summary.baseline_condition
     part = frame.filter(frame["condition"] == base) if frame.height and base is not None else frame
     wide = part.pivot(on="metric", index="deployment", values="mean") if part.height else None
-    return ("<h2>Lexical beside semantic diversity</h2>"
-            '<p class="note">Means over queries (95% CIs in the Parquet table). distinct-n, EAD: higher = more '
-            "diverse; self-BLEU, homogenization (ROUGE-L), compression ratio (xz): higher = more homogeneous; "
-            "all depend on length (mean_length, in tokens).</p>"
-            + img(figures.lexical_plot(frame, base), "lexical and semantic diversity") + table(wide))
+    return (
+        "<h2>Lexical beside semantic diversity</h2>"
+        '<p class="note">Means over queries (95% CIs in the Parquet table). distinct-n, EAD: higher = more '
+        "diverse; self-BLEU, homogenization (ROUGE-L), compression ratio (xz): higher = more homogeneous; "
+        "all depend on length (mean_length, in tokens).</p>"
+        + img(figures.lexical_plot(frame, base), "lexical and semantic diversity")
+        + table(wide)
+    )
 
 
 def quality_section(summary: Summary, tables: Tables) -> str:
@@ -257,27 +313,33 @@ def quality_section(summary: Summary, tables: Tables) -> str:
     quality = tables["quality_split"]
     if not quality.height:
         return ""
-    return ("<h2>Quality control vs residual narrowing</h2>"
-            '<p class="note">Diversity loss from deployment a to b on verifiable queries, split into the '
-            "part explained by removing wrong answers and the residual narrowing among correct ones "
-            "(METRICS.md). Answers judged by the "
-            f"<code>{html.escape(summary.answer_checker)}</code> checker "
-            "(hivemind.verify): the final answer is extracted first.</p>"
-            + img(figures.quality_plot(quality), "quality-control decomposition") + table(quality))
+    return (
+        "<h2>Quality control vs residual narrowing</h2>"
+        '<p class="note">Diversity loss from deployment a to b on verifiable queries, split into the '
+        "part explained by removing wrong answers and the residual narrowing among correct ones "
+        "(METRICS.md). Answers judged by the "
+        f"<code>{html.escape(summary.answer_checker)}</code> checker "
+        "(hivemind.verify): the final answer is extracted first.</p>"
+        + img(figures.quality_plot(quality), "quality-control decomposition")
+        + table(quality)
+    )
 
 
 def conditions_section(summary: Summary, tables: Tables) -> str:
     """What each decoding condition buys back against the baseline (with two or more)."""
     if len(_conditions(summary)) <= 1:
         return ""
-    return ("<h2>Decoding conditions</h2>"
-            '<p class="note">How much intra-model similarity each condition removes (diversity recovered) '
-            "against the baseline condition, next to the inter-model gap at baseline.</p>"
-            + img(figures.conditions_plot(tables["conditions"]), "conditions") + table(tables["conditions"])
-            + '<p class="note">Can decoding buy back what training took? Per condition, baseline minus '
-            "condition over queries (intra_restored, inter_restored: similarity removed; quality_cost: "
-            "accuracy lost on verifiable queries), paired bootstrap 95% CI, sign-flip p, Holm-corrected."
-            "</p>" + table(tables["interventions"]))
+    return (
+        "<h2>Decoding conditions</h2>"
+        '<p class="note">How much intra-model similarity each condition removes (diversity recovered) '
+        "against the baseline condition, next to the inter-model gap at baseline.</p>"
+        + img(figures.conditions_plot(tables["conditions"]), "conditions")
+        + table(tables["conditions"])
+        + '<p class="note">Can decoding buy back what training took? Per condition, baseline minus '
+        "condition over queries (intra_restored, inter_restored: similarity removed; quality_cost: "
+        "accuracy lost on verifiable queries), paired bootstrap 95% CI, sign-flip p, Holm-corrected."
+        "</p>" + table(tables["interventions"])
+    )
 
 
 def lineage_section(summary: Summary, tables: Tables) -> str:
@@ -296,47 +358,81 @@ def external_classes_section(summary: Summary, tables: Tables) -> str:
     import polars as pl
 
     means = pl.DataFrame(entry["per_deployment"])
-    return ("<h2>Imported equivalence classes beside hivemind's</h2>"
-            '<p class="note">Classes an imported file carried (e.g. NoveltyBench\'s judge partition) '
-            f"against hivemind's classes at cosine {html.escape(str(entry['threshold']))}: mean class "
-            "count and semantic entropy (nats) per query, and their agreement (adjusted Rand index: "
-            "1 = the same partition, about 0 = chance).</p>" + table(means)
-            + "<details><summary>Per query</summary>" + table(frame) + "</details>")
+    return (
+        "<h2>Imported equivalence classes beside hivemind's</h2>"
+        '<p class="note">Classes an imported file carried (e.g. NoveltyBench\'s judge partition) '
+        f"against hivemind's classes at cosine {html.escape(str(entry['threshold']))}: mean class "
+        "count and semantic entropy (nats) per query, and their agreement (adjusted Rand index: "
+        "1 = the same partition, about 0 = chance).</p>"
+        + table(means)
+        + "<details><summary>Per query</summary>"
+        + table(frame)
+        + "</details>"
+    )
 
 
 def truncation_section(summary: Summary, tables: Tables) -> str:
     """Per deployment: how many responses were cut off at max_tokens."""
     info = summary.truncation
-    note = (f'<p class="note">Responses with finish reason <code>length</code> stopped at max_tokens, not at an '
-            f"end of their own; their openings look alike and raise similarity. Shares above "
-            f"{100 * info.warning_share:.0f}% are warned about. This analysis used "
-            f"{html.escape(info.analysed or 'all responses')}.</p>")
-    return ("<h2>Truncated responses</h2>" + note
-            + table(tables.get("truncation"), ["deployment", "n_responses", "n_truncated", "share_truncated", "warning"]))
+    note = (
+        f'<p class="note">Responses with finish reason <code>length</code> stopped at max_tokens, not at an '
+        f"end of their own; their openings look alike and raise similarity. Shares above "
+        f"{100 * info.warning_share:.0f}% are warned about. This analysis used "
+        f"{html.escape(info.analysed or 'all responses')}.</p>"
+    )
+    return (
+        "<h2>Truncated responses</h2>"
+        + note
+        + table(tables.get("truncation"), ["deployment", "n_responses", "n_truncated", "share_truncated", "warning"])
+    )
 
 
 def method_notes(summary: Summary, tables: Tables) -> str:
-    return ("<h2>Method notes</h2>"
-            f'<p class="note">{html.escape(summary.equal_k_rule)} {html.escape(summary.footing_rule)} '
-            f"Bootstrap resamples: {summary.n_boot}; permutations: {summary.n_perm}.</p>")
+    return (
+        "<h2>Method notes</h2>"
+        f'<p class="note">{html.escape(summary.equal_k_rule)} {html.escape(summary.footing_rule)} '
+        f"Bootstrap resamples: {summary.n_boot}; permutations: {summary.n_perm}.</p>"
+    )
 
 
 def provenance(summary: Summary, tables: Tables) -> str:
     """Parameters not sent, embedder, versions, store and the study spec."""
     data = summary.to_json_dict()
     source = {k: data.get(k) for k in ("embedder", "versions", "store", "study", "created_at")}
-    not_sent = "; ".join(f"{d.deployment} / {d.condition}: {', '.join(d.params)} ({d.rows} rows)"
-                         for d in summary.dropped_params)
-    return ("<h2>Provenance</h2>"
-            + (f'<p class="note">Parameters not sent (the provider does not honour them; the condition '
-               f"allowed dropping them): {html.escape(not_sent)}.</p>" if not_sent else "")
-            + "<h3>Embedder and versions</h3><pre>" + html.escape(json.dumps(source, indent=2, default=str))
-            + "</pre><h3>Study spec</h3><pre>" + html.escape(json.dumps(summary.spec, indent=2, default=str))
-            + "</pre>")
+    not_sent = "; ".join(
+        f"{d.deployment} / {d.condition}: {', '.join(d.params)} ({d.rows} rows)" for d in summary.dropped_params
+    )
+    return (
+        "<h2>Provenance</h2>"
+        + (
+            f'<p class="note">Parameters not sent (the provider does not honour them; the condition '
+            f"allowed dropping them): {html.escape(not_sent)}.</p>"
+            if not_sent
+            else ""
+        )
+        + "<h3>Embedder and versions</h3><pre>"
+        + html.escape(json.dumps(source, indent=2, default=str))
+        + "</pre><h3>Study spec</h3><pre>"
+        + html.escape(json.dumps(summary.spec, indent=2, default=str))
+        + "</pre>"
+    )
 
 
-SECTIONS = (title, headline_section, similarity_section, matrix_section, ensemble_section,
-            near_duplicates_section, categories_section, lexical_section, quality_section,
-            conditions_section, lineage_section, external_classes_section, truncation_section,
-            method_notes, provenance)
+SECTIONS = (
+    title,
+    headline_section,
+    similarity_section,
+    matrix_section,
+    ensemble_section,
+    near_duplicates_section,
+    categories_section,
+    lexical_section,
+    quality_section,
+    conditions_section,
+    lineage_section,
+    external_classes_section,
+    truncation_section,
+    method_notes,
+    provenance,
+)
 """The report, top to bottom."""

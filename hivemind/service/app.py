@@ -23,13 +23,20 @@ from starlette.exceptions import HTTPException
 from hivemind import __version__
 from hivemind.scan import load_scans, make_scheduler
 from hivemind.service import schemas as S
-from hivemind.service.auth import WILDCARD_HOSTS, BearerAuthMiddleware, BodyLimitMiddleware, HostOriginMiddleware
-from hivemind.service.auth import allowed_host_names, check_bind, resolve_token
-from hivemind.service.redaction import Redactor, install_log_redaction
+from hivemind.service.auth import (
+    WILDCARD_HOSTS,
+    BearerAuthMiddleware,
+    BodyLimitMiddleware,
+    HostOriginMiddleware,
+    allowed_host_names,
+    check_bind,
+    resolve_token,
+)
 from hivemind.service.context import ApiError, Service, ServiceLimits, field_path
-from hivemind.service.workers import JobManager
+from hivemind.service.redaction import Redactor, install_log_redaction
 from hivemind.service.routes import router
 from hivemind.service.routes_import import router as import_router
+from hivemind.service.workers import JobManager
 from hivemind.store import Store
 from hivemind.zoo import default_zoo_path, load_zoo
 
@@ -38,17 +45,29 @@ log = logging.getLogger("hivemind.service")
 
 
 def _error(status: int, items: list[tuple[str, str]], headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"detail": "; ".join(f"{f}: {m}" for f, m in items),
-            "errors": [{"field": f, "message": m} for f, m in items]}
+    body = {
+        "detail": "; ".join(f"{f}: {m}" for f, m in items),
+        "errors": [{"field": f, "message": m} for f, m in items],
+    }
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
-               token_env: str = "HIVEMIND_TOKEN", limits: ServiceLimits | None = None, *,
-               scans_path: str | Path | None = None, workers: int = 2, run_jobs: bool = True,
-               scheduler: bool = True, scheduler_interval_s: float = 30.0, auth: bool = True,
-               host: str = "127.0.0.1", allowed_hosts: Iterable[str] = (),
-               embedders: Sequence[str] | None = None) -> FastAPI:
+def create_app(
+    store_dir: str | Path,
+    zoo_path: str | Path | None = None,
+    token_env: str = "HIVEMIND_TOKEN",
+    limits: ServiceLimits | None = None,
+    *,
+    scans_path: str | Path | None = None,
+    workers: int = 2,
+    run_jobs: bool = True,
+    scheduler: bool = True,
+    scheduler_interval_s: float = 30.0,
+    auth: bool = True,
+    host: str = "127.0.0.1",
+    allowed_hosts: Iterable[str] = (),
+    embedders: Sequence[str] | None = None,
+) -> FastAPI:
     """The service over `store_dir`, to be served on `host`.
 
     The bearer token is read once from the variable `token_env`; without one the store's own
@@ -76,13 +95,18 @@ def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
     install_log_redaction(redact)
     scans = Path(scans_path) if scans_path is not None else None
     ticker = make_scheduler(lambda: load_scans(zoo_file, scans, store_dir)) if scheduler else None
-    manager = JobManager(store_dir, max_active=workers, redact=redact, scheduler=ticker,
-                         scheduler_interval_s=scheduler_interval_s)
+    manager = JobManager(
+        store_dir, max_active=workers, redact=redact, scheduler=ticker, scheduler_interval_s=scheduler_interval_s
+    )
     service = Service(store_dir, zoo_file, scans, limits, manager, Store(store_dir), redact, embedder_names)
 
-    app = FastAPI(title="hivemind", version=__version__, lifespan=_lifespan(service, redact, run_jobs),
-                  description="Measure how alike language models answer open-ended queries. "
-                              "Every path but /healthz needs `Authorization: Bearer <token>`.")
+    app = FastAPI(
+        title="hivemind",
+        version=__version__,
+        lifespan=_lifespan(service, redact, run_jobs),
+        description="Measure how alike language models answer open-ended queries. "
+        "Every path but /healthz needs `Authorization: Bearer <token>`.",
+    )
     app.state.service = service
     app.state.token, app.state.token_source = token, token_source
     _add_routes(app, manager)
@@ -92,7 +116,9 @@ def create_app(store_dir: str | Path, zoo_path: str | Path | None = None,
     return app
 
 
-def _lifespan(service: Service, redact: Redactor, run_jobs: bool) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+def _lifespan(
+    service: Service, redact: Redactor, run_jobs: bool
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Start the job workers with the app (unless `run_jobs` is off); stop them and close the store after."""
 
     @asynccontextmanager
@@ -120,16 +146,25 @@ def _add_routes(app: FastAPI, manager: JobManager) -> None:
         return {"status": "ok", "version": __version__, "workers_alive": manager.alive}
 
 
-def _add_middleware(app: FastAPI, limits: ServiceLimits, token: str | None, host: str,
-                    allowed_hosts: Iterable[str]) -> None:
+def _add_middleware(
+    app: FastAPI, limits: ServiceLimits, token: str | None, host: str, allowed_hosts: Iterable[str]
+) -> None:
     """Body limits, then the token, then Host/Origin checks (the last added runs first)."""
-    app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes,
-                       overrides={"/v1/query-sets": limits.max_upload_bytes,
-                                  "/v1/query-sets/upload": limits.max_upload_bytes,
-                                  "/v1/studies/import": limits.max_upload_bytes})
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=limits.max_body_bytes,
+        overrides={
+            "/v1/query-sets": limits.max_upload_bytes,
+            "/v1/query-sets/upload": limits.max_upload_bytes,
+            "/v1/studies/import": limits.max_upload_bytes,
+        },
+    )
     app.add_middleware(BearerAuthMiddleware, token=token)  # nothing runs unauthenticated
-    app.add_middleware(HostOriginMiddleware, hosts=allowed_host_names(host, allowed_hosts),  # outermost
-                       any_ip=host.strip().strip("[]") in WILDCARD_HOSTS)
+    app.add_middleware(
+        HostOriginMiddleware,
+        hosts=allowed_host_names(host, allowed_hosts),  # outermost
+        any_ip=host.strip().strip("[]") in WILDCARD_HOSTS,
+    )
 
 
 def _add_error_handlers(app: FastAPI, service: Service) -> None:
@@ -153,8 +188,9 @@ def _add_error_handlers(app: FastAPI, service: Service) -> None:
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         field = getattr(exc, "field", None) or ("path" if exc.status_code in (404, 405) else "request")
         message = getattr(exc, "message", None) or str(exc.detail)
-        return _error(exc.status_code, [(field, service.public(redact(message)))],
-                      headers=getattr(exc, "headers", None))
+        return _error(
+            exc.status_code, [(field, service.public(redact(message)))], headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
@@ -167,10 +203,8 @@ def _add_openapi(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer"}}
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             schema["security"] = [{"bearer": []}]
             schema["paths"]["/healthz"]["get"]["security"] = []
             app.openapi_schema = schema

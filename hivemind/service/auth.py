@@ -21,8 +21,8 @@ import secrets
 import stat
 import tempfile
 from collections.abc import Iterable
-from typing import Any
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
@@ -148,10 +148,11 @@ def _error_body(field: str, message: str) -> bytes:
 
 
 def _plain_response(status: int, body: bytes, extra: Iterable[tuple[bytes, bytes]] = ()) -> list[dict]:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               *extra]
-    return [{"type": "http.response.start", "status": status, "headers": headers},
-            {"type": "http.response.body", "body": body}]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
+    return [
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    ]
 
 
 class HostOriginMiddleware:
@@ -182,12 +183,19 @@ class HostOriginMiddleware:
         if scope["type"] != "http":  # lifespan; the service has no websockets
             await self.app(scope, receive, send)
             return
-        headers = {name.decode(): value.decode("latin-1") for name, value in scope.get("headers", ())
-                   if name in (b"host", b"origin")}
+        headers = {
+            name.decode(): value.decode("latin-1")
+            for name, value in scope.get("headers", ())
+            if name in (b"host", b"origin")
+        }
         host = _split_host(headers.get("host", ""))
         if host is None or not host[0] or not self._known(host[0]):
-            await _refuse(send, 400, "header.Host", "this service does not answer to that host name "
-                          "(start it with --allowed-host NAME to add one)")
+            await _refuse(
+                send,
+                400,
+                "header.Host",
+                "this service does not answer to that host name (start it with --allowed-host NAME to add one)",
+            )
             return
         origin = headers.get("origin")
         if origin is not None and not _same_origin(origin, host, scope.get("scheme", "http")):
@@ -240,8 +248,10 @@ class BearerAuthMiddleware:
             await self.app(scope, receive, send)
             return
         message = b"missing or invalid bearer token" if supplied else b"missing bearer token"
-        body = (b'{"detail":"' + message + b' (send Authorization: Bearer <token>)",'
-                b'"errors":[{"field":"header.Authorization","message":"' + message + b'"}]}')
+        body = (
+            b'{"detail":"' + message + b' (send Authorization: Bearer <token>)",'
+            b'"errors":[{"field":"header.Authorization","message":"' + message + b'"}]}'
+        )
         for event in _plain_response(401, body, [(b"www-authenticate", b"Bearer")]):
             await send(event)
 
@@ -277,9 +287,11 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > limit:
-                    body = (f'{{"detail":"body: request of {declared} bytes exceeds the limit of '
-                            f'{limit} bytes","errors":[{{"field":"body","message":"request of '
-                            f'{declared} bytes exceeds the limit of {limit} bytes"}}]}}').encode()
+                    body = (
+                        f'{{"detail":"body: request of {declared} bytes exceeds the limit of '
+                        f'{limit} bytes","errors":[{{"field":"body","message":"request of '
+                        f'{declared} bytes exceeds the limit of {limit} bytes"}}]}}'
+                    ).encode()
                     for event in _plain_response(413, body, [(b"connection", b"close")]):
                         await send(event)
                     return

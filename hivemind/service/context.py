@@ -6,17 +6,18 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import Request
 from starlette.exceptions import HTTPException
 
-from hivemind.queries import list_shipped, load_query_set
-from hivemind.layout import StoreLayout, atomic_write_text
-from hivemind.scan import ScanBook, ScanError, ScanSpec, load_scans, next_fire
 from hivemind.jobs import ACTIVE, Conflict
+from hivemind.layout import StoreLayout, atomic_write_text
+from hivemind.queries import list_shipped, load_query_set
+from hivemind.scan import ScanBook, ScanError, ScanSpec, load_scans, next_fire
 from hivemind.service.workers import JobManager
 from hivemind.spec import QuerySet, json_safe, sha256_hex, store_name_problem
 from hivemind.store import Store, StoreError
@@ -100,8 +101,11 @@ class Service:
             return [self.public(v) for v in value]
         if not isinstance(value, str) or "/" not in value and "\\" not in value:
             return value
-        known = [(str(self.store_dir) + os.sep, ""), (str(self.store_dir), "."),
-                 (str(self.zoo_file), self.zoo_file.name)]
+        known = [
+            (str(self.store_dir) + os.sep, ""),
+            (str(self.store_dir), "."),
+            (str(self.zoo_file), self.zoo_file.name),
+        ]
         if self.scans_path is not None:
             scans = Path(self.scans_path).resolve()
             known.append((str(scans), scans.name))
@@ -118,8 +122,12 @@ class Service:
         if asked is None:
             return self.embedders[0]
         if asked not in self.embedders:
-            raise ApiError(422, field, f"not an embedder this server offers (it offers: "
-                           f"{', '.join(self.embedders)}; the operator adds more with --embedder)")
+            raise ApiError(
+                422,
+                field,
+                f"not an embedder this server offers (it offers: "
+                f"{', '.join(self.embedders)}; the operator adds more with --embedder)",
+            )
         return asked
 
     # --- query sets ----------------------------------------------------------------------
@@ -128,21 +136,29 @@ class Service:
         cats: dict[str, int] = {}
         for q in qs.queries:
             cats[q.category] = cats.get(q.category, 0) + 1
-        return {"name": qs.name, "source": source, "description": qs.description,
-                "n_queries": len(qs.queries), "categories": cats,
-                "sha256": row and row["sha256"], "created_at": row and row["created_at"]}
+        return {
+            "name": qs.name,
+            "source": source,
+            "description": qs.description,
+            "n_queries": len(qs.queries),
+            "categories": cats,
+            "sha256": row and row["sha256"],
+            "created_at": row and row["created_at"],
+        }
 
     def load_set(self, name: str, field: str) -> tuple[QuerySet, str, dict[str, Any] | None]:
         """An uploaded or shipped set by name; 404 (path) or 422 (body) naming `field` if unknown."""
         row = self.db.query_set(name)
         if row is not None:
-            return load_query_set(row["path"], name=name).model_copy(
-                update={"description": row["description"]}), "uploaded", row
+            return (
+                load_query_set(row["path"], name=name).model_copy(update={"description": row["description"]}),
+                "uploaded",
+                row,
+            )
         if name in list_shipped():
             return load_query_set(name), "shipped", None
         known = ", ".join(list_shipped() + [r["name"] for r in self.db.query_sets()])
-        raise ApiError(404 if field.startswith("path") else 422, field,
-                       f"unknown query set {name!r} (known: {known})")
+        raise ApiError(404 if field.startswith("path") else 422, field, f"unknown query set {name!r} (known: {known})")
 
     def save_set(self, qs: QuerySet, field: str) -> tuple[dict[str, Any], bool]:
         """Write `STORE/query-sets/NAME.jsonl` and its row together; (info, created)."""
@@ -155,12 +171,17 @@ class Service:
         if len(qs.queries) > limit:
             raise ApiError(413, "body.queries", f"{len(qs.queries)} queries exceed the limit of {limit} per set")
         # ASCII-escaped: a raw U+2028 or U+0085 in a text would split a line for str.splitlines()
-        content = "".join(json.dumps(q.model_dump(), ensure_ascii=True, sort_keys=True) + "\n"
-                          for q in qs.queries)
+        content = "".join(json.dumps(q.model_dump(), ensure_ascii=True, sort_keys=True) + "\n" for q in qs.queries)
         path = StoreLayout(self.store_dir).query_set(qs.name)
-        row = {"name": qs.name, "path": str(path), "description": qs.description,
-               "n_queries": len(qs.queries), "categories_json": "{}",
-               "sha256": sha256_hex(content), "created_at": time.time()}
+        row = {
+            "name": qs.name,
+            "path": str(path),
+            "description": qs.description,
+            "n_queries": len(qs.queries),
+            "categories_json": "{}",
+            "sha256": sha256_hex(content),
+            "created_at": time.time(),
+        }
 
         def write() -> None:
             atomic_write_text(path, content)  # a reader sees the old file or the whole new one
@@ -181,14 +202,18 @@ class Service:
         names = {d.name: d for d in zoo.deployments}
         for i, d in enumerate(deployments):
             if d not in names:
-                raise ApiError(422, f"body.deployments[{i}]", f"unknown deployment {d!r} "
-                               f"(the zoo has: {', '.join(names)})")
+                raise ApiError(
+                    422, f"body.deployments[{i}]", f"unknown deployment {d!r} (the zoo has: {', '.join(names)})"
+                )
             if deployments.index(d) != i:
                 raise ApiError(422, f"body.deployments[{i}]", f"deployment {d!r} appears twice")
             var = names[d].api_key_env
             if var and not os.environ.get(var):
-                raise ApiError(422, f"body.deployments[{i}]", f"deployment {d!r} needs the "
-                               f"environment variable {var}, which is not set on the server")
+                raise ApiError(
+                    422,
+                    f"body.deployments[{i}]",
+                    f"deployment {d!r} needs the environment variable {var}, which is not set on the server",
+                )
 
     def status_of(self, name: str) -> dict[str, Any]:
         """A study's state and per-deployment counts (404 naming `path.name` if unknown)."""
@@ -197,8 +222,11 @@ class Service:
             planned: dict[str, int] = json.loads(job["planned_json"])
             out = {k: job[k] for k in ("state", "created_at", "started_at", "finished_at")}
             out |= self.public({k: job[k] for k in ("error", "note")})
-            out |= {"kind": job["kind"], "request": self.public(json.loads(job["request_json"])),
-                    "cancel_requested": bool(job["cancel_requested"]) and job["state"] in ACTIVE}
+            out |= {
+                "kind": job["kind"],
+                "request": self.public(json.loads(job["request_json"])),
+                "cancel_requested": bool(job["cancel_requested"]) and job["state"] in ACTIVE,
+            }
         else:
             try:
                 spec = self.store.study_spec(name)
@@ -211,13 +239,22 @@ class Service:
         progress = {}
         for d in list(planned) + [d for d in counts if d not in planned]:
             ok, failed = counts.get(d, {}).get("ok", 0), counts.get(d, {}).get("failed", 0)
-            progress[d] = {"planned": planned.get(d, 0), "ok": ok, "failed": failed,
-                           "pending": max(planned.get(d, 0) - ok - failed, 0)}
+            progress[d] = {
+                "planned": planned.get(d, 0),
+                "ok": ok,
+                "failed": failed,
+                "pending": max(planned.get(d, 0) - ok - failed, 0),
+            }
         total = {k: sum(p[k] for p in progress.values()) for k in ("planned", "ok", "failed", "pending")}
         base = f"/v1/studies/{name}"
-        links = {"self": base, "results": f"{base}/results", "tables": f"{base}/tables",
-                 "near_duplicates": f"{base}/near-duplicates", "report": f"{base}/report",
-                 "cancel": f"{base}/cancel"}
+        links = {
+            "self": base,
+            "results": f"{base}/results",
+            "tables": f"{base}/tables",
+            "near_duplicates": f"{base}/near-duplicates",
+            "report": f"{base}/report",
+            "cancel": f"{base}/cancel",
+        }
         return {"name": name, **out, "progress": progress, "total": total, "links": links}
 
     # --- scans ---------------------------------------------------------------------------
@@ -230,7 +267,13 @@ class Service:
     def scan_info(self, scan: ScanSpec) -> dict[str, Any]:
         runs = self.db.scan_runs(scan.name)
         keys = ("id", "study", "state", "started_at", "finished_at")
-        return {"name": scan.name, "schedule": scan.schedule, "deployments": scan.deployments,
-                "query_set": self.public(scan.query_set), "samples": scan.samples, "enabled": scan.enabled,
-                "next_run": next_fire(scan.schedule, time.time()) if scan.enabled else None,
-                "last_run": {k: runs[-1][k] for k in keys} if runs else None}
+        return {
+            "name": scan.name,
+            "schedule": scan.schedule,
+            "deployments": scan.deployments,
+            "query_set": self.public(scan.query_set),
+            "samples": scan.samples,
+            "enabled": scan.enabled,
+            "next_run": next_fire(scan.schedule, time.time()) if scan.enabled else None,
+            "last_run": {k: runs[-1][k] for k in keys} if runs else None,
+        }

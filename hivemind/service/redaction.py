@@ -27,7 +27,8 @@ class Redactor:
         found = {s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH}
         if scan_environment:
             found |= {
-                value for name, value in os.environ.items()
+                value
+                for name, value in os.environ.items()
                 if SECRET_ENV_PATTERN.search(name) and len(value) >= MIN_SECRET_LENGTH
             }
         # Longest first, so a secret containing another is replaced whole.

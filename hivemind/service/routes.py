@@ -11,32 +11,40 @@ from email.policy import HTTP
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Path as PathParam, Query as QueryParam, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Request, Response
+from fastapi import Path as PathParam
+from fastapi import Query as QueryParam
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
 from hivemind.errors import HivemindError
+from hivemind.jobs import ACTIVE, Conflict, planned_counts
 from hivemind.queries import QueryFileError, list_shipped, load_query_set
 from hivemind.scan import ScanError, ScanSpec, queue_scan_run, scan_history, write_scan_report
 from hivemind.service import schemas as S
 from hivemind.service.context import ApiError, Service, clean, field_path, get_service
-from hivemind.jobs import ACTIVE, Conflict, planned_counts
-from hivemind.summary import SummaryError, read_summary
 from hivemind.spec import NAME_PATTERN, QuerySet, StudySpec, canonical_json, sha256_hex
+from hivemind.summary import SummaryError, read_summary
 
 router = APIRouter()
 Svc = Annotated[Service, Depends(get_service)]
 Name = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=200)]
-ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": S.ErrorResponse}
-                                           for c in (400, 401, 403, 404, 409, 413, 415, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    c: {"model": S.ErrorResponse} for c in (400, 401, 403, 404, 409, 413, 415, 422)
+}
 """400: a Host the service does not answer to; 403: a foreign Origin (both before any handler)."""
-FILE_TYPES = {"text/csv": ".csv", "text/tab-separated-values": ".tsv", "application/x-ndjson": ".jsonl",
-              "application/jsonl": ".jsonl", "application/x-jsonlines": ".jsonl", "application/json": ".json"}
+FILE_TYPES = {
+    "text/csv": ".csv",
+    "text/tab-separated-values": ".tsv",
+    "application/x-ndjson": ".jsonl",
+    "application/jsonl": ".jsonl",
+    "application/x-jsonlines": ".jsonl",
+    "application/json": ".json",
+}
 
 
-@router.post("/v1/query-sets", response_model=S.QuerySetInfo, status_code=201, responses=ERRORS,
-          tags=["query sets"])
+@router.post("/v1/query-sets", response_model=S.QuerySetInfo, status_code=201, responses=ERRORS, tags=["query sets"])
 def upload_json(svc: Svc, body: S.QuerySetUpload, response: Response) -> dict[str, Any]:
     """Save a query set sent as JSON. A retried identical upload answers 200."""
     seen: dict[str, int] = {}
@@ -49,27 +57,52 @@ def upload_json(svc: Svc, body: S.QuerySetUpload, response: Response) -> dict[st
     return info
 
 
-upload_doc = {"requestBody": {"required": True, "content": {
-    "text/csv": {"schema": {"type": "string"}},
-    "application/x-ndjson": {"schema": {"type": "string"}},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary"}, "name": {"type": "string"}}}}}}}
+upload_doc = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "text/csv": {"schema": {"type": "string"}},
+            "application/x-ndjson": {"schema": {"type": "string"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}, "name": {"type": "string"}},
+                }
+            },
+        },
+    }
+}
 
 
-@router.post("/v1/query-sets/upload", response_model=S.QuerySetInfo, status_code=201,
-          responses=ERRORS, openapi_extra=upload_doc, tags=["query sets"])
-async def upload_file(svc: Svc, request: Request, response: Response,
-                      name: Annotated[str | None, QueryParam(pattern=NAME_PATTERN, max_length=100)] = None,
-                      description: Annotated[str, QueryParam(max_length=2000)] = "") -> dict[str, Any]:
+@router.post(
+    "/v1/query-sets/upload",
+    response_model=S.QuerySetInfo,
+    status_code=201,
+    responses=ERRORS,
+    openapi_extra=upload_doc,
+    tags=["query sets"],
+)
+async def upload_file(
+    svc: Svc,
+    request: Request,
+    response: Response,
+    name: Annotated[str | None, QueryParam(pattern=NAME_PATTERN, max_length=100)] = None,
+    description: Annotated[str, QueryParam(max_length=2000)] = "",
+) -> dict[str, Any]:
     """Save a query set sent as a CSV/TSV/JSONL file: the raw body, or multipart field `file`."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     data = await request.body()
     filename = None
     if ctype == "multipart/form-data":
         message = BytesParser(policy=HTTP).parsebytes(
-            b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n" + data)
-        parts = {p.get_param("name", header="content-disposition"): p
-                 for p in message.iter_parts()} if message.is_multipart() else {}
+            b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n" + data
+        )
+        parts = (
+            {p.get_param("name", header="content-disposition"): p for p in message.iter_parts()}
+            if message.is_multipart()
+            else {}
+        )
         if "file" not in parts:
             raise ApiError(422, "body.file", "multipart body has no part named 'file'")
         filename = parts["file"].get_filename() or "upload"
@@ -81,8 +114,11 @@ async def upload_file(svc: Svc, request: Request, response: Response,
         suffix = Path(filename).suffix.lower()
         ctype = next((c for c, s in FILE_TYPES.items() if s == suffix), "")
     if ctype not in FILE_TYPES:
-        raise ApiError(415, "header.Content-Type", f"unsupported type {ctype or 'none'!r} "
-                       f"(send {', '.join(FILE_TYPES)} or multipart/form-data with a 'file')")
+        raise ApiError(
+            415,
+            "header.Content-Type",
+            f"unsupported type {ctype or 'none'!r} (send {', '.join(FILE_TYPES)} or multipart/form-data with a 'file')",
+        )
     name = name or (Path(filename).stem if filename else None)
     if not name:
         raise ApiError(422, "query.name", "a name is required for a file upload")
@@ -92,9 +128,13 @@ async def upload_file(svc: Svc, request: Request, response: Response,
         try:
             qs = load_query_set(path, name=name)
         except QueryFileError as exc:
-            raise ApiError(422, "query.name" if exc.field == "name" else
-                           f"body{'[' + exc.where + ']' if exc.where else ''}.{exc.field or 'file'}",
-                           str(exc)) from None
+            raise ApiError(
+                422,
+                "query.name"
+                if exc.field == "name"
+                else f"body{'[' + exc.where + ']' if exc.where else ''}.{exc.field or 'file'}",
+                str(exc),
+            ) from None
     if description:
         qs = qs.model_copy(update={"description": description})
     info, created = svc.save_set(qs, "query.name")
@@ -120,8 +160,12 @@ def get_set(svc: Svc, name: Name) -> dict[str, Any]:
 
 
 @router.post("/v1/studies", response_model=S.StudyStatus, status_code=202, responses=ERRORS, tags=["studies"])
-def create_study(svc: Svc, body: S.StudyCreate, response: Response, idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None) -> dict[str, Any]:
+def create_study(
+    svc: Svc,
+    body: S.StudyCreate,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
+) -> dict[str, Any]:
     """Queue a study; it samples in the background. Send an `Idempotency-Key` to retry safely."""
     request_sha = sha256_hex(canonical_json(body.model_dump(mode="json")))
     svc.check_deployments(body.deployments)
@@ -131,8 +175,14 @@ def create_study(svc: Svc, body: S.StudyCreate, response: Response, idempotency_
     embedder = svc.embedder(body.embedder, "body.embedder")
     fields = body.model_dump(exclude={"analyze"})
     try:
-        spec = StudySpec(**fields | {"query_set": qs_row["path"] if qs_row else body.query_set,
-                                     "zoo": str(svc.zoo_file), "embedder": embedder})
+        spec = StudySpec(
+            **fields
+            | {
+                "query_set": qs_row["path"] if qs_row else body.query_set,
+                "zoo": str(svc.zoo_file),
+                "embedder": embedder,
+            }
+        )
         planned = planned_counts(spec)
     except ValidationError as exc:
         raise ApiError(422, "body." + field_path(exc.errors()[0]["loc"]), exc.errors()[0]["msg"]) from None
@@ -144,11 +194,17 @@ def create_study(svc: Svc, body: S.StudyCreate, response: Response, idempotency_
         raise ApiError(422, "body", svc.redact(str(exc))) from None
     total = sum(planned.values())
     if total > svc.limits.max_samples_per_study:
-        raise ApiError(422, "body.samples", f"the study plans {total} samples; the limit is "
-                       f"{svc.limits.max_samples_per_study}")
-    row = {"study": body.name, "kind": "study", "request_json": body.model_dump_json(),
-           "spec_json": spec.model_dump_json(), "planned_json": json.dumps(planned),
-           "analyze": int(body.analyze)}
+        raise ApiError(
+            422, "body.samples", f"the study plans {total} samples; the limit is {svc.limits.max_samples_per_study}"
+        )
+    row = {
+        "study": body.name,
+        "kind": "study",
+        "request_json": body.model_dump_json(),
+        "spec_json": spec.model_dump_json(),
+        "planned_json": json.dumps(planned),
+        "analyze": int(body.analyze),
+    }
     try:
         study, created = svc.db.create_job(row, idempotency_key=idempotency_key, request_sha256=request_sha)
     except Conflict as exc:
@@ -176,8 +232,9 @@ def get_study(svc: Svc, name: Name) -> dict[str, Any]:
     return svc.status_of(name)
 
 
-@router.post("/v1/studies/{name}/cancel", response_model=S.StudyStatus, status_code=202,
-          responses=ERRORS, tags=["studies"])
+@router.post(
+    "/v1/studies/{name}/cancel", response_model=S.StudyStatus, status_code=202, responses=ERRORS, tags=["studies"]
+)
 def cancel_study(svc: Svc, name: Name) -> dict[str, Any]:
     """Stop a study within seconds; what it sampled stays in the store."""
     state = svc.status_of(name)["state"]
@@ -200,8 +257,16 @@ def results(svc: Svc, name: Name) -> dict[str, Any]:
     except SummaryError as exc:  # written by a newer hivemind, or damaged: re-analyse
         raise ApiError(409, "path.name", svc.public(str(exc))) from None
     sampling = layout.sampling_summary(name)
-    return clean(svc.public({"study": name, "state": status["state"], "summary": summary,
-                             "sampling": json.loads(sampling.read_text()) if sampling.is_file() else None}))
+    return clean(
+        svc.public(
+            {
+                "study": name,
+                "state": status["state"],
+                "summary": summary,
+                "sampling": json.loads(sampling.read_text()) if sampling.is_file() else None,
+            }
+        )
+    )
 
 
 @router.get("/v1/studies/{name}/tables", response_model=S.TableList, responses=ERRORS, tags=["results"])
@@ -215,8 +280,7 @@ def tables(svc: Svc, name: Name) -> dict[str, Any]:
     return {"study": name, "tables": found}
 
 
-@router.get("/v1/studies/{name}/tables/{table}", response_class=FileResponse, responses=ERRORS,
-         tags=["results"])
+@router.get("/v1/studies/{name}/tables/{table}", response_class=FileResponse, responses=ERRORS, tags=["results"])
 def table(svc: Svc, name: Name, table: Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=200)]) -> FileResponse:
     """Download one table as Parquet (`samples` is exported from the journal on request)."""
     layout, _ = (svc.store.layout, svc.status_of(name))
@@ -226,18 +290,27 @@ def table(svc: Svc, name: Name, table: Annotated[str, PathParam(pattern=NAME_PAT
         tmp_dir = layout.tmp
         tmp_dir.mkdir(exist_ok=True)
         target = svc.store.export_parquet(name, tmp_dir / f"{name}.{uuid.uuid4().hex}.parquet")
-        return FileResponse(target, media_type=media, filename=f"{name}-samples.parquet",
-                            background=BackgroundTask(target.unlink, missing_ok=True))
+        return FileResponse(
+            target,
+            media_type=media,
+            filename=f"{name}-samples.parquet",
+            background=BackgroundTask(target.unlink, missing_ok=True),
+        )
     path = layout.table(name, stem)
     if not path.is_file():
         raise ApiError(404, "path.table", f"study {name!r} has no table {stem!r}")
     return FileResponse(path, media_type=media, filename=f"{name}-{stem}.parquet")
 
 
-@router.get("/v1/studies/{name}/near-duplicates", response_model=S.NearDuplicatePage, responses=ERRORS,
-         tags=["results"])
-def near_duplicates(svc: Svc, name: Name, offset: Annotated[int, QueryParam(ge=0, le=2**31)] = 0,
-                    limit: Annotated[int, QueryParam(ge=1)] = 50) -> dict[str, Any]:
+@router.get(
+    "/v1/studies/{name}/near-duplicates", response_model=S.NearDuplicatePage, responses=ERRORS, tags=["results"]
+)
+def near_duplicates(
+    svc: Svc,
+    name: Name,
+    offset: Annotated[int, QueryParam(ge=0, le=2**31)] = 0,
+    limit: Annotated[int, QueryParam(ge=1)] = 50,
+) -> dict[str, Any]:
     """Pairs of near-identical answers from different models, a page at a time (every pair
     the analysis found, most similar first)."""
     import polars as pl
@@ -247,15 +320,24 @@ def near_duplicates(svc: Svc, name: Name, offset: Annotated[int, QueryParam(ge=0
     layout, status = (svc.store.layout, svc.status_of(name))
     path = layout.table(name, "near_duplicates")
     if not path.is_file():
-        raise ApiError(409, "path.name", f"study {name!r} has no near-duplicate table yet "
-                                          f"(state: {status['state']})")
+        raise ApiError(409, "path.name", f"study {name!r} has no near-duplicate table yet (state: {status['state']})")
     pairs = pl.scan_parquet(path)  # lazy: the count comes from the metadata, a page is read alone
     total = int(pairs.select(pl.len()).collect().item())
     items = pairs.slice(offset, limit).collect().to_dicts()
     found = _near_duplicates_found(layout.summary(name))
     nxt = offset + limit if offset + limit < total else None
-    return clean({"study": name, "offset": offset, "limit": limit, "total": total, "found": found,
-                  "truncated": found is not None and found > total, "items": items, "next_offset": nxt})
+    return clean(
+        {
+            "study": name,
+            "offset": offset,
+            "limit": limit,
+            "total": total,
+            "found": found,
+            "truncated": found is not None and found > total,
+            "items": items,
+            "next_offset": nxt,
+        }
+    )
 
 
 def _near_duplicates_found(path: Path) -> int | None:
@@ -311,8 +393,7 @@ def delete_scan(svc: Svc, name: Name) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/v1/scans/{name}/run", response_model=S.ScanRunStarted, status_code=202, responses=ERRORS,
-          tags=["scans"])
+@router.post("/v1/scans/{name}/run", response_model=S.ScanRunStarted, status_code=202, responses=ERRORS, tags=["scans"])
 def run_scan_now(svc: Svc, name: Name) -> dict[str, Any]:
     """Queue one run of a scan now."""
     book = svc.scans_book()

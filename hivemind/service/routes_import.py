@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from hivemind.importing import Columns, ImportFileError, import_responses
+from hivemind.jobs import ACTIVE
 from hivemind.queries import SUFFIXES, QueryFileError
 from hivemind.service.context import ApiError, Service, clean, get_service
-from hivemind.jobs import ACTIVE
 from hivemind.spec import NAME_PATTERN
 from hivemind.store import StoreError
 
@@ -75,8 +75,11 @@ async def import_study(svc: Annotated[Service, Depends(get_service)], body: Impo
     if (body.content is None) == (body.content_base64 is None):
         raise ApiError(422, "body.content", "send exactly one of content and content_base64")
     try:
-        data = body.content.encode("utf-8") if body.content is not None else \
-            base64.b64decode(body.content_base64 or "", validate=True)
+        data = (
+            body.content.encode("utf-8")
+            if body.content is not None
+            else base64.b64decode(body.content_base64 or "", validate=True)
+        )
     except (binascii.Error, ValueError) as exc:
         raise ApiError(422, "body.content_base64", f"not base64: {exc}") from None
     job = svc.db.job(body.study)
@@ -88,9 +91,17 @@ async def import_study(svc: Annotated[Service, Depends(get_service)], body: Impo
             path = Path(folder) / name
             path.write_bytes(data)
             result = import_responses(
-                path, body.study, svc.store, columns=Columns(**body.columns.model_dump()),
-                deployment=body.deployment, query_set=body.query_set, condition=body.condition,
-                on_unmatched=body.on_unmatched, replace=body.replace, source_name=name)
+                path,
+                body.study,
+                svc.store,
+                columns=Columns(**body.columns.model_dump()),
+                deployment=body.deployment,
+                query_set=body.query_set,
+                condition=body.condition,
+                on_unmatched=body.on_unmatched,
+                replace=body.replace,
+                source_name=name,
+            )
         out = result.summary()
         if body.analyze:
             from hivemind.pipeline import write_report

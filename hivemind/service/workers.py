@@ -29,10 +29,15 @@ log = logging.getLogger("hivemind.service")
 class JobManager:
     """Runs jobs on an asyncio loop in one worker thread; at most `max_active` at a time."""
 
-    def __init__(self, store_dir: str | Path, *, max_active: int = 2,
-                 redact: Callable[[str], str] = lambda s: s,
-                 scheduler: Callable[[JobManager], None] | None = None,
-                 scheduler_interval_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        store_dir: str | Path,
+        *,
+        max_active: int = 2,
+        redact: Callable[[str], str] = lambda s: s,
+        scheduler: Callable[[JobManager], None] | None = None,
+        scheduler_interval_s: float = 30.0,
+    ) -> None:
         self.store_dir = Path(store_dir)
         self.db = ServiceDB(self.store_dir)
         self.max_active = max_active
@@ -179,8 +184,7 @@ class JobManager:
             if job is not None:
                 self._end(job, "failed", error=message)
 
-    def _end(self, job: dict[str, Any], state: str, *, error: str | None = None,
-             note: str | None = None) -> None:
+    def _end(self, job: dict[str, Any], state: str, *, error: str | None = None, note: str | None = None) -> None:
         self.db.finish_job(job["study"], state, error=error, note=note)
         if job["kind"] == "scan":
             run = self.db.scan_run_for_study(job["study"])
@@ -194,8 +198,7 @@ class JobManager:
             run = self.db.scan_run_for_study(job["study"])
             if run is None:
                 raise RuntimeError(f"scan job {job['study']!r} has no scan run")
-            await execute_scan_run(self._store, self.db, run["id"], redact=self.redact,
-                                   analysis_lock=self._analysis)
+            await execute_scan_run(self._store, self.db, run["id"], redact=self.redact, analysis_lock=self._analysis)
             return None
         from hivemind.pipeline import SAMPLING_STEPS, STEPS, run_pipeline_async
 
@@ -207,6 +210,11 @@ class JobManager:
             self.db.update_job(job["study"], state="analyzing")
             return True
 
-        done = await run_pipeline_async(spec, self._store, steps=STEPS if job["analyze"] else SAMPLING_STEPS,
-                                        analysis_lock=self._analysis, before_analysis=before_analysis)
+        done = await run_pipeline_async(
+            spec,
+            self._store,
+            steps=STEPS if job["analyze"] else SAMPLING_STEPS,
+            analysis_lock=self._analysis,
+            before_analysis=before_analysis,
+        )
         return "stopped: budget reached" if done.sampling is not None and done.sampling.stopped_by_budget else None

@@ -55,24 +55,25 @@ def create_app(script: Script) -> Any:
             return JSONResponse({"error": {"message": f"invalid key in header {auth!r}"}}, status_code=401)
         if script.served <= script.fail_first:
             headers = {"retry-after": script.retry_after} if script.retry_after else {}
-            return JSONResponse({"error": {"message": "slow down"}}, status_code=script.fail_status,
-                                headers=headers)
+            return JSONResponse({"error": {"message": "slow down"}}, status_code=script.fail_status, headers=headers)
         words = ["river", "thief", "tailor", "lighthouse", "gardener", "train", "letter", "candle"]
         seed = int(body.get("seed") or 0)
         text = f"Time is a {words[seed % len(words)]} ({seed})."
-        return JSONResponse({
-            "id": f"chatcmpl-{script.served}", "object": "chat.completion",
-            "created": int(time.time()), "model": body.get("model", "stub"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16},
-        })
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{script.served}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "stub"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16},
+            }
+        )
 
     async def models(_: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": "stub", "object": "model"}]})
 
-    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
-                             Route("/v1/models", models)])
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)])
 
 
 @contextmanager
@@ -82,8 +83,9 @@ def serve(script: Script | None = None, port: int | None = None) -> Iterator[tup
 
     script = script or Script()
     port = port or free_port()
-    config = uvicorn.Config(create_app(script), host="127.0.0.1", port=port, log_level="error",
-                            access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        create_app(script), host="127.0.0.1", port=port, log_level="error", access_log=False, lifespan="off"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -108,8 +110,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
-    uvicorn.run(create_app(Script(record_bodies=False)), host="127.0.0.1", port=args.port,
-                log_level="error", access_log=False, lifespan="off")
+    uvicorn.run(
+        create_app(Script(record_bodies=False)),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="error",
+        access_log=False,
+        lifespan="off",
+    )
 
 
 if __name__ == "__main__":
