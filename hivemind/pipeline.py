@@ -425,6 +425,7 @@ def analyze(
         use_gpu=use_gpu,
         checker=checker,
         executor=executor,
+        corpus_index=spec.analysis.corpus_index,
     )
     tables = dict(result.tables)
     tables["k_per_query"] = k_table

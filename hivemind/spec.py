@@ -234,6 +234,9 @@ class AnalysisOptions(Strict):
     answer_checker: str = Field("final", min_length=1)
     """How answers to verifiable queries are judged: final, exact, numeric[:tolerance], regex, or
     module:function (see `hivemind.verify`)."""
+    corpus_index: Literal["exact", "ivf"] = "exact"
+    """Index of the corpus-wide near-duplicate search: exact (quadratic), or FAISS IVF
+    (approximate, for corpora of hundreds of thousands of responses; the summary names it)."""
 
 
 class SamplingPlan(Strict):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -163,6 +163,8 @@ class Summary(BaseModel):
     equal_k_rule: str = ""
     footing_rule: str = ""
     near_duplicate_threshold: float | None = None
+    near_duplicate_corpus_index: Literal["exact", "ivf"] = "exact"
+    """Index of the corpus-wide search: exact, or FAISS IVF (approximate: may miss pairs)."""
     n_boot: int | None = None
     n_perm: int | None = None
     headline: Headline = Field(default_factory=Headline)

@@ -396,3 +396,14 @@ def test_truncated_responses_are_shown_warned_about_and_can_be_left_out(tmp_path
         check=False,
     )
     assert bad.returncode != 0 and "unknown answer checker" in bad.stdout + bad.stderr
+
+
+def test_the_spec_chooses_the_corpus_index_and_the_report_names_it(tmp_path: Path, embedder: Embedder) -> None:
+    from hivemind.spec import AnalysisOptions
+
+    spec = StudySpec(name="ivf", query_set="open-ended-v1", deployments=["mock-a", "mock-b"], samples=3, max_queries=3)
+    run_study(spec.model_copy(update={"analysis": AnalysisOptions(corpus_index="ivf")}), tmp_path, progress=False)
+    assert analyze_store(tmp_path, embedder=embedder, **FAST).summary["near_duplicate_corpus_index"] == "ivf"
+    assert "approximate IVF search" in write_report(tmp_path, "ivf").read_text()
+    with pytest.raises(ValueError, match="corpus_index"):
+        AnalysisOptions(corpus_index="hnsw")  # type: ignore[arg-type]

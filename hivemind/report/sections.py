@@ -231,7 +231,11 @@ def near_duplicates_section(summary: Summary, tables: Tables) -> str:
         "<h2>Near-duplicate pairs across deployments</h2>"
         + near_duplicate_pairs(tables["near_duplicates"], h.near_duplicate_pairs)
         + "<h3>Across different queries</h3>"
-        + cross_query_duplicates(tables["near_duplicates_corpus"], h.near_duplicate_pairs_cross_query or 0)
+        + cross_query_duplicates(
+            tables["near_duplicates_corpus"],
+            h.near_duplicate_pairs_cross_query or 0,
+            summary.near_duplicate_corpus_index,
+        )
     )
 
 
@@ -253,14 +257,17 @@ def near_duplicate_pairs(frame: pl.DataFrame | None, total: int, limit: int = MA
     return "".join(parts)
 
 
-def cross_query_duplicates(frame: pl.DataFrame | None, total: int, limit: int = MAX_CROSS_QUERY_DUPLICATES) -> str:
+def cross_query_duplicates(
+    frame: pl.DataFrame | None, total: int, index: str = "exact", limit: int = MAX_CROSS_QUERY_DUPLICATES
+) -> str:
     """Near-duplicate pairs from the corpus-wide search whose responses answer different
     queries (the within-query pairs are shown above): a small table, texts shortened."""
     import polars as pl
 
+    searched = "approximate IVF search: it may miss pairs" if index == "ivf" else "exact search"
     none = (
         '<p class="note">No pair of responses to different queries from different deployments '
-        "reached the threshold.</p>"
+        f"reached the threshold (whole corpus, FAISS {searched}).</p>"
     )
     if frame is None or frame.height == 0 or "same_query" not in frame.columns:
         return none
@@ -279,7 +286,8 @@ def cross_query_duplicates(frame: pl.DataFrame | None, total: int, limit: int = 
     )
     note = (
         f'<p class="note">{total} pairs of responses to different queries in all (whole corpus, FAISS '
-        f"search); the {shown.height} most similar (full texts in near_duplicates_corpus.parquet):</p>"
+        f"{searched}); "
+        f"the {shown.height} most similar (full texts in near_duplicates_corpus.parquet):</p>"
     )
     return note + table(shown, max_rows=limit)
 
