@@ -28,20 +28,6 @@ router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {c: {"description": "error naming the field"} for c in (401, 409, 413, 422)}
 
 
-class ImportColumns(BaseModel):
-    """Source column names, when they differ from the usual ones."""
-
-    model_config = ConfigDict(extra="forbid")
-    query: str | None = None
-    id: str | None = None
-    model: str | None = None
-    text: str | None = None
-    sample_index: str | None = None
-    category: str | None = None
-    answer: str | None = None
-    classes: str | None = None
-
-
 class ImportRequest(BaseModel):
     """A response file and where it goes."""
 
@@ -54,7 +40,7 @@ class ImportRequest(BaseModel):
     """The file as text (JSONL, CSV, TSV, JSON)."""
     content_base64: str | None = None
     """The file as base64 (Parquet, or any of the others)."""
-    columns: ImportColumns = Field(default_factory=ImportColumns)
+    columns: Columns = Field(default_factory=Columns)
     deployment: str | None = Field(None, pattern=NAME_PATTERN, max_length=200)
     """One deployment name for a file without a model column."""
     query_set: str | None = Field(None, pattern=NAME_PATTERN, max_length=200)
@@ -94,7 +80,7 @@ async def import_study(svc: Annotated[Service, Depends(get_service)], body: Impo
                 path,
                 body.study,
                 svc.store,
-                columns=Columns(**body.columns.model_dump()),
+                columns=body.columns,
                 deployment=body.deployment,
                 query_set=body.query_set,
                 condition=body.condition,
