@@ -212,6 +212,6 @@ def scan_report(
     name: Annotated[str, typer.Argument(help="Scan name.")], store: StoreOption = Path("hivemind-store")
 ) -> None:
     """Write the scan history as HTML (`STORE/scans/NAME/report.html`)."""
-    from hivemind.scan import write_scan_report
+    from hivemind.scan_report import write_scan_report
 
     print(write_scan_report(store, name))

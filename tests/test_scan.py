@@ -30,8 +30,8 @@ from hivemind.scan import (
     next_fire,
     run_scan,
     scan_history,
-    write_scan_report,
 )
+from hivemind.scan_report import write_scan_report
 
 DEPLOYMENTS = """
 deployments:

@@ -21,7 +21,8 @@ from starlette.background import BackgroundTask
 from hivemind.errors import HivemindError
 from hivemind.jobs import ACTIVE, Conflict, planned_counts
 from hivemind.queries import QueryFileError, list_shipped, load_query_set
-from hivemind.scan import ScanError, ScanSpec, queue_scan_run, scan_history, write_scan_report
+from hivemind.scan import ScanError, ScanSpec, queue_scan_run, scan_history
+from hivemind.scan_report import write_scan_report
 from hivemind.service import schemas as S
 from hivemind.service.context import ApiError, Service, clean, field_path, get_service
 from hivemind.spec import NAME_PATTERN, QuerySet, StudySpec, canonical_json, sha256_hex
