@@ -180,3 +180,13 @@ def test_progress_bar_path(embedder: Embedder) -> None:
     texts = [f"item {i}" for i in range(300)]
     shown = embedder.encode(texts, progress=True)
     np.testing.assert_allclose(shown, embedder.encode(texts, progress=False), atol=1e-6)
+
+
+def test_model_inputs_match_the_tokenizers_own_encoding(embedder: Embedder) -> None:
+    # A text that fits one window becomes exactly what the tokenizer builds with special tokens
+    # (the probe-derived wrapping holds on transformers 4 and 5, which differ in their API).
+    for text in ("A metaphor about time.", "  Leading spaces and CAPITALS  ", ASTRONOMY):
+        expected = list(embedder.tokenizer(embedder._prepare(text), add_special_tokens=True)["input_ids"])
+        assert embedder.chunks(text) == [expected]
+    before, after = embedder.special_tokens
+    assert embedder.window == embedder.max_tokens - len(before) - len(after) < embedder.max_tokens

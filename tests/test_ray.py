@@ -137,6 +137,21 @@ def test_sharded_pair_search_finds_the_same_pairs(local_ray: None) -> None:
             assert_frame_equal(found, expected, check_exact=True)
 
 
+def test_ray_actors_embed_at_the_studys_precision(local_ray: None) -> None:
+    # A `:bf16` embedder's vectors are cached under its own id: the actors must run bf16 too.
+    import torch
+
+    from hivemind.executors.ray_embed import RayEmbedder
+
+    texts = [f"A metaphor about time, number {i}: " + "the river keeps moving " * (i % 7) for i in range(48)]
+    bf16 = Embedder("all-MiniLM-L6-v2:bf16", device="cpu", progress=False, batch_size=16)
+    fp32 = Embedder(device="cpu", progress=False, batch_size=16)
+    local = bf16.encode(texts)
+    distributed = RayEmbedder(bf16, concurrency=2, threads=torch.get_num_threads()).encode(texts)
+    np.testing.assert_allclose(distributed, local, atol=1e-6)
+    assert np.abs(distributed - fp32.encode(texts)).max() > 1e-4  # bf16, not fp32 under a bf16 id
+
+
 def _count(store: Path) -> int:
     database = store / "hivemind.sqlite"
     if not database.exists():

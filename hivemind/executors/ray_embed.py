@@ -86,7 +86,7 @@ class RayEmbedder(Embedder):
             concurrency=min(gpus or self.concurrency, len(batches)),
             **resources,
             fn_constructor_args=(
-                self.model_path,
+                f"{self.model_path}:{self.precision}",  # the actors run at the study's precision
                 "cuda" if gpus else "cpu",
                 self.batch_size,
                 self.chunk_overlap,
