@@ -421,12 +421,15 @@ def test_a_composite_runs_in_a_worker_process_and_a_crash_there_is_an_error_row(
 
 def test_shipped_zoo_has_the_qwen_composites() -> None:
     zoo = load_zoo()
-    for name in ("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-contrastive", "qwen2.5-coder-ensemble"):
+    names = ("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-contrastive", "qwen2.5-coder-ensemble")
+    for name in (*names, "qwen2.5-coder-1.5b-novelty"):
         deployment = zoo.get(name)
         provider = create_provider(deployment)  # validates the composite options
         assert provider.deployment.name == name
     shas = {c["sha256"] for c in zoo.get("qwen2.5-coder-contrastive").options["components"]}
     assert shas == {SHA_15B, SHA_05B}
+    novelty = zoo.get("qwen2.5-coder-1.5b-novelty").options
+    assert novelty["novelty"]["weight"] > 0 and [c["sha256"] for c in novelty["components"]] == [SHA_15B]
 
 
 # --- the report's answer: diversity restored, models drawn apart, quality paid ----------------
