@@ -137,7 +137,7 @@ class _KeyParts:
         return (
             _json(name),
             "".join(_json(m.model_dump()) + "," for m in system),
-            '],"params":' + _json(params.model_dump()) + ',"sample_index":',
+            '],"params":' + _json(params.key_data()) + ',"sample_index":',
         )
 
     def query(self, query_id: str, text: str) -> tuple[str, str]:

@@ -102,6 +102,12 @@ DroppedParams = dict[tuple[str, str], tuple[str, ...]]
 """Per (deployment, condition): the parameters its requests leave out (allowed by the condition)."""
 
 
+NOVELTY_HINT = (
+    " (diversity-guided decoding runs on `provider: composite` deployments; a composite of one "
+    "component runs a single model; or allow dropping it for the others)"
+)
+
+
 def check_params(spec: StudySpec, deployments: list[Deployment], providers: dict[str, Provider]) -> DroppedParams:
     """Check every (deployment, condition) against what its provider honours, before any request.
 
@@ -125,7 +131,7 @@ def check_params(spec: StudySpec, deployments: list[Deployment], providers: dict
                     problems.append(
                         f"deployment {deployment.name!r}, condition {condition.name!r}: parameter "
                         f"{name}={params[name]!r} would be ignored or rejected by {deployment.provider} "
-                        f"model {deployment.model!r}"
+                        f"model {deployment.model!r}" + (NOVELTY_HINT if name == "novelty" else "")
                     )
             if refused:
                 dropped[(deployment.name, condition.name)] = tuple(sorted(refused))

@@ -57,6 +57,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
+class Novelty(Strict):
+    """Diversity-guided decoding (ARGS-style, Khanov et al. 2024): every `every` tokens the `top_k`
+    candidate tokens are rescored by `score + weight * (1 - max cosine)` of the partial response
+    against the answers the deployment already gave to the query under the condition."""
+
+    weight: float = Field(gt=0.0)
+    top_k: int = Field(5, ge=2, le=100)
+    every: int = Field(1, ge=1)
+    embedder: str = "all-MiniLM-L6-v2"
+
+
+LOCAL_DECODING_PARAMS = frozenset({"novelty"})
+"""Parameters that only hivemind's own token-stepping engine runs (composite deployments);
+every other provider refuses them, so a condition that asks for one states what happens there."""
+
+
 class SamplingParams(Strict):
     """Decoding parameters. `None` means "leave it to the deployment's or provider's default"."""
 
@@ -76,6 +92,8 @@ class SamplingParams(Strict):
     """OpenAI-style frequency penalty."""
     stop: list[str] | None = None
     """Stop sequences."""
+    novelty: Novelty | None = None
+    """Diversity-guided decoding; composite deployments only (one component runs one model)."""
 
     def merged(self, *overrides: SamplingParams | None) -> SamplingParams:
         """Later overrides win field by field; unset (`None`) fields never erase earlier ones."""
@@ -89,6 +107,14 @@ class SamplingParams(Strict):
     def explicit(self) -> dict[str, Any]:
         """Only the parameters that are set, ready to send to a provider."""
         return {k: v for k, v in self.model_dump().items() if v is not None}
+
+    def key_data(self) -> dict[str, Any]:
+        """What cache keys and stored rows hash: every field, `novelty` only when set, so the
+        keys of samples taken before it existed still match."""
+        data = self.model_dump()
+        if data["novelty"] is None:
+            del data["novelty"]
+        return data
 
 
 ProviderName = str
@@ -362,6 +388,10 @@ class SampleRequest(Strict):
     condition allows that; recorded with the row. Not in the cache key: it follows from the
     deployment and the parameters, which are."""
 
+    def sent_params(self) -> dict[str, Any]:
+        """The set parameters a provider sends: `params` less the ones recorded as not sent."""
+        return {k: v for k, v in self.params.explicit().items() if k not in self.dropped_params}
+
     @cached_property
     def cache_key(self) -> str:
         """sha256 of the canonical JSON of every output-relevant field."""
@@ -370,7 +400,7 @@ class SampleRequest(Strict):
                 {
                     "deployment": self.deployment_identity,
                     "messages": [m.model_dump() for m in self.messages],
-                    "params": self.params.model_dump(),
+                    "params": self.params.key_data(),
                     "sample_index": self.sample_index,
                     "seed": self.seed,
                 }

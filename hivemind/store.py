@@ -99,7 +99,7 @@ def _params_json(params: Any) -> str:
         return hit[1]
     if len(_PARAMS_JSON) > 4096:
         _PARAMS_JSON.clear()
-    text = canonical_json(params.model_dump())
+    text = canonical_json(params.key_data())
     _PARAMS_JSON[id(params)] = (params, text)  # holding `params` keeps its id from being reused
     return text
 

@@ -475,6 +475,12 @@ def test_novelty_pushes_a_second_greedy_answer_away_from_the_first() -> None:
         assert second != first
         other_query = guided.generate(request.model_copy(update={"query_id": "other"})).text
         assert other_query == alone[0]  # memory is per query
+        # A condition asks for it on a composite without `options.novelty`: the same answers, and
+        # its own memory (its rows carry the condition's name).
+        asked = _request("Name a colour.", temperature=0.0, max_tokens=6, novelty={"weight": 50.0, "top_k": 8})
+        asked = asked.model_copy(update={"condition": "guided"})
+        assert [plain.generate(asked).text for _ in range(2)] == [first, second]
+        assert plain.generate(request).text == alone[0]  # the plain condition stays unguided
     finally:
         plain.close()
         guided.close()

@@ -224,3 +224,25 @@ def test_a_study_without_conditions_is_told_how_to_allow_a_drop(tmp_path: Path, 
         zoo = write_zoo(_remote(api_base))
         run_study(spec.model_copy(update={"zoo": str(zoo)}), tmp_path / "store", progress=False)
     assert [json.loads(r["dropped_params"]) for r in _rows(tmp_path / "store")] == [["min_p"]] * 4
+
+
+@pytest.mark.parametrize("provider", ["openai", "litellm"])
+def test_a_novelty_condition_is_refused_or_dropped_by_servers_never_sent(
+    provider: str, tmp_path: Path, write_zoo: Callable[..., Path]
+) -> None:
+    # Diversity-guided decoding runs only in hivemind's own stepping engine (composites): a
+    # server would ignore it, so the study says so before sampling, or records it as not sent.
+    novelty = {"name": "guided", "params": {"novelty": {"weight": 2.0, "top_k": 5, "every": 4}}}
+    with serve() as (api_base, script):
+        remote = _remote(api_base) if provider == "litellm" else {**_remote(api_base, "stub"), "provider": "openai"}
+        zoo = write_zoo(remote)
+        with pytest.raises(StudyError) as refused:
+            run_study(_spec(zoo, [novelty]), tmp_path / "refused", progress=False)
+        assert "novelty" in str(refused.value) and "provider: composite" in str(refused.value)
+        assert script.served == 0
+        run_study(_spec(zoo, [{**novelty, "allow_dropped_params": ["novelty"]}]), tmp_path / "store", progress=False)
+    rows = _rows(tmp_path / "store")
+    assert len(rows) == 4 and all(r["error"] is None for r in rows)
+    assert len(script.bodies) == 4 and all("novelty" not in body for body in script.bodies)
+    assert [json.loads(r["dropped_params"]) for r in rows] == [["novelty"]] * 4
+    assert all(json.loads(r["params_json"])["novelty"]["weight"] == 2.0 for r in rows)

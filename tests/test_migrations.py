@@ -189,3 +189,23 @@ def test_no_table_relies_on_if_not_exists() -> None:
         )
     ]
     assert offenders == [], offenders
+
+
+def test_planning_the_old_study_today_gives_the_keys_it_stored(old_store: Path) -> None:
+    # A parameter added since (`novelty`) must not move the cache keys of samples taken before.
+    from hivemind.sampling import plan_requests
+    from hivemind.sampling_stage import resolve_study
+
+    with Store(old_store) as store:
+        spec = store.study_spec("cli-study")
+        stored = dict(
+            zip(
+                store.samples_frame("cli-study").select("query_id", "deployment", "sample_index").rows(),
+                store.samples_frame("cli-study")["cache_key"],
+            )
+        )
+    queries, deployments = resolve_study(spec)
+    planned = {
+        (r.query_id, r.deployment, r.sample_index): r.cache_key for r in plan_requests(spec, queries, deployments)
+    }
+    assert len(stored) == 12 and planned == stored

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC
 from typing import Any, ClassVar
 
-from hivemind.spec import Completion, Deployment, SampleRequest
+from hivemind.spec import LOCAL_DECODING_PARAMS, Completion, Deployment, SampleRequest
 
 
 class ProviderError(Exception):
@@ -91,9 +91,10 @@ class Provider(ABC):
         """The names among `params` (the set sampling parameters) this deployment would ignore or
         reject. The study stops before sampling on any its condition does not allow dropping.
 
-        None by default: OpenAI-compatible servers, llama.cpp and the mock take every parameter.
+        By default only hivemind's own decoding parameters (`novelty`): OpenAI-compatible
+        servers, llama.cpp and the mock take every other one.
         """
-        return set()
+        return set(params) & LOCAL_DECODING_PARAMS
 
     def max_connections(self) -> int:
         """How many requests may be in flight at once for this deployment."""

@@ -17,7 +17,8 @@ hold each component's sha256, role, prompt and weight.
       components:
         - {role: expert, gguf_package: ..., sha256: ..., system_prompt: ..., weight: 1.0}
 
-Diversity-guided decoding (off unless `novelty:` is set; ARGS-style, Khanov et al. 2024): every
+Diversity-guided decoding (off unless a condition's `params: {novelty: ...}` or the deployment's
+`options.novelty` asks for it, the condition's winning; ARGS-style, Khanov et al. 2024): every
 `every` tokens the `top_k` candidate tokens are rescored by `score + weight * (1 - max cosine)` of
 the partial response with that token against the responses this deployment already sampled for
 the same query and condition in this process (embedded with `embedder`). Cost: `top_k` short
@@ -62,7 +63,7 @@ from hivemind.providers.llamacpp import (
     render_prompt,
 )
 from hivemind.providers.worker import WorkerProvider
-from hivemind.spec import Completion, Deployment, Message, SampleRequest, Strict
+from hivemind.spec import Completion, Deployment, Message, Novelty, SampleRequest, Strict
 
 DEFAULT_MAX_TOKENS = 256  # as the llamacpp provider
 
@@ -94,15 +95,6 @@ class Component(Strict):
 
     def source(self) -> dict[str, Any]:
         return self.model_dump(include={"gguf_path", "gguf_package", "hf_repo", "hf_file", "sha256"}, exclude_none=True)
-
-
-class Novelty(Strict):
-    """Diversity-guided decoding settings."""
-
-    weight: float = Field(gt=0.0)
-    top_k: int = Field(5, ge=2, le=100)
-    every: int = Field(1, ge=1)
-    embedder: str = "all-MiniLM-L6-v2"
 
 
 class CompositeOptions(Strict):
@@ -290,7 +282,7 @@ class CompositeEngine:
         paths = [resolve_gguf(c.source(), f"{label}: component {c.name!r}") for c in options.components]
         self.vocabulary = check_same_tokenizer([(c.name, p) for c, p in zip(options.components, paths)])
         threads = options.n_threads or os.cpu_count()
-        self._embedder: Any = None
+        self._embedders: dict[str, Any] = {}
         self._sampled: dict[tuple[str, str, str, str], list[np.ndarray]] = {}
         self.steppers = []
         for component, path in zip(options.components, paths):
@@ -378,7 +370,7 @@ class CompositeEngine:
         stops = params.stop or []
         rng = np.random.default_rng(request.seed)
         logits, prompt_len = self.prefill(request)
-        novelty = self.options.novelty
+        novelty = params.novelty or self.options.novelty  # a condition's setting wins
         memory_key = (request.study, request.deployment, request.query_id, request.condition)
         previous = np.asarray(self._sampled.get(memory_key, []), dtype=np.float32)
         generated: list[int] = []
@@ -392,7 +384,7 @@ class CompositeEngine:
                     scores,
                     novelty.top_k,
                     lambda top: novelty_rewards(
-                        self.embed([self.detokenize([*generated, int(t)]) for t in top]), previous
+                        self.embed(novelty.embedder, [self.detokenize([*generated, int(t)]) for t in top]), previous
                     ),
                     novelty.weight,
                 )
@@ -409,7 +401,7 @@ class CompositeEngine:
             if len(generated) < max_tokens:
                 logits = [stepper.feed(token) for stepper in self.steppers]
         if novelty is not None:
-            self._sampled.setdefault(memory_key, []).append(self.embed([text.strip()])[0])
+            self._sampled.setdefault(memory_key, []).append(self.embed(novelty.embedder, [text.strip()])[0])
         return Completion(
             text=text.strip(),
             finish_reason=finish,
@@ -419,14 +411,13 @@ class CompositeEngine:
             model=self.model,
         )
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit vectors from the novelty embedder (loaded on first use)."""
-        if self._embedder is None:
+    def embed(self, embedder: str, texts: list[str]) -> np.ndarray:
+        """Unit vectors from a novelty embedder (each loaded on first use)."""
+        if embedder not in self._embedders:
             from hivemind.embed import Embedder
 
-            assert self.options.novelty is not None
-            self._embedder = Embedder(self.options.novelty.embedder, device="cpu", progress=False)
-        return self._embedder.encode(texts, progress=False)
+            self._embedders[embedder] = Embedder(embedder, device="cpu", progress=False)
+        return self._embedders[embedder].encode(texts, progress=False)
 
     def detokenize(self, tokens: list[int]) -> str:
         return self.steppers[0].llama.detokenize(tokens).decode("utf-8", errors="ignore")
@@ -471,6 +462,10 @@ class CompositeProvider(WorkerProvider):
     def __init__(self, deployment: Deployment) -> None:
         super().__init__(deployment)
         self.options = parse_options(deployment)
+
+    def unsupported_params(self, params: dict[str, Any]) -> set[str]:
+        """None: the composite engine runs every parameter, `novelty` included."""
+        return set()
 
     def check_ready(self) -> None:
         """Weights present and verified, and one tokenizer for all components (cheap: vocab only)."""

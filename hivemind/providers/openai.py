@@ -38,7 +38,7 @@ def chat_body(model: str, request: SampleRequest) -> dict[str, Any]:
         "n": 1,
         "seed": request.seed,
     }
-    body.update(request.params.explicit())
+    body.update(request.sent_params())
     return body
 
 
