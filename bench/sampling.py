@@ -7,6 +7,8 @@
    process, requests over a pipe) vs llama-cpp-python called directly in this process with the
    same prompt, parameters, threads and load settings (weight repacking off and the same
    OpenMP spin count in both).
+3. tokens/s of each composite deployment of the zoo beside its components' own speeds, their
+   sum and the serial limit 1 / sum(1 / speed_i) (`bench/composite.py`, one process each).
 
     .venv/bin/python bench/sampling.py            # full
     .venv/bin/python bench/sampling.py --quick    # smaller counts
@@ -200,6 +202,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--skip-local", action="store_true", help="only the HTTP sampler benchmark")
     parser.add_argument("--skip-http", action="store_true", help="only the local-model benchmark")
+    parser.add_argument("--skip-composite", action="store_true", help="leave out the composite deployments")
     parser.add_argument(
         "--rounds", type=int, default=2, help="alternating runs per local model (best kept; more on a shared machine)"
     )
@@ -213,6 +216,20 @@ def main() -> None:
         bench_sampler(500 if args.quick else 2000)
     if not args.skip_local:
         bench_local_models(3 if args.quick else 8, args.rounds)
+    if not args.skip_composite:
+        bench_composites(16 if args.quick else 32)
+
+
+def bench_composites(tokens: int) -> None:
+    """Each composite in a fresh process (only its components loaded), as bench/composite.py runs it."""
+    script = Path(__file__).resolve().parent / "composite.py"
+    names = [d.name for d in load_zoo().deployments if d.provider == "composite"]
+    print(f"\n## composites: tokens/s beside their components' own speeds ({tokens} tokens per prompt)")
+    for name in names:
+        out = subprocess.run(
+            [sys.executable, str(script), "--tokens", str(tokens), name], capture_output=True, text=True, check=True
+        )
+        print(out.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
