@@ -2,7 +2,8 @@
 
 For every composite of the zoo: each component alone through llama-cpp-python's own
 `create_chat_completion` (its native speed) and the composite through hivemind's engine, on the
-same prompts, seeds and token budget, interleaved prompt by prompt (same machine load). Stepping N models in series can at best reach
+same prompts, seeds and token budget, interleaved prompt by prompt (same machine load), after one
+untimed warm-up each. Stepping N models in series can at best reach
 1 / sum(1 / speed_i) (the serial limit); the sum of the speeds is printed too, as the figure a
 parallel stepper on enough cores could approach. Prompt processing is included in both.
 
@@ -77,6 +78,11 @@ def measure(name: str, tokens: int) -> None:
     engine = CompositeEngine(options, name, deployment.model)
     totals = [[0, 0.0] for _ in range(len(alone) + 1)]
     try:
+        # warm-up, not timed: loads what loads lazily (a novelty embedder) and, for novelty, gives
+        # the query a first answer, so the timed prompts pay for the rescoring they would in a study
+        for llama in alone:
+            chat_alone(llama, PROMPTS[0], 99, 4)
+        composite_once(engine, PROMPTS[0], 99, tokens)
         for seed, prompt in enumerate(PROMPTS):
             runs = [chat_alone(llama, prompt, seed, tokens) for llama in alone]
             runs.append(composite_once(engine, prompt, seed, tokens))
