@@ -17,6 +17,7 @@ Run:
     .venv/bin/python bench/analysis_scale.py                # 10K and 100K, no lexical
     .venv/bin/python bench/analysis_scale.py --lexical      # with lexical metrics
     .venv/bin/python bench/analysis_scale.py --million      # adds 1M (IVF corpus index)
+    .venv/bin/python bench/analysis_scale.py --ensemble-k sparse   # fewer k on the ensemble curves
     .venv/bin/python bench/analysis_scale.py --recall       # IVF vs exact on 100K
     .venv/bin/python bench/analysis_scale.py --quick        # 10K only
 """
@@ -83,7 +84,7 @@ def synthetic_texts(n_queries: int, seed: int = 0, words: int = 80) -> list[str]
     return out
 
 
-def run_one(n: int, lexical: bool, index: str) -> dict[str, Any]:
+def run_one(n: int, lexical: bool, index: str, ensemble_k: str = "all") -> dict[str, Any]:
     """Analyse one synthetic study of n responses in this process; seconds per step, peak RSS."""
     import polars as pl
     from analysis import make_study
@@ -112,7 +113,7 @@ def run_one(n: int, lexical: bool, index: str) -> dict[str, Any]:
     for name in STEPS:
         setattr(run, name, timed(name, getattr(run, name)))
     start, start_cpu = time.perf_counter(), time.process_time()
-    result = run.analyze_responses(responses, vectors, lexical=lexical, corpus_index=index)
+    result = run.analyze_responses(responses, vectors, lexical=lexical, corpus_index=index, ensemble_k=ensemble_k)
     total = time.perf_counter() - start
     return {
         "n": responses.height,
@@ -226,6 +227,7 @@ def main() -> None:
     parser.add_argument("--recall", action="store_true", help="IVF vs exact corpus search on 100K")
     parser.add_argument("--quick", action="store_true", help="10K only")
     parser.add_argument("--index", choices=("exact", "ivf"), default="exact", help="corpus index below 1M")
+    parser.add_argument("--ensemble-k", choices=("all", "sparse"), default="all", help="k of the ensemble curves")
     parser.add_argument(
         "--versus-previous",
         action="store_true",
@@ -235,7 +237,7 @@ def main() -> None:
     parser.add_argument("--recall-one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.lexical, args.index)))
+        print(json.dumps(run_one(args.one, args.lexical, args.index, args.ensemble_k)))
         return
     if args.recall_one:
         print(json.dumps(recall(args.recall_one)))
@@ -245,13 +247,13 @@ def main() -> None:
         sizes.append(1_000_000)
     print(
         f"full analyze_responses, {DEPLOYMENTS} deployments x {SAMPLES} samples per query, 384-d, "
-        f"lexical {'on' if args.lexical else 'off'} (each size in its own process)"
+        f"lexical {'on' if args.lexical else 'off'}, ensemble k {args.ensemble_k} (each size in its own process)"
     )
     rows = []
     for n in sizes:
         index = "ivf" if n >= 1_000_000 else args.index
         extra = ["--lexical"] if args.lexical else []
-        r = child(["--one", str(n), "--index", index, *extra])
+        r = child(["--one", str(n), "--index", index, "--ensemble-k", args.ensemble_k, *extra])
         rows.append(r)
         top = sorted(r["steps"].items(), key=lambda kv: -kv[1])[:4]
         target = TARGET.get(n, (None, None))[1 if args.lexical else 0]

@@ -426,6 +426,7 @@ def analyze(
         checker=checker,
         executor=executor,
         corpus_index=spec.analysis.corpus_index,
+        ensemble_k=spec.analysis.ensemble_k,
     )
     tables = dict(result.tables)
     tables["k_per_query"] = k_table

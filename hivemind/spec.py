@@ -263,6 +263,9 @@ class AnalysisOptions(Strict):
     corpus_index: Literal["exact", "ivf"] = "exact"
     """Index of the corpus-wide near-duplicate search: exact (quadratic), or FAISS IVF
     (approximate, for corpora of hundreds of thousands of responses; the summary names it)."""
+    ensemble_k: Literal["all", "sparse"] = "all"
+    """The ensemble curves at every k = 1..K, or `sparse`: every k up to the number of deployments,
+    then about x1.25 apart to K; the same values at those k for about a sixth of the Vendi cost."""
 
 
 class SamplingPlan(Strict):

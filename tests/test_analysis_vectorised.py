@@ -236,3 +236,30 @@ def test_analysis_names_its_corpus_index_and_ivf_agrees_on_a_small_corpus() -> N
     assert results["ivf"].tables["near_duplicates_corpus"].equals(exact)
     with pytest.raises(ValueError, match="unknown corpus index"):
         analyze_responses(responses, X, n_boot=10, n_perm=10, draws=2, lexical=False, corpus_index="hnsw")
+
+
+def test_sparse_ensemble_curves_keep_every_value_they_compute() -> None:
+    """`ensemble_k="sparse"` computes fewer k from the same draws: each of its rows is the full
+    computation's row, bit for bit; the hivemind gap (at k* = number of deployments) is unchanged."""
+    from hivemind.analysis import analyze_responses
+    from hivemind.analysis.ensemble import sparse_ks
+    from tests.test_analysis import two_deployments
+
+    groups, vectors = clustered_study(3, 3, 20)
+    full = ensemble_per_query(groups, vectors, draws=5, seed=3)
+    sparse = ensemble_per_query(groups, vectors, draws=5, seed=3, ensemble_k="sparse")
+    assert sparse["k"].unique().sort().to_list() == sparse_ks(20, 3) == [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20]
+    assert sparse.equals(full.filter(pl.col("k").is_in(sparse_ks(20, 3))))
+    with pytest.raises(ValueError, match="unknown ensemble_k"):
+        ensemble_per_query(groups, vectors, ensemble_k="every")
+
+    responses, X = two_deployments(shared=True, rho=0.9, k=9).prepared()  # sparse k: 1..6, 8, 9
+    results = {
+        k: analyze_responses(responses, X, n_boot=50, n_perm=50, draws=3, lexical=False, ensemble_k=k)
+        for k in ("all", "sparse")
+    }
+    assert results["sparse"].summary["ensemble_k"] == "sparse" and results["all"].summary["ensemble_k"] == "all"
+    assert results["sparse"].tables["hivemind_gap"].equals(results["all"].tables["hivemind_gap"])
+    curve, every = (results[k].tables["ensemble"].drop("p_holm") for k in ("sparse", "all"))
+    assert 0 < curve.height < every.height  # some k left out, the rest as they were
+    assert curve.equals(every.filter(pl.col("k").is_in(curve["k"].unique().to_list())))

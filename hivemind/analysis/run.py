@@ -241,6 +241,7 @@ def analyze_responses(
     checker: str | AnswerChecker | None = None,
     executor: Executor | None = None,
     corpus_index: str = "exact",
+    ensemble_k: str = "all",
 ) -> AnalysisResult:
     """Run every analysis on prepared responses (`prepare_responses`) and aligned vectors.
 
@@ -252,7 +253,8 @@ def analyze_responses(
     "exact", "numeric:0.01", "regex", "module:function", or a callable; default "final"). Works
     with one deployment (no inter tables), one condition and missing categories. Comparisons
     follow `FOOTING_RULE`. `corpus_index` is "exact" or "ivf" (approximate, for very large
-    corpora; `hivemind.index`) for the corpus-wide search only. `executor` runs the per-query analyses and the pair search (default:
+    corpora; `hivemind.index`) for the corpus-wide search only. `ensemble_k` is "all" (every k of
+    the ensemble curves) or "sparse" (fewer k, same values there; `ensemble.sparse_ks`). `executor` runs the per-query analyses and the pair search (default:
     in this process; `hivemind.executors`).
     """
     import polars as pl
@@ -286,7 +288,7 @@ def analyze_responses(
     t["verbatim_overlap"] = ex.map_groups(verbatim_overlap, groups)
     t["overlap_vs_semantic"] = overlap_vs_semantic(footed_pairs, t["verbatim_overlap"])
     t["gap_tests"] = gap_tests(t["query_similarity"], groups, vectors, n_boot=n_boot, n_perm=n_perm, seed=seed)
-    t["ensemble_per_query"] = ensemble_per_query(groups, vectors, draws=draws, seed=seed)
+    t["ensemble_per_query"] = ensemble_per_query(groups, vectors, draws=draws, seed=seed, ensemble_k=ensemble_k)
     t["ensemble"] = ensemble_curves(t["ensemble_per_query"], n_boot=n_boot, n_perm=n_perm, seed=seed)
     t["hivemind_gap"] = hivemind_gap(t["ensemble_per_query"], groups, t["random_baseline"], n_boot=n_boot, seed=seed)
     t["diversity"] = ex.map_groups(diversity_table, groups, vectors, class_threshold=threshold, lexical=lexical)
@@ -333,6 +335,7 @@ def analyze_responses(
     summary["headline"]["near_duplicate_pairs_corpus"] = n_corpus
     summary["headline"]["near_duplicate_pairs_cross_query"] = n_cross
     summary["near_duplicate_corpus_index"] = corpus_index  # "ivf" is approximate: may miss pairs
+    summary["ensemble_k"] = ensemble_k
     summary["clustering"] = clustering
     return AnalysisResult(t, summary)
 

@@ -199,7 +199,14 @@ def ensemble_section(summary: Summary, tables: Tables) -> str:
         (
             '<p class="note">k responses drawn from one deployment vs from k different deployments (for k above '
             "the number of deployments, spread evenly over all), with 95% bootstrap CIs over queries; p: paired "
-            "sign-flip permutation test (mixed > single), Holm-adjusted over k.</p>"
+            "sign-flip permutation test (mixed > single), Holm-adjusted over k"
+            + (
+                " (the k computed: `analysis.ensemble_k: sparse` computes every k up to the number of "
+                "deployments, then about x1.25 apart)"
+                if summary.ensemble_k == "sparse"
+                else ""
+            )
+            + ".</p>"
         ),
     ]
     for condition in _conditions(summary):
