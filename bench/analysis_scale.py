@@ -98,15 +98,21 @@ def run_one(n: int, lexical: bool, index: str, ensemble_k: str = "all") -> dict[
     steps: dict[str, float] = {}
 
     cpu: dict[str, float] = {}
+    peak_raised: dict[str, float] = {}  # GB a step added to the process's peak RSS
+    loaded_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
     def timed(name: str, fn: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             start, start_cpu = time.perf_counter(), time.process_time()
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             try:
                 return fn(*args, **kwargs)
             finally:
                 steps[name] = steps.get(name, 0.0) + time.perf_counter() - start
                 cpu[name] = cpu.get(name, 0.0) + time.process_time() - start_cpu
+                raised = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1e6
+                if raised > 0.01:
+                    peak_raised[name] = peak_raised.get(name, 0.0) + raised
 
         return wrapper
 
@@ -124,6 +130,8 @@ def run_one(n: int, lexical: bool, index: str, ensemble_k: str = "all") -> dict[
         "cpu_seconds": time.process_time() - start_cpu,
         "cpu_steps": cpu,
         "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "loaded_gb": loaded_gb,
+        "peak_raised_gb": peak_raised,
         "corpus_pairs": result.summary["headline"]["near_duplicate_pairs_corpus"],
     }
 
@@ -261,6 +269,11 @@ def main() -> None:
             f"{n:>9,} responses: {r['seconds']:7.1f} s ({r['cpu_seconds']:.1f} CPU s), peak {r['peak_gb']:.2f} GB, corpus index {index} "
             f"({r['corpus_pairs']} pairs); target {f'<= {target:.0f} s' if target else '-'}; "
             f"before: {BEFORE.get((n, args.lexical), 'not measured')}"
+        )
+        raised = sorted(r["peak_raised_gb"].items(), key=lambda kv: -kv[1])[:3]
+        print(
+            f"           memory: {r['loaded_gb']:.2f} GB with the study loaded; steps that raised the peak: "
+            + (", ".join(f"{k} +{v:.2f} GB" for k, v in raised) or "none")
         )
         print(
             "           slowest steps: "

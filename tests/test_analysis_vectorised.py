@@ -263,3 +263,32 @@ def test_sparse_ensemble_curves_keep_every_value_they_compute() -> None:
     curve, every = (results[k].tables["ensemble"].drop("p_holm") for k in ("sparse", "all"))
     assert 0 < curve.height < every.height  # some k left out, the rest as they were
     assert curve.equals(every.filter(pl.col("k").is_in(curve["k"].unique().to_list())))
+
+
+def test_random_pair_baseline_is_the_same_for_any_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The baseline normalises the corpus a block at a time (no float64 copy of 1M vectors): the
+    sums are added in the same order, so the block size changes no bit."""
+    from hivemind.analysis import similarity
+    from tests.test_analysis import two_deployments
+
+    responses, X = two_deployments(shared=False, queries=9, k=7).prepared()
+    whole = similarity.random_pair_baseline(responses, X, seed=3, n_boot=100)
+    monkeypatch.setattr(similarity, "_CHUNK_ROWS", 5)
+    assert similarity.random_pair_baseline(responses, X, seed=3, n_boot=100).equals(whole)
+    assert whole["n_queries"].item() == 9 and whole["similarity"].is_not_null().all()
+
+
+def test_the_unit_rows_for_the_pair_search_are_the_same_for_any_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hivemind.analysis import run
+
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((23, 8)).astype(np.float32)
+    vectors[[3, 17]] = 0.0  # no direction: left out
+    units, kept = run._embedded(vectors)
+    assert kept.tolist() == [i for i in range(23) if i not in (3, 17)]
+    assert np.allclose(np.linalg.norm(units, axis=1), 1.0, atol=1e-6) and units.dtype == np.float32
+    monkeypatch.setattr(run, "_BLOCK_ROWS", 4)
+    again, kept_again = run._embedded(vectors)
+    assert np.array_equal(again, units) and np.array_equal(kept_again, kept)
+    empty, none = run._embedded(vectors[:0])
+    assert empty.shape == (0, 8) and none.size == 0
