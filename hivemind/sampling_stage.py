@@ -18,7 +18,7 @@ from hivemind.providers.base import Provider
 from hivemind.providers.registry import create_provider
 from hivemind.queries import load_query_set, paraphrases
 from hivemind.sampling import Sampler, SamplingReport, check_resumable, iter_requests, plan_size
-from hivemind.spec import Deployment, Query, StudySpec
+from hivemind.spec import LOCAL_DECODING_PARAMS, Deployment, Query, StudySpec
 from hivemind.store import Store
 from hivemind.zoo import ZooError, format_validation_error, load_zoo, missing_keys
 
@@ -102,12 +102,6 @@ DroppedParams = dict[tuple[str, str], tuple[str, ...]]
 """Per (deployment, condition): the parameters its requests leave out (allowed by the condition)."""
 
 
-NOVELTY_HINT = (
-    " (diversity-guided decoding runs on `provider: composite` deployments; a composite of one "
-    "component runs a single model; or allow dropping it for the others)"
-)
-
-
 def check_params(spec: StudySpec, deployments: list[Deployment], providers: dict[str, Provider]) -> DroppedParams:
     """Check every (deployment, condition) against what its provider honours, before any request.
 
@@ -131,7 +125,8 @@ def check_params(spec: StudySpec, deployments: list[Deployment], providers: dict
                     problems.append(
                         f"deployment {deployment.name!r}, condition {condition.name!r}: parameter "
                         f"{name}={params[name]!r} would be ignored or rejected by {deployment.provider} "
-                        f"model {deployment.model!r}" + (NOVELTY_HINT if name == "novelty" else "")
+                        f"model {deployment.model!r}"
+                        + (f" ({LOCAL_DECODING_PARAMS[name]})" if name in LOCAL_DECODING_PARAMS else "")
                     )
             if refused:
                 dropped[(deployment.name, condition.name)] = tuple(sorted(refused))

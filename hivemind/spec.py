@@ -68,9 +68,14 @@ class Novelty(Strict):
     embedder: str = "all-MiniLM-L6-v2"
 
 
-LOCAL_DECODING_PARAMS = frozenset({"novelty"})
-"""Parameters that only hivemind's own token-stepping engine runs (composite deployments);
-every other provider refuses them, so a condition that asks for one states what happens there."""
+LOCAL_DECODING_PARAMS: dict[str, str] = {
+    "novelty": (
+        "diversity-guided decoding runs on `provider: composite` deployments; a composite of one "
+        "component runs a single model; or allow dropping it for the others"
+    ),
+}
+"""Parameters that only hivemind's own token-stepping engine runs (composite deployments), each
+with the way out a refusal names; every other provider refuses them."""
 
 
 class SamplingParams(Strict):

@@ -17,6 +17,7 @@ import pytest
 from hivemind.analysis.data import Group
 from hivemind.analysis.ensemble import draw_diversity, ensemble_per_query
 from hivemind.analysis.significance import _gap_from_blocks, gap_permutation_test, group_gap_permutations
+from hivemind.metrics import semantic
 from hivemind.metrics.semantic import normalize_rows
 
 
@@ -273,7 +274,7 @@ def test_random_pair_baseline_is_the_same_for_any_block_size(monkeypatch: pytest
 
     responses, X = two_deployments(shared=False, queries=9, k=7).prepared()
     whole = similarity.random_pair_baseline(responses, X, seed=3, n_boot=100)
-    monkeypatch.setattr(similarity, "_CHUNK_ROWS", 5)
+    monkeypatch.setattr(semantic, "NORMALISE_BLOCK_ROWS", 5)
     assert similarity.random_pair_baseline(responses, X, seed=3, n_boot=100).equals(whole)
     assert whole["n_queries"].item() == 9 and whole["similarity"].is_not_null().all()
 
@@ -287,7 +288,7 @@ def test_the_unit_rows_for_the_pair_search_are_the_same_for_any_block_size(monke
     units, kept = run._embedded(vectors)
     assert kept.tolist() == [i for i in range(23) if i not in (3, 17)]
     assert np.allclose(np.linalg.norm(units, axis=1), 1.0, atol=1e-6) and units.dtype == np.float32
-    monkeypatch.setattr(run, "_BLOCK_ROWS", 4)
+    monkeypatch.setattr(semantic, "NORMALISE_BLOCK_ROWS", 4)
     again, kept_again = run._embedded(vectors)
     assert np.array_equal(again, units) and np.array_equal(kept_again, kept)
     empty, none = run._embedded(vectors[:0])

@@ -38,6 +38,7 @@ from hivemind.analysis.similarity import (
     similarity_bins,
     verbatim_overlap,
 )
+from hivemind.metrics import semantic
 from hivemind.metrics.semantic import normalize_rows
 from hivemind.verify import AnswerChecker, checker_name
 
@@ -61,16 +62,12 @@ class AnalysisResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-_BLOCK_ROWS = 65536
-"""Rows `_embedded` normalises at once (float64, 200 MB at 384-d): a float64 copy of a 1M-row
-corpus is 3 GB, and the rows come out the same either way."""
-
-
 def _embedded(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(unit float32 rows of the vectors that have a direction, their row numbers)."""
     units, kept = [np.zeros((0, vectors.shape[1]), np.float32)], [np.zeros(0, np.int64)]
-    for start in range(0, vectors.shape[0], _BLOCK_ROWS):
-        X = normalize_rows(vectors[start : start + _BLOCK_ROWS])
+    block = semantic.NORMALISE_BLOCK_ROWS  # a block at a time: no float64 copy of the corpus
+    for start in range(0, vectors.shape[0], block):
+        X = normalize_rows(vectors[start : start + block])
         keep = np.flatnonzero(np.linalg.norm(X, axis=1) > 0.5)  # zero vectors have no direction
         units.append(X[keep].astype(np.float32))
         kept.append(keep + start)

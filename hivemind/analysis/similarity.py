@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemind.analysis.data import Group
+from hivemind.metrics import semantic
 from hivemind.metrics.lexical import ngrams, tokenize
 from hivemind.metrics.semantic import nearest_neighbour_model_counts, normalize_rows
 from hivemind.metrics.stats import bootstrap_ci
@@ -235,11 +236,6 @@ def cluster_deployments(M: np.ndarray, labels: list[str], method: str = "average
     return {"labels": list(labels), "linkage": Z.tolist(), "order": order, "method": method}
 
 
-_CHUNK_ROWS = 65536
-"""Rows normalised at once by `random_pair_baseline` (float64: 200 MB at 384-d), where a whole
-float64 copy of 1M vectors is 3 GB; the sums are added in the same order either way."""
-
-
 def random_pair_baseline(
     responses: pl.DataFrame,
     vectors: np.ndarray,
@@ -278,8 +274,9 @@ def random_pair_baseline(
             records.append((condition, None, None, None, None, None, None, 0, n_queries))
             continue
         sums = np.zeros((n_queries, vectors.shape[1]))
-        for start in range(0, rows.size, _CHUNK_ROWS):  # unit rows a block at a time: no float64 corpus
-            part_rows = slice(start, start + _CHUNK_ROWS)
+        block = semantic.NORMALISE_BLOCK_ROWS  # unit rows a block at a time; sums added in the same order
+        for start in range(0, rows.size, block):
+            part_rows = slice(start, start + block)
             np.add.at(sums, queries[part_rows], normalize_rows(vectors[rows[part_rows]]))
         sizes = np.bincount(queries, minlength=n_queries).astype(np.float64)
         self_dots = np.einsum("ij,ij->i", sums, sums)  # all pairs within a query, self-pairs included

@@ -94,7 +94,7 @@ class Provider(ABC):
         By default only hivemind's own decoding parameters (`novelty`): OpenAI-compatible
         servers, llama.cpp and the mock take every other one.
         """
-        return set(params) & LOCAL_DECODING_PARAMS
+        return set(params) & LOCAL_DECODING_PARAMS.keys()
 
     def max_connections(self) -> int:
         """How many requests may be in flight at once for this deployment."""
