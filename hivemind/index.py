@@ -306,16 +306,10 @@ def _dense_pairs(
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
 
 
-def _ivf_range(
-    matrix: np.ndarray, threshold: np.float32, nprobe: int, batch: int = 8192
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (rows, ids, canonical cosines) >= t found by an IVF index over the rows themselves.
-
-    About 2 sqrt(n) inverted lists (k-means on a fixed sample, so a rerun gives the same
-    lists), `nprobe` visited per query: each query scans ~ nprobe / nlist of the corpus
-    instead of all of it. A pair whose sides fall in lists the query does not visit is missed;
-    the cosines of the pairs found are the exact ones (`exact_cosines`).
-    """
+def _ivf_lists(matrix: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(each row's inverted list, the lists each row visits (n, nprobe), nlist) of a FAISS
+    IVF index over the rows: about 2 sqrt(n) lists from k-means on a fixed sample (a rerun
+    gives the same lists); a row is stored in its nearest list and visits its nprobe nearest."""
     import faiss
 
     n, dim = matrix.shape
@@ -324,15 +318,49 @@ def _ivf_range(
     ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     sample = np.random.default_rng(0).choice(n, size=min(n, 40 * nlist), replace=False)
     ivf.train(np.ascontiguousarray(matrix[np.sort(sample)]))
-    ivf.add(matrix)
-    ivf.nprobe = min(nprobe, nlist)
-    radius = float(np.nextafter(np.float32(threshold - SLACK), np.float32(-np.inf)))
-    rows, ids = [], []
-    for start in range(0, n, batch):
-        lims, _, found = ivf.range_search(matrix[start : start + batch], radius)
-        rows.append(np.repeat(np.arange(start, start + lims.size - 1, dtype=np.int64), np.diff(lims).astype(np.int64)))
-        ids.append(found.astype(np.int64))
-    return _refine(matrix, matrix, np.concatenate(rows), np.concatenate(ids), threshold)
+    _, visits = ivf.quantizer.search(matrix, min(nprobe, nlist))
+    return visits[:, 0].astype(np.int64), visits.astype(np.int64), nlist
+
+
+def _ivf_range(matrix: np.ndarray, threshold: np.float32, nprobe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (rows, ids, canonical cosines) >= t that an IVF index over the rows finds.
+
+    The pairs FAISS's `IndexIVFFlat.range_search` finds with the same lists (`_ivf_lists`): row
+    i meets row j when j's list is among the nprobe lists i visits, so each query scans about
+    nprobe / nlist of the corpus instead of all of it; a pair whose sides fall in lists the
+    query does not visit is missed. FAISS compares a query with a list's vectors one by one;
+    here each list meets all the rows that visit it in one matrix product (the same products
+    at BLAS speed). The cosines of the pairs found are the exact ones (`exact_cosines`).
+    """
+    from hivemind.analysis.parallel import ordered_map
+
+    stored, visits, nlist = _ivf_lists(matrix, nprobe)
+    members_order = np.argsort(stored, kind="stable")
+    member_bounds = np.searchsorted(stored[members_order], np.arange(nlist + 1))
+    flat = visits.reshape(-1)
+    by_list = np.argsort(flat, kind="stable")
+    visitor_order = by_list // visits.shape[1]  # the rows visiting each list, ascending
+    visitor_bounds = np.searchsorted(flat[by_list], np.arange(nlist + 1))
+    loose = np.float32(threshold - SLACK)
+
+    def scanned(inverted_list: int) -> tuple[np.ndarray, np.ndarray]:
+        members = members_order[member_bounds[inverted_list] : member_bounds[inverted_list + 1]]
+        visitors = visitor_order[visitor_bounds[inverted_list] : visitor_bounds[inverted_list + 1]]
+        if members.size == 0 or visitors.size == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        stored_rows = matrix[members]
+        rows, ids = [], []
+        for start in range(0, visitors.size, 8192):  # memory: at most 8192 x list size cosines
+            part = visitors[start : start + 8192]
+            a, b = np.nonzero(matrix[part] @ stored_rows.T >= loose)
+            rows.append(part[a])
+            ids.append(members[b])
+        return np.concatenate(rows), np.concatenate(ids)
+
+    found = list(ordered_map(scanned, range(nlist)))
+    rows = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
+    ids = np.concatenate([f[1] for f in found]) if found else np.zeros(0, np.int64)
+    return _refine(matrix, matrix, rows, ids, threshold)
 
 
 def near_duplicate_pairs(

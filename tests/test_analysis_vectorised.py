@@ -1,9 +1,9 @@
 """The vectorised ensemble draws and gap permutations give the previous implementation's numbers.
 
 `_previous_*` below are the implementations these replaced (commit fb08e27), kept here only as
-the reference: the ensemble table must be bit-identical (same draws, same Gram matrices), the
-permutation gaps within 1e-12 (only the order of floating-point sums changed) with the same
-p-values, on fixed clustered inputs with equal K and, for the fallback, unequal counts.
+the reference: the ensemble table and the permutation gaps within 1e-12 (same draws, same Gram
+matrices; only the order of floating-point sums changed, in the compiled loops of
+`hivemind.metrics.compiled`) with the same p-values, on fixed clustered inputs with equal K and, for the fallback, unequal counts.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from hivemind.analysis import significance
 from hivemind.analysis.data import Group
 from hivemind.analysis.ensemble import draw_diversity, ensemble_per_query
 from hivemind.analysis.significance import _gap_from_blocks, gap_permutation_test, group_gap_permutations
@@ -139,28 +140,49 @@ def clustered_study(
 
 
 @pytest.mark.parametrize("deployments,k", [(4, 6), (3, 2), (5, 9), (1, 5)])
-def test_ensemble_per_query_is_bit_identical_to_previous(deployments: int, k: int) -> None:
+def test_ensemble_per_query_equals_previous(deployments: int, k: int) -> None:
+    """Same draws, same Gram matrices; the compiled loop sums in another order: within 1e-12."""
     groups, vectors = clustered_study(3, deployments, k)
     new = ensemble_per_query(groups, vectors, draws=7, seed=3)
     old = _previous_ensemble_per_query(groups, vectors, draws=7, seed=3)
     assert new.height == old.height > 0
-    assert new.equals(old)  # same draws, same Gram matrices: the same bits
+    values = ["mean_distance", "vendi"]
+    assert new.drop(values).equals(old.drop(values))
+    for column in values:
+        np.testing.assert_allclose(new[column].to_numpy(), old[column].to_numpy(), rtol=1e-12, atol=1e-12)
 
 
-def test_gap_permutations_equal_previous_with_equal_k() -> None:
+def test_gap_permutations_equal_previous_with_equal_k(monkeypatch: pytest.MonkeyPatch) -> None:
     groups, vectors = clustered_study(4, 5, 6)
     X = normalize_rows(vectors)
     for g in groups:
         rows = g.all_rows()
         S = np.clip(X[rows] @ X[rows].T, -1.0, 1.0)
         obs_old, perms_old = _previous_group_gap_permutations(S, g.labels(), 300, np.random.default_rng(11))
-        for unit_rows in (None, X[rows]):  # gathered intra blocks, or the one-hot matmul
+        # the compiled gather of the intra blocks, or the one-hot matmul (forced either way)
+        for gather_cost in (0, 10**9):
+            monkeypatch.setattr(significance, "GATHER_COST", gather_cost)
             obs_new, perms_new = group_gap_permutations(
-                S, g.labels(), 300, np.random.default_rng(11), unit_rows=unit_rows
+                S, g.labels(), 300, np.random.default_rng(11), unit_rows=X[rows]
             )
             assert obs_new == pytest.approx(obs_old, abs=1e-12)
             np.testing.assert_allclose(perms_new, perms_old, rtol=0, atol=1e-12)
         assert obs_old > np.median(perms_old)  # the design has a real gap: the test is not vacuous
+
+
+def test_gap_permutations_equal_previous_with_labels_in_any_order() -> None:
+    """The compiled gather buckets rows by label itself: labels interleaved, not in blocks."""
+    groups, vectors = clustered_study(1, 4, 7)
+    g = groups[0]
+    shuffled = np.random.default_rng(2).permutation(g.all_rows().size)
+    rows, labels = g.all_rows()[shuffled], np.asarray(g.labels())[shuffled]
+    X = normalize_rows(vectors[rows])
+    S = np.clip(X @ X.T, -1.0, 1.0)
+    new = group_gap_permutations(S, labels, 300, np.random.default_rng(4))
+    old = _previous_group_gap_permutations(S, labels, 300, np.random.default_rng(4))
+    assert new[0] == pytest.approx(old[0], abs=1e-12)
+    np.testing.assert_allclose(new[1], old[1], rtol=0, atol=1e-12)
+    assert np.unique(np.round(new[1], 9)).size > 200  # permutations differ: the shuffle is real
 
 
 def test_gap_permutations_with_unequal_counts_equal_previous() -> None:
@@ -293,3 +315,113 @@ def test_the_unit_rows_for_the_pair_search_are_the_same_for_any_block_size(monke
     assert np.array_equal(again, units) and np.array_equal(kept_again, kept)
     empty, none = run._embedded(vectors[:0])
     assert empty.shape == (0, 8) and none.size == 0
+
+
+# --- verbatim overlap: the per-pair block loop it replaced (commit f03ee43) ----------------
+
+
+def _previous_ngram_matrix(texts: list[str], n: int) -> tuple[Any, np.ndarray]:
+    """Binary response x n-gram matrix (scipy CSR) and each response's n-gram count."""
+    from scipy.sparse import csr_matrix
+
+    from hivemind.metrics.lexical import ngrams, tokenize
+
+    vocab: dict[tuple[str, ...], int] = {}
+    indptr, indices = [0], []
+    for text in texts:
+        grams = {vocab.setdefault(g, len(vocab)) for g in ngrams(tokenize(text), n)}
+        indices.extend(sorted(grams))
+        indptr.append(len(indices))
+    data = np.ones(len(indices), dtype=np.float64)
+    M = csr_matrix(
+        (data, np.asarray(indices, dtype=np.int64), np.asarray(indptr)), shape=(len(texts), max(len(vocab), 1))
+    )
+    return M, np.diff(np.asarray(indptr))
+
+
+def _previous_verbatim_overlap(groups: list[Group], n: int = 5) -> pl.DataFrame:
+    """Shared long n-grams between responses, beside the cosine pairs they mirror.
+
+    For each response pair: Jaccard of their n-gram sets (n = 5 by default), and whether they
+    share any n-gram at all. Averaged over the same pairs as `pair_similarity` (intra: i < j
+    within a deployment; inter: all cross pairs). Pairs where neither response has an n-gram
+    are left out. Columns: query_id, condition, deployment_a, deployment_b, kind,
+    ngram_jaccard, share_pairs_sharing.
+    """
+    records = []
+    for g in groups:
+        texts = [t for block in g.texts for t in block]
+        if not texts:
+            continue
+        M, sizes = _previous_ngram_matrix(texts, n)
+        inter = np.asarray((M @ M.T).todense())
+        union = sizes[:, None] + sizes[None, :] - inter
+        with np.errstate(invalid="ignore", divide="ignore"):
+            jac = np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)
+        shares = np.where(union > 0, (inter > 0).astype(np.float64), np.nan)
+        local, start = [], 0
+        for r in g.rows:
+            local.append(np.arange(start, start + r.size))
+            start += r.size
+        for i, a in enumerate(g.deployments):
+            for j in range(i, len(g.deployments)):
+                if i == j:
+                    iu = np.triu_indices(local[i].size, k=1)
+                    block_j = jac[np.ix_(local[i], local[i])][iu]
+                    block_s = shares[np.ix_(local[i], local[i])][iu]
+                else:
+                    block_j = jac[np.ix_(local[i], local[j])].ravel()
+                    block_s = shares[np.ix_(local[i], local[j])].ravel()
+                ok = ~np.isnan(block_j)
+                records.append(
+                    (
+                        g.query_id,
+                        g.condition,
+                        a,
+                        g.deployments[j],
+                        "intra" if i == j else "inter",
+                        float(block_j[ok].mean()) if ok.any() else None,
+                        float(block_s[ok].mean()) if ok.any() else None,
+                    )
+                )
+    schema = {
+        "query_id": pl.Utf8,
+        "condition": pl.Utf8,
+        "deployment_a": pl.Utf8,
+        "deployment_b": pl.Utf8,
+        "kind": pl.Utf8,
+        "ngram_jaccard": pl.Float64,
+        "share_pairs_sharing": pl.Float64,
+    }
+    return pl.DataFrame(records, schema=schema, orient="row")
+
+
+def test_verbatim_overlap_equals_previous() -> None:
+    """Shared 5-grams by integer n-gram ids and one-hot block sums: the per-block loop's means
+    within 1e-12, the same pairs left out (responses without a 5-gram, one empty block)."""
+    from hivemind.analysis.similarity import verbatim_overlap
+
+    rng = np.random.default_rng(9)
+    words = [f"w{i}" for i in range(30)]
+    groups = []
+    for q in range(3):
+        shared = list(rng.choice(words, 40))
+        blocks = []
+        for d in range(4):
+            texts = []
+            for _ in range(6):
+                own = list(rng.choice(words, int(rng.integers(0, 40))))
+                texts.append(" ".join(shared[: int(rng.integers(0, 40))] + own) if d != 3 or q != 1 else "too short")
+            blocks.append(texts)
+        rows = [np.arange(24 * q + 6 * d, 24 * q + 6 * d + 6) for d in range(4)]
+        groups.append(Group(f"q{q}", "default", "c", [f"m{d}" for d in range(4)], rows, texts=blocks))
+    new = verbatim_overlap(groups)
+    old = _previous_verbatim_overlap(groups)
+    keys = ["query_id", "condition", "deployment_a", "deployment_b", "kind"]
+    assert new.select(keys).equals(old.select(keys)) and new.height == 3 * 10
+    for column in ("ngram_jaccard", "share_pairs_sharing"):
+        assert new[column].is_null().to_list() == old[column].is_null().to_list()
+        a, b = new[column].drop_nulls().to_numpy(), old[column].drop_nulls().to_numpy()
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    assert new["ngram_jaccard"].is_null().sum() == 1  # q1's m3 pairs: "too short" has no 5-gram
+    assert 0 < new["share_pairs_sharing"].drop_nulls().mean() < 1

@@ -232,3 +232,65 @@ def test_ngram_diversity_package_definition_differs() -> None:
     assert div.ngram_diversity_score(texts, num_n=4) == pytest.approx(0.5 + 2 / 3 + 1 + 1, abs=1e-3)
     # ours: per response, no crossing: bigram distinct = 1/2
     assert distinct_n(texts, 2) == 0.5
+
+
+def long_repetitive_texts(seed: int) -> list[str]:
+    """Texts of 0 to 300 words (several 64-bit words of LCS bitset) from 12 words: n-grams
+    repeat within and across texts, counts tie, and one text is empty."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(12)]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 300))) for _ in range(9)]
+    return texts + ["", texts[0]]  # an empty response and an exact repeat
+
+
+def test_homogenization_of_long_texts_is_the_pairwise_loop_bit_for_bit() -> None:
+    for seed in range(3):
+        texts = long_repetitive_texts(seed)
+        toks = [tokenize(t) for t in texts]
+        n = len(toks)
+        total = 0.0
+        for i in range(n):
+            for j in range(i + 1, n):
+                total += rouge_l_f(toks[i], toks[j])
+        assert homogenization_rougel(texts) == total / (n * (n - 1) / 2)
+
+
+def test_self_bleu_of_long_repetitive_texts_matches_sacrebleu() -> None:
+    import sacrebleu
+
+    for seed in range(3):
+        texts = long_repetitive_texts(seed)
+        ref = [
+            sacrebleu.sentence_bleu(texts[i], [c for j, c in enumerate(texts) if j != i]).score
+            for i in range(len(texts))
+        ]
+        assert self_bleu(texts) == pytest.approx(sum(ref) / len(ref) / 100.0, abs=1e-12)
+
+
+def test_distinct_and_ead_count_pooled_ngrams_like_python_sets() -> None:
+    texts = long_repetitive_texts(4)
+    toks = [tokenize(t) for t in texts]
+    for n in (1, 2, 3, 5):
+        pool = [tuple(t[i : i + n]) for t in toks for i in range(len(t) - n + 1)]
+        assert distinct_n(texts, n) == len(set(pool)) / len(pool)
+
+
+def test_lexical_metrics_are_the_functions_one_by_one() -> None:
+    """The diversity table's row (one tokenization) equals each metric computed on its own."""
+    from hivemind.metrics.lexical import lexical_metrics
+
+    for texts in (long_repetitive_texts(5), CORPUS, ["only one"], ["", ""]):
+        row = lexical_metrics(texts)
+        alone = {
+            "distinct_1": distinct_n(texts, 1),
+            "distinct_2": distinct_n(texts, 2),
+            "distinct_3": distinct_n(texts, 3),
+            "ead": ead(texts),
+            "self_bleu": self_bleu(texts),
+            "homogenization_rougel": homogenization_rougel(texts),
+            "compression_ratio": compression_ratio(texts, "xz"),
+            "mean_length": mean_length(texts),
+        }
+        assert row.keys() == alone.keys()
+        for name, value in alone.items():
+            assert row[name] == value or (math.isnan(row[name]) and math.isnan(value)), name

@@ -22,6 +22,7 @@ from hivemind.metrics import (
     semantic_entropy,
     vendi_score,
 )
+from hivemind.metrics.semantic import _nearest_in_rows
 
 # vendi-score 0.0.3 touches the deprecated scipy.sparse.csr namespace
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -144,6 +145,26 @@ def test_nn_model_counts_match_bruteforce() -> None:
     got = nearest_neighbour_model_counts(X, labels, 10)
     assert np.allclose(got, expected)
     assert np.all(np.diff(got) >= 0)
+
+
+def test_nn_model_counts_break_ties_by_index_with_duplicate_responses() -> None:
+    """Identical answers (common in a hivemind) give tied cosines: the nearest are the lowest
+    indices among the tied, as a brute-force stable sort picks them."""
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(6, 8))
+    X = base[rng.integers(0, 6, size=40)]  # 40 responses, 6 distinct texts: ties everywhere
+    labels = rng.choice(["m1", "m2", "m3", "m4", "m5"], size=40)
+    S = _cos_gram(X)
+    expected = np.zeros(25)
+    for i in range(40):
+        others = sorted((j for j in range(40) if j != i), key=lambda j: (-round(S[i, j], 12), j))
+        for jj in range(1, 26):
+            expected[jj - 1] += len({labels[k] for k in others[:jj]})
+    expected /= 40
+    got = nearest_neighbour_model_counts(X, labels, 25)
+    np.testing.assert_allclose(got, expected)
+    keys = -np.round(rng.normal(size=(50, 200)), 1)  # few distinct keys per row
+    np.testing.assert_array_equal(_nearest_in_rows(keys, 30), np.argsort(keys, axis=1, kind="stable")[:, :30])
 
 
 def test_intra_inter_gap_positive_when_models_differ() -> None:

@@ -76,10 +76,6 @@ def draw_diversity(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return 1.0 - mean_sim, vendi
 
 
-def _gram_batch(S: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return S[idx[:, :, None], idx[:, None, :]]
-
-
 def ensemble_per_query(
     groups: list[Group], vectors: np.ndarray, draws: int = 24, seed: int = 0, ensemble_k: str = "all"
 ) -> pl.DataFrame:
@@ -113,20 +109,22 @@ def ensemble_per_query(
             yield g, single_idx, mixed_order
 
     def diversities(task: tuple[Group, np.ndarray, np.ndarray]) -> list[tuple[Any, ...]]:
+        from hivemind.metrics.compiled import draw_diversities
+
         g, single_idx, mixed_order = task
         K, D = g.k, len(g.deployments)
         Y = normalize_rows(vectors[g.all_rows()])  # per group: no float64 copy of the corpus
         S = np.clip(Y @ Y.copy().T, -1.0, 1.0)  # gemm, as before (Y @ Y.T takes syrk: other bits)
-        # draws are nested in k, so each draw's k x k Gram matrix is the leading block of its
-        # K x K one: gather once per draw, not once per (draw, k) - the same numbers
-        single_gram = _gram_batch(S, single_idx.reshape(draws * D, K))
-        mixed_gram = _gram_batch(S, mixed_order[:, :K]) if D >= 2 else None
+        # draws are nested in k: each draw's k x k Gram matrix is the leading block of its K x K
+        # one, gathered from S inside the compiled loop (no (draws, K, K) copies)
+        single = np.ascontiguousarray(single_idx.reshape(draws * D, K))
+        mixed = np.ascontiguousarray(mixed_order[:, :K]) if D >= 2 else None
         out: list[tuple[Any, ...]] = []
         for k in range(1, K + 1) if ensemble_k == "all" else sparse_ks(K, D):
-            dist, vendi = draw_diversity(np.ascontiguousarray(single_gram[:, :k, :k]))
+            dist, vendi = draw_diversities(S, single, k, EIGEN_EPS)
             out.append((g.query_id, g.category, g.condition, k, "single", float(dist.mean()), float(vendi.mean()), 1))
-            if mixed_gram is not None:
-                dist, vendi = draw_diversity(np.ascontiguousarray(mixed_gram[:, :k, :k]))
+            if mixed is not None:
+                dist, vendi = draw_diversities(S, mixed, k, EIGEN_EPS)
                 out.append(
                     (
                         g.query_id,

@@ -15,15 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemind.analysis.data import Group
+from hivemind.analysis.parallel import ordered_map
 from hivemind.metrics.classes import cosine_equivalence, equivalence_classes, semantic_entropy
-from hivemind.metrics.lexical import (
-    compression_ratio,
-    distinct_n,
-    ead,
-    homogenization_rougel,
-    mean_length,
-    self_bleu,
-)
+from hivemind.metrics.lexical import lexical_metrics
 from hivemind.metrics.semantic import embedding_diversity, vendi_score
 from hivemind.metrics.stats import bootstrap_ci
 
@@ -53,36 +47,28 @@ def diversity_table(
     """
     import polars as pl
 
-    records: list[dict[str, Any]] = []
-    for g in groups:
-        for deployment, rows, texts in zip(g.deployments, g.rows, g.texts):
-            X = vectors[rows]
-            labels = equivalence_classes(len(rows), cosine_equivalence(X, class_threshold))
-            record: dict[str, Any] = {
-                "query_id": g.query_id,
-                "category": g.category,
-                "condition": g.condition,
-                "deployment": deployment,
-                "k": int(rows.size),
-                "embedding_diversity": embedding_diversity(X) if rows.size >= 2 else None,
-                "vendi": vendi_score(X),
-                "n_classes": float(max(labels) + 1),
-                "semantic_entropy": semantic_entropy(labels),
-            }
-            if lexical:
-                record.update(
-                    {
-                        "distinct_1": distinct_n(texts, 1),
-                        "distinct_2": distinct_n(texts, 2),
-                        "distinct_3": distinct_n(texts, 3),
-                        "ead": ead(texts),
-                        "self_bleu": self_bleu(texts),
-                        "homogenization_rougel": homogenization_rougel(texts),
-                        "compression_ratio": compression_ratio(texts, "xz"),
-                        "mean_length": mean_length(texts),
-                    }
-                )
-            records.append(record)
+    def scored(task: tuple[Group, str, np.ndarray, list[str]]) -> dict[str, Any]:
+        g, deployment, rows, texts = task
+        X = vectors[rows]
+        labels = equivalence_classes(len(rows), cosine_equivalence(X, class_threshold))
+        record: dict[str, Any] = {
+            "query_id": g.query_id,
+            "category": g.category,
+            "condition": g.condition,
+            "deployment": deployment,
+            "k": int(rows.size),
+            "embedding_diversity": embedding_diversity(X) if rows.size >= 2 else None,
+            "vendi": vendi_score(X),
+            "n_classes": float(max(labels) + 1),
+            "semantic_entropy": semantic_entropy(labels),
+        }
+        if lexical:
+            record.update(lexical_metrics(texts))
+        return record
+
+    tasks = ((g, *cell) for g in groups for cell in zip(g.deployments, g.rows, g.texts))
+    # threads: the compiled ROUGE-L loop, xz and numpy release the GIL (the rest holds it)
+    records = list(ordered_map(scored, tasks))
     schema: dict[str, Any] = {
         "query_id": pl.Utf8,
         "category": pl.Utf8,

@@ -9,8 +9,8 @@ The permutation statistic is `hivemind.metrics.semantic.intra_inter_gap` average
 exactly as `hivemind.metrics.stats.permutation_test` computes it; it is vectorised here, because
 the generic loop costs one Python call per query per permutation: with equal K per deployment
 (the analysis' rule) a permutation's gap follows from the D within-label K x K blocks of the
-cosine matrix, gathered for many permutations at once; otherwise from all block sums under
-one-hot label matrices, many permutations per matmul. The random draws are the same either way.
+cosine matrix, gathered by a compiled loop (`hivemind.metrics.compiled`); otherwise from all
+block sums under one-hot label matrices, many permutations per matmul. The random draws are the same either way.
 """
 
 from __future__ import annotations
@@ -42,38 +42,43 @@ def _gap_from_blocks(B: np.ndarray, diag: np.ndarray, counts: np.ndarray) -> np.
     return intra.mean(axis=1) - inter.mean(axis=1)
 
 
-GATHER_COST = 375  # a gathered cosine costs about this many vectorised multiply-adds (2 cores)
+GATHER_COST = 48
+"""A cosine read by the compiled gather costs about this many multiply-adds of a BLAS product
+(measured at D K = 1,000 to 4,000 rows, 384-d: 18 to 98, higher once S leaves the cache)."""
 
 
 def _equal_block_gaps(
-    S: np.ndarray, label_sets: np.ndarray, D: int, K: int, unit_rows: np.ndarray | None
+    S: np.ndarray, orders: np.ndarray, codes: np.ndarray, D: int, K: int, unit_rows: np.ndarray | None
 ) -> np.ndarray:
-    """gap for label assignments (P, n) where every label has K rows, from the intra blocks alone.
+    """gap for permutations `orders` (P, n) of labels `codes` where every label has K rows, from
+    the intra blocks alone.
 
     With equal counts the inter blocks are what the intra ones leave of the total: the sum over
     a < b of B_ab is (sum(S) - sum_d B_dd) / 2, and sum(S) and trace(S) do not move under a
-    relabelling. So a permutation needs only sum_d B_dd: either gathered from S (D K^2 cosines)
-    or, given the unit rows Y behind S, as sum_d |sum of label d's rows|^2 from one matmul of
-    Y^T with the one-hot labels of many permutations (2 n D dim multiply-adds, but at BLAS
-    speed: the cheaper for K of about dim / 20 and up). The numbers agree with
+    relabelling. So a permutation needs only sum_d B_dd: either trace(S) plus twice the upper
+    triangles of the blocks, gathered from S by a compiled loop (D K (K - 1) / 2 reads), or,
+    given the unit rows Y behind S, sum_d |sum of label d's rows|^2 from one matmul of Y^T with
+    the one-hot labels of many permutations (2 n D dim multiply-adds, but at BLAS speed: the
+    cheaper once K passes about 4 D dim / GATHER_COST). The numbers agree with
     `_gap_from_blocks` up to the order of the floating-point sums (1e-12).
     """
     total, trace = float(S.sum()), float(np.trace(S))
-    n = label_sets.shape[1]
-    intra_blocks = np.empty(label_sets.shape[0])
-    by_matmul = unit_rows is not None and D * unit_rows.shape[1] < GATHER_COST * K
-    batch = 256 if by_matmul else 32  # a wide product for BLAS; a small gathered block
-    for start in range(0, label_sets.shape[0], batch):
-        part = label_sets[start : start + batch]
-        if by_matmul and unit_rows is not None:
+    n = orders.shape[1]
+    # gather: n (K - 1) / 2 reads of S; matmul: 2 n D dim multiply-adds
+    if unit_rows is not None and 4 * D * unit_rows.shape[1] < GATHER_COST * (K - 1):
+        intra_blocks = np.empty(orders.shape[0])
+        batch = 256  # a wide product for BLAS
+        for start in range(0, orders.shape[0], batch):
+            part = codes[orders[start : start + batch]]
             one_hot = np.zeros((n, part.shape[0] * D))
             one_hot[np.arange(n)[None, :], part + (np.arange(part.shape[0]) * D)[:, None]] = 1.0
             sums = unit_rows.T @ one_hot  # (dim, P D): each label's summed row
             intra_blocks[start : start + part.shape[0]] = np.einsum("ij,ij->j", sums, sums).reshape(-1, D).sum(axis=1)
-        else:
-            members = np.argsort(part, axis=1, kind="stable").reshape(-1, D, K)  # rows of each label
-            blocks = S[members[:, :, :, None], members[:, :, None, :]]  # (P, D, K, K)
-            intra_blocks[start : start + part.shape[0]] = blocks.sum(axis=(1, 2, 3))
+    else:
+        from hivemind.metrics.compiled import same_label_pair_sums
+
+        pairs = same_label_pair_sums(np.ascontiguousarray(S), np.ascontiguousarray(orders), codes, D)
+        intra_blocks = trace + 2.0 * pairs
     intra = (intra_blocks - trace) / (D * K * (K - 1))
     inter = (total - intra_blocks) / (D * (D - 1) * K * K)
     return intra - inter
@@ -107,9 +112,10 @@ def _gaps_under_draws(
     K = int(counts[0])
     equal = D >= 2 and K >= 2 and bool(np.all(counts == K))  # the equal-K rule makes this the rule
 
-    def gaps(label_sets: np.ndarray) -> np.ndarray:
+    def gaps(orders: np.ndarray) -> np.ndarray:
         if equal:
-            return _equal_block_gaps(S, label_sets, D, K, unit_rows)
+            return _equal_block_gaps(S, orders, codes, D, K, unit_rows)
+        label_sets = codes[orders]
         P = np.zeros((label_sets.shape[0], codes.size, D))
         np.put_along_axis(P, label_sets[:, :, None], 1.0, axis=2)
         Pt = P.transpose(0, 2, 1)
@@ -117,8 +123,8 @@ def _gaps_under_draws(
         diag = Pt @ d
         return _gap_from_blocks(B, diag, counts)
 
-    observed = float(gaps(codes[None, :])[0])
-    out = [gaps(codes[np.argsort(draw, axis=1)]) for draw in draws]
+    observed = float(gaps(np.arange(codes.size)[None, :])[0])
+    out = [gaps(np.argsort(draw, axis=1)) for draw in draws]
     return observed, np.concatenate(out) if out else np.zeros(0)
 
 

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemind.analysis.data import Group
+from hivemind.analysis.parallel import ordered_map
 from hivemind.metrics import semantic
-from hivemind.metrics.lexical import ngrams, tokenize
+from hivemind.metrics.lexical import ngram_incidence
 from hivemind.metrics.semantic import nearest_neighbour_model_counts, normalize_rows
 from hivemind.metrics.stats import bootstrap_ci
 
@@ -327,10 +328,12 @@ def nearest_neighbour_counts(groups: list[Group], vectors: np.ndarray, j_max: in
 
     by_condition: dict[str, list[np.ndarray]] = {}
     n_deps: dict[str, int] = {}
-    for g in groups:
-        if len(g.deployments) < 2:
-            continue
-        counts = nearest_neighbour_model_counts(vectors[g.all_rows()], g.labels(), j_max)
+    multi = [g for g in groups if len(g.deployments) >= 2]
+
+    def counted(g: Group) -> np.ndarray:
+        return nearest_neighbour_model_counts(vectors[g.all_rows()], g.labels(), j_max)
+
+    for g, counts in zip(multi, ordered_map(counted, multi)):  # queries on threads, in order
         by_condition.setdefault(g.condition, []).append(counts)
         n_deps[g.condition] = max(n_deps.get(g.condition, 0), len(g.deployments))
     records = []
@@ -376,17 +379,52 @@ def _ngram_matrix(texts: list[str], n: int) -> tuple[Any, np.ndarray]:
     """Binary response x n-gram matrix (scipy CSR) and each response's n-gram count."""
     from scipy.sparse import csr_matrix
 
-    vocab: dict[tuple[str, ...], int] = {}
-    indptr, indices = [0], []
-    for text in texts:
-        grams = {vocab.setdefault(g, len(vocab)) for g in ngrams(tokenize(text), n)}
-        indices.extend(sorted(grams))
-        indptr.append(len(indices))
-    data = np.ones(len(indices), dtype=np.float64)
-    M = csr_matrix(
-        (data, np.asarray(indices, dtype=np.int64), np.asarray(indptr)), shape=(len(texts), max(len(vocab), 1))
-    )
-    return M, np.diff(np.asarray(indptr))
+    rows, cols, n_grams = ngram_incidence(texts, n)
+    indptr = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=len(texts)), out=indptr[1:])
+    M = csr_matrix((np.ones(cols.size), cols, indptr), shape=(len(texts), max(n_grams, 1)))
+    return M, np.diff(indptr)
+
+
+def _overlap_table(g: Group, n: int) -> list[tuple[Any, ...]]:
+    """One query's rows of `verbatim_overlap`: every deployment pair's block means at once, as
+    sums under one-hot deployment labels (Jaccard is symmetric, so a deployment's pairs i < j
+    are half its block less its diagonal)."""
+    texts = [t for block in g.texts for t in block]
+    if not texts:
+        return []
+    M, sizes = _ngram_matrix(texts, n)
+    inter = np.asarray((M @ M.T).todense())
+    union = sizes[:, None] + sizes[None, :] - inter
+    ok = union > 0  # pairs where neither response has an n-gram are left out
+    jac = np.where(ok, inter / np.where(ok, union, 1), 0.0)
+    share = (ok & (inter > 0)).astype(np.float64)
+    labels = np.repeat(np.arange(len(g.rows)), [r.size for r in g.rows])
+    P = np.zeros((labels.size, len(g.rows)))
+    P[np.arange(labels.size), labels] = 1.0
+    sums, diagonals = {}, {}
+    for name, m in (("jac", jac), ("share", share), ("n", ok.astype(np.float64))):
+        sums[name] = P.T @ m @ P  # (D, D) block sums
+        diagonals[name] = np.bincount(labels, weights=np.diagonal(m), minlength=len(g.rows))
+    records = []
+    for i, a in enumerate(g.deployments):
+        for j in range(i, len(g.deployments)):
+            if i == j:
+                jac_sum, share_sum, count = ((sums[k][i, i] - diagonals[k][i]) / 2 for k in ("jac", "share", "n"))
+            else:
+                jac_sum, share_sum, count = (sums[k][i, j] for k in ("jac", "share", "n"))
+            records.append(
+                (
+                    g.query_id,
+                    g.condition,
+                    a,
+                    g.deployments[j],
+                    "intra" if i == j else "inter",
+                    float(jac_sum / count) if count > 0 else None,
+                    float(share_sum / count) if count > 0 else None,
+                )
+            )
+    return records
 
 
 def verbatim_overlap(groups: list[Group], n: int = 5) -> pl.DataFrame:
@@ -400,42 +438,7 @@ def verbatim_overlap(groups: list[Group], n: int = 5) -> pl.DataFrame:
     """
     import polars as pl
 
-    records = []
-    for g in groups:
-        texts = [t for block in g.texts for t in block]
-        if not texts:
-            continue
-        M, sizes = _ngram_matrix(texts, n)
-        inter = np.asarray((M @ M.T).todense())
-        union = sizes[:, None] + sizes[None, :] - inter
-        with np.errstate(invalid="ignore", divide="ignore"):
-            jac = np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)
-        shares = np.where(union > 0, (inter > 0).astype(np.float64), np.nan)
-        local, start = [], 0
-        for r in g.rows:
-            local.append(np.arange(start, start + r.size))
-            start += r.size
-        for i, a in enumerate(g.deployments):
-            for j in range(i, len(g.deployments)):
-                if i == j:
-                    iu = np.triu_indices(local[i].size, k=1)
-                    block_j = jac[np.ix_(local[i], local[i])][iu]
-                    block_s = shares[np.ix_(local[i], local[i])][iu]
-                else:
-                    block_j = jac[np.ix_(local[i], local[j])].ravel()
-                    block_s = shares[np.ix_(local[i], local[j])].ravel()
-                ok = ~np.isnan(block_j)
-                records.append(
-                    (
-                        g.query_id,
-                        g.condition,
-                        a,
-                        g.deployments[j],
-                        "intra" if i == j else "inter",
-                        float(block_j[ok].mean()) if ok.any() else None,
-                        float(block_s[ok].mean()) if ok.any() else None,
-                    )
-                )
+    records = [r for part in ordered_map(lambda g: _overlap_table(g, n), groups) for r in part]
     schema = {
         "query_id": pl.Utf8,
         "condition": pl.Utf8,

@@ -11,7 +11,7 @@ import gzip
 import lzma
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -26,6 +26,8 @@ __all__ = [
     "homogenization_rougel",
     "compression_ratio",
     "mean_length",
+    "lexical_metrics",
+    "ngram_incidence",
 ]
 
 _TOKEN_RE = re.compile(r"[^\W_]+")
@@ -50,12 +52,56 @@ def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
+def _token_ids(token_lists: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(every token as an integer id, dense over these texts; each text's start, and the end)."""
+    vocab: dict[str, int] = {}
+    ids = [vocab.setdefault(tok, len(vocab)) for tokens in token_lists for tok in tokens]
+    starts = np.zeros(len(token_lists) + 1, np.int64)
+    np.cumsum([len(tokens) for tokens in token_lists], out=starts[1:])
+    return np.asarray(ids, np.int64), starts
+
+
+def _gram_ids(ids: np.ndarray, starts: np.ndarray, n_max: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For n = 1..n_max: (id of each n-gram, dense from 0; the text it lies in), over the n-grams
+    within one text. An n-gram's id numbers the distinct pairs (its (n-1)-gram's id, its last
+    token), so each order costs one integer sort whatever the vocabulary."""
+    lengths = np.diff(starts)
+    text = np.repeat(np.arange(lengths.size), lengths)
+    ends = starts[text + 1]
+    at = np.arange(ids.size)
+    grams = ids  # token ids are dense over these very tokens: the 1-gram ids
+    vocab = int(ids.max()) + 1 if ids.size else 1
+    for n in range(1, n_max + 1):
+        pos = np.flatnonzero(at + n <= ends)
+        if n > 1:
+            _, dense = np.unique(grams[pos] * vocab + ids[pos + n - 1], return_inverse=True)
+            grams = np.zeros(ids.size, np.int64)
+            grams[pos] = dense.reshape(-1)
+        yield grams[pos], text[pos]
+
+
+def _pooled_from(ids: np.ndarray, starts: np.ndarray, n_max: int) -> list[tuple[int, int]]:
+    """(unique, total) n-grams pooled over the texts, for n = 1..n_max."""
+    return [(int(g.max()) + 1 if g.size else 0, int(g.size)) for g, _ in _gram_ids(ids, starts, n_max)]
+
+
+def ngram_incidence(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(text, n-gram id) of every distinct n-gram of every text (``tokenize`` tokens), sorted by
+    text then id, and the number of distinct n-grams: a sparse text x n-gram incidence."""
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    ids, starts = _token_ids([tokenize(t) for t in texts])
+    *_, (grams, text) = _gram_ids(ids, starts, n)
+    n_grams = int(grams.max()) + 1 if grams.size else 0
+    pairs = np.unique(text * max(n_grams, 1) + grams)
+    return pairs // max(n_grams, 1), pairs % max(n_grams, 1), n_grams
+
+
 def _pooled_counts(texts: Sequence[str], n: int) -> tuple[int, int]:
     """(unique, total) n-grams pooled over all texts."""
-    pool: list[tuple[str, ...]] = []
-    for t in texts:
-        pool.extend(ngrams(tokenize(t), n))
-    return len(set(pool)), len(pool)
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    return _pooled_from(*_token_ids([tokenize(t) for t in texts]), n)[-1]
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -79,10 +125,15 @@ def ead(texts: Sequence[str], n_max: int = 5, vocab_size: int = 50257) -> float:
     """
     if vocab_size < 2:
         raise ValueError("vocab_size must be >= 2")
+    ids, starts = _token_ids([tokenize(t) for t in texts])
+    return _ead_from(_pooled_from(ids, starts, n_max), vocab_size)
+
+
+def _ead_from(counts: Sequence[tuple[int, int]], vocab_size: int) -> float:
+    """EAD averaged over the orders whose (unique, total) n-gram counts are given."""
     values: list[float] = []
     log_keep = math.log1p(-1.0 / vocab_size)
-    for n in range(1, n_max + 1):
-        unique, total = _pooled_counts(texts, n)
+    for unique, total in counts:
         if total == 0:
             values.append(0.0)
             continue
@@ -99,46 +150,49 @@ def self_bleu(texts: Sequence[str]) -> float:
     Higher = more homogeneous. ``nan`` for < 2 texts.
 
     sacrebleu clips each n-gram's matches at its largest count in any one reference, so
-    the K leave-one-out reference sets need not be rebuilt K times: each text's n-grams are
-    counted once (sacrebleu's own tokenizer and n-gram extraction) and, per n-gram, the two
-    largest counts over all texts are kept; the largest among the others is the first
-    unless text i holds it alone. Statistics and score are then sacrebleu's
-    (`BLEU.compute_bleu`, its closest-reference-length rule): O(K) counting, not O(K^2).
+    the K leave-one-out reference sets need not be rebuilt K times: the texts are tokenized
+    once (sacrebleu's own tokenizer; its n-grams are the word n-grams of the split tokens),
+    every n-gram's count in every text is found by integer sorting, and the largest count
+    among the *other* texts is the largest count unless text i holds it alone (then the
+    second largest). The match and total counts are integers, so the statistics are
+    sacrebleu's exactly, and so is the score (`BLEU.compute_bleu`, its closest-reference-
+    length rule): O(K) counting, not O(K^2).
     """
     from sacrebleu.metrics import BLEU
-    from sacrebleu.metrics.helpers import extract_all_word_ngrams
 
     n = len(texts)
     if n < 2:
         return float("nan")
     bleu = BLEU(effective_order=True)
     order = bleu.max_ngram_order
-    counted = [extract_all_word_ngrams(bleu._preprocess_segment(t), 1, order) for t in texts]
-    lengths = [length for _, length in counted]
-    top: dict[tuple[str, ...], list[int]] = {}  # n-gram -> [largest count, its text, second largest]
-    for i, (grams, _) in enumerate(counted):
-        for gram, count in grams.items():
-            best = top.get(gram)
-            if best is None:
-                top[gram] = [count, i, 0]
-            elif count > best[0]:
-                best[2], best[0], best[1] = best[0], count, i
-            elif count > best[2]:
-                best[2] = count
+    ids, starts = _token_ids([bleu._preprocess_segment(t).split() for t in texts])
+    lengths = np.diff(starts).tolist()
+    correct = np.zeros((order, n), np.int64)
+    total = np.zeros((order, n), np.int64)
+    for size, (grams, text) in enumerate(_gram_ids(ids, starts, order), start=1):
+        if grams.size == 0:
+            continue
+        # one entry per (n-gram, text) holding it, n-gram by n-gram: its count in that text
+        keys, counts = np.unique(grams * n + text, return_counts=True)
+        gram, holder = keys // n, keys % n
+        first = np.flatnonzero(np.r_[True, gram[1:] != gram[:-1]])
+        per_entry = np.repeat(np.arange(first.size), np.diff(np.r_[first, gram.size]))  # its n-gram
+        top = np.maximum.reduceat(counts, first)[per_entry]
+        holds_top = counts == top
+        alone = np.add.reduceat(holds_top.astype(np.int64), first)[per_entry] == 1
+        second = np.maximum.reduceat(np.where(holds_top, 0, counts), first)[per_entry]
+        # the largest count among the other texts: the largest, unless this text alone holds it
+        in_refs = np.where(holds_top & alone, second, top)
+        correct[size - 1] = np.bincount(holder, weights=np.minimum(counts, in_refs), minlength=n).astype(np.int64)
+        total[size - 1] = np.bincount(holder, weights=counts, minlength=n).astype(np.int64)
     scores = []
-    for i, (grams, hyp_len) in enumerate(counted):
-        correct, total = [0] * order, [0] * order
-        for gram, count in grams.items():
-            best = top[gram]
-            in_refs = best[2] if best[1] == i else best[0]
-            total[len(gram) - 1] += count
-            correct[len(gram) - 1] += min(count, in_refs)
-        ref_len = bleu._get_closest_ref_len(hyp_len, lengths[:i] + lengths[i + 1 :])
+    for i in range(n):
+        ref_len = bleu._get_closest_ref_len(lengths[i], lengths[:i] + lengths[i + 1 :])
         scores.append(
             BLEU.compute_bleu(
-                correct=correct,
-                total=total,
-                sys_len=hyp_len,
+                correct=correct[:, i].tolist(),
+                total=total[:, i].tolist(),
+                sys_len=lengths[i],
                 ref_len=ref_len,
                 smooth_method=bleu.smooth_method,
                 smooth_value=bleu.smooth_value,
@@ -196,12 +250,17 @@ def homogenization_rougel(texts: Sequence[str]) -> float:
     n = len(texts)
     if n < 2:
         return float("nan")
-    toks = [tokenize(t) for t in texts]
-    total = 0.0
-    for i in range(n):
-        for j in range(i + 1, n):
-            total += rouge_l_f(toks[i], toks[j])
-    return total / (n * (n - 1) / 2)
+    return _homogenization_from(*_token_ids([tokenize(t) for t in texts]))
+
+
+def _homogenization_from(ids: np.ndarray, starts: np.ndarray) -> float:
+    """`homogenization_rougel` of token-id texts: `rouge_l_f` over every pair, in a compiled loop
+    (`hivemind.metrics.compiled.rouge_l_pair_sum`: the same LCS, F1 and order of the sum)."""
+    from hivemind.metrics.compiled import rouge_l_pair_sum
+
+    n = starts.size - 1
+    vocab = int(ids.max()) + 1 if ids.size else 1
+    return rouge_l_pair_sum(ids, starts, vocab) / (n * (n - 1) / 2)
 
 
 def compression_ratio(texts: Sequence[str], algorithm: str = "xz") -> float:
@@ -228,3 +287,22 @@ def mean_length(texts: Sequence[str]) -> float:
     if len(texts) == 0:
         return float("nan")
     return float(np.mean([len(tokenize(t)) for t in texts]))
+
+
+def lexical_metrics(texts: Sequence[str], vocab_size: int = 50257) -> dict[str, float]:
+    """Every metric of this module for one deployment's responses to one query (a row of the
+    diversity table), tokenizing once: the same values as the functions one by one."""
+    tokens = [tokenize(t) for t in texts]
+    ids, starts = _token_ids(tokens)
+    counts = _pooled_from(ids, starts, 5)
+    distinct = [unique / total if total else float("nan") for unique, total in counts[:3]]
+    return {
+        "distinct_1": distinct[0],
+        "distinct_2": distinct[1],
+        "distinct_3": distinct[2],
+        "ead": _ead_from(counts, vocab_size),
+        "self_bleu": self_bleu(texts),
+        "homogenization_rougel": _homogenization_from(ids, starts) if len(texts) >= 2 else float("nan"),
+        "compression_ratio": compression_ratio(texts, "xz"),
+        "mean_length": float(np.mean([len(t) for t in tokens])) if tokens else float("nan"),
+    }

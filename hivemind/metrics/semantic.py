@@ -137,6 +137,22 @@ def vendi_score(X: ArrayLike, q: float = 1.0) -> float:
     return _renyi_exp_entropy(w, float(q))
 
 
+def _nearest_in_rows(keys: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k smallest keys, ascending, ties in index order: the first k
+    of a stable argsort of each row, without sorting whole rows (a partition finds each row's
+    k-th key; only the keys up to it, ties included, are sorted)."""
+    n, m = keys.shape
+    if k >= m:
+        return np.argsort(keys, axis=1, kind="stable")[:, :k]
+    kth = np.partition(keys, k - 1, axis=1)[:, k - 1 : k]
+    rows, cols = np.nonzero(keys <= kth)  # row-major: columns ascending within a row
+    order = np.lexsort((cols, keys[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
+    starts = np.searchsorted(rows, np.arange(n))
+    take = starts[:, None] + np.arange(k)[None, :]  # every row has >= k keys up to its k-th
+    return cols[take]
+
+
 def nearest_neighbour_model_counts(X: ArrayLike, labels: Sequence[Any] | np.ndarray, j_max: int) -> np.ndarray:
     """Mean number of distinct source models among each response's j nearest.
 
@@ -160,9 +176,7 @@ def nearest_neighbour_model_counts(X: ArrayLike, labels: Sequence[Any] | np.ndar
     k = min(j_max, n - 1)
     S = A @ A.T
     np.fill_diagonal(S, -np.inf)
-    # stable sort on -S keeps ties in index order
-    order = np.argsort(-S, axis=1, kind="stable")[:, :k]
-    neigh = codes[order]  # (n, k)
+    neigh = codes[_nearest_in_rows(-S, k)]  # (n, k)
     seen = np.zeros((n, int(codes.max()) + 1), dtype=bool)
     counts = np.zeros((n, k))
     running = np.zeros(n)
