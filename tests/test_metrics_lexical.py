@@ -294,3 +294,25 @@ def test_lexical_metrics_are_the_functions_one_by_one() -> None:
         assert row.keys() == alone.keys()
         for name, value in alone.items():
             assert row[name] == value or (math.isnan(row[name]) and math.isnan(value)), name
+
+
+def test_self_bleu_tokens_are_sacrebleus_13a_tokens() -> None:
+    """The translate-based 13a split (the fast path, not the fallback) gives sacrebleu's own
+    preprocessing on punctuation, digits, entities, hyphenated line breaks and non-ASCII."""
+    from sacrebleu.metrics import BLEU
+
+    from hivemind.metrics.lexical import _sacrebleu_13a_split
+
+    split = _sacrebleu_13a_split()
+    assert split.__name__ == "split"  # sacrebleu's rules are the ones checked: the fast path
+    bleu = BLEU(effective_order=True)
+    lines = [
+        'He said "3.14, 2,000 - 10-12 km/h!" (really?) [yes] {no} a|b ~ `x` @home #1 $5 50% & <tag>',
+        "Line one-\nwrapped\nnext line &quot;quoted&quot; &amp; &lt;b&gt; <skipped> end.   ",
+        "Ünïcödé — “curly” quotes… 1.5x, v2.0-beta, e.g. U.S.A. x,y 3-4 a.b,c",
+        "",
+        "   only spaces   ",
+        "tabs\tand\r\nreturns; colons: semi; end",
+    ] + CORPUS
+    for line in lines:
+        assert split(line) == bleu._preprocess_segment(line).split(), line

@@ -121,7 +121,9 @@ def ensemble_per_query(
         mixed = np.ascontiguousarray(mixed_order[:, :K]) if D >= 2 else None
         out: list[tuple[Any, ...]] = []
         for k in range(1, K + 1) if ensemble_k == "all" else sparse_ks(K, D):
-            dist, vendi = draw_diversities(S, single, k, EIGEN_EPS)
+            # at k = K every single-arm draw is its deployment's whole set in some order, and
+            # neither the eigenvalues nor the mean distance depend on the order: one draw each
+            dist, vendi = draw_diversities(S, single[:D] if k == K else single, k, EIGEN_EPS)
             out.append((g.query_id, g.category, g.condition, k, "single", float(dist.mean()), float(vendi.mean()), 1))
             if mixed is not None:
                 dist, vendi = draw_diversities(S, mixed, k, EIGEN_EPS)
