@@ -322,8 +322,11 @@ def _ivf_lists(matrix: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray,
     return visits[:, 0].astype(np.int64), visits.astype(np.int64), nlist
 
 
-def _ivf_range(matrix: np.ndarray, threshold: np.float32, nprobe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (rows, ids, canonical cosines) >= t that an IVF index over the rows finds.
+def _ivf_range(
+    matrix: np.ndarray, deps: np.ndarray, threshold: np.float32, nprobe: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs i < j from different deployments (codes `deps`) with canonical cosine >= t that an
+    IVF index over the rows finds.
 
     The pairs FAISS's `IndexIVFFlat.range_search` finds with the same lists (`_ivf_lists`): row
     i meets row j when j's list is among the nprobe lists i visits, so each query scans about
@@ -332,7 +335,7 @@ def _ivf_range(matrix: np.ndarray, threshold: np.float32, nprobe: int) -> tuple[
     here each list meets all the rows that visit it in one matrix product (the same products
     at BLAS speed). The cosines of the pairs found are the exact ones (`exact_cosines`).
     """
-    from hivemind.analysis.parallel import ordered_map
+    from hivemind.parallel import ordered_map
 
     stored, visits, nlist = _ivf_lists(matrix, nprobe)
     members_order = np.argsort(stored, kind="stable")
@@ -353,8 +356,9 @@ def _ivf_range(matrix: np.ndarray, threshold: np.float32, nprobe: int) -> tuple[
         for start in range(0, visitors.size, 8192):  # memory: at most 8192 x list size cosines
             part = visitors[start : start + 8192]
             a, b = np.nonzero(matrix[part] @ stored_rows.T >= loose)
-            rows.append(part[a])
-            ids.append(members[b])
+            keep = (part[a] < members[b]) & (deps[part[a]] != deps[members[b]])  # before refining
+            rows.append(part[a][keep])
+            ids.append(members[b][keep])
         return np.concatenate(rows), np.concatenate(ids)
 
     found = list(ordered_map(scanned, range(nlist)))
@@ -396,14 +400,13 @@ def near_duplicate_pairs(
         codes = _codes(groups, n, "groups")
         order = np.argsort(codes, kind="stable")  # rows ascending within each group
         bounds = np.searchsorted(codes[order], np.arange(int(codes.max(initial=-1)) + 2))
-        for g in range(bounds.size - 1):
-            rows = order[bounds[g] : bounds[g + 1]]
-            if rows.size > 1 and np.unique(deps[rows]).size > 1:
-                parts.append(_dense_pairs(matrix, rows, deps, threshold32, block))
+        from hivemind.parallel import ordered_map
+
+        within = [order[bounds[g] : bounds[g + 1]] for g in range(bounds.size - 1)]
+        within = [rows for rows in within if rows.size > 1 and np.unique(deps[rows]).size > 1]
+        parts.extend(ordered_map(lambda rows: _dense_pairs(matrix, rows, deps, threshold32, block), within))
     elif n > 1 and np.unique(deps).size > 1 and index != "exact":
-        rows, ids, sims = _ivf_range(matrix, threshold32, nprobe)
-        keep = (rows < ids) & (deps[rows] != deps[ids])
-        parts.append((rows[keep], ids[keep], sims[keep]))
+        parts.append(_ivf_range(matrix, deps, threshold32, nprobe))
     elif n > 1 and np.unique(deps).size > 1:
         flat = VectorIndex(matrix.shape[1], use_gpu=use_gpu)
         flat.add(matrix)

@@ -316,3 +316,12 @@ def test_self_bleu_tokens_are_sacrebleus_13a_tokens() -> None:
     ] + CORPUS
     for line in lines:
         assert split(line) == bleu._preprocess_segment(line).split(), line
+
+
+def test_self_bleu_takes_sacrebleus_closest_reference_length_on_ties() -> None:
+    """Hypotheses of 6 words between references of 5 and 7 (equally near: the shorter counts)."""
+    import sacrebleu
+
+    texts = ["a b c d e", "a b c d e f g", "a b c d e f", "b c d e f g", "a b c d e f g h i"]
+    ref = [sacrebleu.sentence_bleu(texts[i], texts[:i] + texts[i + 1 :]).score for i in range(len(texts))]
+    assert self_bleu(texts) == pytest.approx(sum(ref) / len(ref) / 100.0, abs=1e-12)

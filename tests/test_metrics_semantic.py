@@ -225,6 +225,22 @@ def test_cosine_equivalence_threshold() -> None:
     assert equivalence_classes(4, cosine_equivalence(X, threshold=-1.0)) == [0, 0, 0, 0]
 
 
+def test_threshold_classes_are_the_greedy_partition_of_the_same_relation() -> None:
+    """The matrix form gives `equivalence_classes`' labels, non-transitive relations included."""
+    from hivemind.metrics.classes import threshold_classes
+
+    edges = {(0, 1), (1, 2), (3, 0)}
+    same = np.array([[(i, j) in edges or (j, i) in edges for j in range(4)] for i in range(4)])
+    assert threshold_classes(same) == [0, 0, 1, 0]
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(6, 16))[rng.integers(0, 6, 60)] + 0.6 * rng.normal(size=(60, 16))
+    for t in (0.3, 0.6, 0.8, 0.95):
+        labels = threshold_classes(cosine_matrix(X) >= t)
+        assert labels == equivalence_classes(60, cosine_equivalence(X, threshold=t))
+    assert len(set(threshold_classes(cosine_matrix(X) >= 0.6))) not in (1, 60)  # a real partition
+    assert threshold_classes(np.zeros((0, 0), bool)) == []
+
+
 def test_semantic_entropy() -> None:
     assert semantic_entropy([0, 0, 0, 0]) == 0.0
     assert semantic_entropy([0, 1, 2, 3]) == pytest.approx(math.log(4))

@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemind.analysis.data import Group
-from hivemind.analysis.parallel import ordered_map
 from hivemind.metrics.semantic import EIGEN_EPS, normalize_rows
 from hivemind.metrics.stats import bootstrap_ci, holm, paired_bootstrap_diff
+from hivemind.parallel import ordered_map
 
 if TYPE_CHECKING:
     import polars as pl

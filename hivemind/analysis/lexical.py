@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemind.analysis.data import Group
-from hivemind.analysis.parallel import ordered_map
-from hivemind.metrics.classes import cosine_equivalence, equivalence_classes, semantic_entropy
+from hivemind.metrics.classes import semantic_entropy, threshold_classes
 from hivemind.metrics.lexical import lexical_metrics
-from hivemind.metrics.semantic import embedding_diversity, vendi_score
+from hivemind.metrics.semantic import cosine_matrix, embedding_diversity, vendi_score
 from hivemind.metrics.stats import bootstrap_ci
+from hivemind.parallel import ordered_map
 
 if TYPE_CHECKING:
     import polars as pl
@@ -50,7 +50,7 @@ def diversity_table(
     def scored(task: tuple[Group, str, np.ndarray, list[str]]) -> dict[str, Any]:
         g, deployment, rows, texts = task
         X = vectors[rows]
-        labels = equivalence_classes(len(rows), cosine_equivalence(X, class_threshold))
+        labels = threshold_classes(cosine_matrix(X) >= class_threshold)
         record: dict[str, Any] = {
             "query_id": g.query_id,
             "category": g.category,

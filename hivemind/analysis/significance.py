@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemind.analysis.data import Group
-from hivemind.analysis.parallel import ordered_map
 from hivemind.analysis.similarity import paired_queries
 from hivemind.metrics.semantic import normalize_rows
 from hivemind.metrics.stats import bootstrap_ci, holm, paired_bootstrap_diff
+from hivemind.parallel import ordered_map
 
 if TYPE_CHECKING:
     import polars as pl

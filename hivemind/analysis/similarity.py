@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemind.analysis.data import Group
-from hivemind.analysis.parallel import ordered_map
 from hivemind.metrics import semantic
 from hivemind.metrics.lexical import ngram_incidence
 from hivemind.metrics.semantic import nearest_neighbour_model_counts, normalize_rows
 from hivemind.metrics.stats import bootstrap_ci
+from hivemind.parallel import ordered_map
 
 if TYPE_CHECKING:
     import polars as pl

@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from hivemind.metrics.semantic import cosine_matrix
 
-__all__ = ["equivalence_classes", "cosine_equivalence", "n_distinct", "semantic_entropy"]
+__all__ = ["equivalence_classes", "threshold_classes", "cosine_equivalence", "n_distinct", "semantic_entropy"]
 
 
 def equivalence_classes(n_items: int, same: Callable[[int, int], bool]) -> list[int]:
@@ -29,6 +29,22 @@ def equivalence_classes(n_items: int, same: Callable[[int, int], bool]) -> list[
             if same(r, i):
                 out.append(c)
                 break
+        else:
+            reps.append(i)
+            out.append(len(reps) - 1)
+    return out
+
+
+def threshold_classes(same: np.ndarray) -> list[int]:
+    """`equivalence_classes` for a relation given as a boolean matrix (``same[r, i]``), e.g.
+    ``cosine_matrix(X) >= t``: the same greedy partition, each item tested against every
+    representative in one vectorised step instead of one Python call per pair."""
+    reps: list[int] = []
+    out: list[int] = []
+    for i in range(same.shape[0]):
+        hits = np.flatnonzero(same[reps, i]) if reps else np.zeros(0, np.int64)
+        if hits.size:
+            out.append(int(hits[0]))
         else:
             reps.append(i)
             out.append(len(reps) - 1)

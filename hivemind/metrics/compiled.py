@@ -2,7 +2,7 @@
 
 Imported only by the functions that run them (numba's import and a first compilation cost about
 a second; the machine code is cached on disk after that). Each loop releases the GIL, so the
-analysis' worker threads (`hivemind.analysis.parallel`) run them side by side.
+analysis' worker threads (`hivemind.parallel`) run them side by side.
 """
 
 from __future__ import annotations

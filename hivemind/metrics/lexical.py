@@ -55,8 +55,9 @@ def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
 
 def _token_ids(token_lists: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
     """(every token as an integer id, dense over these texts; each text's start, and the end)."""
-    vocab: dict[str, int] = {}
-    ids = [vocab.setdefault(tok, len(vocab)) for tokens in token_lists for tok in tokens]
+    every = [tok for tokens in token_lists for tok in tokens]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(every))}  # ids in order of first use
+    ids = list(map(vocab.__getitem__, every))
     starts = np.zeros(len(token_lists) + 1, np.int64)
     np.cumsum([len(tokens) for tokens in token_lists], out=starts[1:])
     return np.asarray(ids, np.int64), starts
@@ -218,9 +219,16 @@ def self_bleu(texts: Sequence[str]) -> float:
         in_refs = np.where(holds_top & alone, second, top)
         correct[size - 1] = np.bincount(holder, weights=np.minimum(counts, in_refs), minlength=n).astype(np.int64)
         total[size - 1] = np.bincount(holder, weights=counts, minlength=n).astype(np.int64)
+    # sacrebleu's closest reference length (`BLEU._get_closest_ref_len`) for every text at once:
+    # the other lengths nearest to its own, the shortest of those
+    length = np.asarray(lengths)
+    gap = np.abs(length[None, :] - length[:, None]).astype(np.float64)
+    np.fill_diagonal(gap, np.inf)
+    nearest = np.where(gap == gap.min(axis=1, keepdims=True), length[None, :], np.iinfo(np.int64).max)
+    closest = nearest.min(axis=1).tolist()
     scores = []
     for i in range(n):
-        ref_len = bleu._get_closest_ref_len(lengths[i], lengths[:i] + lengths[i + 1 :])
+        ref_len = closest[i]
         scores.append(
             BLEU.compute_bleu(
                 correct=correct[:, i].tolist(),

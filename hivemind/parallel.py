@@ -1,10 +1,11 @@
-"""Per-group work on threads, with every random draw taken in the original order.
+"""Per-query (or per-list) work on threads, results in order, every random draw in order.
 
-The ensemble draws and the gap permutations spend their time in numpy kernels that release
-the GIL (LAPACK eigenvalues, BLAS products, gathers), one query at a time. Their seeds' meaning
-is one generator consumed group after group, so the draws stay in this thread, in order, and
-only the arithmetic on them runs on worker threads: the numbers are those of the serial loop.
-"""
+The analysis spends its time in kernels that release the GIL (LAPACK eigenvalues, BLAS
+products, the compiled loops of `hivemind.metrics.compiled`, xz), one query at a time; the
+pair searches one query or one inverted list at a time. Where seeds matter (ensemble draws,
+gap permutations) their meaning is one generator consumed group after group, so the draws stay
+in this thread, in order, and only the arithmetic on them runs on worker threads: the numbers
+are those of the serial loop."""
 
 from __future__ import annotations
 
