@@ -1,10 +1,11 @@
 """Exact nearest-neighbour search over unit vectors, and near-duplicate response pairs.
 
 The hivemind question "did two different models write (almost) the same answer?" becomes
-"which pairs of unit vectors from different deployments have cosine >= t?". FAISS's flat
-inner-product index answers it exactly (a missed pair is a wrong result, not a slow one), on
-GPU when there is one. The corpus-wide search is quadratic (1M x 1M is about an hour on two
-cores), so it may instead use an approximate IVF index (`index="ivf"`): the same canonical
+"which pairs of unit vectors from different deployments have cosine >= t?". The exact answer (a
+missed pair is a wrong result, not a slow one) comes from matrix products over the upper
+triangle on CPU, and from FAISS's flat inner-product index on GPU when there is one. The
+corpus-wide search is quadratic (1M x 1M is about 15 minutes on two cores), so it may instead
+use an approximate IVF index (`index="ivf"`): the same canonical
 cosines for the pairs it finds, but it can miss some (its recall against exact is measured in
 bench/analysis_scale.py); the analysis summary says which was used.
 
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from hivemind.parallel import ordered_map
 
 if TYPE_CHECKING:
     import polars as pl
@@ -335,8 +338,6 @@ def _ivf_range(
     here each list meets all the rows that visit it in one matrix product (the same products
     at BLAS speed). The cosines of the pairs found are the exact ones (`exact_cosines`).
     """
-    from hivemind.parallel import ordered_map
-
     stored, visits, nlist = _ivf_lists(matrix, nprobe)
     members_order = np.argsort(stored, kind="stable")
     member_bounds = np.searchsorted(stored[members_order], np.arange(nlist + 1))
@@ -367,6 +368,33 @@ def _ivf_range(
     return _refine(matrix, matrix, rows, ids, threshold)
 
 
+def _blocked_range(
+    matrix: np.ndarray, deps: np.ndarray, threshold: np.float32, rows: int = 1024, columns: int = 16384
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair i < j from different deployments with canonical cosine >= t: the exact
+    corpus-wide search on CPU, by matrix products over the upper triangle only (half of a range
+    search's n^2 products), `rows` x `columns` cosines at a time on the worker threads; a block
+    row whose largest cosine is below the candidates' bound is dropped after one max, so the
+    scan costs little next to the product. Candidates are refined as every path's are."""
+    n = matrix.shape[0]
+    loose = np.float32(threshold - SLACK)
+    tasks = [(a, c) for a in range(0, n, rows) for c in range(a, n, columns)]
+
+    def scanned(task: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        a, c = task
+        sims = matrix[a : a + rows] @ matrix[c : c + columns].T
+        near = np.flatnonzero(sims.max(axis=1) >= loose)
+        r, k = np.nonzero(sims[near] >= loose)
+        i, j = a + near[r], c + k
+        keep = (i < j) & (deps[i] != deps[j])
+        return i[keep], j[keep]
+
+    found = list(ordered_map(scanned, tasks))
+    i = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
+    j = np.concatenate([f[1] for f in found]) if found else np.zeros(0, np.int64)
+    return _refine(matrix, matrix, i.astype(np.int64), j.astype(np.int64), threshold)
+
+
 def near_duplicate_pairs(
     vectors: np.ndarray,
     deployments: Sequence[str],
@@ -382,8 +410,9 @@ def near_duplicate_pairs(
 
     Columns i, j (row indices, i < j, each pair once) and cosine, sorted by (i, j). With
     `groups` (query ids) only pairs within one group count ("within a query"), found by a
-    matrix product per group; without, the whole corpus is searched with `VectorIndex`, or
-    with an approximate IVF index when `index` is "ivf" (may miss pairs; see `_ivf_range`).
+    matrix product per group; without, the whole corpus is searched exactly (`_blocked_range` on
+    CPU, `VectorIndex` on GPU), or with an approximate IVF index when `index` is "ivf" (may miss
+    pairs; see `_ivf_range`).
     Low thresholds return O(n^2) rows: they are meant for near-duplicates (t around 0.9).
     """
     import polars as pl
@@ -400,13 +429,13 @@ def near_duplicate_pairs(
         codes = _codes(groups, n, "groups")
         order = np.argsort(codes, kind="stable")  # rows ascending within each group
         bounds = np.searchsorted(codes[order], np.arange(int(codes.max(initial=-1)) + 2))
-        from hivemind.parallel import ordered_map
-
         within = [order[bounds[g] : bounds[g + 1]] for g in range(bounds.size - 1)]
         within = [rows for rows in within if rows.size > 1 and np.unique(deps[rows]).size > 1]
         parts.extend(ordered_map(lambda rows: _dense_pairs(matrix, rows, deps, threshold32, block), within))
     elif n > 1 and np.unique(deps).size > 1 and index != "exact":
         parts.append(_ivf_range(matrix, deps, threshold32, nprobe))
+    elif n > 1 and np.unique(deps).size > 1 and not (gpu_available() if use_gpu is None else use_gpu):
+        parts.append(_blocked_range(matrix, deps, threshold32))
     elif n > 1 and np.unique(deps).size > 1:
         flat = VectorIndex(matrix.shape[1], use_gpu=use_gpu)
         flat.add(matrix)

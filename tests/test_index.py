@@ -299,3 +299,28 @@ def test_ivf_corpus_search_finds_what_faiss_ivf_range_search_finds() -> None:
     assert sorted(ours.select("i", "j").iter_rows()) == theirs
     assert 0 < len(theirs) < exact.height  # few probes miss pairs: the comparison has teeth
     assert np.bincount(stored, minlength=nlist).min() >= 0 and visits.shape == (n, nprobe)
+
+
+def test_blocked_exact_search_finds_what_faiss_flat_range_search_finds() -> None:
+    """The CPU exact corpus search (upper-triangle matrix products, blocks smaller than the
+    corpus so block edges and the diagonal block are crossed) gives FAISS's flat range search's
+    pairs and cosines, pair for pair, on a corpus with many pairs near the threshold."""
+    from hivemind.index import SLACK, VectorIndex, _blocked_range
+
+    rng = np.random.default_rng(8)
+    n, dim = 3000, 24
+    X = rng.standard_normal((n, dim)).astype(np.float32)
+    X[1::3] = X[0::3] + 0.35 * rng.standard_normal((n // 3, dim)).astype(np.float32)
+    X = unit(X)
+    deps = np.arange(n) % 4
+    flat = VectorIndex(dim, use_gpu=False)
+    flat.add(X)
+    hits = flat.range_search(X, 0.8)
+    keep = (hits.rows < hits.ids) & (deps[hits.rows] != deps[hits.ids])
+    theirs = sorted(zip(hits.rows[keep].tolist(), hits.ids[keep].tolist(), hits.sims[keep].tolist()))
+    i, j, sims = _blocked_range(X, deps, np.float32(0.8), rows=256, columns=700)
+    ours = sorted(zip(i.tolist(), j.tolist(), sims.tolist()))
+    assert ours == theirs and len(ours) > 300
+    near = [s for *_, s in ours if s < 0.8 + 10 * SLACK]
+    assert near  # pairs just above the threshold: the refinement was exercised
+    assert near_duplicate_pairs(X, [f"m{d}" for d in deps], None, 0.8, use_gpu=False).height == len(ours)
