@@ -10,8 +10,8 @@ machine class: 2 cores): 20K no lexical 37 s (ensemble_per_query 18.6 s, gap_tes
 <= 60 s with, 1M <= 10 min at <= 8 GB apart from the corpus-wide near-duplicate search.
 
 `--recall` also measures the approximate IVF corpus index against the exact one on 100K
-(pairs found / exact pairs, both times). At 1M the corpus-wide search uses IVF (exact is an
-hour of two cores); the output says which index each row used.
+(pairs found / exact pairs, both times). At 1M the corpus-wide search uses IVF (exact is about
+half an hour of two cores); the output says which index each row used.
 
 Run:
     .venv/bin/python bench/analysis_scale.py                # 10K and 100K, no lexical

@@ -4,9 +4,9 @@ The hivemind question "did two different models write (almost) the same answer?"
 "which pairs of unit vectors from different deployments have cosine >= t?". The exact answer (a
 missed pair is a wrong result, not a slow one) comes from matrix products over the upper
 triangle on CPU, and from FAISS's flat inner-product index on GPU when there is one. The
-corpus-wide search is quadratic (1M x 1M is about 15 minutes on two cores), so it may instead
-use an approximate IVF index (`index="ivf"`): the same canonical
-cosines for the pairs it finds, but it can miss some (its recall against exact is measured in
+corpus-wide search is quadratic (18 s at 100K on two cores, so half an hour at 1M), so it may
+instead use an approximate IVF index (`index="ivf"`): the same canonical cosines for the pairs
+it finds, but it can miss some (its recall against exact is measured in
 bench/analysis_scale.py); the analysis summary says which was used.
 
 A FAISS GPU index has no range search, so on GPU it is emulated exactly: k-nearest search
