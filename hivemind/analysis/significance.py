@@ -10,7 +10,8 @@ exactly as `hivemind.metrics.stats.permutation_test` computes it; it is vectoris
 the generic loop costs one Python call per query per permutation: with equal K per deployment
 (the analysis' rule) a permutation's gap follows from the D within-label K x K blocks of the
 cosine matrix, gathered by a compiled loop (`hivemind.metrics.compiled`); otherwise from all
-block sums under one-hot label matrices, many permutations per matmul. The random draws are the same either way.
+block sums under one-hot label matrices, many permutations per matmul. The random draws are the
+same either way.
 """
 
 from __future__ import annotations

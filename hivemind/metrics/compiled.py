@@ -140,9 +140,9 @@ def rouge_l_pair_sum(ids: np.ndarray, starts: np.ndarray, vocab: int) -> float:
             lcs = m - ones
             if lcs == 0:
                 continue
-            p_ = lcs / m
-            r_ = lcs / b.size
-            total += 2.0 * p_ * r_ / (p_ + r_)
+            precision = lcs / m
+            recall = lcs / b.size
+            total += 2.0 * precision * recall / (precision + recall)
         for p in range(m):
             masks[a[p], p // 64] = np.uint64(0)
     return total

@@ -200,7 +200,7 @@ def self_bleu(texts: Sequence[str]) -> float:
     order = bleu.max_ngram_order
     split = _sacrebleu_13a_split()
     ids, starts = _token_ids([split(t) for t in texts])
-    lengths = np.diff(starts).tolist()
+    lengths = np.diff(starts)
     correct = np.zeros((order, n), np.int64)
     total = np.zeros((order, n), np.int64)
     for size, (grams, text) in enumerate(_gram_ids(ids, starts, order), start=1):
@@ -221,20 +221,18 @@ def self_bleu(texts: Sequence[str]) -> float:
         total[size - 1] = np.bincount(holder, weights=counts, minlength=n).astype(np.int64)
     # sacrebleu's closest reference length (`BLEU._get_closest_ref_len`) for every text at once:
     # the other lengths nearest to its own, the shortest of those
-    length = np.asarray(lengths)
-    gap = np.abs(length[None, :] - length[:, None]).astype(np.float64)
+    gap = np.abs(lengths[None, :] - lengths[:, None]).astype(np.float64)
     np.fill_diagonal(gap, np.inf)
-    nearest = np.where(gap == gap.min(axis=1, keepdims=True), length[None, :], np.iinfo(np.int64).max)
+    nearest = np.where(gap == gap.min(axis=1, keepdims=True), lengths[None, :], np.iinfo(np.int64).max)
     closest = nearest.min(axis=1).tolist()
     scores = []
-    for i in range(n):
-        ref_len = closest[i]
+    for i, hyp_len in enumerate(lengths.tolist()):
         scores.append(
             BLEU.compute_bleu(
                 correct=correct[:, i].tolist(),
                 total=total[:, i].tolist(),
-                sys_len=lengths[i],
-                ref_len=ref_len,
+                sys_len=hyp_len,
+                ref_len=closest[i],
                 smooth_method=bleu.smooth_method,
                 smooth_value=bleu.smooth_value,
                 effective_order=True,
