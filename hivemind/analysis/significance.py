@@ -56,8 +56,9 @@ def _equal_block_gaps(
 
     With equal counts the inter blocks are what the intra ones leave of the total: the sum over
     a < b of B_ab is (sum(S) - sum_d B_dd) / 2, and sum(S) and trace(S) do not move under a
-    relabelling. So a permutation needs only sum_d B_dd: either trace(S) plus twice the upper
-    triangles of the blocks, gathered from S by a compiled loop (D K (K - 1) / 2 reads), or,
+    relabelling. So a permutation needs only sum_d B_dd less trace(S), its same-label pairs:
+    either twice the upper triangles of the blocks, gathered from S by a compiled loop
+    (D K (K - 1) / 2 reads), or,
     given the unit rows Y behind S, sum_d |sum of label d's rows|^2 from one matmul of Y^T with
     the one-hot labels of many permutations (2 n D dim multiply-adds, but at BLAS speed: the
     cheaper once K passes about 4 D dim / GATHER_COST). The numbers agree with
@@ -67,21 +68,21 @@ def _equal_block_gaps(
     n = orders.shape[1]
     # gather: n (K - 1) / 2 reads of S; matmul: 2 n D dim multiply-adds
     if unit_rows is not None and 4 * D * unit_rows.shape[1] < GATHER_COST * (K - 1):
-        intra_blocks = np.empty(orders.shape[0])
+        off_diagonal = np.empty(orders.shape[0])  # sum_d B_dd less trace(S): same-label pairs i != j
         batch = 256  # a wide product for BLAS
         for start in range(0, orders.shape[0], batch):
             part = codes[orders[start : start + batch]]
             one_hot = np.zeros((n, part.shape[0] * D))
             one_hot[np.arange(n)[None, :], part + (np.arange(part.shape[0]) * D)[:, None]] = 1.0
             sums = unit_rows.T @ one_hot  # (dim, P D): each label's summed row
-            intra_blocks[start : start + part.shape[0]] = np.einsum("ij,ij->j", sums, sums).reshape(-1, D).sum(axis=1)
+            blocks = np.einsum("ij,ij->j", sums, sums).reshape(-1, D).sum(axis=1)
+            off_diagonal[start : start + part.shape[0]] = blocks - trace
     else:
         from hivemind.metrics.compiled import same_label_pair_sums
 
-        pairs = same_label_pair_sums(np.ascontiguousarray(S), np.ascontiguousarray(orders), codes, D)
-        intra_blocks = trace + 2.0 * pairs
-    intra = (intra_blocks - trace) / (D * K * (K - 1))
-    inter = (total - intra_blocks) / (D * (D - 1) * K * K)
+        off_diagonal = 2.0 * same_label_pair_sums(np.ascontiguousarray(S), np.ascontiguousarray(orders), codes, D)
+    intra = off_diagonal / (D * K * (K - 1))
+    inter = (total - trace - off_diagonal) / (D * (D - 1) * K * K)
     return intra - inter
 
 
