@@ -18,6 +18,7 @@ from hivemind.cli_common import CleanErrors, StoreOption, ZooOption, console, fa
 if TYPE_CHECKING:
     from hivemind.executors import Executor
     from hivemind.pipeline import AnalysisOutputs
+    from hivemind.spec import StudySpec
     from hivemind.study import StudyRun
 
 app = typer.Typer(
@@ -57,7 +58,9 @@ def _open_executor(executor: str, ray_address: str | None) -> Executor:
 
 @app.command()
 def run(
-    spec: Annotated[Path, typer.Argument(help="Study spec (YAML or JSON).")],
+    spec: Annotated[
+        Path, typer.Argument(help="Study spec (YAML or JSON), or the name of a study in --store to resume.")
+    ],
     store: StoreOption = Path("hivemind-store"),
     analyze: Annotated[bool, typer.Option(help="Analyze and write the report after sampling.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -66,7 +69,6 @@ def run(
 ) -> None:
     """Sample a study (resuming where it stopped), then analyze it and write the report."""
     from hivemind.pipeline import SAMPLING_STEPS, STEPS, PipelineRun, run_pipeline
-    from hivemind.study import load_spec
 
     def show(step: str, run: PipelineRun) -> None:
         if step == "export":
@@ -76,7 +78,7 @@ def run(
         elif step == "report":
             console.print(f"[bold green]report:[/] {run.report_path}")
 
-    study_spec = load_spec(spec)
+    study_spec = _spec_or_stored(spec, store)
     with _open_executor(executor, ray_address) as opened:
         run_pipeline(
             study_spec,
@@ -86,6 +88,23 @@ def run(
             executor=opened,
             after_step=show,
         )
+
+
+def _spec_or_stored(spec: Path, store: Path) -> StudySpec:
+    """A spec file, or, when no such file exists, the spec of the study of that name in the store
+    (a store resumes from itself: its deployments and queries are kept in it)."""
+    from hivemind.layout import StoreLayout
+    from hivemind.store import Store
+    from hivemind.study import load_spec
+
+    if spec.exists() or not StoreLayout(store).exists():
+        return load_spec(spec)
+    with Store(store) as opened:
+        names = opened.studies()
+        if str(spec) in names:
+            console.print(f"resuming study {str(spec)!r} from {store}")
+            return opened.study_spec(str(spec))
+    fail(f"{spec} is neither a spec file nor a study in {store} (its studies: {', '.join(names) or 'none'})")
 
 
 def _sampled(run: StudyRun) -> None:

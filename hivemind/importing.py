@@ -215,7 +215,7 @@ def import_responses(
     path = Path(source)
     if records is None:
         if not path.is_file():
-            raise ImportFileError(path, "no such file")
+            raise ImportFileError(path, "a directory, not a file" if path.is_dir() else "no such file")
         records = read_records(path)
         digest = file_sha256(path)
     else:

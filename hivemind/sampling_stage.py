@@ -35,8 +35,14 @@ def load_spec(path: str | Path) -> StudySpec:
     spec_path = Path(path)
     if not spec_path.exists():
         raise StudyError(f"spec file {spec_path} does not exist")
+    if not spec_path.is_file():
+        raise StudyError(f"spec file {spec_path} is a directory, not a file")
     try:
-        raw: Any = yaml.safe_load(spec_path.read_text())
+        raw: Any = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise StudyError(f"{spec_path}: not UTF-8 text (byte {exc.start}); save the spec as UTF-8") from None
+    except OSError as exc:
+        raise StudyError(f"{spec_path}: cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise StudyError(f"{spec_path}: not valid YAML/JSON: {exc}") from None
     if not isinstance(raw, dict):
@@ -54,14 +60,82 @@ def load_spec(path: str | Path) -> StudySpec:
     return spec.model_copy(update=updates)
 
 
-def resolve_study(spec: StudySpec) -> tuple[list[Query], list[Deployment]]:
-    """The queries and deployments a spec names, with clear errors for unknown names."""
+def _changed_fields(stored: Deployment, now: Deployment) -> list[str]:
+    """The fields of a zoo entry that would change what a stored deployment returns."""
+    before = {**stored.identity(), "params": stored.params.key_data()}
+    after = {**now.identity(), "params": now.params.key_data()}
+    changed: list[str] = []
+    for key in before:
+        if key == "options":
+            keys = sorted(set(before[key]) | set(after[key]))
+            changed += [f"options.{k}" for k in keys if before[key].get(k) != after[key].get(k)]
+        elif before[key] != after[key]:
+            changed.append(key)
+    return changed
+
+
+def resolve_deployments(spec: StudySpec, store: Store | None = None) -> list[Deployment]:
+    """The deployments a spec names: the store's copies first, the zoo only for new ones.
+
+    Once a study has sampled a deployment, the resolved zoo entry kept in the store is the truth,
+    so a store copied without its zoo file still resumes, re-plans and re-analyses. A zoo entry of
+    the same name that would change the outputs (provider, model, endpoint, options, parameters) is
+    refused, naming the fields; runtime settings (concurrency, timeouts, key variable) are taken
+    from the zoo when it has the entry, so a lab can retune them.
+    """
+    stored = store.stored_deployments(spec.name) if store is not None else {}
+    known = {name: d for name, d in stored.items() if d is not None}
+    zoo = None
+    zoo_error: ZooError | None = None
     try:
         zoo = load_zoo(spec.zoo)
-        deployments = zoo.select(spec.deployments)
     except ZooError as exc:
-        raise StudyError(str(exc), field=exc.field) from None
-    query_set = load_query_set(spec.query_set)
+        zoo_error = exc
+    if zoo is None and all(name in known for name in spec.deployments):
+        return [known[name] for name in spec.deployments]  # a travelled store: nothing to read
+    if zoo is None:
+        missing = [name for name in spec.deployments if name not in known]
+        assert zoo_error is not None
+        where = f"; study {spec.name!r} in the store does not hold them" if store is not None else ""
+        raise StudyError(f"{zoo_error} (needed for deployments {', '.join(missing)}{where})", field="zoo")
+    out: list[Deployment] = []
+    problems: list[str] = []
+    for name in spec.deployments:
+        try:
+            entry = zoo.get(name)
+        except ZooError as exc:
+            if name in known:
+                out.append(known[name])
+                continue
+            raise StudyError(str(exc), field=exc.field) from None
+        if name in known:
+            changed = _changed_fields(known[name], entry)
+            if changed:
+                problems.append(
+                    f"deployment {name!r}: the zoo entry differs from the one study {spec.name!r} sampled "
+                    f"({', '.join(changed)}); use another deployment name, or another study"
+                )
+        out.append(entry)
+    if problems:
+        raise StudyError("\n".join(problems), field="deployments")
+    return out
+
+
+def resolve_study(spec: StudySpec, store: Store | None = None) -> tuple[list[Query], list[Deployment]]:
+    """The queries and deployments a spec names, with clear errors for unknown names.
+
+    With `store`, a study it already holds resolves from it: its deployments as they were
+    sampled, and its registered queries when the query-set file is no longer there.
+    """
+    deployments = resolve_deployments(spec, store)
+    try:
+        query_set = load_query_set(spec.query_set)
+    except Exception:
+        # a travelled store: the queries it registered are the study's (rewordings excepted)
+        kept = store.stored_queries(spec.name) if store is not None and spec.name in store.studies() else []
+        if kept and not any(c.paraphrase for c in spec.conditions):
+            return kept, deployments
+        raise
     queries = query_set.queries
     if spec.categories is not None:
         queries = [q for q in queries if q.category in set(spec.categories)]
@@ -193,7 +267,7 @@ async def sample_study(
     `executor` decides where providers run (e.g. one Ray actor per deployment); the sampler
     and the store stay here, so every result is committed by this process before it counts.
     """
-    queries, deployments = resolve_study(spec)
+    queries, deployments = resolve_study(spec, store)
     providers = prepare_providers(deployments)
     dropped = check_params(spec, deployments, providers)
     check_resumable(store, spec, queries, deployments)  # refuses other parameters before anything is written

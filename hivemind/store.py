@@ -71,6 +71,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (study, query_id, deployment, condition, sample_index)
     );
     """,
+    # The resolved zoo entry of each sampled deployment (defaults applied; a key's variable name,
+    # never its value): once a study has it, the store's copy is the truth, so a store copied
+    # without its zoo file still resumes, re-plans and re-analyses. NULL for rows written before.
+    "ALTER TABLE deployments ADD COLUMN deployment_json TEXT;",
 ]
 
 
@@ -217,12 +221,40 @@ class Store(JournalFile):
                 [(spec.name, q.id, i, q.text, q.category, q.answer) for i, q in enumerate(queries)],
             )
             db.executemany(
-                "INSERT OR REPLACE INTO deployments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO deployments (study, name, provider, model, family, stage, "
+                "identity_json, deployment_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (spec.name, d.name, d.provider, d.model, d.family, d.stage, canonical_json(d.identity()))
+                    (
+                        spec.name,
+                        d.name,
+                        d.provider,
+                        d.model,
+                        d.family,
+                        d.stage,
+                        canonical_json(d.identity()),
+                        d.model_dump_json(),
+                    )
                     for d in deployments
                 ],
             )
+
+    def stored_deployments(self, study: str) -> dict[str, Deployment | None]:
+        """The sampled deployments a study recorded, by name: the zoo entry as it was resolved, or
+        None for a row written before stores kept it (then the zoo file is still needed)."""
+        rows = self._rows(
+            "SELECT name, deployment_json FROM deployments WHERE study = ? AND provider != 'imported'", (study,)
+        )
+        return {
+            r["name"]: None if r["deployment_json"] is None else Deployment.model_validate_json(r["deployment_json"])
+            for r in rows
+        }
+
+    def stored_queries(self, study: str) -> list[Query]:
+        """The queries a study was last registered with, in order (what its spec selected)."""
+        rows = self._rows(
+            "SELECT query_id, text, category, answer FROM queries WHERE study = ? ORDER BY position", (study,)
+        )
+        return [Query(id=r["query_id"], text=r["text"], category=r["category"], answer=r["answer"]) for r in rows]
 
     def studies(self) -> list[str]:
         """Names of the studies in this store, oldest first."""

@@ -191,21 +191,40 @@ def test_no_table_relies_on_if_not_exists() -> None:
     assert offenders == [], offenders
 
 
-def test_planning_the_old_study_today_gives_the_keys_it_stored(old_store: Path) -> None:
+FIXTURE_ZOO = """deployments:
+  - {name: mock-a, provider: mock, model: mock, options: {diversity: 2}}
+  - {name: mock-b, provider: mock, model: mock, options: {diversity: 4}}
+"""
+"""The zoo `make_store_da49a97.py` sampled the fixture with (its stores did not keep zoo entries)."""
+
+
+def test_planning_the_old_study_today_gives_the_keys_it_stored(old_store: Path, tmp_path: Path) -> None:
     # A parameter added since (`novelty`) must not move the cache keys of samples taken before.
     from hivemind.sampling import plan_requests
     from hivemind.sampling_stage import resolve_study
 
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text(FIXTURE_ZOO)
     with Store(old_store) as store:
-        spec = store.study_spec("cli-study")
+        spec = store.study_spec("cli-study").model_copy(update={"zoo": str(zoo)})
         stored = dict(
             zip(
                 store.samples_frame("cli-study").select("query_id", "deployment", "sample_index").rows(),
                 store.samples_frame("cli-study")["cache_key"],
             )
         )
-    queries, deployments = resolve_study(spec)
+        queries, deployments = resolve_study(spec, store)
     planned = {
         (r.query_id, r.deployment, r.sample_index): r.cache_key for r in plan_requests(spec, queries, deployments)
     }
     assert len(stored) == 12 and planned == stored
+
+
+def test_an_old_store_without_its_zoo_names_the_entries_it_needs(old_store: Path) -> None:
+    # Stores written before deployments were kept cannot resume without the zoo: say which entries.
+    from hivemind.sampling_stage import StudyError, resolve_study
+
+    with Store(old_store) as store:
+        spec = store.study_spec("cli-study")
+        with pytest.raises(StudyError, match="needed for deployments mock-a, mock-b"):
+            resolve_study(spec, store)
