@@ -6,6 +6,7 @@ load inside the commands that need them, so `hivemind --help` stays fast.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -50,7 +51,7 @@ def _open_executor(executor: str, ray_address: str | None) -> Executor:
     except ValueError as exc:
         fail(str(exc))
     except ImportError as exc:
-        fail(f"--executor {executor} needs Ray: pip install 'hivemind[ray]' ({exc})")
+        fail(f"--executor {executor} needs Ray: pip install 'hivemind-study[ray]' ({exc})")
     if opened.name != "local":
         console.print(f"executor: {opened.describe()}")
     return opened
@@ -66,8 +67,13 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show local engines' own output (default: STORE/logs/).")
+    ] = False,
 ) -> None:
     """Sample a study (resuming where it stopped), then analyze it and write the report."""
+    if verbose:
+        os.environ["HIVEMIND_VERBOSE"] = "1"
     from hivemind.pipeline import SAMPLING_STEPS, STEPS, PipelineRun, run_pipeline
 
     def show(step: str, run: PipelineRun) -> None:

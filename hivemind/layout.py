@@ -36,7 +36,9 @@ SUMMARY = "summary.json"
 REPORT = "report.html"
 IMPORTS = "imports"
 
-TOP_LEVEL_ENTRIES = frozenset({JOURNAL, EMBEDDING_CACHE, QUERY_SETS, SCANS, SERVICE_LOCK, SERVICE_TOKEN})
+LOGS = "logs"
+
+TOP_LEVEL_ENTRIES = frozenset({JOURNAL, EMBEDDING_CACHE, QUERY_SETS, SCANS, SERVICE_LOCK, SERVICE_TOKEN, LOGS})
 """The store's own names at its top level, where each study has its folder (`.tmp` cannot be a name)."""
 
 
@@ -81,6 +83,11 @@ class StoreLayout:
     def service_token(self) -> Path:
         """The service's generated bearer token (mode 0600)."""
         return self.root / SERVICE_TOKEN
+
+    @property
+    def logs(self) -> Path:
+        """What local engines print (llama.cpp's load lines), one file per engine, unless --verbose."""
+        return self.root / LOGS
 
     @property
     def tmp(self) -> Path:

@@ -6,6 +6,7 @@ scans) reaches it through the pipeline. `hivemind.study` re-exports these names.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from hivemind.errors import HivemindError
 from hivemind.providers.base import Provider
 from hivemind.providers.registry import create_provider
+from hivemind.providers.worker import set_log_dir
 from hivemind.queries import load_query_set, paraphrases
 from hivemind.sampling import Sampler, SamplingReport, check_resumable, iter_requests, plan_size
 from hivemind.spec import LOCAL_DECODING_PARAMS, Deployment, Query, StudySpec
@@ -268,6 +270,8 @@ async def sample_study(
     and the store stay here, so every result is committed by this process before it counts.
     """
     queries, deployments = resolve_study(spec, store)
+    # local engines print to a log file in the store, not to the terminal, unless asked (--verbose)
+    set_log_dir(None if os.environ.get("HIVEMIND_VERBOSE") else store.layout.logs)
     providers = prepare_providers(deployments)
     dropped = check_params(spec, deployments, providers)
     check_resumable(store, spec, queries, deployments)  # refuses other parameters before anything is written

@@ -39,7 +39,7 @@ def _rows(store: Path) -> list[sqlite3.Row]:
     return db.execute("SELECT * FROM samples ORDER BY deployment, query_id, sample_index").fetchall()
 
 
-def test_three_local_models_sample_distinct_answers(tmp_path: Path) -> None:
+def test_three_local_models_sample_distinct_answers(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     spec = StudySpec(
         name="local",
         query_set="open-ended-v1",
@@ -57,6 +57,11 @@ def test_three_local_models_sample_distinct_answers(tmp_path: Path) -> None:
         assert all(t.strip() for t in texts), f"{name} gave an empty answer"
         assert len(set(texts)) > 2, f"{name}: samples collapsed"
     assert all(r["completion_tokens"] <= 12 for r in rows)
+    # llama.cpp's own lines go to the store's logs, not to the user's terminal
+    printed = capfd.readouterr()
+    assert "llama_" not in printed.out + printed.err
+    logs = sorted((tmp_path / "store" / "logs").glob("engine-*.log"))
+    assert len(logs) == 3, logs  # one per engine
 
 
 def test_shipped_weights_are_checked_against_their_hash(tmp_path: Path) -> None:
@@ -216,6 +221,7 @@ def test_a_killed_worker_costs_only_its_deployment_and_a_rerun_completes_it(
     failed = [r for r in local if r["error"] is not None]
     assert failed and len(failed) < len(local), "the kill must land mid-study"
     assert all(r["error"].startswith(f"worker process for deployment '{SMOL}' died: SIGKILL") for r in failed)
+    assert all(f"log: {store / 'logs'}" in r["error"] for r in failed), "a crash names its log"
     assert all(r["error"] is None for r in rows if r["deployment"] != SMOL), "other deployments go on"
     assert outcome["run"].sampling.failed == {SMOL: len(failed)}
     assert SMOL not in worker_pids() and not _alive(killed)

@@ -10,13 +10,26 @@ backoff, `Retry-After` handling and error rows. Providers only classify their er
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC
 from typing import Any, ClassVar
 
 from hivemind.spec import LOCAL_DECODING_PARAMS, Completion, Deployment, SampleRequest
+
+EXTRAS: dict[str, str] = {"llama_cpp": "local", "ray": "ray"}
+"""The optional package each importable module comes from (`pip install 'hivemind-study[EXTRA]'`)."""
+
+
+def require_module(module: str, who: str) -> None:
+    """Stop before any sampling when `module` is not installed, with the exact install line."""
+    missing = sys.modules[module] is None if module in sys.modules else importlib.util.find_spec(module) is None
+    if missing:
+        extra = EXTRAS.get(module, module)
+        raise ValueError(f"{who} needs {module}, which is not installed: pip install 'hivemind-study[{extra}]'")
 
 
 class ProviderError(Exception):

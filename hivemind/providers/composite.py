@@ -45,7 +45,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from hivemind.providers.base import register
+from hivemind.providers.base import register, require_module
 from hivemind.providers.combine import (
     FORMS,
     Recipe,
@@ -471,6 +471,7 @@ class CompositeProvider(WorkerProvider):
         """Weights present and verified, and one tokenizer for all components (cheap: vocab only)."""
         super().check_ready()
         label = f"deployment {self.deployment.name!r}"
+        require_module("llama_cpp", f"{label} (provider composite)")
         named = [(c.name, resolve_gguf(c.source(), f"{label}: component {c.name!r}")) for c in self.options.components]
         try:
             check_same_tokenizer(named)

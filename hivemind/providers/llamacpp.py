@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from hivemind.providers.base import register
+from hivemind.providers.base import register, require_module
 from hivemind.providers.gguf import resolve_gguf
 from hivemind.providers.worker import WorkerProvider
 from hivemind.spec import Completion, Deployment, SampleRequest
@@ -192,6 +192,7 @@ class LlamaCppProvider(WorkerProvider):
 
     def check_ready(self) -> None:
         super().check_ready()
+        require_module("llama_cpp", f"deployment {self.deployment.name!r} (provider llamacpp)")
         resolve_gguf(self.deployment.options, f"deployment {self.deployment.name!r}")
 
     def engine_config(self) -> dict[str, Any]:

@@ -15,6 +15,10 @@ Processes start with multiprocessing's "spawn" context (a fresh interpreter: no 
 threads inherited from the parent), one per distinct (factory, config): deployments that load the
 same model share it. A child ignores Ctrl-C (its parent decides when it stops), exits when its
 pipe closes, and dies with its parent (Linux parent-death signal, elsewhere a watchdog thread).
+
+What a child's native code prints (llama.cpp's load and cache lines) goes to a log file per engine
+when a log directory is set (`set_log_dir`: the study's `STORE/logs/`), not to the user's terminal;
+a crash or failed load names the file and quotes its last lines.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, ClassVar
 
 from hivemind.providers.base import Provider, ProviderError
@@ -40,6 +45,37 @@ Engine = Callable[[Any], Any]
 
 STOP_TIMEOUT_S = 10.0
 PROCESS_PREFIX = "hivemind-engine "
+
+
+_log_dir: Path | None = None
+
+
+def set_log_dir(directory: Path | None) -> None:
+    """Where workers started from now on write their output (None: the terminal, as `--verbose`)."""
+    global _log_dir
+    _log_dir = directory
+
+
+def log_tail(path: Path | None, lines: int = 5) -> str:
+    """The last lines of an engine's log, for an error message ('' when there is none)."""
+    if path is None or not path.is_file():
+        return ""
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 4096))
+        tail = handle.read().decode("utf-8", "replace").strip().splitlines()[-lines:]
+    return f" (log: {path}; last lines: {' | '.join(tail)})" if tail else f" (log: {path})"
+
+
+def _redirect_output(log_path: str | None) -> None:
+    """In the child: fds 1 and 2 (native code's printf and llama.cpp's logs) to the log file."""
+    if log_path is None:
+        return
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 class EngineError(Exception):
@@ -53,9 +89,11 @@ class EngineError(Exception):
 class WorkerDied(Exception):
     """The worker process ended without answering: a native crash, a kill, or out of memory."""
 
-    def __init__(self, exitcode: int | None) -> None:
+    def __init__(self, exitcode: int | None, log: str = "") -> None:
         self.exitcode = exitcode
-        super().__init__(self.cause)
+        self.log = log
+        """Where the worker's output went and its last lines ('' when it printed to the terminal)."""
+        super().__init__(self.cause + log)
 
     @property
     def cause(self) -> str:
@@ -89,6 +127,8 @@ class EngineWorker:
         self._failure: Exception | None = None
         self._busy = False
         self._closed = False
+        self.log_path: Path | None = None
+        """The file this worker's output goes to (None: the terminal)."""
 
     @property
     def pid(self) -> int | None:
@@ -119,11 +159,21 @@ class EngineWorker:
         _skip_main_module_in_workers()
         context = multiprocessing.get_context("spawn")
         parent_end, child_end = context.Pipe()
+        if _log_dir is not None:
+            _log_dir.mkdir(parents=True, exist_ok=True)
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.label)[:100]
+            self.log_path = _log_dir / f"engine-{safe}.log"
         process = context.Process(
             target=serve,
             name=f"{PROCESS_PREFIX}{self.label}",
             daemon=True,
-            args=(child_end, self.factory, self.config, os.getpid()),
+            args=(
+                child_end,
+                self.factory,
+                self.config,
+                os.getpid(),
+                None if self.log_path is None else str(self.log_path),
+            ),
         )
         process.start()
         child_end.close()  # so the parent's reads see EOF when the child dies
@@ -144,7 +194,8 @@ class EngineWorker:
             raise self._died() from None
         if status == "ok":
             return value
-        error = EngineError(*value)
+        kind, message = value
+        error = EngineError(kind, message + (log_tail(self.log_path) if status == "load_error" else ""))
         if status == "load_error":  # the same load would fail again: fail every later call at once
             self._failure = error
         raise error
@@ -154,7 +205,7 @@ class EngineWorker:
         if self._process.exitcode is None:  # pipe broken but still running: make sure it is gone
             self._process.kill()
             self._process.join(timeout=STOP_TIMEOUT_S)
-        self._failure = WorkerDied(self._process.exitcode)
+        self._failure = WorkerDied(self._process.exitcode, log_tail(self.log_path))
         self._conn.close()
         return self._failure
 
@@ -292,8 +343,9 @@ def _describe(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, str(exc)
 
 
-def serve(conn: Any, factory: str, config: dict[str, Any], parent_pid: int) -> None:
+def serve(conn: Any, factory: str, config: dict[str, Any], parent_pid: int, log_path: str | None = None) -> None:
     """The worker's main loop: build the engine, then answer payloads until the pipe closes."""
+    _redirect_output(log_path)
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -371,7 +423,7 @@ class WorkerProvider(Provider):
             result = await self._worker.call(self.payload(request))
         except WorkerDied as exc:
             raise ProviderError(
-                f"worker process for deployment {self.deployment.name!r} died: {exc.cause}", retryable=False
+                f"worker process for deployment {self.deployment.name!r} died: {exc.cause}{exc.log}", retryable=False
             ) from None
         except EngineError as exc:
             raise ProviderError(str(exc), retryable=False) from None
