@@ -138,6 +138,7 @@ def test_reserved_store_names_come_from_the_layout(tmp_path: Path) -> None:
         layout.scan_report("x").parent.parent,
         layout.service_lock,
         layout.service_token,
+        layout.logs,
     }
     assert STORE_ENTRIES == {p.name for p in top}
     assert all(store_name_problem(p.name) for p in top)
