@@ -31,7 +31,7 @@ def _when(ts: float | None) -> str:
 
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port (1-65535).")] = 8321,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0-65535; 0 picks a free one).")] = 8321,
     store: StoreOption = Path("hivemind-store"),
     zoo: ZooOption = None,
     scans: ScansOption = None,

@@ -48,7 +48,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
         "Not a directory",
     ),
     ("port too large", lambda t: ["serve", "--port", "99999", "--store", str(t / "st")], "less than or equal to 65535"),
-    ("port negative", lambda t: ["serve", "--port", "-1", "--store", str(t / "st")], "greater than or equal to 1"),
+    ("port negative", lambda t: ["serve", "--port", "-1", "--store", str(t / "st")], "greater than or equal to 0"),
     ("port not a number", lambda t: ["serve", "--port", "http", "--store", str(t / "st")], "as an integer"),
     (
         "import a directory",
