@@ -87,19 +87,14 @@ def resolve_deployments(spec: StudySpec, store: Store | None = None) -> list[Dep
     """
     stored = store.stored_deployments(spec.name) if store is not None else {}
     known = {name: d for name, d in stored.items() if d is not None}
-    zoo = None
-    zoo_error: ZooError | None = None
     try:
         zoo = load_zoo(spec.zoo)
     except ZooError as exc:
-        zoo_error = exc
-    if zoo is None and all(name in known for name in spec.deployments):
-        return [known[name] for name in spec.deployments]  # a travelled store: nothing to read
-    if zoo is None:
         missing = [name for name in spec.deployments if name not in known]
-        assert zoo_error is not None
+        if not missing:
+            return [known[name] for name in spec.deployments]  # a travelled store: nothing to read
         where = f"; study {spec.name!r} in the store does not hold them" if store is not None else ""
-        raise StudyError(f"{zoo_error} (needed for deployments {', '.join(missing)}{where})", field="zoo")
+        raise StudyError(f"{exc} (needed for deployments {', '.join(missing)}{where})", field="zoo") from None
     out: list[Deployment] = []
     problems: list[str] = []
     for name in spec.deployments:
@@ -132,7 +127,7 @@ def resolve_study(spec: StudySpec, store: Store | None = None) -> tuple[list[Que
     deployments = resolve_deployments(spec, store)
     try:
         query_set = load_query_set(spec.query_set)
-    except Exception:
+    except (HivemindError, OSError):
         # a travelled store: the queries it registered are the study's (rewordings excepted)
         kept = store.stored_queries(spec.name) if store is not None and spec.name in store.studies() else []
         if kept and not any(c.paraphrase for c in spec.conditions):

@@ -13,7 +13,8 @@ ABSOLUTE = re.compile(r"(?<![\w.])/(tmp|root|home|work|Users|var|private|mnt)/[\
 def _texts(path: Path) -> list[str]:
     """Every text a fixture holds: each cell of each table for a database, else the file itself."""
     if path.suffix in (".sqlite", ".db"):
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        # immutable: the check writes nothing beside the fixture (no -shm or -wal file)
+        with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as db:
             tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
             return [
                 str(cell)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from hivemind.spec import LOCAL_DECODING_PARAMS, Completion, Deployment, SampleRequest
 
-EXTRAS: dict[str, str] = {"llama_cpp": "local", "ray": "ray"}
+EXTRAS: dict[str, str] = {"llama_cpp": "local"}
 """The optional package each importable module comes from (`pip install 'hivemind-study[EXTRA]'`)."""
 
 
