@@ -45,7 +45,13 @@ def import_file(
     query_set: Annotated[
         str | None, typer.Option(help="New study: match rows against this query set (a shipped name or a file).")
     ] = None,
-    condition: Annotated[str | None, typer.Option(help="Condition the responses belong to.")] = None,
+    condition: Annotated[
+        str | None, typer.Option(help="Condition the responses belong to (added to the study when new).")
+    ] = None,
+    reference: Annotated[
+        bool,
+        typer.Option(help="The file's deployments are reference arms (human answers): not models under test."),
+    ] = False,
     unmatched: Annotated[
         OnUnmatched,
         typer.Option(help="Rows matching no query: fail (error), leave out and list (skip), or add as queries."),
@@ -59,6 +65,7 @@ def import_file(
     category_col: Column = None,
     answer_col: Column = None,
     classes_col: Column = None,
+    condition_col: Column = None,
 ) -> None:
     """Import responses you already have into a study (analyze/report/status/export it as usual)."""
     from hivemind.importing import Columns, import_responses
@@ -72,6 +79,7 @@ def import_file(
         category=category_col,
         answer=answer_col,
         classes=classes_col,
+        condition=condition_col,
     )
     result = import_responses(
         file,
@@ -83,12 +91,15 @@ def import_file(
         condition=condition,
         on_unmatched=unmatched.value,
         replace=replace,
+        reference=reference,
     )  # a HivemindError: a clean exit (`CleanErrors`)
     per = ", ".join(f"{d}: {n}" for d, n in result.deployments.items())
     console.print(
         f"[green]imported[/] {result.imported} of {result.rows} responses into study "
         f"{result.study!r} ({per}); {result.queries} queries"
         + (", with equivalence classes" if result.has_classes else "")
+        + (" as a reference arm" if result.reference else "")
+        + (f"; conditions {', '.join(result.conditions)}" if result.conditions else "")
     )
     console.print(
         f"queries matched: {result.match_rate:.1%} (by id {result.matched_by_id}, by text "

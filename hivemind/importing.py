@@ -65,6 +65,10 @@ class ImportResult:
     """Most responses the file holds for one (query, deployment)."""
     k_study: int = 0
     """Responses per (query, deployment, condition) the study analyses (its `samples`): equal K."""
+    conditions: dict[str, int] = field(default_factory=dict)
+    """Responses imported per condition."""
+    reference: bool = False
+    """Whether the file's deployments are reference arms."""
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -165,16 +169,18 @@ def _match(
     return matched, new, how, unmatched
 
 
-def _indexed(path: Path, matched: list[tuple[Row, str]], condition: str) -> list[tuple[Row, str, int]]:
-    """Give every row its sample index (file order within a query and deployment when absent)."""
-    counters: Counter[tuple[str, str]] = Counter()
-    seen: dict[tuple[str, str, int], str] = {}
-    out: list[tuple[Row, str, int]] = []
+def _indexed(path: Path, matched: list[tuple[Row, str]], default: str) -> list[tuple[Row, str, int, str]]:
+    """Give every row its sample index (file order within a query, deployment and condition when
+    absent) and its condition (the row's own, else `default`)."""
+    counters: Counter[tuple[str, str, str]] = Counter()
+    seen: dict[tuple[str, str, str, int], str] = {}
+    out: list[tuple[Row, str, int, str]] = []
     for row, query_id in matched:
-        arm = (query_id, row.deployment)
+        condition = row.condition or default
+        arm = (query_id, row.deployment, condition)
         index = row.sample_index if row.sample_index is not None else counters[arm]
         counters[arm] = max(counters[arm], index + 1)
-        key = (query_id, row.deployment, index)
+        key = (*arm, index)
         if key in seen:
             raise ImportFileError(
                 path,
@@ -184,7 +190,7 @@ def _indexed(path: Path, matched: list[tuple[Row, str]], condition: str) -> list
                 field="sample_index",
             )
         seen[key] = row.where
-        out.append((row, query_id, index))
+        out.append((row, query_id, index, condition))
     return out
 
 
@@ -201,6 +207,7 @@ def import_responses(
     replace: bool = False,
     records: Any = None,
     source_name: str | None = None,
+    reference: bool = False,
 ) -> ImportResult:
     """Import a response file into `study` of `store` (created when new; extended when it exists).
 
@@ -208,7 +215,10 @@ def import_responses(
     by normalised text; a new study without `query_set` takes its queries from the file.
     Unmatched rows raise (`on_unmatched="error"`), are left out and listed (`"skip"`), or become
     new queries (`"add"`). `deployment` names one deployment for a file without a model column.
-    `replace` re-imports a deployment that this study already holds from a file. `records`
+    `condition` names the condition the rows belong to (a per-row `columns.condition` wins);
+    a condition the study lacks is added to it. `reference` marks the file's deployments as
+    reference arms (human answers): shown beside the models, left out of the model statistics.
+    `replace` re-imports a (deployment, condition) that this study already holds from a file. `records`
     (position, dict) pairs stand in for the file's contents (a DataFrame); `source_name` is
     the file name recorded as provenance (default: the path).
     """
@@ -224,7 +234,17 @@ def import_responses(
     owned = store if isinstance(store, Store) else Store(store)
     try:
         return _write(
-            owned, path, source_name or str(path), digest, rows, study, query_set, condition, on_unmatched, replace
+            owned,
+            path,
+            source_name or str(path),
+            digest,
+            rows,
+            study,
+            query_set,
+            condition,
+            on_unmatched,
+            replace,
+            reference,
         )
     finally:
         if owned is not store:
@@ -242,6 +262,7 @@ def _write(
     condition: str | None,
     on_unmatched: Unmatched,
     replace: bool,
+    reference: bool = False,
 ) -> ImportResult:
     if re.match(NAME_PATTERN, study) is None:
         raise StoreError(f"invalid study name {study!r}")
@@ -249,7 +270,7 @@ def _write(
     with store.transaction() as db:
         exists = db.execute("SELECT spec_json FROM studies WHERE name = ?", (study,)).fetchone()
         spec = StudySpec.model_validate_json(exists[0]) if exists else None
-        if spec is not None and query_set is not None:
+        if spec is not None and query_set is not None and str(query_set) != spec.query_set:
             raise StoreError(f"study {study!r} exists: its queries are matched, not {query_set!r}")
         target = (
             _target_from_store(db, study)
@@ -260,47 +281,58 @@ def _write(
         )
         conditions = [c.name for c in spec.effective_conditions()] if spec else []
         if condition is None:
-            if len(conditions) > 1:
+            if len(conditions) > 1 and not all(r.condition is not None for r in rows):
                 raise StoreError(
                     f"study {study!r} has conditions {conditions}: name the one the imported responses belong to"
                 )
             condition = conditions[0] if conditions else "default"
-        elif spec is not None and condition not in conditions:
-            raise StoreError(f"study {study!r} has no condition {condition!r} (it has {conditions})")
+        if re.match(NAME_PATTERN, condition) is None:
+            raise StoreError(f"invalid condition name {condition!r}")
         matched, new, how, unmatched = _match(path, rows, target, on_unmatched)
         indexed = _indexed(path, matched, condition)
         if not indexed:
             raise ImportFileError(
                 path, f"none of its {len(rows)} rows matches a query of study {study!r}", field="query"
             )
-        names = list(dict.fromkeys(r.deployment for r, _, _ in indexed))
+        names = list(dict.fromkeys(r.deployment for r, _, _, _ in indexed))
+        used = list(dict.fromkeys(c for _, _, _, c in indexed))
         providers = dict(db.execute("SELECT name, provider FROM deployments WHERE study = ?", (study,)).fetchall())
+        held = {
+            (r[0], r[1])
+            for r in db.execute(
+                "SELECT DISTINCT deployment, condition FROM imported_samples WHERE study = ?", (study,)
+            ).fetchall()
+        }
         for name in names:
             if name in providers and providers[name] != PROVIDER:
                 raise StoreError(
                     f"study {study!r} already samples a deployment {name!r} "
                     f"({providers[name]}); import under another name"
                 )
-            if name in providers and not replace:
-                raise StoreError(
-                    f"study {study!r} already holds imported deployment {name!r} "
-                    "(import with replace=True / --replace to load it again)"
-                )
-        for name in names:  # replace: the old rows of these deployments go, in this transaction
-            for table in ("samples", "imported_samples"):
-                db.execute(
-                    f"DELETE FROM {table} WHERE study = ? AND deployment = ? AND condition = ?",
-                    (study, name, condition),
-                )
-        k = max(Counter((q, r.deployment) for r, q, _ in indexed).values())
-        needed = max(i for _, _, i in indexed) + 1
+            for c in used:
+                if (name, c) in held and not replace:
+                    raise StoreError(
+                        f"study {study!r} already holds imported deployment {name!r} under condition {c!r} "
+                        "(import with replace=True / --replace to load it again)"
+                    )
+        for name in names:  # replace: the old rows of these arms go, in this transaction
+            for c in used:
+                for table in ("samples", "imported_samples"):
+                    db.execute(
+                        f"DELETE FROM {table} WHERE study = ? AND deployment = ? AND condition = ?",
+                        (study, name, c),
+                    )
+        k = max(Counter((q, r.deployment, c) for r, q, _, c in indexed).values())
+        needed = max(i for _, _, i, _ in indexed) + 1
+        references = names if reference else []
         if spec is None:
             spec = StudySpec(
                 name=study,
                 query_set=str(query_set or path),
                 deployments=names,
                 samples=needed,
-                conditions=[] if condition == "default" else [Condition(name=condition)],
+                conditions=[] if used == ["default"] else [Condition(name=c) for c in used],
+                references=references,
             )
         else:  # a sampled study keeps its K (equal footing); an all-imported one grows to the file's
             sampled = any(p != PROVIDER for p in providers.values())
@@ -308,6 +340,8 @@ def _write(
                 update={
                     "deployments": spec.deployments + [n for n in names if n not in spec.deployments],
                     "samples": spec.samples if sampled else max(spec.samples, needed),
+                    "conditions": _with_conditions(spec, used),
+                    "references": spec.references + [n for n in references if n not in spec.references],
                 }
             )
         db.execute(
@@ -322,7 +356,7 @@ def _write(
             "INSERT INTO queries (study, query_id, position, text, category, answer) VALUES (?, ?, ?, ?, ?, ?)",
             [(study, q, first + i, text, category, answer) for i, (q, text, category, answer) in enumerate(queries)],
         )
-        models = {r.deployment: r.model for r, _, _ in indexed}
+        models = {r.deployment: r.model for r, _, _, _ in indexed}
         db.executemany(
             "INSERT OR REPLACE INTO deployments (study, name, provider, model, family, "
             "stage, identity_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -340,7 +374,7 @@ def _write(
             ],
         )
         samples, provenance = [], []
-        for row, query_id, index in indexed:
+        for row, query_id, index, condition in indexed:
             cache_key = sha256_hex(canonical_json([PROVIDER, digest, row.where, index]))
             samples.append(
                 (
@@ -374,7 +408,7 @@ def _write(
             samples,
         )
         db.executemany("INSERT INTO imported_samples VALUES (" + ",".join("?" * 10) + ")", provenance)
-    counts = Counter(r.deployment for r, _, _ in indexed)
+    counts = Counter(r.deployment for r, _, _, _ in indexed)
     result = ImportResult(
         study=study,
         store=str(store.directory),
@@ -383,18 +417,31 @@ def _write(
         rows=len(rows),
         imported=len(indexed),
         deployments=dict(counts),
-        queries=len({q for _, q, _ in indexed}),
+        queries=len({q for _, q, _, _ in indexed}),
         matched_by_id=how["id"],
         matched_by_text=how["text"],
         new_queries=len(new),
         match_rate=round((how["id"] + how["text"]) / len(rows), 4) if target.known else 1.0,
         unmatched=unmatched,
-        has_classes=any(r.class_label is not None for r, _, _ in indexed),
+        has_classes=any(r.class_label is not None for r, _, _, _ in indexed),
+        conditions=dict(Counter(c for _, _, _, c in indexed)),
+        reference=reference,
         k_file=k,
         k_study=spec.samples,
     )
     atomic_write_text(store.layout.imports(study) / f"{digest[:16]}.json", json.dumps(result.summary(), indent=2))
     return result
+
+
+def _with_conditions(spec: StudySpec, used: list[str]) -> list[Condition]:
+    """The spec's conditions with those an import brings added (a study that had only its
+    implicit `default` keeps it, named, so its rows stay in it)."""
+    current = spec.effective_conditions()
+    names = {c.name for c in current}
+    added = [Condition(name=c) for c in used if c not in names]
+    if not added:
+        return spec.conditions
+    return [*current, *added]
 
 
 def imported_classes(store: Store, study: str) -> dict[tuple[str, str, str, int], str]:

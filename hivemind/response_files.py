@@ -49,6 +49,9 @@ class Columns(Strict):
     """The reference answer of a verifiable query."""
     classes: str | None = None
     """Equivalence-class labels the file carries (NoveltyBench `partition`)."""
+    condition: str | None = None
+    """The condition each row belongs to (a file holding several prompting strategies); rows
+    without a value take the import's condition."""
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Row:
     category: str | None
     answer: str | None
     class_label: str | None
+    condition: str | None = None
 
 
 def _pick(record: dict[str, Any], mapped: str | None, keys: tuple[str, ...]) -> str | None:
@@ -217,6 +221,14 @@ def parse_records(path: Path, records: Any, columns: Columns | None = None, depl
             else:
                 labels = [raw]
 
+        row_condition = None
+        if cols.condition is not None and record.get(cols.condition) is not None:
+            row_condition = _string(path, where, cols.condition, record[cols.condition])
+            if re.match(NAME_PATTERN, row_condition) is None:
+                raise ImportFileError(
+                    path, f"invalid condition name {row_condition!r}", where=where, field=cols.condition
+                )
+
         for offset, ((value, key), label) in enumerate(zip(texts, labels)):
             text = _string(path, where, key or "text", value, numbers=False)
             rows.append(
@@ -231,6 +243,7 @@ def parse_records(path: Path, records: Any, columns: Columns | None = None, depl
                     category=None if category is None else str(category),
                     answer=None if answer is None else str(answer),
                     class_label=None if label is None else str(label),
+                    condition=row_condition,
                 )
             )
     if not rows:

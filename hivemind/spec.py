@@ -151,6 +151,9 @@ class Deployment(Strict):
     """Model family for lineage studies (e.g. `llama-3`)."""
     stage: str | None = None
     """Post-training stage for lineage studies: base, sft, dpo, rl, ..."""
+    reference: bool = False
+    """A reference arm (human answers, or any arm that is not a model under test): shown in the
+    per-query tables, the matrix and the report, left out of the model statistics."""
     enabled: bool = True
     """Disabled deployments stay in the zoo but are not sampled unless named explicitly."""
     timeout_s: float = Field(120.0, gt=0)
@@ -332,11 +335,59 @@ class StudyOptions(SamplingPlan):
         return self.conditions or [DEFAULT_CONDITION]
 
 
+class ResponseSource(Strict):
+    """A file of released answers a spec imports before sampling (`hivemind.spec_responses`)."""
+
+    file: str = Field(min_length=1)
+    """JSONL/CSV/JSON/Parquet file (relative to the spec file), or `package:NAME` for a file
+    shipped in `hivemind/data/` (e.g. `package:noveltybench-gpt4o/gpt-4o.jsonl`)."""
+    deployment: str | None = Field(None, pattern=NAME_PATTERN)
+    """One deployment name for every row (default: the file's model column)."""
+    condition: str | None = Field(None, pattern=NAME_PATTERN)
+    """The condition its answers belong to (created when the study lacks it)."""
+    reference: bool = False
+    """Its deployments are reference arms (human answers): not counted as models under test."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Which column holds what (keys as `hivemind import`'s --*-col flags: query, id, model,
+    text, sample_index, category, answer, classes, condition)."""
+    on_unmatched: Literal["error", "skip", "add"] = "error"
+    """Rows matching no query: fail, leave out (listed), or add as new queries."""
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        from hivemind.response_files import Columns
+
+        unknown = sorted(set(value) - set(Columns.model_fields))
+        if unknown:
+            raise ValueError(f"unknown column key(s) {unknown} (known: {', '.join(Columns.model_fields)})")
+        return value
+
+
 class StudySpec(StudyOptions):
     """A whole study: which queries, which deployments, how many samples, under which conditions."""
 
+    deployments: list[str] = Field(default_factory=list)
+    """Deployment names from the zoo to sample, each at most once (may be empty when `responses`
+    brings every deployment)."""
     zoo: str | None = None
     """Path to the zoo file; default `providers.yaml` in the working directory, else the shipped one."""
+    references: list[str] = Field(default_factory=list)
+    """Deployments that are reference arms (human answers, zoo deployments with `reference:
+    true`, imports with `--reference`): in the per-query tables, the matrix and the report, not
+    in the model statistics (hivemind gap, ensemble curves, clustering, nearest neighbours)."""
+    responses: list[ResponseSource] = Field(default_factory=list)
+    """Files of released answers imported before sampling, idempotently by their sha256."""
+
+    @model_validator(mode="after")
+    def _something_to_study(self) -> StudySpec:
+        if not self.deployments and not self.responses:
+            raise ValueError("deployments: name at least one deployment to sample, or files under `responses`")
+        return self
+
+    def under_test(self) -> list[str]:
+        """The deployments whose statistics are the study's: all but the reference arms."""
+        return [d for d in self.deployments if d not in set(self.references)]
 
 
 Seed31 = Annotated[int, Field(ge=0, le=2**31 - 1)]

@@ -46,6 +46,9 @@ class ImportRequest(BaseModel):
     query_set: str | None = Field(None, pattern=NAME_PATTERN, max_length=200)
     """For a new study: a shipped query set to match rows against."""
     condition: str | None = Field(None, pattern=NAME_PATTERN, max_length=200)
+    """The condition the responses belong to; added to the study when it lacks it."""
+    reference: bool = False
+    """The file's deployments are reference arms (human answers), not models under test."""
     on_unmatched: Literal["error", "skip", "add"] = "error"
     replace: bool = False
     analyze: bool = False
@@ -87,6 +90,7 @@ async def import_study(svc: Annotated[Service, Depends(get_service)], body: Impo
                 on_unmatched=body.on_unmatched,
                 replace=body.replace,
                 source_name=name,
+                reference=body.reference,
             )
         out = result.summary()
         if body.analyze:
