@@ -416,6 +416,7 @@ def analyze(
         vectors,
         deployments=spec.deployments,
         conditions=conditions,
+        references=spec.references,
         threshold=threshold,
         n_boot=n_boot,
         n_perm=n_perm,

@@ -270,6 +270,9 @@ async def sample_study(
     providers = prepare_providers(deployments)
     dropped = check_params(spec, deployments, providers)
     check_resumable(store, spec, queries, deployments)  # refuses other parameters before anything is written
+    zoo_references = [d.name for d in deployments if d.reference and d.name not in spec.references]
+    if zoo_references:  # `reference: true` in the zoo: stored with the study, as an import's --reference
+        spec = spec.model_copy(update={"references": [*spec.references, *zoo_references]})
     store.register_study(spec, queries, deployments)
     if executor is not None and _has_work(store, spec, queries, deployments):  # no idle actors
         providers = executor.providers(providers)

@@ -173,6 +173,10 @@ class Summary(BaseModel):
     footing: dict[str, Footing] = Field(default_factory=dict)
     answer_checker: str = "final"
     clustering: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    references: list[str] = Field(default_factory=list)
+    """Reference arms (human answers): in the per-query tables and the matrix, not in the model statistics."""
+    deployments_under_test: list[str] = Field(default_factory=list)
+    """The deployments the model statistics (headline, ensemble, clustering, nearest neighbours) stand on."""
     external_classes: dict[str, Any] | None = None
     """Classes an imported file carried, beside hivemind's (absent when none did)."""
     truncation: Truncation = Field(default_factory=Truncation)

@@ -11,6 +11,15 @@ condition (`default` when present, else the spec's first):
 
 A row with deployment `(all)` does the same with the per-query means over deployments.
 
+**Against a reference** (METRICS.md, "Interventions against a reference"): with a reference arm
+R (human answers) under the baseline condition b, for deployment m and condition c,
+
+    reference_gap_closed = (mean_q intra(m, b, q) - mean_q intra(m, c, q))
+                           / (mean_q intra(m, b, q) - mean_q intra(R, b, q))
+
+over the queries where all three exist, with a bootstrap 95% CI over those queries (the ratio
+of means recomputed on each resample). 0 = no diversity bought back, 1 = as diverse as R.
+
 **Interventions.** The answer to "can decoding buy back what training took?": per condition
 against the baseline, three paired per-query differences (baseline minus condition), each with a
 paired bootstrap 95% CI over queries and a two-sided sign-flip permutation p-value, Holm-corrected
@@ -87,13 +96,48 @@ def _f(values: Any) -> np.ndarray:
     return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
+def reference_gap_closed(
+    base: np.ndarray, cond: np.ndarray, ref: np.ndarray, n_boot: int = 2000, seed: int = 0
+) -> tuple[float | None, float | None, float | None, int]:
+    """(estimate, lo, hi, n_queries): (mean base - mean cond) / (mean base - mean ref) over the
+    queries where all three are finite, bootstrap percentile 95% CI over those queries."""
+    keep = np.isfinite(base) & np.isfinite(cond) & np.isfinite(ref)
+    b, c, r = base[keep], cond[keep], ref[keep]
+    n = int(keep.sum())
+    if n == 0:
+        return None, None, None, 0
+    den = b.mean() - r.mean()
+    if den == 0:
+        return None, None, None, n
+    est = float((b.mean() - c.mean()) / den)
+    lo = hi = None
+    if n_boot > 0 and n > 1:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(n_boot, n))
+        bb, cc, rr = b[idx].mean(axis=1), c[idx].mean(axis=1), r[idx].mean(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            boots = (bb - cc) / (bb - rr)
+        boots = boots[np.isfinite(boots)]
+        if boots.size:
+            lo, hi = (float(v) for v in np.quantile(boots, [0.025, 0.975]))
+    return est, lo, hi, n
+
+
 def conditions_view(
-    pairs: pl.DataFrame, query_sim: pl.DataFrame, conditions: list[str], n_boot: int = 2000, seed: int = 0
+    pairs: pl.DataFrame,
+    query_sim: pl.DataFrame,
+    conditions: list[str],
+    n_boot: int = 2000,
+    seed: int = 0,
+    references: list[str] | None = None,
 ) -> pl.DataFrame:
     """Per (condition, deployment): intra, inter and the diversity recovered vs the baseline.
 
     Columns: condition, deployment, is_baseline, n_queries, intra, intra_lo, intra_hi, inter,
-    recovered, recovered_lo, recovered_hi, inter_gap, recovered_share.
+    recovered, recovered_lo, recovered_hi, inter_gap, recovered_share, is_reference, reference,
+    reference_gap_closed, reference_gap_closed_lo, reference_gap_closed_hi (against the first
+    of `references` under the baseline; null for the baseline, for reference rows, and without
+    a reference). `query_sim` (the `(all)` rows) holds the deployments under test only.
     """
     import polars as pl
 
@@ -103,6 +147,13 @@ def conditions_view(
     per = pl.concat([per, overall.select(per.columns)])
     records = []
     base_part = per.filter(pl.col("condition") == base)
+    refs = list(references or [])
+    reference = next((r for r in refs if base_part.filter(pl.col("deployment") == r).height), None)
+    ref_intra = (
+        base_part.filter(pl.col("deployment") == reference).select("query_id", pl.col("intra").alias("intra_ref"))
+        if reference
+        else None
+    )
     for (condition, deployment), part in per.group_by(["condition", "deployment"], maintain_order=True):
         ref = base_part.filter(pl.col("deployment") == deployment)
         joined = part.join(ref, on="query_id", how="left", suffix="_base")
@@ -112,6 +163,16 @@ def conditions_view(
         gaps = _f(ref["intra"].to_list()) - _f(ref["inter"].to_list())
         gap_base = float(np.nanmean(gaps)) if np.isfinite(gaps).any() else np.nan
         inter = _f(part["inter"].to_list())
+        closed: tuple[float | None, float | None, float | None, int] = (None, None, None, 0)
+        if ref_intra is not None and condition != base and deployment not in refs:
+            with_ref = joined.join(ref_intra, on="query_id", how="left")
+            closed = reference_gap_closed(
+                _f(with_ref["intra_base"].to_list()),
+                _f(with_ref["intra"].to_list()),
+                _f(with_ref["intra_ref"].to_list()),
+                n_boot=n_boot,
+                seed=seed,
+            )
         records.append(
             {
                 "condition": condition,
@@ -129,6 +190,11 @@ def conditions_view(
                 "recovered_share": float(rec[0] / gap_base)
                 if np.isfinite(gap_base) and gap_base != 0 and np.isfinite(rec[0])
                 else None,
+                "is_reference": deployment in refs,
+                "reference": reference,
+                "reference_gap_closed": closed[0],
+                "reference_gap_closed_lo": closed[1],
+                "reference_gap_closed_hi": closed[2],
             }
         )
     columns = [
@@ -145,9 +211,23 @@ def conditions_view(
         "recovered_hi",
         "inter_gap",
         "recovered_share",
+        "is_reference",
+        "reference",
+        "reference_gap_closed",
+        "reference_gap_closed_lo",
+        "reference_gap_closed_hi",
     ]
     schema: dict[str, Any] = {c: pl.Float64 for c in columns}
-    schema.update({"condition": pl.Utf8, "deployment": pl.Utf8, "is_baseline": pl.Boolean, "n_queries": pl.Int64})
+    schema.update(
+        {
+            "condition": pl.Utf8,
+            "deployment": pl.Utf8,
+            "is_baseline": pl.Boolean,
+            "n_queries": pl.Int64,
+            "is_reference": pl.Boolean,
+            "reference": pl.Utf8,
+        }
+    )
     return pl.DataFrame([{c: r[c] for c in columns} for r in records], schema=schema)
 
 

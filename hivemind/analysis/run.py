@@ -15,6 +15,7 @@ import numpy as np
 from hivemind.analysis.conditions import baseline_condition, conditions_view, interventions_view, lineage_view
 from hivemind.analysis.data import (
     FOOTING_RULE,
+    Group,
     build_groups,
     footing_queries,
     on_footing,
@@ -248,6 +249,7 @@ def analyze_responses(
     executor: Executor | None = None,
     corpus_index: str = "exact",
     ensemble_k: str = "all",
+    references: list[str] | None = None,
 ) -> AnalysisResult:
     """Run every analysis on prepared responses (`prepare_responses`) and aligned vectors.
 
@@ -261,7 +263,9 @@ def analyze_responses(
     follow `FOOTING_RULE`. `corpus_index` is "exact" or "ivf" (approximate, for very large
     corpora; `hivemind.index`) for the corpus-wide search only. `ensemble_k` is "all" (every k of
     the ensemble curves) or "sparse" (fewer k, same values there; `ensemble.sparse_ks`). `executor` runs the per-query analyses and the pair search (default:
-    in this process; `hivemind.executors`).
+    in this process; `hivemind.executors`). `references` are reference arms (human answers):
+    in the per-query tables (pairs, matrix, bins, diversity, near-duplicates, conditions), not in
+    the model statistics, which stand on the deployments under test only.
     """
     import polars as pl
 
@@ -278,31 +282,52 @@ def analyze_responses(
     deployments = ordered(responses["deployment"].to_list(), deployments or [])
     conditions = ordered(responses["condition"].to_list(), conditions or [])
     base = baseline_condition(conditions)
+    reference_arms = [d for d in deployments if d in set(references or [])]
+    under_test = [d for d in deployments if d not in set(reference_arms)]  # the deployments under test
     groups = build_groups(responses)
     t: dict[str, pl.DataFrame] = {}
     t["pairs"] = ex.map_groups(pair_similarity, groups, vectors)
+    # the model statistics see the deployments under test only (reference arms are shown, not counted)
+    model_groups, model_pairs, model_responses = groups, t["pairs"], responses
+    if reference_arms:
+        model_groups = deployments_under_test(groups, under_test)
+        model_pairs = t["pairs"].filter(
+            pl.col("deployment_a").is_in(under_test) & pl.col("deployment_b").is_in(under_test)
+        )
+        model_responses = responses.filter(pl.col("deployment").is_in(under_test))
     # deployment-level figures: only the queries where every deployment has the same K
     footing = footing_queries(t["pairs"].filter(pl.col("kind") == "intra"), arm="deployment_a")
+    model_footing = (
+        footing_queries(model_pairs.filter(pl.col("kind") == "intra"), arm="deployment_a")
+        if reference_arms
+        else footing
+    )
     footed_pairs = on_footing(t["pairs"], footing)
-    t["query_similarity"] = query_similarity(t["pairs"])
+    t["query_similarity"] = query_similarity(model_pairs)
     t["bins"] = similarity_bins(footed_pairs)
     t["matrix"] = deployment_matrix(footed_pairs, n_boot=n_boot, seed=seed)
-    t["random_baseline"] = random_pair_baseline(responses, vectors, seed=seed, n_boot=n_boot)
-    on_common = set(footing.select("condition", "query_id").iter_rows())
-    t["nn_counts"] = nearest_neighbour_counts([g for g in groups if (g.condition, g.query_id) in on_common], vectors)
+    t["random_baseline"] = random_pair_baseline(model_responses, vectors, seed=seed, n_boot=n_boot)
+    on_common = set(model_footing.select("condition", "query_id").iter_rows())
+    t["nn_counts"] = nearest_neighbour_counts(
+        [g for g in model_groups if (g.condition, g.query_id) in on_common], vectors
+    )
     t["categories"] = category_breakdown(t["query_similarity"], n_boot=n_boot, seed=seed)
     t["verbatim_overlap"] = ex.map_groups(verbatim_overlap, groups)
     t["overlap_vs_semantic"] = overlap_vs_semantic(footed_pairs, t["verbatim_overlap"])
-    t["gap_tests"] = gap_tests(t["query_similarity"], groups, vectors, n_boot=n_boot, n_perm=n_perm, seed=seed)
-    t["ensemble_per_query"] = ensemble_per_query(groups, vectors, draws=draws, seed=seed, ensemble_k=ensemble_k)
+    t["gap_tests"] = gap_tests(t["query_similarity"], model_groups, vectors, n_boot=n_boot, n_perm=n_perm, seed=seed)
+    t["ensemble_per_query"] = ensemble_per_query(model_groups, vectors, draws=draws, seed=seed, ensemble_k=ensemble_k)
     t["ensemble"] = ensemble_curves(t["ensemble_per_query"], n_boot=n_boot, n_perm=n_perm, seed=seed)
-    t["hivemind_gap"] = hivemind_gap(t["ensemble_per_query"], groups, t["random_baseline"], n_boot=n_boot, seed=seed)
+    t["hivemind_gap"] = hivemind_gap(
+        t["ensemble_per_query"], model_groups, t["random_baseline"], n_boot=n_boot, seed=seed
+    )
     t["diversity"] = ex.map_groups(diversity_table, groups, vectors, class_threshold=threshold, lexical=lexical)
     t["diversity_summary"] = diversity_summary(on_footing(t["diversity"], footing), n_boot=n_boot, seed=seed)
     correct = correctness(groups, checker)
     t["quality"] = ex.map_groups(quality_table, groups, vectors, correct)
     t["quality_split"] = quality_split(groups, vectors, correct, n_boot=n_boot, seed=seed)
-    t["conditions"] = conditions_view(t["pairs"], t["query_similarity"], conditions, n_boot=n_boot, seed=seed)
+    t["conditions"] = conditions_view(
+        t["pairs"], t["query_similarity"], conditions, n_boot=n_boot, seed=seed, references=reference_arms
+    )
     t["interventions"] = interventions_view(
         t["query_similarity"], t["quality"], conditions, n_boot=n_boot, n_perm=n_perm, seed=seed
     )
@@ -325,7 +350,7 @@ def analyze_responses(
     for condition in conditions:
         present = [
             d
-            for d in deployments
+            for d in under_test
             if d in set(t["pairs"].filter(pl.col("condition") == condition)["deployment_a"].to_list())
         ]
         result = cluster_deployments(matrix_array(t["matrix"], condition, present), present)
@@ -343,7 +368,32 @@ def analyze_responses(
     summary["near_duplicate_corpus_index"] = corpus_index  # "ivf" is approximate: may miss pairs
     summary["ensemble_k"] = ensemble_k
     summary["clustering"] = clustering
+    summary["references"] = reference_arms
+    summary["deployments_under_test"] = under_test
     return AnalysisResult(t, summary)
+
+
+def deployments_under_test(groups: list[Group], under_test: list[str]) -> list[Group]:
+    """The groups with only the deployments under test (reference arms taken out); a group
+    left without any deployment is dropped. Rows still index the same vector matrix."""
+    keep = set(under_test)
+    out = []
+    for g in groups:
+        picked = [i for i, d in enumerate(g.deployments) if d in keep]
+        if not picked:
+            continue
+        out.append(
+            Group(
+                g.query_id,
+                g.condition,
+                g.category,
+                [g.deployments[i] for i in picked],
+                [g.rows[i] for i in picked],
+                g.answer,
+                [g.texts[i] for i in picked] if g.texts else [],
+            )
+        )
+    return out
 
 
 def _summary(
