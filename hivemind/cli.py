@@ -70,14 +70,24 @@ def run(
     verbose: Annotated[
         bool, typer.Option("--verbose", help="Show local engines' own output (default: STORE/logs/).")
     ] = False,
+    replace: Annotated[
+        bool, typer.Option(help="Import a `responses:` file again when it changed since it was imported.")
+    ] = False,
 ) -> None:
-    """Sample a study (resuming where it stopped), then analyze it and write the report."""
+    """Sample a study (resuming where it stopped), import its `responses:` files, analyze, report."""
     if verbose:
         os.environ["HIVEMIND_VERBOSE"] = "1"
     from hivemind.pipeline import SAMPLING_STEPS, STEPS, PipelineRun, run_pipeline
 
     def show(step: str, run: PipelineRun) -> None:
-        if step == "export":
+        if step == "sample":
+            for outcome in run.imports or []:
+                console.print(
+                    f"[green]responses[/] {outcome.file}: "
+                    + ("already imported (same sha256)" if outcome.skipped else f"imported {outcome.imported}"),
+                    markup=True,
+                )
+        elif step == "export" and run.sampling is not None:
             _sampled(run.study_run())
         elif step == "analyze" and run.analysis is not None:
             _print_analysis(run.analysis)
@@ -93,6 +103,7 @@ def run(
             progress=progress,
             executor=opened,
             after_step=show,
+            replace=replace,
         )
 
 

@@ -137,6 +137,8 @@ class PipelineRun:
     samples_path: Path | None = None
     analysis: AnalysisOutputs | None = None
     report_path: Path | None = None
+    imports: list[Any] | None = None
+    """What the spec's `responses:` files did (`hivemind.spec_responses.SourceOutcome`s)."""
 
     @property
     def study(self) -> str:
@@ -159,6 +161,7 @@ def run_pipeline(
     executor: str | Executor = "local",
     ray_address: str | None = None,
     after_step: Callable[[str, PipelineRun], None] | None = None,
+    replace: bool = False,
     **analysis: Any,
 ) -> PipelineRun:
     """Run `steps` of one study through one store handle; see the module docstring.
@@ -170,6 +173,8 @@ def run_pipeline(
     holds `analyze_store`'s options (embedder, threshold, n_boot, complete_only, ...);
     `progress` shows the sampling's progress bars.
     `after_step(step, run)` is called as each step ends (a door reports progress with it).
+    A spec's `responses:` files are imported after its deployments are sampled (by sha256: once;
+    `replace` loads a changed file again; `hivemind.spec_responses`).
     """
     from hivemind.executors import open_executor
 
@@ -180,7 +185,12 @@ def run_pipeline(
             run = PipelineRun(_spec(spec, db), db.directory, wanted)
             done = after_step or (lambda step, run: None)
             if "sample" in wanted:
-                run.sampling = asyncio.run(sample_study(run.spec, db, progress=progress, executor=opened))
+                if run.spec.deployments:
+                    run.sampling = asyncio.run(sample_study(run.spec, db, progress=progress, executor=opened))
+                if run.spec.responses:
+                    from hivemind.spec_responses import import_spec_responses
+
+                    run.imports = import_spec_responses(run.spec, db, replace=replace)
                 done("sample", run)
             if "export" in wanted:
                 _export(db, run)

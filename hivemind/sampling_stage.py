@@ -59,7 +59,13 @@ def load_spec(path: str | Path) -> StudySpec:
         value = getattr(spec, field)
         if value and not Path(value).is_absolute() and (spec_path.parent / value).exists():
             updates[field] = str(spec_path.parent / value)
-    return spec.model_copy(update=updates)
+    sources = []
+    for source in spec.responses:  # a `responses:` file, like the query set, is relative to the spec
+        path = Path(source.file)
+        if not source.file.startswith("package:") and not path.is_absolute() and (spec_path.parent / path).exists():
+            source = source.model_copy(update={"file": str(spec_path.parent / path)})
+        sources.append(source)
+    return spec.model_copy(update={**updates, "responses": sources})
 
 
 def _changed_fields(stored: Deployment, now: Deployment) -> list[str]:
