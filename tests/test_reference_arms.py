@@ -135,3 +135,21 @@ def test_the_example_spec_imports_once_and_refuses_a_changed_file(tmp_path: Path
     replaced = import_spec_responses(edited, db, replace=True)
     assert replaced[-1].imported == 400
     assert db.samples_frame(spec.name).filter(db.samples_frame(spec.name)["deployment"] == "humans").height == 400
+
+
+def test_the_report_sentence_states_each_condition_with_its_interval(store: Store) -> None:
+    from hivemind.analysis.conditions import reference_sentences
+
+    responses, _ = prepare_responses(store.samples_frame("nb"), condition_order=list(FILES))
+    vectors = bag_of_words(responses["text"].to_list())
+    groups = build_groups(responses)
+    model = pair_similarity(deployments_under_test(groups, ["gpt-4o"]), vectors)
+    table = conditions_view(
+        pair_similarity(groups, vectors), query_similarity(model), list(FILES), n_boot=200, references=["humans"]
+    )
+    (sentence,) = reference_sentences(table, "resampling")
+    for condition in ("in-context", "paraphrase", "system-prompt"):
+        row = table.filter((table["condition"] == condition) & (table["deployment"] == "gpt-4o")).row(0, named=True)
+        shown = f"{condition} closes {row['reference_gap_closed']:.0%} [{row['reference_gap_closed_lo']:.0%}, "
+        assert shown in sentence
+    assert "reference humans" in sentence

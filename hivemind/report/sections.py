@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hivemind.analysis.conditions import reference_sentences
 from hivemind.report import figures
 from hivemind.report.markup import card, ci, fmt, img, snippet, table
 
@@ -348,6 +349,10 @@ def conditions_section(summary: Summary, tables: Tables) -> str:
         "<h2>Decoding conditions</h2>"
         '<p class="note">How much intra-model similarity each condition removes (diversity recovered) '
         "against the baseline condition, next to the inter-model gap at baseline.</p>"
+        + "".join(
+            f"<p><strong>{html.escape(sentence)}</strong></p>"
+            for sentence in reference_sentences(tables["conditions"], summary.baseline_condition)
+        )
         + img(figures.conditions_plot(tables["conditions"]), "conditions")
         + table(tables["conditions"])
         + '<p class="note">Can decoding buy back what training took? Per condition, baseline minus '
