@@ -142,12 +142,16 @@ def conditions_view(
     import polars as pl
 
     base = baseline_condition(conditions)
+    refs = list(references or [])
+    if refs:  # inter-model similarity is between deployments under test: no pair with a reference arm
+        pairs = pairs.filter(
+            (pl.col("kind") == "intra") | ~(pl.col("deployment_a").is_in(refs) | pl.col("deployment_b").is_in(refs))
+        )
     per = _per_deployment_query(pairs)
     overall = query_sim.select("condition", pl.lit(ALL).alias("deployment"), "query_id", "intra", "inter")
     per = pl.concat([per, overall.select(per.columns)])
     records = []
     base_part = per.filter(pl.col("condition") == base)
-    refs = list(references or [])
     reference = next((r for r in refs if base_part.filter(pl.col("deployment") == r).height), None)
     ref_intra = (
         base_part.filter(pl.col("deployment") == reference).select("query_id", pl.col("intra").alias("intra_ref"))
