@@ -153,3 +153,44 @@ def test_the_report_sentence_states_each_condition_with_its_interval(store: Stor
         shown = f"{condition} closes {row['reference_gap_closed']:.0%} [{row['reference_gap_closed_lo']:.0%}, "
         assert shown in sentence
     assert "reference humans" in sentence
+
+
+def test_the_cli_adds_a_condition_per_file_and_marks_the_reference(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def hivemind(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hivemind.cli", "import", *args, "--study", "nb", "--store", str(tmp_path)],
+            capture_output=True,
+            text=True,
+        )
+
+    first = hivemind(str(DATA / FILES["resampling"]), "--query-set", "noveltybench-curated", "--deployment", "gpt-4o")
+    assert first.returncode == 0, first.stderr
+    second = hivemind(str(DATA / FILES["in-context"]), "--deployment", "gpt-4o", "--condition", "in-context")
+    assert second.returncode == 0, second.stderr
+    people = hivemind(str(DATA / "humans.jsonl"), "--deployment", "humans", "--condition", "default", "--reference")
+    assert people.returncode == 0, people.stderr
+    with Store(tmp_path) as db:
+        spec = db.study_spec("nb")
+    assert [c.name for c in spec.conditions] == ["default", "in-context"] and spec.references == ["humans"]
+
+
+def test_reference_arms_stay_out_of_the_model_statistics(store: Store) -> None:
+    from hivemind.analysis import analyze_responses
+
+    samples = store.samples_frame("nb")
+    first = samples["query_id"].unique(maintain_order=True).to_list()[:12]
+    responses, _ = prepare_responses(samples.filter(samples["query_id"].is_in(first)), condition_order=list(FILES))
+    vectors = bag_of_words(responses["text"].to_list())
+    result = analyze_responses(
+        responses, vectors, conditions=list(FILES), references=["humans"], n_boot=50, n_perm=50, draws=4, lexical=False
+    )
+    t, summary = result.tables, result.summary
+    assert summary["references"] == ["humans"] and summary["deployments_under_test"] == ["gpt-4o"]
+    assert set(t["nn_counts"]["n_deployments"].to_list()) <= {1}
+    assert "humans" not in t["clusters"]["deployment"].to_list()
+    assert t["hivemind_gap"]["hivemind_gap"].drop_nulls().len() == 0  # one model under test: no ensemble gap
+    matrix = t["matrix"]  # the matrix shows the reference beside the model
+    assert "humans" in set(matrix["deployment_a"].to_list()) | set(matrix["deployment_b"].to_list())
