@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hivemind.queries import ANSWER_KEYS, CATEGORY_KEYS, ID_KEYS, QueryFileError
-from hivemind.spec import NAME_PATTERN, Strict
+from hivemind.spec import NAME_PATTERN, Columns
 
 QUERY_KEYS: tuple[str, ...] = ("query", "prompt", "question", "instruction", "query_text", "input")
 MODEL_KEYS: tuple[str, ...] = ("model", "deployment", "model_name", "generator", "model_id")
@@ -28,30 +28,6 @@ CLASS_KEYS: tuple[str, ...] = ("partition", "class", "equivalence_class", "class
 
 class ImportFileError(QueryFileError):
     """A response file that cannot be imported; names the file, the line/row and the field."""
-
-
-class Columns(Strict):
-    """Which source column holds what; None means "look for the usual names"."""
-
-    query: str | None = None
-    """The query text (by default the first present of query, prompt, question, ...)."""
-    id: str | None = None
-    """The query id (by default the first present of id, query_id, prompt_id, ...)."""
-    model: str | None = None
-    """The model that answered (by default the first present of model, deployment, ...)."""
-    text: str | None = None
-    """The response (by default the first present of text, response, completion, ...)."""
-    sample_index: str | None = None
-    """The sample's index among the model's answers to the query."""
-    category: str | None = None
-    """The query's category."""
-    answer: str | None = None
-    """The reference answer of a verifiable query."""
-    classes: str | None = None
-    """Equivalence-class labels the file carries (NoveltyBench `partition`)."""
-    condition: str | None = None
-    """The condition each row belongs to (a file holding several prompting strategies); rows
-    without a value take the import's condition."""
 
 
 @dataclass

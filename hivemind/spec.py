@@ -335,6 +335,30 @@ class StudyOptions(SamplingPlan):
         return self.conditions or [DEFAULT_CONDITION]
 
 
+class Columns(Strict):
+    """Which source column holds what; None means "look for the usual names"."""
+
+    query: str | None = None
+    """The query text (by default the first present of query, prompt, question, ...)."""
+    id: str | None = None
+    """The query id (by default the first present of id, query_id, prompt_id, ...)."""
+    model: str | None = None
+    """The model that answered (by default the first present of model, deployment, ...)."""
+    text: str | None = None
+    """The response (by default the first present of text, response, completion, ...)."""
+    sample_index: str | None = None
+    """The sample's index among the model's answers to the query."""
+    category: str | None = None
+    """The query's category."""
+    answer: str | None = None
+    """The reference answer of a verifiable query."""
+    classes: str | None = None
+    """Equivalence-class labels the file carries (NoveltyBench `partition`)."""
+    condition: str | None = None
+    """The condition each row belongs to (a file holding several prompting strategies); rows
+    without a value take the import's condition."""
+
+
 class ResponseSource(Strict):
     """A file of released answers a spec imports before sampling (`hivemind.spec_responses`)."""
 
@@ -356,8 +380,6 @@ class ResponseSource(Strict):
     @field_validator("columns")
     @classmethod
     def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
-        from hivemind.response_files import Columns
-
         unknown = sorted(set(value) - set(Columns.model_fields))
         if unknown:
             raise ValueError(f"unknown column key(s) {unknown} (known: {', '.join(Columns.model_fields)})")
