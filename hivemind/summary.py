@@ -95,9 +95,13 @@ class Footing(_Part):
 
     queries_analysed: int | None = None
     queries_every_deployment: int | None = None
+    queries_complete: int | None = None
+    """Queries every deployment under test answered with the common K: the headline's queries."""
     queries_headline: int | None = None
     queries_ensemble_curve: int | None = None
     ensemble_k_max: int | None = None
+    missing: dict[str, int] = Field(default_factory=dict)
+    """Per deployment: on how many analysed queries it is absent (those are left out of the headline)."""
 
 
 class Truncation(_Part):

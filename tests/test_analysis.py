@@ -526,8 +526,9 @@ def test_deployment_figures_compare_deployments_on_the_same_queries_at_the_same_
     footing = result.summary["footing"]["default"]
     assert footing["queries_analysed"] == 2 and footing["queries_every_deployment"] == 1
     assert result.summary["warnings"] == [
-        "condition default: per-deployment figures stand on the 1 of 2 queries that every deployment "
-        "answered with the same K; the others lack a deployment."
+        "condition default: the headline (intra, inter, gap, hivemind gap, k*, ensemble curves) and the "
+        "per-deployment figures stand on the 1 of 2 queries that every deployment answered with the same K; "
+        "1 queries were left out (missing: B on 1)."
     ]
     assert "same K" in result.summary["footing_rule"]
 

@@ -22,6 +22,7 @@ Row i of the prepared frame (column `row`) is row i of the vector matrix the ana
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -203,10 +204,31 @@ FOOTING_RULE = (
     "Equal footing: a figure that compares deployments (Vendi, equivalence classes, semantic entropy, "
     "lexical metrics, the deployment matrix, similarity bins, nearest-neighbour counts, lineages) is "
     "computed only over the queries "
-    "where every deployment of the condition is present with the same K; the headline intra, inter and "
-    "gap use the same queries (those with at least two deployments), so gap = intra - inter exactly; an "
-    "ensemble curve uses one query set on which every plotted k is possible for both arms."
+    "where every deployment of the condition is present with the same K; the headline intra, inter, gap, "
+    "hivemind gap, k* and the ensemble curves stand on the same complete queries (so gap = intra - inter "
+    "exactly, and no query with fewer deployments moves k* or a mixed arm); an ensemble curve uses one "
+    "query set on which every plotted k is possible for both arms."
 )
+
+
+def complete_queries(
+    frame: pl.DataFrame, under_test: Collection[str] | None = None, arm: str = "deployment"
+) -> pl.DataFrame:
+    """The (condition, query_id) keys every deployment under test answered, all at one K.
+
+    `under_test`: the deployments the headline compares (None: every one the frame has; a
+    reference arm is left out by leaving it out of this set). A condition's deployments under
+    test are those of `under_test` it has anywhere; a query counts when each of them is
+    there and, where `frame` has `k`, all with the same K. The headline intra, inter, gap,
+    hivemind gap and k* stand on these queries: a query that lacks a deployment averages
+    fewer deployments' similarities (a different quantity), and its "mixed" ensemble arm
+    draws from fewer deployments, so mixing it in biases the headline.
+    """
+    import polars as pl
+
+    if under_test is not None:
+        frame = frame.filter(pl.col(arm).is_in(list(under_test)))
+    return footing_queries(frame, arm)
 
 
 def footing_queries(frame: pl.DataFrame, arm: str = "deployment") -> pl.DataFrame:

@@ -216,7 +216,10 @@ def ensemble_curves(per_query: pl.DataFrame, n_boot: int = 2000, n_perm: int = 2
     """Per (condition, metric, k): both arms and their difference with 95% CIs and p-values.
 
     Every k of a condition's curve is over the same queries (`curve_queries`), so n_queries
-    is one number per condition. Columns: condition, metric, k, n_queries, single, single_lo,
+    is one number per condition. Pass the rows of the complete queries (`complete_queries`: every
+    deployment under test present), so that no query with fewer deployments moves k_max or
+    draws a mixed arm from fewer deployments; n_deployments_used is the fewest deployments any
+    query's mixed arm at k drew from. Columns: condition, metric, k, n_queries, single, single_lo,
     single_hi, mixed, mixed_lo, mixed_hi, diff, diff_lo, diff_hi, p_value, p_holm,
     n_deployments_used.
     """
@@ -253,7 +256,7 @@ def ensemble_curves(per_query: pl.DataFrame, n_boot: int = 2000, n_perm: int = 2
                         "diff_lo": diff[1],
                         "diff_hi": diff[2],
                         "p_value": p,
-                        "n_deployments_used": int(u.to_numpy().max()) if u.len() else 1,
+                        "n_deployments_used": int(u.to_numpy().min()) if u.len() else 1,
                     }
                 )
             adjusted = holm([r["p_value"] for r in rows])
@@ -311,7 +314,9 @@ def hivemind_gap(
 ) -> pl.DataFrame:
     """Per condition: the share of the promised extra diversity an ensemble gives (module doc).
 
-    Over the ensemble curve's queries (`curve_queries`), so it agrees with the curve at k*.
+    Over the ensemble curve's queries (`curve_queries`), so it agrees with the curve at k*. Pass
+    the complete queries' rows and groups (`complete_queries`): a query answered by fewer
+    deployments would otherwise pull k* down to its deployment count for the whole study.
 
     Columns: condition, k_star, n_queries, reference_distance, realized, promised,
     hivemind_gap, ci_lo, ci_hi. Null where a condition has one deployment or no baseline.

@@ -17,6 +17,7 @@ from hivemind.analysis.data import (
     FOOTING_RULE,
     Group,
     build_groups,
+    complete_queries,
     footing_queries,
     on_footing,
     ordered,
@@ -265,7 +266,9 @@ def analyze_responses(
     the ensemble curves) or "sparse" (fewer k, same values there; `ensemble.sparse_ks`). `executor` runs the per-query analyses and the pair search (default:
     in this process; `hivemind.executors`). `references` are reference arms (human answers):
     in the per-query tables (pairs, matrix, bins, diversity, near-duplicates, conditions), not in
-    the model statistics, which stand on the deployments under test only.
+    the model statistics, which stand on the deployments under test only. The headline intra,
+    inter, gap, hivemind gap, k* and ensemble curves stand on the queries every deployment under
+    test answered with the common K (`complete_queries`).
     """
     import polars as pl
 
@@ -304,6 +307,10 @@ def analyze_responses(
     )
     footed_pairs = on_footing(t["pairs"], footing)
     t["query_similarity"] = query_similarity(model_pairs)
+    # headline figures: only the queries every deployment under test answered with the common K
+    complete = complete_queries(model_pairs.filter(pl.col("kind") == "intra"), under_test, arm="deployment_a")
+    complete_keys = set(complete.select("condition", "query_id").iter_rows())
+    complete_groups = [g for g in model_groups if (g.condition, g.query_id) in complete_keys]
     t["bins"] = similarity_bins(footed_pairs)
     t["matrix"] = deployment_matrix(footed_pairs, n_boot=n_boot, seed=seed)
     t["random_baseline"] = random_pair_baseline(model_responses, vectors, seed=seed, n_boot=n_boot)
@@ -314,12 +321,13 @@ def analyze_responses(
     t["categories"] = category_breakdown(t["query_similarity"], n_boot=n_boot, seed=seed)
     t["verbatim_overlap"] = ex.map_groups(verbatim_overlap, groups)
     t["overlap_vs_semantic"] = overlap_vs_semantic(footed_pairs, t["verbatim_overlap"])
-    t["gap_tests"] = gap_tests(t["query_similarity"], model_groups, vectors, n_boot=n_boot, n_perm=n_perm, seed=seed)
-    t["ensemble_per_query"] = ensemble_per_query(model_groups, vectors, draws=draws, seed=seed, ensemble_k=ensemble_k)
-    t["ensemble"] = ensemble_curves(t["ensemble_per_query"], n_boot=n_boot, n_perm=n_perm, seed=seed)
-    t["hivemind_gap"] = hivemind_gap(
-        t["ensemble_per_query"], model_groups, t["random_baseline"], n_boot=n_boot, seed=seed
+    t["gap_tests"] = gap_tests(
+        on_footing(t["query_similarity"], complete), complete_groups, vectors, n_boot=n_boot, n_perm=n_perm, seed=seed
     )
+    t["ensemble_per_query"] = ensemble_per_query(model_groups, vectors, draws=draws, seed=seed, ensemble_k=ensemble_k)
+    ensemble_complete = on_footing(t["ensemble_per_query"], complete)
+    t["ensemble"] = ensemble_curves(ensemble_complete, n_boot=n_boot, n_perm=n_perm, seed=seed)
+    t["hivemind_gap"] = hivemind_gap(ensemble_complete, complete_groups, t["random_baseline"], n_boot=n_boot, seed=seed)
     t["diversity"] = ex.map_groups(diversity_table, groups, vectors, class_threshold=threshold, lexical=lexical)
     t["diversity_summary"] = diversity_summary(on_footing(t["diversity"], footing), n_boot=n_boot, seed=seed)
     correct = correctness(groups, checker)
@@ -360,7 +368,7 @@ def analyze_responses(
         cluster_rows, schema={"condition": pl.Utf8, "deployment": pl.Utf8, "leaf_order": pl.Int64}, orient="row"
     )
     summary = _summary(t, footing, responses, deployments, conditions, base, n_dup, threshold, n_boot, n_perm)
-    summary["footing"] = _footing_summary(t, footing, conditions)
+    summary["footing"] = _footing_summary(t, footing, complete, ensemble_complete, conditions)
     summary["warnings"] = _footing_warnings(summary["footing"])
     summary["answer_checker"] = checker_name(checker)
     summary["headline"]["near_duplicate_pairs_corpus"] = n_corpus
@@ -480,33 +488,54 @@ def _summary(
     }
 
 
-def _footing_summary(t: dict[str, pl.DataFrame], footing: pl.DataFrame, conditions: list[str]) -> dict[str, Any]:
-    """Per condition, how many queries each kind of figure stands on (and so how many it left out)."""
+def _footing_summary(
+    t: dict[str, pl.DataFrame],
+    footing: pl.DataFrame,
+    complete: pl.DataFrame,
+    ensemble_complete: pl.DataFrame,
+    conditions: list[str],
+) -> dict[str, Any]:
+    """Per condition, how many queries each kind of figure stands on (and so how many it left out).
+
+    `missing`: per deployment under test, on how many of the analysed queries it is absent
+    (those queries are left out of the headline)."""
     import polars as pl
 
     out: dict[str, Any] = {}
+    intra = t["pairs"].filter(pl.col("kind") == "intra")
     for condition in conditions:
         analysed = t["query_similarity"].filter(pl.col("condition") == condition)
         gap = _first(t["gap_tests"], condition=condition)
-        k_max, curve = curve_queries(t["ensemble_per_query"], condition)
+        k_max, curve = curve_queries(ensemble_complete, condition)
+        keys = complete.filter(pl.col("condition") == condition)
+        here = intra.filter(pl.col("condition") == condition)
+        tested = on_footing(here, keys)["deployment_a"].unique(maintain_order=True).to_list()
+        present = here.group_by("deployment_a", maintain_order=True).agg(pl.col("query_id").n_unique().alias("n"))
+        counts = dict(present.iter_rows())
         out[condition] = {
             "queries_analysed": analysed.height,
             "queries_every_deployment": footing.filter(pl.col("condition") == condition).height,
+            "queries_complete": keys.height,
             "queries_headline": gap.get("n_queries"),
             "queries_ensemble_curve": len(curve),
             "ensemble_k_max": k_max,
+            "missing": {
+                d: analysed.height - int(counts.get(d, 0)) for d in tested if counts.get(d, 0) < analysed.height
+            },
         }
     return out
 
 
 def _footing_warnings(footing: dict[str, Any]) -> list[str]:
-    """A warning per condition whose deployment comparisons had to leave queries out."""
+    """A warning per condition whose figures had to leave queries out (naming what is missing)."""
     out = []
     for condition, f in footing.items():
-        kept, total = f["queries_every_deployment"], f["queries_analysed"]
+        kept, total = f["queries_complete"], f["queries_analysed"]
         if kept < total:
+            missing = ", ".join(f"{d} on {n}" for d, n in f["missing"].items())
             out.append(
-                f"condition {condition}: per-deployment figures stand on the {kept} of {total} queries "
-                "that every deployment answered with the same K; the others lack a deployment."
+                f"condition {condition}: the headline (intra, inter, gap, hivemind gap, k*, ensemble curves) and "
+                f"the per-deployment figures stand on the {kept} of {total} queries that every deployment "
+                f"answered with the same K; {total - kept} queries were left out (missing: {missing or 'none'})."
             )
     return out

@@ -178,7 +178,9 @@ def gap_tests(
     """Per condition: intra, inter, gap (paired bootstrap CIs), permutation p, Holm p.
 
     All three over the same queries (`paired_queries`: those with two or more deployments), so
-    gap = intra - inter holds exactly; the permutation test uses those queries too.
+    gap = intra - inter holds exactly; the permutation test uses those queries too. The headline
+    passes only the complete queries (`hivemind.analysis.data.complete_queries`): a query that
+    lacks a deployment has a gap over fewer deployments, and averaging it in biases the mean.
 
     Columns: condition, n_queries, intra, intra_lo, intra_hi, inter, inter_lo, inter_hi, gap,
     gap_lo, gap_hi, p_permutation, p_holm, n_perm. Gap and p are null with one deployment.

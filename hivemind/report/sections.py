@@ -139,10 +139,14 @@ def footing_note(summary: Summary, condition: str | None) -> str:
     f = summary.footing.get(condition) if condition is not None else None
     counts = ""
     if f is not None:
+        complete = f.queries_complete if f.queries_complete is not None else f.queries_every_deployment
+        missing = "; ".join(f"{d} is missing on {n}" for d, n in f.missing.items())
         counts = (
-            f" Here: intra, inter and gap over {f.queries_headline} of {f.queries_analysed} "
-            f"queries; per-deployment figures over the {f.queries_every_deployment} queries every "
+            f" Here: intra, inter, gap, hivemind gap and k* over the {complete} of {f.queries_analysed} "
+            f"queries every deployment answered with the common K ({f.queries_headline} with two or more "
+            f"deployments); per-deployment figures over the {f.queries_every_deployment} queries every "
             f"deployment answered."
+            + (f" Left out: {(f.queries_analysed or 0) - (complete or 0)} queries ({missing})." if missing else "")
         )
     analysed = summary.truncation.analysed
     tail = f" Responses analysed: {analysed}." if analysed else ""
