@@ -64,9 +64,16 @@ class HivemindGap(Estimate):
 
 
 class NearestNeighbours(_Part):
+    """Mean distinct deployments among each response's j nearest (same query), at j = K."""
+
     j: int | None = None
     estimate: float | None = None
     of: int | None = None
+    """Deployments in the condition."""
+    most: int | None = None
+    """The largest count possible at this j: min(j, deployments)."""
+    least: int | None = None
+    """The smallest count possible at this j (1)."""
 
 
 class Headline(_Part):

@@ -104,3 +104,26 @@ def test_complete_queries_takes_the_deployments_under_test() -> None:
     )
     assert complete_queries(table)["query_id"].to_list() == ["q1"]  # q2 lacks ref
     assert complete_queries(table, under_test={"A", "B"})["query_id"].to_list() == ["q1", "q2"]
+
+
+def _nn_headline(shared: bool) -> dict[str, object]:
+    from hivemind.analysis import analyze_responses
+
+    d = Design(dim=2048)
+    for q in range(3):
+        centre = d.arm(f"q{q}", "a", 4, 0.9)
+        for dep in "bcd":
+            d.arm(f"q{q}", dep, 4, 0.9, centre=centre if shared else None)
+    responses, X = d.prepared()
+    X = X + 0.01 * np.random.default_rng(0).standard_normal(X.shape).astype(np.float32)  # no tied cosines
+    return analyze_responses(responses, X, lexical=False, **FAST).summary["headline"]["nn_distinct_deployments"]
+
+
+def test_nearest_neighbour_headline_is_at_j_equal_k_and_tells_designs_apart() -> None:
+    """Issue reproduction: with D K - 1 < 50 the last j is every other response, where the count is
+    D by construction; identical and fully separated deployments both read "4.0 of 4" there."""
+    apart, alike = _nn_headline(shared=False), _nn_headline(shared=True)
+    assert apart["j"] == alike["j"] == 4  # K
+    assert apart["of"] == 4 and apart["most"] == 4 and apart["least"] == 1
+    assert apart["estimate"] == pytest.approx(2.0)  # 3 own responses, then one from elsewhere
+    assert alike["estimate"] > 2.5  # neighbours drawn from every deployment

@@ -436,8 +436,7 @@ def _summary(
     if k_star is not None:
         row = _first(t["ensemble"], condition=base, metric="mean_distance", k=k_star)
         ens = {key: _num(row.get(key)) for key in ("single", "mixed", "diff", "diff_lo", "diff_hi", "p_value")}
-    nn = t["nn_counts"].filter(pl.col("condition") == base)
-    nn_last = nn.row(nn.height - 1, named=True) if nn.height else {}
+    nn_head = _nn_headline(t["nn_counts"], t["query_similarity"], footing, base)
 
     def ci(row: dict[str, Any], key: str) -> dict[str, Any]:
         return {"estimate": _num(row.get(key)), "lo": _num(row.get(f"{key}_lo")), "hi": _num(row.get(f"{key}_hi"))}
@@ -478,13 +477,42 @@ def _summary(
                 "n_queries": hg.get("n_queries"),
             },
             "ensemble_at_k_star": ens,
-            "nn_distinct_deployments": {
-                "j": nn_last.get("j"),
-                "estimate": _num(nn_last.get("distinct_deployments")),
-                "of": nn_last.get("n_deployments"),
-            },
+            "nn_distinct_deployments": nn_head,
             "near_duplicate_pairs": n_dup,
         },
+    }
+
+
+def _nn_headline(
+    nn_counts: pl.DataFrame, query_sim: pl.DataFrame, footing: pl.DataFrame, base: str | None
+) -> dict[str, Any]:
+    """Distinct deployments among each response's j = K nearest, with what j allows.
+
+    j = K (one deployment's worth of neighbours, K the smallest K of the queries the counts
+    stand on) is where the count is informative: it runs from 1 to min(K, D); deployments
+    fully apart give 2 (a response's own K - 1 others, then one from elsewhere), responses
+    that ignore their deployment give the count of j draws from D deployments. At the table's
+    last j (every other response, whenever D K - 1 <= 50) it is D by construction, whatever
+    the responses say.
+    """
+    import polars as pl
+
+    nn = nn_counts.filter(pl.col("condition") == base)
+    if not nn.height:
+        return {"j": None, "estimate": None, "of": None}
+    on = on_footing(query_sim.filter(pl.col("condition") == base), footing)
+    ks = on.filter(pl.col("n_deployments") >= 2)["k"].drop_nulls().to_numpy()
+    K = int(ks.min()) if ks.size else int(nn["j"].to_numpy().max())
+    at = nn.filter(pl.col("j") <= K).sort("j")
+    row = at.row(at.height - 1, named=True) if at.height else nn.row(0, named=True)
+    j, D = int(row["j"]), int(row["n_deployments"])
+    return {
+        "j": j,
+        "estimate": _num(row["distinct_deployments"]),
+        "of": D,
+        "most": min(j, D),
+        "least": 1,
+        "rule": "j = K: one deployment's worth of neighbours",
     }
 
 

@@ -115,7 +115,14 @@ def headline(summary: Summary) -> str:
         cards.append(card("queries with intra similarity > 0.8", f"{100 * mean:.0f}%", "mean over deployments"))
     nn = h.nn_distinct_deployments
     if nn.estimate is not None:
-        cards.append(card(f"distinct deployments among {nn.j} nearest", fmt(nn.estimate, 2), f"of {nn.of}"))
+        bounds = f"between {nn.least} and {nn.most} possible at j = {nn.j}; " if nn.most is not None else ""
+        cards.append(
+            card(
+                f"distinct deployments among each response's {nn.j} nearest (j = K)",
+                fmt(nn.estimate, 2),
+                f"{bounds}{nn.of} deployments",
+            )
+        )
     cards.append(
         card(
             "near-duplicate cross-deployment pairs",
