@@ -1,7 +1,9 @@
 """Uncertainty and significance over queries: bootstrap, permutation, corrections.
 
 The unit of resampling is always the query: pass one value (or one group)
-per query. Seeds are explicit so a report is reproducible.
+per query. Seeds are explicit so a report is reproducible. Intervals are BCa ones from
+`scipy.stats.bootstrap`, expanded for few queries (`expanded_alpha`); the permutation tests
+are one-sided (the alternative is named in each docstring).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy.typing as npt
 
 __all__ = [
     "bootstrap_ci",
+    "expanded_alpha",
     "paired_bootstrap_diff",
     "permutation_test",
     "holm",
@@ -23,15 +26,79 @@ __all__ = [
 Statistic = Callable[..., Any]
 
 
-def _apply_rows(statistic: Statistic, samples: np.ndarray) -> np.ndarray:
-    """statistic over each row of ``samples``; vectorised when it takes ``axis``."""
+BCA_MAX_N = 20_000
+"""Above this many queries the intervals are percentile ones: BCa's jackknife costs n^2 and its
+correction, like the expansion's, shrinks as 1/n."""
+
+
+def expanded_alpha(n: int, alpha: float) -> float:
+    """The tail area that makes a bootstrap interval of n values as wide as a t interval.
+
+    A bootstrap interval of the mean of n values is about z_{1-alpha/2} sqrt((n-1)/n) s/sqrt(n)
+    wide each side, narrower than the t interval t_{n-1, 1-alpha/2} s/sqrt(n): at 12 queries
+    it covers ~91% at a nominal 95%. Hesterberg's expansion (Hesterberg 2015, "What teachers
+    should know about the bootstrap", "expanded percentile interval") asks the bootstrap for
+    the tail alpha' = 2 Phi(-sqrt(n / (n - 1)) t_{n-1, 1-alpha/2}) instead (0.0215 at n = 12,
+    0.0405 at 40, -> alpha as n grows).
+    """
+    from scipy.stats import norm, t
+
+    if n < 3:
+        return alpha
+    return float(2.0 * norm.sf(np.sqrt(n / (n - 1.0)) * t.ppf(1.0 - alpha / 2.0, n - 1)))
+
+
+def _takes_axis(statistic: Statistic, sample: np.ndarray) -> bool:
+    """Whether ``statistic(batch, axis=-1)`` gives one value per row (vectorised)."""
     try:
-        out = np.asarray(statistic(samples, axis=1), dtype=np.float64)
-        if out.shape == (samples.shape[0],):
-            return out
+        out = np.asarray(statistic(np.vstack([sample, sample]), axis=-1), dtype=np.float64)
     except TypeError:
-        pass
-    return np.array([float(statistic(row)) for row in samples])
+        return False
+    return out.shape == (2,)
+
+
+def _interval(
+    data: tuple[np.ndarray, ...],
+    statistic: Statistic,
+    vectorized: bool,
+    n_boot: int,
+    alpha: float,
+    seed: int,
+) -> tuple[float, float]:
+    """(lo, hi) by `scipy.stats.bootstrap`: BCa at the expanded level (`expanded_alpha`).
+
+    Resamples are drawn by ``np.random.default_rng(seed)`` (one seed, one interval, as
+    before). Degenerate resamples (BCa undefined, e.g. every value equal) fall back to the
+    percentile interval of the same resamples.
+    """
+    import warnings
+
+    from scipy.stats import bootstrap
+
+    n = data[0].size
+    level = 1.0 - expanded_alpha(n, alpha)
+    method = "BCa" if n <= BCA_MAX_N else "percentile"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DegenerateDataWarning / nan statistics: handled below
+        res = bootstrap(
+            data,
+            statistic,
+            n_resamples=n_boot,
+            vectorized=vectorized,
+            paired=len(data) > 1,
+            confidence_level=level,
+            method=method,
+            rng=np.random.default_rng(seed),
+            batch=max(1, min(n_boot, 2_000_000 // max(n, 1))),
+        )
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        boots = np.asarray(res.bootstrap_distribution, dtype=np.float64)
+        tail = (1.0 - level) / 2.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lo, hi = (float(v) for v in np.nanquantile(boots, [tail, 1.0 - tail]))
+    return lo, hi
 
 
 def _finite_1d(values: npt.ArrayLike) -> np.ndarray:
@@ -46,25 +113,24 @@ def bootstrap_ci(
     alpha: float = 0.05,
     seed: int = 0,
 ) -> tuple[float, float, float]:
-    """(estimate, lo, hi): percentile bootstrap CI of ``statistic(values)``.
+    """(estimate, lo, hi): bootstrap CI of ``statistic(values)`` over queries.
 
-    nan entries (queries where the metric is undefined) are dropped first.
-    All resamples are drawn in one (n_boot, n) index matrix; ``statistic``
-    is called with ``axis=1`` when it accepts it, else row by row.
-    Returns nans for no data; a single value gives a zero-width interval.
+    BCa (bias-corrected and accelerated) through `scipy.stats.bootstrap`, at the level
+    expanded for few values (`expanded_alpha`): percentile intervals covered 91-92% at 12
+    queries and 93-94% at 40; this one holds 95% (bench/calibration.py). Above `BCA_MAX_N`
+    values, percentile. nan entries (queries where the metric is undefined) are dropped first.
+    ``statistic`` is called with ``axis=-1`` when it accepts it, else value set by value.
+    Returns nans for no data; a single value (or all equal) gives a zero-width interval.
     """
     x = _finite_1d(values)
     n = x.size
     if n == 0:
         return (float("nan"),) * 3
     est = float(statistic(x))
-    if n == 1:
+    if n == 1 or np.ptp(x) == 0.0:
         return est, est, est
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    boots = _apply_rows(statistic, x[idx])
-    lo, hi = np.nanquantile(boots, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return est, float(lo), float(hi)
+    lo, hi = _interval((x,), statistic, _takes_axis(statistic, x), n_boot, alpha, seed)
+    return est, lo, hi
 
 
 def paired_bootstrap_diff(
@@ -77,8 +143,8 @@ def paired_bootstrap_diff(
 ) -> tuple[float, float, float]:
     """(estimate, lo, hi) of ``statistic(a) - statistic(b)``, resampling pairs.
 
-    ``a[i]`` and ``b[i]`` belong to the same query and are resampled
-    together, which removes between-query variance from the interval.
+    ``a[i]`` and ``b[i]`` belong to the same query and are resampled together, which removes
+    between-query variance from the interval; BCa at the expanded level, as `bootstrap_ci`.
     Pairs where either side is nan are dropped.
     """
     xa = np.asarray(a, dtype=np.float64).reshape(-1)
@@ -91,13 +157,17 @@ def paired_bootstrap_diff(
     if n == 0:
         return (float("nan"),) * 3
     est = float(statistic(xa)) - float(statistic(xb))
-    if n == 1:
+    if n == 1 or np.ptp(xa - xb) == 0.0:
         return est, est, est
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    boots = _apply_rows(statistic, xa[idx]) - _apply_rows(statistic, xb[idx])
-    lo, hi = np.nanquantile(boots, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return est, float(lo), float(hi)
+    vectorized = _takes_axis(statistic, xa)
+
+    def diff(u: np.ndarray, v: np.ndarray, axis: int = -1) -> Any:
+        if vectorized:
+            return np.asarray(statistic(u, axis=axis)) - np.asarray(statistic(v, axis=axis))
+        return float(statistic(u)) - float(statistic(v))
+
+    lo, hi = _interval((xa, xb), diff, vectorized, n_boot, alpha, seed)
+    return est, lo, hi
 
 
 def permutation_test(
