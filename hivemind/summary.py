@@ -47,7 +47,7 @@ class Estimate(_Part):
 
 class GapEstimate(Estimate):
     p_permutation: float | None = None
-    """Permutation test of intra > inter (deployment labels shuffled within each query)."""
+    """One-sided permutation p of gap > 0 (intra > inter; deployment labels shuffled within each query)."""
 
 
 class RandomBaseline(Estimate):

@@ -74,7 +74,7 @@ def headline_section(summary: Summary, tables: Tables) -> str:
         "is tested with a paired bootstrap over queries and a permutation test that shuffles deployment labels "
         "within each query. The hivemind gap is the share of the extra diversity an ensemble of k* different "
         "deployments promises (up to that of independent answers, i.e. the random-pair baseline) that it "
-        "actually delivers: 0 = no more diverse than one model, 1 = as diverse as independent answerers.</p>"
+        "actually delivers: 0 = no more diverse than one model, 1 = as unrelated as answers to different queries.</p>"
     )
 
 
@@ -88,7 +88,11 @@ def headline(summary: Summary) -> str:
     value, interval = ci(h.gap)
     p = h.gap.p_permutation
     cards.append(
-        card("gap = intra - inter", value, f"{interval}; permutation p = {fmt(p, 4)}" if p is not None else interval)
+        card(
+            "gap = intra - inter",
+            value,
+            f"{interval}; one-sided permutation p (gap > 0) = {fmt(p, 4)}" if p is not None else interval,
+        )
     )
     cards.append(card("random-pair baseline (different queries)", *ci(h.random_baseline)))
     hg = h.hivemind_gap
