@@ -36,7 +36,7 @@ from hivemind.store import Store, StoreError
 if TYPE_CHECKING:
     import sqlite3
 
-__all__ = ["Columns", "ImportFileError", "ImportResult", "import_responses", "imported_classes"]
+__all__ = ["Columns", "ImportFileError", "ImportLimits", "ImportResult", "import_responses", "imported_classes"]
 
 PROVIDER = "imported"
 """The provider recorded for deployments whose responses came from a file."""
@@ -91,6 +91,34 @@ class _Target:
     ids: dict[str, str] = field(default_factory=dict)  # id -> id
     texts: dict[str, str] = field(default_factory=dict)  # normalised text -> id
     known: list[tuple[str, str, str, str | None]] = field(default_factory=list)  # id, text, category, answer
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """Bounds a caller (the service) puts on one import, checked before anything is written."""
+
+    max_rows: int | None = None
+    """Records the file may hold: the reader stops at the first past it (Parquet: from its metadata)."""
+    max_decoded_bytes: int | None = None
+    """Uncompressed size a Parquet file may decode to (from its metadata, before decoding)."""
+    max_samples: int | None = None
+    """Responses the study may hold after the import (with `samples_held` already there)."""
+    max_queries: int | None = None
+    """Distinct queries the file may name."""
+    samples_held: int = 0
+
+    def check(self, path: Path, rows: list[Row]) -> None:
+        if self.max_samples is not None and self.samples_held + len(rows) > self.max_samples:
+            held = f" (with the {self.samples_held} the study holds)" if self.samples_held else ""
+            raise ImportFileError(
+                path, f"{len(rows)} responses{held}: the limit is {self.max_samples} samples per study"
+            )
+        if self.max_queries is not None:
+            keys = {r.query_id if r.query_id is not None else normalise(r.query_text or "") for r in rows}
+            if len(keys) > self.max_queries:
+                raise ImportFileError(
+                    path, f"{len(keys)} distinct queries: the limit is {self.max_queries} queries per study"
+                )
 
 
 def _target_from_store(db: sqlite3.Connection, study: str) -> _Target:
@@ -208,6 +236,7 @@ def import_responses(
     records: Any = None,
     source_name: str | None = None,
     reference: bool = False,
+    limits: ImportLimits | None = None,
 ) -> ImportResult:
     """Import a response file into `study` of `store` (created when new; extended when it exists).
 
@@ -220,17 +249,21 @@ def import_responses(
     reference arms (human answers): shown beside the models, left out of the model statistics.
     `replace` re-imports a (deployment, condition) that this study already holds from a file. `records`
     (position, dict) pairs stand in for the file's contents (a DataFrame); `source_name` is
-    the file name recorded as provenance (default: the path).
+    the file name recorded as provenance (default: the path). `limits` bound the file's
+    rows, decoded size, responses and queries before anything is decoded past them or written.
     """
     path = Path(source)
     if records is None:
         if not path.is_file():
             raise ImportFileError(path, "a directory, not a file" if path.is_dir() else "no such file")
-        records = read_records(path)
+        lim = limits or ImportLimits()
+        records = read_records(path, lim.max_rows, lim.max_decoded_bytes)
         digest = file_sha256(path)
     else:
         digest = sha256_hex(canonical_json(records))
     rows = parse_records(path, records, columns, deployment)
+    if limits is not None:
+        limits.check(path, rows)
     owned = store if isinstance(store, Store) else Store(store)
     try:
         return _write(
@@ -264,7 +297,7 @@ def _write(
     replace: bool,
     reference: bool = False,
 ) -> ImportResult:
-    if re.match(NAME_PATTERN, study) is None:
+    if re.fullmatch(NAME_PATTERN, study) is None:
         raise StoreError(f"invalid study name {study!r}")
     now = time.time()
     with store.transaction() as db:

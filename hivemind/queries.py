@@ -66,13 +66,16 @@ def list_shipped() -> list[str]:
     return sorted(p.stem for p in SHIPPED_DIR.glob("*.jsonl"))
 
 
-def load_query_set(source: str | Path, name: str | None = None) -> QuerySet:
+def load_query_set(
+    source: str | Path, name: str | None = None, *, max_queries: int | None = None, max_decoded_bytes: int | None = None
+) -> QuerySet:
     """Load a shipped set by name, or a JSONL/JSON/CSV/TSV/Parquet file by path.
 
-    `name` overrides the set's name (default: the file's stem, made a valid name).
+    `name` overrides the set's name (default: the file's stem, made a valid name). With
+    `max_queries`, reading stops past that many (`TooManyRecords`).
     """
     path = _resolve(source)
-    records = read_records(path)
+    records = read_records(path, max_queries, max_decoded_bytes)
     queries: list[Query] = []
     first_seen: dict[str, str] = {}
     for where, record in records:
@@ -86,25 +89,43 @@ def load_query_set(source: str | Path, name: str | None = None) -> QuerySet:
         raise QueryFileError(path, "empty file: no queries")
 
     set_name = name if name is not None else _name_from_stem(path.stem)
-    if re.match(NAME_PATTERN, set_name) is None:
+    if re.fullmatch(NAME_PATTERN, set_name) is None:
         raise QueryFileError(path, f"invalid set name {set_name!r}", field="name")
     description = SHIPPED_DESCRIPTIONS.get(path.stem, "") if path.parent == SHIPPED_DIR else ""
     return QuerySet(name=set_name, description=description or f"Loaded from {path.name}", queries=queries)
 
 
-def read_records(path: Path) -> Records:
-    """The raw records of a JSONL/JSON/CSV/TSV/Parquet file with their positions ('line 7')."""
+def read_records(path: Path, max_records: int | None = None, max_decoded_bytes: int | None = None) -> Records:
+    """The raw records of a JSONL/JSON/CSV/TSV/Parquet file with their positions ('line 7').
+
+    With `max_records`, reading stops at the first record past the limit (`TooManyRecords`):
+    text files are read a line at a time, and a Parquet file's row count and decoded size come
+    from its metadata before anything is decoded (`max_decoded_bytes` bounds the latter).
+    """
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        return _read_jsonl(path)
+        return _read_jsonl(path, max_records)
     if suffix == ".json":
-        return _read_json(path)
+        return _read_json(path, max_records)
     if suffix in (".csv", ".tsv"):
-        return _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
+        return _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",", limit=max_records)
     if suffix == ".parquet":
-        return _read_parquet(path)
+        return _read_parquet(path, max_records, max_decoded_bytes)
     accepted = ", ".join(SUFFIXES)
     raise QueryFileError(path, f"unknown file extension {suffix!r} (accepted: {accepted})")
+
+
+class TooManyRecords(QueryFileError):
+    """A file holding more records than the reader was allowed (it stopped at limit + 1)."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.limit = limit
+        super().__init__(path, f"more than {limit} records: the limit is {limit}")
+
+
+def _check_count(path: Path, count: int, limit: int | None) -> None:
+    if limit is not None and count > limit:
+        raise TooManyRecords(path, limit)
 
 
 def paraphrases(query: Query) -> list[str]:
@@ -167,33 +188,51 @@ Records = Iterable[tuple[str, dict[str, Any]]]
 """(position label such as 'line 7', raw record) pairs."""
 
 
-def _read_jsonl(path: Path) -> Records:
+def _read_jsonl(path: Path, limit: int | None = None) -> Records:
     """One JSON object per line; blank lines are skipped, line numbers are 1-based.
 
-    Lines split on "\n" only: `str.splitlines` would also split on U+2028 and friends, which
-    are legal inside JSON strings.
+    Lines split on "\n" only (`newline="\n"`): `str.splitlines` would also split on U+2028 and
+    friends, which are legal inside JSON strings. Read a line at a time, up to `limit` + 1 records.
     """
     out: list[tuple[str, dict[str, Any]]] = []
-    for number, line in enumerate(_read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"line {number}"
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise QueryFileError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", where=where) from exc
-        if not isinstance(value, dict):
-            raise QueryFileError(path, f"expected a JSON object, got {type(value).__name__}", where=where)
-        out.append((where, value))
+    with _open_text(path) as handle:
+        for number, line in enumerate(_lines(path, handle), start=1):
+            if not line.strip():
+                continue
+            where = f"line {number}"
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise QueryFileError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", where=where) from exc
+            except RecursionError:
+                raise QueryFileError(path, "JSON nested too deeply", where=where) from None
+            if not isinstance(value, dict):
+                raise QueryFileError(path, f"expected a JSON object, got {type(value).__name__}", where=where)
+            out.append((where, value))
+            _check_count(path, len(out), limit)
     return out
 
 
-def _read_json(path: Path) -> Records:
+def _open_text(path: Path, newline: str = "\n") -> io.TextIOWrapper:
+    return path.open(encoding="utf-8-sig", newline=newline)
+
+
+def _lines(path: Path, handle: Iterable[str]) -> Iterator[str]:
+    """The handle's lines, a decoding error becoming the file's one clear line."""
+    try:
+        yield from handle
+    except UnicodeDecodeError as exc:
+        raise QueryFileError(path, f"not UTF-8 text ({exc.reason})") from exc
+
+
+def _read_json(path: Path, limit: int | None = None) -> Records:
     """A JSON list of objects, or an object with a `queries` list (a dumped QuerySet)."""
     try:
         value = json.loads(_read_text(path) or "null")
     except json.JSONDecodeError as exc:
         raise QueryFileError(path, f"invalid JSON: {exc.msg}", where=f"line {exc.lineno}") from exc
+    except RecursionError:
+        raise QueryFileError(path, "JSON nested too deeply") from None
     if value is None:
         return []
     if isinstance(value, dict):
@@ -202,6 +241,7 @@ def _read_json(path: Path) -> Records:
         value = value["queries"]
     if not isinstance(value, list):
         raise QueryFileError(path, f"expected a list of queries, got {type(value).__name__}", field="queries")
+    _check_count(path, len(value), limit)
     out: list[tuple[str, dict[str, Any]]] = []
     for index, item in enumerate(value, start=1):
         if not isinstance(item, dict):
@@ -210,9 +250,16 @@ def _read_json(path: Path) -> Records:
     return out
 
 
-def _read_csv(path: Path, delimiter: str) -> Records:
-    """CSV/TSV with a header row; a record's line is where it starts (header = line 1)."""
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+def _read_csv(path: Path, delimiter: str, limit: int | None = None) -> Records:
+    """CSV/TSV with a header row; a record's line is where it starts (header = line 1).
+
+    Read a row at a time, up to `limit` + 1 records."""
+    with _open_text(path, newline="") as handle:
+        return _csv_rows(path, handle, delimiter, limit)
+
+
+def _csv_rows(path: Path, handle: Iterable[str], delimiter: str, limit: int | None) -> Records:
+    reader = csv.DictReader(_lines(path, handle), delimiter=delimiter)
     out: list[tuple[str, dict[str, Any]]] = []
     start = 2
     try:
@@ -224,20 +271,50 @@ def _read_csv(path: Path, delimiter: str) -> Records:
             if not any((v or "").strip() for v in row.values()):
                 continue
             out.append((where, {k: v for k, v in row.items() if v not in (None, "")}))
+            _check_count(path, len(out), limit)
     except csv.Error as exc:
         raise QueryFileError(path, f"malformed CSV: {exc}", where=f"line {reader.line_num}") from exc
     return out
 
 
-def _read_parquet(path: Path) -> Records:
-    """Parquet through polars (imported here: most runs never read Parquet); rows are 1-based."""
+def _read_parquet(path: Path, limit: int | None = None, max_bytes: int | None = None) -> Records:
+    """Parquet through polars (imported here: most runs never read Parquet); rows are 1-based.
+
+    The row count and the decoded size are read from the file's metadata first, so a small
+    compressed file that would decode to gigabytes is refused before it is decoded."""
     import polars as pl
 
+    if limit is not None or max_bytes is not None:
+        rows, size = _parquet_size(path)
+        _check_count(path, rows, limit)
+        if max_bytes is not None and size > max_bytes:
+            raise QueryFileError(path, f"decodes to {size} bytes; the limit is {max_bytes}")
     try:
         frame = pl.read_parquet(path)
     except Exception as exc:  # polars raises several unrelated types for a bad file
         raise QueryFileError(path, f"unreadable Parquet: {exc}") from exc
+    _check_count(path, frame.height, limit)  # metadata that lied
+    if max_bytes is not None and frame.estimated_size() > max_bytes:
+        raise QueryFileError(path, f"decodes to {frame.estimated_size()} bytes; the limit is {max_bytes}")
     return [(f"row {i}", row) for i, row in enumerate(frame.to_dicts(), start=1)]
+
+
+def _parquet_size(path: Path) -> tuple[int, int]:
+    """(rows, uncompressed bytes) from the Parquet footer, decoding no data page."""
+    try:
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        return meta.num_rows, sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    except ImportError:  # without pyarrow: polars' count from the metadata; the size after decoding
+        import polars as pl
+
+        try:
+            return int(pl.scan_parquet(path).select(pl.len()).collect().item()), 0
+        except Exception as exc:
+            raise QueryFileError(path, f"unreadable Parquet: {exc}") from exc
+    except Exception as exc:  # a damaged footer
+        raise QueryFileError(path, f"unreadable Parquet: {exc}") from exc
 
 
 def _present(record: dict[str, Any], keys: tuple[str, ...]) -> Iterator[str]:

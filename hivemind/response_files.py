@@ -158,7 +158,7 @@ def parse_records(path: Path, records: Any, columns: Columns | None = None, depl
             )
         model = _string(path, where, model_key or "model", model_value) if model_value is not None else deployment
         name = deployment or deployment_name(model)  # type: ignore[arg-type]
-        if re.match(NAME_PATTERN, name) is None:
+        if re.fullmatch(NAME_PATTERN, name) is None:
             raise ImportFileError(path, f"invalid deployment name {name!r}", where=where, field="deployment")
 
         category_key = _pick(record, cols.category, CATEGORY_KEYS)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import threading
 import time
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from hivemind.jobs import JobQueue, ServiceDB
     from hivemind.store import Store
 
+log = logging.getLogger("hivemind.service")
 QUERY_SET_DIR = QUERY_SETS
 """Uploaded query sets live in `STORE/query-sets/NAME.jsonl` (`StoreLayout.query_set`)."""
 
@@ -234,8 +236,11 @@ def queue_scan_run(
     *,
     scheduled_for: float | None = None,
     as_job: bool = True,
+    max_samples: int | None = None,
 ) -> tuple[int, str]:
-    """Record a new run (and, for the service, its job) atomically. Returns (run id, study)."""
+    """Record a new run (and, for the service, its job) atomically. Returns (run id, study).
+
+    A run planning more than `max_samples` samples is a `ScanError` (field `samples`), before any write."""
     from hivemind.jobs import planned_counts
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -259,6 +264,9 @@ def queue_scan_run(
         raise ScanError(
             f"scan {scan.name!r}: {exc}", field=exc.field if isinstance(exc, HivemindError) else None
         ) from None
+    total = sum(planned.values())
+    if max_samples is not None and total > max_samples:
+        raise ScanError(f"scan {scan.name!r} plans {total} samples a run; the limit is {max_samples}", field="samples")
     row = {
         "scan": scan.name,
         "study": study,
@@ -286,14 +294,23 @@ def queue_scan_run(
     return ids[0], study
 
 
-def make_scheduler(load: Callable[[], ScanBook], *, since: float | None = None) -> Callable[[JobQueue], None]:
-    """A tick for the job runner (`JobQueue`): queue every due scan as a job."""
+def make_scheduler(
+    load: Callable[[], ScanBook], *, since: float | None = None, max_samples: int | None = None
+) -> Callable[[JobQueue], None]:
+    """A tick for the job runner (`JobQueue`): queue every due scan as a job (a run over
+    `max_samples` is refused and logged; the other due scans still run)."""
     started = time.time() if since is None else since
 
     def tick(manager: JobQueue) -> None:
         book = load()
         for scan, fire in due_scans(book, manager.db, now=time.time(), since=started):
-            _, study = queue_scan_run(manager.db, scan, book, manager.store_dir, scheduled_for=fire)
+            try:
+                _, study = queue_scan_run(
+                    manager.db, scan, book, manager.store_dir, scheduled_for=fire, max_samples=max_samples
+                )
+            except ScanError as exc:
+                log.warning("scan scheduler: %s", exc)
+                continue
             manager.submit(study)
 
     return tick

@@ -94,7 +94,11 @@ def create_app(
     redact = Redactor([token, *(os.environ.get(name) for name in key_names)])
     install_log_redaction(redact)
     scans = Path(scans_path) if scans_path is not None else None
-    ticker = make_scheduler(lambda: load_scans(zoo_file, scans, store_dir)) if scheduler else None
+    ticker = (
+        make_scheduler(lambda: load_scans(zoo_file, scans, store_dir), max_samples=limits.max_samples_per_study)
+        if scheduler
+        else None
+    )
     manager = JobManager(
         store_dir, max_active=workers, redact=redact, scheduler=ticker, scheduler_interval_s=scheduler_interval_s
     )

@@ -39,6 +39,8 @@ class ServiceLimits:
     """Planned samples of one study (queries x deployments x conditions x samples)."""
     max_page_size: int = 1000
     """Largest page of near-duplicate pairs."""
+    max_decoded_bytes: int = 64 * 2**20
+    """Uncompressed size an uploaded Parquet file may decode to (read from its metadata first)."""
 
 
 class ApiError(HTTPException):
@@ -169,7 +171,7 @@ class Service:
             raise ApiError(409, field, f"{qs.name!r} is a shipped query set; choose another name")
         limit = self.limits.max_queries_per_set
         if len(qs.queries) > limit:
-            raise ApiError(413, "body.queries", f"{len(qs.queries)} queries exceed the limit of {limit} per set")
+            raise ApiError(422, "body.queries", f"{len(qs.queries)} queries: the limit is {limit} queries per set")
         # ASCII-escaped: a raw U+2028 or U+0085 in a text would split a line for str.splitlines()
         content = "".join(json.dumps(q.model_dump(), ensure_ascii=True, sort_keys=True) + "\n" for q in qs.queries)
         path = StoreLayout(self.store_dir).query_set(qs.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 import uuid
@@ -20,7 +21,7 @@ from starlette.background import BackgroundTask
 
 from hivemind.errors import HivemindError
 from hivemind.jobs import ACTIVE, Conflict, planned_counts
-from hivemind.queries import QueryFileError, list_shipped, load_query_set
+from hivemind.queries import QueryFileError, TooManyRecords, list_shipped, load_query_set
 from hivemind.scan import ScanError, ScanSpec, queue_scan_run, scan_history
 from hivemind.scan_report import write_scan_report
 from hivemind.service import schemas as S
@@ -112,6 +113,10 @@ async def upload_file(
         if name is None and "name" in parts:
             raw = parts["name"].get_payload(decode=True)
             name = (raw if isinstance(raw, bytes) else b"").decode("utf-8", "replace").strip()
+            if len(name) > 100 or (name and re.fullmatch(NAME_PATTERN, name) is None):
+                raise ApiError(
+                    422, "body.name", f"not a valid set name (at most 100 of A-Z a-z 0-9 _ . -): {name[:40]!r}"
+                )
         suffix = Path(filename).suffix.lower()
         ctype = next((c for c, s in FILE_TYPES.items() if s == suffix), "")
     if ctype not in FILE_TYPES:
@@ -120,14 +125,17 @@ async def upload_file(
             "header.Content-Type",
             f"unsupported type {ctype or 'none'!r} (send {', '.join(FILE_TYPES)} or multipart/form-data with a 'file')",
         )
-    name = name or (Path(filename).stem if filename else None)
+    name = name or (Path(filename).stem[:100] if filename else None)
     if not name:
         raise ApiError(422, "query.name", "a name is required for a file upload")
+    limit = svc.limits.max_queries_per_set
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"upload{FILE_TYPES[ctype]}"
         path.write_bytes(data)
         try:
-            qs = load_query_set(path, name=name)
+            qs = load_query_set(path, name=name, max_queries=limit, max_decoded_bytes=svc.limits.max_decoded_bytes)
+        except TooManyRecords:
+            raise ApiError(422, "body", f"more than {limit} queries: the limit is {limit} queries per set") from None
         except QueryFileError as exc:
             raise ApiError(
                 422,
@@ -374,11 +382,30 @@ def create_scan(svc: Svc, body: Annotated[ScanSpec, Body()]) -> dict[str, Any]:
     svc.embedder(body.embedder, "body.embedder")
     if svc.db.query_set(body.query_set) is None and body.query_set not in list_shipped():
         svc.load_set(body.query_set, "body.query_set")  # raises, listing the known sets
+    _check_scan_plan(svc, body)
     with svc.db.transaction() as conn:
         if conn.execute("SELECT 1 FROM service_scans WHERE name = ?", (body.name,)).fetchone():
             raise ApiError(409, "body.name", f"a scan named {body.name!r} already exists")
         conn.execute("INSERT INTO service_scans VALUES (?, ?, ?)", (body.name, body.model_dump_json(), time.time()))
     return svc.scan_info(body)
+
+
+def _check_scan_plan(svc: Service, scan: ScanSpec) -> None:
+    """A scan's runs obey the per-study sample limit: 422 naming `body.samples` before it is kept."""
+    from hivemind.spec import SamplingPlan
+
+    row = svc.db.query_set(scan.query_set)
+    try:
+        spec = StudySpec(
+            **scan.model_dump(include=set(SamplingPlan.model_fields))
+            | {"name": "scan-check", "zoo": str(svc.zoo_file), "query_set": row["path"] if row else scan.query_set}
+        )
+        total = sum(planned_counts(spec).values())
+    except (ValidationError, HivemindError) as exc:
+        raise ApiError(422, "body", svc.public(svc.redact(str(exc)))) from None
+    limit = svc.limits.max_samples_per_study
+    if total > limit:
+        raise ApiError(422, "body.samples", f"each run of the scan plans {total} samples; the limit is {limit}")
 
 
 @router.delete("/v1/scans/{name}", status_code=204, responses=ERRORS, tags=["scans"])
@@ -403,8 +430,12 @@ def run_scan_now(svc: Svc, name: Name) -> dict[str, Any]:
     if any(r["state"] == "running" for r in svc.db.scan_runs(name)):
         raise ApiError(409, "path.name", f"scan {name!r} has a run in progress")
     try:
-        run_id, study = queue_scan_run(svc.db, book.get(name), book, svc.store_dir)
+        run_id, study = queue_scan_run(
+            svc.db, book.get(name), book, svc.store_dir, max_samples=svc.limits.max_samples_per_study
+        )
     except ScanError as exc:
+        if exc.field == "samples":
+            raise ApiError(422, "path.name", svc.public(svc.redact(str(exc)))) from None
         raise ApiError(409, "path.name", svc.redact(str(exc))) from None
     svc.manager.submit(study)
     return {"scan": name, "run_id": run_id, "study": study}

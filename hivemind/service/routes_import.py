@@ -17,11 +17,11 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from hivemind.importing import Columns, ImportFileError, import_responses
+from hivemind.importing import Columns, ImportFileError, ImportLimits, import_responses
 from hivemind.jobs import ACTIVE
-from hivemind.queries import SUFFIXES, QueryFileError
+from hivemind.queries import SUFFIXES, QueryFileError, list_shipped
 from hivemind.service.context import ApiError, Service, clean, get_service
-from hivemind.spec import NAME_PATTERN
+from hivemind.spec import NAME_PATTERN, store_name_problem
 from hivemind.store import StoreError
 
 router = APIRouter()
@@ -44,7 +44,7 @@ class ImportRequest(BaseModel):
     deployment: str | None = Field(None, pattern=NAME_PATTERN, max_length=200)
     """One deployment name for a file without a model column."""
     query_set: str | None = Field(None, pattern=NAME_PATTERN, max_length=200)
-    """For a new study: a shipped query set to match rows against."""
+    """For a new study: a shipped or uploaded query set (a name, never a path) to match rows against."""
     condition: str | None = Field(None, pattern=NAME_PATTERN, max_length=200)
     """The condition the responses belong to; added to the study when it lacks it."""
     reference: bool = False
@@ -55,10 +55,32 @@ class ImportRequest(BaseModel):
     """Analyse the study and write its report before answering (can take a while)."""
 
 
+def _named_set(svc: Service, name: str | None) -> str | None:
+    """What the importer loads for `name`: an uploaded set's stored file, or a shipped set's name.
+
+    Names only: a path (or a name that is no set) is a 422 with the same message whether or not
+    such a file exists, so the service reads nothing outside its store and tells nothing of it.
+    """
+    if name is None:
+        return None
+    row = svc.db.query_set(name)
+    if row is not None:
+        return str(svc.store.layout.query_set(name))
+    if name in list_shipped():
+        return name
+    known = ", ".join(list_shipped() + [r["name"] for r in svc.db.query_sets()])
+    raise ApiError(422, "body.query_set", f"unknown query set {name!r} (known: {known})")
+
+
 @router.post("/v1/studies/import", status_code=201, responses=ERRORS, tags=["studies"])
 async def import_study(svc: Annotated[Service, Depends(get_service)], body: ImportRequest) -> dict[str, Any]:
     """Import a response file into a study; the answer says what matched and what did not."""
     name = Path(body.filename).name
+    if not name or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode("utf-8")) > 200:
+        raise ApiError(422, "body.filename", "a plain file name: no control characters, at most 200 bytes")
+    problem = store_name_problem(body.study)
+    if problem:
+        raise ApiError(422, "body.study", problem)
     if Path(name).suffix.lower() not in SUFFIXES:
         raise ApiError(422, "body.filename", f"unknown file extension (accepted: {', '.join(SUFFIXES)})")
     if (body.content is None) == (body.content_base64 is None):
@@ -71,9 +93,20 @@ async def import_study(svc: Annotated[Service, Depends(get_service)], body: Impo
         )
     except (binascii.Error, ValueError) as exc:
         raise ApiError(422, "body.content_base64", f"not base64: {exc}") from None
+    query_set = _named_set(svc, body.query_set)
     job = svc.db.job(body.study)
     if job is not None and job["state"] in ACTIVE:
         raise ApiError(409, "body.study", f"study {body.study!r} is {job['state']}; import when it is done")
+
+    lim = svc.limits
+    held = sum(c["ok"] + c["failed"] for c in svc.store.progress(body.study).values())
+    limits = ImportLimits(
+        max_rows=lim.max_samples_per_study,
+        max_decoded_bytes=lim.max_decoded_bytes,
+        max_samples=lim.max_samples_per_study,
+        max_queries=lim.max_queries_per_set,
+        samples_held=0 if body.replace else held,
+    )
 
     def work() -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="hivemind-import-") as folder:
@@ -85,12 +118,13 @@ async def import_study(svc: Annotated[Service, Depends(get_service)], body: Impo
                 svc.store,
                 columns=body.columns,
                 deployment=body.deployment,
-                query_set=body.query_set,
+                query_set=query_set,
                 condition=body.condition,
                 on_unmatched=body.on_unmatched,
                 replace=body.replace,
                 source_name=name,
                 reference=body.reference,
+                limits=limits,
             )
         out = result.summary()
         if body.analyze:
