@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -66,6 +67,9 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Studies sampled at once.")] = 2,
     max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest query-set upload, MiB.")] = 10.0,
     max_samples: Annotated[int, typer.Option(min=1, help="Most samples one study may plan.")] = 200_000,
+    max_queries: Annotated[
+        int, typer.Option(min=1, help="Most queries one query set (or one import) may hold.")
+    ] = 20_000,
     scheduler: Annotated[bool, typer.Option(help="Run declared scans on their schedules.")] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
@@ -87,7 +91,12 @@ def serve(
     from hivemind.service.context import ServiceLimits
     from hivemind.zoo import ZooError
 
-    limits = ServiceLimits(max_upload_bytes=int(max_upload_mb * 2**20), max_samples_per_study=max_samples)
+    limits = ServiceLimits(
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        max_samples_per_study=max_samples,
+        max_queries_per_set=max_queries,
+    )
+    os.umask(0o077)  # the store's files 0600 and folders 0700: answers and keys are the operator's
     try:
         app = create_app(
             store,

@@ -7,6 +7,7 @@ through the pipeline (`run_pipeline_async`), the same steps the CLI runs. Every 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -91,6 +92,8 @@ def create_app(
         check_bind(host, None)
     key_names = [d.api_key_env for d in load_zoo(zoo_file).deployments if d.api_key_env]  # fail fast
     token, token_source = resolve_token(store_dir, token_env, auth)  # the first write to the store
+    with contextlib.suppress(OSError):  # the store is the operator's alone (its files: `hivemind serve`'s umask)
+        store_dir.chmod(0o700)
     redact = Redactor([token, *(os.environ.get(name) for name in key_names)])
     install_log_redaction(redact)
     scans = Path(scans_path) if scans_path is not None else None
@@ -192,6 +195,9 @@ def _add_error_handlers(app: FastAPI, service: Service) -> None:
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         field = getattr(exc, "field", None) or ("path" if exc.status_code in (404, 405) else "request")
         message = getattr(exc, "message", None) or str(exc.detail)
+        if exc.status_code == 400 and field == "request" and "parsing the body" in message:
+            # FastAPI's answer to a body json.loads could not take (nested past the recursion limit)
+            return _error(422, [("body", "invalid JSON: cannot parse (nested too deeply?)")])
         return _error(
             exc.status_code, [(field, service.public(redact(message)))], headers=getattr(exc, "headers", None)
         )

@@ -183,11 +183,14 @@ class HostOriginMiddleware:
         if scope["type"] != "http":  # lifespan; the service has no websockets
             await self.app(scope, receive, send)
             return
-        headers = {
-            name.decode(): value.decode("latin-1")
-            for name, value in scope.get("headers", ())
-            if name in (b"host", b"origin")
-        }
+        seen: dict[str, list[str]] = {"host": [], "origin": []}
+        for name, value in scope.get("headers", ()):
+            if name in (b"host", b"origin"):
+                seen[name.decode()].append(value.decode("latin-1"))
+        if len(seen["origin"]) > 1:  # which one a browser or proxy honoured is unknowable
+            await _refuse(send, 403, "header.Origin", "more than one Origin header")
+            return
+        headers = {k: v[0] for k, v in seen.items() if len(v) == 1}
         host = _split_host(headers.get("host", ""))
         if host is None or not host[0] or not self._known(host[0]):
             await _refuse(

@@ -358,12 +358,35 @@ def _near_duplicates_found(path: Path) -> int | None:
 
 
 @router.get("/v1/studies/{name}/report", response_class=HTMLResponse, responses=ERRORS, tags=["results"])
-def report(svc: Svc, name: Name) -> FileResponse:
+def report(svc: Svc, name: Name) -> HTMLResponse:
     """The study's HTML report."""
     path, status = (svc.store.layout.report(name), svc.status_of(name))
     if not path.is_file():
         raise ApiError(409, "path.name", f"study {name!r} has no report yet (state: {status['state']})")
-    return FileResponse(path, media_type="text/html")
+    return _html(svc, path)
+
+
+REPORT_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+"""A report is static HTML (inline styles, data-URI images, no script): a hostile text in it can
+run nothing, load nothing and send nothing."""
+_IMPORT_TMP = re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + r"/hivemind-import-[^/\s\"'<>&]*/")
+
+
+def _html(svc: Service, path: Path) -> HTMLResponse:
+    """A report page without the server's paths (the store's, an import's temporary folder)."""
+    text = _IMPORT_TMP.sub("", path.read_text(encoding="utf-8"))
+    for prefix, replacement in (
+        (str(svc.store_dir) + "/", ""),
+        (str(svc.store_dir), "."),
+        (str(svc.zoo_file), svc.zoo_file.name),
+    ):
+        text = text.replace(prefix, replacement)
+    return HTMLResponse(text, headers=REPORT_HEADERS)
 
 
 # --- scans ---------------------------------------------------------------------------
@@ -450,8 +473,8 @@ def history(svc: Svc, name: Name) -> dict[str, Any]:
 
 
 @router.get("/v1/scans/{name}/report", response_class=HTMLResponse, responses=ERRORS, tags=["scans"])
-def scan_report(svc: Svc, name: Name) -> FileResponse:
+def scan_report(svc: Svc, name: Name) -> HTMLResponse:
     """The scan history as an HTML page."""
     if not svc.db.scan_runs(name):
         raise ApiError(404, "path.name", f"scan {name!r} has no runs")
-    return FileResponse(write_scan_report(svc.store_dir, name), media_type="text/html")
+    return _html(svc, write_scan_report(svc.store_dir, name))
