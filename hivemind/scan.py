@@ -212,11 +212,17 @@ def due_scans(book: ScanBook, db: ServiceDB, *, now: float, since: float) -> lis
     return due
 
 
-def resolve_query_set(value: str, store_dir: Path, base_dir: Path) -> str:
-    """What `StudySpec.query_set` should say: a file path, or a shipped set's name."""
+def resolve_query_set(value: str, store_dir: Path, base_dir: Path, *, names_only: bool = False) -> str:
+    """What `StudySpec.query_set` should say: a file path, or a shipped set's name.
+
+    `names_only` (a scan declared through the service): an uploaded set in the store or a shipped
+    one, never a file elsewhere, so a client cannot make the service read the operator's files."""
     from hivemind.queries import list_shipped
 
-    for candidate in (base_dir / value, Path(value).expanduser(), StoreLayout(store_dir).query_set(value)):
+    files: tuple[Path, ...] = (StoreLayout(store_dir).query_set(value),)
+    if not names_only:
+        files = (base_dir / value, Path(value).expanduser(), *files)
+    for candidate in files:
         if candidate.is_file():
             return str(candidate.resolve())
     if value in list_shipped():
@@ -255,7 +261,9 @@ def queue_scan_run(
         | {
             "name": study,
             "zoo": str(book.zoo_path.resolve()),
-            "query_set": resolve_query_set(scan.query_set, store_dir, book.base_dir),
+            "query_set": resolve_query_set(
+                scan.query_set, store_dir, book.base_dir, names_only=book.sources.get(scan.name) == "service"
+            ),
         }
     )
     try:

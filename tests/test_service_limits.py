@@ -355,3 +355,15 @@ def test_the_store_is_private_to_the_operator(served: tuple[httpx.Client, subpro
     for path in found:
         mode = stat.S_IMODE(path.lstat().st_mode)
         assert mode & 0o077 == 0, f"{path.relative_to(store.parent)} is {oct(mode)}"
+
+
+def test_a_scan_made_through_the_service_reads_its_set_from_the_store_only(client: httpx.Client) -> None:
+    # an uploaded set named like the operator's file in the service's working directory
+    assert client.post("/v1/query-sets", json={"name": "secret.csv", "queries": _queries(3)}).is_success
+    scan = {"name": "leakscan", "query_set": "secret.csv", "deployments": ["mock-a", "mock-b"], "samples": 2}
+    assert client.post("/v1/scans", json=scan | {"schedule": "@yearly"}).status_code == 201
+    started = client.post("/v1/scans/leakscan/run")
+    assert started.status_code == 202, started.text
+    status = client.get(f"/v1/studies/{started.json()['study']}").json()
+    assert status["total"]["planned"] == 3 * 2 * 2, status  # the store's 3 queries, not the file's 1
+    client.post(f"/v1/studies/{started.json()['study']}/cancel")
