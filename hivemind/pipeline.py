@@ -452,6 +452,8 @@ def analyze(
         "stage",
         "sample_index",
         *[c for c in ("cache_key", "finish_reason") if c in responses.columns],
+        "text",  # the scored text (reasoning removed): the explorer shows it
+        "query_text",
     )
     extra: dict[str, Any] = {}  # classes an imported file carried (NoveltyBench partition)
     add_external_classes(store, study, responses, vectors, threshold, tables, extra)
@@ -502,5 +504,8 @@ def report(store: Store, study: str, *, fresh: bool = False) -> Path:
             stale = True
         if stale:  # never analysed, sampled (or retried) since, or an unreadable summary
             analyze(store, study)
+    from hivemind.report.explorer import write_explorer
+
     summary, tables = load_analysis(store.layout.analysis(study))
+    write_explorer(store, study, summary, tables)  # first: the report links into it
     return atomic_write_text(store.layout.report(study), render_report(summary, tables))
