@@ -82,7 +82,7 @@
       if (params.cat && q.category !== params.cat) return false;
       if (lo != null && params.dep) {
         var v = binValue(q);
-        if (v == null || v < lo || (hi >= 1 ? v > hi : v >= hi)) return false;
+        if (v == null || (lo > 0 && v < lo) || (hi < 1 && v >= hi)) return false;
       }
       if (term && (q.text + " " + q.id + " " + q.category).toLowerCase().indexOf(term) < 0) return false;
       return true;
@@ -208,7 +208,7 @@
     data.pairs.forEach(function (p) { if ((p[0] === x && p[1] === y) || (p[0] === y && p[1] === x)) cos = p[2]; });
     if (cos == null && a.nn === b.r) cos = a.nc;
     if (cos == null && b.nn === a.r) cos = b.nc;
-    var opts = [3, 4, 5, 8].map(function (k) {
+    var opts = [2, 3, 4, 5, 8].map(function (k) {
       return "<option" + (k === n ? " selected" : "") + ">" + k + "</option>";
     }).join("");
     return '<div class="pair" id="pair"><div class="h"><b>Pair</b>' + (cos != null ? " &middot; cosine <b>" + fmt(cos) + "</b>" : "") +

