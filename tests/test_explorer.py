@@ -4,10 +4,14 @@ the real all-MiniLM-L6-v2, reported, then driven in Debian's headless chromium."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -135,3 +139,69 @@ def test_explorer_in_chromium(study: Path, browser: Browser, tmp_path: Path) -> 
 
 def _n(study: Path, query: str) -> int:
     return next(q["n"] for q in read_data(study / "explorer" / "index.js")["queries"] if q["id"] == query)
+
+
+TOKEN = "explorer-test-token"
+
+
+@contextlib.contextmanager
+def serving(store: Path) -> Iterator[str]:
+    """The real service (uvicorn on 127.0.0.1, a port of its own) over the test's store."""
+    import uvicorn
+
+    from hivemind.service.app import create_app
+
+    os.environ["HIVEMIND_EXPLORER_TEST_TOKEN"] = TOKEN
+    app = create_app(store, None, "HIVEMIND_EXPLORER_TEST_TOKEN", run_jobs=False, scheduler=False)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+def test_rest_queries_and_query_and_the_served_explorer(study: Path, browser: Browser) -> None:
+    import httpx
+
+    with serving(study.parent) as url:
+        assert httpx.get(f"{url}/v1/studies/nb/queries").status_code == 401  # the same auth
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
+            page = client.get("/v1/studies/nb/queries", params={"sort": "inter", "order": "desc", "limit": 5}).json()
+            assert page["total"] == 12 and len(page["items"]) == 5 and page["next_offset"] == 5
+            inter = [q["figures"]["default"][1] for q in page["items"]]
+            assert inter == sorted(inter, reverse=True)
+            rest = client.get("/v1/studies/nb/queries", params={"sort": "inter", "order": "desc", "offset": 5}).json()
+            assert rest["next_offset"] is None and len(rest["items"]) == 7
+            assert max(q["figures"]["default"][1] for q in rest["items"]) <= inter[-1]
+            found = client.get("/v1/studies/nb/queries", params={"search": "MAGICAL"}).json()
+            assert [q["id"] for q in found["items"]] == ["curated-16"]
+            bad = client.get("/v1/studies/nb/queries", params={"deployment": "nobody"})
+            assert bad.status_code == 422 and "query.deployment" in bad.text
+            one = client.get("/v1/studies/nb/queries/curated-16").json()
+            assert one["text"] == "One thing you might find in a magical forest."
+            assert {r["deployment"] for r in one["responses"]} == {"gpt-4o", "humans"} and len(one["responses"]) == 16
+            rows = {r["row"]: r for r in one["responses"]}
+            for r in one["responses"]:
+                near = r["nearest"]
+                assert near["deployment"] != r["deployment"] and rows[near["row"]]["deployment"] == near["deployment"]
+                assert -1 <= near["cosine"] <= 1 and len(r["xy"]) == 2 and r["imported_class"] is not None
+            (pair,) = one["near_duplicates"]
+            assert {rows[pair["row_a"]]["text"], rows[pair["row_b"]]["text"]} == {"A talking tree.", "Talking Tree"}
+            missing = client.get("/v1/studies/nb/queries/nope")
+            assert missing.status_code == 404 and "path.query_id" in missing.text
+
+        # the page itself, served: chromium sends the token and asks for nothing but the study's files
+        browser.send("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Bearer {TOKEN}"}})
+        before = len(browser.requests)
+        browser.open(f"{url}/v1/studies/nb/explorer.html#q=curated-16")
+        browser.wait("document.querySelectorAll('#detail [data-response]').length === 16")
+        asked = browser.requests[before:]
+        assert asked and all(u.startswith(f"{url}/v1/studies/nb/") for u in asked), asked
+        browser.send("Network.setExtraHTTPHeaders", {"headers": {}})

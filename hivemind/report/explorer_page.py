@@ -53,6 +53,7 @@ def page(study: str) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'  # no favicon request: the page asks for its own files only
         f"<title>hivemind explorer: {name}</title><style>{CSS}</style></head><body>"
         f'<header><h1>hivemind explorer: {name}</h1><div class="sub" id="sub">loading&hellip; '
         "(the data files are in the <code>explorer/</code> folder beside this page)</div></header>"

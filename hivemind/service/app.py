@@ -36,6 +36,7 @@ from hivemind.service.auth import (
 from hivemind.service.context import ApiError, Service, ServiceLimits, field_path
 from hivemind.service.redaction import Redactor, install_log_redaction
 from hivemind.service.routes import router
+from hivemind.service.routes_explorer import router as explorer_router
 from hivemind.service.routes_import import router as import_router
 from hivemind.service.workers import JobManager
 from hivemind.store import Store
@@ -146,6 +147,7 @@ def _add_routes(app: FastAPI, manager: JobManager) -> None:
     """The `/v1` endpoints, and `/healthz` (which needs no token)."""
     app.include_router(router)
     app.include_router(import_router)  # POST /v1/studies/import (hivemind.importing)
+    app.include_router(explorer_router)  # the explorer's queries, query and files (report step's data)
 
     @app.get("/healthz", response_model=S.Health, tags=["service"])
     def healthz() -> dict[str, Any]:
