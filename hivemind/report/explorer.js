@@ -113,6 +113,8 @@
     }).join("");
     $("list").innerHTML = "<table><thead><tr>" + head + "</tr></thead><tbody>" + body + "</tbody></table>";
     $("count").textContent = list.length + " of " + index.queries.length + " queries";
+    if (window.performance && performance.mark && !performance.getEntriesByName("hivemind-list").length)
+      performance.mark("hivemind-list");
     var chip = [];
     if (params.lo != null && params.lo !== "" && params.dep)
       chip.push(params.dep + " " + (params.kind || "intra") + " similarity in [" + params.lo + ", " + params.hi + ")");
@@ -283,6 +285,7 @@
       params.pair.split("-").forEach(function (r) { var el = $("r" + r); if (el) el.classList.add("hl"); });
     }
     if (view === "map") wireMap(rowmap);
+    if (window.performance && performance.mark) performance.mark("hivemind-query");
   }
   function wireMap(rowmap) {
     var tip = $("tip");

@@ -237,19 +237,51 @@ def _per_deployment(pairs: pl.DataFrame) -> dict[tuple[str, str, str], list[floa
 
 def write_explorer(store: Store, study: str, summary: Summary, tables: dict[str, pl.DataFrame]) -> Path:
     """Write `STORE/<study>/explorer.html` and its data files; returns the page's path."""
-    import polars as pl
-
     from hivemind.importing import imported_classes
-    from hivemind.report.explorer_page import page
 
     responses = _texts(store, study, tables["responses"]).sort("row")
-    deployments = list(dict.fromkeys(list(summary.deployments) + responses["deployment"].to_list()))
-    conditions = list(dict.fromkeys([c for c in summary.conditions if c] + responses["condition"].to_list()))
     X = _vectors(store, summary.embedder.id, [t or "" for t in responses["text"].to_list()])
+    return build_explorer(
+        store.layout.study(study),
+        study,
+        responses,
+        X,
+        tables,
+        deployments=list(summary.deployments),
+        conditions=[c for c in summary.conditions if c],
+        baseline=summary.baseline_condition,
+        threshold=float(summary.near_duplicate_threshold or 0.9),
+        embedder=summary.embedder.id,
+        imported=imported_classes(store, study),
+    )
+
+
+def build_explorer(
+    directory: Path,
+    study: str,
+    responses: pl.DataFrame,
+    X: np.ndarray | None,
+    tables: dict[str, pl.DataFrame],
+    *,
+    deployments: list[str],
+    conditions: list[str],
+    baseline: str | None,
+    threshold: float,
+    embedder: str | None,
+    imported: dict[tuple[str, str, str, int], str],
+) -> Path:
+    """The explorer of analysed `responses` (row, query_id, query_text, category, condition,
+    deployment, sample_index, text; row i has vector `X[i]`, None for no map and neighbours)
+    into `directory`: `explorer.html` and `explorer/` (replaced whole, the old one kept until
+    the new one is complete)."""
+    import polars as pl
+
+    from hivemind.report.explorer_page import page
+
+    deployments = list(dict.fromkeys(deployments + responses["deployment"].to_list()))
+    conditions = list(dict.fromkeys(conditions + responses["condition"].to_list()))
     if X is not None and X.shape[0] != responses.height:
         X = None
-    threshold = float(summary.near_duplicate_threshold or 0.9)
-    imported = imported_classes(store, study)
     empty = pl.DataFrame()
     dups = tables.get("near_duplicates", empty)
     pairs = tables.get("pairs", empty)
@@ -259,7 +291,7 @@ def write_explorer(store: Store, study: str, summary: Summary, tables: dict[str,
     qsim_by = {k[0]: g for k, g in qsim.group_by("query_id")} if qsim.height else {}
     per_dep = _per_deployment(pairs)
 
-    folder = store.layout.study(study) / DATA
+    folder = Path(directory) / DATA
     fresh = folder.with_name(f".{DATA}.new")
     shutil.rmtree(fresh, ignore_errors=True)
     (fresh / "q").mkdir(parents=True)
@@ -279,9 +311,9 @@ def write_explorer(store: Store, study: str, summary: Summary, tables: dict[str,
         "study": study,
         "deployments": deployments,
         "conditions": conditions,
-        "baseline": summary.baseline_condition,
+        "baseline": baseline,
         "threshold": threshold,
-        "embedder": summary.embedder.id,
+        "embedder": embedder,
         "mapped": X is not None,
         "imported_classes": bool(imported),
         "queries": rows,
@@ -293,4 +325,4 @@ def write_explorer(store: Store, study: str, summary: Summary, tables: dict[str,
         folder.rename(old)
     fresh.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
-    return atomic_write_text(store.layout.study(study) / PAGE, page(study))
+    return atomic_write_text(Path(directory) / PAGE, page(study))
