@@ -199,7 +199,10 @@ def test_outputs_are_replaced_atomically(store: Path, embedder: Embedder, monkey
     assert written <= targets
     for src, dst in renames:  # a hidden temporary in the same directory, never a *.parquet
         assert src.parent == dst.parent and src.name.startswith(".") and src.suffix == ".tmp"
-    assert renames[-2][1].name == "summary.json"  # after every table
+    names = [dst.name for _, dst in renames]
+    summary_at = len(names) - 1 - names[::-1].index("summary.json")
+    assert all(i < summary_at for i, n in enumerate(names) if n.endswith(".parquet"))  # after every table
+    assert names[-2:] == ["explorer.html", "report.html"]  # the explorer first: the report links into it
     assert not list(store.rglob("*.tmp"))
 
 
