@@ -271,9 +271,10 @@ class AnalysisOptions(Strict):
     corpus_index: Literal["exact", "ivf"] = "exact"
     """Index of the corpus-wide near-duplicate search: exact (quadratic), or FAISS IVF
     (approximate, for corpora of hundreds of thousands of responses; the summary names it)."""
-    ensemble_k: Literal["all", "sparse"] = "all"
-    """The ensemble curves at every k = 1..K, or `sparse`: every k up to the number of deployments,
-    then about x1.25 apart to K; the same values at those k for about a sixth of the Vendi cost."""
+    ensemble_k: Literal["auto", "all", "sparse"] = "auto"
+    """Which k the ensemble curves are computed at: `all` (every k = 1..K), `sparse` (every k up to
+    the number of deployments, then about x1.25 apart to K; the same values at those k for about a
+    sixth of the Vendi cost) or `auto` (all while K <= 16, sparse beyond; the summary says which)."""
 
 
 class SamplingPlan(Strict):

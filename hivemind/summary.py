@@ -177,7 +177,8 @@ class Summary(BaseModel):
     near_duplicate_corpus_index: Literal["exact", "ivf"] = "exact"
     """Index of the corpus-wide search: exact, or FAISS IVF (approximate: may miss pairs)."""
     ensemble_k: Literal["all", "sparse"] = "all"
-    """Which k the ensemble curves computed: all, or sparse (fewer k; the same values there)."""
+    """Which k the ensemble curves computed: all, or sparse (fewer k; the same values there).
+    `analysis.ensemble_k: auto` (the default) is resolved here: all while K <= 16, sparse beyond."""
     n_boot: int | None = None
     n_perm: int | None = None
     headline: Headline = Field(default_factory=Headline)

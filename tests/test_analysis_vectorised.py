@@ -269,7 +269,7 @@ def test_sparse_ensemble_curves_keep_every_value_they_compute() -> None:
     from tests.test_analysis import two_deployments
 
     groups, vectors = clustered_study(3, 3, 20)
-    full = ensemble_per_query(groups, vectors, draws=5, seed=3)
+    full = ensemble_per_query(groups, vectors, draws=5, seed=3, ensemble_k="all")
     sparse = ensemble_per_query(groups, vectors, draws=5, seed=3, ensemble_k="sparse")
     assert sparse["k"].unique().sort().to_list() == sparse_ks(20, 3) == [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20]
     assert sparse.equals(full.filter(pl.col("k").is_in(sparse_ks(20, 3))))
@@ -286,6 +286,26 @@ def test_sparse_ensemble_curves_keep_every_value_they_compute() -> None:
     curve, every = (results[k].tables["ensemble"].drop("p_holm") for k in ("sparse", "all"))
     assert 0 < curve.height < every.height  # some k left out, the rest as they were
     assert curve.equals(every.filter(pl.col("k").is_in(curve["k"].unique().to_list())))
+
+
+def test_ensemble_k_auto_is_every_k_up_to_16_and_sparse_beyond() -> None:
+    """The default `auto` computes every k while K <= 16 (the curve a reader expects) and the
+    sparse set beyond (a sixth of the Vendi cost at large K); the summary names what it computed."""
+    from hivemind.analysis import analyze_responses
+    from hivemind.analysis.ensemble import sparse_ks
+    from hivemind.spec import AnalysisOptions
+    from tests.test_analysis import two_deployments
+
+    assert AnalysisOptions().ensemble_k == "auto"
+    for K, expected in ((16, list(range(1, 17))), (17, sparse_ks(17, 3))):
+        groups, vectors = clustered_study(3, 2, K)
+        auto = ensemble_per_query(groups, vectors, draws=2, seed=1)
+        assert auto["k"].unique().sort().to_list() == expected
+    assert sparse_ks(17, 3) != list(range(1, 18))
+    responses, X = two_deployments(shared=True, rho=0.9, k=9).prepared()
+    result = analyze_responses(responses, X, n_boot=20, n_perm=20, draws=2, lexical=False)
+    assert result.summary["ensemble_k"] == "all"
+    assert result.tables["ensemble"]["k"].unique().sort().to_list() == list(range(1, 10))
 
 
 def test_random_pair_baseline_is_the_same_for_any_block_size(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,7 +48,18 @@ if TYPE_CHECKING:
     import polars as pl
 
 METRICS = ("mean_distance", "vendi")
-ENSEMBLE_K = ("all", "sparse")
+ENSEMBLE_K = ("auto", "all", "sparse")
+AUTO_ALL_UP_TO = 16
+"""`ensemble_k: auto` computes every k while the largest K is at most this, sparse k beyond."""
+
+
+def resolve_ensemble_k(ensemble_k: str, k_max: int) -> str:
+    """The k set an analysis computes: "all" or "sparse" (`auto` by the largest K of the study)."""
+    if ensemble_k not in ENSEMBLE_K:
+        raise ValueError(f"unknown ensemble_k {ensemble_k!r}; use one of {', '.join(ENSEMBLE_K)}")
+    if ensemble_k == "auto":
+        return "all" if k_max <= AUTO_ALL_UP_TO else "sparse"
+    return ensemble_k
 """Which k the curves compute: every k = 1..K, or `sparse_ks` (every k up to the number of
 deployments, then steps of about a quarter, K always). The draws do not depend on the choice, so
 a point of a sparse curve equals the same point of the full one; only Holm (over the k computed)
@@ -77,19 +88,19 @@ def draw_diversity(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ensemble_per_query(
-    groups: list[Group], vectors: np.ndarray, draws: int = 24, seed: int = 0, ensemble_k: str = "all"
+    groups: list[Group], vectors: np.ndarray, draws: int = 24, seed: int = 0, ensemble_k: str = "auto"
 ) -> pl.DataFrame:
     """Per (query, condition, k, arm): mean_distance and vendi averaged over draws.
 
-    `ensemble_k`: "all" (k = 1..K) or "sparse" (`sparse_ks`; the same values at those k).
+    `ensemble_k`: "all" (k = 1..K), "sparse" (`sparse_ks`; the same values at those k) or "auto"
+    (`resolve_ensemble_k`: all while the largest K is at most `AUTO_ALL_UP_TO`, sparse beyond).
 
     Columns: query_id, category, condition, k, arm ('single'|'mixed'), mean_distance, vendi,
     n_deployments_used. The mixed arm needs at least two deployments on the query.
     """
     import polars as pl
 
-    if ensemble_k not in ENSEMBLE_K:
-        raise ValueError(f"unknown ensemble_k {ensemble_k!r}; use one of {', '.join(ENSEMBLE_K)}")
+    ensemble_k = resolve_ensemble_k(ensemble_k, max((g.k for g in groups), default=0))
     rng = np.random.default_rng(seed)
 
     def drawn() -> Iterator[tuple[Group, np.ndarray, np.ndarray]]:

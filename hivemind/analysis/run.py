@@ -22,7 +22,13 @@ from hivemind.analysis.data import (
     on_footing,
     ordered,
 )
-from hivemind.analysis.ensemble import curve_queries, ensemble_curves, ensemble_per_query, hivemind_gap
+from hivemind.analysis.ensemble import (
+    curve_queries,
+    ensemble_curves,
+    ensemble_per_query,
+    hivemind_gap,
+    resolve_ensemble_k,
+)
 from hivemind.analysis.lexical import diversity_summary, diversity_table
 from hivemind.analysis.quality import correctness, quality_split, quality_table
 from hivemind.analysis.significance import gap_tests
@@ -249,7 +255,7 @@ def analyze_responses(
     checker: str | AnswerChecker | None = None,
     executor: Executor | None = None,
     corpus_index: str = "exact",
-    ensemble_k: str = "all",
+    ensemble_k: str = "auto",
     references: list[str] | None = None,
 ) -> AnalysisResult:
     """Run every analysis on prepared responses (`prepare_responses`) and aligned vectors.
@@ -263,7 +269,8 @@ def analyze_responses(
     with one deployment (no inter tables), one condition and missing categories. Comparisons
     follow `FOOTING_RULE`. `corpus_index` is "exact" or "ivf" (approximate, for very large
     corpora; `hivemind.index`) for the corpus-wide search only. `ensemble_k` is "all" (every k of
-    the ensemble curves) or "sparse" (fewer k, same values there; `ensemble.sparse_ks`). `executor` runs the per-query analyses and the pair search (default:
+    the ensemble curves), "sparse" (fewer k, same values there; `ensemble.sparse_ks`) or "auto"
+    (all while K <= 16, sparse beyond; the summary's `ensemble_k` says which was computed). `executor` runs the per-query analyses and the pair search (default:
     in this process; `hivemind.executors`). `references` are reference arms (human answers):
     in the per-query tables (pairs, matrix, bins, diversity, near-duplicates, conditions), not in
     the model statistics, which stand on the deployments under test only. The headline intra,
@@ -324,6 +331,7 @@ def analyze_responses(
     t["gap_tests"] = gap_tests(
         on_footing(t["query_similarity"], complete), complete_groups, vectors, n_boot=n_boot, n_perm=n_perm, seed=seed
     )
+    ensemble_k = resolve_ensemble_k(ensemble_k, max((g.k for g in model_groups), default=0))
     t["ensemble_per_query"] = ensemble_per_query(model_groups, vectors, draws=draws, seed=seed, ensemble_k=ensemble_k)
     ensemble_complete = on_footing(t["ensemble_per_query"], complete)
     t["ensemble"] = ensemble_curves(ensemble_complete, n_boot=n_boot, n_perm=n_perm, seed=seed)

@@ -226,8 +226,9 @@ def ensemble_section(summary: Summary, tables: Tables) -> str:
             "the number of deployments, spread evenly over all), with 95% bootstrap CIs over queries; p: paired "
             "sign-flip permutation test (mixed > single), Holm-adjusted over k"
             + (
-                " (the k computed: `analysis.ensemble_k: sparse` computes every k up to the number of "
-                "deployments, then about x1.25 apart)"
+                " (the k computed are sparse: every k up to the number of deployments, then about x1.25 "
+                "apart; `analysis.ensemble_k: auto`, the default, does this when K is above 16, "
+                "`ensemble_k: all` computes every k)"
                 if summary.ensemble_k == "sparse"
                 else ""
             )
