@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, missing, require_that
 
 GOOD_SPEC = "name: s\nquery_set: open-ended-v1\ndeployments: [mock-a]\nsamples: 1\nmax_queries: 1\n"
 
@@ -92,3 +92,84 @@ def test_a_bad_input_gets_one_line_and_exit_code_2(
     assert "Traceback" not in out.stderr, out.stderr
     said = " ".join(out.stderr.replace("│", " ").split())  # typer's usage errors come boxed
     assert words in said, out.stderr
+
+
+def _cli(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # type: ignore[call-overload,no-any-return]
+        [sys.executable, "-m", "hivemind.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=300, **kwargs
+    )
+
+
+def _samples(store: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(store / "hivemind.sqlite") as db:
+        return int(db.execute("SELECT count(*) FROM samples").fetchone()[0])
+
+
+def _one_clean_line(out: subprocess.CompletedProcess[str], words: str) -> None:
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and words in lines[0], out.stderr
+
+
+def test_a_store_that_refuses_writes_gets_one_line_and_keeps_its_samples(tmp_path: Path) -> None:
+    """A store directory the user may not write (permissions; as root, the immutable attribute,
+    which root cannot write through either): one line, exit 2; the samples already there stay,
+    and once writable again the rerun completes the study."""
+    import os
+    import shutil
+
+    store = tmp_path / "st"
+    spec = _spec(tmp_path, GOOD_SPEC.replace("samples: 1", "samples: 3").replace("max_queries: 1", "max_queries: 4"))
+    assert _cli(["run", spec, "--store", str(store), "--no-analyze"]).returncode == 0
+    assert _samples(store) == 12
+    bigger = _spec(tmp_path, Path(spec).read_text().replace("samples: 3", "samples: 6"), "bigger.yaml")
+    locked = [store, *store.iterdir()]
+    if os.geteuid() == 0:
+        chattr = shutil.which("chattr")
+        require_that(chattr, "chattr (e2fsprogs), to make a store unwritable for root")
+        if subprocess.run([chattr, "+i", *map(str, locked)], capture_output=True).returncode != 0:
+            missing(f"the file system under {tmp_path} does not take chattr +i")
+        unlock = [chattr, "-i", *map(str, locked)]
+    else:
+        for p in locked:
+            p.chmod(0o500 if p.is_dir() else 0o400)
+        unlock = ["chmod", "-R", "u+w", str(store)]
+    try:
+        _one_clean_line(_cli(["run", bigger, "--store", str(store), "--no-analyze"]), "store")
+    finally:
+        subprocess.run(unlock, check=True)
+    assert _samples(store) == 12
+    done = _cli(["run", bigger, "--store", str(store), "--no-analyze"])
+    assert done.returncode == 0, done.stderr
+    assert _samples(store) == 24
+
+
+def test_a_store_on_a_full_disk_gets_one_line_and_keeps_its_samples(tmp_path: Path) -> None:
+    """The journal stops growing mid-study (a file-size limit stands in for a full disk: the
+    same refused write): one line, exit 2; every sample committed before stays, and the rerun
+    without the limit completes the study with each sample once."""
+    import resource
+    import signal
+
+    spec = _spec(
+        tmp_path,
+        GOOD_SPEC.replace("samples: 1", "samples: 50")
+        .replace("max_queries: 1", "max_queries: 20")
+        .replace("[mock-a]", "[mock-a, mock-b]"),
+    )
+    store = tmp_path / "st"
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a refused write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+    _one_clean_line(_cli(["run", spec, "--store", str(store), "--no-analyze"], preexec_fn=limit_file_size), "journal")
+    kept = _samples(store)
+    assert 0 < kept < 2000
+    done = _cli(["run", spec, "--store", str(store), "--no-analyze"])
+    assert done.returncode == 0, done.stderr
+    assert f"{2000 - kept} now, {kept} already in the store" in " ".join((done.stdout + done.stderr).split())
+    assert _samples(store) == 2000

@@ -60,6 +60,8 @@ def resolve_ensemble_k(ensemble_k: str, k_max: int) -> str:
     if ensemble_k == "auto":
         return "all" if k_max <= AUTO_ALL_UP_TO else "sparse"
     return ensemble_k
+
+
 """Which k the curves compute: every k = 1..K, or `sparse_ks` (every k up to the number of
 deployments, then steps of about a quarter, K always). The draws do not depend on the choice, so
 a point of a sparse curve equals the same point of the full one; only Holm (over the k computed)
