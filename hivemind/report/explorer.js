@@ -326,7 +326,9 @@
     var cats = {}, n = 0;
     index.queries.forEach(function (q) { cats[q.category] = 1; n += q.n_responses; });
     $("sub").textContent = index.queries.length + " queries, " + n + " responses, " + index.deployments.length +
-      " deployments (" + index.deployments.join(", ") + "), conditions: " + index.conditions.join(", ") + ".";
+      " deployments (" + index.deployments.join(", ") + ")" +
+      ((index.references || []).length ? "; reference arm: " + index.references.join(", ") + " (not a model under test)" : "") +
+      ", conditions: " + index.conditions.join(", ") + ".";
     options($("fdep"), index.deployments); options($("fcond"), index.conditions); options($("fcat"), Object.keys(cats).sort());
     var timer = null;
     $("search").addEventListener("input", function () {

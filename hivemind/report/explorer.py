@@ -253,6 +253,7 @@ def write_explorer(store: Store, study: str, summary: Summary, tables: dict[str,
         threshold=float(summary.near_duplicate_threshold or 0.9),
         embedder=summary.embedder.id,
         imported=imported_classes(store, study),
+        references=list(summary.references),
     )
 
 
@@ -269,6 +270,7 @@ def build_explorer(
     threshold: float,
     embedder: str | None,
     imported: dict[tuple[str, str, str, int], str],
+    references: list[str] | None = None,
 ) -> Path:
     """The explorer of analysed `responses` (row, query_id, query_text, category, condition,
     deployment, sample_index, text; row i has vector `X[i]`, None for no map and neighbours)
@@ -310,6 +312,7 @@ def build_explorer(
     index = {
         "study": study,
         "deployments": deployments,
+        "references": [d for d in references or [] if d in deployments],
         "conditions": conditions,
         "baseline": baseline,
         "threshold": threshold,

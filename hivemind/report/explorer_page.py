@@ -57,7 +57,7 @@ def page(study: str) -> str:
         f"<title>hivemind explorer: {name}</title><style>{CSS}</style></head><body>"
         f'<header><h1>hivemind explorer: {name}</h1><div class="sub" id="sub">loading&hellip; '
         "(the data files are in the <code>explorer/</code> folder beside this page)</div></header>"
-        '<div id="controls"><input type="search" id="search" placeholder="Search queries (text, id, category)placeholder="Search queries and answers&hellip;"hellip;" '
+        '<div id="controls"><input type="search" id="search" placeholder="Search queries (text, id, category)&hellip;" '
         'aria-label="search queries">'
         '<label>deployment <select id="fdep"><option value="">all</option></select></label>'
         '<label>condition <select id="fcond"><option value="">all</option></select></label>'

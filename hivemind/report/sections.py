@@ -56,7 +56,7 @@ def title(summary: Summary, tables: Tables) -> str:
     return (
         f"<h1>hivemind report: {html.escape(summary.study)}</h1>\n"
         f'<p class="sub">{summary.n_responses} responses, {summary.n_queries} queries, '
-        f"{len(deployments)} deployments ({html.escape(', '.join(deployments))}), "
+        f"{_arms(summary, deployments)}, "
         f"conditions: {html.escape(', '.join(c for c in _conditions(summary) if c))}; K per deployment and "
         f"query: {k.min}-{k.max}; embedder <code>{html.escape(str(summary.embedder.id or ''))}</code>; "
         f"generated {html.escape(str(summary.created_at or ''))}.</p>"
@@ -65,11 +65,35 @@ def title(summary: Summary, tables: Tables) -> str:
     )
 
 
+def _arms(summary: Summary, deployments: list[str]) -> str:
+    """ "3 deployments (a, b, c)", or, with reference arms, which are under test and which not."""
+    refs = [d for d in deployments if d in summary.references]
+    if not refs:
+        return f"{len(deployments)} deployments ({html.escape(', '.join(deployments))})"
+    tested = [d for d in deployments if d not in refs]
+    return (
+        f"{len(tested)} deployment{'s' if len(tested) != 1 else ''} under test "
+        f"({html.escape(', '.join(tested))}) and reference arm{'s' if len(refs) != 1 else ''} "
+        f"{html.escape(', '.join(refs))} (in the per-query tables, not in the model statistics)"
+    )
+
+
 def headline_section(summary: Summary, tables: Tables) -> str:
-    """Warnings, the headline cards, which queries they compare, and how to read them."""
+    """Warnings, the answer against a reference arm (where there is one), the headline cards,
+    which queries they compare, and how to read them."""
+    conditions = tables.get("conditions")
+    answer = (
+        reference_sentences(conditions, summary.baseline_condition)
+        if conditions is not None and len(_conditions(summary)) > 1
+        else []
+    )
     return (
         f"<h2>Headline (condition {html.escape(str(summary.baseline_condition))})</h2>"
         + warnings_block(summary)
+        + "".join(
+            f'<p><strong>{html.escape(sentence)}</strong> <a href="#conditions">(decoding conditions)</a></p>'
+            for sentence in answer
+        )
         + headline(summary)
         + footing_note(summary, summary.baseline_condition)
         + '\n<p class="note">Intra-model similarity: mean cosine over pairs of one deployment\'s responses to a '
@@ -84,10 +108,12 @@ def headline_section(summary: Summary, tables: Tables) -> str:
 def headline(summary: Summary) -> str:
     """The cards at the top: similarity, gap, baseline, hivemind gap, neighbours, duplicates."""
     h = summary.headline
-    cards = [
-        card("intra-model similarity", *ci(h.intra_similarity)),
-        card("inter-model similarity", *ci(h.inter_similarity)),
-    ]
+    value, interval = ci(h.inter_similarity)
+    if h.inter_similarity is None or h.inter_similarity.estimate is None:
+        interval = "needs two deployments under test" + (
+            " (reference arms are left out of the model statistics)" if summary.references else ""
+        )
+    cards = [card("intra-model similarity", *ci(h.intra_similarity)), card("inter-model similarity", value, interval)]
     value, interval = ci(h.gap)
     p = h.gap.p_permutation
     cards.append(
@@ -100,10 +126,12 @@ def headline(summary: Summary) -> str:
     cards.append(card("random-pair baseline (different queries)", *ci(h.random_baseline)))
     hg = h.hivemind_gap
     value, interval = ci(hg)
+    under_test = summary.deployments_under_test or summary.deployments
     detail = (
         f"{interval}; k* = {hg.k_star}"
         if hg.estimate is not None
-        else "not computable: needs two deployments, two queries and a positive promise"
+        else "not computable: needs two deployments under test, two queries and a positive promise"
+        + (f" (this study has one under test: {under_test[0]})" if len(under_test) == 1 else "")
     )
     cards.append(card("hivemind gap: share of promised ensemble diversity delivered", value, detail))
     ens = h.ensemble_at_k_star
@@ -371,7 +399,7 @@ def conditions_section(summary: Summary, tables: Tables) -> str:
     if len(_conditions(summary)) <= 1:
         return ""
     return (
-        "<h2>Decoding conditions</h2>"
+        '<h2 id="conditions">Decoding conditions</h2>'
         '<p class="note">How much intra-model similarity each condition removes (diversity recovered) '
         "against the baseline condition, next to the inter-model gap at baseline.</p>"
         + "".join(
