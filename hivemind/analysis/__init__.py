@@ -1,8 +1,9 @@
 """Analyses of a study's responses: pure functions of polars frames and numpy vectors.
 
     data          which responses count (successful, non-empty, equal K) and their grouping
-    similarity    intra/inter per query, bins, deployment matrix, clustering, random baseline,
+    similarity    intra/inter per query, bins, deployment matrix, clustering,
                   nearest-neighbour model counts, categories, verbatim n-gram overlap
+    baseline      the random-pair baseline (responses to different queries) from per-query sums
     significance  gap_q = intra - inter: paired bootstrap and label-permutation test
     ensemble      ensemble-diversity curves (one deployment vs k different), hivemind gap
     lexical       lexical diversity beside semantic diversity per (query, deployment)
@@ -13,6 +14,7 @@
 Definitions: shared METRICS.md. `hivemind.pipeline` adds the store, embeddings and files.
 """
 
+from hivemind.analysis.baseline import random_pair_baseline
 from hivemind.analysis.conditions import baseline_condition, conditions_view, lineage_view
 from hivemind.analysis.data import Group, build_groups, prepare_responses
 from hivemind.analysis.ensemble import (
@@ -40,7 +42,6 @@ from hivemind.analysis.similarity import (
     overlap_vs_semantic,
     pair_similarity,
     query_similarity,
-    random_pair_baseline,
     similarity_bins,
     verbatim_overlap,
 )

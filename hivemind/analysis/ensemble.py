@@ -15,7 +15,11 @@ the k draw), so differences between k use common random numbers.
 Across queries - one query set for the whole curve (`curve_queries`), so no point of it
 averages over a population the others lack: bootstrap 95% CIs of each arm's mean, of the
 paired difference (mixed - single), and a paired sign-flip permutation test per k (one-sided,
-mixed > single), Holm-adjusted over k within each condition and metric.
+mixed > single), Holm-adjusted over k within each condition and metric. The per-k intervals
+are pointwise (each k covers 95% alone: on a curve of many k, some k misses far more often);
+beside them, diff_band_lo / diff_band_hi are a **simultaneous band** over the curve's k
+(family-wise 95%: every k covered at once), the studentized max-statistic over k from one
+bootstrap of the queries (`simultaneous_band`), never narrower than the pointwise interval.
 
 **Hivemind gap** (headline): at k* = min(D, K) - one response from each of k* different
 deployments - the share of the extra diversity an ensemble promises that it really gives:
@@ -27,7 +31,9 @@ deployments - the share of the extra diversity an ensemble promises that it real
 The promise is that of truly independent answerers, whose responses would be as unrelated as
 responses to different queries (the random-pair baseline of the embedder in use). 0 means an
 ensemble is no more diverse than one model (a perfect hivemind); 1 means it gives everything
-independence would. The CI bootstraps queries (D_ref is held fixed). When responses to
+independence would. The CI bootstraps queries and recomputes numerator *and* denominator from
+each resample, D_ref included (`QuerySums`: the baseline's per-query sums, so the same draws
+of queries move both; `query_bootstrap_ci`, BCa). When responses to
 different queries are on average no farther apart than one deployment's responses to one query
 (promised <= 0, e.g. a degenerate embedder or scripted texts) the share is undefined (null).
 """
@@ -41,11 +47,19 @@ import numpy as np
 
 from hivemind.analysis.data import Group
 from hivemind.metrics.semantic import EIGEN_EPS, normalize_rows
-from hivemind.metrics.stats import bootstrap_ci, holm, paired_bootstrap_diff
+from hivemind.metrics.stats import (
+    bootstrap_ci,
+    holm,
+    paired_bootstrap_diff,
+    query_bootstrap_ci,
+    simultaneous_band,
+)
 from hivemind.parallel import ordered_map
 
 if TYPE_CHECKING:
     import polars as pl
+
+    from hivemind.analysis.baseline import QuerySums
 
 METRICS = ("mean_distance", "vendi")
 ENSEMBLE_K = ("auto", "all", "sparse")
@@ -191,13 +205,21 @@ def sign_flip_test(differences: np.ndarray, n_perm: int = 2000, seed: int = 0) -
 
 
 def _paired(per_query: pl.DataFrame, condition: str, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    single, mixed, _ = _paired_ids(per_query, condition, k, metric)
+    return single, mixed
+
+
+def _paired_ids(
+    per_query: pl.DataFrame, condition: str, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(single, mixed, query ids) at k, one entry per query (mixed nan without that arm)."""
     import polars as pl
 
     part = per_query.filter((pl.col("condition") == condition) & (pl.col("k") == k))
     wide = part.pivot(on="arm", index="query_id", values=metric)
     single = wide["single"].to_numpy().astype(np.float64) if "single" in wide.columns else np.zeros(0)
     mixed = wide["mixed"].to_numpy().astype(np.float64) if "mixed" in wide.columns else np.full(single.size, np.nan)
-    return single, mixed
+    return single, mixed, wide["query_id"].to_list() if "single" in wide.columns else []
 
 
 def curve_queries(per_query: pl.DataFrame, condition: str) -> tuple[int, list[str]]:
@@ -233,7 +255,8 @@ def ensemble_curves(per_query: pl.DataFrame, n_boot: int = 2000, n_perm: int = 2
     deployment under test present), so that no query with fewer deployments moves k_max or
     draws a mixed arm from fewer deployments; n_deployments_used is the fewest deployments any
     query's mixed arm at k drew from. Columns: condition, metric, k, n_queries, single, single_lo,
-    single_hi, mixed, mixed_lo, mixed_hi, diff, diff_lo, diff_hi, p_value, p_holm,
+    single_hi, mixed, mixed_lo, mixed_hi, diff, diff_lo, diff_hi (pointwise 95%), diff_band_lo,
+    diff_band_hi (simultaneous over the condition's k: family-wise 95%), p_value, p_holm,
     n_deployments_used.
     """
     import polars as pl
@@ -246,8 +269,10 @@ def ensemble_curves(per_query: pl.DataFrame, n_boot: int = 2000, n_perm: int = 2
             rows = []
             ks = sorted(curve.filter(pl.col("condition") == condition)["k"].unique().to_list())
             used = curve.filter((pl.col("condition") == condition) & (pl.col("arm") == "mixed"))
+            differences = []
             for k in ks:
                 single, mixed = _paired(curve, condition, k, metric)
+                differences.append(mixed - single)
                 s = bootstrap_ci(single, n_boot=n_boot, seed=seed)
                 m = bootstrap_ci(mixed, n_boot=n_boot, seed=seed)
                 diff = paired_bootstrap_diff(mixed, single, n_boot=n_boot, seed=seed)
@@ -273,8 +298,12 @@ def ensemble_curves(per_query: pl.DataFrame, n_boot: int = 2000, n_perm: int = 2
                     }
                 )
             adjusted = holm([r["p_value"] for r in rows])
-            for r, adj in zip(rows, adjusted):
+            band = _band(differences, n_boot, seed)
+            for r, adj, lo, hi in zip(rows, adjusted, *band):
                 r["p_holm"] = float(adj)
+                # never narrower than the pointwise interval (BCa may lean where the band is symmetric)
+                r["diff_band_lo"] = float(np.fmin(lo, r["diff_lo"]))
+                r["diff_band_hi"] = float(np.fmax(hi, r["diff_hi"]))
             records.extend(rows)
     columns = [
         "condition",
@@ -290,6 +319,8 @@ def ensemble_curves(per_query: pl.DataFrame, n_boot: int = 2000, n_perm: int = 2
         "diff",
         "diff_lo",
         "diff_hi",
+        "diff_band_lo",
+        "diff_band_hi",
         "p_value",
         "p_holm",
         "n_deployments_used",
@@ -301,21 +332,69 @@ def ensemble_curves(per_query: pl.DataFrame, n_boot: int = 2000, n_perm: int = 2
     return pl.DataFrame([{c: r[c] for c in columns} for r in records], schema=schema)
 
 
-def _ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
-    """mean(num) / mean(den) with a percentile bootstrap over paired entries."""
-    keep = ~(np.isnan(num) | np.isnan(den))
-    num, den = num[keep], den[keep]
-    if num.size == 0 or not den.mean() > 0:  # no promise: nothing to share out
+def _band(differences: list[np.ndarray], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) per k of the simultaneous band, from the per-query differences at each k."""
+    if not differences or any(d.size != differences[0].size for d in differences):
+        nan = np.full(len(differences), np.nan)
+        return nan, nan
+    X = np.column_stack(differences)
+    keep = ~np.isnan(X).all(axis=0)
+    lo, hi = np.full(X.shape[1], np.nan), np.full(X.shape[1], np.nan)
+    if keep.any():
+        _, lo[keep], hi[keep] = simultaneous_band(X[:, keep], n_boot=n_boot, seed=seed)
+    return lo, hi
+
+
+def gap_share_ci(
+    realized: np.ndarray,
+    single: np.ndarray,
+    d_ref: float,
+    n_boot: int,
+    seed: int,
+    sums: QuerySums | None = None,
+    queries: list[str] | None = None,
+) -> tuple[float, float, float]:
+    """mean(realized) / (D_ref - mean(single)) with a BCa interval over queries.
+
+    With `sums` (the random-pair baseline's per-query sums of the condition) and the `queries`
+    the arrays belong to, each resample of the condition's queries recomputes D_ref too (a
+    curve query drawn twice counts twice in both), so the interval carries the reference's
+    uncertainty; without, D_ref is held fixed at `d_ref`.
+    """
+    keep = ~(np.isnan(realized) | np.isnan(single))
+    realized, single = realized[keep], single[keep]
+    if realized.size == 0 or not d_ref - single.mean() > 0:  # no promise: nothing to share out
         return (float("nan"),) * 3
-    est = float(num.mean() / den.mean())
-    if num.size == 1:
-        return est, est, est
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, num.size, size=(n_boot, num.size))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        boots = num[idx].mean(axis=1) / den[idx].mean(axis=1)
-    lo, hi = np.nanquantile(boots, [0.025, 0.975])
-    return est, float(lo), float(hi)
+    if sums is None or queries is None:
+
+        def fixed(W: np.ndarray) -> np.ndarray:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r, s = W @ realized / W.sum(axis=1), W @ single / W.sum(axis=1)
+                return np.where(d_ref - s > 0, r / (d_ref - s), np.nan)
+
+        return query_bootstrap_ci(fixed, realized.size, n_boot=n_boot, seed=seed)
+    index = sums.index([q for q, k in zip(queries, keep) if k])
+    n = len(sums.query_ids)
+
+    def joint(W: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+        Wc = W[:, index]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r, s = Wc @ realized / Wc.sum(axis=1), Wc @ single / Wc.sum(axis=1)
+            promised = 1.0 - (sums.similarity(W) if reference is None else reference) - s
+            return np.where(promised > 0, r / promised, np.nan)
+
+    def jackknife() -> np.ndarray:
+        counts = np.zeros(n)
+        np.add.at(counts, index, 1.0)  # leave one query out: its curve values go with it
+        R, S, c = np.zeros(n), np.zeros(n), counts.sum()
+        np.add.at(R, index, realized)
+        np.add.at(S, index, single)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r, s = (realized.sum() - R) / (c - counts), (single.sum() - S) / (c - counts)
+            promised = 1.0 - sums.leave_one_out() - s
+            return np.where(promised > 0, r / promised, np.nan)
+
+    return query_bootstrap_ci(joint, n, n_boot=n_boot, seed=seed, jackknife=jackknife)
 
 
 def hivemind_gap(
@@ -324,12 +403,15 @@ def hivemind_gap(
     baseline: pl.DataFrame,
     n_boot: int = 2000,
     seed: int = 0,
+    sums: dict[str, QuerySums] | None = None,
 ) -> pl.DataFrame:
     """Per condition: the share of the promised extra diversity an ensemble gives (module doc).
 
     Over the ensemble curve's queries (`curve_queries`), so it agrees with the curve at k*. Pass
     the complete queries' rows and groups (`complete_queries`): a query answered by fewer
     deployments would otherwise pull k* down to its deployment count for the whole study.
+    `sums`: per condition, the per-query sums behind `baseline` (`query_sums`), so the interval
+    resamples D_ref with the same queries; without them D_ref is held fixed (narrower).
 
     Columns: condition, k_star, n_queries, reference_distance, realized, promised,
     hivemind_gap, ci_lo, ci_hi. Null where a condition has one deployment or no baseline.
@@ -348,11 +430,12 @@ def hivemind_gap(
             continue
         k_star = min(min(len(g.deployments), g.k) for g in multi)
         curve = per_query.filter(pl.col("query_id").is_in(queries))
-        single, mixed = _paired(curve, condition, k_star, "mean_distance")
+        single, mixed, order = _paired_ids(curve, condition, k_star, "mean_distance")
         d_ref = 1.0 - float(sim)
         realized = mixed - single
         promised = d_ref - single
-        est, lo, hi = _ratio_ci(realized, promised, n_boot, seed)
+        reference_sums = (sums or {}).get(condition)
+        est, lo, hi = gap_share_ci(realized, single, d_ref, n_boot, seed, reference_sums, order)
         ok = ~np.isnan(realized)
         records.append(
             (

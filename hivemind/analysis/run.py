@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hivemind.analysis.baseline import query_sums, random_pair_baseline
 from hivemind.analysis.conditions import baseline_condition, conditions_view, interventions_view, lineage_view
 from hivemind.analysis.data import (
     FOOTING_RULE,
@@ -42,7 +43,6 @@ from hivemind.analysis.similarity import (
     overlap_vs_semantic,
     pair_similarity,
     query_similarity,
-    random_pair_baseline,
     similarity_bins,
     verbatim_overlap,
 )
@@ -320,7 +320,8 @@ def analyze_responses(
     complete_groups = [g for g in model_groups if (g.condition, g.query_id) in complete_keys]
     t["bins"] = similarity_bins(footed_pairs)
     t["matrix"] = deployment_matrix(footed_pairs, n_boot=n_boot, seed=seed)
-    t["random_baseline"] = random_pair_baseline(model_responses, vectors, seed=seed, n_boot=n_boot)
+    sums = query_sums(model_responses, vectors)  # the baseline's, resampled again for the hivemind gap
+    t["random_baseline"] = random_pair_baseline(model_responses, vectors, seed=seed, n_boot=n_boot, sums=sums)
     on_common = set(model_footing.select("condition", "query_id").iter_rows())
     t["nn_counts"] = nearest_neighbour_counts(
         [g for g in model_groups if (g.condition, g.query_id) in on_common], vectors
@@ -335,7 +336,9 @@ def analyze_responses(
     t["ensemble_per_query"] = ensemble_per_query(model_groups, vectors, draws=draws, seed=seed, ensemble_k=ensemble_k)
     ensemble_complete = on_footing(t["ensemble_per_query"], complete)
     t["ensemble"] = ensemble_curves(ensemble_complete, n_boot=n_boot, n_perm=n_perm, seed=seed)
-    t["hivemind_gap"] = hivemind_gap(ensemble_complete, complete_groups, t["random_baseline"], n_boot=n_boot, seed=seed)
+    t["hivemind_gap"] = hivemind_gap(
+        ensemble_complete, complete_groups, t["random_baseline"], n_boot=n_boot, seed=seed, sums=sums
+    )
     t["diversity"] = ex.map_groups(diversity_table, groups, vectors, class_threshold=threshold, lexical=lexical)
     t["diversity_summary"] = diversity_summary(on_footing(t["diversity"], footing), n_boot=n_boot, seed=seed)
     correct = correctness(groups, checker)

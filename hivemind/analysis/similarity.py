@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hivemind.analysis.baseline import random_pair_baseline  # noqa: F401  (its former home)
 from hivemind.analysis.data import Group
-from hivemind.metrics import semantic
 from hivemind.metrics.lexical import ngram_incidence
 from hivemind.metrics.semantic import nearest_neighbour_model_counts, normalize_rows
 from hivemind.metrics.stats import bootstrap_ci
@@ -235,87 +235,6 @@ def cluster_deployments(M: np.ndarray, labels: list[str], method: str = "average
     Z = linkage(squareform(D, checks=False), method=method)
     order = [labels[i] for i in leaves_list(Z)]
     return {"labels": list(labels), "linkage": Z.tolist(), "order": order, "method": method}
-
-
-def random_pair_baseline(
-    responses: pl.DataFrame,
-    vectors: np.ndarray,
-    n_pairs: int = 10000,
-    seed: int = 0,
-    n_boot: int = 2000,
-) -> pl.DataFrame:
-    """Cosine of responses to *different* queries (same condition): the embedder's floor.
-
-    Thresholds such as 0.8 only mean something against this. One row per condition:
-
-    * similarity: the mean cosine over *all* pairs of responses whose queries differ, exact:
-      with S_q the sum of query q's unit vectors and n_q its response count, it is
-      sum_{q != q'} S_q . S_q' / sum_{q != q'} n_q n_q' (no pair is formed).
-    * ci_lo, ci_hi: 95% percentile bootstrap over **queries** (`n_boot` resamples): queries
-      are drawn with replacement and the mean is recomputed from the same sums (pairs between
-      two copies of one query are not cross-query pairs and are left out). The pairs are
-      not independent - every response sits in many pairs, and all pairs of two queries
-      share their topics - so the query is the unit, as everywhere else (METRICS.md); a
-      normal interval over pairs would be far too narrow.
-    * p05, p50, p95: quantiles of `n_pairs` random cross-query pairs (with replacement).
-    * n_pairs: the number of unordered cross-query pairs the mean covers; n_queries.
-
-    Null with a single query.
-    """
-    import polars as pl
-
-    rng = np.random.default_rng(seed)
-    records: list[tuple[Any, ...]] = []
-    for condition in responses["condition"].unique(maintain_order=True).to_list():
-        part = responses.filter(pl.col("condition") == condition)
-        rows = part["row"].to_numpy()
-        queries = np.unique(part["query_id"].to_numpy(), return_inverse=True)[1].reshape(-1)
-        n_queries = int(queries.max(initial=-1)) + 1
-        if n_queries < 2:
-            records.append((condition, None, None, None, None, None, None, 0, n_queries))
-            continue
-        sums = np.zeros((n_queries, vectors.shape[1]))
-        block = semantic.NORMALISE_BLOCK_ROWS  # unit rows a block at a time; sums added in the same order
-        for start in range(0, rows.size, block):
-            part_rows = slice(start, start + block)
-            np.add.at(sums, queries[part_rows], normalize_rows(vectors[rows[part_rows]]))
-        sizes = np.bincount(queries, minlength=n_queries).astype(np.float64)
-        self_dots = np.einsum("ij,ij->i", sums, sums)  # all pairs within a query, self-pairs included
-        total = sums.sum(axis=0)
-        den = sizes.sum() ** 2 - float(np.sum(sizes**2))
-        est = float(np.clip((total @ total - self_dots.sum()) / den, -1.0, 1.0))
-        lo = hi = None
-        if n_boot > 0:
-            draws = rng.integers(0, n_queries, size=(n_boot, n_queries))
-            offsets = (draws + np.arange(n_boot)[:, None] * n_queries).ravel()
-            W = np.bincount(offsets, minlength=n_boot * n_queries).reshape(n_boot, n_queries).astype(np.float64)
-            W2 = W * W
-            boot_den = (W @ sizes) ** 2 - W2 @ sizes**2
-            T = W @ sums
-            boot_num = np.einsum("ij,ij->i", T, T) - W2 @ self_dots
-            with np.errstate(divide="ignore", invalid="ignore"):
-                boots = np.where(boot_den > 0, boot_num / np.where(boot_den > 0, boot_den, 1.0), np.nan)
-            if np.isfinite(boots).any():
-                lo, hi = (float(v) for v in np.clip(np.nanquantile(boots, [0.025, 0.975]), -1.0, 1.0))
-        i = rng.integers(0, rows.size, size=4 * n_pairs)
-        j = rng.integers(0, rows.size, size=4 * n_pairs)
-        keep = queries[i] != queries[j]
-        i, j = i[keep][:n_pairs], j[keep][:n_pairs]
-        sims = np.einsum("ij,ij->i", normalize_rows(vectors[rows[i]]), normalize_rows(vectors[rows[j]]))
-        p05, p50, p95 = (float(v) for v in np.quantile(sims, [0.05, 0.5, 0.95])) if sims.size else (None,) * 3
-        records.append((condition, est, lo, hi, p05, p50, p95, int(round(den / 2)), n_queries))
-    schema = {
-        "condition": pl.Utf8,
-        "similarity": pl.Float64,
-        "ci_lo": pl.Float64,
-        "ci_hi": pl.Float64,
-        "p05": pl.Float64,
-        "p50": pl.Float64,
-        "p95": pl.Float64,
-        "n_pairs": pl.Int64,
-        "n_queries": pl.Int64,
-    }
-    return pl.DataFrame(records, schema=schema, orient="row")
 
 
 def nearest_neighbour_counts(groups: list[Group], vectors: np.ndarray, j_max: int = 50) -> pl.DataFrame:

@@ -18,6 +18,8 @@ __all__ = [
     "bootstrap_ci",
     "expanded_alpha",
     "paired_bootstrap_diff",
+    "query_bootstrap_ci",
+    "simultaneous_band",
     "permutation_test",
     "holm",
     "benjamini_hochberg",
@@ -168,6 +170,125 @@ def paired_bootstrap_diff(
 
     lo, hi = _interval((xa, xb), diff, vectorized, n_boot, alpha, seed)
     return est, lo, hi
+
+
+def _resample_counts(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
+    """(m, n) bootstrap weights: how often each of n queries is drawn in each of m resamples."""
+    draws = rng.integers(0, n, size=(m, n))
+    offsets = (draws + np.arange(m)[:, None] * n).ravel()
+    return np.bincount(offsets, minlength=m * n).reshape(m, n).astype(np.float64)
+
+
+def query_bootstrap_ci(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    jackknife: Callable[[], np.ndarray] | None = None,
+) -> tuple[float, float, float]:
+    """(estimate, lo, hi) of a statistic of n queries given as a function of query weights.
+
+    ``statistic(W)`` takes weights W (m, n) - how often each query is drawn - and returns one
+    value per row; ``W = 1`` gives the estimate. Everything the statistic is built from (a
+    numerator and a denominator, several sums) is then resampled by the *same* draws of
+    queries, which a bootstrap of one value per query cannot do (e.g. the hivemind gap, whose
+    reference distance is a sum over pairs of queries). BCa at the expanded level, as
+    `bootstrap_ci`; the acceleration from the jackknife (``jackknife()``: the n leave-one-out
+    values, by default ``statistic`` at the weights 1 - e_i, in batches). Above `BCA_MAX_N`
+    queries, or where BCa is undefined, the percentile interval of the same resamples.
+    Resamples with a nan statistic are left out; nans without any finite resample.
+    """
+    import warnings
+
+    from scipy.special import ndtr, ndtri
+
+    est = float(np.asarray(statistic(np.ones((1, n))), dtype=np.float64)[0])
+    if n == 0 or not np.isfinite(est):
+        return (float("nan"),) * 3
+    if n == 1:
+        return est, est, est
+    rng = np.random.default_rng(seed)
+    batch = max(1, min(n_boot, 2_000_000 // n))
+    parts = [statistic(_resample_counts(rng, n, min(batch, n_boot - s))) for s in range(0, n_boot, batch)]
+    boots = np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
+    boots = boots[np.isfinite(boots)]
+    if boots.size == 0:
+        return (float("nan"),) * 3
+    if np.ptp(boots) == 0.0:
+        return est, est, est
+    tail = expanded_alpha(n, alpha) / 2.0
+    quantiles = np.array([tail, 1.0 - tail])
+    if n <= BCA_MAX_N:
+        if jackknife is not None:
+            jack = np.asarray(jackknife(), dtype=np.float64)
+        else:
+            step = max(1, 2_000_000 // n)
+            jack = np.concatenate(
+                [
+                    np.asarray(statistic(1.0 - np.eye(n)[s : s + step]), dtype=np.float64)
+                    for s in range(0, n, step)
+                ]
+            )
+        u = np.nanmean(jack) - jack
+        den = 6.0 * np.nansum(u**2) ** 1.5
+        share = (np.sum(boots < est) + 0.5 * np.sum(boots == est)) / boots.size
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            accel = np.nansum(u**3) / den
+            z0 = ndtri(share)
+            z = ndtri(quantiles)
+            adjusted = ndtr(z0 + (z0 + z) / (1.0 - accel * (z0 + z)))
+        if np.all(np.isfinite(adjusted)):
+            quantiles = adjusted
+    lo, hi = (float(v) for v in np.quantile(boots, quantiles))
+    return est, lo, hi
+
+
+def simultaneous_band(
+    values: npt.ArrayLike, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(estimates, lo, hi): a band covering the means of all columns at once, with 1 - alpha.
+
+    ``values`` is (queries, points): one row per query, one column per point of a curve (e.g.
+    the ensemble difference at each k); rows with a nan are left out. Per-point 95% intervals
+    each miss 5% of the time, so a curve of many points shows some point excluding the truth
+    far more often; the band is the studentized max-statistic (bootstrap-t) one: queries are
+    resampled once for all columns, each resample's largest |mean* - mean| / se* over the
+    columns is taken (se* the resample's own standard error), and its 1 - alpha quantile c
+    gives mean +- c se at every column. Columns with no spread (e.g. k = 1, where both arms
+    are 0) get a zero-width band and do not enter the maximum.
+    """
+    X = np.asarray(values, dtype=np.float64)
+    X = X[~np.isnan(X).any(axis=1)]
+    n, p = X.shape
+    nan = np.full(p, np.nan)
+    if n == 0:
+        return nan, nan, nan
+    means = X.mean(axis=0)
+    if n < 2:
+        return means, means.copy(), means.copy()
+
+    def stderr(m1: np.ndarray, m2: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.clip(m2 - m1**2, 0.0, None) * n / (n - 1.0) / n)
+
+    se = stderr(means, (X**2).mean(axis=0))
+    live = se > 1e-12 * np.maximum(1.0, np.abs(means))
+    if not live.any():
+        return means, means.copy(), means.copy()
+    Xl, ml = X[:, live], means[live]
+    rng = np.random.default_rng(seed)
+    batch = max(1, min(n_boot, 2_000_000 // n))
+    maxima = []
+    for s in range(0, n_boot, batch):
+        W = _resample_counts(rng, n, min(batch, n_boot - s)) / n
+        m1, m2 = W @ Xl, W @ (Xl**2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.abs(m1 - ml) / stderr(m1, m2)
+        maxima.append(np.max(np.nan_to_num(t, nan=0.0, posinf=1e300), axis=1))  # no spread: off the scale
+    c = float(np.quantile(np.concatenate(maxima), 1.0 - alpha))
+    half = np.where(live, c * se, 0.0)
+    return means, means - half, means + half
 
 
 def permutation_test(
