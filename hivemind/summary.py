@@ -91,6 +91,8 @@ class Headline(_Part):
     """Per deployment: share of queries whose intra-model similarity exceeds 0.8."""
     hivemind_gap: HivemindGap = Field(default_factory=HivemindGap)
     ensemble_at_k_star: dict[str, float | None] = Field(default_factory=dict)
+    """The ensemble curve at k*: diff_lo/diff_hi pointwise 95%, diff_band_lo/diff_band_hi the
+    simultaneous band over k (family-wise 95%)."""
     nn_distinct_deployments: NearestNeighbours = Field(default_factory=NearestNeighbours)
     near_duplicate_pairs: int = 0
     near_duplicate_pairs_corpus: int | None = None
@@ -173,6 +175,8 @@ class Summary(BaseModel):
     k_per_deployment: KRange = Field(default_factory=KRange)
     equal_k_rule: str = ""
     footing_rule: str = ""
+    interval_rule: str = ""
+    """How the intervals are made: BCa over queries; ensemble per-k pointwise beside a simultaneous band."""
     near_duplicate_threshold: float | None = None
     near_duplicate_corpus_index: Literal["exact", "ivf"] = "exact"
     """Index of the corpus-wide search: exact, or FAISS IVF (approximate: may miss pairs)."""

@@ -61,6 +61,16 @@ if TYPE_CHECKING:
 
     from hivemind.analysis.baseline import QuerySums
 
+INTERVAL_RULE = (
+    "95% intervals are BCa bootstrap intervals over queries (scipy.stats.bootstrap), expanded for few "
+    "queries so that they hold their level at 12. The ensemble curves' per-k intervals (diff_lo, diff_hi) "
+    "are pointwise; diff_band_lo, diff_band_hi are a simultaneous band over the curve's k (family-wise 95%: "
+    "all k covered at once), the studentized maximum over k from one bootstrap of the queries. The hivemind "
+    "gap's interval resamples its numerator and its denominator, the random-pair reference distance "
+    "included, with the same queries. Permutation p-values are one-sided (gap > 0, mixed > single)."
+)
+"""How the intervals are made, for the summary (`interval_rule`) and the report's method notes."""
+
 METRICS = ("mean_distance", "vendi")
 ENSEMBLE_K = ("auto", "all", "sparse")
 AUTO_ALL_UP_TO = 16

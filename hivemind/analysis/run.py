@@ -24,6 +24,7 @@ from hivemind.analysis.data import (
     ordered,
 )
 from hivemind.analysis.ensemble import (
+    INTERVAL_RULE,
     curve_queries,
     ensemble_curves,
     ensemble_per_query,
@@ -446,7 +447,8 @@ def _summary(
     ens = {}
     if k_star is not None:
         row = _first(t["ensemble"], condition=base, metric="mean_distance", k=k_star)
-        ens = {key: _num(row.get(key)) for key in ("single", "mixed", "diff", "diff_lo", "diff_hi", "p_value")}
+        keys = ("single", "mixed", "diff", "diff_lo", "diff_hi", "diff_band_lo", "diff_band_hi", "p_value")
+        ens = {key: _num(row.get(key)) for key in keys}
     nn_head = _nn_headline(t["nn_counts"], t["query_similarity"], footing, base)
 
     def ci(row: dict[str, Any], key: str) -> dict[str, Any]:
@@ -461,6 +463,7 @@ def _summary(
         "k_per_deployment": {"min": int(ks.min()) if ks.size else 0, "max": int(ks.max()) if ks.size else 0},
         "equal_k_rule": EQUAL_K_RULE,
         "footing_rule": FOOTING_RULE,
+        "interval_rule": INTERVAL_RULE,
         "near_duplicate_threshold": threshold,
         "n_boot": n_boot,
         "n_perm": n_perm,

@@ -141,7 +141,14 @@ def headline(summary: Summary) -> str:
                 f"extra diversity of {hg.k_star} different deployments vs one",
                 f"{ens['diff']:+.3f}",
                 f"mean pairwise distance {fmt(ens.get('single'))} -> {fmt(ens.get('mixed'))}; "
-                f"95% CI [{fmt(ens.get('diff_lo'))}, {fmt(ens.get('diff_hi'))}]; p = {fmt(ens.get('p_value'), 4)}",
+                f"pointwise 95% CI [{fmt(ens.get('diff_lo'))}, {fmt(ens.get('diff_hi'))}]"
+                + (
+                    f"; simultaneous band over k (family-wise 95%) [{fmt(ens.get('diff_band_lo'))}, "
+                    f"{fmt(ens.get('diff_band_hi'))}]"
+                    if ens.get("diff_band_lo") is not None
+                    else ""
+                )
+                + f"; one-sided p (mixed > single) = {fmt(ens.get('p_value'), 4)}",
             )
         )
     above = h.share_queries_intra_above
@@ -251,8 +258,10 @@ def ensemble_section(summary: Summary, tables: Tables) -> str:
         "<h2>Ensemble diversity</h2>",
         (
             '<p class="note">k responses drawn from one deployment vs from k different deployments (for k above '
-            "the number of deployments, spread evenly over all), with 95% bootstrap CIs over queries; p: paired "
-            "sign-flip permutation test (mixed > single), Holm-adjusted over k"
+            "the number of deployments, spread evenly over all), with pointwise 95% bootstrap CIs over queries "
+            "(diff_lo, diff_hi: each k alone) and, for the difference, a simultaneous band over k (diff_band_lo, "
+            "diff_band_hi: family-wise 95%, every k covered at once); p: paired sign-flip permutation test "
+            "(one-sided, mixed > single), Holm-adjusted over k"
             + (
                 " (the k computed are sparse: every k up to the number of deployments, then about x1.25 "
                 "apart; `analysis.ensemble_k: auto`, the default, does this when K is above 16, "
@@ -464,7 +473,7 @@ def method_notes(summary: Summary, tables: Tables) -> str:
     return (
         "<h2>Method notes</h2>"
         f'<p class="note">{html.escape(summary.equal_k_rule)} {html.escape(summary.footing_rule)} '
-        f"Bootstrap resamples: {summary.n_boot}; permutations: {summary.n_perm}.</p>"
+        f"{html.escape(summary.interval_rule)} Bootstrap resamples: {summary.n_boot}; permutations: {summary.n_perm}.</p>"
     )
 
 

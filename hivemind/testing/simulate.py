@@ -55,8 +55,8 @@ class Design:
 
 def null_design(**overrides: object) -> Design:
     """Deployments alike (every take 0): the gap's true value is 0."""
-    d = Design(**overrides)  # type: ignore[arg-type]
-    return Design(**{**d.__dict__, "takes": (0.0,) * d.deployments})
+    deployments = int(overrides.get("deployments", Design.deployments))  # type: ignore[call-overload]
+    return Design(**{**overrides, "takes": (0.0,) * deployments})  # type: ignore[arg-type]
 
 
 def simulate_vectors(design: Design, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
