@@ -63,7 +63,7 @@ def simulate_vectors(design: Design, seed: int) -> tuple[np.ndarray, np.ndarray,
     """(vectors (n, dim) float32, query index, deployment index, sample index), one row per answer."""
     rng = np.random.default_rng(seed)
     Q, D, K, dim = design.queries, design.deployments, design.k, design.dim
-    g = rng.standard_normal(dim) / np.sqrt(dim)
+    g = np.eye(dim)[0]  # one fixed direction: the embedder's, not the study's (a fixed truth)
     topics = rng.standard_normal((Q, 1, 1, dim)) / np.sqrt(dim)
     takes = rng.standard_normal((Q, D, 1, dim)) / np.sqrt(dim) * np.asarray(design.takes)[None, :, None, None]
     noise = rng.standard_normal((Q, D, K, dim)) / np.sqrt(dim)
