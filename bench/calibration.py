@@ -123,15 +123,21 @@ def main() -> None:
     truth_queries = args.truth_queries or (4000 if args.quick else 20000)
     nb, npm = args.n_boot, args.n_perm
     start = time.perf_counter()
-    print(f"{studies} studies per cell, B = {nb} bootstrap resamples, {npm} permutations, truth from {truth_queries} queries")
+    print(
+        f"{studies} studies per cell, B = {nb} bootstrap resamples, {npm} permutations, truth from {truth_queries} queries"
+    )
 
     null = [figures(null_design(), s, nb, npm) for s in range(studies)]
-    print(f"\n1. gap permutation test, deployments alike (40 queries): rejects at 5%: "
-          f"{fmt(wilson(sum(r['p'] < 0.05 for r in null), studies))}%")
+    print(
+        f"\n1. gap permutation test, deployments alike (40 queries): rejects at 5%: "
+        f"{fmt(wilson(sum(r['p'] < 0.05 for r in null), studies))}%"
+    )
 
     true = truth(ALTERNATIVE, truth_queries)
-    print("\n2. coverage of the 95% intervals (%, Wilson 95%), 4 deployments, K = 4; true values: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in true.items()))
+    print(
+        "\n2. coverage of the 95% intervals (%, Wilson 95%), 4 deployments, K = 4; true values: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in true.items())
+    )
     names = ("intra", "inter", "gap", "baseline", "hivemind_gap")
     print("| queries | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
@@ -142,18 +148,24 @@ def main() -> None:
 
     true_m = truth(MISSING, truth_queries)
     rows = [figures(MISSING, 2000 + s, nb, 1) for s in range(studies)]
-    print(f"\n3. the most distinct of 4 deployments missing from 40% of {MISSING.queries} queries; true gap "
-          f"{true_m['gap']:.4f}")
+    print(
+        f"\n3. the most distinct of 4 deployments missing from 40% of {MISSING.queries} queries; true gap "
+        f"{true_m['gap']:.4f}"
+    )
     for name, label in (("gap", "complete queries (headline)"), ("gap_mixture", "old mixture (>= 2 deployments)")):
         est = np.array([r[name][0] for r in rows])
-        print(f"   {label}: mean {est.mean():.4f}, bias {est.mean() - true_m['gap']:+.4f}, "
-              f"covers {fmt(coverage(rows, name, true_m['gap']))}%")
+        print(
+            f"   {label}: mean {est.mean():.4f}, bias {est.mean() - true_m['gap']:+.4f}, "
+            f"covers {fmt(coverage(rows, name, true_m['gap']))}%"
+        )
     print(f"   hivemind gap on complete queries covers {fmt(coverage(rows, 'hivemind_gap', true_m['hivemind_gap']))}%")
 
     rows = [figures(ENSEMBLE_NULL, 3000 + s, nb, 1, ensemble=True) for s in range(studies)]
     k = ENSEMBLE_NULL.k
-    print(f"\n4. ensemble curves, alike deployments (3, K = {k}, {ENSEMBLE_NULL.queries} queries, k = 2..{k}): "
-          "some k excludes the true difference 0")
+    print(
+        f"\n4. ensemble curves, alike deployments (3, K = {k}, {ENSEMBLE_NULL.queries} queries, k = 2..{k}): "
+        "some k excludes the true difference 0"
+    )
     print(f"   pointwise intervals: {fmt(wilson(sum(r['pointwise_miss'] for r in rows), studies))}%")
     print(f"   simultaneous band:   {fmt(wilson(sum(r['band_miss'] for r in rows), studies))}%")
     print(f"\n{time.perf_counter() - start:.0f} s")

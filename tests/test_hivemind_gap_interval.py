@@ -20,11 +20,14 @@ from hivemind.testing.simulate import Design, simulate
 def _sums(seed: int = 0, queries: int = 7) -> tuple[QuerySums, list[np.ndarray]]:
     rng = np.random.default_rng(seed)
     blocks = []
-    for q in range(queries):
+    for _ in range(queries):
         Y = rng.standard_normal((int(rng.integers(2, 6)), 5)) + rng.standard_normal(5)
         blocks.append(Y / np.linalg.norm(Y, axis=1, keepdims=True))
-    sums = QuerySums([f"q{q}" for q in range(queries)], np.array([b.sum(axis=0) for b in blocks]),
-                     np.array([float(len(b)) for b in blocks]))
+    sums = QuerySums(
+        [f"q{q}" for q in range(queries)],
+        np.array([b.sum(axis=0) for b in blocks]),
+        np.array([float(len(b)) for b in blocks]),
+    )
     return sums, blocks
 
 
@@ -44,8 +47,13 @@ def test_query_sums_give_the_cross_query_mean_and_its_jackknife() -> None:
     W = np.ones((1, len(blocks)))
     W[0, 0] = 2.0
     doubled = [blocks[0]] + blocks
-    sims = [float(x @ y) for i, j in itertools.combinations(range(len(doubled)), 2) if {i, j} != {0, 1}
-            for x in doubled[i] for y in doubled[j]]
+    sims = [
+        float(x @ y)
+        for i, j in itertools.combinations(range(len(doubled)), 2)
+        if {i, j} != {0, 1}
+        for x in doubled[i]
+        for y in doubled[j]
+    ]
     assert sums.similarity(W)[0] == pytest.approx(float(np.mean(sims)))
 
 

@@ -225,10 +225,7 @@ def query_bootstrap_ci(
         else:
             step = max(1, 2_000_000 // n)
             jack = np.concatenate(
-                [
-                    np.asarray(statistic(1.0 - np.eye(n)[s : s + step]), dtype=np.float64)
-                    for s in range(0, n, step)
-                ]
+                [np.asarray(statistic(1.0 - np.eye(n)[s : s + step]), dtype=np.float64) for s in range(0, n, step)]
             )
         u = np.nanmean(jack) - jack
         den = 6.0 * np.nansum(u**2) ** 1.5

@@ -72,8 +72,8 @@ def simulate_vectors(design: Design, seed: int) -> tuple[np.ndarray, np.ndarray,
         themes = rng.standard_normal((design.clusters, dim)) / np.sqrt(dim)
         V = V + design.theme * themes[rng.integers(0, design.clusters, Q)][:, None, None, :]
     present = np.ones((Q, D), dtype=bool)
-    for m, share in design.missing.items():
-        present[rng.random(Q) < share, m] = False
+    for dep, share in design.missing.items():
+        present[rng.random(Q) < share, dep] = False
     q, m, s = np.meshgrid(np.arange(Q), np.arange(D), np.arange(K), indexing="ij")
     keep = np.broadcast_to(present[:, :, None], (Q, D, K)).reshape(-1)
     V = V.reshape(-1, dim)[keep]
