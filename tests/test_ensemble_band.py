@@ -64,3 +64,20 @@ def test_band_keeps_the_family_wise_error_of_null_ensembles() -> None:
         band += bool(((curve["diff_band_lo"] > 0) | (curve["diff_band_hi"] < 0)).any())
     assert band <= pointwise
     assert band / studies <= 0.15
+
+
+def test_summary_and_report_label_the_band_simultaneous() -> None:
+    from hivemind.analysis import analyze_responses
+    from hivemind.report.sections import ensemble_section, headline
+    from hivemind.summary import parse_summary
+
+    responses, vectors = simulate(Design(queries=12), seed=0)
+    result = analyze_responses(responses, vectors, lexical=False, n_boot=200, n_perm=50)
+    assert "simultaneous band" in result.summary["interval_rule"]
+    assert "family-wise 95%" in result.summary["interval_rule"]
+    ens = result.summary["headline"]["ensemble_at_k_star"]
+    assert ens["diff_band_lo"] <= ens["diff_lo"] <= ens["diff_hi"] <= ens["diff_band_hi"]
+    summary = parse_summary({**result.summary, "study": "sim"})
+    card = headline(summary)
+    assert "pointwise 95% CI" in card and "simultaneous band over k (family-wise 95%)" in card
+    assert "family-wise 95%" in ensemble_section(summary, result.tables)
