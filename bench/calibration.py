@@ -16,8 +16,8 @@ Every figure is a rate over `--studies` studies with its 95% Wilson interval (Mo
    12 queries): share of studies where some k excludes 0, pointwise intervals vs the band.
 
 Run:
-    .venv/bin/python bench/calibration.py            # 300 studies per cell: a few minutes on 2 cores
-    .venv/bin/python bench/calibration.py --quick    # 40 studies per cell, smaller truth: ~30 s
+    .venv/bin/python bench/calibration.py            # 300 studies per cell: about 8 minutes on 2 shared cores
+    .venv/bin/python bench/calibration.py --quick    # 40 studies per cell, smaller truth: under a minute
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def fmt(rate: tuple[float, float, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="40 studies per cell, 4,000-query truth (~30 s)")
+    parser.add_argument("--quick", action="store_true", help="40 studies per cell, 4,000-query truth (under a minute)")
     parser.add_argument("--studies", type=int, default=None, help="studies per cell (default 300; 40 quick)")
     parser.add_argument("--truth-queries", type=int, default=None, help="queries of the truth run (20,000)")
     parser.add_argument("--n-boot", type=int, default=1000)
