@@ -81,3 +81,19 @@ def test_summary_and_report_label_the_band_simultaneous() -> None:
     card = headline(summary)
     assert "pointwise 95% CI" in card and "simultaneous band over k (family-wise 95%)" in card
     assert "family-wise 95%" in ensemble_section(summary, result.tables)
+
+
+def test_a_band_over_a_handful_of_queries_is_unbounded_never_a_huge_number() -> None:
+    """With 3 queries, 1 in 9 resamples draws one query thrice (no spread, se* = 0): more than
+    alpha of the bootstrap-t maxima are infinite, so no finite band holds; lo/hi are nan, and
+    never a number such as -4e298 or the pointwise interval standing in for the band."""
+    from hivemind.metrics.stats import simultaneous_band
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(0.1, 0.05, size=(3, 4))
+    means, lo, hi = simultaneous_band(X, n_boot=500, seed=1)
+    assert np.allclose(means, X.mean(axis=0))
+    assert np.isnan(lo).all() and np.isnan(hi).all()
+    more = rng.normal(0.1, 0.05, size=(30, 4))
+    _, lo, hi = simultaneous_band(more, n_boot=500, seed=1)
+    assert np.isfinite(lo).all() and (hi - lo < 1).all()

@@ -312,8 +312,9 @@ def ensemble_curves(per_query: pl.DataFrame, n_boot: int = 2000, n_perm: int = 2
             for r, adj, lo, hi in zip(rows, adjusted, *band):
                 r["p_holm"] = float(adj)
                 # never narrower than the pointwise interval (BCa may lean where the band is symmetric)
-                r["diff_band_lo"] = float(np.fmin(lo, r["diff_lo"]))
-                r["diff_band_hi"] = float(np.fmax(hi, r["diff_hi"]))
+                # (a band that could not be bounded stays nan: never the pointwise one in its place)
+                r["diff_band_lo"] = float(np.minimum(lo, r["diff_lo"])) if r["diff_lo"] is not None else float(lo)
+                r["diff_band_hi"] = float(np.maximum(hi, r["diff_hi"])) if r["diff_hi"] is not None else float(hi)
             records.extend(rows)
     columns = [
         "condition",

@@ -242,6 +242,10 @@ def query_bootstrap_ci(
     return est, lo, hi
 
 
+DEGENERATE_T = 1e300
+"""The studentized statistic of a resample with no spread (its standard error 0)."""
+
+
 def simultaneous_band(
     values: npt.ArrayLike, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -254,7 +258,8 @@ def simultaneous_band(
     resampled once for all columns, each resample's largest |mean* - mean| / se* over the
     columns is taken (se* the resample's own standard error), and its 1 - alpha quantile c
     gives mean +- c se at every column. Columns with no spread (e.g. k = 1, where both arms
-    are 0) get a zero-width band and do not enter the maximum.
+    are 0) get a zero-width band and do not enter the maximum. Where more than alpha of the
+    resamples have no spread (a handful of queries), the band is unbounded: lo and hi are nan.
     """
     X = np.asarray(values, dtype=np.float64)
     X = X[~np.isnan(X).any(axis=1)]
@@ -282,8 +287,12 @@ def simultaneous_band(
         m1, m2 = W @ Xl, W @ (Xl**2)
         with np.errstate(divide="ignore", invalid="ignore"):
             t = np.abs(m1 - ml) / stderr(m1, m2)
-        maxima.append(np.max(np.nan_to_num(t, nan=0.0, posinf=1e300), axis=1))  # no spread: off the scale
+        maxima.append(np.max(np.nan_to_num(t, nan=0.0, posinf=DEGENERATE_T), axis=1))  # no spread: off the scale
     c = float(np.quantile(np.concatenate(maxima), 1.0 - alpha))
+    if c >= DEGENERATE_T:
+        # more than alpha of the resamples drew queries with no spread at all (a handful of
+        # queries): the bootstrap-t band is unbounded there, so none is given
+        return means, np.where(live, np.nan, means), np.where(live, np.nan, means)
     half = np.where(live, c * se, 0.0)
     return means, means - half, means + half
 
