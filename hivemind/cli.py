@@ -36,6 +36,13 @@ app.add_typer(zoo_app, name="zoo")
 ExecutorOption = Annotated[
     str, typer.Option(help="Where the work runs: 'local' (this process) or 'ray' (Ray actors and tasks).")
 ]
+EmbedderOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Embedder for the analysis: an entry of the zoo's `embedders:` section, else a "
+        "sentence-transformers name or local folder (default: the spec's `embedder`)."
+    ),
+]
 RayAddressOption = Annotated[
     str | None,
     typer.Option(help="Ray cluster to join (e.g. 'auto' or 'ray://head:10001'); default: start a local Ray instance."),
@@ -73,6 +80,7 @@ def run(
     replace: Annotated[
         bool, typer.Option(help="Import a `responses:` file again when it changed since it was imported.")
     ] = False,
+    embedder: EmbedderOption = None,
 ) -> None:
     """Sample a study (resuming where it stopped), import its `responses:` files, analyze, report."""
     if verbose:
@@ -104,6 +112,7 @@ def run(
             executor=opened,
             after_step=show,
             replace=replace,
+            **({"embedder": embedder} if embedder else {}),
         )
 
 
@@ -167,6 +176,11 @@ def analyze(
     ] = None,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
+    embedder: EmbedderOption = None,
+    zoo: Annotated[
+        Path | None,
+        typer.Option("--zoo", help="Zoo file whose `embedders:` --embedder names (default: the study's zoo)."),
+    ] = None,
 ) -> None:
     """Embed every response, index it, and write the analysis tables and JSON summary."""
     from hivemind.pipeline import analyze_store
@@ -174,7 +188,15 @@ def analyze(
     require_store(store)
     with _open_executor(executor, ray_address) as opened:
         _print_analysis(
-            analyze_store(store, study, complete_only=complete_only, answer_checker=answer_checker, executor=opened)
+            analyze_store(
+                store,
+                study,
+                embedder,
+                complete_only=complete_only,
+                answer_checker=answer_checker,
+                executor=opened,
+                zoo=zoo,
+            )
         )
 
 
@@ -233,6 +255,11 @@ def zoo_list(zoo: ZooOption = None) -> None:
             "yes" if d.enabled else "no",
         )
     Console().print(table)
+    if loaded.embedders:
+        embedders = Table("embedder", "provider", "model", "dimensions", "endpoint", "key variable")
+        for e in loaded.embedders:
+            embedders.add_row(e.name, e.provider, e.model, str(e.dimensions or "-"), e.endpoint(), e.api_key_env or "-")
+        Console().print(embedders)
 
 
 @zoo_app.command("check")

@@ -59,9 +59,9 @@ def serve(
         list[str] | None,
         typer.Option(
             "--embedder",
-            help="An embedder studies may use: sentence-transformers name or local folder "
-            "(repeatable; the first is the default). Default: the shipped "
-            "all-MiniLM-L6-v2.",
+            help="An embedder studies may use: an entry of the zoo's `embedders:`, else a "
+            "sentence-transformers name or local folder (repeatable; the first is the default). "
+            "Default: the shipped all-MiniLM-L6-v2.",
         ),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Studies sampled at once.")] = 2,

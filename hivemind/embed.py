@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -437,7 +437,19 @@ class EmbeddingCache:
             return int(conn.execute(f"SELECT COUNT(*) FROM embeddings {where}", args).fetchone()[0])
 
 
-def embed_texts(texts: Sequence[str], embedder: Embedder, cache: EmbeddingCache | None = None) -> np.ndarray:
+class TextEmbedder(Protocol):
+    """What `embed_texts` needs: an `Embedder` or a remote one (`hivemind.embedders.RemoteEmbedder`)."""
+
+    @property
+    def embedder_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, texts: Sequence[str], progress: bool | None = None) -> np.ndarray: ...
+
+
+def embed_texts(texts: Sequence[str], embedder: TextEmbedder, cache: EmbeddingCache | None = None) -> np.ndarray:
     """Unit vectors for `texts`, in input order, embedding each distinct text at most once.
 
     Texts are deduplicated by sha256; cached vectors (for this embedder's id only) are

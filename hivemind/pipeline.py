@@ -352,11 +352,13 @@ def _exclusions(samples: pl.DataFrame, analysed: int, complete_only: bool = Fals
     }
 
 
-def _embedder(spec_name: str, embedder: Any, progress: bool) -> Embedder:
-    from hivemind.embed import Embedder
+def _embedder(spec: StudySpec, embedder: Any, progress: bool, zoo: str | Path | None = None) -> Any:
+    """An embedder object as is; a name (None: the spec's) resolved through the zoo's
+    `embedders:` (`zoo`, else the spec's zoo, else ./providers.yaml), else sentence-transformers."""
+    from hivemind.embedders import resolve_embedder
 
     if embedder is None or isinstance(embedder, str):
-        return Embedder(embedder or spec_name, progress=progress)
+        return resolve_embedder(embedder or spec.embedder, zoo or spec.zoo, progress=progress)
     return embedder
 
 
@@ -377,10 +379,12 @@ def analyze(
     complete_only: bool | None = None,
     answer_checker: str | Callable[[str, str], bool] | None = None,
     executor: Executor | None = None,
+    zoo: str | Path | None = None,
 ) -> AnalysisOutputs:
     """The `analyze` step: embed, index and analyse `study`; write its tables and summary.
 
-    `embedder` is a sentence-transformers name or path, or an `Embedder`; None uses the study
+    `embedder` is the name of a zoo embedder (`hivemind.embedders`; looked up in `zoo`, else the
+    spec's zoo), a sentence-transformers name or path, or an embedder object; None uses the study
     spec's (default all-MiniLM-L6-v2). `threshold` is the cosine for near-duplicate pairs and
     equivalence classes. `use_gpu` runs the corpus-wide near-duplicate search (FAISS) on a GPU:
     None uses one when faiss sees one, False never does, True requires it. `complete_only`
@@ -398,6 +402,7 @@ def analyze(
     from hivemind.verify import get_checker
 
     spec = store.study_spec(study)
+    model = _embedder(spec, embedder, progress, zoo)  # first: a bad zoo entry fails before any work
     # before the rows are read: a row written in between makes the analysis stale, never current
     fingerprint = store.samples_fingerprint(study)
     samples = store.samples_frame(study)
@@ -418,9 +423,10 @@ def analyze(
         )
     truncation = truncation_table(samples, spec.deployments)
     truncation_entry, warnings = truncation_summary(truncation, complete_only)
-    model = _embedder(spec.embedder, embedder, progress)
     cache = EmbeddingCache(store.layout.embedding_cache)
-    vectors = embed_texts(responses["text"].to_list(), (executor or LocalExecutor()).embedder(model), cache)
+    # a remote embedder sends its own requests; only in-process models go to the executor
+    computing = model if getattr(model, "remote", False) else (executor or LocalExecutor()).embedder(model)
+    vectors = embed_texts(responses["text"].to_list(), computing, cache)
     result = analyze_responses(
         responses,
         vectors,

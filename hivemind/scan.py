@@ -68,7 +68,7 @@ class ScanSpec(SamplingPlan):
     seed: Seed31 = 0
     """Base seed of each run."""
     embedder: str = Field("all-MiniLM-L6-v2", min_length=1, max_length=200)
-    """Sentence-transformers model used to compare answers."""
+    """Embedder used to compare answers: a zoo `embedders:` entry, else a sentence-transformers model."""
     schedule: str = Field(min_length=1, max_length=100)
     """Cron expression in UTC: five fields (`0 3 * * *`) or a macro (`@daily`)."""
     enabled: bool = True
@@ -329,14 +329,17 @@ _EMBEDDERS: dict[str, Any] = {}
 _EMBEDDER_LOCK = threading.Lock()
 
 
-def _embedder(name: str) -> Any:
-    """One loaded embedder per model name per process (loading takes seconds)."""
-    from hivemind.embed import Embedder
+def _embedder(name: str, zoo: str | None = None) -> Any:
+    """One embedder per (name, zoo) per process (loading a model takes seconds): the zoo's
+    `embedders:` entry of that name, else the sentence-transformers model."""
+    from hivemind.embedders import resolve_embedder, zoo_embedders
 
+    entry = zoo_embedders(zoo).get(name)  # read each time: an edited entry is a new embedder
+    key = f"{name}\0{entry.embedder_id() if entry else ''}"
     with _EMBEDDER_LOCK:
-        if name not in _EMBEDDERS:
-            _EMBEDDERS[name] = Embedder(name, progress=False)
-        return _EMBEDDERS[name]
+        if key not in _EMBEDDERS:
+            _EMBEDDERS[key] = resolve_embedder(name, zoo, progress=False)
+        return _EMBEDDERS[key]
 
 
 def _ci(values: Any) -> dict[str, float | None]:
@@ -370,7 +373,7 @@ def analyze_scan(store: Store, study: str, embedder_name: str) -> dict[str, Any]
         canonical_json(list(zip(asked["query_id"].to_list(), asked["query_text"].to_list(), strict=True)))
     )
     responses, _ = prepare_responses(samples, deployment_order=deployments)
-    embedder = _embedder(embedder_name)
+    embedder = _embedder(embedder_name, spec.zoo)
     vectors = embed_texts(responses["text"].to_list(), embedder, EmbeddingCache(store.layout.embedding_cache))
     pairs = pair_similarity(build_groups(responses), vectors)
     unit = ["query_id", "condition"]  # one value per (query, condition) per deployment

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from hivemind.embedders import EmbedderEntry, unique_embedder_names
 from hivemind.errors import HivemindError
 from hivemind.spec import Deployment, Strict
 
@@ -32,6 +33,20 @@ class Zoo(Strict):
     """Every deployment the lab can sample."""
     scans: list[dict[str, Any]] = Field(default_factory=list)
     """Scheduled scans (validated by `hivemind.scan`)."""
+    # --- embedders: remote embedding endpoints (`hivemind.embedders`) ---
+    embedders: list[EmbedderEntry] = Field(default_factory=list)
+    """Embedders specs, `--embedder` and the service refer to by name."""
+
+    @model_validator(mode="after")
+    def _unique_embedder_names(self) -> Zoo:
+        unique_embedder_names(self.embedders)
+        return self
+
+    def embedder(self, name: str) -> EmbedderEntry | None:
+        """The embedder entry called `name`, or None (then `name` is a sentence-transformers model)."""
+        return next((e for e in self.embedders if e.name == name), None)
+
+    # --- deployments ---
 
     @model_validator(mode="after")
     def _unique_names(self) -> Zoo:

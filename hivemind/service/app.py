@@ -77,7 +77,8 @@ def create_app(
     `app.state.token_source` say which). `auth=False` serves without a token and is refused
     (`BindError`) unless `host` is loopback. Requests must name `host` (or a loopback name, or
     one of `allowed_hosts`) in their Host header, and carry no foreign Origin. Studies may use
-    only the `embedders` listed (default: the shipped MiniLM), the first being the default.
+    only the `embedders` listed (default: the shipped MiniLM), the first being the default: names
+    of the zoo's `embedders:` entries (remote endpoints), else sentence-transformers models.
     Job workers start with the app and resume whatever was queued or running when it last
     stopped; with `scheduler`, due scans are queued every `scheduler_interval_s` seconds.
     """
@@ -91,7 +92,8 @@ def create_app(
         raise ValueError("embedders: at least one embedder name is needed")
     if not auth:
         check_bind(host, None)
-    key_names = [d.api_key_env for d in load_zoo(zoo_file).deployments if d.api_key_env]  # fail fast
+    zoo = load_zoo(zoo_file)  # fail fast (a bad `embedders:` entry too)
+    key_names = [e.api_key_env for e in [*zoo.deployments, *zoo.embedders] if e.api_key_env]
     token, token_source = resolve_token(store_dir, token_env, auth)  # the first write to the store
     with contextlib.suppress(OSError):  # the store is the operator's alone (its files: `hivemind serve`'s umask)
         store_dir.chmod(0o700)
