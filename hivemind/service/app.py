@@ -93,7 +93,8 @@ def create_app(
     if not auth:
         check_bind(host, None)
     zoo = load_zoo(zoo_file)  # fail fast (a bad `embedders:` entry too)
-    key_names = [e.api_key_env for e in [*zoo.deployments, *zoo.embedders] if e.api_key_env]
+    key_names = [d.api_key_env for d in zoo.deployments if d.api_key_env]
+    key_names += [e.api_key_env for e in zoo.embedders if e.api_key_env]
     token, token_source = resolve_token(store_dir, token_env, auth)  # the first write to the store
     with contextlib.suppress(OSError):  # the store is the operator's alone (its files: `hivemind serve`'s umask)
         store_dir.chmod(0o700)

@@ -118,7 +118,7 @@ def create_app(script: EmbedScript, embedder: Any) -> Any:
             rows[0] = rows[0][:-1]
         elif script.corrupt == "missing":
             rows = rows[:-1]
-        data = [
+        data: list[dict[str, Any]] = [
             {
                 "object": "embedding",
                 "index": i,
