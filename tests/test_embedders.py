@@ -159,8 +159,15 @@ def test_analysis_tables_match_under_another_id_and_a_reanalysis_sends_nothing(
                 assert a.to_list() == b.to_list(), f"{name}.{column}"
     assert compared > 20
 
-    again = analyze_store(store, "remote", "loop", **FAST)  # every vector cached: nothing is sent
-    assert script.requests == sent and again.summary["embedder"]["id"] == summary["id"]
+    from typer.testing import CliRunner
+
+    from hivemind.cli import app
+    from hivemind.layout import StoreLayout
+    from hivemind.summary import read_summary
+
+    again = CliRunner().invoke(app, ["analyze", str(store), "--embedder", "loop"])  # all cached: nothing sent
+    assert again.exit_code == 0, again.output
+    assert script.requests == sent and read_summary(StoreLayout(store).summary("remote")).embedder.id == summary["id"]
     from hivemind.scan import analyze_scan
     from hivemind.store import Store
 
@@ -309,3 +316,48 @@ def test_bad_entries_get_one_clear_line_from_the_cli(
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 2, result.output
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output, result.output
+
+
+def test_the_service_offers_a_zoo_embedder_by_name(
+    server: tuple[str, EmbedScript], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from hivemind.service.app import create_app
+
+    api_base, script = server
+    reset(script)
+    zoo = tmp_path / "providers.yaml"
+    embedders = [{"name": "loop", "provider": "openai", "model": "minilm", "api_base": api_base}]
+    zoo.write_text(
+        yaml.safe_dump({"deployments": [mock_deployment("mock-a"), mock_deployment("mock-b")], "embedders": embedders})
+    )
+    monkeypatch.setenv("HIVEMIND_TEST_EMBED_TOKEN", "tok-embedders-1234")
+    app = create_app(tmp_path / "store", zoo, "HIVEMIND_TEST_EMBED_TOKEN", scheduler=False, embedders=["loop"])
+    web = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+    while not web.started:
+        assert thread.is_alive()
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{web.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        with httpx.Client(base_url=url, headers={"Authorization": "Bearer tok-embedders-1234"}, timeout=30) as client:
+            body = {"query_set": "open-ended-v1", "max_queries": 2, "deployments": ["mock-a", "mock-b"], "samples": 2}
+            refused = client.post("/v1/studies", json={**body, "name": "st", "embedder": "all-MiniLM-L6-v2"})
+            assert refused.status_code == 422 and "it offers: loop" in refused.text  # the allow-list
+            assert client.post("/v1/studies", json={**body, "name": "remote-svc"}).status_code == 202
+            deadline = time.time() + 120
+            while (state := client.get("/v1/studies/remote-svc").json())["state"] not in ("done", "failed"):
+                assert time.time() < deadline, state
+                time.sleep(0.1)
+            assert state["state"] == "done", state
+            summary = client.get("/v1/studies/remote-svc/results").json()["summary"]
+        assert summary["embedder"]["id"].startswith("openai:minilm@") and script.texts > 0
+    finally:
+        web.should_exit = True
+        thread.join(20)
