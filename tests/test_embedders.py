@@ -310,8 +310,16 @@ def test_bad_entries_get_one_clear_line_from_the_cli(
     with pytest.raises(ZooError, match=message.replace("[", r"\[").replace("]", r"\]")):
         zoo_embedders(zoo)
     store = sampled_store(tmp_path / "sampled")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump({"name": "s", "query_set": "open-ended-v1", "deployments": ["mock-a"], "zoo": "providers.yaml"})
+    )
     monkeypatch.chdir(tmp_path)
-    for args in (["zoo", "list", "--zoo", str(zoo)], ["analyze", str(store), "--embedder", "x", "--zoo", str(zoo)]):
+    for args in (
+        ["zoo", "list", "--zoo", str(zoo)],
+        ["analyze", str(store), "--embedder", "x", "--zoo", str(zoo)],
+        ["run", str(spec), "--store", str(tmp_path / "new"), "--embedder", "x", "--no-progress"],
+    ):
         result = CliRunner().invoke(app, args)
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 2, result.output
