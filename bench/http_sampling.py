@@ -7,7 +7,7 @@ For each concurrency C this prints, in one run:
 - the ideal rate C / latency,
 - a raw asyncio socket client (hand-written HTTP/1.1 keep-alive): the client-side ceiling,
 - candidate HTTP clients: one `httpx.AsyncClient`, several pooled httpx clients (16
-  connections each), one `aiohttp.ClientSession`, and hivemind's own `HttpPool` bare,
+  connections each), one bare `aiohttp.ClientSession` (the `openai` provider's transport),
 - hivemind's sampler end to end (lazy plan, retries armed, every sample committed to SQLite
   before it counts) with the `openai` provider and with the `litellm` provider,
 
@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
 
-from hivemind.providers.http_pool import HttpPool
 from hivemind.providers.openai import chat_body
 from hivemind.providers.registry import create_provider
 from hivemind.sampling import Sampler, iter_requests
@@ -168,22 +167,6 @@ async def aiohttp_rate(base: str, concurrency: int, n: int) -> float:
         await session.close()
 
 
-async def pool_rate(base: str, concurrency: int, n: int) -> float:
-    """hivemind's own keep-alive HTTP/1.1 pool (what the `openai` provider uses), bare."""
-    body = request_body()
-    pool = HttpPool(base, limit=concurrency)
-
-    async def one(_: int) -> None:
-        response = await pool.post("/chat/completions", body)
-        assert response.status == 200
-        json.loads(response.body)["choices"][0]["message"]["content"]
-
-    try:
-        return await _run_workers(concurrency, n, one)
-    finally:
-        await pool.aclose()
-
-
 async def sampler_rate(base: str, concurrency: int, n: int, provider: str = "openai") -> float:
     """hivemind's sampler end to end: lazy plan, retries armed, every sample committed first."""
     model = "latency" if provider == "openai" else "openai/latency"
@@ -204,7 +187,9 @@ async def sampler_rate(base: str, concurrency: int, n: int, provider: str = "ope
     return report.sampled / elapsed
 
 
-def bench(latency: float, concurrencies: list[int], per_connection: int, rounds: int, litellm: bool) -> None:
+def bench(
+    latency: float, concurrencies: list[int], per_connection: int, rounds: int, litellm: bool, httpx: bool = True
+) -> None:
     with latency_server(latency) as (host, port):
         base = f"http://{host}:{port}/v1"
         asyncio.run(raw_rate(host, port, 8, 80))  # warm up
@@ -222,9 +207,10 @@ def bench(latency: float, concurrencies: list[int], per_connection: int, rounds:
                     base, concurrency, n, clients=max(1, concurrency // 16)
                 ),
                 "aiohttp, one ClientSession": lambda: aiohttp_rate(base, concurrency, n),
-                "hivemind HttpPool (bare client)": lambda: pool_rate(base, concurrency, n),
                 "hivemind sampler, openai provider": lambda: sampler_rate(base, concurrency, n),
             }
+            if not httpx:
+                candidates = {k: v for k, v in candidates.items() if not k.startswith("httpx")}
             if litellm:  # its ceiling is far lower: fewer requests keep the run short
                 small = min(n, 4 * concurrency)
                 candidates["hivemind sampler, litellm provider"] = lambda: sampler_rate(
@@ -239,6 +225,8 @@ def bench(latency: float, concurrencies: list[int], per_connection: int, rounds:
             print(f"{concurrency:>5} {'ideal C / latency':<34} {ideal:>8.0f} {ideal / limit:>8.2f}")
             for name, rate in best.items():
                 print(f"{concurrency:>5} {name:<34} {rate:>8.0f} {rate / limit:>8.2f}")
+            sampler = best["hivemind sampler, openai provider"] / best["raw asyncio socket client"]
+            print(f"{concurrency:>5} {'=> sampler / raw client':<34} {'':>8} {sampler:>8.2f}  (target >= 0.80)")
 
 
 def main() -> None:
@@ -248,8 +236,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="10 requests per connection, not 30")
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--skip-httpx", action="store_true", help="leave out the httpx candidates (slow)")
     args = parser.parse_args()
-    bench(args.latency, args.concurrency, 10 if args.quick else 30, args.rounds, not args.skip_litellm)
+    bench(
+        args.latency,
+        args.concurrency,
+        10 if args.quick else 30,
+        args.rounds,
+        not args.skip_litellm,
+        not args.skip_httpx,
+    )
 
 
 if __name__ == "__main__":

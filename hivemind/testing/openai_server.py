@@ -77,14 +77,26 @@ def create_app(script: Script) -> Any:
 
 
 @contextmanager
-def serve(script: Script | None = None, port: int | None = None) -> Iterator[tuple[str, Script]]:
-    """Run the server in a background thread; yields (api_base, script) and stops on exit."""
+def serve(
+    script: Script | None = None, port: int | None = None, tls: tuple[str, str] | None = None
+) -> Iterator[tuple[str, Script]]:
+    """Run the server in a background thread; yields (api_base, script) and stops on exit.
+
+    `tls` is (certificate file, key file): the server then speaks HTTPS.
+    """
     import uvicorn
 
     script = script or Script()
     port = port or free_port()
     config = uvicorn.Config(
-        create_app(script), host="127.0.0.1", port=port, log_level="error", access_log=False, lifespan="off"
+        create_app(script),
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
+        access_log=False,
+        lifespan="off",
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -95,7 +107,7 @@ def serve(script: Script | None = None, port: int | None = None) -> Iterator[tup
             raise RuntimeError("the stub OpenAI server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}/v1", script
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}/v1", script
     finally:
         server.should_exit = True
         thread.join(timeout=10)
