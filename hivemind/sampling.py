@@ -14,16 +14,16 @@ import asyncio
 import hashlib
 import json
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
 
 from hivemind.providers.base import Provider, ProviderError
 from hivemind.queries import prompt_text
+from hivemind.ratelimit import estimate_tokens
+from hivemind.sampling_progress import SamplingProgress, Tick
 from hivemind.spec import (
     Completion,
     Deployment,
@@ -36,8 +36,6 @@ from hivemind.spec import (
 from hivemind.store import Store, StoreError
 
 MAX_RETRY_WAIT_S = 120.0
-Tick = Callable[[str, bool], None]
-"""Progress callback: (deployment, succeeded)."""
 
 
 def iter_requests(
@@ -300,21 +298,29 @@ class Sampler:
         return self.budget_usd is not None and self._spent >= self.budget_usd
 
     async def _attempt(self, provider: Provider, request: SampleRequest) -> tuple[Completion | None, str | None, int]:
+        pacer = provider.pacer  # the deployment's rate limits, shared by all of its conditions
+        estimate = request_tokens(request) if pacer.tpm is not None else 0
         for attempt in range(1, self.max_attempts + 1):
             try:
+                await pacer.acquire(estimate)  # before the timeout: waiting for a slot is not slowness
                 limit = provider.deployment.timeout_s if provider.cancellable else None
                 async with asyncio.timeout(limit):  # no extra task, unlike wait_for
                     completion = await provider.generate(request)
+                pacer.settle(estimate, _used_tokens(completion))
                 return completion, None, attempt
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one bad response must never crash the study
                 described = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
                 message = provider.redact(described)
+                wait = self.backoff(provider, exc, attempt)
+                rate_limited = isinstance(exc, ProviderError) and exc.status == 429
+                if rate_limited:  # every worker of the deployment waits, and the pace slows
+                    pacer.throttled(wait)
                 if attempt == self.max_attempts or not provider.should_retry(exc):
                     return None, f"{message} (after {attempt} attempt{'s' * (attempt > 1)})", attempt
                 self.report.retries += 1
-                await asyncio.sleep(self.backoff(provider, exc, attempt))
+                await asyncio.sleep(0 if rate_limited else wait)  # the pacer holds a throttled retry
         raise AssertionError("unreachable")
 
     async def _worker(self, provider: Provider, source: Iterator[SampleRequest], journal: _JournalWriter) -> None:
@@ -369,7 +375,8 @@ class Sampler:
             for request in requests:
                 grouped[request.deployment].append(request)
             streams, sizes = dict(grouped), {name: len(todo) for name, todo in grouped.items()}
-        with _progress(self.show_progress, sizes or {}) as tick:
+        paces = {name: provider.pacer.pace for name, provider in self.providers.items()}
+        with SamplingProgress(self.show_progress, sizes or {}, paces) as tick:
 
             def skip(request: SampleRequest) -> None:
                 self.report.skipped += 1
@@ -392,6 +399,17 @@ class Sampler:
         self.report.planned = total - self.report.skipped
         self.report.elapsed_s = time.perf_counter() - started
         return self.report
+
+
+def request_tokens(request: SampleRequest) -> int:
+    """A request's tokens against a `tpm` limit, estimated before it is sent."""
+    return estimate_tokens(sum(len(m.content) for m in request.messages), request.params.max_tokens)
+
+
+def _used_tokens(completion: Completion) -> int | None:
+    if completion.prompt_tokens is None or completion.completion_tokens is None:
+        return None
+    return completion.prompt_tokens + completion.completion_tokens
 
 
 Outcome = tuple[SampleRequest, Completion | None, str | None, float, int]
@@ -452,47 +470,3 @@ class _JournalWriter:
         if batch:
             self.store.record_many(batch)
             self.on_committed(batch)
-
-
-class _progress:
-    """A rich progress bar per deployment (silent when disabled or not on a terminal)."""
-
-    def __init__(self, enabled: bool, totals: dict[str, int]) -> None:
-        self.enabled = enabled and sys.stderr.isatty() and sum(totals.values()) > 0
-        self.totals = totals
-        self.tasks: dict[str, Any] = {}  # rich TaskIDs
-
-    def __enter__(self) -> Tick:
-        if not self.enabled:
-            return lambda deployment, ok: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("{task.description:<32}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("[red]{task.fields[failed]} failed"),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self.bar.start()
-        for name, total in self.totals.items():
-            self.tasks[name] = self.bar.add_task(name, total=total, failed=0)
-        failed: Counter[str] = Counter()
-
-        def tick(deployment: str, ok: bool) -> None:
-            if not ok:
-                failed[deployment] += 1
-            self.bar.update(self.tasks[deployment], advance=1, failed=failed[deployment])
-
-        return tick
-
-    def __exit__(self, *_: object) -> None:
-        if self.enabled:
-            self.bar.stop()

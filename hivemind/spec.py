@@ -145,6 +145,10 @@ class Deployment(Strict):
     """Name of the environment variable holding the API key. Keys never live in YAML."""
     max_concurrency: int = Field(4, ge=1, le=4096)
     """Simultaneous requests allowed to this deployment."""
+    rpm: float | None = Field(None, gt=0)
+    """Requests per minute the deployment's API allows: one pace shared by every condition."""
+    tpm: float | None = Field(None, gt=0)
+    """Tokens (prompt + completion) per minute the deployment's API allows."""
     params: SamplingParams = Field(default_factory=SamplingParams)
     """Default sampling parameters for this deployment (the study's and a condition's win)."""
     family: str | None = None

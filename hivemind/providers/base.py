@@ -16,8 +16,10 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC
+from functools import cached_property
 from typing import Any, ClassVar
 
+from hivemind.ratelimit import Pacer
 from hivemind.spec import LOCAL_DECODING_PARAMS, Completion, Deployment, SampleRequest
 
 EXTRAS: dict[str, str] = {"llama_cpp": "local"}
@@ -108,6 +110,11 @@ class Provider(ABC):
         servers, llama.cpp and the mock take every other one.
         """
         return set(params) & LOCAL_DECODING_PARAMS.keys()
+
+    @cached_property
+    def pacer(self) -> Pacer:
+        """The deployment's rate limits (`rpm`, `tpm`), shared by all of its requests."""
+        return Pacer(self.deployment.rpm, self.deployment.tpm)
 
     def max_connections(self) -> int:
         """How many requests may be in flight at once for this deployment."""

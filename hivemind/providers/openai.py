@@ -171,6 +171,7 @@ class OpenAICompatibleProvider(Provider):
             ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:  # refused, reset, truncated, timed out
             raise ProviderError(f"{type(exc).__name__}: {self.redact(str(exc))}", retryable=True) from None
+        self.pacer.observe(headers)
         if status >= 400:
             raise _response_error(status, headers, payload, self.redact)
         try:

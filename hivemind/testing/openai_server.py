@@ -29,6 +29,39 @@ class Script:
     """Every request body received, in order."""
     record_bodies: bool = True
     served: int = 0
+    rpm: float | None = None
+    """When set, the server enforces it (and `tpm`) with a bucket holding `burst` requests'
+    worth: a request beyond it gets a 429 with `Retry-After` and `x-ratelimit-*` headers. (Hosted
+    APIs hold a minute's worth; 5 requests absorb a loaded machine's scheduling stalls.)"""
+    tpm: float | None = None
+    burst: float = 5.0
+    limited: int = 0
+    """429s the limits gave."""
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Per limit, (level, when it was last filled)."""
+
+    def over_limit(self, tokens: int) -> float | None:
+        """Seconds until a request of `tokens` would fit, or None (then it is counted)."""
+        now = time.monotonic()
+        costs = {"requests": (self.rpm, 1.0), "tokens": (self.tpm, float(tokens))}
+        levels: dict[str, float] = {}
+        wait = 0.0
+        for kind, (per_minute, cost) in costs.items():
+            if per_minute is None:
+                continue
+            rate, capacity = per_minute / 60.0, self.burst * cost
+            level, filled = self.buckets.get(kind, (capacity, now))
+            levels[kind] = min(capacity, level + (now - filled) * rate)
+            wait = max(wait, (cost - levels[kind]) / rate)
+        if wait > 0:
+            return wait
+        for kind, level in levels.items():
+            self.buckets[kind] = (level - costs[kind][1], now)
+        return None
+
+
+USAGE = {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16}
+"""The usage every answer reports."""
 
 
 def free_port() -> int:
@@ -56,6 +89,16 @@ def create_app(script: Script) -> Any:
         if script.served <= script.fail_first:
             headers = {"retry-after": script.retry_after} if script.retry_after else {}
             return JSONResponse({"error": {"message": "slow down"}}, status_code=script.fail_status, headers=headers)
+        limited = script.over_limit(USAGE["total_tokens"]) if script.rpm or script.tpm else None
+        if limited is not None:
+            script.limited += 1
+            kind = "requests" if script.rpm else "tokens"
+            headers = {
+                "retry-after": f"{limited:.3f}",
+                f"x-ratelimit-remaining-{kind}": "0",
+                f"x-ratelimit-reset-{kind}": f"{limited * 1000:.0f}ms",
+            }
+            return JSONResponse({"error": {"message": "rate limit reached"}}, status_code=429, headers=headers)
         words = ["river", "thief", "tailor", "lighthouse", "gardener", "train", "letter", "candle"]
         seed = int(body.get("seed") or 0)
         text = f"Time is a {words[seed % len(words)]} ({seed})."
@@ -66,7 +109,7 @@ def create_app(script: Script) -> Any:
                 "created": int(time.time()),
                 "model": body.get("model", "stub"),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16},
+                "usage": USAGE,
             }
         )
 
