@@ -223,6 +223,55 @@ def status(store: StoreOption = Path("hivemind-store")) -> None:
 
 
 @app.command()
+def plan(
+    spec: Annotated[Path, typer.Argument(help="Study spec (YAML or JSON), or the name of a study in --store.")],
+    store: StoreOption = Path("hivemind-store"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (`rows` and `total`).")] = False,
+) -> None:
+    """What a study will send and may cost (from litellm's price map), before any request."""
+    import json
+
+    from hivemind.layout import StoreLayout
+    from hivemind.store import Store
+    from hivemind.study import resolve_study
+    from hivemind.study_plan import study_plan
+
+    study_spec = _spec_or_stored(spec, store)
+    if not StoreLayout(store).exists():  # nothing sampled yet; a plan never creates a store
+        queries, deployments = resolve_study(study_spec)
+        planned = study_plan(study_spec, queries, deployments, None)
+    else:
+        with Store(store) as opened:
+            queries, deployments = resolve_study(study_spec, opened)
+            planned = study_plan(study_spec, queries, deployments, opened)
+    if as_json:
+        print(json.dumps(planned, indent=2))
+        return
+    table = Table("deployment", "condition", "requests", "prompt tok", "completion tok max", "cost $ max", "batch $")
+    for row in planned["rows"]:
+        prompt = f"{row['prompt_tokens']}{'~' if row['prompt_tokens_estimated'] else ''}"
+        completion = "?" if row["completion_tokens_max"] is None else str(row["completion_tokens_max"])
+        table.add_row(
+            row["deployment"], row["condition"], str(row["requests"]), prompt, completion,
+            _money(row["cost_usd_max"]), _money(row["cost_usd_batch_max"]),
+        )  # fmt: skip
+    Console().print(table)
+    total = planned["total"]
+    console.print(
+        f"total: {total['requests']} requests to send, "
+        + ("cost unknown" if total["cost_usd_max"] is None else f"at most ${_money(total['cost_usd_max'])}")
+        + (f" (unpriced: {', '.join(total['unpriced'])})" if total["unpriced"] else "")
+        + (" [dim](~ prompt tokens estimated: litellm does not know the tokenizer)[/]" if total["prompt_tokens_estimated"] else "")
+    )  # fmt: skip
+    if total["over_budget"]:
+        console.print(f"[yellow]over budget:[/] the upper bound exceeds budget_usd {total['budget_usd']}")
+
+
+def _money(value: float | None) -> str:
+    return "?" if value is None else f"{value:.4f}"
+
+
+@app.command()
 def export(
     store: StoreOption = Path("hivemind-store"),
     study: Annotated[str | None, typer.Option(help="Study name (default: every study).")] = None,

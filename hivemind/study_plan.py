@@ -1,0 +1,163 @@
+"""`hivemind plan`: what a study will send and may cost, before any request is sent.
+
+Per (deployment, condition): the requests still to send (rows the store already holds are
+subtracted), their prompt tokens (counted with litellm's tokenizer for models whose tokenizer it
+knows: OpenAI's; otherwise litellm's default tokenizer, flagged as an estimate), the completion
+tokens at most (`max_tokens` x requests, or the model's output limit from litellm's map) and as
+expected from the rows the store already has, the cost at most from litellm's bundled price
+map (and at the batch price where the map has one), and the shortest wall time the
+deployment's `rpm` / `tpm` allow. Nothing is sent and nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hivemind.sampling import PendingRequests, iter_requests
+from hivemind.spec import Deployment, Query, StudySpec
+from hivemind.store import Store
+
+EXACT_TOKENIZER_PROVIDERS = frozenset({"openai", "azure", "text-completion-openai"})
+"""litellm providers whose models litellm counts with their own tokenizer (tiktoken)."""
+
+
+@dataclass
+class PlanRow:
+    """One (deployment, condition) of the plan."""
+
+    deployment: str
+    condition: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    prompt_tokens_estimated: bool
+    completion_tokens_max: int | None
+    completion_tokens_expected: int | None
+    cost_usd_max: float | None
+    cost_usd_batch_max: float | None
+    min_wall_s: float | None
+
+
+def _litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # the bundled map, no fetch
+    import litellm
+
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def model_info(model: str) -> dict[str, Any] | None:
+    """litellm's price-map entry for `model` (with or without its provider prefix), else None."""
+    litellm = _litellm()
+    try:
+        return dict(litellm.get_model_info(model))
+    except Exception:  # litellm raises its own "not mapped" errors, of several kinds
+        return None
+
+
+def _cost(prompt: int, completion: int | None, info: dict[str, Any] | None, suffix: str = "") -> float | None:
+    if info is None or completion is None:
+        return None
+    per_in, per_out = info.get(f"input_cost_per_token{suffix}"), info.get(f"output_cost_per_token{suffix}")
+    if per_in is None or per_out is None:
+        return None
+    return float(prompt * per_in + completion * per_out)
+
+
+def _expected_completion(store: Store | None, spec: StudySpec) -> dict[tuple[str, str], float]:
+    """Mean completion tokens of the successful rows per (deployment, condition)."""
+    if store is None or spec.name not in store.studies():
+        return {}
+    import polars as pl
+
+    frame = store.samples_frame(spec.name, include_errors=False)
+    means: dict[tuple[str, str], float] = {}
+    for row in frame.group_by("deployment", "condition").agg(pl.col("completion_tokens").mean()).to_dicts():
+        if row["completion_tokens"] is not None:
+            means[(row["deployment"], row["condition"])] = float(row["completion_tokens"])
+    return means
+
+
+def plan_deployment(
+    spec: StudySpec,
+    queries: list[Query],
+    deployment: Deployment,
+    store: Store | None,
+    expected: dict[tuple[str, str], float],
+) -> list[PlanRow]:
+    """The plan rows of one deployment, one per condition."""
+    litellm = _litellm()
+    info = model_info(deployment.model)
+    exact = info is not None and info.get("litellm_provider") in EXACT_TOKENIZER_PROVIDERS
+    requests: Counter[str] = Counter()
+    prompt: Counter[str] = Counter()
+    max_tokens: dict[str, int | None] = {}
+    counted: dict[tuple[str, str], int] = {}  # a (condition, query)'s prompt is the same for every sample
+    stream = iter_requests(spec, queries, deployment)
+    for request in PendingRequests(store, stream) if store is not None else stream:
+        key = (request.condition, request.query_id)
+        if key not in counted:
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            counted[key] = int(litellm.token_counter(model=deployment.model, messages=messages))
+        requests[request.condition] += 1
+        prompt[request.condition] += counted[key]
+        max_tokens[request.condition] = request.params.max_tokens
+    rows = []
+    for condition in spec.effective_conditions():
+        name, sent = condition.name, requests[condition.name]
+        limit = max_tokens.get(name) or (info or {}).get("max_output_tokens")
+        completion_max = int(limit) * sent if limit is not None else None
+        mean = expected.get((deployment.name, name))
+        wall = [sent * 60.0 / deployment.rpm] if deployment.rpm else []
+        if deployment.tpm and completion_max is not None:
+            wall.append((prompt[name] + completion_max) * 60.0 / deployment.tpm)
+        rows.append(
+            PlanRow(
+                deployment=deployment.name,
+                condition=name,
+                model=deployment.model,
+                requests=sent,
+                prompt_tokens=prompt[name],
+                prompt_tokens_estimated=not exact,
+                completion_tokens_max=completion_max,
+                completion_tokens_expected=round(mean * sent) if mean is not None else None,
+                cost_usd_max=_cost(prompt[name], completion_max, info),
+                cost_usd_batch_max=_cost(prompt[name], completion_max, info, "_batches"),
+                min_wall_s=max(wall) if wall else None,
+            )
+        )
+    return rows
+
+
+def _sum(values: list[Any]) -> Any:
+    """The sum, or None when any part is unknown (an upper bound cannot skip a part)."""
+    return None if any(v is None for v in values) else sum(values)
+
+
+def study_plan(
+    spec: StudySpec, queries: list[Query], deployments: list[Deployment], store: Store | None
+) -> dict[str, Any]:
+    """The plan as JSON-ready data: `rows` (one per deployment and condition) and `total`."""
+    expected = _expected_completion(store, spec)
+    rows = [row for d in deployments for row in plan_deployment(spec, queries, d, store, expected)]
+    walls: dict[str, list[float | None]] = {}
+    for row in rows:
+        walls.setdefault(row.deployment, []).append(row.min_wall_s)
+    per_deployment = [_sum(w) for w in walls.values()]  # conditions share a pace; deployments run at once
+    total = {
+        "requests": sum(r.requests for r in rows),
+        "prompt_tokens": sum(r.prompt_tokens for r in rows),
+        "prompt_tokens_estimated": any(r.prompt_tokens_estimated for r in rows),
+        "completion_tokens_max": _sum([r.completion_tokens_max for r in rows]),
+        "cost_usd_max": _sum([r.cost_usd_max for r in rows]),
+        "cost_usd_batch_max": _sum([r.cost_usd_batch_max for r in rows]),
+        "min_wall_s": max((w for w in per_deployment if w is not None), default=None),
+        "unpriced": sorted({r.deployment for r in rows if r.cost_usd_max is None and r.requests}),
+        "budget_usd": spec.budget_usd,
+    }
+    cost = total["cost_usd_max"]
+    total["over_budget"] = spec.budget_usd is not None and (cost is None or cost > spec.budget_usd)
+    return {"study": spec.name, "rows": [asdict(r) for r in rows], "total": total}

@@ -1,0 +1,113 @@
+"""`hivemind plan`: requests still to send, tokens and cost upper bounds, checked against an
+independent computation from litellm's bundled price map and tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hivemind.cli import app
+from hivemind.store import Store
+
+QUERIES = ["Write a metaphor about time.", "Name a colour that does not exist.", "Invent a new sport."]
+SYSTEM = "Answer as no one else would."
+
+
+def _write(tmp_path: Path, write_zoo: Callable[..., Path], samples: int) -> Path:
+    (tmp_path / "queries.jsonl").write_text(
+        "".join(json.dumps({"id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(QUERIES))
+    )
+    zoo = write_zoo(
+        {"name": "priced", "provider": "mock", "model": "gpt-4o-mini", "rpm": 60},
+        {"name": "local", "provider": "mock", "model": "lab-model-7b"},
+    )
+    spec = {
+        "name": "s",
+        "query_set": str(tmp_path / "queries.jsonl"),
+        "zoo": str(zoo),
+        "deployments": ["priced", "local"],
+        "samples": samples,
+        "params": {"max_tokens": 50},
+        "conditions": [{"name": "plain"}, {"name": "varied", "system_prompt": SYSTEM}],
+        "budget_usd": 0.0001,
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_the_plan_matches_litellm_price_map_and_tokenizer_and_subtracts_the_store(
+    tmp_path: Path, write_zoo: Callable[..., Path]
+) -> None:
+    runner = CliRunner()
+    store = tmp_path / "store"
+    first = runner.invoke(
+        app, ["run", str(_write(tmp_path, write_zoo, 2)), "--store", str(store), "--no-analyze", "--no-progress"]
+    )
+    assert first.exit_code == 0, first.output
+    spec = _write(tmp_path, write_zoo, 5)
+    with Store(store) as opened:
+        rows_before = opened.progress("s")
+    result = runner.invoke(app, ["plan", str(spec), "--store", str(store), "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    with Store(store) as opened:
+        assert opened.progress("s") == rows_before, "nothing is written"
+
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    price = litellm.model_cost["gpt-4o-mini"]
+    rows = {(r["deployment"], r["condition"]): r for r in plan["rows"]}
+    assert set(rows) == {(d, c) for d in ("priced", "local") for c in ("plain", "varied")}
+    for (deployment, condition), row in rows.items():
+        model = "gpt-4o-mini" if deployment == "priced" else "lab-model-7b"
+        system = [{"role": "system", "content": SYSTEM}] if condition == "varied" else []
+        prompt = sum(
+            litellm.token_counter(model=model, messages=[*system, {"role": "user", "content": text}])
+            for text in QUERIES
+        ) * (5 - 2)
+        assert row["requests"] == len(QUERIES) * 3, "the two samples the store holds are subtracted"
+        assert row["prompt_tokens"] == prompt
+        assert row["completion_tokens_max"] == 50 * row["requests"]
+        assert row["completion_tokens_expected"] is not None and 0 < row["completion_tokens_expected"] <= 50 * 9
+        if deployment == "priced":
+            assert row["prompt_tokens_estimated"] is False
+            expected = prompt * price["input_cost_per_token"] + 50 * 9 * price["output_cost_per_token"]
+            assert row["cost_usd_max"] == pytest.approx(expected)
+            batch = prompt * price["input_cost_per_token_batches"] + 50 * 9 * price["output_cost_per_token_batches"]
+            assert row["cost_usd_batch_max"] == pytest.approx(batch)
+            assert row["min_wall_s"] == pytest.approx(9 * 60 / 60)
+        else:
+            assert row["prompt_tokens_estimated"] is True, "litellm does not know its tokenizer: flagged"
+            assert row["cost_usd_max"] is None and row["cost_usd_batch_max"] is None
+    total = plan["total"]
+    assert total["requests"] == 4 * 9 and total["prompt_tokens"] == sum(r["prompt_tokens"] for r in rows.values())
+    assert total["cost_usd_max"] is None and total["unpriced"] == ["local"], "an upper bound cannot skip a part"
+    assert total["over_budget"] is True and total["min_wall_s"] == pytest.approx(18.0)
+
+    table = runner.invoke(app, ["plan", str(spec), "--store", str(store)])
+    assert table.exit_code == 0 and "over budget" in table.output and "unpriced: local" in table.output
+
+
+def test_a_plan_without_a_store_counts_every_request_and_creates_nothing(
+    tmp_path: Path, write_zoo: Callable[..., Path]
+) -> None:
+    spec = _write(tmp_path, write_zoo, 4)
+    result = CliRunner().invoke(app, ["plan", str(spec), "--store", str(tmp_path / "none"), "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert [r["requests"] for r in plan["rows"]] == [12] * 4
+    assert all(r["completion_tokens_expected"] is None for r in plan["rows"])
+    assert not (tmp_path / "none").exists()
+
+
+def test_bad_input_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["plan", str(tmp_path / "missing.yaml"), "--store", str(tmp_path)])
+    assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
