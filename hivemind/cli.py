@@ -81,6 +81,9 @@ def run(
         bool, typer.Option(help="Import a `responses:` file again when it changed since it was imported.")
     ] = False,
     embedder: EmbedderOption = None,
+    over_budget: Annotated[
+        bool, typer.Option("--over-budget", help="Run even when `hivemind plan` prices it above budget_usd.")
+    ] = False,
 ) -> None:
     """Sample a study (resuming where it stopped), import its `responses:` files, analyze, report."""
     if verbose:
@@ -103,6 +106,12 @@ def run(
             console.print(f"[bold green]report:[/] {run.report_path}")
 
     study_spec = _spec_or_stored(spec, store)
+    if study_spec.budget_usd is not None and not over_budget:  # priced before the first request
+        from hivemind.study_plan import over_budget_line, plan_study
+
+        line = over_budget_line(plan_study(study_spec, store))
+        if line:
+            fail(f"{line}; see `hivemind plan`, or pass --over-budget (budget_usd still stops it once spent)")
     with _open_executor(executor, ray_address) as opened:
         run_pipeline(
             study_spec,
@@ -231,19 +240,9 @@ def plan(
     """What a study will send and may cost (from litellm's price map), before any request."""
     import json
 
-    from hivemind.layout import StoreLayout
-    from hivemind.store import Store
-    from hivemind.study import resolve_study
-    from hivemind.study_plan import study_plan
+    from hivemind.study_plan import over_budget_line, plan_study
 
-    study_spec = _spec_or_stored(spec, store)
-    if not StoreLayout(store).exists():  # nothing sampled yet; a plan never creates a store
-        queries, deployments = resolve_study(study_spec)
-        planned = study_plan(study_spec, queries, deployments, None)
-    else:
-        with Store(store) as opened:
-            queries, deployments = resolve_study(study_spec, opened)
-            planned = study_plan(study_spec, queries, deployments, opened)
+    planned = plan_study(_spec_or_stored(spec, store), store)
     if as_json:
         print(json.dumps(planned, indent=2))
         return
@@ -263,8 +262,9 @@ def plan(
         + (f" (unpriced: {', '.join(total['unpriced'])})" if total["unpriced"] else "")
         + (" [dim](~ prompt tokens estimated: litellm does not know the tokenizer)[/]" if total["prompt_tokens_estimated"] else "")
     )  # fmt: skip
-    if total["over_budget"]:
-        console.print(f"[yellow]over budget:[/] the upper bound exceeds budget_usd {total['budget_usd']}")
+    line = over_budget_line(planned)
+    if line:
+        console.print(f"[yellow]over budget:[/] {line}; `hivemind run` needs --over-budget", highlight=False)
 
 
 def _money(value: float | None) -> str:

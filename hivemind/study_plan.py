@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from hivemind.sampling import PendingRequests, iter_requests
@@ -158,6 +159,32 @@ def study_plan(
         "unpriced": sorted({r.deployment for r in rows if r.cost_usd_max is None and r.requests}),
         "budget_usd": spec.budget_usd,
     }
-    cost = total["cost_usd_max"]
-    total["over_budget"] = spec.budget_usd is not None and (cost is None or cost > spec.budget_usd)
+    priced = sum(r.cost_usd_max for r in rows if r.cost_usd_max is not None)
+    total["over_budget"] = spec.budget_usd is not None and priced > spec.budget_usd  # the priced part already
     return {"study": spec.name, "rows": [asdict(r) for r in rows], "total": total}
+
+
+def plan_study(spec: StudySpec, store_path: Path) -> dict[str, Any]:
+    """`study_plan` for a spec and the store it would sample into (which may not exist yet: a
+    plan never creates one)."""
+    from hivemind.layout import StoreLayout
+    from hivemind.sampling_stage import resolve_study
+
+    if not StoreLayout(store_path).exists():
+        queries, deployments = resolve_study(spec)
+        return study_plan(spec, queries, deployments, None)
+    with Store(store_path) as opened:
+        queries, deployments = resolve_study(spec, opened)
+        return study_plan(spec, queries, deployments, opened)
+
+
+def over_budget_line(plan: dict[str, Any]) -> str | None:
+    """One line when the plan's priced upper bound exceeds the study's `budget_usd`, else None."""
+    total = plan["total"]
+    if not total["over_budget"]:
+        return None
+    priced = sum(r["cost_usd_max"] for r in plan["rows"] if r["cost_usd_max"] is not None)
+    return (
+        f"study {plan['study']!r} may cost up to ${priced:.4f} (litellm's prices, max_tokens on every answer), "
+        f"over its budget_usd {total['budget_usd']}"
+    )

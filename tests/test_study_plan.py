@@ -48,7 +48,16 @@ def test_the_plan_matches_litellm_price_map_and_tokenizer_and_subtracts_the_stor
     runner = CliRunner()
     store = tmp_path / "store"
     first = runner.invoke(
-        app, ["run", str(_write(tmp_path, write_zoo, 2)), "--store", str(store), "--no-analyze", "--no-progress"]
+        app,
+        [
+            "run",
+            str(_write(tmp_path, write_zoo, 2)),
+            "--store",
+            str(store),
+            "--no-analyze",
+            "--no-progress",
+            "--over-budget",
+        ],
     )
     assert first.exit_code == 0, first.output
     spec = _write(tmp_path, write_zoo, 5)
@@ -111,3 +120,17 @@ def test_a_plan_without_a_store_counts_every_request_and_creates_nothing(
 def test_bad_input_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["plan", str(tmp_path / "missing.yaml"), "--store", str(tmp_path)])
     assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_run_refuses_a_study_priced_over_its_budget_unless_told(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
+    spec = _write(tmp_path, write_zoo, 2)  # the priced deployment's upper bound is over budget_usd
+    store = tmp_path / "store"
+    runner = CliRunner()
+    refused = runner.invoke(app, ["run", str(spec), "--store", str(store), "--no-analyze", "--no-progress"])
+    assert refused.exit_code == 2, refused.output
+    assert "over its budget_usd 0.0001" in refused.output and "--over-budget" in refused.output
+    assert not store.exists(), "refused before anything was written"
+    told = runner.invoke(
+        app, ["run", str(spec), "--store", str(store), "--no-analyze", "--no-progress", "--over-budget"]
+    )
+    assert told.exit_code == 0, told.output
