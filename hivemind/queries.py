@@ -142,15 +142,20 @@ def paraphrases(query: Query) -> list[str]:
     return []
 
 
-def prompt_text(query: Query, paraphrase: int | None) -> str:
-    """The text sent for `query`: itself, or its `paraphrase`-th rewording (1-based).
+def prompt_text(query: Query, paraphrase: int | str | None, index: int = 0) -> str:
+    """The text sent for `query`: itself, or its `paraphrase`-th rewording (1-based); with
+    `paraphrase="each"`, rewording `index` mod n of its n (sample `index`'s).
 
     A missing rewording is an error (`resolve_study` checks every query before sampling).
     """
     if not paraphrase:
         return query.text
     options = paraphrases(query)
-    if paraphrase > len(options):
+    if paraphrase == "each":
+        if not options:
+            raise ValueError(f"query {query.id!r} has no paraphrases, condition asks for paraphrase: each")
+        return options[index % len(options)]
+    if not isinstance(paraphrase, int) or paraphrase > len(options):
         raise ValueError(
             f"query {query.id!r} has {len(options)} paraphrases, condition asks for paraphrase {paraphrase}"
         )

@@ -18,10 +18,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import islice
+from functools import partial
+from itertools import chain, islice
 
+from hivemind.in_context import Chain, first_turns, run_chain
 from hivemind.providers.base import Provider, ProviderError
-from hivemind.queries import prompt_text
+from hivemind.queries import paraphrases, prompt_text
 from hivemind.ratelimit import estimate_tokens
 from hivemind.sampling_progress import SamplingProgress, Tick
 from hivemind.spec import (
@@ -57,6 +59,8 @@ def iter_requests(
     parts = _KeyParts(spec.seed, deployment.name, identity)
     per_condition = []
     for condition in spec.effective_conditions():
+        if condition.mode == "in-context":  # asked as chains (`hivemind.in_context`)
+            continue
         system = (Message(role="system", content=condition.system_prompt),) if condition.system_prompt else ()
         params = deployment.params.merged(spec.params, condition.params)
         not_sent = (dropped or {}).get((deployment.name, condition.name), ())
@@ -74,13 +78,14 @@ def iter_requests(
         for query in queries:  # built per use, not held for all queries: a query set can be huge
             users: dict[int | None, tuple[Message, tuple[str, str]]] = {}
             for condition_name, paraphrase, system, params, condition_part, not_sent in per_condition:
-                if paraphrase not in users:  # the query's text, or the rewording a condition asks for
-                    text = prompt_text(query, paraphrase)
-                    users[paraphrase] = (
+                number = index % len(paraphrases(query)) + 1 if paraphrase == "each" else paraphrase
+                if number not in users:  # the query's text, or the rewording a condition asks for
+                    text = prompt_text(query, number)
+                    users[number] = (
                         Message.model_construct(role="user", content=text),
                         parts.query(query.id, text),
                     )
-                user, query_part = users[paraphrase]
+                user, query_part = users[number]
                 seed, cache_key = parts.seed_and_key(query_part, condition_part, index)
                 yield _request(
                     {
@@ -231,16 +236,18 @@ def check_resumable(
 ) -> None:
     """Refuse, before anything is written, a store that sampled this study with other parameters.
 
-    Looks up each deployment's first `first` requests (sample index 0 of the first queries): a
-    change of parameters, system prompts, seed or deployment shows there. Every later request
+    Looks up each deployment's first `first` requests (sample index 0 of the first queries), and
+    the first turns of its in-context chains: a change of parameters, system prompts, seed or
+    deployment shows there. Every later request
     is checked as the sampler reaches it, so a change that only later samples show (one
     query's text) stops the run there, with the same error.
     """
     if not store.has_samples(spec.name):
         return
     for deployment in deployments:
-        for _ in PendingRequests(store, islice(iter_requests(spec, queries, deployment), first), chunk=first):
-            pass
+        for stream in (iter_requests(spec, queries, deployment), first_turns(spec, queries, deployment)):
+            for _ in PendingRequests(store, islice(stream, first), chunk=first):
+                pass
 
 
 @dataclass
@@ -285,6 +292,7 @@ class Sampler:
         self.show_progress = progress
         self.report = SamplingReport()
         self._spent = 0.0
+        self._on_skip: Callable[[SampleRequest], None] = lambda request: None
 
     def backoff(self, provider: Provider, exc: BaseException, attempt: int) -> float:
         """Seconds to wait before the next attempt: the server's word, else capped jittered 2^n."""
@@ -323,19 +331,30 @@ class Sampler:
                 await asyncio.sleep(0 if rate_limited else wait)  # the pacer holds a throttled retry
         raise AssertionError("unreachable")
 
-    async def _worker(self, provider: Provider, source: Iterator[SampleRequest], journal: _JournalWriter) -> None:
-        while True:
-            if self._over_budget():
-                self.report.stopped_by_budget = True
-                return
+    async def _ask(self, provider: Provider, request: SampleRequest) -> Outcome:
+        started = time.perf_counter()
+        completion, error, attempts = await self._attempt(provider, request)
+        if completion is not None:
+            self._spent += completion.cost_usd or 0.0  # spent at once, counted once committed
+        return request, completion, error, time.perf_counter() - started, attempts
+
+    def _stop(self) -> bool:
+        if self._over_budget():
+            self.report.stopped_by_budget = True
+        return self.report.stopped_by_budget
+
+    async def _worker(
+        self, provider: Provider, source: Iterator[SampleRequest | Chain], journal: _JournalWriter
+    ) -> None:
+        while not self._stop():
             request = next(source, None)
             if request is None:
                 return
-            started = time.perf_counter()
-            completion, error, attempts = await self._attempt(provider, request)
-            if completion is not None:
-                self._spent += completion.cost_usd or 0.0  # spent at once, counted once committed
-            journal.submit((request, completion, error, time.perf_counter() - started, attempts))
+            if isinstance(request, Chain):  # its turns in order, each committed before the next
+                ask = partial(self._ask, provider)
+                await run_chain(request, self.store, ask, journal.commit, self._on_skip, self._stop)
+            else:
+                journal.submit(await self._ask(provider, request))
 
     def _count(self, tick: Tick) -> Callable[[list[Outcome]], None]:
         """What happens to outcomes once their rows are committed: they count."""
@@ -357,6 +376,7 @@ class Sampler:
         *,
         already_spent: float = 0.0,
         totals: Mapping[str, int] | None = None,
+        chains: Mapping[str, Iterable[Chain]] | None = None,
     ) -> SamplingReport:
         """Sample every request the journal does not hold yet; returns when all are recorded, or
         the budget is reached.
@@ -364,6 +384,7 @@ class Sampler:
         `requests` is a list (grouped here by deployment) or, for large studies, one lazy stream
         per deployment (`iter_requests`) with `totals` giving each stream's length for progress.
         Streams are read as workers need them, so memory stays flat whatever the study's size.
+        `chains` are each deployment's in-context chains (`hivemind.in_context`), taken first.
         """
         self._spent = already_spent
         started = time.perf_counter()
@@ -382,11 +403,13 @@ class Sampler:
                 self.report.skipped += 1
                 tick(request.deployment, True)
 
+            self._on_skip = skip
             journal = _JournalWriter(self.store, self._count(tick))
             try:  # a failing worker (e.g. the disk is full) stops the others: no orphan tasks
                 async with asyncio.TaskGroup() as group:
                     for name, stream in streams.items():
-                        source = iter(PendingRequests(self.store, stream, on_skip=skip))
+                        pending = PendingRequests(self.store, stream, on_skip=skip)
+                        source: Iterator[SampleRequest | Chain] = chain((chains or {}).get(name, ()), pending)
                         size = sizes.get(name, 1) if sizes is not None else None
                         workers = self.providers[name].max_connections()
                         for _ in range(min(workers, max(size, 1)) if size is not None else workers):
@@ -451,6 +474,12 @@ class _JournalWriter:
             self.flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._flush_later)
+
+    def commit(self, outcomes: list[Outcome]) -> None:
+        """Commit `outcomes` (and whatever is pending) before returning: an in-context turn is
+        durable before the next one is asked."""
+        self._pending.extend(outcomes)
+        self.flush()
 
     def _flush_later(self) -> None:
         self._timer = None

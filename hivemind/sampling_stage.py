@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from hivemind.errors import HivemindError
+from hivemind.in_context import iter_chains
 from hivemind.providers.base import Provider
 from hivemind.providers.registry import create_provider
 from hivemind.providers.worker import set_log_dir
@@ -148,11 +149,12 @@ def resolve_study(spec: StudySpec, store: Store | None = None) -> tuple[list[Que
         queries = queries[: spec.max_queries]
     for condition in spec.conditions:  # a missing rewording fails here, before any sampling
         if condition.paraphrase:
-            short = [q.id for q in queries if len(paraphrases(q)) < condition.paraphrase]
+            needed = 1 if condition.paraphrase == "each" else int(condition.paraphrase)
+            short = [q.id for q in queries if len(paraphrases(q)) < needed]
             if short:
                 raise StudyError(
                     f"conditions[{condition.name}].paraphrase: {len(short)} queries of "
-                    f"{query_set.name!r} have fewer than {condition.paraphrase} "
+                    f"{query_set.name!r} have fewer than {needed} "
                     f"paraphrases (first: {short[0]!r})"
                 )
     return queries, deployments
@@ -224,6 +226,20 @@ def check_params(spec: StudySpec, deployments: list[Deployment], providers: dict
     return dropped
 
 
+def check_modes(spec: StudySpec, deployments: list[Deployment], providers: dict[str, Provider]) -> None:
+    """Refuse, before any request, an in-context condition on a deployment that takes one prompt."""
+    chained = [c.name for c in spec.effective_conditions() if c.mode == "in-context"]
+    problems = [
+        f"condition {name!r} is mode: in-context, but deployment {d.name!r} ({d.provider}, "
+        f"mode: {d.options.get('mode', 'completion')}) takes a single prompt, not a conversation"
+        for d in deployments
+        if not providers[d.name].takes_conversation()
+        for name in chained
+    ]
+    if problems:
+        raise StudyError("the study cannot start:\n  " + "\n  ".join(problems))
+
+
 @dataclass
 class StudyRun:
     """What `run_study` returns: where things are and what sampling did (`sampling.json`)."""
@@ -275,6 +291,7 @@ async def sample_study(
     set_log_dir(None if os.environ.get("HIVEMIND_VERBOSE") else store.layout.logs)
     providers = prepare_providers(deployments)
     dropped = check_params(spec, deployments, providers)
+    check_modes(spec, deployments, providers)
     check_resumable(store, spec, queries, deployments)  # refuses other parameters before anything is written
     zoo_references = [d.name for d in deployments if d.reference and d.name not in spec.references]
     if zoo_references:  # `reference: true` in the zoo: stored with the study, as an import's --reference
@@ -291,6 +308,7 @@ async def sample_study(
             streams,
             already_spent=store.total_cost(spec.name),
             totals={d.name: plan_size(spec, queries) for d in deployments},
+            chains={d.name: iter_chains(spec, queries, d, dropped) for d in deployments},
         )
     finally:
         for provider in providers.values():

@@ -7,54 +7,21 @@ before any work starts, so a typo fails fast with the field named, not mid-study
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import re
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hivemind.layout import TOP_LEVEL_ENTRIES
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
-STORE_ENTRIES = TOP_LEVEL_ENTRIES
-"""Names of a store's own files and folders at its top level, where each study has its folder
-(`hivemind.layout`, the one place they are spelled out)."""
-
-
-def store_name_problem(name: str) -> str | None:
-    """Why `name` cannot name a study, query set or scan (it would be a store's own file), or None.
-
-    Compared case-insensitively (macOS and Windows folders are), and SQLite's side files
-    (`hivemind.sqlite-wal`, ...) count as the database's.
-    """
-    folded = name.casefold()
-    for entry in sorted(STORE_ENTRIES):
-        if folded == entry or (entry.endswith(".sqlite") and folded.startswith(entry)):
-            return (
-                f"{name!r} would collide with the store's own {entry!r} "
-                f"(reserved: {', '.join(sorted(STORE_ENTRIES))}); choose another name"
-            )
-    return None
-
-
-def check_store_name(name: str) -> str:
-    """`name`, or a ValueError when it would collide with a store's own files (a pydantic validator)."""
-    problem = store_name_problem(name)
-    if problem:
-        raise ValueError(problem)
-    return name
-
-
-StoreName = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(check_store_name)]
-"""A study, query-set or scan name: a plain file name that is not one of `STORE_ENTRIES`."""
-
-
-class Strict(BaseModel):
-    """Base for every edge model: unknown fields are an error, not silently dropped."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+from hivemind.spec_base import NAME_PATTERN as NAME_PATTERN
+from hivemind.spec_base import STORE_ENTRIES as STORE_ENTRIES
+from hivemind.spec_base import StoreName as StoreName
+from hivemind.spec_base import Strict as Strict
+from hivemind.spec_base import canonical_json as canonical_json
+from hivemind.spec_base import check_store_name as check_store_name
+from hivemind.spec_base import json_safe as json_safe
+from hivemind.spec_base import sha256_hex as sha256_hex
+from hivemind.spec_base import store_name_problem as store_name_problem
 
 
 class Novelty(Strict):
@@ -227,6 +194,10 @@ class QuerySet(Strict):
         return all(q.answer is not None for q in self.queries)
 
 
+DEFAULT_FOLLOW_UP = "Can you generate a different answer?"
+"""NoveltyBench's follow-up turn for in-context regeneration."""
+
+
 class Condition(Strict):
     """A decoding-time intervention crossed with every deployment (temperature, min-p, prompt)."""
 
@@ -236,9 +207,16 @@ class Condition(Strict):
     """Parameter overrides for this condition."""
     system_prompt: str | None = None
     """System prompt added to every request of this condition."""
-    paraphrase: int | None = Field(None, ge=1)
+    paraphrase: int | Literal["each"] | None = None
     """Send each query's N-th rewording (1-based; NoveltyBench `prompt_paraphrases`) instead of
-    its text: "the same request, reworded". Every query of the study needs N paraphrases."""
+    its text: "the same request, reworded". Every query of the study needs N paraphrases.
+    `each`: sample i answers rewording i mod n of the query's n (NoveltyBench's paraphrase method)."""
+    mode: Literal["independent", "in-context"] = "independent"
+    """`in-context`: one conversation per (query, deployment, condition); sample i is asked after
+    samples 0..i-1, each answer followed by the `follow_up` user turn (NoveltyBench's in-context
+    regeneration). `independent`: every sample is a call of its own."""
+    follow_up: str = Field(DEFAULT_FOLLOW_UP, min_length=1)
+    """The user turn after each answer of an in-context chain."""
     allow_dropped_params: bool | list[str] = False
     """Parameters a deployment may leave out of its requests when its provider does not honour
     them (`true`: any). Without this a study stops before sampling; with it, each row records
@@ -253,6 +231,21 @@ class Condition(Strict):
                 known = ", ".join(SamplingParams.model_fields)
                 raise ValueError(f"allow_dropped_params: unknown parameter(s) {unknown} (known: {known})")
         return value
+
+    @field_validator("paraphrase", mode="before")
+    @classmethod
+    def _rewording(cls, value: object) -> object:
+        if value is None or value == "each" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"paraphrase must be a rewording number (1, 2, ...) or each, not {value!r}")
+
+    @model_validator(mode="after")
+    def _mode_fits(self) -> Condition:
+        if self.mode == "in-context" and self.paraphrase == "each":
+            raise ValueError("paraphrase: each asks every sample separately; it cannot be mode: in-context")
+        if self.mode != "in-context" and self.follow_up != DEFAULT_FOLLOW_UP:
+            raise ValueError("follow_up is the user turn of mode: in-context; set mode: in-context or remove it")
+        return self
 
     def allows_dropping(self, param: str) -> bool:
         """Whether this condition accepts samples taken without `param`."""
@@ -419,29 +412,6 @@ class StudySpec(StudyOptions):
 
 Seed31 = Annotated[int, Field(ge=0, le=2**31 - 1)]
 """A seed that fits every backend's seed type (REST bodies and scans are bounded to it)."""
-
-
-def canonical_json(value: Any) -> str:
-    """Deterministic JSON (sorted keys, no whitespace) so equal content hashes equally."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def json_safe(value: Any) -> Any:
-    """A JSON-ready copy: NaN/inf -> None, numpy scalars -> Python, keys -> str."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
-        value = value.item()  # numpy scalar
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def sha256_hex(text: str) -> str:
-    """Hex sha256 of UTF-8 text."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class Message(Strict):

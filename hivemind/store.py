@@ -298,6 +298,18 @@ class Store(JournalFile):
                 found[(r[0], r[1], r[2], r[3])] = (r[4], bool(r[5]))
         return found
 
+    def chain_rows(
+        self, study: str, query_id: str, deployment: str, condition: str
+    ) -> dict[int, tuple[str, str | None]]:
+        """The rows of one (query, deployment, condition): sample index -> (cache_key, text), text
+        None for an error row (an in-context chain reads its committed turns back)."""
+        rows = self._rows(
+            "SELECT sample_index, cache_key, text, error IS NULL AS ok FROM samples WHERE study = ? "
+            "AND query_id = ? AND deployment = ? AND condition = ?",
+            (study, query_id, deployment, condition),
+        )
+        return {int(r[0]): (r[1], (r[2] or "") if r[3] else None) for r in rows}
+
     def record(
         self,
         request: SampleRequest,

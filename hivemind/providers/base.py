@@ -116,6 +116,11 @@ class Provider(ABC):
         """The deployment's rate limits (`rpm`, `tpm`), shared by all of its requests."""
         return Pacer(self.deployment.rpm, self.deployment.tpm)
 
+    def takes_conversation(self) -> bool:
+        """Whether requests may carry a multi-turn conversation (`mode: in-context` conditions):
+        chat endpoints and chat templates do; a plain-completion prompt does not."""
+        return True
+
     def max_connections(self) -> int:
         """How many requests may be in flight at once for this deployment."""
         return self.deployment.max_concurrency

@@ -463,6 +463,9 @@ class CompositeProvider(WorkerProvider):
         super().__init__(deployment)
         self.options = parse_options(deployment)
 
+    def takes_conversation(self) -> bool:
+        return self.options.mode == "chat"
+
     def unsupported_params(self, params: dict[str, Any]) -> set[str]:
         """None: the composite engine runs every parameter, `novelty` included."""
         return set()

@@ -190,6 +190,10 @@ class LlamaCppProvider(WorkerProvider):
             raise TypeError(f"deployment {deployment.name!r}: options.weight_repacking must be true or false")
         self.mode: str = mode
 
+    def takes_conversation(self) -> bool:
+        """Chat mode renders every turn with the file's template; completion mode has one prompt."""
+        return self.mode == "chat"
+
     def check_ready(self) -> None:
         super().check_ready()
         require_module("llama_cpp", f"deployment {self.deployment.name!r} (provider llamacpp)")
