@@ -31,7 +31,7 @@ from hivemind.sampling_stage import StudyError, check_modes
 from hivemind.spec import Condition, Deployment, StudySpec
 from hivemind.study import run_study
 from hivemind.testing.openai_server import free_port
-from tests.conftest import REPO
+from tests.conftest import REPO, require
 
 FOLLOW_UP = "Another one, please."
 
@@ -337,3 +337,65 @@ def test_paraphrase_each_needs_paraphrases(tmp_path: Path, write_zoo: Callable[.
     with pytest.raises(StudyError, match=r"conditions\[each\]\.paraphrase: .* fewer than 1 paraphrases"):
         run_study(spec, tmp_path / "store", progress=False)
     assert not _rows(tmp_path / "store" / "hivemind.sqlite")
+
+
+@pytest.mark.slow
+def test_a_local_model_answers_in_context_and_resumes_its_chain(tmp_path: Path) -> None:
+    require("llama_cpp", "llama-cpp-python (./setup.sh --local)")
+    from hivemind.spec import Message, SampleRequest, sample_seed
+    from hivemind.zoo import load_zoo
+
+    name = "smollm2-135m-instruct"
+    condition = Condition(name="chain", mode="in-context")
+    spec = StudySpec(
+        name="local-ic",
+        query_set="open-ended-v1",
+        deployments=[name],
+        samples=3,
+        max_queries=2,
+        params={"temperature": 1.0, "top_p": 0.95, "max_tokens": 16},
+        conditions=[condition],
+    )
+    store = tmp_path / "store"
+    run = run_study(spec, store, progress=False)
+    rows = _rows(store / "hivemind.sqlite")
+    assert run.sampling.succeeded == {name: 6} and len(rows) == 6 and all(r["error"] is None for r in rows)
+    deployment = load_zoo().get(name)
+    texts = {q.id: q.text for q in load_query_set("open-ended-v1").queries[:2]}
+    for query_id, text in texts.items():
+        chain = [r for r in rows if r["query_id"] == query_id]
+        assert [r["sample_index"] for r in chain] == [0, 1, 2] and all(r["text"].strip() for r in chain)
+        for index, row in enumerate(chain):
+            messages = [Message(role="user", content=text)]
+            for earlier in chain[:index]:
+                messages += [
+                    Message(role="assistant", content=earlier["text"]),
+                    Message(role="user", content=condition.follow_up),
+                ]
+            expected = SampleRequest(
+                study=spec.name,
+                query_id=query_id,
+                deployment=name,
+                condition="chain",
+                sample_index=index,
+                seed=sample_seed(spec.seed, query_id, name, "chain", index),
+                messages=tuple(messages),
+                params=deployment.params.merged(spec.params, condition.params),
+                deployment_identity=deployment.identity(),
+            )
+            assert row["cache_key"] == expected.cache_key, "the key covers the earlier turns"
+            if index:  # the model saw the earlier answer and the follow-up: its prompt grew by them
+                grown = row["prompt_tokens"] - chain[index - 1]["prompt_tokens"]
+                assert grown >= chain[index - 1]["completion_tokens"], (query_id, index, grown)
+    # a lost last turn is asked again from the journal's conversation, and only it
+    lost = rows[2]
+    with sqlite3.connect(store / "hivemind.sqlite") as db:
+        db.execute("DELETE FROM samples WHERE query_id = ? AND sample_index = 2", (lost["query_id"],))
+    again = run_study(spec, store, progress=False)
+    assert again.sampling.succeeded == {name: 1} and again.sampling.skipped == 5
+    after = {(r["query_id"], r["sample_index"]): r for r in _rows(store / "hivemind.sqlite")}
+    assert all(
+        after[(r["query_id"], r["sample_index"])]["created_at"] == r["created_at"] for r in rows if r is not lost
+    )
+    redone = after[(lost["query_id"], 2)]
+    assert redone["cache_key"] == lost["cache_key"] and redone["prompt_tokens"] == lost["prompt_tokens"]
