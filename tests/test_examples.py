@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hivemind.providers.registry import create_provider
-from hivemind.sampling_stage import check_params, load_spec, resolve_study
+from hivemind.sampling_stage import check_modes, check_params, load_spec, resolve_study
 from tests.conftest import REPO
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -25,3 +25,4 @@ def test_example_specs_load_and_pass_the_parameter_check(path: Path) -> None:
     assert queries and len(deployments) == len(spec.deployments)
     providers = {d.name: create_provider(d) for d in deployments}  # validates options, loads nothing
     assert check_params(spec, deployments, providers) == {}  # nothing dropped, nothing refused
+    check_modes(spec, deployments, providers)  # in-context conditions only on deployments that take turns
