@@ -5,7 +5,8 @@ time) and as many workers as it allows connections, so a slow or failing deploym
 up the others and a study of any size starts at once in flat memory. Transient errors are
 retried with exponential backoff and jitter, honouring `Retry-After`, for a bounded number of
 attempts; the final outcome of every request (text or error) is committed to the store before
-it is counted.
+it is counted. In-context conditions are asked as chains (`hivemind.in_context`): a worker takes
+a chain and asks its turns in order, each committed before the next.
 """
 
 from __future__ import annotations
@@ -238,9 +239,9 @@ def check_resumable(
 
     Looks up each deployment's first `first` requests (sample index 0 of the first queries), and
     the first turns of its in-context chains: a change of parameters, system prompts, seed or
-    deployment shows there. Every later request
-    is checked as the sampler reaches it, so a change that only later samples show (one
-    query's text) stops the run there, with the same error.
+    deployment shows there. Every later request is checked as the sampler reaches it, so a
+    change that only later samples show (one query's text) stops the run there, with the same
+    error.
     """
     if not store.has_samples(spec.name):
         return
