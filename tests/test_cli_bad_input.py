@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, missing, require_that
+from tests.conftest import REPO, missing
 
 GOOD_SPEC = "name: s\nquery_set: open-ended-v1\ndeployments: [mock-a]\nsamples: 1\nmax_queries: 1\n"
 
@@ -100,6 +101,31 @@ def _cli(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     )
 
 
+# Linux capabilities that let root write through file permissions (capability.h).
+_ROOT_OVERRIDES = (1, 2, 3, 9)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_LINUX_IMMUTABLE
+_PR_CAPBSET_DROP = 24
+
+
+def _without_root_overrides() -> None:
+    """In the child before exec: drop the overrides from the bounding set, so the CLI, though
+    uid 0, meets file permissions as their owner does (a no-op for other users)."""
+    if os.geteuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in _ROOT_OVERRIDES:
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def _can_drop_root_overrides() -> bool:
+    try:
+        return subprocess.run(["true"], preexec_fn=_without_root_overrides, check=False).returncode == 0
+    except subprocess.SubprocessError:
+        return False
+
+
 def _samples(store: Path) -> int:
     import sqlite3
 
@@ -115,32 +141,23 @@ def _one_clean_line(out: subprocess.CompletedProcess[str], words: str) -> None:
 
 
 def test_a_store_that_refuses_writes_gets_one_line_and_keeps_its_samples(tmp_path: Path) -> None:
-    """A store directory the user may not write (permissions; as root, the immutable attribute,
-    which root cannot write through either): one line, exit 2; the samples already there stay,
-    and once writable again the rerun completes the study."""
-    import os
-    import shutil
-
+    """A store directory the user may not write (read-only permissions; a root user runs the CLI
+    without the capabilities that override them): one line, exit 2; the samples already there
+    stay, and once writable again the rerun completes the study."""
+    if os.geteuid() == 0 and not _can_drop_root_overrides():
+        missing("dropping root's permission-override capabilities (prctl PR_CAPBSET_DROP) is refused here")
     store = tmp_path / "st"
     spec = _spec(tmp_path, GOOD_SPEC.replace("samples: 1", "samples: 3").replace("max_queries: 1", "max_queries: 4"))
     assert _cli(["run", spec, "--store", str(store), "--no-analyze"]).returncode == 0
     assert _samples(store) == 12
     bigger = _spec(tmp_path, Path(spec).read_text().replace("samples: 3", "samples: 6"), "bigger.yaml")
-    locked = [store, *store.iterdir()]
-    if os.geteuid() == 0:
-        chattr = shutil.which("chattr")
-        require_that(chattr, "chattr (e2fsprogs), to make a store unwritable for root")
-        if subprocess.run([chattr, "+i", *map(str, locked)], capture_output=True).returncode != 0:
-            missing(f"the file system under {tmp_path} does not take chattr +i")
-        unlock = [chattr, "-i", *map(str, locked)]
-    else:
-        for p in locked:
-            p.chmod(0o500 if p.is_dir() else 0o400)
-        unlock = ["chmod", "-R", "u+w", str(store)]
+    for p in [store, *store.iterdir()]:
+        p.chmod(0o500 if p.is_dir() else 0o400)
     try:
-        _one_clean_line(_cli(["run", bigger, "--store", str(store), "--no-analyze"]), "store")
+        refused = _cli(["run", bigger, "--store", str(store), "--no-analyze"], preexec_fn=_without_root_overrides)
+        _one_clean_line(refused, "store")
     finally:
-        subprocess.run(unlock, check=True)
+        subprocess.run(["chmod", "-R", "u+w", str(store)], check=True)
     assert _samples(store) == 12
     done = _cli(["run", bigger, "--store", str(store), "--no-analyze"])
     assert done.returncode == 0, done.stderr
