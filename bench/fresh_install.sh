@@ -37,8 +37,8 @@ cat > "$work/zoo.yaml" <<'EOF'
 deployments:
   - {name: tiny, provider: llamacpp, model: x.gguf}
 EOF
-printf 'name: s\nquery_set: open-ended-v1\ndeployments: [tiny]\nsamples: 1\nmax_queries: 1\n' > "$work/spec.yaml"
-refused=$(.venv/bin/hivemind run "$work/spec.yaml" --zoo "$work/zoo.yaml" --store "$work/st" 2>&1 || true)
+printf 'name: s\nquery_set: open-ended-v1\nzoo: %s\ndeployments: [tiny]\nsamples: 1\nmax_queries: 1\n' "$work/zoo.yaml" > "$work/spec.yaml"
+refused=$(.venv/bin/hivemind run "$work/spec.yaml" --store "$work/st" 2>&1 || true)
 echo "llamacpp deployment: $refused"
 echo "$refused" | grep -q "pip install 'hivemind-study\[local\]'" || { echo "FAIL: no install line"; exit 1; }
 
