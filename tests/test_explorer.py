@@ -126,9 +126,14 @@ def test_explorer_in_chromium(study: Path, browser: Browser, tmp_path: Path) -> 
     browser.wait("document.querySelectorAll('[data-query]').length === 12")
     browser.click("th[data-sort=inter]")
     browser.wait("location.hash.indexOf('sort=inter') >= 0")
-    order = browser.js("Array.from(document.querySelectorAll('[data-query]')).map(e => e.dataset.query)")
     inter = {q["id"]: q["figures"]["default"][1] for q in read_data(study / "explorer" / "index.js")["queries"]}
-    assert order == sorted(inter, key=lambda q: -inter[q])
+    expected = json.dumps(sorted(inter, key=lambda q: -inter[q]), separators=(",", ":"))
+    listed = "JSON.stringify(Array.from(document.querySelectorAll('[data-query]')).map(e => e.dataset.query))"
+    try:  # the list re-renders after the hash changes
+        browser.wait(f"{listed} === {json.dumps(expected)}")
+    except Exception:
+        pass
+    assert browser.js(listed) == expected
 
     # nothing but its own files
     own = {page, (study / "explorer" / "index.js").as_uri()}
