@@ -38,7 +38,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetc
 
 from hivemind.providers.openai import chat_body
 from hivemind.providers.registry import create_provider
-from hivemind.sampling import Sampler, iter_requests
+from hivemind.sample_requests import iter_requests
+from hivemind.sampling import Sampler
 from hivemind.spec import Deployment, Query, SamplingParams, StudySpec
 from hivemind.store import Store
 from hivemind.testing.openai_server import free_port

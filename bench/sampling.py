@@ -37,7 +37,8 @@ from hivemind.providers.llamacpp import (
 )
 from hivemind.providers.openai import chat_body
 from hivemind.providers.registry import create_provider
-from hivemind.sampling import Sampler, plan_requests
+from hivemind.sample_requests import plan_requests
+from hivemind.sampling import Sampler
 from hivemind.spec import Deployment, Query, SamplingParams, StudySpec
 from hivemind.store import Store
 from hivemind.testing.openai_server import free_port

@@ -20,7 +20,8 @@ from hivemind.providers.base import Provider
 from hivemind.providers.registry import create_provider
 from hivemind.providers.worker import set_log_dir
 from hivemind.queries import load_query_set, paraphrases
-from hivemind.sampling import Sampler, SamplingReport, check_resumable, iter_requests, plan_size
+from hivemind.sample_requests import iter_requests, plan_size
+from hivemind.sampling import Sampler, SamplingReport, check_resumable
 from hivemind.spec import LOCAL_DECODING_PARAMS, Deployment, Query, StudySpec
 from hivemind.store import Store
 from hivemind.zoo import ZooError, format_validation_error, load_zoo, missing_keys

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hivemind.sampling import PendingRequests, iter_requests
+from hivemind.sample_requests import iter_requests
+from hivemind.sampling import PendingRequests
 from hivemind.spec import Deployment, Query, StudySpec
 from hivemind.store import Store
 

@@ -322,18 +322,18 @@ def test_random_pair_baseline_is_the_same_for_any_block_size(monkeypatch: pytest
 
 
 def test_the_unit_rows_for_the_pair_search_are_the_same_for_any_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hivemind.analysis import run
+    from hivemind.analysis import duplicate_search
 
     rng = np.random.default_rng(5)
     vectors = rng.standard_normal((23, 8)).astype(np.float32)
     vectors[[3, 17]] = 0.0  # no direction: left out
-    units, kept = run._embedded(vectors)
+    units, kept = duplicate_search._embedded(vectors)
     assert kept.tolist() == [i for i in range(23) if i not in (3, 17)]
     assert np.allclose(np.linalg.norm(units, axis=1), 1.0, atol=1e-6) and units.dtype == np.float32
     monkeypatch.setattr(semantic, "NORMALISE_BLOCK_ROWS", 4)
-    again, kept_again = run._embedded(vectors)
+    again, kept_again = duplicate_search._embedded(vectors)
     assert np.array_equal(again, units) and np.array_equal(kept_again, kept)
-    empty, none = run._embedded(vectors[:0])
+    empty, none = duplicate_search._embedded(vectors[:0])
     assert empty.shape == (0, 8) and none.size == 0
 
 

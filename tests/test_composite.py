@@ -21,7 +21,7 @@ from hivemind.providers.composite import (
 )
 from hivemind.providers.gguf import resolve_gguf
 from hivemind.providers.registry import create_provider
-from hivemind.sampling import plan_requests
+from hivemind.sample_requests import plan_requests
 from hivemind.spec import (
     Deployment,
     Message,

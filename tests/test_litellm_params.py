@@ -21,7 +21,8 @@ import pytest
 from pydantic import ValidationError
 
 from hivemind.providers.registry import create_provider
-from hivemind.sampling import Sampler, plan_requests
+from hivemind.sample_requests import plan_requests
+from hivemind.sampling import Sampler
 from hivemind.spec import Condition, Deployment, Query, StudySpec
 from hivemind.store import Store, dropped_params
 from hivemind.study import StudyError, run_study

@@ -200,7 +200,7 @@ FIXTURE_ZOO = """deployments:
 
 def test_planning_the_old_study_today_gives_the_keys_it_stored(old_store: Path, tmp_path: Path) -> None:
     # A parameter added since (`novelty`) must not move the cache keys of samples taken before.
-    from hivemind.sampling import plan_requests
+    from hivemind.sample_requests import plan_requests
     from hivemind.sampling_stage import resolve_study
 
     zoo = tmp_path / "zoo.yaml"

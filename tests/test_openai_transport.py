@@ -17,7 +17,8 @@ import pytest
 
 from hivemind.providers.base import Provider, ProviderError
 from hivemind.providers.registry import create_provider
-from hivemind.sampling import Sampler, iter_requests
+from hivemind.sample_requests import iter_requests
+from hivemind.sampling import Sampler
 from hivemind.spec import Deployment, Message, Query, SampleRequest, SamplingParams, StudySpec
 from hivemind.store import Store
 from hivemind.testing.forward_proxy import forward_proxy

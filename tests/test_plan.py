@@ -9,13 +9,8 @@ from pathlib import Path
 import pytest
 
 from hivemind.providers.registry import create_provider
-from hivemind.sampling import (
-    PendingRequests,
-    Sampler,
-    check_resumable,
-    iter_requests,
-    plan_size,
-)
+from hivemind.sample_requests import iter_requests, plan_size
+from hivemind.sampling import PendingRequests, Sampler, check_resumable
 from hivemind.spec import (
     Completion,
     Condition,

@@ -11,7 +11,8 @@ import pytest
 
 from hivemind.providers.registry import create_provider
 from hivemind.ratelimit import RECOVERY, SLOWEST, Pacer, estimate_tokens, parse_duration
-from hivemind.sampling import Sampler, iter_requests
+from hivemind.sample_requests import iter_requests
+from hivemind.sampling import Sampler
 from hivemind.spec import Condition, Deployment, Query, SamplingParams, StudySpec
 from hivemind.store import Store
 from hivemind.testing.openai_server import USAGE, Script, serve

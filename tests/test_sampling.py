@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from hivemind.providers.registry import create_provider
-from hivemind.sampling import Sampler, plan_requests
+from hivemind.sample_requests import plan_requests
+from hivemind.sampling import Sampler
 from hivemind.spec import Deployment, Query, StudySpec
 from hivemind.store import Store, StoreError
 from hivemind.study import StudyError, run_study

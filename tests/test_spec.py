@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from hivemind.sampling import plan_requests
+from hivemind.sample_requests import plan_requests
 from hivemind.spec import (
     Condition,
     Deployment,

@@ -17,6 +17,7 @@ Definitions: shared METRICS.md. `hivemind.pipeline` adds the store, embeddings a
 from hivemind.analysis.baseline import random_pair_baseline
 from hivemind.analysis.conditions import baseline_condition, conditions_view, lineage_view
 from hivemind.analysis.data import Group, build_groups, prepare_responses
+from hivemind.analysis.duplicate_search import corpus_near_duplicates, near_duplicates
 from hivemind.analysis.ensemble import (
     draw_diversity,
     ensemble_curves,
@@ -26,13 +27,7 @@ from hivemind.analysis.ensemble import (
 )
 from hivemind.analysis.lexical import diversity_summary, diversity_table
 from hivemind.analysis.quality import correctness, quality_split, quality_table
-from hivemind.analysis.run import (
-    EQUAL_K_RULE,
-    AnalysisResult,
-    analyze_responses,
-    corpus_near_duplicates,
-    near_duplicates,
-)
+from hivemind.analysis.run import EQUAL_K_RULE, AnalysisResult, analyze_responses
 from hivemind.analysis.significance import gap_permutation_test, gap_tests
 from hivemind.analysis.similarity import (
     category_breakdown,
