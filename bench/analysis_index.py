@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from hivemind.embed import Embedder, embed_texts  # noqa: E402
-from hivemind.index import VectorIndex, gpu_available  # noqa: E402
+from hivemind.vectors.embed import Embedder, embed_texts  # noqa: E402
+from hivemind.vectors.index import VectorIndex, gpu_available  # noqa: E402
 
 DIM = 384
 WORDS = (

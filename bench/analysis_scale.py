@@ -141,7 +141,7 @@ def recall(n: int) -> dict[str, Any]:
     planted near-duplicates; seconds are CPU seconds (the machine may be shared)."""
     from analysis import make_study
 
-    from hivemind.index import near_duplicate_pairs
+    from hivemind.vectors.index import near_duplicate_pairs
 
     _, vectors = make_study(max(1, n // (DEPLOYMENTS * SAMPLES)), DEPLOYMENTS, SAMPLES)
     # the synthetic study has no pair >= 0.9: plant one in 100 rows, a near copy of the same

@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hivemind.embed import Embedder
+from hivemind.vectors.embed import Embedder
 
 
 def texts(n: int) -> list[str]:

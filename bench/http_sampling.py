@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
 
+from hivemind.inputs.spec import Deployment, Query, SamplingParams, StudySpec
 from hivemind.providers.openai import chat_body
 from hivemind.providers.registry import create_provider
-from hivemind.sample_requests import iter_requests
-from hivemind.sampling import Sampler
-from hivemind.spec import Deployment, Query, SamplingParams, StudySpec
-from hivemind.store import Store
+from hivemind.sampling.requests import iter_requests
+from hivemind.sampling.sampler import Sampler
+from hivemind.store.journal import Store
 from hivemind.testing.openai_server import free_port
 
 SERVER = Path(__file__).resolve().parent / "latency_server.py"

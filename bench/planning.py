@@ -26,8 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hivemind.providers.base import Provider, register
-from hivemind.spec import (
+from hivemind.inputs.spec import (
     Completion,
     Deployment,
     Message,
@@ -36,6 +35,7 @@ from hivemind.spec import (
     StudySpec,
     sample_seed,
 )
+from hivemind.providers.base import Provider, register
 
 QUERIES, DEPLOYMENTS, SAMPLES = 10_000, 20, 50
 
@@ -111,7 +111,7 @@ def study_files(folder: Path) -> StudySpec:
 
 def sample_for(folder: Path, seconds: float) -> dict[str, float]:
     """`sample_study` on the 10M study for `seconds`, then stopped (cancelled) cleanly."""
-    from hivemind.store import Store
+    from hivemind.store.journal import Store
     from hivemind.study import sample_study
 
     spec = study_files(folder)

@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from hivemind.inputs.spec import Deployment, Query, SamplingParams, StudySpec
+from hivemind.inputs.zoo import load_zoo
 from hivemind.providers.gguf import resolve_gguf
 from hivemind.providers.llamacpp import (
     DEFAULT_TEMPLATE,
@@ -37,12 +39,10 @@ from hivemind.providers.llamacpp import (
 )
 from hivemind.providers.openai import chat_body
 from hivemind.providers.registry import create_provider
-from hivemind.sample_requests import plan_requests
-from hivemind.sampling import Sampler
-from hivemind.spec import Deployment, Query, SamplingParams, StudySpec
-from hivemind.store import Store
+from hivemind.sampling.requests import plan_requests
+from hivemind.sampling.sampler import Sampler
+from hivemind.store.journal import Store
 from hivemind.testing.openai_server import free_port
-from hivemind.zoo import load_zoo
 
 
 def start_server() -> tuple[subprocess.Popen[bytes], str]:

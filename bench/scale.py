@@ -39,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import polars as pl  # noqa: E402
 import yaml  # noqa: E402
 
-from hivemind.embed import Embedder, EmbeddingCache, embed_texts  # noqa: E402
 from hivemind.executors import Executor  # noqa: E402
 from hivemind.executors.ray_analysis import shard_bounds  # noqa: E402
+from hivemind.inputs.spec import StudySpec  # noqa: E402
 from hivemind.pipeline import CACHE_FILE, analyze_store  # noqa: E402
-from hivemind.spec import StudySpec  # noqa: E402
-from hivemind.store import Store  # noqa: E402
+from hivemind.store.journal import Store  # noqa: E402
 from hivemind.study import run_study  # noqa: E402
+from hivemind.vectors.embed import Embedder, EmbeddingCache, embed_texts  # noqa: E402
 
 LATENCY_S = 0.02
 CONCURRENCY = 4

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hivemind.importing import PROVIDER, Columns, import_responses
-from hivemind.store import Store, StoreError
+from hivemind.imports.importer import PROVIDER, Columns, import_responses
+from hivemind.store.journal import Store, StoreError
 
 if TYPE_CHECKING:
     from hivemind.pipeline import AnalysisOutputs

@@ -3,7 +3,7 @@
 A store is a directory: the journal and the embedding cache at its top, one folder per study
 (samples, sampling summary, analysis tables, report, import logs), uploaded query sets and
 scan reports beside them. `StoreLayout` is the only place those names are spelled out;
-`hivemind.store.Store` owns one (`store.layout`), the doors and the pipeline ask it for paths,
+`hivemind.store.journal.Store` owns one (`store.layout`), the doors and the pipeline ask it for paths,
 and `spec.STORE_ENTRIES` (names a study may not take) is derived from it.
 
 The REST service serves these files while they are being rewritten, so every one of them is

@@ -7,13 +7,13 @@ service's job workers (`run_pipeline_async`, the same steps on the service's loo
 (the sampling steps, then their drift step).
 
 Steps, in order:
-- `sample`: sample whatever the journal lacks (`hivemind.sampling_stage.sample_study`).
+- `sample`: sample whatever the journal lacks (`hivemind.sampling.stage.sample_study`).
 - `export`: the study's samples to `STORE/<study>/samples.parquet`; after sampling, what it did to
   `sampling.json`.
 - `analyze`: embed every analysed response through the cache at `STORE/embeddings.sqlite` (a
   re-analysis embeds nothing twice), index them (FAISS) and run every analysis
   (`hivemind.analysis`); writes `STORE/<study>/analysis/<table>.parquet` and `summary.json`
-  (a `hivemind.summary.Summary`).
+  (a `hivemind.analysis.summary.Summary`).
 - `report`: `STORE/<study>/report.html` from the analysis directory (without `analyze` in the
   same run, the study is analysed first when its analysis is missing or stale).
 
@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hivemind.analysis.summary import Summary, SummaryError, read_summary
+from hivemind.inputs.spec import StudySpec, json_safe
 from hivemind.layout import (
     ANALYSIS,
     EMBEDDING_CACHE,
@@ -42,18 +44,16 @@ from hivemind.layout import (
     atomic_write,
     atomic_write_text,
 )
-from hivemind.sampling_stage import StudyRun, load_spec, sample_study
-from hivemind.spec import StudySpec, json_safe
-from hivemind.store import Store, StoreError, dropped_params
-from hivemind.summary import Summary, SummaryError, read_summary
+from hivemind.sampling.stage import StudyRun, load_spec, sample_study
+from hivemind.store.journal import Store, StoreError, dropped_params
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from hivemind.embed import Embedder
-    from hivemind.embedders import RemoteEmbedder
     from hivemind.executors import Executor
-    from hivemind.sampling import SamplingReport
+    from hivemind.providers.embedders import RemoteEmbedder
+    from hivemind.sampling.sampler import SamplingReport
+    from hivemind.vectors.embed import Embedder
 
 __all__ = [
     "SAMPLING_STEPS",
@@ -139,7 +139,7 @@ class PipelineRun:
     analysis: AnalysisOutputs | None = None
     report_path: Path | None = None
     imports: list[Any] | None = None
-    """What the spec's `responses:` files did (`hivemind.spec_responses.SourceOutcome`s)."""
+    """What the spec's `responses:` files did (`hivemind.imports.spec_responses.SourceOutcome`s)."""
 
     @property
     def study(self) -> str:
@@ -175,7 +175,7 @@ def run_pipeline(
     `progress` shows the sampling's progress bars.
     `after_step(step, run)` is called as each step ends (a door reports progress with it).
     A spec's `responses:` files are imported after its deployments are sampled (by sha256: once;
-    `replace` loads a changed file again; `hivemind.spec_responses`).
+    `replace` loads a changed file again; `hivemind.imports.spec_responses`).
     """
     from hivemind.executors import open_executor
 
@@ -189,7 +189,7 @@ def run_pipeline(
                 if run.spec.deployments:
                     run.sampling = asyncio.run(sample_study(run.spec, db, progress=progress, executor=opened))
                 if run.spec.responses:
-                    from hivemind.spec_responses import import_spec_responses
+                    from hivemind.imports.spec_responses import import_spec_responses
 
                     run.imports = import_spec_responses(run.spec, db, replace=replace)
                 done("sample", run)
@@ -221,11 +221,11 @@ async def run_pipeline_async(
     """`run_pipeline` on a running event loop (the service's job workers, the scans).
 
     Sampling runs on the loop (a cancel stops it at once; committed samples stay); export and
-    analysis run in a thread that a cancel waits for (`hivemind.jobs.run_to_completion`).
+    analysis run in a thread that a cancel waits for (`hivemind.store.jobs.run_to_completion`).
     `before_analysis()` is asked before the analysis starts: False skips it (e.g. a cancelled
     job). `analysis_lock` keeps heavy analyses from overlapping.
     """
-    from hivemind.jobs import run_to_completion
+    from hivemind.store.jobs import run_to_completion
 
     wanted = _steps(steps)
     run = PipelineRun(spec, store.directory, wanted)
@@ -356,7 +356,7 @@ def _exclusions(samples: pl.DataFrame, analysed: int, complete_only: bool = Fals
 def _embedder(spec: StudySpec, embedder: Any, progress: bool, zoo: str | Path | None = None) -> Any:
     """An embedder object as is; a name (None: the spec's) resolved through the zoo's
     `embedders:` (`zoo`, else the spec's zoo, else ./providers.yaml), else sentence-transformers."""
-    from hivemind.embedders import resolve_embedder
+    from hivemind.providers.embedders import resolve_embedder
 
     if embedder is None or isinstance(embedder, str):
         return resolve_embedder(embedder or spec.embedder, zoo or spec.zoo, progress=progress)
@@ -384,23 +384,23 @@ def analyze(
 ) -> AnalysisOutputs:
     """The `analyze` step: embed, index and analyse `study`; write its tables and summary.
 
-    `embedder` is the name of a zoo embedder (`hivemind.embedders`; looked up in `zoo`, else the
+    `embedder` is the name of a zoo embedder (`hivemind.providers.embedders`; looked up in `zoo`, else the
     spec's zoo), a sentence-transformers name or path, or an embedder object; None uses the study
     spec's (default all-MiniLM-L6-v2). `threshold` is the cosine for near-duplicate pairs and
     equivalence classes. `use_gpu` runs the corpus-wide near-duplicate search (FAISS) on a GPU:
     None uses one when faiss sees one, False never does, True requires it. `complete_only`
     leaves out responses cut off at max_tokens and `answer_checker` judges verifiable answers
-    (`hivemind.verify.get_checker`); None takes the spec's `analysis` options. The summary
+    (`hivemind.analysis.verify.get_checker`); None takes the spec's `analysis` options. The summary
     reports the truncated share per deployment (warning above 10%) and which responses and
     checker were used. `executor` (`hivemind.executors`) runs the embedding, the per-query
     analyses and the pair search elsewhere, e.g. on Ray: the same tables.
     """
     from hivemind.analysis import analyze_responses, prepare_responses
     from hivemind.analysis.data import truncation_summary, truncation_table
-    from hivemind.embed import EmbeddingCache, embed_texts
+    from hivemind.analysis.verify import get_checker
     from hivemind.executors import Executor as LocalExecutor
-    from hivemind.external_classes import add_external_classes
-    from hivemind.verify import get_checker
+    from hivemind.imports.external_classes import add_external_classes
+    from hivemind.vectors.embed import EmbeddingCache, embed_texts
 
     spec = store.study_spec(study)
     model = _embedder(spec, embedder, progress, zoo)  # first: a bad zoo entry fails before any work

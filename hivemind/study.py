@@ -1,7 +1,7 @@
 """One study, sampled: the Python door most callers start from (`run_study`).
 
 `run_study` is `hivemind.pipeline.run_pipeline` with the sampling steps (sample, export); the
-stage itself lives in `hivemind.sampling_stage`, whose names are re-exported here.
+stage itself lives in `hivemind.sampling.stage`, whose names are re-exported here.
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hivemind.inputs.spec import StudySpec
 from hivemind.pipeline import SAMPLING_STEPS, run_pipeline
-from hivemind.sampling_stage import (
+from hivemind.sampling.stage import (
     DroppedParams,
     StudyError,
     StudyRun,
@@ -20,7 +21,6 @@ from hivemind.sampling_stage import (
     resolve_study,
     sample_study,
 )
-from hivemind.spec import StudySpec
 
 if TYPE_CHECKING:
     from hivemind.executors import Executor

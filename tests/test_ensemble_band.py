@@ -68,8 +68,8 @@ def test_band_keeps_the_family_wise_error_of_null_ensembles() -> None:
 
 def test_summary_and_report_label_the_band_simultaneous() -> None:
     from hivemind.analysis import analyze_responses
+    from hivemind.analysis.summary import parse_summary
     from hivemind.report.sections import ensemble_section, headline
-    from hivemind.summary import parse_summary
 
     responses, vectors = simulate(Design(queries=12), seed=0)
     result = analyze_responses(responses, vectors, lexical=False, n_boot=200, n_perm=50)

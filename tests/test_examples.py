@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hivemind.providers.registry import create_provider
-from hivemind.sampling_stage import check_modes, check_params, load_spec, resolve_study
+from hivemind.sampling.stage import check_modes, check_params, load_spec, resolve_study
 from tests.conftest import REPO
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))

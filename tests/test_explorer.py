@@ -20,7 +20,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from hivemind.importing import import_responses  # noqa: E402
+from hivemind.imports.importer import import_responses  # noqa: E402
 from hivemind.pipeline import analyze_store, write_report  # noqa: E402
 from hivemind.report.explorer import read_data  # noqa: E402
 from hivemind.testing.browser import Browser, BrowserError  # noqa: E402

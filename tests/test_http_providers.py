@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hivemind.spec import StudySpec
+from hivemind.inputs.spec import StudySpec
 from hivemind.study import run_study
 from hivemind.testing.openai_server import Script, serve
 

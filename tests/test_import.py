@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from hivemind.external_classes import adjusted_rand_index
-from hivemind.importing import ImportFileError, file_sha256, import_responses
-from hivemind.queries import SHIPPED_DIR, load_query_set, paraphrases
-from hivemind.spec import Condition, Deployment, StudySpec
-from hivemind.store import Store, StoreError
+from hivemind.imports.external_classes import adjusted_rand_index
+from hivemind.imports.importer import ImportFileError, file_sha256, import_responses
+from hivemind.inputs.queries import SHIPPED_DIR, load_query_set, paraphrases
+from hivemind.inputs.spec import Condition, Deployment, StudySpec
+from hivemind.store.journal import Store, StoreError
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parent.parent
@@ -396,7 +396,7 @@ def test_analyze_a_dataframe_and_cache_its_vectors(tmp_path: Path) -> None:
     import pandas as pd
 
     import hivemind
-    from hivemind.embed import EmbeddingCache
+    from hivemind.vectors.embed import EmbeddingCache
 
     rows = [
         {"query": q, "deployment": d, "text": f"{d} on {q}: take {j}" if d == "a" else f"{q} {j} {d}"}

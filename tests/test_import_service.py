@@ -30,7 +30,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
 
 
 def test_import_noveltybench_file_then_read_it_like_any_study(client: httpx.Client) -> None:
-    from hivemind.queries import load_query_set
+    from hivemind.inputs.queries import load_query_set
 
     queries = load_query_set("noveltybench-curated").queries[:3]
     lines = [

@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 import yaml
 
-from hivemind.in_context import NOT_ASKED
+from hivemind.inputs.queries import load_query_set, paraphrases
+from hivemind.inputs.spec import Condition, Deployment, StudySpec
 from hivemind.providers.registry import create_provider
-from hivemind.queries import load_query_set, paraphrases
-from hivemind.sampling_stage import StudyError, check_modes
-from hivemind.spec import Condition, Deployment, StudySpec
+from hivemind.sampling.in_context import NOT_ASKED
+from hivemind.sampling.stage import StudyError, check_modes
 from hivemind.study import run_study
 from hivemind.testing.openai_server import free_port
 from tests.conftest import REPO, require
@@ -342,8 +342,8 @@ def test_paraphrase_each_needs_paraphrases(tmp_path: Path, write_zoo: Callable[.
 @pytest.mark.slow
 def test_a_local_model_answers_in_context_and_resumes_its_chain(tmp_path: Path) -> None:
     require("llama_cpp", "llama-cpp-python (./setup.sh --local)")
-    from hivemind.spec import Message, SampleRequest, sample_seed
-    from hivemind.zoo import load_zoo
+    from hivemind.inputs.spec import Message, SampleRequest, sample_seed
+    from hivemind.inputs.zoo import load_zoo
 
     name = "smollm2-135m-instruct"
     condition = Condition(name="chain", mode="in-context")

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from hivemind.index import (
+from hivemind.vectors.index import (
     VectorIndex,
     exact_cosines,
     gpu_available,
@@ -247,7 +247,7 @@ def test_ivf_corpus_search_finds_exact_pairs_with_exact_cosines() -> None:
     """The approximate IVF search returns a subset of the exact pairs with the same canonical
     cosines, and on planted near-duplicates (two models repeating one answer) it finds nearly
     all of them; an unknown index kind is refused by name."""
-    from hivemind.index import near_duplicate_pairs
+    from hivemind.vectors.index import near_duplicate_pairs
 
     rng = np.random.default_rng(3)
     n, dim = 6000, 48
@@ -271,7 +271,7 @@ def test_ivf_corpus_search_finds_what_faiss_ivf_range_search_finds() -> None:
     finds with the same lists and probes, misses included (few probes: it misses many)."""
     import faiss
 
-    from hivemind.index import SLACK, _ivf_lists, near_duplicate_pairs
+    from hivemind.vectors.index import SLACK, _ivf_lists, near_duplicate_pairs
 
     rng = np.random.default_rng(5)
     n, dim, nprobe = 4000, 32, 3
@@ -305,7 +305,7 @@ def test_blocked_exact_search_finds_what_faiss_flat_range_search_finds() -> None
     """The CPU exact corpus search (upper-triangle matrix products, blocks smaller than the
     corpus so block edges and the diagonal block are crossed) gives FAISS's flat range search's
     pairs and cosines, pair for pair, on a corpus with many pairs near the threshold."""
-    from hivemind.index import SLACK, VectorIndex, _blocked_range
+    from hivemind.vectors.index import SLACK, VectorIndex, _blocked_range
 
     rng = np.random.default_rng(8)
     n, dim = 3000, 24

@@ -48,7 +48,7 @@ def test_a_local_deployment_without_the_extra_stops_with_the_install_line(tmp_pa
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "pip install 'hivemind-study[local]'" in out.stderr and "'tiny'" in out.stderr
     if (tmp_path / "store").exists():  # nothing sampled, not even the deployment that could run
-        from hivemind.store import Store
+        from hivemind.store.journal import Store
 
         with Store(tmp_path / "store") as store:
             assert not store.has_samples("s")

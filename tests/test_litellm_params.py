@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from hivemind.inputs.spec import Condition, Deployment, Query, StudySpec
 from hivemind.providers.registry import create_provider
-from hivemind.sample_requests import plan_requests
-from hivemind.sampling import Sampler
-from hivemind.spec import Condition, Deployment, Query, StudySpec
-from hivemind.store import Store, dropped_params
+from hivemind.sampling.requests import plan_requests
+from hivemind.sampling.sampler import Sampler
+from hivemind.store.journal import Store, dropped_params
 from hivemind.study import StudyError, run_study
 from hivemind.testing.openai_server import serve
 from tests.conftest import REPO, mock_deployment
@@ -187,7 +187,7 @@ def test_loading_litellm_through_hivemind_reaches_for_no_network(importer: str) 
 
 
 def test_a_store_from_before_the_column_opens_with_its_rows_intact(tmp_path: Path) -> None:
-    from hivemind.store import MIGRATIONS
+    from hivemind.store.journal import MIGRATIONS
 
     tmp_path.joinpath("old").mkdir()
     db = sqlite3.connect(tmp_path / "old" / "hivemind.sqlite")

@@ -18,15 +18,15 @@ from typing import Any
 import httpx
 import pytest
 
+from hivemind.inputs.spec import StudySpec
+from hivemind.inputs.zoo import load_zoo
 from hivemind.providers.gguf import ChecksumError, resolve_gguf
 from hivemind.providers.llamacpp import open_llama
 from hivemind.providers.registry import create_provider
 from hivemind.providers.worker import worker_pids
-from hivemind.spec import StudySpec
-from hivemind.store import Store
+from hivemind.store.journal import Store
 from hivemind.study import StudyError, run_study, sample_study
 from hivemind.testing.openai_server import free_port
-from hivemind.zoo import load_zoo
 from tests.conftest import mock_deployment
 
 LOCAL = ["gemma3-270m-base", "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from hivemind.drift import scan_history
-from hivemind.jobs import JOBS, SCANS, ServiceDB
 from hivemind.migrations import Family, MigrationError, adopt_if_table, applied, migrate
-from hivemind.store import MIGRATIONS, Store
+from hivemind.scans.drift import scan_history
+from hivemind.store.jobs import JOBS, SCANS, ServiceDB
+from hivemind.store.journal import MIGRATIONS, Store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-da49a97"
 
@@ -162,7 +162,7 @@ def test_two_connections_run_each_step_once(tmp_path: Path) -> None:
 def test_an_old_embedding_cache_is_adopted_with_its_vectors(tmp_path: Path) -> None:
     """The cache written at da49a97 (CREATE TABLE IF NOT EXISTS, no `_migrations`) opens under
     today's migrations: adopted, not rebuilt, every vector still served."""
-    from hivemind.embed import EmbeddingCache
+    from hivemind.vectors.embed import EmbeddingCache
 
     path = tmp_path / "embeddings.sqlite"
     shutil.copy(FIXTURE / "embeddings.sqlite", path)
@@ -200,8 +200,8 @@ FIXTURE_ZOO = """deployments:
 
 def test_planning_the_old_study_today_gives_the_keys_it_stored(old_store: Path, tmp_path: Path) -> None:
     # A parameter added since (`novelty`) must not move the cache keys of samples taken before.
-    from hivemind.sample_requests import plan_requests
-    from hivemind.sampling_stage import resolve_study
+    from hivemind.sampling.requests import plan_requests
+    from hivemind.sampling.stage import resolve_study
 
     zoo = tmp_path / "zoo.yaml"
     zoo.write_text(FIXTURE_ZOO)
@@ -222,7 +222,7 @@ def test_planning_the_old_study_today_gives_the_keys_it_stored(old_store: Path, 
 
 def test_an_old_store_without_its_zoo_names_the_entries_it_needs(old_store: Path) -> None:
     # Stores written before deployments were kept cannot resume without the zoo: say which entries.
-    from hivemind.sampling_stage import StudyError, resolve_study
+    from hivemind.sampling.stage import StudyError, resolve_study
 
     with Store(old_store) as store:
         spec = store.study_spec("cli-study")

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from hivemind.inputs.spec import Deployment, Message, Query, SampleRequest, SamplingParams, StudySpec
 from hivemind.providers.base import Provider, ProviderError
 from hivemind.providers.registry import create_provider
-from hivemind.sample_requests import iter_requests
-from hivemind.sampling import Sampler
-from hivemind.spec import Deployment, Message, Query, SampleRequest, SamplingParams, StudySpec
-from hivemind.store import Store
+from hivemind.sampling.requests import iter_requests
+from hivemind.sampling.sampler import Sampler
+from hivemind.store.journal import Store
 from hivemind.testing.forward_proxy import forward_proxy
 from hivemind.testing.openai_server import serve
 

@@ -13,18 +13,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from hivemind import store as store_module
-from hivemind.layout import StoreLayout
-from hivemind.pipeline import STEPS, run_pipeline, write_report
-from hivemind.spec import STORE_ENTRIES, StudySpec, store_name_problem
-from hivemind.store import Store
-from hivemind.summary import (
+from hivemind.analysis.summary import (
     SUMMARY_VERSION,
     Summary,
     SummaryError,
     parse_summary,
     read_summary,
 )
+from hivemind.inputs.spec import STORE_ENTRIES, StudySpec, store_name_problem
+from hivemind.layout import StoreLayout
+from hivemind.pipeline import STEPS, run_pipeline, write_report
+from hivemind.store import journal as store_module
+from hivemind.store.journal import Store
 from tests.conftest import require
 
 FAST = {"n_boot": 100, "n_perm": 50}

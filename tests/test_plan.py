@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hivemind.providers.registry import create_provider
-from hivemind.sample_requests import iter_requests, plan_size
-from hivemind.sampling import PendingRequests, Sampler, check_resumable
-from hivemind.spec import (
+from hivemind.inputs.spec import (
     Completion,
     Condition,
     Deployment,
@@ -22,7 +19,10 @@ from hivemind.spec import (
     StudySpec,
     sample_seed,
 )
-from hivemind.store import Store, StoreError
+from hivemind.providers.registry import create_provider
+from hivemind.sampling.requests import iter_requests, plan_size
+from hivemind.sampling.sampler import PendingRequests, Sampler, check_resumable
+from hivemind.store.journal import Store, StoreError
 
 QUERIES = [
     Query(id="q-1", text="Write a metaphor about time."),

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from hivemind.queries import (
+from hivemind.inputs.queries import (
     SHIPPED_DIR,
     QueryFileError,
     list_shipped,
     load_query_set,
 )
-from hivemind.spec import Query, QuerySet, sha256_hex
+from hivemind.inputs.spec import Query, QuerySet, sha256_hex
 from tests.conftest import require
 
 SAMPLE: list[dict[str, Any]] = [
@@ -346,7 +346,7 @@ def test_invalid_explicit_name(tmp_path: Path) -> None:
 def test_jsonl_with_unicode_line_separators_inside_strings_loads(tmp_path) -> None:
     import json as _json
 
-    from hivemind.queries import load_query_set
+    from hivemind.inputs.queries import load_query_set
 
     path = tmp_path / "odd.jsonl"
     text = "first\u2028second\u0085third"

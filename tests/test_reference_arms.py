@@ -19,10 +19,10 @@ from hivemind.analysis.conditions import conditions_view
 from hivemind.analysis.data import build_groups
 from hivemind.analysis.run import deployments_under_test
 from hivemind.analysis.similarity import pair_similarity, query_similarity
-from hivemind.importing import import_responses
-from hivemind.queries import SHIPPED_DIR
-from hivemind.spec_responses import import_spec_responses
-from hivemind.store import Store, StoreError
+from hivemind.imports.importer import import_responses
+from hivemind.imports.spec_responses import import_spec_responses
+from hivemind.inputs.queries import SHIPPED_DIR
+from hivemind.store.journal import Store, StoreError
 from hivemind.study import load_spec
 
 DATA = SHIPPED_DIR / "noveltybench-gpt4o"

@@ -8,16 +8,16 @@ import sys
 
 import pytest
 
+from hivemind.inputs.spec import Deployment
 from hivemind.providers import registry
 from hivemind.providers.registry import Builtin, UnknownProviderError, create_provider
-from hivemind.spec import Deployment
 from tests.conftest import REPO
 
 
 def test_a_study_of_one_kind_imports_only_that_kind() -> None:
     probe = (
         "import sys; from hivemind.providers.registry import create_provider; "
-        "from hivemind.spec import Deployment; "
+        "from hivemind.inputs.spec import Deployment; "
         "create_provider(Deployment(name='m', provider='mock', model='mock')); "
         "print(sorted(m for m in sys.modules if m.startswith('hivemind.providers.')))"
     )

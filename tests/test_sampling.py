@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from hivemind.inputs.spec import Deployment, Query, StudySpec
 from hivemind.providers.registry import create_provider
-from hivemind.sample_requests import plan_requests
-from hivemind.sampling import Sampler
-from hivemind.spec import Deployment, Query, StudySpec
-from hivemind.store import Store, StoreError
+from hivemind.sampling.requests import plan_requests
+from hivemind.sampling.sampler import Sampler
+from hivemind.store.journal import Store, StoreError
 from hivemind.study import StudyError, run_study
 from tests.conftest import mock_deployment
 
@@ -158,8 +158,8 @@ def test_unknown_deployment_and_provider_are_clear_errors(tmp_path: Path, write_
 
 
 def test_a_registered_third_party_provider_runs_like_a_builtin(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
+    from hivemind.inputs.spec import Completion, SampleRequest
     from hivemind.providers.base import Provider, register
-    from hivemind.spec import Completion, SampleRequest
 
     @register("shout")
     class Shout(Provider):

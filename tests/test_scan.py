@@ -20,8 +20,8 @@ import uvicorn
 from typer.testing import CliRunner
 
 from hivemind.cli import app as cli
-from hivemind.jobs import ServiceDB
-from hivemind.scan import (
+from hivemind.scans.report import write_scan_report
+from hivemind.scans.scan import (
     ScanError,
     due_scans,
     latest_fire,
@@ -31,7 +31,7 @@ from hivemind.scan import (
     run_scan,
     scan_history,
 )
-from hivemind.scan_report import write_scan_report
+from hivemind.store.jobs import ServiceDB
 
 DEPLOYMENTS = """
 deployments:
@@ -272,7 +272,7 @@ def test_the_paired_test_matches_scipy_and_pairs_only_queries_at_equal_k() -> No
     import numpy as np
     from scipy.stats import permutation_test
 
-    from hivemind.drift import compare_runs, sign_flip_pvalues
+    from hivemind.scans.drift import compare_runs, sign_flip_pvalues
 
     def scipy_p(d: np.ndarray, n_resamples: float) -> float:
         return float(
@@ -314,7 +314,7 @@ def test_the_paired_test_matches_scipy_and_pairs_only_queries_at_equal_k() -> No
 
 def test_a_killed_hand_run_resumes(tmp_path: Path) -> None:
     zoo, store = write_zoo(tmp_path / "zoo.yaml"), tmp_path / "store"
-    from hivemind.scan import queue_scan_run
+    from hivemind.scans.scan import queue_scan_run
 
     book = load_scans(zoo)
     with ServiceDB(store) as db:  # a run that was recorded but never finished (process killed)
@@ -347,8 +347,8 @@ def test_scan_analysis_drops_failed_and_empty_answers_and_uses_equal_k(tmp_path:
     import numpy as np
     import polars as pl
 
-    from hivemind.scan import analyze_scan
-    from hivemind.store import Store
+    from hivemind.scans.scan import analyze_scan
+    from hivemind.store.journal import Store
 
     # mock-b fails some requests for good: its arms come up short of K on some queries
     zoo = write_zoo(tmp_path / "zoo.yaml", mock_b="fail_rate: 0.3, error_status: 400, diversity: 6")
@@ -371,7 +371,7 @@ def test_scan_analysis_drops_failed_and_empty_answers_and_uses_equal_k(tmp_path:
         for key in ("intra", "inter"):
             assert m[key]["lo"] <= m[key]["estimate"] <= m[key]["hi"]
     from hivemind.analysis import build_groups, pair_similarity, prepare_responses, query_similarity
-    from hivemind.embed import Embedder, EmbeddingCache, embed_texts
+    from hivemind.vectors.embed import Embedder, EmbeddingCache, embed_texts
 
     responses, _ = prepare_responses(frame, deployment_order=["mock-a", "mock-b", "mock-c"])
     vectors = embed_texts(

@@ -32,11 +32,11 @@ import polars as pl
 import pytest
 import uvicorn
 
+from hivemind.inputs.spec import STORE_ENTRIES
 from hivemind.service.app import create_app
 from hivemind.service.auth import TOKEN_FILE, BindError, check_bind
 from hivemind.service.context import ServiceLimits
 from hivemind.service.redaction import RedactingFilter, Redactor
-from hivemind.spec import STORE_ENTRIES
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN_ENV = "HIVEMIND_TEST_TOKEN"
@@ -337,7 +337,7 @@ def test_query_sets_upload_as_json_jsonl_csv_and_multipart(client: httpx.Client,
     detail = client.get("/v1/query-sets/up-csv").json()
     assert [q["text"] for q in detail["queries"]] == ["Write a haiku", "Name a cat, please"]
     saved = server[1] / "query-sets" / "up-jsonl.jsonl"
-    from hivemind.queries import load_query_set
+    from hivemind.inputs.queries import load_query_set
 
     assert [q.id for q in load_query_set(saved).queries] == ["q0", "q1", "q2"]
 
@@ -797,9 +797,9 @@ def test_reserved_names_are_refused_in_python_and_the_cli_before_anything_is_wri
     from typer.testing import CliRunner
 
     from hivemind.cli import app
-    from hivemind.scan import ScanSpec
-    from hivemind.spec import StudySpec
-    from hivemind.store import StoreError
+    from hivemind.inputs.spec import StudySpec
+    from hivemind.scans.scan import ScanSpec
+    from hivemind.store.journal import StoreError
     from hivemind.study import run_study
 
     queries = tmp_path / "queries.jsonl"
@@ -850,7 +850,7 @@ def test_the_store_holds_only_study_folders_and_reserved_names(client: httpx.Cli
     assert client.get("/v1/studies/layout/tables/samples").status_code == 200  # a download's temporary file
     studies = {s["name"] for s in client.get("/v1/studies").json()["studies"]}
     assert (store / "embeddings.sqlite").exists() and (store / "query-sets").is_dir() and (store / "scans").is_dir()
-    from hivemind.spec import store_name_problem
+    from hivemind.inputs.spec import store_name_problem
 
     for entry in store.iterdir():
         if entry.name in studies or entry.name.startswith("."):  # hidden names are not valid study names
@@ -869,8 +869,8 @@ def _queue_job(
     deployments: tuple[str, ...] = ("mock-fast",),
     samples: int = 2,
 ) -> None:
-    from hivemind.jobs import planned_counts
-    from hivemind.spec import StudySpec
+    from hivemind.inputs.spec import StudySpec
+    from hivemind.sampling.stage import planned_counts
 
     queries = tmp_path / "queries.jsonl"
     queries.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
@@ -977,7 +977,7 @@ def test_a_cancel_landing_between_reading_a_job_and_starting_it_is_kept(
 
 
 def test_start_job_is_a_compare_and_set(tmp_path: Path) -> None:
-    from hivemind.jobs import ServiceDB
+    from hivemind.store.jobs import ServiceDB
 
     with ServiceDB(tmp_path / "store") as db:
         for study in ("cas-a", "cas-b"):

@@ -143,8 +143,8 @@ def test_scans_obey_the_sample_limit_at_creation(client: httpx.Client) -> None:
 
 
 def test_a_scan_run_over_the_limit_is_refused_before_anything_is_written(tmp_path: Path) -> None:
-    from hivemind.jobs import ServiceDB
-    from hivemind.scan import ScanError, ScanSpec, load_scans, queue_scan_run
+    from hivemind.scans.scan import ScanError, ScanSpec, load_scans, queue_scan_run
+    from hivemind.store.jobs import ServiceDB
 
     (tmp_path / "providers.yaml").write_text(ZOO)
     book = load_scans(tmp_path / "providers.yaml", None, tmp_path)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from hivemind.sample_requests import plan_requests
-from hivemind.spec import (
+from hivemind.inputs.spec import (
     Condition,
     Deployment,
     Message,
@@ -16,6 +15,7 @@ from hivemind.spec import (
     StudySpec,
     sample_seed,
 )
+from hivemind.sampling.requests import plan_requests
 
 
 def _request(**changes: object) -> SampleRequest:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hivemind.sampling_stage import StudyError, resolve_study
-from hivemind.store import Store
+from hivemind.sampling.stage import StudyError, resolve_study
+from hivemind.store.journal import Store
 from tests.conftest import mock_deployment, require
 
 
@@ -97,7 +97,7 @@ def test_keys_never_enter_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     zoo = origin / "zoo.yaml"
     entry = mock_deployment("m1") | {"api_key_env": "TRIP_SECRET_KEY"}
     zoo.write_text(yaml.safe_dump({"deployments": [entry]}))
-    from hivemind.spec import StudySpec
+    from hivemind.inputs.spec import StudySpec
 
     spec = StudySpec(name="k", query_set="open-ended-v1", deployments=["m1"], samples=1, max_queries=1, zoo=str(zoo))
     with Store(origin / "store") as store:

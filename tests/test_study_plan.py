@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from hivemind.cli import app
-from hivemind.store import Store
+from hivemind.store.journal import Store
 
 QUERIES = ["Write a metaphor about time.", "Name a colour that does not exist.", "Invent a new sport."]
 SYSTEM = "Answer as no one else would."

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hivemind.queries import load_query_set
-from hivemind.verify import (
+from hivemind.analysis.verify import (
     exact_match,
     final_answer,
     get_checker,
@@ -15,6 +14,7 @@ from hivemind.verify import (
     regex_match,
     strip_reasoning,
 )
+from hivemind.inputs.queries import load_query_set
 
 
 @pytest.mark.parametrize(

@@ -110,7 +110,7 @@ def test_wheel_runs_outside_the_checkout(installed: tuple[Path, dict[str, str]],
         [
             str(bin_dir / "python"),
             "-c",
-            "import hivemind, hivemind.queries as q; print(hivemind.__file__); print(q.SHIPPED_DIR)",
+            "import hivemind, hivemind.inputs.queries as q; print(hivemind.__file__); print(q.SHIPPED_DIR)",
         ],
         work,
         env,

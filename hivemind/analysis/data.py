@@ -3,7 +3,7 @@
 Rules (applied once, here, so every table agrees):
 
 * Chain-of-thought is not the answer: `<think>...</think>` blocks (and an unclosed or
-  unopened block, `hivemind.verify.strip_reasoning`) are removed from `text` before anything
+  unopened block, `hivemind.analysis.verify.strip_reasoning`) are removed from `text` before anything
   is scored, so embeddings, lexical metrics and near-duplicates see the answer only.
 * Only successful rows (`error` is null) with non-empty text (after removing reasoning and
   surrounding whitespace) are analysed.
@@ -47,7 +47,7 @@ def answer_text(text: str | None) -> str | None:
     """
     if text is None:
         return None
-    from hivemind.verify import strip_reasoning
+    from hivemind.analysis.verify import strip_reasoning
 
     answer = strip_reasoning(text)
     return text if answer == text else answer.strip()

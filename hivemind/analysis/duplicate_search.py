@@ -37,13 +37,13 @@ def _found_pairs(
     executor: Executor | None = None,
     index: str = "exact",
 ) -> pl.DataFrame:
-    """`hivemind.index.near_duplicate_pairs` on the responses, i and j as response rows
+    """`hivemind.vectors.index.near_duplicate_pairs` on the responses, i and j as response rows
     (through `executor.pair_search`, e.g. sharded on Ray: the same pairs; an approximate
     `index` runs in this process)."""
     import polars as pl
 
     from hivemind.executors import Executor
-    from hivemind.index import near_duplicate_pairs
+    from hivemind.vectors.index import near_duplicate_pairs
 
     X, keep = _embedded(vectors)
     deployments = responses["deployment"].to_list()
@@ -69,7 +69,7 @@ def near_duplicates(
 ) -> tuple[pl.DataFrame, int]:
     """Cross-deployment pairs within one query and condition with cosine >= threshold.
 
-    Found by `hivemind.index.near_duplicate_pairs`; returns every pair (or the `max_rows` most
+    Found by `hivemind.vectors.index.near_duplicate_pairs`; returns every pair (or the `max_rows` most
     similar), most similar first, with both texts side by side, and the total count. The REST
     service pages through this table, so by default nothing is cut.
     """

@@ -1,6 +1,6 @@
 """Quality control vs residual narrowing, for query sets with reference answers (METRICS.md).
 
-Per query: D_all over all K responses, D_correct over the correct ones (`hivemind.verify`),
+Per query: D_all over all K responses, D_correct over the correct ones (`hivemind.analysis.verify`),
 only when at least two are correct. Between deployments a and b (a before b in spec order),
 on the queries where both D_correct exist:
 
@@ -27,7 +27,7 @@ from hivemind.metrics.stats import bootstrap_ci
 if TYPE_CHECKING:
     import polars as pl
 
-    from hivemind.verify import AnswerChecker
+    from hivemind.analysis.verify import AnswerChecker
 
 
 def correctness(
@@ -35,10 +35,10 @@ def correctness(
 ) -> dict[tuple[str, str, str], np.ndarray]:
     """(query, condition, deployment) -> boolean array over its K responses.
 
-    `checker` is a `hivemind.verify.get_checker` name or callable (default "final": the
+    `checker` is a `hivemind.analysis.verify.get_checker` name or callable (default "final": the
     reference in the response's final answer, affirmed and not hedged).
     """
-    from hivemind.verify import get_checker
+    from hivemind.analysis.verify import get_checker
 
     check = get_checker(checker)
     out = {}

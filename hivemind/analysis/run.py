@@ -48,7 +48,7 @@ from hivemind.analysis.similarity import (
     similarity_bins,
     verbatim_overlap,
 )
-from hivemind.verify import AnswerChecker, checker_name
+from hivemind.analysis.verify import AnswerChecker, checker_name
 
 if TYPE_CHECKING:
     import polars as pl
@@ -111,11 +111,11 @@ def analyze_responses(
     equivalence class. `use_gpu` is for the FAISS corpus-wide near-duplicate search (None:
     a GPU when faiss sees one). `max_near_duplicates` caps the corpus-wide table
     (`near_duplicates_corpus`); the within-query `near_duplicates` keeps every pair. `checker`
-    judges answers to verifiable queries (`hivemind.verify.get_checker`: a name such as "final",
+    judges answers to verifiable queries (`hivemind.analysis.verify.get_checker`: a name such as "final",
     "exact", "numeric:0.01", "regex", "module:function", or a callable; default "final"). Works
     with one deployment (no inter tables), one condition and missing categories. Comparisons
     follow `FOOTING_RULE`. `corpus_index` is "exact" or "ivf" (approximate, for very large
-    corpora; `hivemind.index`) for the corpus-wide search only. `ensemble_k` is "all" (every k of
+    corpora; `hivemind.vectors.index`) for the corpus-wide search only. `ensemble_k` is "all" (every k of
     the ensemble curves), "sparse" (fewer k, same values there; `ensemble.sparse_ks`) or "auto"
     (all while K <= 16, sparse beyond; the summary's `ensemble_k` says which was computed). `executor` runs the per-query analyses and the pair search (default:
     in this process; `hivemind.executors`). `references` are reference arms (human answers):
@@ -127,7 +127,7 @@ def analyze_responses(
     import polars as pl
 
     from hivemind.executors import Executor
-    from hivemind.index import CORPUS_INDEXES
+    from hivemind.vectors.index import CORPUS_INDEXES
 
     if corpus_index not in CORPUS_INDEXES:  # before the work, not after it
         raise ValueError(f"unknown corpus index {corpus_index!r}; use one of {', '.join(CORPUS_INDEXES)}")

@@ -9,8 +9,8 @@ if TYPE_CHECKING:
     import numpy as np
     import polars as pl
 
-    from hivemind.embed import Embedder
     from hivemind.providers.base import Provider
+    from hivemind.vectors.embed import Embedder
 
 
 class Executor:
@@ -34,8 +34,8 @@ class Executor:
         threshold: float,
         use_gpu: bool | None = None,
     ) -> pl.DataFrame:
-        """`hivemind.index.near_duplicate_pairs` (same arguments, same table)."""
-        from hivemind.index import near_duplicate_pairs
+        """`hivemind.vectors.index.near_duplicate_pairs` (same arguments, same table)."""
+        from hivemind.vectors.index import near_duplicate_pairs
 
         return near_duplicate_pairs(vectors, deployments, groups, threshold, use_gpu=use_gpu)
 

@@ -1,6 +1,6 @@
 """The Ray executor: deployments as Ray actors, per-query analyses and pair search as Ray tasks.
 
-Sampling: the driver keeps running `hivemind.sampling.Sampler` (retries, budget, resume and
+Sampling: the driver keeps running `hivemind.sampling.sampler.Sampler` (retries, budget, resume and
 the SQLite journal stay in one place, on the driver's disk). Only the call into a provider
 moves: each deployment gets one actor holding its provider (`max_concurrency` = the
 deployment's connection limit, so the limit holds cluster-wide), and the sampler sees a
@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hivemind.executors.local import Executor
+from hivemind.inputs.spec import Completion, Deployment, SampleRequest
 from hivemind.providers.base import Provider, ProviderError
-from hivemind.spec import Completion, Deployment, SampleRequest
 
 if TYPE_CHECKING:
     import numpy as np
     import polars as pl
 
-    from hivemind.embed import Embedder
+    from hivemind.vectors.embed import Embedder
 
 NAMESPACE = "hivemind"
 ACTOR_RESTARTS = 4

@@ -9,7 +9,7 @@
   to shards. Over the corpus, the rows are cut into S blocks and every block pair (a <= b) is a
   task: FAISS indexes block b (on a GPU of the cluster when there is one and `use_gpu` allows)
   and searches it with block a. Similarities are the canonical
-  float64-accumulated cosines (`hivemind.index.exact_cosines`), so the merged pair set and
+  float64-accumulated cosines (`hivemind.vectors.index.exact_cosines`), so the merged pair set and
   its values are those of one search.
 """
 
@@ -69,7 +69,7 @@ def _pairs_within(
     matrix: np.ndarray, rows: np.ndarray, deps: np.ndarray, groups: np.ndarray, threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Within-group pairs among `rows` (ascending), as global row numbers."""
-    from hivemind.index import near_duplicate_pairs
+    from hivemind.vectors.index import near_duplicate_pairs
 
     found = near_duplicate_pairs(matrix[rows], deps[rows].tolist(), groups[rows].tolist(), threshold)
     return rows[found["i"].to_numpy()], rows[found["j"].to_numpy()], found["cosine"].to_numpy().astype(np.float32)
@@ -79,7 +79,7 @@ def _pairs_blocks(
     matrix: np.ndarray, deps: np.ndarray, a: tuple[int, int], b: tuple[int, int], threshold: float, use_gpu: bool | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs i < j, i in block a, j in block b, from different deployments: FAISS on block b."""
-    from hivemind.index import VectorIndex
+    from hivemind.vectors.index import VectorIndex
 
     index = VectorIndex(matrix.shape[1], use_gpu=use_gpu)
     index.add(matrix[b[0] : b[1]])
@@ -97,11 +97,11 @@ def sharded_pairs(
     use_gpu: bool | None,
     shards: int,
 ) -> pl.DataFrame:
-    """`hivemind.index.near_duplicate_pairs(vectors, deployments, groups, threshold)` on Ray."""
+    """`hivemind.vectors.index.near_duplicate_pairs(vectors, deployments, groups, threshold)` on Ray."""
     import polars as pl
     import ray
 
-    from hivemind.index import _as_unit_matrix, _codes
+    from hivemind.vectors.index import _as_unit_matrix, _codes
 
     matrix = _as_unit_matrix(vectors)
     n = matrix.shape[0]

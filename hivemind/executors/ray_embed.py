@@ -1,7 +1,7 @@
 """Embedding with Ray Data: the batches `Embedder.encode_ids` would run, run by actors.
 
 The driver still tokenizes, chunks, deduplicates and reads/writes the embedding cache
-(`hivemind.embed.embed_texts` is unchanged); only the forward passes move. Batches are cut
+(`hivemind.vectors.embed.embed_texts` is unchanged); only the forward passes move. Batches are cut
 exactly as in one process (all chunks sorted longest first, `batch_size` per batch), so every
 actor sees the same padded tensors the single process would, and each returns its rows already
 normalised, as `encode_ids` does.
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hivemind.embed import Embedder
+from hivemind.vectors.embed import Embedder
 
 
 class BatchEmbedder:

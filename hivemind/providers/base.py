@@ -19,8 +19,8 @@ from datetime import UTC
 from functools import cached_property
 from typing import Any, ClassVar
 
-from hivemind.ratelimit import Pacer
-from hivemind.spec import LOCAL_DECODING_PARAMS, Completion, Deployment, SampleRequest
+from hivemind.inputs.spec import LOCAL_DECODING_PARAMS, Completion, Deployment, SampleRequest
+from hivemind.providers.ratelimit import Pacer
 
 EXTRAS: dict[str, str] = {"llama_cpp": "local"}
 """The optional package each importable module comes from (`pip install 'hivemind-study[EXTRA]'`)."""

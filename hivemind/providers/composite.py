@@ -45,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
+from hivemind.inputs.spec import Completion, Deployment, Message, Novelty, SampleRequest, Strict
 from hivemind.providers.base import register, require_module
 from hivemind.providers.combine import (
     FORMS,
@@ -63,7 +64,6 @@ from hivemind.providers.llamacpp import (
     render_prompt,
 )
 from hivemind.providers.worker import WorkerProvider
-from hivemind.spec import Completion, Deployment, Message, Novelty, SampleRequest, Strict
 
 DEFAULT_MAX_TOKENS = 256  # as the llamacpp provider
 
@@ -145,7 +145,7 @@ class CompositeOptions(Strict):
 
 def parse_options(deployment: Deployment) -> CompositeOptions:
     """Validated options, errors naming the field (`options.components[1].sha256`)."""
-    from hivemind.zoo import field_path
+    from hivemind.inputs.zoo import field_path
 
     try:
         return CompositeOptions.model_validate(deployment.options)
@@ -414,7 +414,7 @@ class CompositeEngine:
     def embed(self, embedder: str, texts: list[str]) -> np.ndarray:
         """Unit vectors from a novelty embedder (each loaded on first use)."""
         if embedder not in self._embedders:
-            from hivemind.embed import Embedder
+            from hivemind.vectors.embed import Embedder
 
             self._embedders[embedder] = Embedder(embedder, device="cpu", progress=False)
         return self._embedders[embedder].encode(texts, progress=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from hivemind.inputs.spec import Completion, Deployment, SampleRequest, canonical_json
 from hivemind.providers.base import (
     RETRYABLE_STATUS,
     Provider,
@@ -20,7 +21,6 @@ from hivemind.providers.base import (
     parse_retry_after,
     register,
 )
-from hivemind.spec import Completion, Deployment, SampleRequest, canonical_json
 
 # Sampling parameters outside OpenAI's schema go to the provider as they are, so whether they
 # work depends on the provider behind litellm: these honour them; every other provider (OpenAI

@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from hivemind.inputs.spec import Completion, Deployment, SampleRequest
 from hivemind.providers.base import register, require_module
 from hivemind.providers.gguf import resolve_gguf
 from hivemind.providers.worker import WorkerProvider
-from hivemind.spec import Completion, Deployment, SampleRequest
 
 DEFAULT_TEMPLATE = "{system}Question: {prompt}\nAnswer:"
 ENGINE = "hivemind.providers.llamacpp:llama_engine"

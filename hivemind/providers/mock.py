@@ -21,8 +21,8 @@ import asyncio
 import random
 from collections import defaultdict
 
+from hivemind.inputs.spec import Completion, Deployment, SampleRequest
 from hivemind.providers.base import Provider, ProviderError, register
-from hivemind.spec import Completion, Deployment, SampleRequest
 
 _OPENINGS = [
     "Time is a river",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from hivemind.inputs.spec import Completion, Deployment, SampleRequest
 from hivemind.providers.base import (
     RETRYABLE_STATUS,
     Provider,
@@ -27,7 +28,6 @@ from hivemind.providers.base import (
     parse_retry_after,
     register,
 )
-from hivemind.spec import Completion, Deployment, SampleRequest
 
 if TYPE_CHECKING:
     import aiohttp

@@ -13,8 +13,8 @@ import importlib.util
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
+from hivemind.inputs.spec import Deployment
 from hivemind.providers.base import REGISTERED, Provider, ProviderFactory
-from hivemind.spec import Deployment
 
 ENTRY_POINT_GROUP = "hivemind.providers"
 

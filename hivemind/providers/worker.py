@@ -37,8 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
+from hivemind.inputs.spec import Completion, Deployment, SampleRequest
 from hivemind.providers.base import Provider, ProviderError
-from hivemind.spec import Completion, Deployment, SampleRequest
 
 Engine = Callable[[Any], Any]
 """What a factory returns: one payload in, one result out (both picklable)."""

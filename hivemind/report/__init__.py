@@ -12,6 +12,7 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hivemind.analysis.summary import Summary, parse_summary, read_summary
 from hivemind.layout import SUMMARY
 from hivemind.report.markup import CSS, table
 from hivemind.report.sections import (
@@ -23,7 +24,6 @@ from hivemind.report.sections import (
     near_duplicate_pairs,
     warnings_block,
 )
-from hivemind.summary import Summary, parse_summary, read_summary
 
 if TYPE_CHECKING:
     import polars as pl

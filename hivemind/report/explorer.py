@@ -23,8 +23,8 @@ from hivemind.layout import atomic_write_text
 if TYPE_CHECKING:
     import polars as pl
 
-    from hivemind.store import Store
-    from hivemind.summary import Summary
+    from hivemind.analysis.summary import Summary
+    from hivemind.store.journal import Store
 
 PAGE = "explorer.html"
 DATA = "explorer"
@@ -82,8 +82,8 @@ def _texts(store: Store, study: str, responses: pl.DataFrame) -> pl.DataFrame:
 
 def _vectors(store: Store, embedder_id: str | None, texts: list[str]) -> np.ndarray | None:
     """The cached embedding of every text, or None when any is missing (then no map)."""
-    from hivemind.embed import EmbeddingCache
-    from hivemind.spec import sha256_hex
+    from hivemind.inputs.spec import sha256_hex
+    from hivemind.vectors.embed import EmbeddingCache
 
     if not embedder_id or not texts or not store.layout.embedding_cache.is_file():
         return None
@@ -237,7 +237,7 @@ def _per_deployment(pairs: pl.DataFrame) -> dict[tuple[str, str, str], list[floa
 
 def write_explorer(store: Store, study: str, summary: Summary, tables: dict[str, pl.DataFrame]) -> Path:
     """Write `STORE/<study>/explorer.html` and its data files; returns the page's path."""
-    from hivemind.importing import imported_classes
+    from hivemind.imports.importer import imported_classes
 
     responses = _texts(store, study, tables["responses"]).sort("row")
     X = _vectors(store, summary.embedder.id, [t or "" for t in responses["text"].to_list()])

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import polars as pl
 
-    from hivemind.summary import Estimate
+    from hivemind.analysis.summary import Estimate
 
 MAX_TABLE_ROWS = 200
 SNIPPET_CHARS = 240

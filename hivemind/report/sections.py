@@ -19,7 +19,7 @@ from hivemind.report.where import EXPLORER, bin_links, near_duplicates_by_query,
 if TYPE_CHECKING:
     import polars as pl
 
-    from hivemind.summary import Summary
+    from hivemind.analysis.summary import Summary
 
 MAX_NEAR_DUPLICATES = 25
 MAX_CROSS_QUERY_DUPLICATES = 15
@@ -397,7 +397,7 @@ def quality_section(summary: Summary, tables: Tables) -> str:
         "part explained by removing wrong answers and the residual narrowing among correct ones "
         "(METRICS.md). Answers judged by the "
         f"<code>{html.escape(summary.answer_checker)}</code> checker "
-        "(hivemind.verify): the final answer is extracted first.</p>"
+        "(hivemind.analysis.verify): the final answer is extracted first.</p>"
         + img(figures.quality_plot(quality), "quality-control decomposition")
         + table(quality)
     )

@@ -16,7 +16,7 @@ from hivemind.report.markup import fmt, snippet
 if TYPE_CHECKING:
     import polars as pl
 
-    from hivemind.summary import Summary
+    from hivemind.analysis.summary import Summary
 
 EXPLORER = "explorer.html"
 N_WHERE = 3

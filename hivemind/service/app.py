@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from hivemind import __version__
-from hivemind.scan import load_scans, make_scheduler
+from hivemind.inputs.zoo import default_zoo_path, load_zoo
+from hivemind.scans.scan import load_scans, make_scheduler
 from hivemind.service import schemas as S
 from hivemind.service.auth import (
     WILDCARD_HOSTS,
@@ -39,8 +40,7 @@ from hivemind.service.routes import router
 from hivemind.service.routes_explorer import router as explorer_router
 from hivemind.service.routes_import import router as import_router
 from hivemind.service.workers import JobManager
-from hivemind.store import Store
-from hivemind.zoo import default_zoo_path, load_zoo
+from hivemind.store.journal import Store
 
 __all__ = ["ApiError", "ServiceLimits", "create_app"]
 log = logging.getLogger("hivemind.service")
@@ -82,7 +82,7 @@ def create_app(
     Job workers start with the app and resume whatever was queued or running when it last
     stopped; with `scheduler`, due scans are queued every `scheduler_interval_s` seconds.
     """
-    from hivemind.embed import DEFAULT_MODEL
+    from hivemind.vectors.embed import DEFAULT_MODEL
 
     store_dir = Path(store_dir).resolve()
     zoo_file = Path(zoo_path).resolve() if zoo_path is not None else default_zoo_path().resolve()
@@ -149,7 +149,7 @@ def _lifespan(
 def _add_routes(app: FastAPI, manager: JobManager) -> None:
     """The `/v1` endpoints, and `/healthz` (which needs no token)."""
     app.include_router(router)
-    app.include_router(import_router)  # POST /v1/studies/import (hivemind.importing)
+    app.include_router(import_router)  # POST /v1/studies/import (hivemind.imports.importer)
     app.include_router(explorer_router)  # the explorer's queries, query and files (report step's data)
 
     @app.get("/healthz", response_model=S.Health, tags=["service"])

@@ -14,15 +14,15 @@ from typing import Any
 from fastapi import Request
 from starlette.exceptions import HTTPException
 
-from hivemind.jobs import ACTIVE, Conflict
+from hivemind.inputs.queries import list_shipped, load_query_set
+from hivemind.inputs.spec import QuerySet, json_safe, sha256_hex, store_name_problem
+from hivemind.inputs.zoo import ZooError, load_zoo
+from hivemind.inputs.zoo import field_path as _field_path
 from hivemind.layout import StoreLayout, atomic_write_text
-from hivemind.queries import list_shipped, load_query_set
-from hivemind.scan import ScanBook, ScanError, ScanSpec, load_scans, next_fire
+from hivemind.scans.scan import ScanBook, ScanError, ScanSpec, load_scans, next_fire
 from hivemind.service.workers import JobManager
-from hivemind.spec import QuerySet, json_safe, sha256_hex, store_name_problem
-from hivemind.store import Store, StoreError
-from hivemind.zoo import ZooError, load_zoo
-from hivemind.zoo import field_path as _field_path
+from hivemind.store.jobs import ACTIVE, Conflict
+from hivemind.store.journal import Store, StoreError
 
 
 @dataclass

@@ -19,15 +19,16 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
+from hivemind.analysis.summary import SummaryError, read_summary
 from hivemind.errors import HivemindError
-from hivemind.jobs import ACTIVE, Conflict, planned_counts
-from hivemind.queries import QueryFileError, TooManyRecords, list_shipped, load_query_set
-from hivemind.scan import ScanError, ScanSpec, queue_scan_run, scan_history
-from hivemind.scan_report import write_scan_report
+from hivemind.inputs.queries import QueryFileError, TooManyRecords, list_shipped, load_query_set
+from hivemind.inputs.spec import NAME_PATTERN, QuerySet, StudySpec, canonical_json, sha256_hex
+from hivemind.sampling.stage import planned_counts
+from hivemind.scans.report import write_scan_report
+from hivemind.scans.scan import ScanError, ScanSpec, queue_scan_run, scan_history
 from hivemind.service import schemas as S
 from hivemind.service.context import ApiError, Service, clean, field_path, get_service
-from hivemind.spec import NAME_PATTERN, QuerySet, StudySpec, canonical_json, sha256_hex
-from hivemind.summary import SummaryError, read_summary
+from hivemind.store.jobs import ACTIVE, Conflict
 
 router = APIRouter()
 Svc = Annotated[Service, Depends(get_service)]
@@ -415,7 +416,7 @@ def create_scan(svc: Svc, body: Annotated[ScanSpec, Body()]) -> dict[str, Any]:
 
 def _check_scan_plan(svc: Service, scan: ScanSpec) -> None:
     """A scan's runs obey the per-study sample limit: 422 naming `body.samples` before it is kept."""
-    from hivemind.spec import SamplingPlan
+    from hivemind.inputs.spec import SamplingPlan
 
     row = svc.db.query_set(scan.query_set)
     try:

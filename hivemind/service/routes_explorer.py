@@ -18,9 +18,9 @@ from fastapi import Path as PathParam
 from fastapi import Query as QueryParam
 from fastapi.responses import FileResponse, HTMLResponse
 
+from hivemind.inputs.spec import NAME_PATTERN
 from hivemind.report.explorer import DATA, INDEX, PAGE, read_data, shard_name
 from hivemind.service.context import ApiError, Service, clean, get_service
-from hivemind.spec import NAME_PATTERN
 
 router = APIRouter()
 Svc = Annotated[Service, Depends(get_service)]

@@ -1,7 +1,7 @@
 """`POST /v1/studies/import`: a file of responses someone already has becomes a study.
 
 The file travels in the JSON body (text for JSONL/CSV/TSV/JSON, base64 for Parquet) and goes
-through `hivemind.importing.import_responses`, as `hivemind import` does; a bad file answers 422
+through `hivemind.imports.importer.import_responses`, as `hivemind import` does; a bad file answers 422
 naming the file, line and field, and leaves the store as it was.
 """
 
@@ -17,12 +17,12 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from hivemind.importing import Columns, ImportFileError, ImportLimits, import_responses
-from hivemind.jobs import ACTIVE
-from hivemind.queries import SUFFIXES, QueryFileError, list_shipped
+from hivemind.imports.importer import Columns, ImportFileError, ImportLimits, import_responses
+from hivemind.inputs.queries import SUFFIXES, QueryFileError, list_shipped
+from hivemind.inputs.spec import NAME_PATTERN, store_name_problem
 from hivemind.service.context import ApiError, Service, clean, get_service
-from hivemind.spec import NAME_PATTERN, store_name_problem
-from hivemind.store import StoreError
+from hivemind.store.jobs import ACTIVE
+from hivemind.store.journal import StoreError
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {c: {"description": "error naming the field"} for c in (401, 409, 413, 422)}

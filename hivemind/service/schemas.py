@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from hivemind.spec import Condition, Query, Seed31, StoreName, Strict, StudyOptions
+from hivemind.inputs.spec import Condition, Query, Seed31, StoreName, Strict, StudyOptions
 
 JobState = Literal["queued", "sampling", "analyzing", "done", "failed", "cancelled", "external"]
 """`external`: a study in the store that the service did not start (e.g. sampled by the CLI)."""

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hivemind.jobs import ACTIVE, TERMINAL, ServiceDB
+from hivemind.inputs.spec import StudySpec
 from hivemind.layout import StoreLayout
-from hivemind.spec import StudySpec
-from hivemind.store import Store
+from hivemind.store.jobs import ACTIVE, TERMINAL, ServiceDB
+from hivemind.store.journal import Store
 
 log = logging.getLogger("hivemind.service")
 
@@ -193,7 +193,7 @@ class JobManager:
 
     async def _execute(self, job: dict[str, Any]) -> str | None:
         if job["kind"] == "scan":
-            from hivemind.scan import execute_scan_run
+            from hivemind.scans.scan import execute_scan_run
 
             run = self.db.scan_run_for_study(job["study"])
             if run is None:

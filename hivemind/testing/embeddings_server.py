@@ -6,7 +6,7 @@ list of strings), `model`, `encoding_format` (`float`, or `base64` as the OpenAI
 default) and `dimensions` (a shorter vector is cut and renormalised, as OpenAI's v3 models do);
 429s with `Retry-After`, 5xx, 400 for too-long inputs and scripted bad vectors for tests.
 
-The vectors are `hivemind.embed.Embedder.encode`'s (chunked and mean-pooled), so a client's
+The vectors are `hivemind.vectors.embed.Embedder.encode`'s (chunked and mean-pooled), so a client's
 vectors can be compared with the in-process ones exactly.
 """
 
@@ -150,7 +150,7 @@ def serve(
     """Run the server in a background thread; yields (api_base ending in /v1, script)."""
     import uvicorn
 
-    from hivemind.embed import Embedder
+    from hivemind.vectors.embed import Embedder
 
     script = script or EmbedScript()
     embedder = embedder or Embedder(model, device="cpu", progress=False)
@@ -179,7 +179,7 @@ def main() -> None:
 
     import uvicorn
 
-    from hivemind.embed import Embedder
+    from hivemind.vectors.embed import Embedder
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8766)

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hivemind.inputs.spec import sha256_hex
 from hivemind.migrations import Family, adopt_if_table, migrate
-from hivemind.spec import sha256_hex
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
@@ -438,7 +438,7 @@ class EmbeddingCache:
 
 
 class TextEmbedder(Protocol):
-    """What `embed_texts` needs: an `Embedder` or a remote one (`hivemind.embedders.RemoteEmbedder`)."""
+    """What `embed_texts` needs: an `Embedder` or a remote one (`hivemind.providers.embedders.RemoteEmbedder`)."""
 
     @property
     def embedder_id(self) -> str: ...

@@ -6,8 +6,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from hivemind.inputs.spec import Deployment, Message, SampleRequest, SamplingParams
 from hivemind.providers.registry import create_provider
-from hivemind.spec import Deployment, Message, SampleRequest, SamplingParams
 
 PROBE = "Reply with one short sentence: what is a metaphor?"
 

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hivemind.sample_requests import iter_requests
-from hivemind.sampling import PendingRequests
-from hivemind.spec import Deployment, Query, StudySpec
-from hivemind.store import Store
+from hivemind.inputs.spec import Deployment, Query, StudySpec
+from hivemind.sampling.requests import iter_requests
+from hivemind.sampling.sampler import PendingRequests
+from hivemind.store.journal import Store
 
 EXACT_TOKENIZER_PROVIDERS = frozenset({"openai", "azure", "text-completion-openai"})
 """litellm providers whose models litellm counts with their own tokenizer (tiktoken)."""
@@ -169,7 +169,7 @@ def plan_study(spec: StudySpec, store_path: Path) -> dict[str, Any]:
     """`study_plan` for a spec and the store it would sample into (which may not exist yet: a
     plan never creates one)."""
     from hivemind.layout import StoreLayout
-    from hivemind.sampling_stage import resolve_study
+    from hivemind.sampling.stage import resolve_study
 
     if not StoreLayout(store_path).exists():
         queries, deployments = resolve_study(spec)

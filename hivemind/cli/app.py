@@ -14,12 +14,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hivemind.cli_common import CleanErrors, StoreOption, ZooOption, console, fail, require_store
+from hivemind.cli.common import CleanErrors, StoreOption, ZooOption, console, fail, require_store
 
 if TYPE_CHECKING:
     from hivemind.executors import Executor
+    from hivemind.inputs.spec import StudySpec
     from hivemind.pipeline import AnalysisOutputs
-    from hivemind.spec import StudySpec
     from hivemind.study import StudyRun
 
 app = typer.Typer(
@@ -107,7 +107,7 @@ def run(
 
     study_spec = _spec_or_stored(spec, store)
     if study_spec.budget_usd is not None and not over_budget:  # priced before the first request
-        from hivemind.study_plan import over_budget_line, plan_study
+        from hivemind.sampling.plan import over_budget_line, plan_study
 
         line = over_budget_line(plan_study(study_spec, store))
         if line:
@@ -129,7 +129,7 @@ def _spec_or_stored(spec: Path, store: Path) -> StudySpec:
     """A spec file, or, when no such file exists, the spec of the study of that name in the store
     (a store resumes from itself: its deployments and queries are kept in it)."""
     from hivemind.layout import StoreLayout
-    from hivemind.store import Store
+    from hivemind.store.journal import Store
     from hivemind.study import load_spec
 
     if spec.exists() or not StoreLayout(store).exists():
@@ -220,7 +220,7 @@ def report(store: StoreArgument, study: StudyOption = None) -> None:
 @app.command()
 def status(store: StoreOption = Path("hivemind-store")) -> None:
     """Samples per deployment for every study in a store."""
-    from hivemind.store import Store
+    from hivemind.store.journal import Store
 
     with Store(require_store(store)) as db:
         table = Table("study", "deployment", "ok", "failed", "cost $")
@@ -240,7 +240,7 @@ def plan(
     """What a study will send and may cost (from litellm's price map), before any request."""
     import json
 
-    from hivemind.study_plan import over_budget_line, plan_study
+    from hivemind.sampling.plan import over_budget_line, plan_study
 
     planned = plan_study(_spec_or_stored(spec, store), store)
     if as_json:
@@ -277,7 +277,7 @@ def export(
     study: Annotated[str | None, typer.Option(help="Study name (default: every study).")] = None,
 ) -> None:
     """Write each study's samples to Parquet."""
-    from hivemind.store import Store
+    from hivemind.store.journal import Store
 
     with Store(require_store(store)) as db:
         for name in [study] if study else db.studies():
@@ -288,7 +288,7 @@ def export(
 @zoo_app.command("list")
 def zoo_list(zoo: ZooOption = None) -> None:
     """Show every deployment of the zoo."""
-    from hivemind.zoo import load_zoo
+    from hivemind.inputs.zoo import load_zoo
 
     loaded = load_zoo(zoo)
     table = Table("name", "provider", "model", "family/stage", "concurrency", "key variable", "enabled")
@@ -317,8 +317,8 @@ def zoo_check(
     zoo: ZooOption = None,
 ) -> None:
     """Send one short request to each deployment and report whether it answers."""
-    from hivemind.zoo import load_zoo
-    from hivemind.zoo_check import check_deployments
+    from hivemind.inputs.zoo import load_zoo
+    from hivemind.sampling.zoo_check import check_deployments
 
     deployments = load_zoo(zoo).select(names or None)
     results = check_deployments(deployments)
@@ -335,12 +335,12 @@ def zoo_check(
         raise typer.Exit(code=1)
 
 
-from hivemind.cli_service import scan_app, serve  # noqa: E402 (service and scan doors)
+from hivemind.cli.service import scan_app, serve  # noqa: E402 (service and scan doors)
 
 app.command()(serve)
 app.add_typer(scan_app, name="scan")
 
-from hivemind.cli_import import import_file, init  # noqa: E402 (bring your own responses; starter files)
+from hivemind.cli.imports import import_file, init  # noqa: E402 (bring your own responses; starter files)
 
 app.command("import")(import_file)
 app.command()(init)

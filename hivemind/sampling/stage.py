@@ -15,16 +15,16 @@ import yaml
 from pydantic import ValidationError
 
 from hivemind.errors import HivemindError
-from hivemind.in_context import iter_chains
+from hivemind.inputs.queries import load_query_set, paraphrases
+from hivemind.inputs.spec import LOCAL_DECODING_PARAMS, Deployment, Query, StudySpec
+from hivemind.inputs.zoo import ZooError, format_validation_error, load_zoo, missing_keys
 from hivemind.providers.base import Provider
 from hivemind.providers.registry import create_provider
 from hivemind.providers.worker import set_log_dir
-from hivemind.queries import load_query_set, paraphrases
-from hivemind.sample_requests import iter_requests, plan_size
-from hivemind.sampling import Sampler, SamplingReport, check_resumable
-from hivemind.spec import LOCAL_DECODING_PARAMS, Deployment, Query, StudySpec
-from hivemind.store import Store
-from hivemind.zoo import ZooError, format_validation_error, load_zoo, missing_keys
+from hivemind.sampling.in_context import iter_chains
+from hivemind.sampling.requests import iter_requests, plan_size
+from hivemind.sampling.sampler import Sampler, SamplingReport, check_resumable
+from hivemind.store.journal import Store
 
 if TYPE_CHECKING:
     from hivemind.executors import Executor
@@ -314,3 +314,10 @@ async def sample_study(
     finally:
         for provider in providers.values():
             await provider.aclose()
+
+
+def planned_counts(spec: StudySpec) -> dict[str, int]:
+    """Samples the spec asks of each deployment (raises the pipeline's errors for bad specs)."""
+    queries, deployments = resolve_study(spec)
+    per = len(queries) * len(spec.effective_conditions()) * spec.samples
+    return {d.name: per for d in deployments}

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hivemind.cli_common import StoreOption, ZooOption, console, fail
+from hivemind.cli.common import StoreOption, ZooOption, console, fail
 
 scan_app = typer.Typer(help="Scheduled model-zoo scans: list, run, history, report.", no_args_is_help=True)
 
@@ -87,9 +87,9 @@ def serve(
             fail(str(exc))
     import uvicorn
 
+    from hivemind.inputs.zoo import ZooError
     from hivemind.service.app import create_app
     from hivemind.service.context import ServiceLimits
-    from hivemind.zoo import ZooError
 
     limits = ServiceLimits(
         max_upload_bytes=int(max_upload_mb * 2**20),
@@ -132,7 +132,7 @@ def serve(
 
 
 def _book(zoo: Path | None, scans: Path | None, store: Path):  # type: ignore[no-untyped-def]
-    from hivemind.scan import load_scans
+    from hivemind.scans.scan import load_scans
 
     return load_scans(zoo, scans, store)  # a ScanError: a clean exit (`CleanErrors`)
 
@@ -142,8 +142,8 @@ def scan_list(store: StoreOption = Path("hivemind-store"), zoo: ZooOption = None
     """Declared scans, their schedules, next run and last run."""
     import time
 
-    from hivemind.jobs import ServiceDB
-    from hivemind.scan import has_store, next_fire
+    from hivemind.scans.scan import has_store, next_fire
+    from hivemind.store.jobs import ServiceDB
 
     book = _book(zoo, scans, store)
     table = Table("scan", "schedule (UTC)", "next run", "deployments", "query set", "samples", "last run")
@@ -160,7 +160,7 @@ def scan_list(store: StoreOption = Path("hivemind-store"), zoo: ZooOption = None
 
 
 def _print_history(history: dict, last_only: bool = False) -> None:
-    from hivemind.drift import history_rows
+    from hivemind.scans.drift import history_rows
 
     rows, notes = history_rows(history, last_only)
     table = Table("run", "cell", "similarity", "change vs previous run", "p (Holm)", "flag")
@@ -184,8 +184,8 @@ def scan_run(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run one scan now (resuming its unfinished run), then show where it stands in its history."""
-    from hivemind.jobs import ServiceDB
-    from hivemind.scan import run_scan, scan_history
+    from hivemind.scans.scan import run_scan, scan_history
+    from hivemind.store.jobs import ServiceDB
 
     _book(zoo, scans, store)
     row = run_scan(name, store, zoo_path=zoo, scans_path=scans, new=new, progress=progress)
@@ -201,8 +201,8 @@ def scan_history_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Every similarity-matrix cell across runs, each run tested against the one before it."""
-    from hivemind.jobs import ServiceDB
-    from hivemind.scan import has_store, scan_history
+    from hivemind.scans.scan import has_store, scan_history
+    from hivemind.store.jobs import ServiceDB
 
     if not has_store(store):
         fail(f"no store at {store} (nothing has run there yet)")
@@ -221,6 +221,6 @@ def scan_report(
     name: Annotated[str, typer.Argument(help="Scan name.")], store: StoreOption = Path("hivemind-store")
 ) -> None:
     """Write the scan history as HTML (`STORE/scans/NAME/report.html`)."""
-    from hivemind.scan_report import write_scan_report
+    from hivemind.scans.report import write_scan_report
 
     print(write_scan_report(store, name))

@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from hivemind.embedder_entry import EmbedderEntry, unique_embedder_names
 from hivemind.errors import HivemindError
-from hivemind.spec import Deployment, Strict
+from hivemind.inputs.embedder_entry import EmbedderEntry, unique_embedder_names
+from hivemind.inputs.spec import Deployment, Strict
 
 REPO_ZOO = Path(str(files("hivemind") / "data" / "providers.yaml"))
 """The shipped zoo (package data; in a checkout, a link to the repository's providers.yaml)."""
@@ -32,8 +32,8 @@ class Zoo(Strict):
     deployments: list[Deployment] = Field(default_factory=list)
     """Every deployment the lab can sample."""
     scans: list[dict[str, Any]] = Field(default_factory=list)
-    """Scheduled scans (validated by `hivemind.scan`)."""
-    # --- embedders: remote embedding endpoints (`hivemind.embedders`) ---
+    """Scheduled scans (validated by `hivemind.scans.scan`)."""
+    # --- embedders: remote embedding endpoints (`hivemind.providers.embedders`) ---
     embedders: list[EmbedderEntry] = Field(default_factory=list)
     """Embedders specs, `--embedder` and the service refer to by name."""
 

@@ -8,8 +8,8 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 
-from hivemind.queries import paraphrases, prompt_text
-from hivemind.spec import Deployment, Message, Query, SampleRequest, SamplingParams, StudySpec
+from hivemind.inputs.queries import paraphrases, prompt_text
+from hivemind.inputs.spec import Deployment, Message, Query, SampleRequest, SamplingParams, StudySpec
 
 
 def iter_requests(
@@ -31,7 +31,7 @@ def iter_requests(
     parts = _KeyParts(spec.seed, deployment.name, identity)
     per_condition = []
     for condition in spec.effective_conditions():
-        if condition.mode == "in-context":  # asked as chains (`hivemind.in_context`)
+        if condition.mode == "in-context":  # asked as chains (`hivemind.sampling.in_context`)
             continue
         system = (Message(role="system", content=condition.system_prompt),) if condition.system_prompt else ()
         params = deployment.params.merged(spec.params, condition.params)

@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from hivemind.imports.response_files import Columns, ImportFileError, Row, normalise, parse_records
+from hivemind.inputs.queries import read_records
+from hivemind.inputs.spec import NAME_PATTERN, Condition, StudySpec, canonical_json, sha256_hex
 from hivemind.layout import atomic_write_text
-from hivemind.queries import read_records
-from hivemind.response_files import Columns, ImportFileError, Row, normalise, parse_records
-from hivemind.spec import NAME_PATTERN, Condition, StudySpec, canonical_json, sha256_hex
-from hivemind.store import Store, StoreError
+from hivemind.store.journal import Store, StoreError
 
 if TYPE_CHECKING:
     import sqlite3
@@ -133,7 +133,7 @@ def _target_from_store(db: sqlite3.Connection, study: str) -> _Target:
 
 
 def _target_from_set(source: str | Path) -> _Target:
-    from hivemind.queries import load_query_set
+    from hivemind.inputs.queries import load_query_set
 
     target = _Target()
     for q in load_query_set(source).queries:

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from hivemind.errors import HivemindError
-from hivemind.spec import NAME_PATTERN, Query, QuerySet, sha256_hex
+from hivemind.inputs.spec import NAME_PATTERN, Query, QuerySet, sha256_hex
 
 SHIPPED_DIR: Path = Path(str(files("hivemind") / "data"))
 """Where the shipped query sets live (`<name>.jsonl`): package data, so a wheel install has them."""

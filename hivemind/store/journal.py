@@ -18,9 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from hivemind.errors import HivemindError
+from hivemind.inputs.spec import (
+    Completion,
+    Deployment,
+    Query,
+    SampleRequest,
+    StudySpec,
+    canonical_json,
+    store_name_problem,
+)
 from hivemind.layout import JOURNAL, StoreLayout, atomic_write
 from hivemind.migrations import Family, adopt_user_version, migrate
-from hivemind.spec import Completion, Deployment, Query, SampleRequest, StudySpec, canonical_json, store_name_problem
 
 if TYPE_CHECKING:
     import polars as pl
@@ -60,7 +68,7 @@ MIGRATIONS: list[str] = [
     # Parameters left out of a row's request (JSON list) because the provider does not honour
     # them and the condition allowed it; NULL when everything was sent.
     "ALTER TABLE samples ADD COLUMN dropped_params TEXT;",
-    # Where an imported response came from (`hivemind.importing`): file, its sha256, line, and
+    # Where an imported response came from (`hivemind.imports.importer`): file, its sha256, line, and
     # the equivalence class the file gave it (NoveltyBench `partition`), if any.
     """
     CREATE TABLE imported_samples (
@@ -209,7 +217,7 @@ class Store(JournalFile):
         now = time.time()
         with self.transaction() as db:
             db.execute("DELETE FROM queries WHERE study = ?", (spec.name,))
-            # responses imported from a file (`hivemind.importing`) stay beside the sampled ones
+            # responses imported from a file (`hivemind.imports.importer`) stay beside the sampled ones
             db.execute("DELETE FROM deployments WHERE study = ? AND provider != 'imported'", (spec.name,))
             db.execute(
                 "INSERT INTO studies VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "

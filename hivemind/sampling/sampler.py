@@ -5,7 +5,7 @@ time) and as many workers as it allows connections, so a slow or failing deploym
 up the others and a study of any size starts at once in flat memory. Transient errors are
 retried with exponential backoff and jitter, honouring `Retry-After`, for a bounded number of
 attempts; the final outcome of every request (text or error) is committed to the store before
-it is counted. In-context conditions are asked as chains (`hivemind.in_context`): a worker takes
+it is counted. In-context conditions are asked as chains (`hivemind.sampling.in_context`): a worker takes
 a chain and asks its turns in order, each committed before the next.
 """
 
@@ -20,19 +20,19 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain, islice
 
-from hivemind.in_context import Chain, first_turns, run_chain
-from hivemind.providers.base import Provider, ProviderError
-from hivemind.ratelimit import estimate_tokens
-from hivemind.sample_requests import iter_requests
-from hivemind.sampling_progress import SamplingProgress, Tick
-from hivemind.spec import (
+from hivemind.inputs.spec import (
     Completion,
     Deployment,
     Query,
     SampleRequest,
     StudySpec,
 )
-from hivemind.store import Store, StoreError
+from hivemind.providers.base import Provider, ProviderError
+from hivemind.providers.ratelimit import estimate_tokens
+from hivemind.sampling.in_context import Chain, first_turns, run_chain
+from hivemind.sampling.progress import SamplingProgress, Tick
+from hivemind.sampling.requests import iter_requests
+from hivemind.store.journal import Store, StoreError
 
 MAX_RETRY_WAIT_S = 120.0
 
@@ -256,7 +256,7 @@ class Sampler:
         `requests` is a list (grouped here by deployment) or, for large studies, one lazy stream
         per deployment (`iter_requests`) with `totals` giving each stream's length for progress.
         Streams are read as workers need them, so memory stays flat whatever the study's size.
-        `chains` are each deployment's in-context chains (`hivemind.in_context`), taken first.
+        `chains` are each deployment's in-context chains (`hivemind.sampling.in_context`), taken first.
         """
         self._spent = already_spent
         started = time.perf_counter()

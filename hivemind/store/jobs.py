@@ -1,6 +1,6 @@
 """Job and scan-run tables, and the helpers both the service and the scans use to run them.
 
-This module sits below `hivemind.scan` and `hivemind.service`, so neither imports the other
+This module sits below `hivemind.scans.scan` and `hivemind.service`, so neither imports the other
 for them. The tables live beside the store's in `STORE/hivemind.sqlite`, each family with its
 own ordered migrations (`hivemind.migrations`): `JOBS` (query sets, jobs, idempotency keys) and
 `SCANS` (scan runs, scans created through the service). A job row is the truth about a study
@@ -23,10 +23,9 @@ from typing import Any, Protocol, TypeVar
 from hivemind.errors import HivemindError
 from hivemind.layout import StoreLayout
 from hivemind.migrations import Family, adopt_if_table, migrate
-from hivemind.spec import StudySpec
-from hivemind.store import JournalFile, Store
+from hivemind.store.journal import JournalFile, Store
 
-log = logging.getLogger("hivemind.jobs")
+log = logging.getLogger("hivemind.store.jobs")
 T = TypeVar("T")
 
 # Append-only: a shipped step is never edited. Step 1 of each is the schema that older releases
@@ -293,15 +292,6 @@ class ServiceDB(JournalFile):
             "UPDATE scan_runs SET state = ?, result_json = ?, error = ?, finished_at = ? WHERE id = ?",
             (state, None if result is None else json.dumps(result), error, time.time(), run_id),
         )
-
-
-def planned_counts(spec: StudySpec) -> dict[str, int]:
-    """Samples the spec asks of each deployment (raises the pipeline's errors for bad specs)."""
-    from hivemind.sampling_stage import resolve_study
-
-    queries, deployments = resolve_study(spec)
-    per = len(queries) * len(spec.effective_conditions()) * spec.samples
-    return {d.name: per for d in deployments}
 
 
 async def run_to_completion(func: Callable[..., T], *args: Any) -> T:

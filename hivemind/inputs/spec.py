@@ -13,15 +13,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hivemind.spec_base import NAME_PATTERN as NAME_PATTERN
-from hivemind.spec_base import STORE_ENTRIES as STORE_ENTRIES
-from hivemind.spec_base import StoreName as StoreName
-from hivemind.spec_base import Strict as Strict
-from hivemind.spec_base import canonical_json as canonical_json
-from hivemind.spec_base import check_store_name as check_store_name
-from hivemind.spec_base import json_safe as json_safe
-from hivemind.spec_base import sha256_hex as sha256_hex
-from hivemind.spec_base import store_name_problem as store_name_problem
+from hivemind.inputs.spec_base import NAME_PATTERN as NAME_PATTERN
+from hivemind.inputs.spec_base import STORE_ENTRIES as STORE_ENTRIES
+from hivemind.inputs.spec_base import StoreName as StoreName
+from hivemind.inputs.spec_base import Strict as Strict
+from hivemind.inputs.spec_base import canonical_json as canonical_json
+from hivemind.inputs.spec_base import check_store_name as check_store_name
+from hivemind.inputs.spec_base import json_safe as json_safe
+from hivemind.inputs.spec_base import sha256_hex as sha256_hex
+from hivemind.inputs.spec_base import store_name_problem as store_name_problem
 
 
 class Novelty(Strict):
@@ -164,7 +164,7 @@ class Query(Strict):
     category: str = "uncategorized"
     """Taxonomy label (creative writing, brainstorming, ...), used for per-category breakdowns."""
     answer: str | None = None
-    """Reference answer for verifiable queries (checked by `hivemind.verify`)."""
+    """Reference answer for verifiable queries (checked by `hivemind.analysis.verify`)."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     """Anything else the source file carried."""
 
@@ -264,7 +264,7 @@ class AnalysisOptions(Strict):
     """Analyse complete responses only: leave out those cut off at max_tokens (finish reason `length`)."""
     answer_checker: str = Field("final", min_length=1)
     """How answers to verifiable queries are judged: final, exact, numeric[:tolerance], regex, or
-    module:function (see `hivemind.verify`)."""
+    module:function (see `hivemind.analysis.verify`)."""
     corpus_index: Literal["exact", "ivf"] = "exact"
     """Index of the corpus-wide near-duplicate search: exact (quadratic), or FAISS IVF
     (approximate, for corpora of hundreds of thousands of responses; the summary names it)."""
@@ -358,7 +358,7 @@ class Columns(Strict):
 
 
 class ResponseSource(Strict):
-    """A file of released answers a spec imports before sampling (`hivemind.spec_responses`)."""
+    """A file of released answers a spec imports before sampling (`hivemind.imports.spec_responses`)."""
 
     file: str = Field(min_length=1)
     """JSONL/CSV/JSON/Parquet file (relative to the spec file), or `package:NAME` for a file

@@ -1,6 +1,6 @@
 """The zoo's `embedders:` entries: what a remote embedder is, validated (light: pydantic only).
 
-`hivemind.zoo` validates the section with these models; `hivemind.embedders` runs them.
+`hivemind.inputs.zoo` validates the section with these models; `hivemind.providers.embedders` runs them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, model_validator
 
 from hivemind.errors import HivemindError
-from hivemind.spec import NAME_PATTERN, Strict
+from hivemind.inputs.spec import NAME_PATTERN, Strict
 
 ID_SCHEME = "remote-v1"
 """Version of what a remote id hashes; a change gives new ids (and new cache rows)."""

@@ -4,7 +4,7 @@ A scan is declared in the zoo's `scans:` section, in a scans file, or through th
 (`POST /v1/scans`). Each run is a study plus a drift step: it samples a fresh study
 (`scan-<name>-<UTC time>`) through the pipeline's sampling steps like every other door, embeds the answers, and keeps the deployment x deployment
 similarity matrix per query (intra-model on the diagonal), with per-deployment summaries and
-bootstrap CIs. The history compares each run with the one before it cell by cell (`hivemind.drift`:
+bootstrap CIs. The history compares each run with the one before it cell by cell (`hivemind.scans.drift`:
 paired test over the shared queries, Holm-corrected over all cells): a deployment is flagged when
 its own diagonal cell changed, a pair when its cell changed. Runs with another embedder, query set
 or K are not compared, and the history says why.
@@ -28,16 +28,16 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from hivemind.drift import compare_with_previous
-from hivemind.drift import scan_history as scan_history  # re-exported: the service and tests read it here
 from hivemind.errors import HivemindError
+from hivemind.inputs.spec import SamplingPlan, Seed31, StoreName, Strict, StudySpec
+from hivemind.inputs.zoo import ZooError, default_zoo_path, format_validation_error, load_zoo
 from hivemind.layout import QUERY_SETS, StoreLayout
-from hivemind.spec import SamplingPlan, Seed31, StoreName, Strict, StudySpec
-from hivemind.zoo import ZooError, default_zoo_path, format_validation_error, load_zoo
+from hivemind.scans.drift import compare_with_previous
+from hivemind.scans.drift import scan_history as scan_history  # re-exported: the service and tests read it here
 
 if TYPE_CHECKING:
-    from hivemind.jobs import JobQueue, ServiceDB
-    from hivemind.store import Store
+    from hivemind.store.jobs import JobQueue, ServiceDB
+    from hivemind.store.journal import Store
 
 log = logging.getLogger("hivemind.service")
 QUERY_SET_DIR = QUERY_SETS
@@ -164,7 +164,7 @@ def load_scans(
     scans = validate_scans(items, str(source), zoo_file)
     sources = {s.name: "file" for s in scans}
     if store_dir is not None and has_store(store_dir):
-        from hivemind.jobs import ServiceDB
+        from hivemind.store.jobs import ServiceDB
 
         with ServiceDB(store_dir) as db:
             for row in db.rows("SELECT scan_json FROM service_scans ORDER BY created_at"):
@@ -217,7 +217,7 @@ def resolve_query_set(value: str, store_dir: Path, base_dir: Path, *, names_only
 
     `names_only` (a scan declared through the service): an uploaded set in the store or a shipped
     one, never a file elsewhere, so a client cannot make the service read the operator's files."""
-    from hivemind.queries import list_shipped
+    from hivemind.inputs.queries import list_shipped
 
     files: tuple[Path, ...] = (StoreLayout(store_dir).query_set(value),)
     if not names_only:
@@ -247,7 +247,7 @@ def queue_scan_run(
     """Record a new run (and, for the service, its job) atomically. Returns (run id, study).
 
     A run planning more than `max_samples` samples is a `ScanError` (field `samples`), before any write."""
-    from hivemind.jobs import planned_counts
+    from hivemind.sampling.stage import planned_counts
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     base_name = f"scan-{scan.name}-{stamp}"
@@ -332,7 +332,7 @@ _EMBEDDER_LOCK = threading.Lock()
 def _embedder(name: str, zoo: str | None = None) -> Any:
     """One embedder per (name, zoo) per process (loading a model takes seconds): the zoo's
     `embedders:` entry of that name, else the sentence-transformers model."""
-    from hivemind.embedders import resolve_embedder, zoo_embedders
+    from hivemind.providers.embedders import resolve_embedder, zoo_embedders
 
     entry = zoo_embedders(zoo).get(name)  # read each time: an edited entry is a new embedder
     key = f"{name}\0{entry.embedder_id() if entry else ''}"
@@ -362,8 +362,8 @@ def analyze_scan(store: Store, study: str, embedder_name: str) -> dict[str, Any]
     import polars as pl
 
     from hivemind.analysis import build_groups, pair_similarity, prepare_responses
-    from hivemind.embed import EmbeddingCache, embed_texts
-    from hivemind.spec import canonical_json, sha256_hex
+    from hivemind.inputs.spec import canonical_json, sha256_hex
+    from hivemind.vectors.embed import EmbeddingCache, embed_texts
 
     spec = store.study_spec(study)
     deployments = spec.deployments
@@ -444,8 +444,8 @@ async def execute_scan_run(
 ) -> dict:
     """One scan run: a study (the pipeline's sampling steps, resuming) plus a drift step (the
     deployment x deployment cells, compared with the previous run); recorded in the history."""
-    from hivemind.jobs import run_to_completion
     from hivemind.pipeline import SAMPLING_STEPS, run_pipeline_async
+    from hivemind.store.jobs import run_to_completion
 
     run = db.scan_run(run_id)
     if run is None:
@@ -474,8 +474,8 @@ def run_scan(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run one scan now (resuming its unfinished hand-started run unless `new`); its history row."""
-    from hivemind.jobs import ServiceDB
-    from hivemind.store import Store
+    from hivemind.store.jobs import ServiceDB
+    from hivemind.store.journal import Store
 
     book = load_scans(zoo_path, scans_path, store_dir)
     scan = book.get(name)

@@ -1,7 +1,7 @@
 """Read response files: records of any accepted layout -> `Row`s, each error naming its place.
 
 The layouts (flat rows, NoveltyBench generation files, INFINITY-CHAT-style records) are
-described in `hivemind.importing`; this module only maps a record's keys onto a response.
+described in `hivemind.imports.importer`; this module only maps a record's keys onto a response.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hivemind.queries import ANSWER_KEYS, CATEGORY_KEYS, ID_KEYS, QueryFileError
-from hivemind.spec import NAME_PATTERN, Columns
+from hivemind.inputs.queries import ANSWER_KEYS, CATEGORY_KEYS, ID_KEYS, QueryFileError
+from hivemind.inputs.spec import NAME_PATTERN, Columns
 
 QUERY_KEYS: tuple[str, ...] = ("query", "prompt", "question", "instruction", "query_text", "input")
 MODEL_KEYS: tuple[str, ...] = ("model", "deployment", "model_name", "generator", "model_id")

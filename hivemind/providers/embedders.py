@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from hivemind.embedder_entry import (
+from hivemind.inputs.embedder_entry import (
     EmbedderEntry,
     EmbedderError,
     EmbedderSection,
@@ -61,7 +61,7 @@ from hivemind.embedder_entry import (
 if TYPE_CHECKING:
     import numpy as np
 
-    from hivemind.embed import Embedder
+    from hivemind.vectors.embed import Embedder
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 """The sampler's retryable statuses (`hivemind.providers.base.RETRYABLE_STATUS`)."""
@@ -85,7 +85,7 @@ def zoo_embedders(zoo_path: str | Path | None = None) -> dict[str, EmbedderEntry
     """
     import yaml
 
-    from hivemind.zoo import ZooError, default_zoo_path, format_validation_error
+    from hivemind.inputs.zoo import ZooError, default_zoo_path, format_validation_error
 
     path = Path(zoo_path) if zoo_path else default_zoo_path()
     if not path.is_file():
@@ -110,7 +110,7 @@ def resolve_embedder(
     entry = zoo_embedders(zoo_path).get(name)
     if entry is not None:
         return RemoteEmbedder(entry, progress=progress)
-    from hivemind.embed import Embedder
+    from hivemind.vectors.embed import Embedder
 
     return Embedder(name, progress=progress)
 
@@ -135,7 +135,7 @@ def _retry_after(headers: Any) -> float | None:
 
 
 class RemoteEmbedder:
-    """Embeds texts through a zoo entry's endpoint; same interface as `hivemind.embed.Embedder`
+    """Embeds texts through a zoo entry's endpoint; same interface as `hivemind.vectors.embed.Embedder`
     where the pipeline uses it (`embedder_id`, `model_name`, `dim`, `encode`, `texts_encoded`)."""
 
     remote = True
@@ -208,7 +208,7 @@ class RemoteEmbedder:
         session = await self._open_session(key)
         from rich.progress import Progress
 
-        from hivemind.embed import PROGRESS_MIN_TEXTS
+        from hivemind.vectors.embed import PROGRESS_MIN_TEXTS
 
         bar = Progress(transient=True, disable=not (progress and len(texts) > PROGRESS_MIN_TEXTS))
         try:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from hivemind.jobs import ServiceDB
+    from hivemind.store.jobs import ServiceDB
 
 ALPHA = 0.05
 """Family-wise error rate of one run-to-run comparison (all cells together)."""
@@ -186,7 +186,7 @@ def scan_history(db: ServiceDB, scan: str) -> dict[str, Any]:
     """Every run of a scan, oldest first, each finished run compared with the one before it.
 
     Per run: `compared_with`, `not_comparable` (why not, e.g. another embedder), `cells` (the
-    paired test of every matrix cell, `hivemind.drift.compare_runs`), `flagged` (deployments
+    paired test of every matrix cell, `hivemind.scans.drift.compare_runs`), `flagged` (deployments
     whose own intra-model cell changed) and `flagged_pairs`; the top level repeats the latest
     finished run's flags.
     """

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hivemind.queries import prompt_text
-from hivemind.spec import (
+from hivemind.inputs.queries import prompt_text
+from hivemind.inputs.spec import (
     Completion,
     Deployment,
     Message,
@@ -30,7 +30,7 @@ from hivemind.spec import (
     StudySpec,
     sample_seed,
 )
-from hivemind.store import Store, StoreError
+from hivemind.store.journal import Store, StoreError
 
 NOT_ASKED = "not asked: turn {turn} of this in-context chain failed; the next run asks from there"
 """The error of the turns after a failed one (`turn` is the failed sample's index)."""

@@ -19,7 +19,7 @@ from hivemind.metrics.classes import cosine_equivalence, equivalence_classes, se
 if TYPE_CHECKING:
     import polars as pl
 
-    from hivemind.store import Store
+    from hivemind.store.journal import Store
 
 TABLE = "external_classes"
 
@@ -125,8 +125,8 @@ def add_external_classes(
     """Add the `external_classes` table and summary entry when the study imported classes.
 
     `store` is an open `Store` (the pipeline's handle) or a store directory."""
-    from hivemind.importing import imported_classes
-    from hivemind.store import Store
+    from hivemind.imports.importer import imported_classes
+    from hivemind.store.journal import Store
 
     if isinstance(store, Store):
         labels = imported_classes(store, study)

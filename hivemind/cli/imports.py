@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hivemind.cli_common import StoreOption, console, fail
+from hivemind.cli.common import StoreOption, console, fail
 
 STARTER_SPEC = """\
 # A first study: two scripted mock deployments (no model, no key, runs anywhere in seconds).
@@ -68,7 +68,7 @@ def import_file(
     condition_col: Column = None,
 ) -> None:
     """Import responses you already have into a study (analyze/report/status/export it as usual)."""
-    from hivemind.importing import Columns, import_responses
+    from hivemind.imports.importer import Columns, import_responses
 
     columns = Columns(
         query=query_col,
@@ -125,7 +125,7 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
 ) -> None:
     """Write a starter providers.yaml (the shipped zoo) and study.yaml into a directory."""
-    from hivemind.zoo import REPO_ZOO
+    from hivemind.inputs.zoo import REPO_ZOO
 
     directory.mkdir(parents=True, exist_ok=True)
     targets = {

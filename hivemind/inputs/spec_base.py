@@ -1,6 +1,6 @@
 """The leaves of the data models: names a store reserves, the strict base model, canonical JSON.
 
-`hivemind.spec` re-exports every name here; this module imports nothing of hivemind but its
+`hivemind.inputs.spec` re-exports every name here; this module imports nothing of hivemind but its
 layout, so any model module can build on it.
 """
 

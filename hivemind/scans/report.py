@@ -1,6 +1,6 @@
 """A scan's HTML report: every cell of the deployment matrix across runs, with its drift flags.
 
-Kept apart from `hivemind.scan` (definitions, scheduling, running and analysing scans): this
+Kept apart from `hivemind.scans.scan` (definitions, scheduling, running and analysing scans): this
 module only reads the scan history and renders it.
 """
 
@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hivemind.drift import ALPHA, cell_label, run_cells, scan_history
 from hivemind.layout import StoreLayout, atomic_write_text
-from hivemind.scan import ScanError, has_store
+from hivemind.scans.drift import ALPHA, cell_label, run_cells, scan_history
+from hivemind.scans.scan import ScanError, has_store
 
 
 def _fmt(m: dict[str, Any] | None) -> str:
@@ -48,7 +48,7 @@ def _sparkline(points: list[dict[str, Any] | None], width: int = 220, height: in
 
 def write_scan_report(store_dir: str | Path, scan: str) -> Path:
     """`STORE/scans/<scan>/report.html`: every matrix cell across runs, changes flagged."""
-    from hivemind.jobs import ServiceDB
+    from hivemind.store.jobs import ServiceDB
 
     if not has_store(store_dir):
         raise ScanError(f"no store at {store_dir} (nothing has run there yet)")

@@ -1,7 +1,7 @@
 """A spec's `responses:` section: files of released answers imported before the analysis.
 
 Each `ResponseSource` (file, deployment, condition, reference, column mapping) goes through
-`hivemind.importing.import_responses`, idempotently by the file's sha256: a file already in
+`hivemind.imports.importer.import_responses`, idempotently by the file's sha256: a file already in
 the study is not imported again; a different file for a (deployment, condition) the study
 already holds is refused unless `replace`. After the imports the stored spec is the YAML's
 with the imported deployments, conditions and reference arms added, so sampled and imported
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hivemind.importing import Columns, file_sha256, import_responses
-from hivemind.spec import Condition, ResponseSource, StudySpec
-from hivemind.store import Store, StoreError
+from hivemind.imports.importer import Columns, file_sha256, import_responses
+from hivemind.inputs.spec import Condition, ResponseSource, StudySpec
+from hivemind.store.journal import Store, StoreError
 
 PACKAGE_PREFIX = "package:"
 """`file: package:noveltybench-gpt4o/gpt-4o.jsonl` names a file shipped in `hivemind/data/`."""
@@ -36,7 +36,7 @@ class SourceOutcome:
 def resolve_source(file: str, base: Path | None = None) -> Path:
     """The path of a `responses:` file: `package:NAME` in the shipped data, else relative to `base`."""
     if file.startswith(PACKAGE_PREFIX):
-        from hivemind.queries import SHIPPED_DIR
+        from hivemind.inputs.queries import SHIPPED_DIR
 
         return SHIPPED_DIR / file[len(PACKAGE_PREFIX) :]
     path = Path(file)
