@@ -84,6 +84,14 @@ def run(
     over_budget: Annotated[
         bool, typer.Option("--over-budget", help="Run even when `hivemind plan` prices it above budget_usd.")
     ] = False,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch",
+            help="Sample every deployment that has a batch API (OpenAI, Anthropic) through it: half price, "
+            "hours not seconds; a rerun resumes open batches.",
+        ),
+    ] = False,
 ) -> None:
     """Sample a study (resuming where it stopped), import its `responses:` files, analyze, report."""
     if verbose:
@@ -106,6 +114,8 @@ def run(
             console.print(f"[bold green]report:[/] {run.report_path}")
 
     study_spec = _spec_or_stored(spec, store)
+    if batch:
+        study_spec = study_spec.model_copy(update={"batch": True})
     if study_spec.budget_usd is not None and not over_budget:  # priced before the first request
         from hivemind.sampling.plan import over_budget_line, plan_study
 
@@ -220,6 +230,7 @@ def report(store: StoreArgument, study: StudyOption = None) -> None:
 @app.command()
 def status(store: StoreOption = Path("hivemind-store")) -> None:
     """Samples per deployment for every study in a store."""
+    from hivemind.store.batches import BatchJournal
     from hivemind.store.journal import Store
 
     with Store(require_store(store)) as db:
@@ -229,6 +240,17 @@ def status(store: StoreOption = Path("hivemind-store")) -> None:
             for deployment, counts in sorted(db.progress(study).items()):
                 table.add_row(study, deployment, str(counts["ok"]), str(counts["failed"]), f"{cost:.4f}")
         Console().print(table)
+        batches = BatchJournal.open_in(db)
+        if batches:  # submitted work the provider still holds: a rerun of the study collects it
+            table = Table("open batch", "study", "deployment", "state", "provider's status", "requests", "age")
+            for b in batches:
+                age = b["age_s"]
+                shown = f"{age / 3600:.1f} h" if age >= 3600 else f"{age / 60:.0f} min" if age >= 60 else f"{age:.0f} s"
+                remote = b["remote_id"] or "(not created yet)"
+                row = (b["study"], b["deployment"], b["state"], b["remote_status"] or "", str(b["items"]), shown)
+                table.add_row(f"{b['protocol']} {remote}", *row)
+            Console().print(table)
+            Console().print("rerun the study (`hivemind run SPEC`) to collect them; nothing is submitted twice")
 
 
 @app.command()

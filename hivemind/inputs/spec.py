@@ -93,7 +93,17 @@ ProviderName = str
 # Options that change how a request runs but never what it returns: kept out of cache keys, so
 # tuning threads or a test script's failures does not invalidate finished samples.
 RUNTIME_OPTIONS = frozenset(
-    {"n_threads", "verbose", "latency_s", "fail_first", "fail_rate", "error_status", "retry_after"}
+    {
+        "n_threads",
+        "verbose",
+        "latency_s",
+        "fail_first",
+        "fail_rate",
+        "error_status",
+        "retry_after",
+        "batch_poll_s",
+        "batch_size",
+    }
 )
 
 
@@ -127,6 +137,10 @@ class Deployment(Strict):
     per-query tables, the matrix and the report, left out of the model statistics."""
     enabled: bool = True
     """Disabled deployments stay in the zoo but are not sampled unless named explicitly."""
+    batch: bool = False
+    """Sample through the provider's batch API (OpenAI Batch API, Anthropic Message Batches):
+    half price, hours not seconds. Not part of the identity: a batch answer is the same sample.
+    `options.batch_poll_s` (30) and `options.batch_size` (50,000) tune it."""
     timeout_s: float = Field(120.0, gt=0)
     """Per-request timeout."""
     options: dict[str, Any] = Field(default_factory=dict)
@@ -317,6 +331,9 @@ class StudyOptions(SamplingPlan):
     """Stop sampling cleanly once the recorded cost reaches this many dollars."""
     max_attempts: int = Field(4, ge=1, le=20)
     """Attempts per sample before it is recorded as an error row."""
+    batch: bool = False
+    """Sample every deployment that has a batch API through it (`hivemind run --batch`); the
+    others are sampled live."""
     analysis: AnalysisOptions = Field(default_factory=AnalysisOptions)
     """Analysis options: complete responses only, answer checker."""
 

@@ -11,13 +11,13 @@ deployment's `rpm` / `tpm` allow. Nothing is sent and nothing is written.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from hivemind.inputs.spec import Deployment, Query, StudySpec
+from hivemind.providers.prices import litellm_offline, model_info, token_cost
 from hivemind.sampling.requests import iter_requests
 from hivemind.sampling.sampler import PendingRequests
 from hivemind.store.journal import Store
@@ -43,32 +43,6 @@ class PlanRow:
     min_wall_s: float | None
 
 
-def _litellm() -> Any:
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # the bundled map, no fetch
-    import litellm
-
-    litellm.suppress_debug_info = True
-    return litellm
-
-
-def model_info(model: str) -> dict[str, Any] | None:
-    """litellm's price-map entry for `model` (with or without its provider prefix), else None."""
-    litellm = _litellm()
-    try:
-        return dict(litellm.get_model_info(model))
-    except Exception:  # litellm raises its own "not mapped" errors, of several kinds
-        return None
-
-
-def _cost(prompt: int, completion: int | None, info: dict[str, Any] | None, suffix: str = "") -> float | None:
-    if info is None or completion is None:
-        return None
-    per_in, per_out = info.get(f"input_cost_per_token{suffix}"), info.get(f"output_cost_per_token{suffix}")
-    if per_in is None or per_out is None:
-        return None
-    return float(prompt * per_in + completion * per_out)
-
-
 def _expected_completion(store: Store | None, spec: StudySpec) -> dict[tuple[str, str], float]:
     """Mean completion tokens of the successful rows per (deployment, condition)."""
     if store is None or spec.name not in store.studies():
@@ -91,7 +65,7 @@ def plan_deployment(
     expected: dict[tuple[str, str], float],
 ) -> list[PlanRow]:
     """The plan rows of one deployment, one per condition."""
-    litellm = _litellm()
+    litellm = litellm_offline()
     info = model_info(deployment.model)
     exact = info is not None and info.get("litellm_provider") in EXACT_TOKENIZER_PROVIDERS
     requests: Counter[str] = Counter()
@@ -126,8 +100,8 @@ def plan_deployment(
                 prompt_tokens_estimated=not exact,
                 completion_tokens_max=completion_max,
                 completion_tokens_expected=round(mean * sent) if mean is not None else None,
-                cost_usd_max=_cost(prompt[name], completion_max, info),
-                cost_usd_batch_max=_cost(prompt[name], completion_max, info, "_batches"),
+                cost_usd_max=token_cost(prompt[name], completion_max, info),
+                cost_usd_batch_max=token_cost(prompt[name], completion_max, info, "_batches"),
                 min_wall_s=max(wall) if wall else None,
             )
         )

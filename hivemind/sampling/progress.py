@@ -55,6 +55,12 @@ class SamplingProgress:
 
         return tick
 
+    def note(self, deployment: str, text: str) -> None:
+        """Show `text` beside a deployment's bar now (a batch's state while nothing is ticking)."""
+        self.paces[deployment] = lambda: text
+        if self.enabled and deployment in self.tasks:
+            self.bar.update(self.tasks[deployment], pace=text)
+
     def _pace(self, deployment: str) -> str:
         pace = self.paces.get(deployment)
         return pace() if pace is not None else ""

@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterator, Mapping
 
 from hivemind.inputs.queries import paraphrases, prompt_text
-from hivemind.inputs.spec import Deployment, Message, Query, SampleRequest, SamplingParams, StudySpec
+from hivemind.inputs.spec import Completion, Deployment, Message, Query, SampleRequest, SamplingParams, StudySpec
 
 
 def iter_requests(
@@ -135,3 +135,7 @@ def plan_size(spec: StudySpec, queries: list[Query]) -> int:
 def plan_requests(spec: StudySpec, queries: list[Query], deployments: list[Deployment]) -> list[SampleRequest]:
     """Every sample of a (small) study as a list: each deployment's requests in `iter_requests` order."""
     return [request for deployment in deployments for request in iter_requests(spec, queries, deployment)]
+
+
+Outcome = tuple[SampleRequest, Completion | None, str | None, float, int]
+"""A request's final outcome: (request, completion, error, latency_s, attempts)."""

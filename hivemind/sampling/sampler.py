@@ -15,10 +15,11 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain, islice
+from typing import Any
 
 from hivemind.inputs.spec import (
     Completion,
@@ -31,7 +32,7 @@ from hivemind.providers.base import Provider, ProviderError
 from hivemind.providers.ratelimit import estimate_tokens
 from hivemind.sampling.in_context import Chain, first_turns, run_chain
 from hivemind.sampling.progress import SamplingProgress, Tick
-from hivemind.sampling.requests import iter_requests
+from hivemind.sampling.requests import Outcome, iter_requests
 from hivemind.store.journal import Store, StoreError
 
 MAX_RETRY_WAIT_S = 120.0
@@ -154,8 +155,11 @@ class Sampler:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         progress: bool = True,
+        batch: Collection[str] = (),
     ) -> None:
         self.store = store
+        self.batch = frozenset(batch)
+        """Deployments sampled through their provider's batch API (`hivemind.sampling.batches`)."""
         self.providers = providers
         self.max_attempts = max_attempts
         self.budget_usd = budget_usd
@@ -228,6 +232,42 @@ class Sampler:
             else:
                 journal.submit(await self._ask(provider, request))
 
+    async def _batches(
+        self,
+        provider: Provider,
+        pending: Iterable[SampleRequest],
+        count: Callable[[list[Outcome]], None],
+        note: Callable[[str, str], None],
+    ) -> None:
+        """A deployment's requests through its batch API (`hivemind.sampling.batches`)."""
+        from hivemind.sampling.batches import BatchRunner
+        from hivemind.store.batches import BatchJournal
+
+        todo = list(pending)
+        if not todo:
+            return
+
+        def commit(outcomes: list[Outcome], extra: Callable[[Any], None]) -> None:
+            self.store.record_many(outcomes, extra=extra)
+            for _, completion, _, _, _ in outcomes:
+                if completion is not None:
+                    self._spent += completion.cost_usd or 0.0
+            count(outcomes)
+
+        runner = BatchRunner(
+            provider,
+            BatchJournal(self.store),
+            todo[0].study,
+            max_attempts=self.max_attempts,
+            commit=commit,
+            stop=self._stop,
+            note=partial(note, provider.deployment.name),
+        )
+        try:
+            await runner.run(todo)
+        finally:
+            self.report.retries += runner.retries
+
     def _count(self, tick: Tick) -> Callable[[list[Outcome]], None]:
         """What happens to outcomes once their rows are committed: they count."""
 
@@ -269,18 +309,23 @@ class Sampler:
                 grouped[request.deployment].append(request)
             streams, sizes = dict(grouped), {name: len(todo) for name, todo in grouped.items()}
         paces = {name: provider.pacer.pace for name, provider in self.providers.items()}
-        with SamplingProgress(self.show_progress, sizes or {}, paces) as tick:
+        bars = SamplingProgress(self.show_progress, sizes or {}, paces)
+        with bars as tick:
 
             def skip(request: SampleRequest) -> None:
                 self.report.skipped += 1
                 tick(request.deployment, True)
 
             self._on_skip = skip
-            journal = _JournalWriter(self.store, self._count(tick))
+            count = self._count(tick)
+            journal = _JournalWriter(self.store, count)
             try:  # a failing worker (e.g. the disk is full) stops the others: no orphan tasks
                 async with asyncio.TaskGroup() as group:
                     for name, stream in streams.items():
                         pending = PendingRequests(self.store, stream, on_skip=skip)
+                        if name in self.batch:  # its chains (dependent turns) are asked live
+                            group.create_task(self._batches(self.providers[name], pending, count, bars.note))
+                            pending = PendingRequests(self.store, ())
                         source: Iterator[SampleRequest | Chain] = chain((chains or {}).get(name, ()), pending)
                         size = sizes.get(name, 1) if sizes is not None else None
                         workers = self.providers[name].max_connections()
@@ -305,10 +350,6 @@ def _used_tokens(completion: Completion) -> int | None:
     if completion.prompt_tokens is None or completion.completion_tokens is None:
         return None
     return completion.prompt_tokens + completion.completion_tokens
-
-
-Outcome = tuple[SampleRequest, Completion | None, str | None, float, int]
-"""A request's final outcome: (request, completion, error, latency_s, attempts)."""
 
 
 class _JournalWriter:

@@ -294,13 +294,16 @@ async def sample_study(
     dropped = check_params(spec, deployments, providers)
     check_modes(spec, deployments, providers)
     check_resumable(store, spec, queries, deployments)  # refuses other parameters before anything is written
+    batched = batch_deployments(spec, deployments, store)
     zoo_references = [d.name for d in deployments if d.reference and d.name not in spec.references]
     if zoo_references:  # `reference: true` in the zoo: stored with the study, as an import's --reference
         spec = spec.model_copy(update={"references": [*spec.references, *zoo_references]})
     store.register_study(spec, queries, deployments)
     if executor is not None and _has_work(store, spec, queries, deployments):  # no idle actors
         providers = executor.providers(providers)
-    sampler = Sampler(store, providers, max_attempts=spec.max_attempts, budget_usd=spec.budget_usd, progress=progress)
+    sampler = Sampler(
+        store, providers, max_attempts=spec.max_attempts, budget_usd=spec.budget_usd, progress=progress, batch=batched
+    )
     # Requests are generated lazily, one stream per deployment, and checked against the journal
     # a chunk at a time: a 10M-sample study starts at once, in flat memory.
     streams = {d.name: iter_requests(spec, queries, d, dropped) for d in deployments}
@@ -321,3 +324,26 @@ def planned_counts(spec: StudySpec) -> dict[str, int]:
     queries, deployments = resolve_study(spec)
     per = len(queries) * len(spec.effective_conditions()) * spec.samples
     return {d.name: per for d in deployments}
+
+
+def batch_deployments(spec: StudySpec, deployments: list[Deployment], store: Store | None = None) -> set[str]:
+    """The deployments sampled through a batch API: `batch: true` in the zoo (refused where the
+    provider has none), every one that has one when the spec (or `--batch`) asks, and any with
+    open batches in the store (collected, never asked again live, whatever this run says)."""
+    from hivemind.providers.batch_api import batch_protocol
+    from hivemind.store.batches import BatchJournal
+
+    opened = {b["deployment"] for b in BatchJournal.open_in(store) if b["study"] == spec.name} if store else set()
+    chosen = set()
+    for deployment in deployments:
+        has = batch_protocol(deployment) is not None
+        if deployment.batch and not has:
+            raise StudyError(
+                f"deployment {deployment.name!r} has batch: true, but {deployment.provider} ({deployment.model}) "
+                "has no batch API (OpenAI's: provider openai or an OpenAI model via litellm; Anthropic's: "
+                "litellm with an anthropic/ model)",
+                field="batch",
+            )
+        if has and (deployment.batch or spec.batch or deployment.name in opened):
+            chosen.add(deployment.name)
+    return chosen

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -330,15 +330,23 @@ class Store(JournalFile):
         """Commit one finished sample (or its final error). A success is never replaced."""
         self.record_many([(request, completion, error, latency_s, attempts)])
 
-    def record_many(self, outcomes: Iterable[tuple[SampleRequest, Completion | None, str | None, float, int]]) -> None:
+    def record_many(
+        self,
+        outcomes: Iterable[tuple[SampleRequest, Completion | None, str | None, float, int]],
+        *,
+        extra: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
         """Commit finished samples, each (request, completion, error, latency_s, attempts), in one
         transaction: all of them are durable when this returns, or none. A success is never replaced.
+        `extra` writes more in the same transaction (a batch marked ingested with its rows).
         """
         rows = [_sample_row(*outcome) for outcome in outcomes]
-        if not rows:
+        if not rows and extra is None:
             return
         with self.transaction() as db:
             db.executemany(_UPSERT_SAMPLE, rows)
+            if extra is not None:
+                extra(db)
 
     def total_cost(self, study: str) -> float:
         """Dollars recorded so far for a study (unknown costs count as zero)."""
