@@ -134,3 +134,48 @@ def test_run_refuses_a_study_priced_over_its_budget_unless_told(tmp_path: Path, 
         app, ["run", str(spec), "--store", str(store), "--no-analyze", "--no-progress", "--over-budget"]
     )
     assert told.exit_code == 0, told.output
+
+
+def test_a_batched_study_is_priced_and_budgeted_at_the_batch_price(
+    tmp_path: Path, write_zoo: Callable[..., Path]
+) -> None:
+    """`--batch` (or `batch: true`): rows billed at litellm's batch price, no rpm wall time, and
+    a budget between the batch and the live price passes only batched."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    (tmp_path / "queries.jsonl").write_text(
+        "".join(json.dumps({"id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(QUERIES))
+    )
+    zoo = write_zoo(
+        {"name": "hosted", "provider": "openai", "model": "gpt-4o-mini", "api_base": "http://127.0.0.1:9/v1", "rpm": 60}
+    )
+    price = litellm.model_cost["gpt-4o-mini"]
+    prompt = sum(litellm.token_counter(model="gpt-4o-mini", messages=[{"role": "user", "content": t}]) for t in QUERIES)
+    live = 10 * (prompt * price["input_cost_per_token"] + 50 * len(QUERIES) * price["output_cost_per_token"])
+    batched = 10 * (prompt * price["input_cost_per_token_batches"] + 50 * len(QUERIES) * price["output_cost_per_token_batches"])  # fmt: skip
+    spec = {
+        "name": "s",
+        "query_set": str(tmp_path / "queries.jsonl"),
+        "zoo": str(zoo),
+        "deployments": ["hosted"],
+        "samples": 10,
+        "params": {"max_tokens": 50},
+        "budget_usd": (live + batched) / 2,
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    runner = CliRunner()
+    plans = {}
+    for flags in ([], ["--batch"]):
+        result = runner.invoke(app, ["plan", str(path), "--store", str(tmp_path / "none"), "--json", *flags])
+        assert result.exit_code == 0, result.output
+        plans[bool(flags)] = json.loads(result.output)
+    assert plans[False]["total"]["cost_usd_run_max"] == pytest.approx(live) and plans[False]["total"]["over_budget"]
+    assert plans[True]["total"]["cost_usd_run_max"] == pytest.approx(batched)
+    assert plans[True]["total"]["over_budget"] is False
+    (row,) = plans[True]["rows"]
+    assert row["batch"] is True and row["min_wall_s"] is None and row["cost_usd_max"] == pytest.approx(live)
+    assert plans[False]["rows"][0]["min_wall_s"] == pytest.approx(30 * 60 / 60)
+    table = runner.invoke(app, ["plan", str(path), "--store", str(tmp_path / "none"), "--batch"])
+    assert "at the batch" in table.output and "over budget" not in table.output

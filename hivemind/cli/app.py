@@ -258,35 +258,55 @@ def plan(
     spec: Annotated[Path, typer.Argument(help="Study spec (YAML or JSON), or the name of a study in --store.")],
     store: StoreOption = Path("hivemind-store"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (`rows` and `total`).")] = False,
+    batch: Annotated[bool, typer.Option("--batch", help="Plan it as `hivemind run --batch` would run it.")] = False,
 ) -> None:
     """What a study will send and may cost (from litellm's price map), before any request."""
     import json
 
     from hivemind.sampling.plan import over_budget_line, plan_study
 
-    planned = plan_study(_spec_or_stored(spec, store), store)
+    study_spec = _spec_or_stored(spec, store)
+    planned = plan_study(study_spec.model_copy(update={"batch": True}) if batch else study_spec, store)
     if as_json:
         print(json.dumps(planned, indent=2))
         return
-    table = Table("deployment", "condition", "requests", "prompt tok", "completion tok max", "cost $ max", "batch $")
+    table = Table(
+        "deployment", "condition", "requests", "prompt tok", "completion tok max", "cost $ max", "batch $", "time"
+    )  # fmt: skip
     for row in planned["rows"]:
         prompt = f"{row['prompt_tokens']}{'~' if row['prompt_tokens_estimated'] else ''}"
         completion = "?" if row["completion_tokens_max"] is None else str(row["completion_tokens_max"])
+        wall = "batch, <= 24 h" if row["batch"] else _duration(row["min_wall_s"])
         table.add_row(
             row["deployment"], row["condition"], str(row["requests"]), prompt, completion,
-            _money(row["cost_usd_max"]), _money(row["cost_usd_batch_max"]),
+            _money(row["cost_usd_max"]), _money(row["cost_usd_batch_max"]), wall,
         )  # fmt: skip
     Console().print(table)
     total = planned["total"]
     console.print(
         f"total: {total['requests']} requests to send, "
-        + ("cost unknown" if total["cost_usd_max"] is None else f"at most ${_money(total['cost_usd_max'])}")
+        + ("cost unknown" if total["cost_usd_run_max"] is None else f"at most ${_money(total['cost_usd_run_max'])}")
+        + (" (batched deployments at the batch price)" if any(r["batch"] for r in planned["rows"]) else "")
+        + (f", at least {_duration(total['min_wall_s'])} under the zoo's rpm/tpm" if total["min_wall_s"] else "")
         + (f" (unpriced: {', '.join(total['unpriced'])})" if total["unpriced"] else "")
         + (" [dim](~ prompt tokens estimated: litellm does not know the tokenizer)[/]" if total["prompt_tokens_estimated"] else "")
     )  # fmt: skip
     line = over_budget_line(planned)
     if line:
         console.print(f"[yellow]over budget:[/] {line}; `hivemind run` needs --over-budget", highlight=False)
+
+
+def _duration(seconds: float | None) -> str:
+    """A lower bound on wall time, or '' where no rate limit bounds it."""
+    if seconds is None:
+        return ""
+    return (
+        f">= {seconds / 3600:.1f} h"
+        if seconds >= 3600
+        else f">= {seconds / 60:.1f} min"
+        if seconds >= 60
+        else f">= {seconds:.0f} s"
+    )
 
 
 def _money(value: float | None) -> str:

@@ -41,6 +41,9 @@ class PlanRow:
     cost_usd_max: float | None
     cost_usd_batch_max: float | None
     min_wall_s: float | None
+    batch: bool = False
+    """Sampled through the provider's batch API: billed at the batch price, within its 24 h window
+    (no wall time of its own: `min_wall_s` is null)."""
 
 
 def _expected_completion(store: Store | None, spec: StudySpec) -> dict[tuple[str, str], float]:
@@ -63,6 +66,7 @@ def plan_deployment(
     deployment: Deployment,
     store: Store | None,
     expected: dict[tuple[str, str], float],
+    batch: bool = False,
 ) -> list[PlanRow]:
     """The plan rows of one deployment, one per condition."""
     litellm = litellm_offline()
@@ -87,8 +91,8 @@ def plan_deployment(
         limit = max_tokens.get(name) or (info or {}).get("max_output_tokens")
         completion_max = int(limit) * sent if limit is not None else None
         mean = expected.get((deployment.name, name))
-        wall = [sent * 60.0 / deployment.rpm] if deployment.rpm else []
-        if deployment.tpm and completion_max is not None:
+        wall = [sent * 60.0 / deployment.rpm] if deployment.rpm and not batch else []
+        if deployment.tpm and completion_max is not None and not batch:
             wall.append((prompt[name] + completion_max) * 60.0 / deployment.tpm)
         rows.append(
             PlanRow(
@@ -103,9 +107,16 @@ def plan_deployment(
                 cost_usd_max=token_cost(prompt[name], completion_max, info),
                 cost_usd_batch_max=token_cost(prompt[name], completion_max, info, "_batches"),
                 min_wall_s=max(wall) if wall else None,
+                batch=batch,
             )
         )
     return rows
+
+
+def _billed(row: PlanRow | dict[str, Any]) -> float | None:
+    """What this run may be billed for a row at most: the batch price where it is batched."""
+    data = asdict(row) if isinstance(row, PlanRow) else row
+    return data["cost_usd_batch_max"] if data["batch"] else data["cost_usd_max"]
 
 
 def _sum(values: list[Any]) -> Any:
@@ -117,8 +128,11 @@ def study_plan(
     spec: StudySpec, queries: list[Query], deployments: list[Deployment], store: Store | None
 ) -> dict[str, Any]:
     """The plan as JSON-ready data: `rows` (one per deployment and condition) and `total`."""
+    from hivemind.sampling.stage import batch_deployments
+
     expected = _expected_completion(store, spec)
-    rows = [row for d in deployments for row in plan_deployment(spec, queries, d, store, expected)]
+    batched = batch_deployments(spec, deployments, store)
+    rows = [row for d in deployments for row in plan_deployment(spec, queries, d, store, expected, d.name in batched)]
     walls: dict[str, list[float | None]] = {}
     for row in rows:
         walls.setdefault(row.deployment, []).append(row.min_wall_s)
@@ -130,11 +144,12 @@ def study_plan(
         "completion_tokens_max": _sum([r.completion_tokens_max for r in rows]),
         "cost_usd_max": _sum([r.cost_usd_max for r in rows]),
         "cost_usd_batch_max": _sum([r.cost_usd_batch_max for r in rows]),
+        "cost_usd_run_max": _sum([_billed(r) for r in rows]),
         "min_wall_s": max((w for w in per_deployment if w is not None), default=None),
         "unpriced": sorted({r.deployment for r in rows if r.cost_usd_max is None and r.requests}),
         "budget_usd": spec.budget_usd,
     }
-    priced = sum(r.cost_usd_max for r in rows if r.cost_usd_max is not None)
+    priced = sum(c for c in map(_billed, rows) if c is not None)
     total["over_budget"] = spec.budget_usd is not None and priced > spec.budget_usd  # the priced part already
     return {"study": spec.name, "rows": [asdict(r) for r in rows], "total": total}
 
@@ -158,7 +173,7 @@ def over_budget_line(plan: dict[str, Any]) -> str | None:
     total = plan["total"]
     if not total["over_budget"]:
         return None
-    priced = sum(r["cost_usd_max"] for r in plan["rows"] if r["cost_usd_max"] is not None)
+    priced = sum(c for c in map(_billed, plan["rows"]) if c is not None)
     return (
         f"study {plan['study']!r} may cost up to ${priced:.4f} (litellm's prices, max_tokens on every answer), "
         f"over its budget_usd {total['budget_usd']}"
