@@ -24,7 +24,7 @@ QUERIES = [
     {"id": f"q{i}", "text": text}
     for i, text in enumerate(["Write a metaphor about time.", "Name a colour for Monday.", "Invent a word."])
 ]
-MODELS = {"openai": ("openai", "gpt-4o-mini"), "anthropic": ("litellm", "anthropic/claude-3-5-haiku-20241022")}
+MODELS = {"openai": ("openai", "gpt-4o-mini"), "anthropic": ("litellm", "anthropic/claude-haiku-4-5")}
 
 
 def write_study(

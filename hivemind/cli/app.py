@@ -287,7 +287,7 @@ def plan(
         f"total: {total['requests']} requests to send, "
         + ("cost unknown" if total["cost_usd_run_max"] is None else f"at most ${_money(total['cost_usd_run_max'])}")
         + (" (batched deployments at the batch price)" if any(r["batch"] for r in planned["rows"]) else "")
-        + (f", at least {_duration(total['min_wall_s'])} under the zoo's rpm/tpm" if total["min_wall_s"] else "")
+        + (f", {_duration(total['min_wall_s'])} under the zoo's rpm/tpm" if total["min_wall_s"] else "")
         + (f" (unpriced: {', '.join(total['unpriced'])})" if total["unpriced"] else "")
         + (" [dim](~ prompt tokens estimated: litellm does not know the tokenizer)[/]" if total["prompt_tokens_estimated"] else "")
     )  # fmt: skip

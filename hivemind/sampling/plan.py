@@ -81,7 +81,9 @@ def plan_deployment(
         key = (request.condition, request.query_id)
         if key not in counted:
             messages = [{"role": m.role, "content": m.content} for m in request.messages]
-            counted[key] = int(litellm.token_counter(model=deployment.model, messages=messages))
+            # litellm's own tokenizer where it is exact (tiktoken, bundled); else its default one,
+            # flagged as an estimate: it would fetch other tokenizers from the Hugging Face hub
+            counted[key] = int(litellm.token_counter(model=deployment.model if exact else None, messages=messages))
         requests[request.condition] += 1
         prompt[request.condition] += counted[key]
         max_tokens[request.condition] = request.params.max_tokens
