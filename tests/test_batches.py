@@ -222,3 +222,19 @@ def test_batch_on_the_command_line_and_status_shows_what_a_killed_run_left_open(
         timeout=120,
     )
     assert "open batch" not in after.stdout
+
+
+def test_an_outage_while_polling_stops_the_run_with_one_line_and_a_rerun_collects_the_batch(tmp_path: Path) -> None:
+    with serve(BatchScript(down={"poll"})) as (base, script):
+        spec = write_study(tmp_path, base, "openai", samples=1, attempts=2)
+        command = [sys.executable, "-m", "hivemind.cli", "run", str(spec), "--store", str(tmp_path / "s")]
+        command += ["--no-analyze", "--no-progress"]
+        env = {**os.environ, "BATCH_TEST_KEY": "sk-batch"}
+        stopped = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+        assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+        assert "HTTP 503" in stopped.stderr and "rerun the study to collect it" in stopped.stderr
+        script.down.clear()
+        rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert len(script.batches) == 1 and len(script.submitted_custom_ids()) == 3
+    assert all(r["error"] is None for r in rows(tmp_path / "s"))

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+from hivemind.errors import HivemindError
 from hivemind.inputs.spec import Completion, SampleRequest
 from hivemind.providers.base import Provider, ProviderError
 from hivemind.providers.batch_api import BatchClient, ItemResult, batch_client
@@ -33,6 +34,10 @@ T = TypeVar("T")
 DEFAULT_POLL_S = 30.0
 DEFAULT_BATCH_SIZE = 50_000  # OpenAI's limit per batch (Anthropic's is 100,000)
 Row = tuple[str, str, int]
+
+
+class BatchError(HivemindError):
+    """A batch step that failed beyond its retries: the run stops; the journal keeps the batch."""
 
 
 def batch_options(provider: Provider) -> tuple[float, int]:
@@ -101,9 +106,12 @@ class BatchRunner:
                     batches = [b for b in batches if b.state not in ("prepared", "uploaded")]
                     if not batches:
                         return
-                async with asyncio.TaskGroup() as group:
-                    for batch in batches:
-                        group.create_task(self._drive(batch, requests, batch.id in resumed))
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        for batch in batches:
+                            group.create_task(self._drive(batch, requests, batch.id in resumed))
+                except ExceptionGroup as failures:  # the first batch's error, as the sampler's workers do
+                    raise failures.exceptions[0] from None
                 resumed = set()
         finally:
             await self.client.aclose()
@@ -155,14 +163,21 @@ class BatchRunner:
                     self.journal.update(batch.id, state="submitted", remote_id=remote, submitted_at=time.time())
                 batch.state, batch.remote_id = "submitted", remote
         except ProviderError as exc:
-            if exc.retryable:
-                raise  # transient: the batch stays where it is, and a rerun takes it from there
+            if exc.retryable:  # transient: the batch stays where it is, and a rerun takes it from there
+                raise BatchError(
+                    f"{exc}; the batch stays in the store's journal: rerun the study to resume it"
+                ) from None
             self._ingest(batch, items, requests, {}, failure=str(exc))  # refused before it ran
             return
         assert batch.remote_id is not None
         remote_id = batch.remote_id
-        status, obj = await self._poll(batch, remote_id)
-        results = await self._retrying("results", lambda: self.client.results(obj))
+        try:
+            status, obj = await self._poll(batch, remote_id)
+            results = await self._retrying("results", lambda: self.client.results(obj))
+        except ProviderError as exc:
+            raise BatchError(
+                f"{exc}; batch {remote_id} stays open in the store (`hivemind status`): rerun the study to collect it"
+            ) from None
         failure = None if results or status not in {"failed", "cancelled"} else f"batch {remote_id} {status}"
         self._ingest(batch, items, requests, results, failure=failure)
 

@@ -45,6 +45,8 @@ class BatchScript:
     hold: set[str] = field(default_factory=set)
     """Endpoint names (upload, create, created: after the batch is made, poll, download, results)
     that block once reached."""
+    down: set[str] = field(default_factory=set)
+    """Endpoint names that answer 503 (a provider's outage)."""
     reached: set[str] = field(default_factory=set)
     """Endpoint names reached (set before a held one blocks)."""
     files: dict[str, bytes] = field(default_factory=dict)
@@ -113,6 +115,8 @@ def create_app(script: BatchScript) -> Any:
         key = request.headers.get("authorization", "").removeprefix("Bearer ") or request.headers.get("x-api-key")
         if script.required_key is not None and key != script.required_key:
             return JSONResponse({"error": {"message": "invalid api key"}}, status_code=401)
+        if name in script.down:
+            return JSONResponse({"error": {"message": "service unavailable"}}, status_code=503)
         await held(name)
         return None
 
