@@ -257,6 +257,31 @@ class Condition(Strict):
 DEFAULT_CONDITION = Condition(name="default")
 
 
+JUDGE_PLACEHOLDERS = ("{a}", "{b}")
+"""What a judge prompt must contain: the two responses (`{query}`, the query, is optional)."""
+
+
+class JudgeClasses(Strict):
+    """Equivalence classes decided by a judge deployment (`hivemind.analysis.judge`)."""
+
+    judge: str = Field(pattern=NAME_PATTERN)
+    """A deployment of the zoo (any provider: llamacpp, openai, litellm, mock) that decides
+    whether two responses to a query say the same thing."""
+    prompt: str | None = Field(None, min_length=1)
+    """The judge's user message, with `{a}` and `{b}` (the two responses) and optionally
+    `{query}`; None: `hivemind.analysis.judge.DEFAULT_PROMPT`. The reply is read as yes or no."""
+    max_tokens: int = Field(16, ge=1, le=4096)
+    """Tokens the judge may answer with (at temperature 0)."""
+
+    @field_validator("prompt")
+    @classmethod
+    def _placeholders(cls, value: str | None) -> str | None:
+        missing = [p for p in JUDGE_PLACEHOLDERS if value is not None and p not in value]
+        if missing:
+            raise ValueError(f"the judge prompt must contain {' and '.join(missing)} (the two responses)")
+        return value
+
+
 class AnalysisOptions(Strict):
     """How a study's responses are analysed (`hivemind analyze` flags override these)."""
 
@@ -272,6 +297,8 @@ class AnalysisOptions(Strict):
     """Which k the ensemble curves are computed at: `all` (every k = 1..K), `sparse` (every k up to
     the number of deployments, then about x1.25 apart to K; the same values at those k for about a
     sixth of the Vendi cost) or `auto` (all while K <= 16, sparse beyond; the summary says which)."""
+    classes: JudgeClasses | None = None
+    """Equivalence classes by a judge deployment beside the cosine ones (`hivemind.analysis.judge`)."""
 
 
 class SamplingPlan(Strict):

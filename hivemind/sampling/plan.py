@@ -6,7 +6,9 @@ knows: OpenAI's; otherwise litellm's default tokenizer, flagged as an estimate),
 tokens at most (`max_tokens` x requests, or the model's output limit from litellm's map) and as
 expected from the rows the store already has, the cost at most from litellm's bundled price
 map (and at the batch price where the map has one), and the shortest wall time the
-deployment's `rpm` / `tpm` allow. Nothing is sent and nothing is written.
+deployment's `rpm` / `tpm` allow. A study with an equivalence judge (`analysis.classes`) adds
+`judge`: its calls at most (`hivemind.analysis.judge.CALL_BOUND_RULE`) and their cost at most
+where litellm's price map knows the judge model. Nothing is sent and nothing is written.
 """
 
 from __future__ import annotations
@@ -162,7 +164,10 @@ def study_plan(
     }
     priced = sum(r.cost_usd_max for r in rows if r.cost_usd_max is not None)
     total["over_budget"] = spec.budget_usd is not None and priced > spec.budget_usd  # the priced part already
-    return {"study": spec.name, "rows": [asdict(r) for r in rows], "total": total}
+    from hivemind.analysis.judge import judge_plan
+
+    judge = judge_plan(spec, queries, store)  # `analysis.classes.judge`: its calls at most, or None
+    return {"study": spec.name, "rows": [asdict(r) for r in rows], "total": total, "judge": judge}
 
 
 def plan_study(spec: StudySpec, store_path: Path) -> dict[str, Any]:
