@@ -397,10 +397,11 @@ def analyze(
     """
     from hivemind.analysis import analyze_responses, prepare_responses
     from hivemind.analysis.data import truncation_summary, truncation_table
-    from hivemind.analysis.judge import add_judge_classes, judge_deployment
+    from hivemind.analysis.judge import add_judge_classes
     from hivemind.analysis.verify import get_checker
     from hivemind.executors import Executor as LocalExecutor
     from hivemind.imports.external_classes import add_external_classes
+    from hivemind.inputs.zoo import judge_deployment
     from hivemind.vectors.embed import EmbeddingCache, embed_texts
 
     spec = store.study_spec(study)

@@ -19,7 +19,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from hivemind.analysis.judge import DEFAULT_PROMPT, JudgeError, JudgmentCache, call_bound, parse_verdict
+from hivemind.analysis.judge import JudgmentCache, parse_verdict
+from hivemind.inputs.judge_entry import DEFAULT_PROMPT, JudgeError, call_bound
 from hivemind.inputs.queries import load_query_set
 from hivemind.inputs.spec import StudySpec
 from hivemind.pipeline import run_pipeline

@@ -34,14 +34,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivemind.inputs.spec import Deployment, JudgeClasses, StudySpec, canonical_json, sha256_hex
+from hivemind.inputs.judge_entry import (
+    CALL_BOUND_RULE,
+    DEFAULT_PROMPT,
+    JudgeClasses,
+    JudgeError,
+    call_bound,
+)
+from hivemind.inputs.spec import Deployment, StudySpec, canonical_json, sha256_hex
 from hivemind.migrations import Family, migrate
-from hivemind.store.journal import JournalFile, StoreError
+from hivemind.store.journal import JournalFile
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from hivemind.inputs.spec import Query
     from hivemind.providers.base import Provider
     from hivemind.store.journal import Store
 
@@ -50,15 +56,6 @@ TABLE = "judge_classes"
 LABELS = "judge_labels"
 """Per analysed response: the judge's class id within its group."""
 
-DEFAULT_PROMPT = (
-    "Here are two responses to the same request.\n\n"
-    "Request:\n{query}\n\n"
-    "Response A:\n{a}\n\n"
-    "Response B:\n{b}\n\n"
-    "Do responses A and B say essentially the same thing (the same answer, idea or content, even "
-    "if worded differently)? Answer with one word: yes or no."
-)
-"""The judge's user message unless the spec gives its own (`{query}`, `{a}`, `{b}` are filled in)."""
 VERDICT_RULE = (
     "The judge's reply (reasoning blocks removed) is read by its first whole word `yes` or `no`, in any "
     "case: yes = equivalent, no = not. A reply with neither is unparseable and counts as not equivalent "
@@ -69,11 +66,6 @@ PARTITION_RULE = (
     "is compared with the first member of each class so far and joins the first judged equivalent, else "
     "opens a new class. Identical texts are equivalent without a call."
 )
-CALL_BOUND_RULE = (
-    "At most n (n - 1) / 2 judge calls per group of n responses (reached when every response is its own "
-    "class), before the cache; cached judgments and identical texts are not sent."
-)
-
 JUDGMENTS = Family(
     "judgments",
     (
@@ -91,10 +83,6 @@ JUDGMENTS = Family(
 _VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 
-class JudgeError(StoreError):
-    """The judge cannot be used (unknown deployment, provider not ready)."""
-
-
 def parse_verdict(reply: str) -> bool | None:
     """`VERDICT_RULE`: True (yes), False (no) or None (unparseable)."""
     from hivemind.analysis.data import answer_text
@@ -103,30 +91,12 @@ def parse_verdict(reply: str) -> bool | None:
     return None if found is None else found.group(1).lower() == "yes"
 
 
-def call_bound(n: int) -> int:
-    """`CALL_BOUND_RULE`: the most judge calls a group of `n` responses can need."""
-    return n * (n - 1) // 2
-
-
 def judge_identity(deployment: Deployment, options: JudgeClasses) -> str:
     """sha256 of what can change a verdict: the deployment's identity, the prompt, max_tokens."""
     prompt = options.prompt or DEFAULT_PROMPT
     return sha256_hex(
         canonical_json({"deployment": deployment.identity(), "prompt": prompt, "max_tokens": options.max_tokens})
     )
-
-
-def judge_deployment(spec: StudySpec, zoo: str | Path | None = None) -> Deployment | None:
-    """The judge deployment the spec names (None without `analysis.classes`), or one clear error."""
-    from hivemind.inputs.zoo import ZooError, load_zoo
-
-    options = spec.analysis.classes
-    if options is None:
-        return None
-    try:
-        return load_zoo(zoo or spec.zoo).get(options.judge)
-    except ZooError as exc:
-        raise JudgeError(f"analysis.classes.judge: {exc}", field="analysis.classes.judge") from None
 
 
 class JudgmentCache(JournalFile):
@@ -451,49 +421,3 @@ def classes_summary(table: pl.DataFrame) -> list[dict[str, Any]]:
         pl.len().alias("queries"), *[pl.col(c).mean() for c in columns]
     )
     return means.to_dicts()
-
-
-def judge_plan(spec: StudySpec, queries: list[Query], store: Store | None) -> dict[str, Any] | None:
-    """`hivemind plan`'s judge entry: the upper bound of judge calls (`CALL_BOUND_RULE`, before the
-    cache) and their cost at most where litellm's price map knows the judge model; None without
-    a judge. Groups: every sampled (query, deployment, condition) with K = `samples`, and every
-    group the store already holds (imported answers), each capped at `samples` (equal K)."""
-    from hivemind.sampling.plan import _litellm, model_info
-
-    deployment = judge_deployment(spec)
-    if deployment is None or spec.analysis.classes is None:
-        return None
-    sizes: dict[tuple[str, str, str], int] = {
-        (q.id, d, c.name): spec.samples for q in queries for d in spec.deployments for c in spec.effective_conditions()
-    }
-    longest = ""
-    if store is not None and spec.name in store.studies():
-        frame = store.samples_frame(spec.name, include_errors=False)
-        for (query_id, dep, condition), part in frame.group_by("query_id", "deployment", "condition"):
-            key = (str(query_id), str(dep), str(condition))
-            sizes[key] = max(sizes.get(key, 0), min(part.height, spec.samples))
-        texts = [t for t in frame["text"].to_list() if t]
-        longest = max(texts, key=len, default="")
-    bound = sum(call_bound(n) for n in sizes.values())
-    info = model_info(deployment.model)
-    cost = None
-    options = spec.analysis.classes
-    prompt = options.prompt or DEFAULT_PROMPT
-    response_max = spec.params.max_tokens
-    if info is not None and (response_max is not None or longest):
-        litellm = _litellm()
-        count = int(litellm.token_counter(model=deployment.model, text=longest)) if longest else 0
-        per_text = max(count, response_max or 0)
-        query_max = max((q.text for q in queries), key=len, default="")
-        template = int(litellm.token_counter(model=deployment.model, text=prompt.replace("{query}", query_max)))
-        per_in, per_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
-        if per_in is not None and per_out is not None:
-            cost = float(bound * ((template + 2 * per_text) * per_in + options.max_tokens * per_out))
-    return {
-        "deployment": deployment.name,
-        "model": deployment.model,
-        "groups": len(sizes),
-        "calls_max": bound,
-        "cost_usd_max": cost,
-        "rule": CALL_BOUND_RULE,
-    }

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hivemind.inputs.judge_entry import JudgeClasses as JudgeClasses
 from hivemind.inputs.spec_base import NAME_PATTERN as NAME_PATTERN
 from hivemind.inputs.spec_base import STORE_ENTRIES as STORE_ENTRIES
 from hivemind.inputs.spec_base import StoreName as StoreName
@@ -255,31 +256,6 @@ class Condition(Strict):
 
 
 DEFAULT_CONDITION = Condition(name="default")
-
-
-JUDGE_PLACEHOLDERS = ("{a}", "{b}")
-"""What a judge prompt must contain: the two responses (`{query}`, the query, is optional)."""
-
-
-class JudgeClasses(Strict):
-    """Equivalence classes decided by a judge deployment (`hivemind.analysis.judge`)."""
-
-    judge: str = Field(pattern=NAME_PATTERN)
-    """A deployment of the zoo (any provider: llamacpp, openai, litellm, mock) that decides
-    whether two responses to a query say the same thing."""
-    prompt: str | None = Field(None, min_length=1)
-    """The judge's user message, with `{a}` and `{b}` (the two responses) and optionally
-    `{query}`; None: `hivemind.analysis.judge.DEFAULT_PROMPT`. The reply is read as yes or no."""
-    max_tokens: int = Field(16, ge=1, le=4096)
-    """Tokens the judge may answer with (at temperature 0)."""
-
-    @field_validator("prompt")
-    @classmethod
-    def _placeholders(cls, value: str | None) -> str | None:
-        missing = [p for p in JUDGE_PLACEHOLDERS if value is not None and p not in value]
-        if missing:
-            raise ValueError(f"the judge prompt must contain {' and '.join(missing)} (the two responses)")
-        return value
 
 
 class AnalysisOptions(Strict):

@@ -8,13 +8,20 @@ the methods; the calls the judge needed, against their bound. Empty without a ju
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hivemind.report.markup import table
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from hivemind.analysis.summary import Summary
-    from hivemind.report.sections import Tables
+
+
+class Tables(Protocol):
+    """What this section reads of `hivemind.report.sections.Tables` (not imported: no cycle)."""
+
+    def get(self, name: str) -> pl.DataFrame | None: ...
 
 
 def judge_classes_section(summary: Summary, tables: Tables) -> str:
