@@ -26,7 +26,7 @@ from hivemind.inputs.spec import StudySpec
 from hivemind.pipeline import run_pipeline
 from hivemind.sampling.plan import plan_study
 from hivemind.testing.openai_server import Script, serve
-from tests.conftest import REPO, require_that
+from tests.conftest import REPO, require, require_that
 
 FAST = {"n_boot": 20, "n_perm": 20, "draws": 2, "lexical": False}
 PROMPT = "Query: {query}\nA=<<{a}>>\nB=<<{b}>>\nSame? yes or no."
@@ -192,7 +192,7 @@ def test_verdicts_are_read_by_their_first_yes_or_no(reply: str, verdict: bool | 
     assert parse_verdict(reply) is verdict
 
 
-LOCAL_JUDGE = "qwen2.5-coder-0.5b-instruct"
+LOCAL_JUDGE = "qwen2.5-coder-1.5b-instruct"  # the 0.5B answers "no" to almost any pair
 NOVELTYBENCH_QUERIES = ["curated-93", "curated-67", "curated-59"]  # short answers, several classes each
 
 
@@ -242,3 +242,18 @@ def test_a_local_model_judges_noveltybench_answers(tmp_path: Path) -> None:
     )
     table = run.analysis.judge_classes
     assert table["ari_judge_external"].is_not_null().all()  # beside NoveltyBench's partition
+
+
+def test_plan_prices_a_hosted_judge_from_litellms_map(tmp_path: Path) -> None:
+    require("litellm")
+    spec = _study(tmp_path, "http://127.0.0.1:9/v1")
+    zoo = tmp_path / "priced.yaml"
+    zoo.write_text(yaml.safe_dump({"deployments": [{"name": "judge", "provider": "litellm", "model": "gpt-4o-mini"}]}))
+    data = spec.model_dump()
+    data.update(zoo=str(zoo), deployments=["judge"], samples=4, max_queries=2, params={"max_tokens": 50})
+    data["analysis"]["classes"] = {"judge": "judge"}
+    planned = plan_study(StudySpec.model_validate(data), tmp_path / "no-store")
+    judge = planned["judge"]
+    assert judge["groups"] == 2 and judge["calls_max"] == 2 * call_bound(4)  # 2 queries x 1 deployment x 1 condition
+    assert judge["cost_usd_max"] is not None and 0 < judge["cost_usd_max"] < 0.01
+    assert not (tmp_path / "no-store").exists()  # a plan writes nothing

@@ -36,12 +36,10 @@ class JudgeClasses(Strict):
 
 
 DEFAULT_PROMPT = (
-    "Here are two responses to the same request.\n\n"
-    "Request:\n{query}\n\n"
-    "Response A:\n{a}\n\n"
-    "Response B:\n{b}\n\n"
-    "Do responses A and B say essentially the same thing (the same answer, idea or content, even "
-    "if worded differently)? Answer with one word: yes or no."
+    "Request: {query}\n"
+    "Response A: {a}\n"
+    "Response B: {b}\n"
+    "Do A and B name the same thing or give the same answer? Answer yes or no."
 )
 """The judge's user message unless the spec gives its own (`{query}`, `{a}`, `{b}` are filled in)."""
 CALL_BOUND_RULE = (
