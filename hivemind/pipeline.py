@@ -36,6 +36,7 @@ import numpy as np
 
 from hivemind.analysis.summary import Summary, SummaryError, read_summary
 from hivemind.inputs.spec import StudySpec, json_safe
+from hivemind.inputs.zoo import judge_deployment as _judge_deployment
 from hivemind.layout import (
     ANALYSIS,
     EMBEDDING_CACHE,
@@ -184,6 +185,8 @@ def run_pipeline(
     try:
         with _store_handle(store) as db:
             run = PipelineRun(_spec(spec, db), db.directory, wanted)
+            if "analyze" in wanted:  # an unknown judge fails before any sampling, not after it
+                _judge_deployment(run.spec, analysis.get("zoo"))
             done = after_step or (lambda step, run: None)
             if "sample" in wanted:
                 if run.spec.deployments:

@@ -26,6 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -190,6 +191,7 @@ class Judge:
     async def run(self, groups: list[JudgeGroup]) -> JudgeCounts:
         """Partition every group (fills `labels`); returns the counts."""
         from hivemind.providers.registry import create_provider
+        from hivemind.providers.worker import set_log_dir
         from hivemind.sampling.sampler import Sampler
 
         try:
@@ -197,6 +199,7 @@ class Judge:
             provider.check_ready()
         except Exception as exc:
             raise JudgeError(f"analysis.classes.judge: {exc}", field="analysis.classes.judge") from None
+        set_log_dir(None if os.environ.get("HIVEMIND_VERBOSE") else self.store.layout.logs)  # as sampling does
         self.cache = JudgmentCache(self.store.layout.journal)
         sampler = Sampler(self.store, {self.deployment.name: provider}, max_attempts=self.max_attempts, progress=False)
         slots = asyncio.Semaphore(provider.max_connections())
