@@ -257,3 +257,25 @@ def test_plan_prices_a_hosted_judge_from_litellms_map(tmp_path: Path) -> None:
     assert judge["groups"] == 2 and judge["calls_max"] == 2 * call_bound(4)  # 2 queries x 1 deployment x 1 condition
     assert judge["cost_usd_max"] is not None and 0 < judge["cost_usd_max"] < 0.01
     assert not (tmp_path / "no-store").exists()  # a plan writes nothing
+
+
+def test_retried_and_unparseable_verdicts_follow_the_stated_rules(tmp_path: Path) -> None:
+    """Two 503s are retried (the sampler's rules) and not counted as judgments; a reply without
+    yes or no counts as "not equivalent" and is cached like any verdict."""
+    with serve(Script(verdict=lambda body: "I cannot tell.", fail_first=2, fail_status=503, retry_after="0")) as (
+        api_base,
+        script,
+    ):
+        spec = _study(tmp_path, api_base)
+        store = tmp_path / "store"
+        run = run_pipeline(spec, store, steps=("sample", "analyze"), progress=False, **FAST)
+        assert run.analysis is not None
+        calls = run.analysis.summary["judge_classes"]["calls"]
+        # every answer its own class, but for query 2's two identical answers (no call)
+        pairs = 3 * call_bound(6) - 5  # query 2: answer 4 is answer 0, so it is asked against class 0 only
+        assert calls["sent"] == calls["unparseable"] == pairs and calls["retries"] == 2 and calls["failed"] == 0
+        assert script.served == pairs + 2
+        assert run.analysis.judge_classes.sort("query_id")["judge_classes"].to_list() == [6, 6, 5]
+        again = run_pipeline("judged", store, steps=("analyze",), progress=False, **FAST)
+        assert again.analysis is not None and again.analysis.summary["judge_classes"]["calls"]["sent"] == 0
+        assert script.served == pairs + 2
