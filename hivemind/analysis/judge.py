@@ -8,8 +8,9 @@ Invariants:
 - The partition is NoveltyBench's greedy one (`PARTITION_RULE`): per (deployment, condition,
   query) group, responses in sample-index order; each is compared with the first member of each
   class so far, in class order, and joins the first judged equivalent, else opens a class. So a
-  group of n responses asks at most n (n - 1) / 2 judgments (`CALL_BOUND_RULE`), and exactly
-  that many when every response is its own class.
+  group of n responses asks at most n (n - 1) / 2 judgments (`CALL_BOUND_RULE`), that many
+  when every response is its own class and no pair is cached or identical. The judge is always
+  asked (class representative, newcomer) in that order; its verdict stands for both orders.
 - Every judgment is cached in `STORE/hivemind.sqlite` (table `judgments`, family `JUDGMENTS`)
   by (judge identity, query context, sha256 of each text) as an unordered pair: a re-analysis,
   or the same pair in another group, asks nothing twice. The judge identity is the sha256 of the
