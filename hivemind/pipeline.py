@@ -36,6 +36,7 @@ import numpy as np
 
 from hivemind.analysis.summary import Summary, SummaryError, read_summary
 from hivemind.inputs.spec import StudySpec, json_safe
+from hivemind.inputs.zoo import judge_deployment as _judge_deployment
 from hivemind.layout import (
     ANALYSIS,
     EMBEDDING_CACHE,
@@ -184,6 +185,8 @@ def run_pipeline(
     try:
         with _store_handle(store) as db:
             run = PipelineRun(_spec(spec, db), db.directory, wanted)
+            if "analyze" in wanted:  # an unknown judge fails before any sampling, not after it
+                _judge_deployment(run.spec, analysis.get("zoo"))
             done = after_step or (lambda step, run: None)
             if "sample" in wanted:
                 if run.spec.deployments:
@@ -397,13 +400,16 @@ def analyze(
     """
     from hivemind.analysis import analyze_responses, prepare_responses
     from hivemind.analysis.data import truncation_summary, truncation_table
+    from hivemind.analysis.judge import add_judge_classes
     from hivemind.analysis.verify import get_checker
     from hivemind.executors import Executor as LocalExecutor
     from hivemind.imports.external_classes import add_external_classes
+    from hivemind.inputs.zoo import judge_deployment
     from hivemind.vectors.embed import EmbeddingCache, embed_texts
 
     spec = store.study_spec(study)
     model = _embedder(spec, embedder, progress, zoo)  # first: a bad zoo entry fails before any work
+    judge = judge_deployment(spec, zoo)  # `analysis.classes.judge`, or None
     # before the rows are read: a row written in between makes the analysis stale, never current
     fingerprint = store.samples_fingerprint(study)
     samples = store.samples_frame(study)
@@ -464,6 +470,7 @@ def analyze(
     )
     extra: dict[str, Any] = {}  # classes an imported file carried (NoveltyBench partition)
     add_external_classes(store, study, responses, vectors, threshold, tables, extra)
+    add_judge_classes(judge, store, spec, study, responses, vectors, threshold, tables, extra)  # judge classes
     for name, frame in tables.items():
         atomic_write(store.layout.table(study, name), frame.write_parquet)
     summary = Summary.model_validate(
@@ -482,7 +489,7 @@ def analyze(
                 **result.summary,
                 **extra,
                 "truncation": truncation_entry,
-                "warnings": warnings + result.summary.get("warnings", []),
+                "warnings": warnings + result.summary.get("warnings", []) + extra.pop("warnings", []),
                 "tables": sorted(tables),
             }
         )

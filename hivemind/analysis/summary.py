@@ -195,6 +195,8 @@ class Summary(BaseModel):
     """The deployments the model statistics (headline, ensemble, clustering, nearest neighbours) stand on."""
     external_classes: dict[str, Any] | None = None
     """Classes an imported file carried, beside hivemind's (absent when none did)."""
+    judge_classes: dict[str, Any] | None = None
+    """Classes a judge deployment decided (`hivemind.analysis.judge`; absent without `analysis.classes`)."""
     truncation: Truncation = Field(default_factory=Truncation)
     warnings: list[str] = Field(default_factory=list)
     tables: list[str] = Field(default_factory=list)
@@ -202,8 +204,9 @@ class Summary(BaseModel):
     def to_json_dict(self) -> dict[str, Any]:
         """The JSON content: the keys `summary.json` always had, plus `version`."""
         out = self.model_dump(mode="json", by_alias=True)
-        if out["external_classes"] is None:
-            del out["external_classes"]
+        for key in ("external_classes", "judge_classes"):
+            if out[key] is None:
+                del out[key]
         return out
 
     def write(self, path: str | Path) -> Path:

@@ -291,6 +291,13 @@ def plan(
         + (f" (unpriced: {', '.join(total['unpriced'])})" if total["unpriced"] else "")
         + (" [dim](~ prompt tokens estimated: litellm does not know the tokenizer)[/]" if total["prompt_tokens_estimated"] else "")
     )  # fmt: skip
+    judge = planned.get("judge")
+    if judge:
+        console.print(
+            f"judge {judge['deployment']}: at most {judge['calls_max']} calls over {judge['groups']} groups "
+            f"(n (n - 1) / 2 per group of n, before the cache), cost {'unknown' if judge['cost_usd_max'] is None else 'at most $' + _money(judge['cost_usd_max'])}",
+            highlight=False,
+        )
     line = over_budget_line(planned)
     if line:
         console.print(f"[yellow]over budget:[/] {line}; `hivemind run` needs --over-budget", highlight=False)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hivemind.inputs.judge_entry import JudgeClasses as JudgeClasses
 from hivemind.inputs.spec_base import NAME_PATTERN as NAME_PATTERN
 from hivemind.inputs.spec_base import STORE_ENTRIES as STORE_ENTRIES
 from hivemind.inputs.spec_base import StoreName as StoreName
@@ -286,6 +287,8 @@ class AnalysisOptions(Strict):
     """Which k the ensemble curves are computed at: `all` (every k = 1..K), `sparse` (every k up to
     the number of deployments, then about x1.25 apart to K; the same values at those k for about a
     sixth of the Vendi cost) or `auto` (all while K <= 16, sparse beyond; the summary says which)."""
+    classes: JudgeClasses | None = None
+    """Equivalence classes by a judge deployment beside the cosine ones (`hivemind.analysis.judge`)."""
 
 
 class SamplingPlan(Strict):

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from hivemind.errors import HivemindError
 from hivemind.inputs.embedder_entry import EmbedderEntry, unique_embedder_names
-from hivemind.inputs.spec import Deployment, Strict
+from hivemind.inputs.spec import Deployment, Strict, StudySpec
 
 REPO_ZOO = Path(str(files("hivemind") / "data" / "providers.yaml"))
 """The shipped zoo (package data; in a checkout, a link to the repository's providers.yaml)."""
@@ -112,3 +112,16 @@ def missing_keys(deployments: list[Deployment]) -> list[str]:
         for d in deployments
         if d.api_key_env and not os.environ.get(d.api_key_env)
     ]
+
+
+def judge_deployment(spec: StudySpec, zoo: str | Path | None = None) -> Deployment | None:
+    """The judge deployment the spec names (None without `analysis.classes`), or one clear error."""
+    from hivemind.inputs.judge_entry import JudgeError  # here: zoo -> judge_entry, never back
+
+    options = spec.analysis.classes
+    if options is None:
+        return None
+    try:
+        return load_zoo(zoo or spec.zoo).get(options.judge)
+    except ZooError as exc:
+        raise JudgeError(f"analysis.classes.judge: {exc}", field="analysis.classes.judge") from None

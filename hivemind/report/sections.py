@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from hivemind.analysis.conditions import reference_sentences
 from hivemind.report import figures
+from hivemind.report.judge_section import judge_classes_section
 from hivemind.report.markup import card, ci, fmt, img, snippet, table
 from hivemind.report.where import EXPLORER, bin_links, near_duplicates_by_query, where_section
 
@@ -514,6 +515,7 @@ SECTIONS = (
     conditions_section,
     lineage_section,
     external_classes_section,
+    judge_classes_section,
     truncation_section,
     method_notes,
     provenance,

@@ -6,7 +6,9 @@ knows: OpenAI's; otherwise litellm's default tokenizer, flagged as an estimate),
 tokens at most (`max_tokens` x requests, or the model's output limit from litellm's map) and as
 expected from the rows the store already has, the cost at most from litellm's bundled price
 map (and at the batch price where the map has one), and the shortest wall time the
-deployment's `rpm` / `tpm` allow. Nothing is sent and nothing is written.
+deployment's `rpm` / `tpm` allow. A study with an equivalence judge (`analysis.classes`) adds
+`judge`: its calls at most (`hivemind.analysis.judge.CALL_BOUND_RULE`) and their cost at most
+where litellm's price map knows the judge model. Nothing is sent and nothing is written.
 """
 
 from __future__ import annotations
@@ -153,7 +155,55 @@ def study_plan(
     }
     priced = sum(c for c in map(_billed, rows) if c is not None)
     total["over_budget"] = spec.budget_usd is not None and priced > spec.budget_usd  # the priced part already
-    return {"study": spec.name, "rows": [asdict(r) for r in rows], "total": total}
+    judge = judge_plan(spec, queries, store)  # `analysis.classes.judge`: its calls at most, or None
+    return {"study": spec.name, "rows": [asdict(r) for r in rows], "total": total, "judge": judge}
+
+
+def judge_plan(spec: StudySpec, queries: list[Query], store: Store | None) -> dict[str, Any] | None:
+    """`hivemind plan`'s judge entry: the upper bound of judge calls (`CALL_BOUND_RULE`, before the
+    cache) and their cost at most where litellm's price map knows the judge model; None without
+    a judge. Groups: every sampled (query, deployment, condition) with K = `samples`, and every
+    group the store already holds (imported answers), each capped at `samples` (equal K)."""
+    from hivemind.inputs.judge_entry import CALL_BOUND_RULE, DEFAULT_PROMPT, call_bound
+    from hivemind.inputs.zoo import judge_deployment
+
+    deployment = judge_deployment(spec)
+    if deployment is None or spec.analysis.classes is None:
+        return None
+    sizes: dict[tuple[str, str, str], int] = {
+        (q.id, d, c.name): spec.samples for q in queries for d in spec.deployments for c in spec.effective_conditions()
+    }
+    longest = ""
+    if store is not None and spec.name in store.studies():
+        frame = store.samples_frame(spec.name, include_errors=False)
+        for (query_id, dep, condition), part in frame.group_by("query_id", "deployment", "condition"):
+            key = (str(query_id), str(dep), str(condition))
+            sizes[key] = max(sizes.get(key, 0), min(part.height, spec.samples))
+        texts = [t for t in frame["text"].to_list() if t]
+        longest = max(texts, key=len, default="")
+    bound = sum(call_bound(n) for n in sizes.values())
+    info = model_info(deployment.model)
+    cost = None
+    options = spec.analysis.classes
+    prompt = options.prompt or DEFAULT_PROMPT
+    response_max = spec.params.max_tokens
+    if info is not None and (response_max is not None or longest):
+        litellm = _litellm()
+        count = int(litellm.token_counter(model=deployment.model, text=longest)) if longest else 0
+        per_text = max(count, response_max or 0)
+        query_max = max((q.text for q in queries), key=len, default="")
+        template = int(litellm.token_counter(model=deployment.model, text=prompt.replace("{query}", query_max)))
+        per_in, per_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+        if per_in is not None and per_out is not None:
+            cost = float(bound * ((template + 2 * per_text) * per_in + options.max_tokens * per_out))
+    return {
+        "deployment": deployment.name,
+        "model": deployment.model,
+        "groups": len(sizes),
+        "calls_max": bound,
+        "cost_usd_max": cost,
+        "rule": CALL_BOUND_RULE,
+    }
 
 
 def plan_study(spec: StudySpec, store_path: Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +39,8 @@ class Script:
     """429s the limits gave."""
     buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
     """Per limit, (level, when it was last filled)."""
+    verdict: Callable[[dict[str, Any]], str] | None = None
+    """When set, the reply text is `verdict(body)` (e.g. a scripted equivalence judge's yes/no)."""
 
     def over_limit(self, tokens: int) -> float | None:
         """Seconds until a request of `tokens` would fit, or None (then it is counted)."""
@@ -101,7 +103,7 @@ def create_app(script: Script) -> Any:
             return JSONResponse({"error": {"message": "rate limit reached"}}, status_code=429, headers=headers)
         words = ["river", "thief", "tailor", "lighthouse", "gardener", "train", "letter", "candle"]
         seed = int(body.get("seed") or 0)
-        text = f"Time is a {words[seed % len(words)]} ({seed})."
+        text = script.verdict(body) if script.verdict is not None else f"Time is a {words[seed % len(words)]} ({seed})."
         return JSONResponse(
             {
                 "id": f"chatcmpl-{script.served}",
