@@ -188,11 +188,12 @@ def judge_plan(spec: StudySpec, queries: list[Query], store: Store | None) -> di
     prompt = options.prompt or DEFAULT_PROMPT
     response_max = spec.params.max_tokens
     if info is not None and (response_max is not None or longest):
-        litellm = _litellm()
-        count = int(litellm.token_counter(model=deployment.model, text=longest)) if longest else 0
+        litellm = litellm_offline()
+        tokenizer = deployment.model if info.get("litellm_provider") in EXACT_TOKENIZER_PROVIDERS else None
+        count = int(litellm.token_counter(model=tokenizer, text=longest)) if longest else 0
         per_text = max(count, response_max or 0)
         query_max = max((q.text for q in queries), key=len, default="")
-        template = int(litellm.token_counter(model=deployment.model, text=prompt.replace("{query}", query_max)))
+        template = int(litellm.token_counter(model=tokenizer, text=prompt.replace("{query}", query_max)))
         per_in, per_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
         if per_in is not None and per_out is not None:
             cost = float(bound * ((template + 2 * per_text) * per_in + options.max_tokens * per_out))
