@@ -230,9 +230,7 @@ def create_study(
 @router.get("/v1/studies", response_model=S.StudyList, responses=ERRORS, tags=["studies"])
 def list_studies(svc: Svc) -> dict[str, Any]:
     """Every study: those the service runs and those already in the store."""
-    names = [j["study"] for j in svc.db.jobs()]
-    names += [n for n in svc.store.studies() if n not in set(names)]
-    return {"studies": [svc.status_of(n) for n in names]}
+    return {"studies": svc.study_list()}
 
 
 @router.get("/v1/studies/{name}", response_model=S.StudyStatus, responses=ERRORS, tags=["studies"])

@@ -1,0 +1,180 @@
+"""The service's worker processes, against real servers on 127.0.0.1: a worker killed mid-study
+fails its job with a clear error and its samples kept, and the same request sent again finishes
+the study exactly once; a service stopped (SIGTERM) or killed (SIGKILL) while jobs run leaves no
+worker process behind; the list endpoint answers from the journal as the workers write it.
+
+Workers are found by their command line (`hivemind.service.job_process STORE ...`, this test's own
+store), so only this test's processes are looked at or signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_service import QUERIES, TOKEN, _spawn, serving, upload, wait_for
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds workers through /proc")
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def env() -> object:
+    from tests.test_service import PROVIDER_KEY, PROVIDER_KEY_ENV, TOKEN_ENV
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(TOKEN_ENV, TOKEN)
+        mp.setenv(PROVIDER_KEY_ENV, PROVIDER_KEY)
+        yield
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.test_service import ZOO
+
+    path = tmp_path_factory.mktemp("zoo") / "providers.yaml"
+    path.write_text(ZOO)
+    return path
+
+
+def _processes() -> list[tuple[int, int, str, list[bytes]]]:
+    """(pid, process group, state, argv) of every process, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found.append((int(entry.name), int(fields[2]), fields[0], argv))
+    return found
+
+
+def workers_of(store: Path) -> list[int]:
+    """Pids of the live worker processes serving `store` (zombies excluded)."""
+    mark = str(store).encode()
+    return sorted(
+        pid
+        for pid, _, state, argv in _processes()
+        if state != "Z" and b"hivemind.service.job_process" in argv and mark in argv
+    )
+
+
+def group_gone(pgid: int) -> bool:
+    """No live process is left in the process group `pgid` (a worker's group is its pid)."""
+    return not any(group == pgid and state != "Z" for _, group, state, _ in _processes())
+
+
+def wait_until(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.time() < deadline, what
+        time.sleep(0.05)
+
+
+def sample_rows(store: Path, study: str) -> list[tuple]:
+    with sqlite3.connect(store / "hivemind.sqlite") as db:
+        return db.execute(
+            "SELECT query_id, deployment, condition, sample_index, error FROM samples WHERE study = ?", (study,)
+        ).fetchall()
+
+
+def test_a_killed_worker_fails_its_job_keeps_its_samples_and_a_resubmission_finishes_it_once(
+    env: None, zoo: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    deployments, samples = ("mock-crawl", "mock-fast"), 20  # mock-crawl: about 10 samples a second
+    planned = len(QUERIES) * len(deployments) * samples
+    body = {"name": "crash", "query_set": "crash-set", "deployments": list(deployments), "samples": samples}
+    body["analyze"] = False
+    with serving(store, zoo, scheduler=False) as url, httpx.Client(base_url=url, headers=HEADERS, timeout=30) as c:
+        upload(c, "crash-set")
+        assert c.post("/v1/studies", json=body).status_code == 202
+        wait_until(
+            lambda: c.get("/v1/studies/crash").json()["progress"]["mock-crawl"]["ok"] >= 4, 60, "no samples came"
+        )
+        [worker] = workers_of(store)
+        os.kill(worker, signal.SIGKILL)
+        status = wait_for(c, "crash", ("failed", "done", "cancelled"), timeout=30)
+        assert status["state"] == "failed", status
+        kept = status["total"]["ok"]
+        assert 4 <= kept < planned, status  # killed mid-study
+        error = status["error"]
+        assert "killed by signal 9 (SIGKILL)" in error and f"{kept} samples kept" in error, error
+        assert "resubmit" in error
+        assert len([r for r in sample_rows(store, "crash") if r[-1] is None]) == kept  # all still there
+        assert group_gone(worker)
+
+        # the service goes on: it answers, and the same request again finishes the study
+        assert c.get("/healthz").json()["workers_alive"] is True
+        again = c.post("/v1/studies", json=body)
+        assert again.status_code == 202, again.text
+        status = wait_for(c, "crash", ("failed", "done", "cancelled"), timeout=120)
+        assert status["state"] == "done" and status["error"] is None, status
+        assert status["total"] == {"planned": planned, "ok": planned, "failed": 0, "pending": 0}
+        listed = {s["name"]: s for s in c.get("/v1/studies").json()["studies"]}
+        assert listed["crash"]["total"] == status["total"] and listed["crash"]["state"] == "done"
+        assert c.post("/v1/studies", json=body).status_code == 409  # done: not run a third time
+    rows = sample_rows(store, "crash")
+    keys = {r[:4] for r in rows}
+    expected = {(q["id"], d, "default", i) for q in QUERIES for d in deployments for i in range(samples)}
+    assert len(rows) == len(keys) == planned and keys == expected  # each sample once
+    assert all(r[-1] is None for r in rows)
+    with sqlite3.connect(store / "hivemind.sqlite") as db:
+        assert db.execute("SELECT runs FROM service_jobs WHERE study = 'crash'").fetchone()[0] == 2
+    assert workers_of(store) == []  # the app's end stopped the worker that finished it
+
+
+def _start_two_studies(url: str, store: Path) -> list[int]:
+    """Two slow studies sampling at once (`--workers 2`, the default); their workers' pids."""
+    with httpx.Client(base_url=url, headers=HEADERS, timeout=30) as c:
+        upload(c, "stop-set")
+        for name in ("stop-a", "stop-b"):
+            body = {"name": name, "query_set": "stop-set", "deployments": ["mock-crawl"], "samples": 40}
+            assert c.post("/v1/studies", json={**body, "analyze": False}).status_code in (200, 202)
+        for name in ("stop-a", "stop-b"):
+            wait_until(lambda n=name: c.get(f"/v1/studies/{n}").json()["total"]["ok"] >= 2, 60, f"{name} idle")
+    pids = workers_of(store)
+    assert len(pids) == 2, pids
+    return pids
+
+
+def test_stopping_or_killing_the_service_leaves_no_worker_behind(env: None, zoo: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    proc, url = _spawn(store, zoo, tmp_path / "serve-1.log")
+    try:
+        pids = _start_two_studies(url, store)
+        proc.send_signal(signal.SIGTERM)  # what a service manager sends
+        assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Application shutdown complete" in (tmp_path / "serve-1.log").read_text()
+    assert all(group_gone(pid) for pid in pids), [p for p in pids if not group_gone(p)]
+    assert workers_of(store) == []
+    with sqlite3.connect(store / "hivemind.sqlite") as db:
+        states = dict(db.execute("SELECT study, state FROM service_jobs").fetchall())
+    assert states == {"stop-a": "sampling", "stop-b": "sampling"}  # left to resume, not failed
+
+    proc, url = _spawn(store, zoo, tmp_path / "serve-2.log")  # resumes both, in new workers
+    try:
+        with httpx.Client(base_url=url, headers=HEADERS, timeout=30) as c:
+            wait_until(lambda: len(workers_of(store)) == 2, 60, "the jobs did not resume")
+            pids = workers_of(store)
+            assert c.get("/v1/studies/stop-a").json()["state"] == "sampling"
+        proc.send_signal(signal.SIGKILL)  # no shutdown at all: the workers die with it
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_until(lambda: all(group_gone(pid) for pid in pids), 10, "a worker outlived its killed service")
+    assert sys.platform != "linux" or workers_of(store) == []
