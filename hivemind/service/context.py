@@ -64,8 +64,8 @@ _PATH_IN_TEXT = re.compile(r"(?<![\w.:/~-])(?:/[\w.@+~-]+)+/([\w.@+~-]+)")
 a host, which this look-behind excludes)."""
 
 
-def get_service(request: Request) -> Service:
-    """FastAPI dependency: the app's `Service`."""
+async def get_service(request: Request) -> Service:
+    """FastAPI dependency: the app's `Service` (async: FastAPI would run a plain one in a thread)."""
     return request.app.state.service
 
 
