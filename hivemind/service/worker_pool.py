@@ -72,8 +72,12 @@ class Worker:
         return reply
 
     def signal_group(self, sig: int) -> None:
+        """`sig` to the worker's process group (its pid; the process alone where there are none)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
+            if hasattr(os, "killpg"):
+                os.killpg(self.pid, sig)
+            else:
+                self.process.send_signal(sig)
 
     async def kill(self, grace_s: float = 3.0) -> None:
         """SIGTERM to its process group, then SIGKILL after `grace_s`; returns once it is reaped."""
@@ -109,6 +113,7 @@ class WorkerPool:
         self.idle_s = idle_s
         self._idle: list[Worker] = []
         self._all: set[Worker] = set()
+        self._exiting: set[asyncio.Task[int]] = set()
 
     @property
     def pids(self) -> list[int]:
@@ -153,9 +158,16 @@ class WorkerPool:
     def _retire(self, worker: Worker) -> None:
         if worker in self._idle:
             self._idle.remove(worker)
-            self._all.discard(worker)
             assert worker.process.stdin is not None
-            worker.process.stdin.close()  # EOF: it exits 0 (reaped by the loop's child watcher)
+            worker.process.stdin.close()  # EOF: it exits 0; forgotten once reaped (`close` waits for it)
+            task = asyncio.get_running_loop().create_task(worker.process.wait())
+            self._exiting.add(task)
+
+            def forget(done: asyncio.Task[int]) -> None:
+                self._exiting.discard(done)
+                self._all.discard(worker)
+
+            task.add_done_callback(forget)
 
     async def _spawn(self) -> Worker:
         import hivemind
