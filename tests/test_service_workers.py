@@ -178,3 +178,24 @@ def test_stopping_or_killing_the_service_leaves_no_worker_behind(env: None, zoo:
             proc.kill()
     wait_until(lambda: all(group_gone(pid) for pid in pids), 10, "a worker outlived its killed service")
     assert sys.platform != "linux" or workers_of(store) == []
+
+
+def test_an_idle_worker_retires_and_the_next_job_gets_a_new_one(env: None, zoo: Path, tmp_path: Path) -> None:
+    from hivemind.service.workers import JobManager
+    from tests.test_service import _queue_job, _wait_job
+
+    store = tmp_path / "store"
+    manager = JobManager(store, max_active=1, worker_idle_s=0.5)
+    _queue_job(manager.db, zoo, tmp_path, "first", analyze=False)
+    manager.start()
+    try:
+        assert _wait_job(manager.db, "first", ("done", "failed", "cancelled"))["state"] == "done"
+        wait_until(lambda: workers_of(store) == [], 15, "the idle worker did not retire")
+        assert manager.pool.pids == []
+        _queue_job(manager.db, zoo, tmp_path, "second", analyze=False)
+        manager.submit("second")
+        assert _wait_job(manager.db, "second", ("done", "failed", "cancelled"))["state"] == "done"
+        assert len(workers_of(store)) == 1
+    finally:
+        manager.stop()
+    assert workers_of(store) == []

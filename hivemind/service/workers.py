@@ -33,7 +33,8 @@ log = logging.getLogger("hivemind.service")
 
 class JobManager:
     """Schedules jobs on an asyncio loop in one thread; runs them in at most `max_active` worker
-    processes. `worker_command` replaces `python -m hivemind.service.job_process` (tests)."""
+    processes, each `worker_nice` below our CPU priority and retired after `worker_idle_s` unused.
+    `worker_command` replaces `python -m hivemind.service.job_process` (tests)."""
 
     def __init__(
         self,
@@ -45,6 +46,7 @@ class JobManager:
         scheduler_interval_s: float = 30.0,
         worker_command: Sequence[str] | None = None,
         worker_nice: int = 10,
+        worker_idle_s: float = 300.0,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.db = ServiceDB(self.store_dir)
@@ -60,7 +62,9 @@ class JobManager:
         self._lock_file: Any = None
         self._startup_error: Exception | None = None
         secrets = getattr(redact, "secrets", ())
-        self.pool = WorkerPool(self.store_dir, max_active, command=worker_command, secrets=secrets, nice=worker_nice)
+        self.pool = WorkerPool(
+            self.store_dir, max_active, command=worker_command, secrets=secrets, nice=worker_nice, idle_s=worker_idle_s
+        )
 
     @property
     def alive(self) -> bool:
