@@ -199,3 +199,25 @@ def test_an_idle_worker_retires_and_the_next_job_gets_a_new_one(env: None, zoo: 
     finally:
         manager.stop()
     assert workers_of(store) == []
+
+
+def test_a_worker_that_cannot_start_fails_its_job_with_its_status_and_the_service_goes_on(
+    env: None, zoo: Path, tmp_path: Path
+) -> None:
+    from hivemind.service.workers import JobManager
+    from tests.test_service import _queue_job, _wait_job
+
+    manager = JobManager(tmp_path / "store", max_active=1, worker_command=[sys.executable, "-c", "raise SystemExit(5)"])
+    for study in ("broken-a", "broken-b"):
+        _queue_job(manager.db, zoo, tmp_path, study, analyze=False)
+    manager.start()
+    try:
+        jobs = [_wait_job(manager.db, s, ("done", "failed", "cancelled")) for s in ("broken-a", "broken-b")]
+        assert manager.alive
+    finally:
+        manager.stop()
+    for job in jobs:  # each job had its own try: one bad worker does not stop the queue
+        assert job["state"] == "failed", job
+        assert "worker process exited unexpectedly with status 5" in job["error"], job["error"]
+        assert "0 samples kept" in job["error"]
+    assert manager.pool.pids == []

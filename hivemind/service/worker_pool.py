@@ -35,14 +35,14 @@ class WorkerDied(RuntimeError):
 
 
 def describe_exit(returncode: int | None) -> str:
-    """`killed by signal 9 (SIGKILL)` / `exited with status 1`, for a job's error."""
+    """`worker process killed by signal 9 (SIGKILL)` / `... exited unexpectedly with status 1 ...`."""
     if returncode is not None and returncode < 0:
         try:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = "unknown signal"
         return f"worker process killed by signal {-returncode} ({name})"
-    return f"worker process exited unexpectedly (status {returncode})"
+    return f"worker process exited unexpectedly with status {returncode} (its last lines are in the service's log)"
 
 
 class Worker:
@@ -192,7 +192,11 @@ class WorkerPool:
         worker = Worker(process)
         self._all.add(worker)
         assert process.stdin is not None
-        process.stdin.write((json.dumps({"secrets": self.secrets}) + "\n").encode())
-        await process.stdin.drain()
+        try:
+            process.stdin.write((json.dumps({"secrets": self.secrets}) + "\n").encode())
+            await process.stdin.drain()
+        except BaseException:  # cancelled while starting, or it died at once: never handed out
+            await self.discard(worker)
+            raise
         log.info("worker process %d started", process.pid)
         return worker
