@@ -158,6 +158,7 @@ class JournalFile:
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()  # never `_lock`: a new reader must not wait on a writer
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -173,14 +174,14 @@ class JournalFile:
         if connection is None:
             connection = self._connect()
             connection.execute("PRAGMA query_only=ON")
-            with self._lock:
+            with self._readers_lock:
                 self._readers.append(connection)
             self._local.reader = connection
         return connection
 
     def close(self) -> None:
         """Close every connection (the writer last, checkpointing the WAL)."""
-        with self._lock:
+        with self._lock, self._readers_lock:
             for reader in self._readers:
                 reader.close()
             self._readers.clear()

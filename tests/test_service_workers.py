@@ -221,3 +221,70 @@ def test_a_worker_that_cannot_start_fails_its_job_with_its_status_and_the_servic
         assert "worker process exited unexpectedly with status 5" in job["error"], job["error"]
         assert "0 samples kept" in job["error"]
     assert manager.pool.pids == []
+
+
+def test_reads_do_not_wait_for_a_writer_holding_its_transaction(tmp_path: Path) -> None:
+    import threading
+
+    from hivemind.jobs import ServiceDB
+
+    with ServiceDB(tmp_path / "store") as db:
+        db.create_job(
+            {"study": "w", "kind": "study", "request_json": "{}", "spec_json": "{}", "planned_json": "{}", "analyze": 0}
+        )
+        inside, release = threading.Event(), threading.Event()
+
+        def long_write() -> None:
+            with db.transaction() as connection:
+                connection.execute("UPDATE service_jobs SET note = 'being written' WHERE study = 'w'")
+                inside.set()
+                release.wait(20)
+
+        writer = threading.Thread(target=long_write)
+        writer.start()
+        try:
+            assert inside.wait(10)
+            started = time.perf_counter()
+            job, listed = db.job("w"), db.jobs()
+            assert time.perf_counter() - started < 1.0  # not the writer's lock, nor SQLite's busy wait
+            assert job is not None and job["note"] is None and [j["study"] for j in listed] == ["w"]  # last commit
+        finally:
+            release.set()
+            writer.join(20)
+        assert (db.job("w") or {})["note"] == "being written"  # and the commit, once made, is read
+
+
+def test_the_study_list_costs_the_same_queries_for_few_or_many_studies(
+    env: None, zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from hivemind.store import JournalFile
+
+    statements: dict[int, list[str]] = {}
+    connect = JournalFile._connect
+
+    def traced(self: JournalFile) -> sqlite3.Connection:
+        connection = connect(self)
+        connection.set_trace_callback(lambda sql: statements.setdefault(threading.get_ident(), []).append(sql))
+        return connection
+
+    monkeypatch.setattr(JournalFile, "_connect", traced)
+    counts = []
+    with serving(tmp_path / "store", zoo, scheduler=False) as url, httpx.Client(base_url=url, headers=HEADERS) as c:
+        upload(c, "list-set")
+        made = 0
+        for wanted in (2, 8):
+            for i in range(made, wanted):
+                body = {"name": f"list-{i}", "query_set": "list-set", "deployments": ["mock-fast"], "samples": 1}
+                assert c.post("/v1/studies", json={**body, "analyze": False}).status_code == 202
+                wait_for(c, f"list-{i}", ("done",))
+            made = wanted
+            statements.clear()
+            listed = c.get("/v1/studies").json()["studies"]
+            assert [s["name"] for s in listed] == [f"list-{i}" for i in range(wanted)]
+            assert all(s["total"]["ok"] == s["total"]["planned"] == len(QUERIES) for s in listed)
+            counts.append(
+                sum(1 for sqls in statements.values() for sql in sqls if sql.lstrip().upper().startswith("SELECT"))
+            )
+    assert counts[0] == counts[1] and counts[0] <= 5, counts
