@@ -97,7 +97,8 @@ class JobQueue(Protocol):
 
 
 class ServiceDB(JournalFile):
-    """The service tables, through their own connection to `STORE/hivemind.sqlite`."""
+    """The service tables, through their own connections to `STORE/hivemind.sqlite` (one writer;
+    reads on each thread's own read connection, never waiting on a writer: `JournalFile`)."""
 
     def __init__(self, store_dir: str | Path) -> None:
         self.directory = Path(store_dir)

@@ -26,7 +26,12 @@ import signal
 import sys
 import threading
 import time
-from typing import IO, Any
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hivemind.jobs import ServiceDB
+    from hivemind.store import Store
 
 
 def die_with_parent(parent: int) -> None:
@@ -58,7 +63,7 @@ def protocol_stdout() -> IO[str]:
     return answers
 
 
-async def execute_job(store: Any, db: Any, job: dict[str, Any], redact: Any) -> str | None:
+async def execute_job(store: Store, db: ServiceDB, job: dict[str, Any], redact: Callable[[str], str]) -> str | None:
     """Run one job (a study's pipeline steps, or a scan run); its note, if any."""
     from hivemind.pipeline import SAMPLING_STEPS, STEPS, run_pipeline_async
     from hivemind.spec import StudySpec
