@@ -1,7 +1,9 @@
 """The service's worker processes, against real servers on 127.0.0.1: a worker killed mid-study
 fails its job with a clear error and its samples kept, and the same request sent again finishes
 the study exactly once; a service stopped (SIGTERM) or killed (SIGKILL) while jobs run leaves no
-worker process behind; the list endpoint answers from the journal as the workers write it.
+worker process behind; an idle worker retires and a worker that cannot start fails its job, the
+queue going on. And the reads behind the API: never waiting on a writer's open transaction, and
+the study list a fixed number of queries however many studies there are.
 
 Workers are found by their command line (`hivemind.service.job_process STORE ...`, this test's own
 store), so only this test's processes are looked at or signalled.
