@@ -3,7 +3,7 @@
 `run_pipeline(spec, store, steps=...)` is the whole data flow, top to bottom; every door is a
 thin layer on it: `run_study` (sample, export), `analyze_store` (analyse), `write_report`
 (report, analysing first when stale), `hivemind run` (all steps on one store handle), the
-service's job workers (`run_pipeline_async`, the same steps on the service's loop) and the scans
+service's job workers (`run_pipeline_async`, the same steps in a worker process) and the scans
 (the sampling steps, then their drift step).
 
 Steps, in order:

@@ -103,7 +103,11 @@ def test_a_store_from_the_previous_release_opens_upgrades_and_reads_intact(old_s
 def test_a_new_store_records_every_family(tmp_path: Path) -> None:
     ServiceDB(tmp_path).close()
     recorded = _recorded(tmp_path / "hivemind.sqlite")
-    assert recorded == {"store": list(range(1, len(MIGRATIONS) + 1)), "jobs": [1], "scans": [1]}
+    assert recorded == {
+        "store": list(range(1, len(MIGRATIONS) + 1)),
+        "jobs": list(range(1, len(JOBS.steps) + 1)),
+        "scans": [1],
+    }
     with sqlite3.connect(tmp_path / "hivemind.sqlite") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 

@@ -895,54 +895,57 @@ def _wait_job(db: Any, study: str, states: tuple[str, ...], timeout: float = 60)
     return job
 
 
-def test_a_cancel_during_analysis_waits_for_it_and_analyses_never_overlap(
+STUB_WORKER = """
+import os, sys, time
+from hivemind import pipeline
+from hivemind.service import job_process
+
+marker = os.environ["HIVEMIND_TEST_MARKER"]
+
+def analysis(store, run, *_):  # the pipeline's analysis and report steps, stood in for
+    with open(os.path.join(marker, run.study), "w") as f:
+        f.write(str(os.getpid()))
+    if run.study == "analysis-a":
+        time.sleep(600)  # an analysis that would run for minutes
+
+pipeline._analyze_and_report = analysis
+job_process.main()
+"""
+
+
+def test_a_cancel_during_analysis_kills_its_worker_and_the_next_job_runs(
     env: None, zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hivemind import pipeline
     from hivemind.service import workers
 
-    running: list[str] = []
-    spans: dict[str, tuple[float, float, int]] = {}
-    guard, release = threading.Lock(), threading.Event()
-
-    def analysis(store: object, run: pipeline.PipelineRun, *_: object) -> None:  # the pipeline's analysis
-        study = run.study  # and report steps, stood in for; cannot be interrupted
-        with guard:
-            running.append(study)
-            first = len(spans) == 0 and len(running) == 1
-            spans[study] = (time.time(), 0.0, len(running))
-        if first:
-            release.wait(30)
-        with guard:
-            running.remove(study)
-            spans[study] = (spans[study][0], time.time(), spans[study][2])
-
-    monkeypatch.setattr(pipeline, "_analyze_and_report", analysis)
-    manager = workers.JobManager(tmp_path / "store", max_active=2)
+    marker = tmp_path / "marker"
+    marker.mkdir()
+    monkeypatch.setenv("HIVEMIND_TEST_MARKER", str(marker))
+    manager = workers.JobManager(tmp_path / "store", max_active=1, worker_command=[sys.executable, "-c", STUB_WORKER])
     for study in ("analysis-a", "analysis-b"):
         _queue_job(manager.db, zoo, tmp_path, study, analyze=True)
     manager.start()
     try:
         deadline = time.time() + 60
-        while not spans:
-            assert time.time() < deadline, "no analysis started"
+        while not (marker / "analysis-a").is_file() or not (marker / "analysis-a").read_text():
+            assert time.time() < deadline, "the analysis did not start"
             time.sleep(0.02)
-        [blocked] = list(spans)
-        other = "analysis-b" if blocked == "analysis-a" else "analysis-a"
-        assert manager.cancel(blocked) == "analyzing"
-        time.sleep(1.0)  # the cancel must not end the job nor free the lock while the thread runs
-        assert manager.db.job(blocked)["state"] == "analyzing"
-        assert other not in spans, "a second analysis started beside the first"
-        release.set()
-        cancelled = _wait_job(manager.db, blocked, ("cancelled", "done", "failed"))
-        done = _wait_job(manager.db, other, ("cancelled", "done", "failed"))
+        pid = int((marker / "analysis-a").read_text())
+        assert manager.db.job("analysis-a")["state"] == "analyzing"
+        asked = time.time()
+        assert manager.cancel("analysis-a") == "analyzing"
+        cancelled = _wait_job(manager.db, "analysis-a", ("cancelled", "done", "failed"), timeout=15)
+        assert time.time() - asked < 10  # the analysis was stopped, not waited for
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)  # its worker's process group is gone
+        done = _wait_job(manager.db, "analysis-b", ("cancelled", "done", "failed"))
     finally:
-        release.set()
         manager.stop()
     assert cancelled["state"] == "cancelled" and done["state"] == "done", (cancelled, done)
-    assert cancelled["finished_at"] >= spans[blocked][1] > 0  # ended only after the thread finished
-    assert spans[other][0] >= spans[blocked][1]  # the second analysis began after the first ended
-    assert all(depth == 1 for *_, depth in spans.values())
+    assert int((marker / "analysis-b").read_text()) != pid  # a new worker took the next job
+    with sqlite3.connect(tmp_path / "store" / "hivemind.sqlite") as db:
+        kept = db.execute("SELECT COUNT(*) FROM samples WHERE study = 'analysis-a' AND error IS NULL").fetchone()[0]
+    assert kept == len(QUERIES) * 2  # sampled before the analysis: kept
 
 
 def test_a_cancel_landing_between_reading_a_job_and_starting_it_is_kept(

@@ -64,7 +64,14 @@ def serve(
             "Default: the shipped all-MiniLM-L6-v2.",
         ),
     ] = None,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="Studies sampled at once.")] = 2,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Worker processes: jobs (sampling, analysis, reports) run at once, each in a process of its own.",
+        ),
+    ] = 2,
     max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest query-set upload, MiB.")] = 10.0,
     max_samples: Annotated[int, typer.Option(min=1, help="Most samples one study may plan.")] = 200_000,
     max_queries: Annotated[

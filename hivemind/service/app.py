@@ -153,7 +153,7 @@ def _add_routes(app: FastAPI, manager: JobManager) -> None:
     app.include_router(explorer_router)  # the explorer's queries, query and files (report step's data)
 
     @app.get("/healthz", response_model=S.Health, tags=["service"])
-    def healthz() -> dict[str, Any]:
+    async def healthz() -> dict[str, Any]:
         """Liveness (no token needed)."""
         return {"status": "ok", "version": __version__, "workers_alive": manager.alive}
 

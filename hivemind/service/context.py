@@ -64,8 +64,8 @@ _PATH_IN_TEXT = re.compile(r"(?<![\w.:/~-])(?:/[\w.@+~-]+)+/([\w.@+~-]+)")
 a host, which this look-behind excludes)."""
 
 
-def get_service(request: Request) -> Service:
-    """FastAPI dependency: the app's `Service`."""
+async def get_service(request: Request) -> Service:
+    """FastAPI dependency: the app's `Service` (async: FastAPI would run a plain one in a thread)."""
     return request.app.state.service
 
 
@@ -220,6 +220,36 @@ class Service:
     def status_of(self, name: str) -> dict[str, Any]:
         """A study's state and per-deployment counts (404 naming `path.name` if unknown)."""
         job = self.db.job(name)
+        external = None
+        if job is None:
+            try:
+                external = (self.store.study_spec(name), self.store.query_count(name))
+            except StoreError:
+                raise ApiError(404, "path.name", f"no study named {name!r}") from None
+        return self._status(name, job, external, self.store.progress(name))
+
+    def study_list(self) -> list[dict[str, Any]]:
+        """`status_of` every study: the service's jobs (oldest first), then the store's others.
+
+        A fixed handful of indexed queries whatever the number of studies (none per study)."""
+        jobs = self.db.jobs()
+        progress = self.store.progress_all()
+        out = [self._status(job["study"], job, None, progress.get(job["study"], {})) for job in jobs]
+        seen = {job["study"] for job in jobs}
+        for name, external in self.store.study_overview().items():
+            if name not in seen:
+                out.append(self._status(name, None, external, progress.get(name, {})))
+        return out
+
+    def _status(
+        self,
+        name: str,
+        job: dict[str, Any] | None,
+        external: tuple[Any, int] | None,
+        counts: dict[str, dict[str, int]],
+    ) -> dict[str, Any]:
+        """The status of a study from its job row (or, not the service's, its spec and query
+        count) and its sample counts."""
         if job is not None:
             planned: dict[str, int] = json.loads(job["planned_json"])
             out = {k: job[k] for k in ("state", "created_at", "started_at", "finished_at")}
@@ -230,14 +260,11 @@ class Service:
                 "cancel_requested": bool(job["cancel_requested"]) and job["state"] in ACTIVE,
             }
         else:
-            try:
-                spec = self.store.study_spec(name)
-            except StoreError:
-                raise ApiError(404, "path.name", f"no study named {name!r}") from None
-            per = self.store.query_count(name) * len(spec.effective_conditions()) * spec.samples
+            assert external is not None
+            spec, n_queries = external
+            per = n_queries * len(spec.effective_conditions()) * spec.samples
             planned = {d: per for d in spec.deployments}
             out = {"state": "external", "kind": "external", "cancel_requested": False}
-        counts = self.store.progress(name)
         progress = {}
         for d in list(planned) + [d for d in counts if d not in planned]:
             ok, failed = counts.get(d, {}).get("ok", 0), counts.get(d, {}).get("failed", 0)

@@ -34,6 +34,11 @@ class Redactor:
         # Longest first, so a secret containing another is replaced whole.
         self._secrets = sorted(found, key=len, reverse=True)
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The values scrubbed (handed to the service's worker processes, never logged)."""
+        return tuple(self._secrets)
+
     def add(self, secret: str | None) -> None:
         """Also scrub `secret` from now on."""
         if secret and len(secret) >= MIN_SECRET_LENGTH and secret not in self._secrets:

@@ -1,12 +1,18 @@
-"""Background workers: jobs run as asyncio tasks on one event loop in a worker thread.
+"""Background workers: jobs are scheduled on an asyncio loop in one thread of the API's process
+and run in worker processes (`hivemind.service.worker_pool`, `hivemind.service.job_process`).
 
-Each job is `hivemind.pipeline.run_pipeline_async` on the service's store handle (a scan job: the
-scan's sampling steps, then its drift step). A restarted service resumes every unfinished job;
-sampling takes only what the journal lacks, so no finished sample is lost or duplicated. Cancelling a job cancels its task: sampling
-stops at once (in-flight requests are dropped) and every committed sample stays. An analysis
-cannot be interrupted (it runs in a thread), so a cancel that lands during one takes effect when
-it finishes: the job stays `analyzing` until then and no second analysis starts beside it. A lock
-file in the store keeps a second service from running the same jobs.
+The API's process only reads and writes rows: sampling, export, analysis, report writing and
+embedding all run in a worker, a child in a process group of its own, at most `max_active` at a
+time (`hivemind serve --workers N`), so no heavy step shares the API's GIL. Each job is
+`hivemind.pipeline.run_pipeline_async` on the worker's own store handle (a scan job: the scan's
+sampling steps, then its drift step). A restarted service resumes every unfinished job; sampling
+takes only what the journal lacks, so no finished sample is lost or duplicated. Cancelling a job
+kills its worker's process group (SIGTERM, then SIGKILL): sampling or analysis stops at once,
+in-flight requests are dropped and every committed sample stays. A worker that dies on its own
+(a signal, a crash) fails its job with an error saying so and how many samples were kept; the
+service goes on and a new worker takes the next job. Stopping the service kills every worker and
+waits for it (no orphan; a worker also dies with the service's process). A lock file in the
+store keeps a second service from running the same jobs.
 """
 
 from __future__ import annotations
@@ -14,20 +20,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hivemind.inputs.spec import StudySpec
 from hivemind.layout import StoreLayout
+from hivemind.service.worker_pool import WorkerDied, WorkerPool
 from hivemind.store.jobs import ACTIVE, TERMINAL, ServiceDB
-from hivemind.store.journal import Store
 
 log = logging.getLogger("hivemind.service")
 
 
 class JobManager:
-    """Runs jobs on an asyncio loop in one worker thread; at most `max_active` at a time."""
+    """Schedules jobs on an asyncio loop in one thread; runs them in at most `max_active` worker
+    processes, each `worker_nice` below our CPU priority and retired after `worker_idle_s` unused.
+    `worker_command` replaces `python -m hivemind.service.job_process` (tests)."""
 
     def __init__(
         self,
@@ -37,6 +44,9 @@ class JobManager:
         redact: Callable[[str], str] = lambda s: s,
         scheduler: Callable[[JobManager], None] | None = None,
         scheduler_interval_s: float = 30.0,
+        worker_command: Sequence[str] | None = None,
+        worker_nice: int = 10,
+        worker_idle_s: float = 300.0,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.db = ServiceDB(self.store_dir)
@@ -51,6 +61,10 @@ class JobManager:
         self._stopping = False
         self._lock_file: Any = None
         self._startup_error: Exception | None = None
+        secrets = getattr(redact, "secrets", ())
+        self.pool = WorkerPool(
+            self.store_dir, max_active, command=worker_command, secrets=secrets, nice=worker_nice, idle_s=worker_idle_s
+        )
 
     @property
     def alive(self) -> bool:
@@ -83,9 +97,7 @@ class JobManager:
         asyncio.set_event_loop(loop)
         self._loop = loop
         self._slots = asyncio.Semaphore(self.max_active)
-        self._analysis = asyncio.Lock()
         try:
-            self._store = Store(self.store_dir)
             for study in self.db.active_jobs():
                 self._spawn(study)
         except Exception as exc:  # reported by start(), not lost in a dead thread
@@ -103,7 +115,7 @@ class JobManager:
             for task in pending:
                 task.cancel()
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self._store.close()
+            loop.run_until_complete(self.pool.close())  # idle ones too: no worker outlives us
             loop.close()
 
     def submit(self, study: str) -> None:
@@ -119,7 +131,8 @@ class JobManager:
         return state
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop the worker, leaving unfinished jobs as they are so a restart resumes them."""
+        """Stop: kill every worker process and wait for it, leaving unfinished jobs as they are so
+        a restart resumes them."""
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._stopping = True
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -192,29 +205,19 @@ class JobManager:
                 self.db.finish_scan_run(run["id"], state, error=error)
 
     async def _execute(self, job: dict[str, Any]) -> str | None:
-        if job["kind"] == "scan":
-            from hivemind.scans.scan import execute_scan_run
-
-            run = self.db.scan_run_for_study(job["study"])
-            if run is None:
-                raise RuntimeError(f"scan job {job['study']!r} has no scan run")
-            await execute_scan_run(self._store, self.db, run["id"], redact=self.redact, analysis_lock=self._analysis)
-            return None
-        from hivemind.pipeline import SAMPLING_STEPS, STEPS, run_pipeline_async
-
-        spec = StudySpec.model_validate_json(job["spec_json"])
-
-        def before_analysis() -> bool:  # a cancel during sampling skips the analysis
-            if (self.db.job(job["study"]) or {}).get("cancel_requested"):
-                return False
-            self.db.update_job(job["study"], state="analyzing")
-            return True
-
-        done = await run_pipeline_async(
-            spec,
-            self._store,
-            steps=STEPS if job["analyze"] else SAMPLING_STEPS,
-            analysis_lock=self._analysis,
-            before_analysis=before_analysis,
-        )
-        return "stopped: budget reached" if done.sampling is not None and done.sampling.stopped_by_budget else None
+        """Run `job` in a worker process; its note. A cancel kills the worker (and is raised)."""
+        worker = await self.pool.acquire()
+        try:
+            reply = await worker.run(job["study"])
+        except WorkerDied as died:
+            await self.pool.discard(worker)
+            kept = self.db.samples_kept(job["study"])
+            raise RuntimeError(f"{died}; {kept} samples kept; resubmit the same request to finish") from None
+        except BaseException:  # a cancel (or shutdown): the worker is stopped where it is
+            await self.pool.discard(worker)
+            raise
+        self.pool.release(worker)
+        if not reply.get("ok"):
+            raise RuntimeError(str(reply.get("error") or "the job failed"))
+        note: str | None = reply.get("note")
+        return note

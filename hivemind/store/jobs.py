@@ -52,6 +52,8 @@ JOBS = Family(
         created_at REAL NOT NULL
     );
     """,
+        # the job list's order, by index (`service_jobs_by_state` leads with the state)
+        "CREATE INDEX service_jobs_by_created ON service_jobs (created_at);",
     ),
     adopt=adopt_if_table("service_jobs"),
 )
@@ -94,7 +96,8 @@ class JobQueue(Protocol):
 
 
 class ServiceDB(JournalFile):
-    """The service tables, through their own connection to `STORE/hivemind.sqlite`."""
+    """The service tables, through their own connections to `STORE/hivemind.sqlite` (one writer;
+    reads on each thread's own read connection, never waiting on a writer: `JournalFile`)."""
 
     def __init__(self, store_dir: str | Path) -> None:
         self.directory = Path(store_dir)
@@ -163,7 +166,13 @@ class ServiceDB(JournalFile):
         return self._one("SELECT * FROM service_jobs WHERE study = ?", (study,))
 
     def jobs(self) -> list[dict[str, Any]]:
-        return self.rows("SELECT * FROM service_jobs ORDER BY created_at")
+        """Every job, oldest first (read through `service_jobs_by_created`)."""
+        return self.rows("SELECT * FROM service_jobs INDEXED BY service_jobs_by_created ORDER BY created_at")
+
+    def samples_kept(self, study: str) -> int:
+        """Successful samples the journal holds for `study`."""
+        found = self._one("SELECT COUNT(*) AS n FROM samples WHERE study = ? AND error IS NULL", (study,))
+        return int(found["n"]) if found else 0
 
     def active_jobs(self) -> list[str]:
         marks = ",".join("?" * len(ACTIVE))
@@ -183,7 +192,8 @@ class ServiceDB(JournalFile):
         """Insert a queued job (and its idempotency key) atomically.
 
         Returns (study, created). A key seen before with the same body returns its study
-        (created False); with another body, or a taken name, raises `Conflict`.
+        (created False); with another body, or a taken name, raises `Conflict`. The same request
+        for a study whose job failed or was cancelled queues that job again (created True).
         """
         now = time.time()
         with self.transaction() as db:
@@ -197,7 +207,8 @@ class ServiceDB(JournalFile):
                             "header.Idempotency-Key", "this key was used for a different request body; use a new key"
                         )
                     return seen["study"], False
-            if self.study_taken(db, row["study"]):
+            requeued = self._requeue(db, row)
+            if not requeued and self.study_taken(db, row["study"]):
                 raise Conflict("body.name", f"a study named {row['study']!r} already exists")
             values = {
                 "error": None,
@@ -211,8 +222,11 @@ class ServiceDB(JournalFile):
                 "created_at": now,
                 "updated_at": now,
             }
-            columns = ", ".join(values)
-            db.execute(f"INSERT INTO service_jobs ({columns}) VALUES ({', '.join(':' + c for c in values)})", values)
+            if not requeued:
+                columns = ", ".join(values)
+                db.execute(
+                    f"INSERT INTO service_jobs ({columns}) VALUES ({', '.join(':' + c for c in values)})", values
+                )
             if idempotency_key is not None:
                 db.execute(
                     "INSERT INTO service_idempotency VALUES (?, ?, ?, ?)",
@@ -221,6 +235,25 @@ class ServiceDB(JournalFile):
             if extra is not None:
                 extra(db)
         return row["study"], True
+
+    @staticmethod
+    def _requeue(db: sqlite3.Connection, row: dict[str, Any]) -> bool:
+        """A resubmission: the same request for a study whose job failed or was cancelled queues
+        that job again (sampling then takes only what the journal lacks). True when it did."""
+        old = db.execute(
+            "SELECT state, kind, request_json FROM service_jobs WHERE study = ?", (row["study"],)
+        ).fetchone()
+        if old is None or old["state"] not in ("failed", "cancelled") or old["kind"] != row.get("kind", "study"):
+            return False
+        if old["request_json"] != row["request_json"]:
+            return False
+        now = time.time()
+        db.execute(
+            "UPDATE service_jobs SET state = 'queued', cancel_requested = 0, error = NULL, note = NULL, "
+            "finished_at = NULL, updated_at = ? WHERE study = ?",
+            (now, row["study"]),
+        )
+        return True
 
     def update_job(self, study: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()

@@ -148,23 +148,51 @@ class StoreError(HivemindError, RuntimeError):
 
 
 class JournalFile:
-    """One WAL-mode SQLite connection shared by the threads of a process, with transactions.
+    """A WAL-mode SQLite file shared by the threads of a process: one writer, a reader per thread.
 
     The store and the service's job tables both live in `STORE/hivemind.sqlite` through this.
+    Writes (`transaction`, and whatever a subclass runs on `_db`) go through the one writer
+    connection under `_lock`. Reads (`_rows`) go through the calling thread's own read-only
+    connection (`PRAGMA query_only`), so a reader never waits on the writers' lock, nor on
+    another process writing (WAL: readers see the last commit). Inside its own `transaction`
+    a thread reads through the writer, so it sees what it has written but not yet committed.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
+        self._db = self._connect()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()  # never `_lock`: a new reader must not wait on a writer
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA busy_timeout=10000")
+        return connection
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection (the writer inside this thread's own transaction)."""
+        if getattr(self._local, "depth", 0):
+            return self._db
+        connection: sqlite3.Connection | None = getattr(self._local, "reader", None)
+        if connection is None:
+            connection = self._connect()
+            connection.execute("PRAGMA query_only=ON")
+            with self._readers_lock:
+                self._readers.append(connection)
+            self._local.reader = connection
+        return connection
 
     def close(self) -> None:
-        """Close the connection (checkpointing the WAL)."""
-        with self._lock:
+        """Close every connection (the writer last, checkpointing the WAL)."""
+        with self._lock, self._readers_lock:
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
             self._db.close()
 
     def __enter__(self) -> Self:
@@ -178,16 +206,18 @@ class JournalFile:
         """One write transaction (BEGIN IMMEDIATE): all of it is committed or none."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            self._local.depth = getattr(self._local, "depth", 0) + 1
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._local.depth -= 1
             self._db.execute("COMMIT")
 
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, tuple(args)).fetchall()
+        return self._reader().execute(sql, tuple(args)).fetchall()
 
 
 class Store(JournalFile):
@@ -361,6 +391,28 @@ class Store(JournalFile):
             (study,),
         )
         return {r["deployment"]: {"ok": int(r["ok"]), "failed": int(r["failed"])} for r in rows}
+
+    def progress_all(self) -> dict[str, dict[str, dict[str, int]]]:
+        """`progress` of every study at once: one indexed pass (the samples' key leads with the
+        study), not a query per study."""
+        rows = self._rows(
+            "SELECT study, deployment, SUM(error IS NULL) AS ok, SUM(error IS NOT NULL) AS failed "
+            "FROM samples GROUP BY study, deployment"
+        )
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for r in rows:
+            out.setdefault(r["study"], {})[r["deployment"]] = {"ok": int(r["ok"]), "failed": int(r["failed"])}
+        return out
+
+    def study_overview(self) -> dict[str, tuple[StudySpec, int]]:
+        """Every study's spec and query count, oldest first, in two queries."""
+        counts = {
+            r["study"]: int(r["n"]) for r in self._rows("SELECT study, COUNT(*) AS n FROM queries GROUP BY study")
+        }
+        return {
+            r["name"]: (StudySpec.model_validate_json(r["spec_json"]), counts.get(r["name"], 0))
+            for r in self._rows("SELECT name, spec_json FROM studies ORDER BY created_at")
+        }
 
     # --- tables --------------------------------------------------------------------------
     def samples_frame(self, study: str, *, include_errors: bool = True) -> pl.DataFrame:
