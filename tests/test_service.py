@@ -387,6 +387,13 @@ def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(client: httpx.Cl
         ("POST", "/v1/studies", {"json": {**good, "name": "n4", "query_set": "no-such-set"}}, 422, "body.query_set"),
         ("POST", "/v1/studies", {"json": {**good, "name": "bad name!"}}, 422, "body.name"),
         ("POST", "/v1/studies", {"json": {**good, "name": "n5", "samples": 0}}, 422, "body.samples"),
+        (
+            "POST",
+            "/v1/studies",
+            {"json": {**good, "name": "n11", "analysis": {"classes": {"judge": "nope"}}}},
+            422,
+            "body.analysis.classes.judge",
+        ),
         ("POST", "/v1/studies", {"json": {**good, "name": "n6", "samples": 4000}}, 422, "body.samples"),
         ("POST", "/v1/studies", {"json": {**good, "name": "n7", "categories": ["none-such"]}}, 422, "body.categories"),
         (
@@ -593,6 +600,22 @@ def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(client: httpx.Cl
 
 
 # --- studies --------------------------------------------------------------------------------------
+def test_a_dry_run_answers_the_plan_and_writes_nothing(client: httpx.Client, server: tuple[str, Path]) -> None:
+    upload(client, "dry-set")
+    body = {"name": "dry", "query_set": "dry-set", "deployments": ["mock-fast", "mock-b"], "samples": 4}
+    before = _state(server[1])
+    planned = client.post("/v1/studies", json={**body, "dry_run": True}, headers={"Idempotency-Key": "dry-1"})
+    assert planned.status_code == 200, planned.text
+    plan = planned.json()
+    assert plan["study"] == "dry" and {r["deployment"] for r in plan["rows"]} == {"mock-fast", "mock-b"}
+    assert [r["requests"] for r in plan["rows"]] == [len(QUERIES) * 4] * 2
+    assert plan["total"]["requests"] == 2 * len(QUERIES) * 4 and plan["total"]["unpriced"] == ["mock-b", "mock-fast"]
+    assert _state(server[1]) == before, "nothing queued, no idempotency key taken, no file"
+    real = client.post("/v1/studies", json=body, headers={"Idempotency-Key": "dry-1"})
+    assert real.status_code == 202 and real.json()["name"] == "dry"
+    wait_for(client, "dry", ("done",))
+
+
 def test_study_lifecycle_idempotency_progress_and_results(client: httpx.Client, server: tuple[str, Path]) -> None:
     upload(client, "life-set")
     body = {

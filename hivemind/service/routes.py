@@ -23,6 +23,8 @@ from hivemind.analysis.summary import SummaryError, read_summary
 from hivemind.errors import HivemindError
 from hivemind.inputs.queries import QueryFileError, TooManyRecords, list_shipped, load_query_set
 from hivemind.inputs.spec import NAME_PATTERN, QuerySet, StudySpec, canonical_json, sha256_hex
+from hivemind.inputs.zoo import judge_deployment
+from hivemind.sampling.plan import plan_study
 from hivemind.sampling.stage import planned_counts
 from hivemind.scans.report import write_scan_report
 from hivemind.scans.scan import ScanError, ScanSpec, queue_scan_run, scan_history
@@ -169,21 +171,24 @@ def get_set(svc: Svc, name: Name) -> dict[str, Any]:
     return svc.set_info(qs, source, row) | {"queries": [q.model_dump() for q in qs.queries]}
 
 
-@router.post("/v1/studies", response_model=S.StudyStatus, status_code=202, responses=ERRORS, tags=["studies"])
+@router.post(
+    "/v1/studies", response_model=S.StudyStatus | S.StudyPlan, status_code=202, responses=ERRORS, tags=["studies"]
+)
 def create_study(
     svc: Svc,
     body: S.StudyCreate,
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
 ) -> dict[str, Any]:
-    """Queue a study; it samples in the background. Send an `Idempotency-Key` to retry safely."""
+    """Queue a study; it samples in the background. Send an `Idempotency-Key` to retry safely.
+    With `dry_run: true`, its plan instead (200): nothing is queued or written."""
     request_sha = sha256_hex(canonical_json(body.model_dump(mode="json")))
     svc.check_deployments(body.deployments)
     qs_row = svc.db.query_set(body.query_set)
     if qs_row is None and body.query_set not in list_shipped():
         svc.load_set(body.query_set, "body.query_set")  # raises, listing the known sets
     embedder = svc.embedder(body.embedder, "body.embedder")
-    fields = body.model_dump(exclude={"analyze"})
+    fields = body.model_dump(exclude={"analyze", "dry_run"})
     try:
         spec = StudySpec(
             **fields
@@ -194,6 +199,8 @@ def create_study(
             }
         )
         planned = planned_counts(spec)
+        judge_deployment(spec)  # `analysis.classes.judge` names a deployment of the service's zoo
+        plan = plan_study(spec, svc.store_dir) if body.dry_run else None
     except ValidationError as exc:
         raise ApiError(422, "body." + field_path(exc.errors()[0]["loc"]), exc.errors()[0]["msg"]) from None
     except QueryFileError as exc:
@@ -207,6 +214,9 @@ def create_study(
         raise ApiError(
             422, "body.samples", f"the study plans {total} samples; the limit is {svc.limits.max_samples_per_study}"
         )
+    if plan is not None:
+        response.status_code = 200
+        return plan
     row = {
         "study": body.name,
         "kind": "study",

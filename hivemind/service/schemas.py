@@ -120,6 +120,22 @@ class StudyCreate(StudyOptions):
     """One of the embedders the server offers (`hivemind serve --embedder`); null: its first."""
     analyze: bool = True
     """Analyze and write the HTML report after sampling."""
+    dry_run: bool = False
+    """Plan it only: the answer is `hivemind plan`'s rows and total (requests still to send,
+    tokens, cost upper bounds from litellm's price map); nothing is queued or written."""
+
+
+class StudyPlan(Model):
+    """What a study would send and may cost (`POST /v1/studies` with `dry_run: true`)."""
+
+    study: str
+    rows: list[dict[str, Any]]
+    """One per (deployment, condition): `requests`, `prompt_tokens`, `completion_tokens_max`,
+    `cost_usd_max`, `cost_usd_batch_max`, `min_wall_s`, `batch`, ..."""
+    total: dict[str, Any]
+    """Sums of the rows, `cost_usd_run_max` (what this run may be billed), `over_budget`, `unpriced`."""
+    judge: dict[str, Any] | None = None
+    """The equivalence judge's call bound and cost (`analysis.classes.judge`), or null."""
 
 
 class DeploymentProgress(Model):
