@@ -33,6 +33,7 @@ def judge_classes_section(summary: Summary, tables: Tables) -> str:
     import polars as pl
 
     calls = entry.get("calls", {})
+    same = int(calls.get("identical", 0))
     means = pl.DataFrame(entry["per_deployment"])
     imported = "external_classes" in means.columns and means["external_classes"].is_not_null().any()
     if not imported:  # no imported partition: leave its empty columns out
@@ -41,17 +42,24 @@ def judge_classes_section(summary: Summary, tables: Tables) -> str:
         "<h2>Judge equivalence classes</h2>"
         f'<p class="note">Judge <code>{html.escape(str(entry["judge"]))}</code> '
         f"({html.escape(str(entry['model']))}) decided which responses say the same thing. "
-        f"{html.escape(entry['partition_rule'])} {html.escape(entry['verdict_rule'])} "
+        f"{_code(entry['partition_rule'])} {_code(entry['verdict_rule'])} "
         f"Beside it: hivemind's cosine classes at {html.escape(str(entry['threshold']))}"
         + (" and the imported partition (e.g. NoveltyBench's)" if imported else "")
         + ". Mean class count and semantic entropy (nats) per query, and the pairwise adjusted Rand "
         "indices between the methods (1 = the same partition, about 0 = chance).</p>"
-        f'<p class="note">Judge calls: {calls.get("sent", 0)} sent, {calls.get("cached", 0)} from the cache, '
-        f"{calls.get('identical', 0)} identical pairs, {calls.get('unparseable', 0)} unparseable, "
-        f"{calls.get('failed', 0)} failed; at most {calls.get('bound', 0)} "
-        f"({html.escape(entry['call_bound_rule'])})</p>"
+        f'<p class="note">Judge calls in this analysis: {calls.get("sent", 0)} sent, '
+        f"{calls.get('cached', 0)} answered from the cache, {same} pair{'s' * (same != 1)} of identical "
+        f"texts (no call), {calls.get('unparseable', 0)} unparseable, {calls.get('failed', 0)} failed; "
+        f"the bound is {calls.get('bound', 0)}. {_code(entry['call_bound_rule'])}</p>"
         + table(means)
         + "<details><summary>Per query</summary>"
         + table(frame)
         + "</details>"
     )
+
+
+def _code(text: str) -> str:
+    """Escaped text with its `backticked` words as code."""
+    import re
+
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
