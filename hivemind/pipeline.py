@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import datetime as _dt
 import json
-import platform
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivemind.analysis.summary import Summary, SummaryError, read_summary
+from hivemind.analysis.summary import Summary, SummaryError, read_summary, versions
 from hivemind.inputs.spec import StudySpec, json_safe
 from hivemind.inputs.zoo import judge_deployment as _judge_deployment
 from hivemind.layout import (
@@ -77,21 +76,6 @@ SAMPLING_STEPS = ("sample", "export")
 CACHE_FILE = EMBEDDING_CACHE
 ANALYSIS_DIR = ANALYSIS
 REPORT_FILE = REPORT
-KEY_PACKAGES = (
-    "numpy",
-    "polars",
-    "scipy",
-    "torch",
-    "transformers",
-    "sentence-transformers",
-    "faiss-cpu",
-    "faiss-gpu-cu12",
-    "matplotlib",
-    "sacrebleu",
-    "pydantic",
-    "litellm",
-    "llama-cpp-python",
-)
 
 
 class AnalysisError(StoreError):
@@ -308,21 +292,6 @@ def _existing_store(store_dir: str | Path) -> Path:
     if not StoreLayout(Path(store_dir)).exists():
         raise StoreError(f"{store_dir} is not a hivemind store")
     return Path(store_dir)
-
-
-def versions() -> dict[str, str]:
-    """hivemind, Python and the installed key packages (not imported)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import hivemind
-
-    out = {"hivemind": hivemind.__version__, "python": platform.python_version()}
-    for package in KEY_PACKAGES:
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def latest_study(store: Store) -> str:

@@ -15,6 +15,7 @@ reads them field by field; tables-shaped parts stay `dict[str, Any]`.
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 from typing import Any, Literal
 
@@ -250,3 +251,36 @@ def read_summary(path: str | Path) -> Summary:
     except (OSError, ValueError) as exc:
         raise SummaryError(f"{path}: cannot read the analysis summary: {exc}") from None
     return parse_summary(data, str(path))
+
+
+KEY_PACKAGES = (
+    "numpy",
+    "polars",
+    "scipy",
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "faiss-cpu",
+    "faiss-gpu-cu12",
+    "matplotlib",
+    "sacrebleu",
+    "pydantic",
+    "litellm",
+    "llama-cpp-python",
+)
+"""Packages whose versions a summary records (`versions`): what an analysis depends on."""
+
+
+def versions() -> dict[str, str]:
+    """hivemind, Python and the installed key packages (not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import hivemind
+
+    out = {"hivemind": hivemind.__version__, "python": platform.python_version()}
+    for package in KEY_PACKAGES:
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return out

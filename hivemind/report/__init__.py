@@ -14,16 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from hivemind.analysis.summary import Summary, parse_summary, read_summary
 from hivemind.layout import SUMMARY
+from hivemind.report.duplicates_section import cross_query_duplicates, near_duplicate_pairs
 from hivemind.report.markup import CSS, table
-from hivemind.report.sections import (
-    SECTIONS,
-    Tables,
-    cross_query_duplicates,
-    footing_note,
-    headline,
-    near_duplicate_pairs,
-    warnings_block,
-)
+from hivemind.report.sections import SECTIONS, footing_note, headline, warnings_block
+from hivemind.report.tables import Tables
 
 if TYPE_CHECKING:
     import polars as pl

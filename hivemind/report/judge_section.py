@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class Tables(Protocol):
-    """What this section reads of `hivemind.report.sections.Tables` (not imported: no cycle)."""
+    """What this section reads of `hivemind.report.tables.Tables`."""
 
     def get(self, name: str) -> pl.DataFrame | None: ...
 
