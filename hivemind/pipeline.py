@@ -401,7 +401,8 @@ def analyze(
     truncation_entry, warnings = truncation_summary(truncation, complete_only)
     cache = EmbeddingCache(store.layout.embedding_cache)
     # a remote embedder sends its own requests; only in-process models go to the executor
-    computing = model if getattr(model, "remote", False) else (executor or LocalExecutor()).embedder(model)
+    remote = getattr(model, "remote", False)  # a zoo `embedders:` entry: its tokens and cost are recorded
+    computing = model if remote else (executor or LocalExecutor()).embedder(model)
     vectors = embed_texts(responses["text"].to_list(), computing, cache)
     result = analyze_responses(
         responses,
@@ -449,7 +450,11 @@ def analyze(
                 "store": str(store.directory.resolve()),
                 "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "spec": spec.model_dump(mode="json"),
-                "embedder": {"name": getattr(model, "model_name", str(model)), "id": model.embedder_id},
+                "embedder": {
+                    "name": getattr(model, "model_name", str(model)),
+                    "id": model.embedder_id,
+                    **(model.usage() if remote else {}),
+                },
                 "versions": versions(),
                 "n_samples": samples.height,
                 "samples_fingerprint": fingerprint,

@@ -143,6 +143,8 @@ def test_analysis_tables_match_under_another_id_and_a_reanalysis_sends_nothing(
     assert sent >= 1 and script.texts == remote.responses.height  # type: ignore[union-attr]
     summary = remote.summary["embedder"]
     assert summary["name"] == "loop" and summary["id"].startswith("openai:minilm@") and summary["id"] != local_id
+    assert summary["prompt_tokens"] == script.tokens > 0, "the tokens the server reported are recorded"
+    assert summary["cost_usd"] is None, "a self-hosted server's model name is not priced"
     assert local_run.vectors is not None and remote.vectors is not None
     assert min_cosine(local_run.vectors, remote.vectors) > 1 - 1e-6
     compared = 0
@@ -167,7 +169,8 @@ def test_analysis_tables_match_under_another_id_and_a_reanalysis_sends_nothing(
 
     again = CliRunner().invoke(app, ["analyze", str(store), "--embedder", "loop"])  # all cached: nothing sent
     assert again.exit_code == 0, again.output
-    assert script.requests == sent and read_summary(StoreLayout(store).summary("remote")).embedder.id == summary["id"]
+    reread = read_summary(StoreLayout(store).summary("remote")).embedder
+    assert script.requests == sent and reread.id == summary["id"] and reread.prompt_tokens == 0, "cached: none sent"
     from hivemind.scans.scan import analyze_scan
     from hivemind.store.journal import Store
 

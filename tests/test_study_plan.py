@@ -179,3 +179,50 @@ def test_a_batched_study_is_priced_and_budgeted_at_the_batch_price(
     assert plans[False]["rows"][0]["min_wall_s"] == pytest.approx(30 * 60 / 60)
     table = runner.invoke(app, ["plan", str(path), "--store", str(tmp_path / "none"), "--batch"])
     assert "at the batch" in table.output and "over budget" not in table.output
+
+
+def test_a_hosted_embedder_is_priced_in_the_plan_and_an_in_process_one_is_free(tmp_path: Path) -> None:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    (tmp_path / "queries.jsonl").write_text(
+        "".join(json.dumps({"id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(QUERIES))
+    )
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text(
+        yaml.safe_dump(
+            {
+                "deployments": [{"name": "m", "provider": "mock", "model": "mock"}],
+                "embedders": [
+                    {"name": "te3", "provider": "litellm", "model": "openai/text-embedding-3-small"},
+                    {
+                        "name": "tei",
+                        "provider": "openai",
+                        "model": "text-embedding-3-small",
+                        "api_base": "http://127.0.0.1:9/v1",
+                    },
+                ],
+            }
+        )
+    )
+    plans = {}
+    for embedder in ("te3", "tei", "all-MiniLM-L6-v2"):
+        spec = {"name": "s", "query_set": str(tmp_path / "queries.jsonl"), "zoo": str(zoo), "deployments": ["m"]}
+        spec |= {"samples": 6, "params": {"max_tokens": 40}, "embedder": embedder}
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+        result = CliRunner().invoke(
+            app, ["plan", str(tmp_path / "spec.yaml"), "--store", str(tmp_path / "none"), "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        plans[embedder] = json.loads(result.output)["embedding"]
+    tokens = len(QUERIES) * 6 * 40
+    price = litellm.model_cost["text-embedding-3-small"]["input_cost_per_token"]
+    assert plans["te3"]["remote"] and plans["te3"]["tokens_max"] == tokens
+    assert plans["te3"]["cost_usd_max"] == pytest.approx(tokens * price) and price > 0
+    assert plans["tei"]["remote"] and plans["tei"]["cost_usd_max"] is None, "a self-hosted server is not priced"
+    assert plans["all-MiniLM-L6-v2"] == {
+        "embedder": "all-MiniLM-L6-v2",
+        "remote": False,
+        "tokens_max": tokens,
+        "cost_usd_max": 0.0,
+    }

@@ -124,6 +124,10 @@ class Truncation(_Part):
 class EmbedderInfo(_Part):
     name: str | None = None
     id: str | None = None
+    prompt_tokens: int | None = None
+    """Tokens a remote embedder's provider reported for this analysis (cached texts send none)."""
+    cost_usd: float | None = None
+    """Their cost at litellm's price for a hosted model; null when unknown or in process."""
 
 
 class SamplesFingerprint(_Part):

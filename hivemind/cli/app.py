@@ -298,6 +298,15 @@ def plan(
             f"(n (n - 1) / 2 per group of n, before the cache), cost {'unknown' if judge['cost_usd_max'] is None else 'at most $' + _money(judge['cost_usd_max'])}",
             highlight=False,
         )
+    embedding = planned.get("embedding") or {}
+    if embedding.get("remote"):
+        cost = embedding["cost_usd_max"]
+        console.print(
+            f"embedder {embedding['embedder']} ({embedding['model']}): at most {embedding['tokens_max']} tokens "
+            f"(every new answer at max_tokens; cached ones send nothing), cost "
+            + ("unknown" if cost is None else f"at most ${_money(cost)}"),
+            highlight=False,
+        )
     line = over_budget_line(planned)
     if line:
         console.print(f"[yellow]over budget:[/] {line}; `hivemind run` needs --over-budget", highlight=False)

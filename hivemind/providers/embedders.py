@@ -103,6 +103,21 @@ def zoo_embedders(zoo_path: str | Path | None = None) -> dict[str, EmbedderEntry
     return {entry.name: entry for entry in section.embedders}
 
 
+def embedding_price(entry: EmbedderEntry) -> float | None:
+    """Dollars per input token from litellm's map, for a hosted model only (`litellm`, or the
+    `openai` provider at OpenAI's own endpoint): a self-hosted server's model name is not a price."""
+    from urllib.parse import urlsplit
+
+    from hivemind.providers.prices import model_info
+
+    hosted = (
+        entry.provider == "litellm" or urlsplit(entry.api_base or "https://api.openai.com").hostname == "api.openai.com"
+    )
+    info = model_info(entry.model) if hosted else None
+    price = (info or {}).get("input_cost_per_token")
+    return float(price) if price is not None else None
+
+
 def resolve_embedder(
     name: str, zoo_path: str | Path | None = None, *, progress: bool = False
 ) -> Embedder | RemoteEmbedder:
@@ -155,6 +170,11 @@ class RemoteEmbedder:
         self._pace_lock = threading.Lock()
         self._next_start = 0.0
         self._client: Any = None
+
+    def usage(self) -> dict[str, Any]:
+        """Tokens the provider reported so far, and their cost at litellm's price (`embedding_price`)."""
+        price = embedding_price(self.entry)
+        return {"prompt_tokens": self.prompt_tokens, "cost_usd": None if price is None else self.prompt_tokens * price}
 
     @property
     def embedder_id(self) -> str:

@@ -156,7 +156,34 @@ def study_plan(
     priced = sum(c for c in map(_billed, rows) if c is not None)
     total["over_budget"] = spec.budget_usd is not None and priced > spec.budget_usd  # the priced part already
     judge = judge_plan(spec, queries, store)  # `analysis.classes.judge`: its calls at most, or None
-    return {"study": spec.name, "rows": [asdict(r) for r in rows], "total": total, "judge": judge}
+    embedding = embedding_plan(spec, total["completion_tokens_max"])
+    return {
+        "study": spec.name,
+        "rows": [asdict(r) for r in rows],
+        "total": total,
+        "judge": judge,
+        "embedding": embedding,
+    }
+
+
+def embedding_plan(spec: StudySpec, tokens_max: int | None) -> dict[str, Any]:
+    """What embedding the new answers may cost: nothing in process; for a zoo `embedders:` entry,
+    every new answer at `max_tokens` (an upper bound: answers already embedded are cached and
+    cost nothing) at litellm's price for the model, where it is a hosted one litellm prices."""
+    from hivemind.providers.embedders import embedding_price, zoo_embedders
+
+    entry = zoo_embedders(spec.zoo).get(spec.embedder)
+    if entry is None:
+        return {"embedder": spec.embedder, "remote": False, "tokens_max": tokens_max, "cost_usd_max": 0.0}
+    price = embedding_price(entry)
+    cost = None if price is None or tokens_max is None else tokens_max * price
+    return {
+        "embedder": entry.name,
+        "remote": True,
+        "model": entry.model,
+        "tokens_max": tokens_max,
+        "cost_usd_max": cost,
+    }
 
 
 def judge_plan(spec: StudySpec, queries: list[Query], store: Store | None) -> dict[str, Any] | None:

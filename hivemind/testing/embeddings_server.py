@@ -43,6 +43,8 @@ class EmbedScript:
     """Requests received (failed ones included)."""
     texts: int = 0
     """Texts embedded."""
+    tokens: int = 0
+    """Tokens reported in `usage`, summed."""
     batch_sizes: list[int] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     """The `model` of each request."""
@@ -103,6 +105,7 @@ def create_app(script: EmbedScript, embedder: Any) -> Any:
         script.encodings.append(encoding)
         script.batch_sizes.append(len(texts))
         vectors, tokens = await asyncio.to_thread(encode, texts)
+        script.tokens += tokens
         dimensions = body.get("dimensions")
         if dimensions is not None:
             if not isinstance(dimensions, int) or not 1 <= dimensions <= vectors.shape[1]:
