@@ -258,6 +258,23 @@ def test_rpm_paces_request_starts(server: tuple[str, EmbedScript]) -> None:
     assert time.monotonic() - started >= 0.3 and script.requests == 4
 
 
+def test_tpm_paces_requests_by_their_estimated_tokens(server: tuple[str, EmbedScript]) -> None:
+    import time
+
+    api_base, script = server
+    reset(script)
+    texts = ["x" * 400] * 4  # 100 tokens each (characters / 4)
+    remote = RemoteEmbedder(entry(api_base, batch_size=1, max_concurrency=4, tpm=60_000))  # 1000 tokens/s
+    started = time.monotonic()
+    remote.encode(texts)
+    paced = time.monotonic() - started
+    assert paced >= 0.3 and script.requests == 4, "each waits for the last one's 0.1 s"
+    fast = RemoteEmbedder(entry(api_base, batch_size=1, max_concurrency=4, tpm=6_000_000))
+    started = time.monotonic()
+    fast.encode(texts)
+    assert time.monotonic() - started < paced, "a limit 100 times higher barely waits"
+
+
 def test_litellm_embedder_goes_through_litellms_own_request_path(
     server: tuple[str, EmbedScript], local: Embedder
 ) -> None:

@@ -48,6 +48,9 @@ class EmbedderEntry(Strict):
     """Requests in flight at once."""
     rpm: float | None = Field(None, gt=0)
     """Requests per minute (paced evenly); unset: no pacing."""
+    tpm: float | None = Field(None, gt=0)
+    """Tokens per minute (a request's tokens estimated as its characters / 4, paced evenly); unset:
+    no token pacing."""
     max_input_chars: int | None = Field(None, ge=1)
     """Texts longer than this are refused before anything is sent; unset: the provider's limit."""
     timeout_s: float = Field(60.0, gt=0)

@@ -169,6 +169,7 @@ class RemoteEmbedder:
         self._dim = entry.dimensions
         self._pace_lock = threading.Lock()
         self._next_start = 0.0
+        self._next_token_start = 0.0
         self._client: Any = None
 
     def usage(self) -> dict[str, Any]:
@@ -258,20 +259,24 @@ class RemoteEmbedder:
         timeout = aiohttp.ClientTimeout(total=self.entry.timeout_s)
         return aiohttp.ClientSession(headers=headers, timeout=timeout)
 
-    async def _pace(self) -> None:
-        """Wait for this request's start slot under `rpm` (shared by every call of this embedder)."""
-        if self.entry.rpm is None:
+    async def _pace(self, batch: list[str]) -> None:
+        """Wait for this request's start slot under `rpm` and `tpm` (shared by every call of this
+        embedder); its tokens are estimated as characters / 4, as OpenAI's guidance counts them."""
+        rpm, tpm = self.entry.rpm, self.entry.tpm
+        if rpm is None and tpm is None:
             return
+        tokens = sum(len(text) for text in batch) / 4
         with self._pace_lock:
             now = time.monotonic()
-            start = max(now, self._next_start)
-            self._next_start = start + 60.0 / self.entry.rpm
+            start = max(now, self._next_start, self._next_token_start)
+            self._next_start = start + (60.0 / rpm if rpm else 0.0)
+            self._next_token_start = start + (tokens * 60.0 / tpm if tpm else 0.0)
         if start > now:
             await asyncio.sleep(start - now)
 
     async def _with_retries(self, session: Any, batch: list[str], key: str | None) -> list[list[float]]:
         for attempt in range(self.entry.max_retries + 1):
-            await self._pace()
+            await self._pace(batch)
             self.requests_sent += 1
             try:
                 if self.entry.provider == "openai":
