@@ -46,13 +46,14 @@ def batch_options(provider: Provider) -> tuple[float, int]:
     return float(options.get("batch_poll_s", DEFAULT_POLL_S)), int(options.get("batch_size", DEFAULT_BATCH_SIZE))
 
 
-def batch_cost(model: str, completion: Completion) -> float | None:
-    """Dollars at litellm's batch price for `model`, or None where the map has no batch price."""
+def batch_cost(info: dict[str, Any] | None, completion: Completion) -> float | None:
+    """Dollars at the batch price of `info` (litellm's map entry for the model), or None where the
+    map has no batch price."""
     if completion.prompt_tokens is None or completion.completion_tokens is None:
         return None
-    from hivemind.providers.prices import model_info, token_cost
+    from hivemind.providers.prices import token_cost
 
-    return token_cost(completion.prompt_tokens, completion.completion_tokens, model_info(model), "_batches")
+    return token_cost(completion.prompt_tokens, completion.completion_tokens, info, "_batches")
 
 
 class BatchRunner:
@@ -82,6 +83,7 @@ class BatchRunner:
         self.retries = 0
         self.note = note
         self._states: dict[int, tuple[str, float]] = {}  # batch -> (its state, when it was created)
+        self._prices: tuple[dict[str, Any] | None] | None = None
         self._adopting = asyncio.Lock()  # one lookup at a time: two batches never adopt one remote
 
     async def run(self, pending: Iterable[SampleRequest]) -> None:
@@ -237,6 +239,10 @@ class BatchRunner:
         outcomes: list[Outcome] = []
         again: list[tuple[SampleRequest, int]] = []
         latency = time.time() - batch.created_at
+        if self._prices is None:  # looked up once: litellm's map lookup is not cheap per row
+            from hivemind.providers.prices import model_info
+
+            self._prices = (model_info(self.deployment.model),)
         for item in items:
             request = requests.get(item.row)
             if request is None or request.cache_key != item.cache_key:
@@ -247,7 +253,7 @@ class BatchRunner:
             )
             completion = result.completion
             if completion is not None:
-                completion = completion.model_copy(update={"cost_usd": batch_cost(self.deployment.model, completion)})
+                completion = completion.model_copy(update={"cost_usd": batch_cost(self._prices[0], completion)})
                 outcomes.append((request, completion, None, latency, item.attempt))
                 continue
             error = self.provider.redact(
