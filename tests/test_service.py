@@ -610,6 +610,7 @@ def test_a_dry_run_answers_the_plan_and_writes_nothing(client: httpx.Client, ser
     assert plan["study"] == "dry" and {r["deployment"] for r in plan["rows"]} == {"mock-fast", "mock-b"}
     assert [r["requests"] for r in plan["rows"]] == [len(QUERIES) * 4] * 2
     assert plan["total"]["requests"] == 2 * len(QUERIES) * 4 and plan["total"]["unpriced"] == ["mock-b", "mock-fast"]
+    assert plan["embedding"]["remote"] is False and plan["embedding"]["cost_usd_max"] == 0.0
     assert _state(server[1]) == before, "nothing queued, no idempotency key taken, no file"
     real = client.post("/v1/studies", json=body, headers={"Idempotency-Key": "dry-1"})
     assert real.status_code == 202 and real.json()["name"] == "dry"

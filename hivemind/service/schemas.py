@@ -136,6 +136,8 @@ class StudyPlan(Model):
     """Sums of the rows, `cost_usd_run_max` (what this run may be billed), `over_budget`, `unpriced`."""
     judge: dict[str, Any] | None = None
     """The equivalence judge's call bound and cost (`analysis.classes.judge`), or null."""
+    embedding: dict[str, Any] | None = None
+    """What embedding the new answers may cost: `remote`, `tokens_max`, `cost_usd_max`."""
 
 
 class DeploymentProgress(Model):
