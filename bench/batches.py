@@ -25,7 +25,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hivemind.inputs.spec import Completion, Deployment, Query, StudySpec
+from hivemind.inputs.samples import Completion
+from hivemind.inputs.spec import Deployment, Query, StudySpec
 from hivemind.sampling.requests import iter_requests
 from hivemind.store.journal import Store
 from hivemind.study import run_study

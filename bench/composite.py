@@ -18,7 +18,8 @@ import os
 import time
 from typing import Any
 
-from hivemind.inputs.spec import Message, SampleRequest, SamplingParams
+from hivemind.inputs.samples import Message, SampleRequest
+from hivemind.inputs.spec import SamplingParams
 from hivemind.inputs.zoo import load_zoo
 from hivemind.providers.composite import CompositeEngine, load_llama_no_repack, parse_options
 from hivemind.providers.gguf import resolve_gguf

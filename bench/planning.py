@@ -26,15 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hivemind.inputs.spec import (
-    Completion,
-    Deployment,
-    Message,
-    Query,
-    SampleRequest,
-    StudySpec,
-    sample_seed,
-)
+from hivemind.inputs.samples import Completion, Message, SampleRequest, sample_seed
+from hivemind.inputs.spec import Deployment, Query, StudySpec
 from hivemind.providers.base import Provider, register
 
 QUERIES, DEPLOYMENTS, SAMPLES = 10_000, 20, 50

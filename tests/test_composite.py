@@ -12,14 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hivemind.inputs.spec import (
-    Deployment,
-    Message,
-    Query,
-    SampleRequest,
-    SamplingParams,
-    StudySpec,
-)
+from hivemind.inputs.samples import Message, SampleRequest
+from hivemind.inputs.spec import Deployment, Query, SamplingParams, StudySpec
 from hivemind.inputs.zoo import load_zoo
 from hivemind.providers.base import ProviderError
 from hivemind.providers.combine import Sampling, sample_token

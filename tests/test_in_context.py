@@ -342,7 +342,7 @@ def test_paraphrase_each_needs_paraphrases(tmp_path: Path, write_zoo: Callable[.
 @pytest.mark.slow
 def test_a_local_model_answers_in_context_and_resumes_its_chain(tmp_path: Path) -> None:
     require("llama_cpp", "llama-cpp-python (./setup.sh --local)")
-    from hivemind.inputs.spec import Message, SampleRequest, sample_seed
+    from hivemind.inputs.samples import Message, SampleRequest, sample_seed
     from hivemind.inputs.zoo import load_zoo
 
     name = "smollm2-135m-instruct"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hivemind.inputs.spec import Deployment, Message, Query, SampleRequest, SamplingParams, StudySpec
+from hivemind.inputs.samples import Message, SampleRequest
+from hivemind.inputs.spec import Deployment, Query, SamplingParams, StudySpec
 from hivemind.providers.base import Provider, ProviderError
 from hivemind.providers.registry import create_provider
 from hivemind.sampling.requests import iter_requests

@@ -8,17 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hivemind.inputs.spec import (
-    Completion,
-    Condition,
-    Deployment,
-    Message,
-    Query,
-    SampleRequest,
-    SamplingParams,
-    StudySpec,
-    sample_seed,
-)
+from hivemind.inputs.samples import Completion, Message, SampleRequest, sample_seed
+from hivemind.inputs.spec import Condition, Deployment, Query, SamplingParams, StudySpec
 from hivemind.providers.registry import create_provider
 from hivemind.sampling.requests import iter_requests, plan_size
 from hivemind.sampling.sampler import PendingRequests, Sampler, check_resumable

@@ -158,7 +158,7 @@ def test_unknown_deployment_and_provider_are_clear_errors(tmp_path: Path, write_
 
 
 def test_a_registered_third_party_provider_runs_like_a_builtin(tmp_path: Path, write_zoo: Callable[..., Path]) -> None:
-    from hivemind.inputs.spec import Completion, SampleRequest
+    from hivemind.inputs.samples import Completion, SampleRequest
     from hivemind.providers.base import Provider, register
 
     @register("shout")

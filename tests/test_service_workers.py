@@ -261,7 +261,7 @@ def test_the_study_list_costs_the_same_queries_for_few_or_many_studies(
 ) -> None:
     import threading
 
-    from hivemind.store.journal import JournalFile
+    from hivemind.store.sqlite_file import JournalFile
 
     statements: dict[int, list[str]] = {}
     connect = JournalFile._connect

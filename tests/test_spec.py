@@ -5,16 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from hivemind.inputs.spec import (
-    Condition,
-    Deployment,
-    Message,
-    Query,
-    SampleRequest,
-    SamplingParams,
-    StudySpec,
-    sample_seed,
-)
+from hivemind.inputs.samples import Message, SampleRequest, sample_seed
+from hivemind.inputs.spec import Condition, Deployment, Query, SamplingParams, StudySpec
 from hivemind.sampling.requests import plan_requests
 
 

@@ -45,7 +45,7 @@ from hivemind.inputs.judge_entry import (
 )
 from hivemind.inputs.spec import Deployment, StudySpec, canonical_json, sha256_hex
 from hivemind.migrations import Family, migrate
-from hivemind.store.journal import JournalFile
+from hivemind.store.sqlite_file import JournalFile
 
 if TYPE_CHECKING:
     import polars as pl
@@ -256,7 +256,8 @@ class Judge:
         sampler: Any,
         slots: asyncio.Semaphore,
     ) -> bool | None:
-        from hivemind.inputs.spec import Message, SampleRequest, SamplingParams
+        from hivemind.inputs.samples import Message, SampleRequest
+        from hivemind.inputs.spec import SamplingParams
 
         request = SampleRequest(
             study=self.study,

@@ -19,7 +19,8 @@ from datetime import UTC
 from functools import cached_property
 from typing import Any, ClassVar
 
-from hivemind.inputs.spec import LOCAL_DECODING_PARAMS, Completion, Deployment, SampleRequest
+from hivemind.inputs.samples import Completion, SampleRequest
+from hivemind.inputs.spec import LOCAL_DECODING_PARAMS, Deployment
 from hivemind.providers.ratelimit import Pacer
 
 EXTRAS: dict[str, str] = {"llama_cpp": "local"}

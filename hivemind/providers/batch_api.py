@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from hivemind.inputs.spec import Completion, Deployment, SampleRequest
+from hivemind.inputs.samples import Completion, SampleRequest
+from hivemind.inputs.spec import Deployment
 from hivemind.providers.base import RETRYABLE_STATUS, ProviderError, parse_retry_after
 from hivemind.providers.openai import chat_body, environment_proxy, parse_chat_response, tls_context
 

@@ -45,7 +45,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from hivemind.inputs.spec import Completion, Deployment, Message, Novelty, SampleRequest, Strict
+from hivemind.inputs.samples import Completion, Message, SampleRequest
+from hivemind.inputs.spec import Deployment, Novelty, Strict
 from hivemind.providers.base import register, require_module
 from hivemind.providers.combine import (
     FORMS,

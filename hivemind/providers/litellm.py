@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from hivemind.inputs.spec import Completion, Deployment, SampleRequest, canonical_json
+from hivemind.inputs.samples import Completion, SampleRequest
+from hivemind.inputs.spec import Deployment, canonical_json
 from hivemind.providers.base import (
     RETRYABLE_STATUS,
     Provider,

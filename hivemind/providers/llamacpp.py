@@ -29,7 +29,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from hivemind.inputs.spec import Completion, Deployment, SampleRequest
+from hivemind.inputs.samples import Completion, SampleRequest
+from hivemind.inputs.spec import Deployment
 from hivemind.providers.base import register, require_module
 from hivemind.providers.gguf import resolve_gguf
 from hivemind.providers.worker import WorkerProvider

@@ -21,7 +21,8 @@ import asyncio
 import random
 from collections import defaultdict
 
-from hivemind.inputs.spec import Completion, Deployment, SampleRequest
+from hivemind.inputs.samples import Completion, SampleRequest
+from hivemind.inputs.spec import Deployment
 from hivemind.providers.base import Provider, ProviderError, register
 
 _OPENINGS = [

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from hivemind.inputs.spec import Completion, Deployment, SampleRequest
+from hivemind.inputs.samples import Completion, SampleRequest
+from hivemind.inputs.spec import Deployment
 from hivemind.providers.base import (
     RETRYABLE_STATUS,
     Provider,

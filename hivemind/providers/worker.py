@@ -37,7 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hivemind.inputs.spec import Completion, Deployment, SampleRequest
+from hivemind.inputs.samples import Completion, SampleRequest
+from hivemind.inputs.spec import Deployment
 from hivemind.providers.base import Provider, ProviderError
 
 Engine = Callable[[Any], Any]

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from hivemind.errors import HivemindError
-from hivemind.inputs.spec import Completion, SampleRequest
+from hivemind.inputs.samples import Completion, SampleRequest
 from hivemind.providers.base import Provider, ProviderError
 from hivemind.providers.batch_api import BatchClient, ItemResult, batch_client
 from hivemind.sampling.requests import Outcome

@@ -20,16 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hivemind.inputs.queries import prompt_text
-from hivemind.inputs.spec import (
-    Completion,
-    Deployment,
-    Message,
-    Query,
-    SampleRequest,
-    SamplingParams,
-    StudySpec,
-    sample_seed,
-)
+from hivemind.inputs.samples import Completion, Message, SampleRequest, sample_seed
+from hivemind.inputs.spec import Deployment, Query, SamplingParams, StudySpec
 from hivemind.store.journal import Store, StoreError
 
 NOT_ASKED = "not asked: turn {turn} of this in-context chain failed; the next run asks from there"

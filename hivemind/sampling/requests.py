@@ -9,7 +9,8 @@ import json
 from collections.abc import Iterator, Mapping
 
 from hivemind.inputs.queries import paraphrases, prompt_text
-from hivemind.inputs.spec import Completion, Deployment, Message, Query, SampleRequest, SamplingParams, StudySpec
+from hivemind.inputs.samples import Completion, Message, SampleRequest
+from hivemind.inputs.spec import Deployment, Query, SamplingParams, StudySpec
 
 
 def iter_requests(

@@ -21,13 +21,8 @@ from functools import partial
 from itertools import chain, islice
 from typing import Any
 
-from hivemind.inputs.spec import (
-    Completion,
-    Deployment,
-    Query,
-    SampleRequest,
-    StudySpec,
-)
+from hivemind.inputs.samples import Completion, SampleRequest
+from hivemind.inputs.spec import Deployment, Query, StudySpec
 from hivemind.providers.base import Provider, ProviderError
 from hivemind.providers.ratelimit import estimate_tokens
 from hivemind.sampling.in_context import Chain, first_turns, run_chain

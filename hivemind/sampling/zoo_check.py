@@ -6,7 +6,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from hivemind.inputs.spec import Deployment, Message, SampleRequest, SamplingParams
+from hivemind.inputs.samples import Message, SampleRequest
+from hivemind.inputs.spec import Deployment, SamplingParams
 from hivemind.providers.registry import create_provider
 
 PROBE = "Reply with one short sentence: what is a metaphor?"

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from hivemind.inputs.spec import SampleRequest
+from hivemind.inputs.samples import SampleRequest
 from hivemind.migrations import Family, migrate
 from hivemind.store.journal import Store
 

@@ -23,7 +23,8 @@ from typing import Any, Protocol, TypeVar
 from hivemind.errors import HivemindError
 from hivemind.layout import StoreLayout
 from hivemind.migrations import Family, adopt_if_table, migrate
-from hivemind.store.journal import JournalFile, Store
+from hivemind.store.journal import Store
+from hivemind.store.sqlite_file import JournalFile
 
 log = logging.getLogger("hivemind.store.jobs")
 T = TypeVar("T")
