@@ -178,8 +178,14 @@ class BatchJournal:
         return {r["remote_id"] for r in rows}
 
     def covered_rows(self, batches: Iterable[Batch]) -> set[tuple[str, str, int]]:
-        """The (query, condition, sample) rows that open batches will fill."""
-        return {item.row for b in batches for item in self.items(b.id)}
+        """The (query, condition, sample) rows that open batches will fill (bodies left unread)."""
+        covered: set[tuple[str, str, int]] = set()
+        for b in batches:
+            rows = self.store._rows(
+                "SELECT query_id, condition, sample_index FROM batch_items WHERE batch_id = ?", (b.id,)
+            )
+            covered.update((r["query_id"], r["condition"], int(r["sample_index"])) for r in rows)
+        return covered
 
     @staticmethod
     def open_in(store: Store) -> list[dict[str, Any]]:

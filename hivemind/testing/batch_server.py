@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from hivemind.testing.openai_server import free_port
+from hivemind.testing.openai_server import free_port, serve_in_thread
 
 WORDS = ["river", "thief", "tailor", "lighthouse", "gardener", "train", "letter", "candle"]
 
@@ -347,22 +347,10 @@ def _anthropic_line(result: dict[str, Any]) -> dict[str, Any]:
 @contextmanager
 def serve(script: BatchScript | None = None) -> Iterator[tuple[str, BatchScript]]:
     """Run the server in a background thread; yields (base URL without /v1, script)."""
-    import uvicorn
-
     script = script or BatchScript()
     port = free_port()
-    config = uvicorn.Config(create_app(script), host="127.0.0.1", port=port, log_level="error", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the batch server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}", script
-    finally:
-        script.hold.clear()
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(create_app(script), port, "the batch server"):
+        try:
+            yield f"http://127.0.0.1:{port}", script
+        finally:
+            script.hold.clear()  # a held endpoint lets go before the server is asked to stop

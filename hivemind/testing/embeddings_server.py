@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from hivemind.testing.openai_server import free_port
+from hivemind.testing.openai_server import free_port, serve_in_thread
 
 
 @dataclass
@@ -151,29 +150,13 @@ def serve(
     script: EmbedScript | None = None, model: str = "all-MiniLM-L6-v2", embedder: Any = None, port: int | None = None
 ) -> Iterator[tuple[str, EmbedScript]]:
     """Run the server in a background thread; yields (api_base ending in /v1, script)."""
-    import uvicorn
-
     from hivemind.vectors.embed import Embedder
 
     script = script or EmbedScript()
     embedder = embedder or Embedder(model, device="cpu", progress=False)
     port = port or free_port()
-    config = uvicorn.Config(
-        create_app(script, embedder), host="127.0.0.1", port=port, log_level="error", access_log=False, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the loopback embeddings server did not start")
-        time.sleep(0.01)
-    try:
+    with serve_in_thread(create_app(script, embedder), port, "the loopback embeddings server"):
         yield f"http://127.0.0.1:{port}/v1", script
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def main() -> None:

@@ -122,19 +122,13 @@ def create_app(script: Script) -> Any:
 
 
 @contextmanager
-def serve(
-    script: Script | None = None, port: int | None = None, tls: tuple[str, str] | None = None
-) -> Iterator[tuple[str, Script]]:
-    """Run the server in a background thread; yields (api_base, script) and stops on exit.
-
-    `tls` is (certificate file, key file): the server then speaks HTTPS.
-    """
+def serve_in_thread(app: Any, port: int, what: str, *, tls: tuple[str, str] | None = None) -> Iterator[None]:
+    """Serve `app` with uvicorn on 127.0.0.1:`port` in a daemon thread until the block ends
+    (`tls`: certificate and key files, for HTTPS); `what` names it if it does not start in 10 s."""
     import uvicorn
 
-    script = script or Script()
-    port = port or free_port()
     config = uvicorn.Config(
-        create_app(script),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="error",
@@ -149,13 +143,27 @@ def serve(
     deadline = time.monotonic() + 10
     while not server.started:
         if time.monotonic() > deadline:
-            raise RuntimeError("the stub OpenAI server did not start")
+            raise RuntimeError(f"{what} did not start")
         time.sleep(0.01)
     try:
-        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}/v1", script
+        yield
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def serve(
+    script: Script | None = None, port: int | None = None, tls: tuple[str, str] | None = None
+) -> Iterator[tuple[str, Script]]:
+    """Run the server in a background thread; yields (api_base, script) and stops on exit.
+
+    `tls` is (certificate file, key file): the server then speaks HTTPS.
+    """
+    script = script or Script()
+    port = port or free_port()
+    with serve_in_thread(create_app(script), port, "the stub OpenAI server", tls=tls):
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}/v1", script
 
 
 def main() -> None:
