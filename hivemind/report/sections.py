@@ -395,6 +395,8 @@ def provenance(summary: Summary, tables: Tables) -> str:
     """Parameters not sent, embedder, versions, store and the study spec."""
     data = summary.to_json_dict()
     source = {k: data.get(k) for k in ("embedder", "versions", "store", "study", "created_at")}
+    if isinstance(source["embedder"], dict):  # an in-process embedder has no provider tokens or cost
+        source["embedder"] = {k: v for k, v in source["embedder"].items() if v is not None}
     not_sent = "; ".join(
         f"{d.deployment} / {d.condition}: {', '.join(d.params)} ({d.rows} rows)" for d in summary.dropped_params
     )
